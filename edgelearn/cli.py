@@ -1,0 +1,294 @@
+"""The ``edgelearn`` command: one entry point for every role, benchmark and tool.
+
+Each role's command lives beside its code (``cameras/cli.py``, ...) and exposes
+``configure(parser)`` and ``main(args) -> int``; this module only assembles them. Role
+modules must not import TensorFlow at import time, so ``edgelearn --help`` stays fast.
+Errors a user can act on (:data:`USER_ERRORS`) are printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgelearn import broker
+from edgelearn.config import ConfigError, parse_address
+from edgelearn.secrets import ROLES, Secrets, SecretsError, default_secrets_dir
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    broker.BrokerError,
+    ConfigError,
+    SecretsError,
+    FileNotFoundError,
+    PermissionError,
+)
+
+# Subcommands implemented next to their role's code: name -> (module, one-line help).
+ROLE_COMMANDS: dict[str, tuple[str, str]] = {
+    "camera": ("cameras.cli", "run simulated 720p cameras publishing frames"),
+    "schedule": ("cloud.scheduling.cli", "layer-placement scheduler: simulate paper 003"),
+}
+
+# ``edgelearn bench <part>``: module with ``run(quick: bool) -> dict``.
+BENCHMARKS: dict[str, str] = {
+    "cameras": "cameras.bench",
+    "schedule": "cloud.scheduling.bench",
+}
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# --- broker -----------------------------------------------------------------------------
+
+
+def _add_secrets_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secrets",
+        type=Path,
+        default=None,
+        help=f"secrets directory (default: $EDGELEARN_SECRETS or {default_secrets_dir()})",
+    )
+
+
+def _configure_broker(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="broker_command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser(
+        "init", help="create passwords, ACL, TLS certificates and the model signing key"
+    )
+    _add_secrets_option(init)
+    init.add_argument("--cameras", type=int, default=16, help="camera users cam-1..cam-N")
+    init.add_argument("--gateways", type=int, default=4, help="gateway users gw-1..gw-N")
+    init.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:ROLE",
+        help=f"an extra user (repeatable); roles: {', '.join(ROLES)}",
+    )
+    init.add_argument(
+        "--hostname",
+        action="append",
+        default=[],
+        help="extra name or IP the TLS certificate is valid for (repeatable)",
+    )
+    init.add_argument("--force", action="store_true", help="replace existing secrets")
+    init.add_argument(
+        "--if-missing", action="store_true", help="do nothing if secrets already exist"
+    )
+
+    add = commands.add_parser("add-user", help="add a user to existing secrets")
+    _add_secrets_option(add)
+    add.add_argument("name", help="user name (also the camera or gateway id)")
+    add.add_argument("--role", required=True, choices=ROLES, help="what the user may do")
+
+    credentials = commands.add_parser(
+        "credentials", help="print '-u USER -P PASSWORD' for mosquitto_pub/sub"
+    )
+    _add_secrets_option(credentials)
+    credentials.add_argument("name", help="user name")
+
+    start = commands.add_parser("start", help="run mosquitto with the project's config")
+    _add_secrets_option(start)
+    start.add_argument(
+        "--role",
+        choices=("edge", "cloud"),
+        default="edge",
+        help="edge-site broker (cameras, gateways) or cloud broker (default: edge)",
+    )
+    start.add_argument("--port", type=int, default=1883, help="MQTT port; 0 picks a free one")
+    start.add_argument("--tls-port", type=int, default=8883, help="MQTT over TLS port; 0: free")
+    start.add_argument(
+        "--bind", default="127.0.0.1", help="address to listen on (0.0.0.0 for a network)"
+    )
+    start.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="where config, log and persistence go (default: ./run/broker-ROLE)",
+    )
+    start.add_argument(
+        "--bridge-to",
+        metavar="HOST:PORT",
+        default=None,
+        help="edge only: bridge features/status up and models/plans/results down",
+    )
+    start.add_argument("--bridge-tls", action="store_true", help="bridge over TLS")
+    start.add_argument(
+        "--background",
+        action="store_true",
+        help="detach and return once it accepts connections (stop with `broker stop`)",
+    )
+
+    stop = commands.add_parser("stop", help="stop a broker started with --background")
+    stop.add_argument("--role", choices=("edge", "cloud"), default="edge", help="which one")
+    stop.add_argument("--run-dir", type=Path, default=None, help="its run directory")
+
+
+def _broker_main(args: argparse.Namespace) -> int:
+    secrets_dir = getattr(args, "secrets", None) or default_secrets_dir()
+    if args.broker_command == "init":
+        if args.if_missing and Secrets(secrets_dir).exists():
+            print(f"secrets already in {secrets_dir}; keeping them")
+            return 0
+        extra = []
+        for item in args.user:
+            name, sep, role = item.partition(":")
+            if not sep:
+                raise ConfigError(f"--user {item!r}: expected NAME:ROLE")
+            extra.append((name, role))
+        secrets = broker.init_secrets(
+            secrets_dir,
+            cameras=args.cameras,
+            gateways=args.gateways,
+            extra_users=extra,
+            hostnames=args.hostname,
+            force=args.force,
+        )
+        users = secrets.users()
+        print(f"secrets written to {secrets.directory}")
+        for role in ROLES:
+            names = [user.name for user in users if user.role == role]
+            if names:
+                print(f"  {role:8} {', '.join(names)}")
+        print("next: edgelearn broker start")
+        return 0
+    if args.broker_command == "add-user":
+        user = broker.add_user(secrets_dir, args.name, args.role)
+        print(f"added {user.name} ({user.role}); a running broker picks it up on SIGHUP")
+        return 0
+    if args.broker_command == "credentials":
+        print(f"-u {args.name} -P {Secrets(secrets_dir).password(args.name)}")
+        return 0
+    if args.broker_command == "stop":
+        run_dir = args.run_dir or Path.cwd() / "run" / f"broker-{args.role}"
+        if broker.stop_detached(run_dir):
+            print(f"stopped the broker of {run_dir}")
+            return 0
+        print(f"no running broker recorded in {run_dir}", file=sys.stderr)
+        return 1
+    return _broker_start(args, Secrets(secrets_dir))
+
+
+def _broker_start(args: argparse.Namespace, secrets: Secrets) -> int:
+    bridge = None
+    if args.bridge_to:
+        host, port = parse_address(args.bridge_to)
+        bridge = broker.Bridge(remote_host=host, remote_port=port, tls=args.bridge_tls)
+    settings = broker.BrokerSettings(
+        role=args.role,
+        port=args.port,
+        tls_port=args.tls_port,
+        bind=args.bind,
+        run_dir=args.run_dir,
+        bridge=bridge,
+    )
+    running = broker.start_broker(secrets, settings, detach=args.background)
+    print(
+        f"mosquitto ({args.role}) listening on {running.host}:{running.port} "
+        f"(TLS {running.tls_port}), log {running.log_file}"
+    )
+    print(
+        f"try: mosquitto_sub -V 5 -p {running.port} $(edgelearn broker credentials observer) "
+        "-t 'edgelearn/#' -v"
+    )
+    if args.background:
+        print(f"pid {running.process.pid}; stop with: edgelearn broker stop --role {args.role}")
+        return 0
+    print("Ctrl-C stops it.")
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: running.stop())
+        return running.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        running.stop()
+
+
+# --- bench ------------------------------------------------------------------------------
+
+
+def _configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("part", choices=sorted(BENCHMARKS), help="what to measure")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (a minute or a few) for CI"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="write the results as JSON")
+
+
+def _bench_main(args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHMARKS[args.part])
+    started = time.perf_counter()
+    results: dict[str, Any] = module.run(quick=args.quick)
+    results.setdefault("elapsed_seconds", round(time.perf_counter() - started, 2))
+    text = json.dumps(results, indent=2, sort_keys=True, default=str)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+# --- assembly ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgelearn",
+        description="Edge-learning pipeline for camera networks.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    broker_parser = commands.add_parser("broker", help="broker secrets and mosquitto")
+    _configure_broker(broker_parser)
+    handlers["broker"] = _broker_main
+
+    bench_parser = commands.add_parser("bench", help="run a benchmark, write JSON")
+    _configure_bench(bench_parser)
+    handlers["bench"] = _bench_main
+
+    for name, (module_name, help_text) in ROLE_COMMANDS.items():
+        if not _available(module_name):
+            continue
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module.configure(sub)
+        handlers[name] = module.main
+    parser.set_defaults(_handlers=handlers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        handler: Callable[[argparse.Namespace], int] = args._handlers[args.command]
+        return handler(args)
+    except USER_ERRORS as exc:
+        print(f"edgelearn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,612 @@
+"""The wire format: every message that crosses a process boundary, and the MQTT topics.
+
+Where it sits in the flow of a frame::
+
+    camera --Frame--> gateway --Feature--> cloud --Result--> (anyone)
+                        ^  \\--Status-->      |
+                        |                     |
+                        +---Model / Plan------+
+
+Every envelope is ``MAGIC (2 bytes) | VERSION (1) | KIND (1) | body``. The body is a fixed
+sequence of fields per kind (integers little-endian, strings and blobs length-prefixed), and
+its length must be consumed exactly: a truncated or over-long message is rejected, as is an
+unknown magic, version or kind, an out-of-range enum or a value that fails the envelope's own
+validation. Decoding raises exactly one exception type, :class:`WireError`, whose ``reason``
+is a short, bounded string fit for a metric label (``truncated``, ``bad_magic``, ...).
+
+Nothing else in the project parses bytes off the wire: the roles call :func:`decode` (or the
+``decode_*`` helpers that also check the kind) and :func:`encode`.
+
+Topics live under ``edgelearn/v1/<site>/...``; ``site`` lets several camera sites share one
+cloud broker and gives each test its own namespace. Per-role access rules in
+``mosquitto/`` are written against the same layout (see :mod:`edgelearn.broker`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Final, TypeVar
+
+MAGIC: Final = b"EL"
+VERSION: Final = 1
+HEADER = struct.Struct("<2sBB")
+
+# Bounds that keep a hostile message from making us allocate or loop without limit.
+MAX_ID_LENGTH: Final = 64
+MAX_TEXT_LENGTH: Final = 4096
+MAX_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
+MAX_DIMENSIONS: Final = 8
+MAX_MAP_ENTRIES: Final = 1024
+MAX_FRAME_SIDE: Final = 8192
+
+
+class WireError(ValueError):
+    """A message that is not a valid envelope. ``reason`` is a bounded metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Kind(enum.IntEnum):
+    FRAME = 1
+    FEATURE = 2
+    RESULT = 3
+    MODEL = 4
+    STATUS = 5
+    PLAN = 6
+
+
+class Encoding(enum.IntEnum):
+    """How a camera frame's pixels are carried."""
+
+    JPEG = 1
+
+
+class Codec(enum.IntEnum):
+    """How a feature payload is packed after quantisation (see :mod:`edgelearn.codec`)."""
+
+    NONE = 0
+    ZLIB = 1
+    ZSTD = 2
+    JPEG = 3  # the ``raw`` extractor forwards the camera's JPEG unchanged
+
+
+class DType(enum.IntEnum):
+    UINT8 = 1
+    INT8 = 2
+    FLOAT16 = 3
+    FLOAT32 = 4
+
+    @property
+    def itemsize(self) -> int:
+        return {DType.UINT8: 1, DType.INT8: 1, DType.FLOAT16: 2, DType.FLOAT32: 4}[self]
+
+    @property
+    def numpy_name(self) -> str:
+        return self.name.lower()
+
+
+class ComputedAt(enum.IntEnum):
+    EDGE = 1
+    CLOUD = 2
+
+
+# ---------------------------------------------------------------------------------------
+# Field codecs: each writes one value and reads it back with strict bounds.
+
+
+class _Reader:
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, size: int) -> bytes:
+        end = self.offset + size
+        if size < 0 or end > len(self.data):
+            raise WireError("truncated", f"need {size} bytes at offset {self.offset}")
+        chunk = self.data[self.offset : end]
+        self.offset = end
+        return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        return fmt.unpack(self.take(fmt.size))
+
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_I32 = struct.Struct("<i")
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
+
+
+@dataclass(frozen=True)
+class _FieldType:
+    write: Callable[[bytearray, Any], None]
+    read: Callable[[_Reader], Any]
+
+
+def _number(fmt: struct.Struct) -> _FieldType:
+    def write(out: bytearray, value: Any) -> None:
+        try:
+            out += fmt.pack(value)
+        except struct.error as exc:
+            raise WireError("out_of_range", str(exc)) from exc
+
+    def read(reader: _Reader) -> Any:
+        return reader.unpack(fmt)[0]
+
+    return _FieldType(write, read)
+
+
+def _text(length_fmt: struct.Struct, limit: int) -> _FieldType:
+    def write(out: bytearray, value: str) -> None:
+        raw = value.encode("utf-8")
+        if len(raw) > limit:
+            raise WireError("too_long", f"{len(raw)} > {limit} bytes")
+        out += length_fmt.pack(len(raw)) + raw
+
+    def read(reader: _Reader) -> str:
+        (length,) = reader.unpack(length_fmt)
+        if length > limit:
+            raise WireError("too_long", f"{length} > {limit} bytes")
+        try:
+            return reader.take(length).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireError("bad_text", str(exc)) from exc
+
+    return _FieldType(write, read)
+
+
+def _blob(limit: int) -> _FieldType:
+    def write(out: bytearray, value: bytes) -> None:
+        if len(value) > limit:
+            raise WireError("too_long", f"{len(value)} > {limit} bytes")
+        out += _U32.pack(len(value)) + value
+
+    def read(reader: _Reader) -> bytes:
+        (length,) = reader.unpack(_U32)
+        if length > limit:
+            raise WireError("too_long", f"{length} > {limit} bytes")
+        return reader.take(length)
+
+    return _FieldType(write, read)
+
+
+def _fixed_bytes(size: int) -> _FieldType:
+    def write(out: bytearray, value: bytes) -> None:
+        if len(value) != size:
+            raise WireError("bad_length", f"expected {size} bytes, got {len(value)}")
+        out += value
+
+    return _FieldType(write, lambda reader: reader.take(size))
+
+
+def _optional_u16() -> _FieldType:
+    """A label: present flag then value, so 0 stays a valid class."""
+
+    def write(out: bytearray, value: int | None) -> None:
+        out += b"\x00\x00\x00" if value is None else b"\x01" + _U16.pack(value)
+
+    def read(reader: _Reader) -> int | None:
+        present, value = reader.unpack(struct.Struct("<BH"))
+        if present not in (0, 1) or (present == 0 and value != 0):
+            raise WireError("bad_optional", f"flag {present}")
+        return int(value) if present else None
+
+    return _FieldType(write, read)
+
+
+def _shape() -> _FieldType:
+    def write(out: bytearray, value: tuple[int, ...]) -> None:
+        out += _U8.pack(len(value)) + b"".join(_U32.pack(dim) for dim in value)
+
+    def read(reader: _Reader) -> tuple[int, ...]:
+        (ndim,) = reader.unpack(_U8)
+        if ndim > MAX_DIMENSIONS:
+            raise WireError("bad_shape", f"{ndim} dimensions")
+        return tuple(reader.unpack(_U32)[0] for _ in range(ndim))
+
+    return _FieldType(write, read)
+
+
+def _text_map(value_type: _FieldType) -> _FieldType:
+    key = _text(_U8, MAX_ID_LENGTH)
+
+    def write(out: bytearray, value: Mapping[str, Any]) -> None:
+        if len(value) > MAX_MAP_ENTRIES:
+            raise WireError("too_long", f"{len(value)} map entries")
+        out += _U16.pack(len(value))
+        for name in sorted(value):
+            key.write(out, name)
+            value_type.write(out, value[name])
+
+    def read(reader: _Reader) -> dict[str, Any]:
+        (count,) = reader.unpack(_U16)
+        if count > MAX_MAP_ENTRIES:
+            raise WireError("too_long", f"{count} map entries")
+        result = {}
+        for _ in range(count):
+            name = key.read(reader)
+            if name in result:
+                raise WireError("duplicate_key", name)
+            result[name] = value_type.read(reader)
+        return result
+
+    return _FieldType(write, read)
+
+
+def _enum(enum_type: type[enum.IntEnum]) -> _FieldType:
+    def write(out: bytearray, value: enum.IntEnum) -> None:
+        out += _U8.pack(int(value))
+
+    def read(reader: _Reader) -> enum.IntEnum:
+        (raw,) = reader.unpack(_U8)
+        try:
+            return enum_type(raw)
+        except ValueError as exc:
+            raise WireError("bad_enum", f"{enum_type.__name__}={raw}") from exc
+
+    return _FieldType(write, read)
+
+
+U8 = _number(_U8)
+U16 = _number(_U16)
+U32 = _number(_U32)
+U64 = _number(_U64)
+I32 = _number(_I32)
+F32 = _number(_F32)
+F64 = _number(_F64)
+IDENT = _text(_U8, MAX_ID_LENGTH)
+TEXT = _text(_U16, MAX_TEXT_LENGTH)
+PAYLOAD = _blob(MAX_PAYLOAD_BYTES)
+LABEL = _optional_u16()
+SHAPE = _shape()
+SHA256 = _fixed_bytes(32)
+SIGNATURE = _fixed_bytes(64)
+
+
+def _wire(field_type: _FieldType, **kwargs: Any) -> Any:
+    """A dataclass field that knows its wire type (kept in the field's metadata)."""
+    return field(metadata={"wire": field_type}, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation helpers shared by the envelopes' __post_init__.
+
+
+def _check(condition: bool, reason: str, detail: str) -> None:
+    if not condition:
+        raise WireError(reason, detail)
+
+
+def _check_ident(name: str, value: str) -> None:
+    """Identifiers become topic levels and broker user names: keep them plain."""
+    _check(0 < len(value) <= MAX_ID_LENGTH, "bad_id", f"{name} length {len(value)}")
+    _check(
+        all(ch.isalnum() or ch in "-_." for ch in value),
+        "bad_id",
+        f"{name} {value!r} has characters outside [A-Za-z0-9-_.]",
+    )
+
+
+def _check_finite(name: str, value: float) -> None:
+    _check(math.isfinite(value), "not_finite", f"{name}={value}")
+
+
+class Envelope:
+    """Base of the envelope dataclasses: a kind and field-driven encoding."""
+
+    KIND: ClassVar[Kind]
+
+
+@dataclass(frozen=True)
+class Frame(Envelope):
+    """One camera frame, as published by a camera to ``frames/<camera_id>``."""
+
+    KIND: ClassVar[Kind] = Kind.FRAME
+    camera_id: str = _wire(IDENT)
+    seq: int = _wire(U64)
+    capture_ns: int = _wire(U64)
+    width: int = _wire(U16)
+    height: int = _wire(U16)
+    encoding: Encoding = _wire(_enum(Encoding))
+    label: int | None = _wire(LABEL)
+    payload: bytes = _wire(PAYLOAD)
+
+    def __post_init__(self) -> None:
+        _check_ident("camera_id", self.camera_id)
+        _check(0 < self.width <= MAX_FRAME_SIDE, "bad_size", f"width {self.width}")
+        _check(0 < self.height <= MAX_FRAME_SIDE, "bad_size", f"height {self.height}")
+        _check(len(self.payload) > 0, "empty_payload", "frame has no pixels")
+
+
+@dataclass(frozen=True)
+class Feature(Envelope):
+    """What a gateway forwards for one (key)frame: the frame's identity and its features.
+
+    ``raw_bytes`` is the size of the camera's JPEG the features replace, so the cloud can
+    account for what cloud-only would have sent; ``held_back`` counts the frames of this
+    camera the keyframe filter dropped since the previous feature (they take this frame's
+    result), with their labels in ``held_labels`` when the camera had ground truth.
+    """
+
+    KIND: ClassVar[Kind] = Kind.FEATURE
+    camera_id: str = _wire(IDENT)
+    seq: int = _wire(U64)
+    capture_ns: int = _wire(U64)
+    gateway_id: str = _wire(IDENT)
+    label: int | None = _wire(LABEL)
+    extractor: str = _wire(IDENT)
+    model_version: str = _wire(IDENT)
+    dtype: DType = _wire(_enum(DType))
+    shape: tuple[int, ...] = _wire(SHAPE)
+    scale: float = _wire(F32)
+    zero_point: int = _wire(I32)
+    codec: Codec = _wire(_enum(Codec))
+    raw_bytes: int = _wire(U32)
+    held_back: int = _wire(U16)
+    payload: bytes = _wire(PAYLOAD)
+
+    def __post_init__(self) -> None:
+        _check_ident("camera_id", self.camera_id)
+        _check_ident("gateway_id", self.gateway_id)
+        _check_ident("extractor", self.extractor.replace(":", "."))
+        _check_ident("model_version", self.model_version)
+        _check_finite("scale", self.scale)
+        _check(self.scale > 0, "bad_quantization", f"scale {self.scale}")
+        _check(len(self.shape) > 0, "bad_shape", "no dimensions")
+        _check(all(d > 0 for d in self.shape), "bad_shape", f"shape {self.shape}")
+        _check(
+            math.prod(self.shape) * self.dtype.itemsize <= MAX_PAYLOAD_BYTES,
+            "bad_shape",
+            f"shape {self.shape} too large",
+        )
+        if self.codec is Codec.NONE:
+            expected = math.prod(self.shape) * self.dtype.itemsize
+            _check(
+                len(self.payload) == expected,
+                "bad_length",
+                f"payload {len(self.payload)} bytes, shape needs {expected}",
+            )
+        _check(len(self.payload) > 0, "empty_payload", "feature has no data")
+
+
+@dataclass(frozen=True)
+class Result(Envelope):
+    """A prediction for one frame, published to ``results/<camera_id>``."""
+
+    KIND: ClassVar[Kind] = Kind.RESULT
+    camera_id: str = _wire(IDENT)
+    seq: int = _wire(U64)
+    capture_ns: int = _wire(U64)
+    result_ns: int = _wire(U64)
+    gateway_id: str = _wire(IDENT)
+    extractor: str = _wire(IDENT)
+    label: int | None = _wire(LABEL)
+    predicted: int = _wire(U16)
+    score: float = _wire(F32)
+    model_version: str = _wire(IDENT)
+    computed_at: ComputedAt = _wire(_enum(ComputedAt))
+    held_back: int = _wire(U16)
+
+    def __post_init__(self) -> None:
+        _check_ident("camera_id", self.camera_id)
+        _check_ident("gateway_id", self.gateway_id)
+        _check_ident("model_version", self.model_version)
+        _check_finite("score", self.score)
+        _check(0.0 <= self.score <= 1.0, "bad_score", f"score {self.score}")
+
+
+@dataclass(frozen=True)
+class Model(Envelope):
+    """A model deployment, retained on ``models/<gateway_id>`` (or ``models/all``).
+
+    ``signature`` is Ed25519 over :meth:`signed_bytes` (the artifact's sha256 and the
+    metadata that decides how it is used); receivers verify it before loading anything.
+    """
+
+    KIND: ClassVar[Kind] = Kind.MODEL
+    name: str = _wire(IDENT)
+    version: str = _wire(IDENT)
+    kind: str = _wire(IDENT)
+    split_k: int = _wire(U16)
+    input_shape: tuple[int, ...] = _wire(SHAPE)
+    metadata_json: str = _wire(TEXT)
+    sha256: bytes = _wire(SHA256)
+    key_id: str = _wire(IDENT)
+    signature: bytes = _wire(SIGNATURE)
+    artifact: bytes = _wire(PAYLOAD)
+
+    def __post_init__(self) -> None:
+        _check_ident("name", self.name)
+        _check_ident("version", self.version)
+        _check_ident("kind", self.kind)
+        _check_ident("key_id", self.key_id)
+
+    def signed_bytes(self) -> bytes:
+        """The bytes the signature covers: everything except the signature and artifact
+        (the artifact is covered through its sha256, which receivers recompute)."""
+        out = bytearray(b"edgelearn-model-v1\x00")
+        for name, field_type in (
+            ("name", IDENT),
+            ("version", IDENT),
+            ("kind", IDENT),
+            ("split_k", U16),
+            ("input_shape", SHAPE),
+            ("metadata_json", TEXT),
+            ("sha256", SHA256),
+            ("key_id", IDENT),
+        ):
+            field_type.write(out, getattr(self, name))
+        return bytes(out)
+
+
+@dataclass(frozen=True)
+class Status(Envelope):
+    """A gateway's retained status on ``status/<gateway_id>``; also its last will."""
+
+    KIND: ClassVar[Kind] = Kind.STATUS
+    gateway_id: str = _wire(IDENT)
+    online: int = _wire(U8)
+    time_ns: int = _wire(U64)
+    mode: str = _wire(IDENT)
+    model_version: str = _wire(IDENT)
+    capacity_fps: dict[str, float] = _wire(_text_map(F64))
+    uplink_bytes_per_second: float = _wire(F64)
+    queue_depths: dict[str, int] = _wire(_text_map(U32))
+    note: str = _wire(TEXT)
+
+    def __post_init__(self) -> None:
+        _check_ident("gateway_id", self.gateway_id)
+        _check(self.online in (0, 1), "bad_flag", f"online {self.online}")
+        _check_ident("mode", self.mode.replace(":", "."))
+        _check_ident("model_version", self.model_version)
+        _check_finite("uplink_bytes_per_second", self.uplink_bytes_per_second)
+        for name, value in self.capacity_fps.items():
+            _check_finite(f"capacity_fps[{name}]", value)
+
+
+@dataclass(frozen=True)
+class Plan(Envelope):
+    """The cloud's retained plan for a gateway on ``plans/<gateway_id>``: what to run."""
+
+    KIND: ClassVar[Kind] = Kind.PLAN
+    gateway_id: str = _wire(IDENT)
+    plan_version: int = _wire(U64)
+    mode: str = _wire(IDENT)
+    keyframes: int = _wire(U8)
+    keyframe_threshold: float = _wire(F32)
+    keyframe_max_interval: int = _wire(U16)
+
+    def __post_init__(self) -> None:
+        _check_ident("gateway_id", self.gateway_id)
+        _check_ident("mode", self.mode.replace(":", "."))
+        _check(self.keyframes in (0, 1), "bad_flag", f"keyframes {self.keyframes}")
+        _check_finite("keyframe_threshold", self.keyframe_threshold)
+        _check(self.keyframe_threshold >= 0, "bad_threshold", f"{self.keyframe_threshold}")
+
+
+ENVELOPES: Final[dict[Kind, type[Envelope]]] = {
+    cls.KIND: cls for cls in (Frame, Feature, Result, Model, Status, Plan)
+}
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialise an envelope; raises :class:`WireError` if a value does not fit its field."""
+    out = bytearray(HEADER.pack(MAGIC, VERSION, envelope.KIND))
+    for item in fields(envelope):  # type: ignore[arg-type]
+        item.metadata["wire"].write(out, getattr(envelope, item.name))
+    return bytes(out)
+
+
+def decode(data: bytes | bytearray | memoryview) -> Envelope:
+    """Parse any envelope. Raises :class:`WireError` (and nothing else) on bad input."""
+    data = bytes(data)
+    if len(data) < HEADER.size:
+        raise WireError("truncated", f"{len(data)} bytes is shorter than the header")
+    magic, version, kind_value = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise WireError("bad_magic", repr(magic))
+    if version != VERSION:
+        raise WireError("unknown_version", f"version {version}, this build reads {VERSION}")
+    try:
+        kind = Kind(kind_value)
+    except ValueError as exc:
+        raise WireError("unknown_kind", str(kind_value)) from exc
+    cls = ENVELOPES[kind]
+    reader = _Reader(data)
+    reader.offset = HEADER.size
+    values = {item.name: item.metadata["wire"].read(reader) for item in fields(cls)}  # type: ignore[arg-type]
+    if reader.offset != len(data):
+        raise WireError("trailing_bytes", f"{len(data) - reader.offset} bytes after {kind.name}")
+    try:
+        return cls(**values)
+    except WireError:
+        raise
+    except (TypeError, ValueError) as exc:  # a validator tripping on a strange value
+        raise WireError("invalid", str(exc)) from exc
+
+
+E = TypeVar("E", bound=Envelope)
+
+
+def decode_as(data: bytes | bytearray | memoryview, cls: type[E]) -> E:
+    """Decode and insist on one kind (a status on the frame topic is a rejected envelope)."""
+    envelope = decode(data)
+    if not isinstance(envelope, cls):
+        raise WireError("wrong_kind", f"expected {cls.KIND.name}, got {envelope.KIND.name}")
+    return envelope
+
+
+# ---------------------------------------------------------------------------------------
+# Topics.
+
+ROOT: Final = "edgelearn/v1"
+DEFAULT_SITE: Final = "site"
+ALL_GATEWAYS: Final = "all"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names of one site. ``Topics("lab").frame("cam-1")`` and so on."""
+
+    site: str = DEFAULT_SITE
+
+    def __post_init__(self) -> None:
+        _check_ident("site", self.site)
+
+    @property
+    def base(self) -> str:
+        return f"{ROOT}/{self.site}"
+
+    def frame(self, camera_id: str) -> str:
+        return f"{self.base}/frames/{camera_id}"
+
+    def feature(self, gateway_id: str, camera_id: str) -> str:
+        return f"{self.base}/features/{gateway_id}/{camera_id}"
+
+    def result(self, camera_id: str) -> str:
+        return f"{self.base}/results/{camera_id}"
+
+    def model(self, gateway_id: str = ALL_GATEWAYS) -> str:
+        return f"{self.base}/models/{gateway_id}"
+
+    def plan(self, gateway_id: str) -> str:
+        return f"{self.base}/plans/{gateway_id}"
+
+    def status(self, gateway_id: str) -> str:
+        return f"{self.base}/status/{gateway_id}"
+
+    # Filters for subscribers.
+    def all_frames(self) -> str:
+        return f"{self.base}/frames/+"
+
+    def all_features(self) -> str:
+        return f"{self.base}/features/+/+"
+
+    def all_results(self) -> str:
+        return f"{self.base}/results/+"
+
+    def all_status(self) -> str:
+        return f"{self.base}/status/+"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """The MQTT v5 shared-subscription form: members of ``group`` split the messages."""
+    _check_ident("group", group)
+    return f"$share/{group}/{topic_filter}"
+
+
+def topic_leaf(topic: str) -> str:
+    """The last level of a topic (the camera or gateway id on the per-id topics)."""
+    return topic.rsplit("/", 1)[-1]

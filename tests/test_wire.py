@@ -1,0 +1,248 @@
+"""Wire format: every envelope round-trips, and nothing but WireError comes out of decode."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgelearn import wire
+
+ident = st.text(
+    alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."),
+    min_size=1,
+    max_size=wire.MAX_ID_LENGTH,
+)
+mode = st.sampled_from(["raw", "pca", "autoencoder", "split:1", "split:12", "full"])
+u16 = st.integers(0, 2**16 - 1)
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+label = st.none() | u16
+blob = st.binary(min_size=1, max_size=2048)
+f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+text = st.text(max_size=200)
+
+frames = st.builds(
+    wire.Frame,
+    camera_id=ident,
+    seq=u64,
+    capture_ns=u64,
+    width=st.integers(1, wire.MAX_FRAME_SIDE),
+    height=st.integers(1, wire.MAX_FRAME_SIDE),
+    encoding=st.sampled_from(wire.Encoding),
+    label=label,
+    payload=blob,
+)
+
+
+@st.composite
+def features(draw: st.DrawFn) -> wire.Feature:
+    dtype = draw(st.sampled_from(wire.DType))
+    codec = draw(st.sampled_from(wire.Codec))
+    shape = tuple(draw(st.lists(st.integers(1, 16), min_size=1, max_size=4)))
+    size = 1
+    for dim in shape:
+        size *= dim
+    payload = (
+        draw(st.binary(min_size=size * dtype.itemsize, max_size=size * dtype.itemsize))
+        if codec is wire.Codec.NONE
+        else draw(blob)
+    )
+    return wire.Feature(
+        camera_id=draw(ident),
+        seq=draw(u64),
+        capture_ns=draw(u64),
+        gateway_id=draw(ident),
+        label=draw(label),
+        extractor=draw(mode),
+        model_version=draw(ident),
+        dtype=dtype,
+        shape=shape,
+        scale=draw(st.floats(2.0**-20, 2.0**20, width=32)),
+        zero_point=draw(st.integers(-(2**31), 2**31 - 1)),
+        codec=codec,
+        raw_bytes=draw(u32),
+        held_back=draw(u16),
+        payload=payload,
+    )
+
+
+results = st.builds(
+    wire.Result,
+    camera_id=ident,
+    seq=u64,
+    capture_ns=u64,
+    result_ns=u64,
+    gateway_id=ident,
+    extractor=mode,
+    label=label,
+    predicted=u16,
+    score=st.floats(0, 1, width=32),
+    model_version=ident,
+    computed_at=st.sampled_from(wire.ComputedAt),
+    held_back=u16,
+)
+models = st.builds(
+    wire.Model,
+    name=ident,
+    version=ident,
+    kind=ident,
+    split_k=u16,
+    input_shape=st.lists(st.integers(1, 512), max_size=4).map(tuple),
+    metadata_json=text,
+    sha256=st.binary(min_size=32, max_size=32),
+    key_id=ident,
+    signature=st.binary(min_size=64, max_size=64),
+    artifact=st.binary(max_size=4096),
+)
+statuses = st.builds(
+    wire.Status,
+    gateway_id=ident,
+    online=st.integers(0, 1),
+    time_ns=u64,
+    mode=mode,
+    model_version=ident,
+    capacity_fps=st.dictionaries(ident, st.floats(0, 1e6), max_size=6),
+    uplink_bytes_per_second=st.floats(0, 1e12),
+    queue_depths=st.dictionaries(ident, u32, max_size=6),
+    note=text,
+)
+plans = st.builds(
+    wire.Plan,
+    gateway_id=ident,
+    plan_version=u64,
+    mode=mode,
+    keyframes=st.integers(0, 1),
+    keyframe_threshold=st.floats(0, 1000, width=32),
+    keyframe_max_interval=u16,
+)
+any_envelope = frames | features() | results | models | statuses | plans
+
+
+@given(any_envelope)
+@settings(max_examples=300)
+def test_every_envelope_round_trips(envelope: wire.Envelope) -> None:
+    data = wire.encode(envelope)
+    assert data[:2] == wire.MAGIC and data[2] == wire.VERSION and data[3] == envelope.KIND
+    assert wire.decode(data) == envelope
+    assert wire.decode_as(data, type(envelope)) == envelope
+
+
+def test_every_kind_is_covered_by_the_strategies() -> None:
+    assert set(wire.ENVELOPES) == set(wire.Kind)
+
+
+def _corpus() -> list[bytes]:
+    return [
+        wire.encode(wire.Frame("cam-1", 7, 99, 1280, 720, wire.Encoding.JPEG, 3, b"\xff\xd8jpeg")),
+        wire.encode(wire.Status("gw-1", 1, 5, "split:3", "v1", {"raw": 30.0}, 1e6, {"c": 1}, "")),
+        wire.encode(wire.Plan("gw-1", 2, "pca", 1, 0.1, 30)),
+        wire.encode(
+            wire.Result(
+                "cam-1", 1, 2, 3, "gw-1", "full", None, 4, 0.5, "v1", wire.ComputedAt.EDGE, 0
+            )
+        ),
+    ]
+
+
+def test_random_and_mutated_bytes_raise_only_wire_error() -> None:
+    """100,000 inputs: random bytes, and valid envelopes with bytes flipped, cut or added."""
+    rng = random.Random(20261123)
+    valid = _corpus()
+    reasons: set[str] = set()
+    accepted = 0
+    for index in range(100_000):
+        if index % 4 == 0:
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64)))
+            if index % 8 == 0:  # give random bodies a valid header so parsing goes deep
+                data = struct.pack("<2sBB", wire.MAGIC, wire.VERSION, rng.randrange(0, 8)) + data
+        else:
+            data = bytearray(rng.choice(valid))
+            operation = rng.randrange(4)
+            if operation == 0:
+                for _ in range(rng.randrange(1, 4)):
+                    data[rng.randrange(len(data))] = rng.getrandbits(8)
+            elif operation == 1:
+                del data[rng.randrange(len(data)) :]
+            elif operation == 2:
+                data += bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 8)))
+            else:
+                position = rng.randrange(len(data))
+                data[position:position] = bytes(rng.getrandbits(8) for _ in range(4))
+            data = bytes(data)
+        try:
+            wire.decode(data)
+            accepted += 1  # a flip inside a payload or a value can still be valid
+        except wire.WireError as exc:
+            reasons.add(exc.reason)
+    assert accepted < 100_000 * 0.5
+    # The typed error names its cause; several distinct causes must have been seen.
+    assert {"truncated", "bad_magic", "trailing_bytes", "unknown_kind"} <= reasons
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "truncated"),
+        (b"XX\x01\x01", "bad_magic"),
+        (b"EL\x02\x01", "unknown_version"),
+        (b"EL\x01\x63", "unknown_kind"),
+    ],
+)
+def test_header_errors_carry_their_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(wire.WireError) as caught:
+        wire.decode(data)
+    assert caught.value.reason == reason
+
+
+def test_exact_length_is_enforced() -> None:
+    data = wire.encode(wire.Frame("cam-1", 1, 2, 1280, 720, wire.Encoding.JPEG, None, b"jpeg"))
+    with pytest.raises(wire.WireError, match="trailing_bytes"):
+        wire.decode(data + b"\x00")
+    with pytest.raises(wire.WireError, match="truncated"):
+        wire.decode(data[:-1])
+
+
+def test_construction_validates() -> None:
+    with pytest.raises(wire.WireError, match="bad_id"):
+        wire.Frame("cam/1", 1, 2, 1280, 720, wire.Encoding.JPEG, None, b"x")  # would split a topic
+    with pytest.raises(wire.WireError, match="bad_length"):
+        wire.Feature(
+            "c",
+            1,
+            2,
+            "g",
+            None,
+            "pca",
+            "v",
+            wire.DType.INT8,
+            (4,),
+            0.1,
+            0,
+            wire.Codec.NONE,
+            10,
+            0,
+            b"abc",
+        )
+    with pytest.raises(wire.WireError, match="bad_score"):
+        wire.Result("c", 1, 2, 3, "g", "full", None, 1, 1.5, "v", wire.ComputedAt.EDGE, 0)
+
+
+def test_decode_as_rejects_the_wrong_kind() -> None:
+    data = wire.encode(wire.Plan("gw-1", 1, "raw", 0, 0.0, 1))
+    with pytest.raises(wire.WireError, match="wrong_kind"):
+        wire.decode_as(data, wire.Frame)
+
+
+def test_topics() -> None:
+    topics = wire.Topics("lab")
+    assert topics.frame("cam-1") == "edgelearn/v1/lab/frames/cam-1"
+    assert topics.feature("gw-1", "cam-1") == "edgelearn/v1/lab/features/gw-1/cam-1"
+    assert wire.shared("workers", topics.all_frames()) == "$share/workers/edgelearn/v1/lab/frames/+"
+    assert topics.model() == "edgelearn/v1/lab/models/all"
+    assert wire.topic_leaf(topics.status("gw-2")) == "gw-2"
+    with pytest.raises(wire.WireError):
+        wire.Topics("a/b")
