@@ -4,7 +4,7 @@ Roles and what each may do (the ACL written by :func:`render_acl`)::
 
     camera   write  frames/<its own id>            (mosquitto pattern %u), read nothing
     gateway  read   frames/+, models/#, plans/#
-             write  features/<its id>/#, status/<its id>
+             write  features/<its id>/#, status/<its id>/#
              (in 'full' mode its feature topic carries Result envelopes: only results go up)
     cloud    read   features/#, status/#, results/#
              write  models/#, plans/#, results/#
@@ -95,7 +95,7 @@ def render_acl(users: Iterable[User]) -> str:
                 "topic read edgelearn/v1/+/models/#",
                 "topic read edgelearn/v1/+/plans/#",
                 f"topic write edgelearn/v1/+/features/{user.name}/#",
-                f"topic readwrite edgelearn/v1/+/status/{user.name}",
+                f"topic readwrite edgelearn/v1/+/status/{user.name}/#",
             ]
         elif user.role == "cloud":
             lines += [

@@ -335,9 +335,11 @@ class Feature(Envelope):
     """What a gateway forwards for one (key)frame: the frame's identity and its features.
 
     ``raw_bytes`` is the size of the camera's JPEG the features replace, so the cloud can
-    account for what cloud-only would have sent; ``held_back`` counts the frames of this
-    camera the keyframe filter dropped since the previous feature (they take this frame's
-    result), with their labels in ``held_labels`` when the camera had ground truth.
+    account for what cloud-only would have sent. ``held_back`` counts the frames of this
+    camera the keyframe filter held back since the previous feature; they take the previous
+    feature's result when accuracy is counted per frame. ``held_mismatched`` counts those
+    whose ground-truth label differed from the previous feature's label (a scene change the
+    filter missed), so the cloud can score them as errors without every label travelling.
     """
 
     KIND: ClassVar[Kind] = Kind.FEATURE
@@ -355,6 +357,7 @@ class Feature(Envelope):
     codec: Codec = _wire(_enum(Codec))
     raw_bytes: int = _wire(U32)
     held_back: int = _wire(U16)
+    held_mismatched: int = _wire(U16)
     payload: bytes = _wire(PAYLOAD)
 
     def __post_init__(self) -> None:
@@ -379,11 +382,14 @@ class Feature(Envelope):
                 f"payload {len(self.payload)} bytes, shape needs {expected}",
             )
         _check(len(self.payload) > 0, "empty_payload", "feature has no data")
+        _check(self.held_mismatched <= self.held_back, "bad_count", "mismatched > held back")
 
 
 @dataclass(frozen=True)
 class Result(Envelope):
-    """A prediction for one frame, published to ``results/<camera_id>``."""
+    """A prediction for one frame, published to ``results/<camera_id>`` by the cloud (and,
+    in ``full`` mode, by a gateway on its feature topic). ``held_back``/``held_mismatched``
+    as in :class:`Feature`: the frames this result also answers for."""
 
     KIND: ClassVar[Kind] = Kind.RESULT
     camera_id: str = _wire(IDENT)
@@ -398,6 +404,7 @@ class Result(Envelope):
     model_version: str = _wire(IDENT)
     computed_at: ComputedAt = _wire(_enum(ComputedAt))
     held_back: int = _wire(U16)
+    held_mismatched: int = _wire(U16)
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
@@ -405,11 +412,13 @@ class Result(Envelope):
         _check_ident("model_version", self.model_version)
         _check_finite("score", self.score)
         _check(0.0 <= self.score <= 1.0, "bad_score", f"score {self.score}")
+        _check(self.held_mismatched <= self.held_back, "bad_count", "mismatched > held back")
 
 
 @dataclass(frozen=True)
 class Model(Envelope):
-    """A model deployment, retained on ``models/<gateway_id>`` (or ``models/all``).
+    """A model deployment, retained on ``models/<gateway_id or all>/<slot>`` where the slot
+    (:func:`model_slot`) names the kind and split, so each kind keeps its own retained copy.
 
     ``signature`` is Ed25519 over :meth:`signed_bytes` (the artifact's sha256 and the
     metadata that decides how it is used); receivers verify it before loading anything.
@@ -453,10 +462,12 @@ class Model(Envelope):
 
 @dataclass(frozen=True)
 class Status(Envelope):
-    """A gateway's retained status on ``status/<gateway_id>``; also its last will."""
+    """A gateway worker's retained status on ``status/<gateway_id>/<worker>``; also its
+    last will (``online=0``)."""
 
     KIND: ClassVar[Kind] = Kind.STATUS
     gateway_id: str = _wire(IDENT)
+    worker: int = _wire(U16)
     online: int = _wire(U8)
     time_ns: int = _wire(U64)
     mode: str = _wire(IDENT)
@@ -578,14 +589,18 @@ class Topics:
     def result(self, camera_id: str) -> str:
         return f"{self.base}/results/{camera_id}"
 
-    def model(self, gateway_id: str = ALL_GATEWAYS) -> str:
-        return f"{self.base}/models/{gateway_id}"
+    def model(self, gateway_id: str = ALL_GATEWAYS, slot: str = "default") -> str:
+        return f"{self.base}/models/{gateway_id}/{slot}"
+
+    def models_for(self, gateway_id: str) -> str:
+        """Filter for the deployments addressed to ``gateway_id`` (not those for all)."""
+        return f"{self.base}/models/{gateway_id}/+"
 
     def plan(self, gateway_id: str) -> str:
         return f"{self.base}/plans/{gateway_id}"
 
-    def status(self, gateway_id: str) -> str:
-        return f"{self.base}/status/{gateway_id}"
+    def status(self, gateway_id: str, worker: int = 0) -> str:
+        return f"{self.base}/status/{gateway_id}/{worker}"
 
     # Filters for subscribers.
     def all_frames(self) -> str:
@@ -598,7 +613,12 @@ class Topics:
         return f"{self.base}/results/+"
 
     def all_status(self) -> str:
-        return f"{self.base}/status/+"
+        return f"{self.base}/status/+/+"
+
+
+def model_slot(kind: str, split_k: int = 0) -> str:
+    """The retained slot of a deployment: ``pca``, ``autoencoder``, ``split-3``, ``full``."""
+    return f"{kind}-{split_k}" if kind == "split" else kind
 
 
 def shared(group: str, topic_filter: str) -> str:
@@ -607,6 +627,7 @@ def shared(group: str, topic_filter: str) -> str:
     return f"$share/{group}/{topic_filter}"
 
 
-def topic_leaf(topic: str) -> str:
-    """The last level of a topic (the camera or gateway id on the per-id topics)."""
-    return topic.rsplit("/", 1)[-1]
+def topic_level(topic: str, index: int) -> str:
+    """One level of a topic: ``topic_level(t, -1)`` is the camera id of a frame topic."""
+    levels = topic.split("/")
+    return levels[index] if -len(levels) <= index < len(levels) else ""

@@ -65,7 +65,8 @@ def features(draw: st.DrawFn) -> wire.Feature:
         zero_point=draw(st.integers(-(2**31), 2**31 - 1)),
         codec=codec,
         raw_bytes=draw(u32),
-        held_back=draw(u16),
+        held_back=(held := draw(u16)),
+        held_mismatched=draw(st.integers(0, held)),
         payload=payload,
     )
 
@@ -83,7 +84,8 @@ results = st.builds(
     score=st.floats(0, 1, width=32),
     model_version=ident,
     computed_at=st.sampled_from(wire.ComputedAt),
-    held_back=u16,
+    held_back=st.just(7),
+    held_mismatched=st.integers(0, 7),
 )
 models = st.builds(
     wire.Model,
@@ -101,6 +103,7 @@ models = st.builds(
 statuses = st.builds(
     wire.Status,
     gateway_id=ident,
+    worker=u16,
     online=st.integers(0, 1),
     time_ns=u64,
     mode=mode,
@@ -138,11 +141,11 @@ def test_every_kind_is_covered_by_the_strategies() -> None:
 def _corpus() -> list[bytes]:
     return [
         wire.encode(wire.Frame("cam-1", 7, 99, 1280, 720, wire.Encoding.JPEG, 3, b"\xff\xd8jpeg")),
-        wire.encode(wire.Status("gw-1", 1, 5, "split:3", "v1", {"raw": 30.0}, 1e6, {"c": 1}, "")),
+        wire.encode(wire.Status("gw-1", 0, 1, 5, "split:3", "v1", {"raw": 30.0}, 1e6, {"c": 1}, "")),
         wire.encode(wire.Plan("gw-1", 2, "pca", 1, 0.1, 30)),
         wire.encode(
             wire.Result(
-                "cam-1", 1, 2, 3, "gw-1", "full", None, 4, 0.5, "v1", wire.ComputedAt.EDGE, 0
+                "cam-1", 1, 2, 3, "gw-1", "full", None, 4, 0.5, "v1", wire.ComputedAt.EDGE, 0, 0
             )
         ),
     ]
@@ -225,10 +228,11 @@ def test_construction_validates() -> None:
             wire.Codec.NONE,
             10,
             0,
+            0,
             b"abc",
         )
     with pytest.raises(wire.WireError, match="bad_score"):
-        wire.Result("c", 1, 2, 3, "g", "full", None, 1, 1.5, "v", wire.ComputedAt.EDGE, 0)
+        wire.Result("c", 1, 2, 3, "g", "full", None, 1, 1.5, "v", wire.ComputedAt.EDGE, 0, 0)
 
 
 def test_decode_as_rejects_the_wrong_kind() -> None:
@@ -242,7 +246,9 @@ def test_topics() -> None:
     assert topics.frame("cam-1") == "edgelearn/v1/lab/frames/cam-1"
     assert topics.feature("gw-1", "cam-1") == "edgelearn/v1/lab/features/gw-1/cam-1"
     assert wire.shared("workers", topics.all_frames()) == "$share/workers/edgelearn/v1/lab/frames/+"
-    assert topics.model() == "edgelearn/v1/lab/models/all"
-    assert wire.topic_leaf(topics.status("gw-2")) == "gw-2"
+    assert topics.model() == "edgelearn/v1/lab/models/all/default"
+    assert topics.model("gw-1", wire.model_slot("split", 3)) == "edgelearn/v1/lab/models/gw-1/split-3"
+    assert wire.topic_level(topics.status("gw-2", 1), -2) == "gw-2"
+    assert wire.topic_level(topics.frame("cam-9"), -1) == "cam-9"
     with pytest.raises(wire.WireError):
         wire.Topics("a/b")

@@ -1,0 +1,60 @@
+"""A gateway worker's settings (one frozen dataclass; see :func:`edgelearn.config.load`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgelearn import wire
+from gateway.keyframes import KeyframeSettings
+from gateway.pipeline import Mode
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway_id: str = "gw-1"
+    worker: int = 0  # index within the gateway's pool; part of the MQTT client id
+    site: str = wire.DEFAULT_SITE
+    mode: str = "split:3"
+    group: str = "gateways"  # MQTT v5 shared-subscription group of the pool
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    tls: bool = False
+    secrets: Path | None = None
+    keyframes: bool = True
+    keyframe_threshold: float = 0.02
+    keyframe_max_interval: int = 45
+    queue_depth: int = 2  # frames per camera; the newest wins
+    stale_after: float = 2.0  # seconds a frame may wait for a worker
+    max_inflight: int = 64  # QoS 1 publishes awaiting their PUBACK
+    max_pending: int = 1024  # processed messages waiting for the uplink
+    feature_codec: str = "zstd"
+    coap_port: int = -1  # -1: no CoAP endpoint; 0: a free port
+    coap_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: a free port (printed at start)
+    metrics_host: str = "127.0.0.1"
+    status_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        Mode.parse(self.mode)  # raises ModeError with a clear message
+        wire.Topics(self.site)
+        self.keyframe_settings()
+        if self.feature_codec not in ("zstd", "zlib", "none"):
+            raise ValueError(f"feature codec {self.feature_codec!r}: zstd, zlib or none")
+        if self.queue_depth < 1 or self.max_inflight < 1 or self.max_pending < 1:
+            raise ValueError("queue_depth, max_inflight and max_pending must be >= 1")
+
+    def keyframe_settings(self) -> KeyframeSettings:
+        return KeyframeSettings(
+            enabled=self.keyframes,
+            threshold=self.keyframe_threshold,
+            max_interval=self.keyframe_max_interval,
+        )
+
+    @property
+    def codec(self) -> wire.Codec:
+        return wire.Codec[self.feature_codec.upper()]
+
+    @property
+    def client_id(self) -> str:
+        return f"{self.gateway_id}-w{self.worker}"

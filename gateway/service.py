@@ -1,0 +1,429 @@
+"""A gateway worker process: the I/O shell around :class:`gateway.pipeline.FramePipeline`.
+
+Where it sits::
+
+    MQTT $share/<group>/.../frames/+ --+
+                                       +--> LatestFrames --> worker thread --> forwarder
+    CoAP POST /frames -----------------+    (per camera,     (pipeline)       (QoS 1, capped)
+                                             newest wins)                          |
+                                                          MQTT features/<gw>/<camera> <-+
+    MQTT models/{all,<gw>}/+  --> verify signature + digest --> load in a thread --> swap
+    MQTT plans/<gw>           --> mode / keyframe thresholds, applied between frames
+    every few seconds         --> retained status/<gw>/<worker>; last will marks it offline
+
+:class:`GatewayWorker` is an async context manager owning a TaskGroup of named loops
+(``mqtt-connection`` inside the session, ``worker``, ``forwarder``, ``status``). Per-frame
+compute runs in the worker thread, off the event loop. Forwarding is at-least-once: a
+publish that fails for a lost connection is retried after the reconnect, and the broker
+persists what it acknowledged. Processed messages waiting for the uplink are capped
+(``max_pending``): when the uplink stalls the worker waits, frames queue up per camera and
+the newest wins there, so memory stays bounded and every drop is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiocoap
+import aiocoap.resource
+import aiomqtt
+from prometheus_client import CollectorRegistry
+
+from edgelearn import signing, wire
+from edgelearn.config import BrokerConfig
+from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
+from edgelearn.mqtt import MqttSession, NotConnected
+from edgelearn.secrets import Secrets, default_secrets_dir
+from gateway.config import GatewayConfig
+from gateway.keyframes import KeyframeSettings
+from gateway.metrics import UNKNOWN_CAMERA, GatewayMetrics
+from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack, Mode, ModeError
+from gateway.queues import LatestFrames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    frame: wire.Frame
+    transport: str
+
+
+class _CoapFrames(aiocoap.resource.Resource):  # type: ignore[misc]
+    """``POST /frames``: the same envelope a camera publishes over MQTT."""
+
+    def __init__(self, worker: GatewayWorker) -> None:
+        super().__init__()
+        self._worker = worker
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        reason = self._worker.ingest(request.payload, "coap", None)
+        if reason is not None:
+            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=reason.encode())
+        return aiocoap.Message(code=aiocoap.CHANGED)
+
+
+class GatewayWorker:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        broker: BrokerConfig | None = None,
+        trusted_key: Any | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = wire.Topics(config.site)
+        secrets = Secrets(config.secrets or default_secrets_dir())
+        self.broker = broker or BrokerConfig.for_user(
+            config.gateway_id,
+            host=config.broker_host,
+            port=config.broker_port,
+            secrets_dir=secrets.directory,
+            tls=config.tls,
+        )
+        self.trusted_key = trusted_key or signing.load_public_key(secrets.signing_public_key)
+        self.registry = registry or CollectorRegistry()
+        register_build_info(self.registry, "gateway")
+        self.metrics = GatewayMetrics(self.registry)
+        self.pipeline = FramePipeline(
+            gateway_id=config.gateway_id,
+            mode=Mode.parse(config.mode),
+            keyframes=config.keyframe_settings(),
+            feature_codec=config.codec,
+            on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(
+                seconds
+            ),
+        )
+        self.queue: LatestFrames[_Arrival] = LatestFrames(
+            depth=config.queue_depth, stale_after=config.stale_after, on_drop=self._count_drop
+        )
+        self.metrics.watch_queues(self.queue.depths)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: asyncio.Queue[Forward] | None = None
+        self._pending = threading.BoundedSemaphore(config.max_pending)
+        self._extract_seconds: dict[str, float] = {}
+        self._plan_version = -1
+        self._stopping = threading.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._cancellable: set[asyncio.Task[Any]] = set()
+        self._session: MqttSession | None = None
+        self._coap: Any = None
+        self.metrics_server: MetricsServer | None = None
+        self.coap_port: int | None = None
+        self.uplink_bytes_total = 0
+
+    # --- ingest (event loop) -------------------------------------------------------------
+
+    def _count_drop(self, camera_id: str, reason: str) -> None:
+        self.metrics.dropped.labels(camera_id, reason).inc()
+        log.debug("dropped a frame of %s: %s", camera_id, reason)
+
+    def ingest(self, payload: bytes, transport: str, topic_camera: str | None) -> str | None:
+        """Take one frame envelope; returns the drop reason if it was rejected."""
+        try:
+            frame = wire.decode_as(payload, wire.Frame)
+            if topic_camera is not None and frame.camera_id != topic_camera:
+                raise wire.WireError("camera_mismatch", f"{frame.camera_id} on {topic_camera}")
+        except wire.WireError as exc:
+            camera = topic_camera or UNKNOWN_CAMERA
+            self.metrics.received.labels(camera, transport).inc()
+            self._count_drop(camera, "rejected_envelope")
+            log.warning("rejected a %s frame envelope from %s: %s", transport, camera, exc)
+            return exc.reason
+        self.metrics.received.labels(frame.camera_id, transport).inc()
+        self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
+        self.queue.put(frame.camera_id, _Arrival(frame, transport))
+        return None
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        kind = wire.topic_level(topic, -2)
+        if kind == "frames":
+            self.ingest(payload, "mqtt", wire.topic_level(topic, -1))
+        elif wire.topic_level(topic, -3) == "models":
+            if payload:  # an empty retained message clears a slot; nothing to load
+                self._spawn(self._load_model(payload, topic), "model-load")
+        elif kind == "plans":
+            self._apply_plan(payload)
+
+    # --- models and plans ----------------------------------------------------------------
+
+    async def _load_model(self, payload: bytes, topic: str) -> None:
+        from cloud.models.artifacts import load_deployment  # TF-free, like the gateway
+        from cloud.models.errors import ArtifactError
+
+        try:
+            model = wire.decode_as(payload, wire.Model)
+            deployment = await asyncio.to_thread(load_deployment, model, self.trusted_key)
+        except (wire.WireError, signing.ModelRejected, ArtifactError) as exc:
+            reason = getattr(exc, "reason", "invalid")
+            self.metrics.models_rejected.labels(reason).inc()
+            log.warning("refused the model on %s (%s); keeping the current one", topic, exc)
+            return
+        slot = wire.model_slot(deployment.kind, deployment.split_k)
+        current = self.pipeline.model_versions().get(slot)
+        if current == deployment.version:
+            return  # the same deployment again (retained copy for all and for us)
+        extract_seconds = await asyncio.to_thread(self._measure, deployment)
+        self._extract_seconds[slot] = extract_seconds
+        self.pipeline.deploy(deployment)  # takes effect at the next frame; none dropped
+        self.metrics.model_swaps.labels(slot).inc()
+        self.metrics.set_model(slot, deployment.version)
+        self._update_mode_metric()
+        log.info(
+            "loaded %s %s (%.2f ms per frame)", slot, deployment.version, extract_seconds * 1e3
+        )
+
+    @staticmethod
+    def _measure(deployment: Any) -> float:
+        import numpy as np
+
+        from cloud.models.artifacts import measure_latency
+
+        shape = deployment.extractor.input_shape
+        frames = np.random.default_rng(0).integers(0, 255, (8, *shape), dtype=np.uint8)
+        return measure_latency(deployment.extractor, frames, repeats=2)
+
+    def _apply_plan(self, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            plan = wire.decode_as(payload, wire.Plan)
+            mode = Mode.parse(plan.mode)
+            settings = KeyframeSettings(
+                enabled=bool(plan.keyframes),
+                threshold=plan.keyframe_threshold,
+                max_interval=max(1, plan.keyframe_max_interval),
+            )
+        except (wire.WireError, ModeError, ValueError) as exc:
+            self.metrics.models_rejected.labels("bad_plan").inc()
+            log.warning("ignored a plan for %s: %s", self.config.gateway_id, exc)
+            return
+        if plan.gateway_id != self.config.gateway_id or plan.plan_version <= self._plan_version:
+            return
+        self._plan_version = plan.plan_version
+        self.pipeline.set_mode(mode)
+        self.pipeline.set_keyframes(settings)
+        self._update_mode_metric()
+        log.info("plan %d: mode %s, keyframes %s", plan.plan_version, mode, settings)
+
+    def _update_mode_metric(self) -> None:
+        self.metrics.set_mode(str(self.pipeline.mode), str(self.pipeline.effective_mode()))
+
+    # --- worker thread -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            entry = self.queue.get(timeout=0.2)
+            if entry is None:
+                continue
+            frame = entry.item.frame
+            try:
+                outcome = self.pipeline.process(frame)
+            except Exception:  # a model failing on one frame must not stop the worker
+                log.exception("extraction failed on %s #%d", frame.camera_id, frame.seq)
+                outcome = Dropped("extract_failed")
+            camera = frame.camera_id
+            if isinstance(outcome, Dropped):
+                self._count_drop(camera, outcome.reason)
+                continue
+            self.metrics.raw_equivalent_bytes.labels(camera).inc(len(frame.payload))
+            if isinstance(outcome, HeldBack):
+                self.metrics.processed.labels(camera, "held_back").inc()
+                continue
+            # Wait for room in the uplink rather than dropping work already done.
+            while not self._pending.acquire(timeout=0.2):
+                if self._stopping.is_set():
+                    self._count_drop(camera, "shutdown")
+                    return
+            self.metrics.processed.labels(camera, "forwarded").inc()
+            assert self._loop is not None and self._outbox is not None
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, outcome)
+
+    # --- forwarder and status (event loop) -----------------------------------------------
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        """A task in our TaskGroup that shutdown cancels (the worker thread is stopped by
+        its flag instead)."""
+        assert self._tasks is not None
+        task = self._tasks.create_task(coroutine, name=name)
+        self._cancellable.add(task)
+        task.add_done_callback(self._cancellable.discard)
+
+    async def _forward(self) -> None:
+        assert self._outbox is not None and self._session is not None
+        inflight = asyncio.Semaphore(self.config.max_inflight)
+        while True:
+            item = await self._outbox.get()
+            await inflight.acquire()
+            self._spawn(self._publish(item, inflight), "publish")
+
+    async def _publish(self, item: Forward, inflight: asyncio.Semaphore) -> None:
+        assert self._session is not None
+        envelope = item.envelope
+        topic = self.topics.feature(self.config.gateway_id, envelope.camera_id)
+        started = time.perf_counter()
+        try:
+            while True:
+                try:
+                    await self._session.publish(topic, item.data, qos=1, wait_for_connection=30)
+                    break
+                except NotConnected as exc:
+                    self.metrics.forward_failures.inc()
+                    log.info("uplink publish failed (%s); retrying after reconnect", exc)
+                    await self._session.connected.wait()
+        finally:
+            inflight.release()
+            self._pending.release()
+        self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
+        self.metrics.uplink_bytes.labels(envelope.camera_id, item.mode).inc(len(item.data))
+        self.uplink_bytes_total += len(item.data)
+        slot = Mode.parse(item.mode).slot
+        if slot in self._extract_seconds:
+            self.metrics.capacity.labels(item.mode).set(1.0 / self._extract_seconds[slot])
+
+    def status(self, online: bool, uplink_rate: float = 0.0) -> wire.Status:
+        mode, effective = self.pipeline.mode, self.pipeline.effective_mode()
+        note = "" if mode == effective else f"no {mode.slot} model yet: running raw"
+        versions = self.pipeline.model_versions()
+        capacity = {
+            str(Mode.parse(slot.replace("split-", "split:"))): round(1.0 / seconds, 1)
+            for slot, seconds in self._extract_seconds.items()
+        }
+        return wire.Status(
+            gateway_id=self.config.gateway_id,
+            worker=self.config.worker,
+            online=int(online),
+            time_ns=time.time_ns(),
+            mode=str(effective),
+            model_version=versions.get(effective.slot, "none"),
+            capacity_fps=capacity,
+            uplink_bytes_per_second=uplink_rate,
+            queue_depths=self.queue.depths(),
+            note=note,
+        )
+
+    async def _publish_status(self) -> None:
+        assert self._session is not None
+        topic = self.topics.status(self.config.gateway_id, self.config.worker)
+        last_bytes, last_time = 0, time.monotonic()
+        while True:
+            now = time.monotonic()
+            rate = (self.uplink_bytes_total - last_bytes) / max(now - last_time, 1e-6)
+            last_bytes, last_time = self.uplink_bytes_total, now
+            try:
+                await self._session.publish(
+                    topic, wire.encode(self.status(True, rate)), qos=1, retain=True
+                )
+            except NotConnected:
+                log.info("status not published: no connection")
+            await asyncio.sleep(self.config.status_interval)  # the status period
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> GatewayWorker:
+        self._loop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue()
+        self.metrics_server = serve_metrics(
+            self.registry, self.config.metrics_port, self.config.metrics_host
+        )
+        topics = self.topics
+        will = aiomqtt.Will(
+            topics.status(self.config.gateway_id, self.config.worker),
+            wire.encode(self.status(False)),
+            qos=1,
+            retain=True,
+        )
+        self._session = MqttSession(
+            self.broker,
+            self.config.client_id,
+            subscriptions=[
+                (wire.shared(self.config.group, topics.all_frames()), 0),
+                (f"{topics.base}/models/{wire.ALL_GATEWAYS}/+", 1),
+                (topics.models_for(self.config.gateway_id), 1),
+                (topics.plan(self.config.gateway_id), 1),
+            ],
+            on_message=self._on_message,
+            will=will,
+            persistent=True,
+        )
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        try:
+            await self._session.__aenter__()
+            if self.config.coap_port >= 0:
+                await self._start_coap()
+            self._update_mode_metric()
+            self._tasks.create_task(asyncio.to_thread(self._work), name="worker")
+            self._spawn(self._forward(), "forwarder")
+            self._spawn(self._publish_status(), "status")
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start_coap(self) -> None:
+        site = aiocoap.resource.Site()
+        site.add_resource(("frames",), _CoapFrames(self))
+        from cameras.coap_receiver import free_port
+
+        port = self.config.coap_port or free_port(self.config.coap_host)
+        self._coap = await aiocoap.Context.create_server_context(
+            site, bind=(self.config.coap_host, port), transports=["udp6", "tcpserver"]
+        )
+        self.coap_port = port
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every queued frame is processed and every message acknowledged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            idle = not any(self.queue.depths().values()) and self._pending_count() == 0
+            if idle:
+                return
+            await asyncio.sleep(0.02)  # polling an idle condition, bounded by timeout
+
+    def _pending_count(self) -> int:
+        return self.config.max_pending - self._pending._value
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stopping.set()
+        self.queue.close()
+        if self._coap is not None:
+            await self._coap.shutdown()
+            self._coap = None
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            for task in list(self._cancellable):
+                task.cancel()
+            await tasks.__aexit__(None, None, None)
+        self.queue.drain("shutdown")
+        if self._session is not None:
+            # A clean disconnect sends no last will: say we are offline ourselves.
+            topic = self.topics.status(self.config.gateway_id, self.config.worker)
+            with contextlib.suppress(NotConnected):
+                await self._session.publish(
+                    topic,
+                    wire.encode(self.status(False)),
+                    qos=1,
+                    retain=True,
+                    wait_for_connection=1.0,
+                )
+            await self._session.__aexit__(None, None, None)
+            self._session = None
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None

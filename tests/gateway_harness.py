@@ -1,0 +1,138 @@
+"""Helpers for gateway tests: real frames from the camera's renderer, a worker run in a
+background event loop, and a real (random-component) PCA deployment signed like the cloud's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cameras.datasets import load_fashion_mnist
+from cameras.scene import LabeledScene
+from cloud.models.artifacts import PcaProjection, TensorQuantization
+from edgelearn import signing, wire
+from gateway.config import GatewayConfig
+from gateway.service import GatewayWorker
+from tests.conftest import BrokerUnderTest
+
+
+def scene_frames(
+    camera_id: str, count: int, *, seed: int = 0, dwell: int = 30, quality: int = 80
+) -> list[wire.Frame]:
+    scene = LabeledScene(load_fashion_mnist("test"), seed=seed, dwell_frames=dwell)
+    frames = []
+    for index in range(count):
+        rendered = scene.render(index)
+        ok, jpeg = cv2.imencode(".jpg", rendered.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        frames.append(
+            wire.Frame(
+                camera_id,
+                index,
+                time.time_ns(),
+                1280,
+                720,
+                wire.Encoding.JPEG,
+                rendered.label,
+                jpeg.tobytes(),
+            )
+        )
+    return frames
+
+
+def pca_deployment(
+    secrets_dir: Path, *, dim: int = 32, version: str = "pca-test-1", seed: int = 0
+) -> wire.Model:
+    """A PCA projection with random orthonormal components: real math, untrained."""
+    rng = np.random.default_rng(seed)
+    size = 96 * 96
+    components, _ = np.linalg.qr(rng.normal(size=(size, dim)).astype(np.float32))
+    projection = PcaProjection(
+        mean=np.full(size, 0.5, np.float32),
+        components=components.T.astype(np.float32).copy(),
+        input_shape=(96, 96, 1),
+        output=TensorQuantization("int8", (dim,), 0.05, 0),
+    )
+    key = signing.load_private_key(secrets_dir / signing.PRIVATE_KEY_FILE)
+    return signing.sign_model(
+        key,
+        name="pca",
+        version=version,
+        kind="pca",
+        split_k=0,
+        input_shape=(96, 96, 1),
+        metadata_json=json.dumps({"output": projection.output.to_dict()}),
+        artifact=projection.to_bytes(),
+    )
+
+
+@dataclass
+class RunningGateway:
+    worker: GatewayWorker
+    loop: asyncio.AbstractEventLoop
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.worker.registry.get_sample_value(name, labels) or 0.0
+
+    def total(self, name: str, **match: str) -> float:
+        """Sum of a counter over every label set that matches ``match``."""
+        total = 0.0
+        for family in self.worker.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in match.items()):
+                    total += sample.value
+        return total
+
+    def drain(self, timeout: float = 30.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.worker.drain(timeout), self.loop).result(timeout + 5)
+
+
+@contextmanager
+def run_gateway(broker: BrokerUnderTest, **settings: object) -> Iterator[RunningGateway]:
+    """Run a GatewayWorker in its own event loop thread until the block ends."""
+    config = GatewayConfig(
+        broker_host=broker.host,
+        broker_port=broker.port,
+        secrets=broker.secrets_dir,
+        status_interval=0.5,
+        **settings,  # type: ignore[arg-type]
+    )
+    ready: list[RunningGateway] = []
+    failure: list[BaseException] = []
+    started = threading.Event()
+    stop: asyncio.Event | None = None
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        try:
+            async with GatewayWorker(config) as worker:
+                ready.append(RunningGateway(worker, asyncio.get_running_loop()))
+                started.set()
+                await stop.wait()
+        except BaseException as exc:
+            failure.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(30), "gateway did not start"
+    if failure:
+        raise failure[0]
+    running = ready[0]
+    try:
+        yield running
+    finally:
+        assert stop is not None
+        running.loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        assert not thread.is_alive(), "gateway did not stop"

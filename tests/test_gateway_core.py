@@ -1,0 +1,143 @@
+"""Gateway core without sockets: keyframe filter, queues, pipeline modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cameras.datasets import load_fashion_mnist
+from cameras.scene import LabeledScene
+from cloud.models.artifacts import load_deployment
+from edgelearn import broker as broker_module
+from edgelearn import codec, signing, wire
+from gateway.keyframes import KeyframeFilter, KeyframeSettings, decode_small
+from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack, Mode, ModeError
+from gateway.queues import LatestFrames
+from tests.gateway_harness import pca_deployment, scene_frames
+
+
+def test_keyframes_catch_every_item_change_and_skip_a_static_scene() -> None:
+    dwell = 30
+    frames = scene_frames("cam-1", 12 * dwell, seed=3, dwell=dwell)
+    scene = LabeledScene(load_fashion_mnist("test"), seed=3, dwell_frames=dwell)
+    keyframes = KeyframeFilter(KeyframeSettings())
+    decisions = [keyframes.decide("cam-1", decode_small(f.payload), f.label) for f in frames]
+    changes = [i for i in range(1, len(frames)) if scene.item_index(i) != scene.item_index(i - 1)]
+    assert len(changes) == 11
+    assert all(decisions[i].keyframe for i in changes), "an item change was not a keyframe"
+    kept = sum(d.keyframe for d in decisions) / len(decisions)
+    assert kept < 0.35
+    # The frames held back after a settled keyframe show the same item: no mismatches.
+    assert sum(d.held_mismatched for d in decisions) == 0
+
+    static = scene_frames("cam-2", 300, seed=4, dwell=10_000)
+    still = KeyframeFilter(KeyframeSettings(max_interval=45))
+    kept_static = sum(still.decide("cam-2", decode_small(f.payload)).keyframe for f in static)
+    assert kept_static / len(static) < 0.06  # entry of the one item + forced re-anchors
+
+
+def test_every_held_back_frame_is_reported_by_the_next_keyframe() -> None:
+    frames = scene_frames("cam-1", 90, seed=5, dwell=30)
+    keyframes = KeyframeFilter(KeyframeSettings(max_interval=20))
+    decisions = [keyframes.decide("cam-1", decode_small(f.payload), f.label) for f in frames]
+    last_keyframe = max(i for i, d in enumerate(decisions) if d.keyframe)
+    held_before_last = sum(not d.keyframe for d in decisions[:last_keyframe])
+    assert held_before_last > 30  # most frames were held back...
+    assert sum(d.held_back for d in decisions) == held_before_last  # ...and all reported
+    gaps = [
+        b - a
+        for a, b in zip(
+            [i for i, d in enumerate(decisions) if d.keyframe],
+            [i for i, d in enumerate(decisions) if d.keyframe][1:],
+            strict=False,
+        )
+    ]
+    assert max(gaps) <= 20  # max_interval forces a keyframe
+
+
+def test_queue_newest_wins_and_counts_every_drop() -> None:
+    drops: list[tuple[str, str]] = []
+    queue: LatestFrames[int] = LatestFrames(
+        depth=2, stale_after=60, on_drop=lambda c, r: drops.append((c, r))
+    )
+    for value in range(5):
+        queue.put("a", value)
+    queue.put("b", 100)
+    taken = [queue.get(timeout=0) for _ in range(3)]
+    assert [(e.camera_id, e.item) for e in taken if e] == [("a", 3), ("b", 100), ("a", 4)]
+    assert drops == [("a", "queue_full")] * 3
+    assert queue.get(timeout=0) is None
+
+
+def test_queue_drops_stale_frames() -> None:
+    drops: list[str] = []
+    queue: LatestFrames[int] = LatestFrames(
+        depth=4, stale_after=0.0, on_drop=lambda c, r: drops.append(r)
+    )
+    queue.put("a", 1)
+    assert queue.get(timeout=0) is None
+    assert drops == ["stale"]
+
+
+def test_modes_parse_with_clear_errors() -> None:
+    assert Mode.parse("split:3") == Mode("split", 3)
+    assert str(Mode.parse("full")) == "full"
+    for bad in ("split", "split:0", "split:x", "pca:2", "jpeg", ""):
+        with pytest.raises(ModeError):
+            Mode.parse(bad)
+
+
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("secrets")
+    broker_module.init_secrets(directory, cameras=1, gateways=1)
+    return directory
+
+
+def test_raw_mode_forwards_the_jpeg_unchanged_and_pca_sends_int8(secrets_dir: Path) -> None:
+    frames = scene_frames("cam-1", 3, seed=1, dwell=30)
+    pipeline = FramePipeline(
+        "gw-1", mode=Mode.parse("pca"), keyframes=KeyframeSettings(enabled=False)
+    )
+    raw = pipeline.process(frames[0])  # no PCA model yet: raw, and nothing lost
+    assert isinstance(raw, Forward) and raw.mode == "raw"
+    assert isinstance(raw.envelope, wire.Feature)
+    assert raw.envelope.codec is wire.Codec.JPEG and raw.envelope.payload == frames[0].payload
+
+    public = signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
+    pipeline.deploy(load_deployment(pca_deployment(secrets_dir, dim=32), public))
+    feature = pipeline.process(frames[1])
+    assert isinstance(feature, Forward) and feature.mode == "pca"
+    envelope = feature.envelope
+    assert isinstance(envelope, wire.Feature)
+    assert (envelope.dtype, envelope.shape, envelope.label) == (
+        wire.DType.INT8,
+        (32,),
+        frames[1].label,
+    )
+    values = codec.decode_array(
+        envelope.payload,
+        dtype=envelope.dtype,
+        shape=envelope.shape,
+        scale=envelope.scale,
+        zero_point=envelope.zero_point,
+        codec=envelope.codec,
+    )
+    assert values.shape == (32,) and np.isfinite(values).all()
+    assert len(feature.data) < len(frames[1].payload) / 100
+
+
+def test_truncated_and_garbage_jpegs_are_dropped_with_a_reason() -> None:
+    frame = scene_frames("cam-1", 1)[0]
+    pipeline = FramePipeline("gw-1")
+    truncated = wire.Frame("cam-1", 1, 0, 1280, 720, wire.Encoding.JPEG, None, frame.payload[:-500])
+    garbage = wire.Frame(
+        "cam-1", 2, 0, 1280, 720, wire.Encoding.JPEG, None, b"\xff\xd8" + bytes(100) + b"\xff\xd9"
+    )
+    assert pipeline.process(truncated) == Dropped("undecodable")
+    assert pipeline.process(garbage) == Dropped("undecodable")
+    assert isinstance(pipeline.process(frame), Forward)
+    held = pipeline.process(frame)
+    assert isinstance(held, HeldBack)

@@ -1,0 +1,242 @@
+"""Gateway workers against a real mosquitto: features upstream, shared subscriptions, model
+deployment and refusal, bad input, exact frame accounting, CoAP from libcoap's client."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgelearn import wire
+from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
+from tests.gateway_harness import RunningGateway, pca_deployment, run_gateway, scene_frames
+
+Probe = Callable[..., MqttProbe]
+
+
+def _features(probe: MqttProbe) -> list[wire.Feature]:
+    return [wire.decode_as(payload, wire.Feature) for payload in probe.payloads()]
+
+
+def _deploy(cloud: MqttProbe, topics: wire.Topics, model: wire.Model) -> None:
+    slot = wire.model_slot(model.kind, model.split_k)
+    assert not cloud.publish_and_wait(
+        topics.model(wire.ALL_GATEWAYS, slot),
+        wire.encode(model),
+    ).is_failure
+
+
+def _publish_frames(camera: MqttProbe, topics: wire.Topics, frames: list[wire.Frame]) -> int:
+    total = 0
+    for frame in frames:
+        data = wire.encode(frame)
+        total += len(frame.payload)
+        assert not camera.publish_and_wait(topics.frame(frame.camera_id), data).is_failure
+    return total
+
+
+def _accounted(gateway: RunningGateway) -> tuple[float, float, float]:
+    received = gateway.total("edgelearn_gateway_frames_received_total")
+    processed = gateway.total("edgelearn_gateway_frames_processed_total")
+    dropped = gateway.total("edgelearn_gateway_frames_dropped_total")
+    return received, processed, dropped
+
+
+def test_pca_features_are_far_smaller_than_raw_and_a_plan_switches_mode(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str
+) -> None:
+    topics = wire.Topics(site)
+    cloud = mqtt_probe("cloud")
+    cloud.subscribe(topics.all_features())
+    camera = mqtt_probe("cam-1")
+    frames = scene_frames("cam-1", 24, seed=2)
+    with run_gateway(broker, site=site, mode="pca", keyframes=False, queue_depth=64) as gateway:
+        model = pca_deployment(broker.secrets_dir, dim=32)
+        _deploy(cloud, topics, model)
+        wait_for(
+            lambda: gateway.sample("edgelearn_gateway_model_swaps_total", slot="pca") == 1,
+            30,
+            "the PCA model to load",
+        )
+        raw_bytes = _publish_frames(camera, topics, frames[:12])
+        wait_for(lambda: len(cloud.payloads()) == 12, 30, "12 PCA features")
+        pca = _features(cloud)
+        assert {f.extractor for f in pca} == {"pca"}
+        assert {f.model_version for f in pca} == {model.version}
+        assert [f.label for f in pca] == [f.label for f in frames[:12]]
+        pca_bytes = sum(len(p) for p in cloud.payloads())
+        assert pca_bytes * 100 < raw_bytes
+
+        plan = wire.Plan(
+            gateway_id="gw-1",
+            plan_version=1,
+            mode="raw",
+            keyframes=0,
+            keyframe_threshold=0.02,
+            keyframe_max_interval=45,
+        )
+        assert not cloud.publish_and_wait(topics.plan("gw-1"), wire.encode(plan)).is_failure
+        wait_for(lambda: str(gateway.worker.pipeline.mode) == "raw", 10, "the plan")
+        _publish_frames(camera, topics, frames[12:])
+        wait_for(lambda: len(cloud.payloads()) == 24, 30, "12 raw features")
+        raw = _features(cloud)[12:]
+        assert {f.extractor for f in raw} == {"raw"}
+        assert [f.payload for f in raw] == [f.payload for f in frames[12:]]
+
+
+def test_two_workers_share_the_cameras_and_together_process_all(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str
+) -> None:
+    topics = wire.Topics(site)
+    cloud = mqtt_probe("cloud")
+    cloud.subscribe(topics.all_features())
+    cameras = [f"cam-{n}" for n in (2, 3, 4, 5)]
+    settings = dict(site=site, gateway_id="gw-2", mode="raw", keyframes=False, queue_depth=64)
+    with (
+        run_gateway(broker, worker=0, **settings) as first,
+        run_gateway(broker, worker=1, **settings) as second,
+    ):
+        sent = []
+        for camera_id in cameras:
+            frames = scene_frames(camera_id, 10, seed=hash(camera_id) % 100)
+            _publish_frames(mqtt_probe(camera_id), topics, frames)
+            sent += [(f.camera_id, f.seq) for f in frames]
+        wait_for(lambda: len(cloud.payloads()) == len(sent), 30, "every frame forwarded")
+        shares = [g.total("edgelearn_gateway_frames_received_total") for g in (first, second)]
+        assert all(share > 0 for share in shares), shares
+        assert sum(shares) == len(sent)
+        assert sorted((f.camera_id, f.seq) for f in _features(cloud)) == sorted(sent)
+
+
+def test_tampered_or_foreign_models_are_refused_while_frames_keep_flowing(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str, tmp_path: Path
+) -> None:
+    from edgelearn import broker as broker_module
+
+    topics = wire.Topics(site)
+    cloud = mqtt_probe("cloud")
+    cloud.subscribe(topics.all_features())
+    camera = mqtt_probe("cam-6")
+    frames = scene_frames("cam-6", 6, seed=7)
+    with run_gateway(
+        broker, site=site, gateway_id="gw-3", mode="pca", keyframes=False, queue_depth=64
+    ) as gateway:
+        good = pca_deployment(broker.secrets_dir, version="good-1")
+        _deploy(cloud, topics, good)
+        wait_for(
+            lambda: gateway.sample("edgelearn_gateway_model_swaps_total", slot="pca") == 1,
+            30,
+            "the good model",
+        )
+        artifact = bytearray(good.artifact)
+        artifact[len(artifact) // 2] ^= 0xFF
+        tampered = dataclasses.replace(good, version="tampered-2", artifact=bytes(artifact))
+        _deploy(cloud, topics, tampered)
+        other_keys = broker_module.init_secrets(tmp_path / "other", cameras=0, gateways=0)
+        foreign = pca_deployment(other_keys.directory, version="foreign-3")
+        _deploy(cloud, topics, foreign)
+        wait_for(
+            lambda: gateway.total("edgelearn_gateway_models_rejected_total") == 2,
+            30,
+            "two refusals",
+        )
+        assert gateway.sample("edgelearn_gateway_models_rejected_total", reason="unknown_key") == 1
+        # tampered-2 kept good-1's signature over different metadata: refused either way.
+        assert (
+            gateway.total("edgelearn_gateway_models_rejected_total", reason="bad_digest")
+            + gateway.total("edgelearn_gateway_models_rejected_total", reason="bad_signature")
+            == 1
+        )
+        _publish_frames(camera, topics, frames)
+        wait_for(lambda: len(cloud.payloads()) == len(frames), 30, "features after refusals")
+        assert {f.model_version for f in _features(cloud)} == {"good-1"}
+
+
+def test_bad_input_is_counted_and_every_frame_accounted_for(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str
+) -> None:
+    topics = wire.Topics(site)
+    camera = mqtt_probe("cam-7")
+    frames = scene_frames("cam-7", 60, seed=9)
+    with run_gateway(
+        broker, site=site, gateway_id="gw-4", mode="raw", keyframes=True, queue_depth=2
+    ) as gateway:
+        bad = [
+            b"not an envelope",
+            wire.encode(dataclasses.replace(frames[0], camera_id="cam-8")),  # not its topic
+            wire.encode(dataclasses.replace(frames[0], payload=frames[0].payload[:-300])),
+            wire.encode(wire.Plan("gw-4", 1, "raw", 0, 0.0, 1)),  # wrong kind on frames
+        ]
+        for payload in bad:
+            assert not camera.publish_and_wait(topics.frame("cam-7"), payload).is_failure
+        # Then a burst far faster than the worker drains a depth-2 queue.
+        for frame in frames:
+            camera.publish(topics.frame("cam-7"), wire.encode(frame), qos=0)
+        wait_for(lambda: _accounted(gateway)[0] == len(bad) + len(frames), 30, "all arrivals")
+        gateway.drain()
+        received, processed, dropped = _accounted(gateway)
+        assert received == processed + dropped
+        assert (
+            gateway.sample(
+                "edgelearn_gateway_frames_dropped_total", camera="cam-7", reason="rejected_envelope"
+            )
+            == 3
+        )
+        assert (
+            gateway.sample(
+                "edgelearn_gateway_frames_dropped_total", camera="cam-7", reason="undecodable"
+            )
+            == 1
+        )
+        assert processed > 0
+
+
+def test_status_is_retained_and_marks_the_worker_offline_on_exit(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str
+) -> None:
+    topics = wire.Topics(site)
+    observer = mqtt_probe("cloud")
+    observer.subscribe(topics.all_status())
+    with run_gateway(broker, site=site, gateway_id="gw-1", mode="split:2") as gateway:
+        wait_for(lambda: bool(observer.payloads()), 10, "a status")
+        status = wire.decode_as(observer.payloads()[-1], wire.Status)
+        assert status.online == 1 and status.mode == "raw"
+        assert "split-2" in status.note  # says it runs raw until the model comes
+        assert gateway.worker.metrics_server is not None
+    wait_for(
+        lambda: wire.decode_as(observer.payloads()[-1], wire.Status).online == 0,
+        10,
+        "the offline status",
+    )
+
+
+@pytest.mark.skipif(shutil.which("coap-client-notls") is None, reason="libcoap3-bin missing")
+def test_libcoap_client_posts_a_frame_to_the_gateway(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str, tmp_path: Path
+) -> None:
+    topics = wire.Topics(site)
+    cloud = mqtt_probe("cloud")
+    cloud.subscribe(topics.all_features())
+    frame = scene_frames("cam-9", 1)[0]
+    envelope = tmp_path / "frame.bin"
+    envelope.write_bytes(wire.encode(frame))
+    with run_gateway(broker, site=site, gateway_id="gw-1", mode="raw", coap_port=0) as gateway:
+        uri = f"coap://127.0.0.1:{gateway.worker.coap_port}/frames"
+        done = subprocess.run(
+            ["coap-client-notls", "-m", "post", "-b", "1024", "-f", str(envelope), uri],
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: len(cloud.payloads()) == 1, 30, "the CoAP frame forwarded")
+        assert (
+            gateway.sample(
+                "edgelearn_gateway_frames_received_total", camera="cam-9", transport="coap"
+            )
+            == 1
+        )
+        assert _features(cloud)[0].payload == frame.payload
