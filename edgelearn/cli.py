@@ -35,6 +35,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 # Subcommands implemented next to their role's code: name -> (module, one-line help).
 ROLE_COMMANDS: dict[str, tuple[str, str]] = {
     "camera": ("cameras.cli", "run simulated 720p cameras publishing frames"),
+    "gateway": ("gateway.cli", "run gateway workers: keyframes, features, forwarding"),
     "schedule": ("cloud.scheduling.cli", "layer-placement scheduler: simulate paper 003"),
 }
 

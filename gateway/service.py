@@ -151,28 +151,38 @@ class GatewayWorker:
             self.ingest(payload, "mqtt", wire.topic_level(topic, -1))
         elif wire.topic_level(topic, -3) == "models":
             if payload:  # an empty retained message clears a slot; nothing to load
-                self._spawn(self._load_model(payload, topic), "model-load")
+                self._spawn(self._receive_model(payload, topic), "model-load")
         elif kind == "plans":
             self._apply_plan(payload)
 
     # --- models and plans ----------------------------------------------------------------
 
-    async def _load_model(self, payload: bytes, topic: str) -> None:
+    async def _receive_model(self, payload: bytes, topic: str) -> None:
+        try:
+            model = wire.decode_as(payload, wire.Model)
+        except wire.WireError as exc:
+            self.metrics.models_rejected.labels("rejected_envelope").inc()
+            log.warning("refused the model on %s (%s); keeping the current one", topic, exc)
+            return
+        await self.load_model(model)
+
+    async def load_model(self, model: wire.Model) -> bool:
+        """Verify, load (in a thread) and swap in ``model``; False if it was refused."""
         from cloud.models.artifacts import load_deployment  # TF-free, like the gateway
         from cloud.models.errors import ArtifactError
 
         try:
-            model = wire.decode_as(payload, wire.Model)
             deployment = await asyncio.to_thread(load_deployment, model, self.trusted_key)
-        except (wire.WireError, signing.ModelRejected, ArtifactError) as exc:
-            reason = getattr(exc, "reason", "invalid")
-            self.metrics.models_rejected.labels(reason).inc()
-            log.warning("refused the model on %s (%s); keeping the current one", topic, exc)
-            return
+        except (signing.ModelRejected, ArtifactError) as exc:
+            self.metrics.models_rejected.labels(getattr(exc, "reason", "invalid")).inc()
+            log.warning(
+                "refused model %s %s (%s); keeping the current one", model.name, model.version, exc
+            )
+            return False
         slot = wire.model_slot(deployment.kind, deployment.split_k)
         current = self.pipeline.model_versions().get(slot)
         if current == deployment.version:
-            return  # the same deployment again (retained copy for all and for us)
+            return True  # the same deployment again (retained copy for all and for us)
         extract_seconds = await asyncio.to_thread(self._measure, deployment)
         self._extract_seconds[slot] = extract_seconds
         self.pipeline.deploy(deployment)  # takes effect at the next frame; none dropped
@@ -182,6 +192,7 @@ class GatewayWorker:
         log.info(
             "loaded %s %s (%.2f ms per frame)", slot, deployment.version, extract_seconds * 1e3
         )
+        return True
 
     @staticmethod
     def _measure(deployment: Any) -> float:

@@ -1,0 +1,326 @@
+"""Cloud consumers: features in, upper layers, results out, scored and stored.
+
+Where it sits::
+
+    MQTT $share/<group>/.../features/+/+ --> bounded queue --> inference thread
+        (batches across cameras, grouped by extractor and model version)
+        --> Result per frame on results/<camera>  (QoS 0: a result is news, not a record)
+        --> Scoreboard (per-frame accuracy) and FeatureStore (labeled, for training)
+
+A gateway in ``full`` mode sends ``wire.Result`` envelopes on its feature topic (only the
+answer goes up); consumers republish them on the results topic and score them like their own.
+Several consumers in one shared-subscription group split the load.
+
+Which model answers a feature is the :class:`ClassifierSource`'s business (the model
+registry in production, see :mod:`cloud.serving`); a feature no model can answer is dropped
+with reason ``no_model`` and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import aiomqtt
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry
+
+from cloud.feature_store import FeatureStore
+from cloud.metrics import CloudMetrics
+from cloud.scoring import Scoreboard
+from edgelearn import codec, wire
+from edgelearn.config import BrokerConfig
+from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
+from edgelearn.mqtt import MqttSession, NotConnected
+from gateway import preprocess
+
+log = logging.getLogger(__name__)
+
+
+class Classifier(Protocol):
+    """The cloud's half of a mode: float features (or uint8 frames for ``raw``) ->
+    class probabilities ``(N, classes)``."""
+
+    takes_frames: bool
+    input_size: int
+    channels: int
+
+    def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]: ...
+
+
+class ClassifierSource(Protocol):
+    def classifier_for(self, extractor: str, model_version: str) -> Classifier | None: ...
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    consumer_id: str = "cloud-0"
+    site: str = wire.DEFAULT_SITE
+    group: str = "cloud"
+    batch_max: int = 32
+    queue_max: int = 20_000  # about a minute at the rated 300 features/s
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    store_features: bool = True
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    envelope: wire.Feature | wire.Result
+    size: int
+
+
+class CloudConsumer:
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        broker: BrokerConfig,
+        models: ClassifierSource,
+        *,
+        store: FeatureStore | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.models = models
+        self.store = store if config.store_features else None
+        self.topics = wire.Topics(config.site)
+        self.registry = registry or CollectorRegistry()
+        register_build_info(self.registry, "cloud")
+        self.metrics = CloudMetrics(self.registry)
+        self.scoreboard = Scoreboard()
+        self._queue: queue.Queue[_Incoming] = queue.Queue(config.queue_max)
+        self._stopping = threading.Event()
+        self._session: MqttSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._missing: set[tuple[str, str]] = set()
+        self.metrics_server: MetricsServer | None = None
+        self.results_published = 0
+
+    # --- ingest (event loop) -------------------------------------------------------------
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        try:
+            envelope = wire.decode(payload)
+            if not isinstance(envelope, wire.Feature | wire.Result):
+                raise wire.WireError("wrong_kind", type(envelope).__name__)
+        except wire.WireError as exc:
+            self.metrics.dropped.labels("rejected_envelope").inc()
+            log.warning("rejected an envelope on %s: %s", message.topic, exc)
+            return
+        mode = envelope.extractor
+        self.metrics.features_received.labels(mode).inc()
+        self.metrics.received_bytes.labels(mode).inc(len(payload))
+        if isinstance(envelope, wire.Feature):
+            self.metrics.raw_equivalent_bytes.labels(mode).inc(
+                envelope.raw_bytes * (1 + envelope.held_back)
+            )
+        try:
+            self._queue.put_nowait(_Incoming(envelope, len(payload)))
+        except queue.Full:
+            self.metrics.dropped.labels("queue_full").inc()
+
+    # --- inference thread ----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self.config.batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._answer(batch)
+            except Exception:  # one bad batch must not stop the consumer
+                log.exception("inference failed on a batch of %d", len(batch))
+                self.metrics.dropped.labels("inference_failed").inc(len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _answer(self, batch: list[_Incoming]) -> None:
+        self.metrics.batch_size.observe(len(batch))
+        groups: dict[tuple[str, str], list[_Incoming]] = defaultdict(list)
+        for item in batch:
+            envelope = item.envelope
+            if isinstance(envelope, wire.Result):
+                self._emit(envelope)
+            else:
+                groups[(envelope.extractor, envelope.model_version)].append(item)
+        for (extractor, version), items in groups.items():
+            classifier = self.models.classifier_for(extractor, version)
+            if classifier is None:
+                self.metrics.dropped.labels("no_model").inc(len(items))
+                if (extractor, version) not in self._missing:
+                    self._missing.add((extractor, version))
+                    log.warning(
+                        "no cloud model for %s %s: dropping its features", extractor, version
+                    )
+                continue
+            inputs, kept = self._inputs(classifier, items)
+            if not kept:
+                continue
+            started = time.perf_counter()
+            probabilities = classifier.predict(inputs)
+            self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
+            for item, row in zip(kept, probabilities, strict=True):
+                feature = item.envelope
+                assert isinstance(feature, wire.Feature)
+                predicted = int(np.argmax(row))
+                self._emit(
+                    wire.Result(
+                        camera_id=feature.camera_id,
+                        seq=feature.seq,
+                        capture_ns=feature.capture_ns,
+                        result_ns=time.time_ns(),
+                        gateway_id=feature.gateway_id,
+                        extractor=feature.extractor,
+                        label=feature.label,
+                        predicted=predicted,
+                        score=float(np.clip(row[predicted], 0.0, 1.0)),
+                        model_version=feature.model_version,
+                        computed_at=wire.ComputedAt.CLOUD,
+                        held_back=feature.held_back,
+                        held_mismatched=feature.held_mismatched,
+                    )
+                )
+
+    def _inputs(
+        self, classifier: Classifier, items: list[_Incoming]
+    ) -> tuple[npt.NDArray[Any], list[_Incoming]]:
+        rows: list[npt.NDArray[Any]] = []
+        kept: list[_Incoming] = []
+        for item in items:
+            feature = item.envelope
+            assert isinstance(feature, wire.Feature)
+            try:
+                row: npt.NDArray[Any]
+                if classifier.takes_frames:
+                    row = preprocess.frame_to_input(
+                        feature.payload, classifier.input_size, classifier.channels
+                    )
+                    stored: npt.NDArray[Any] | None = None
+                else:
+                    stored = _quantised(feature)
+                    row = codec.dequantize(stored, feature.scale, feature.zero_point)
+            except (codec.CodecError, preprocess.PreprocessError) as exc:
+                self.metrics.dropped.labels(getattr(exc, "reason", "undecodable")).inc()
+                log.warning("undecodable feature from %s: %s", feature.gateway_id, exc)
+                continue
+            rows.append(row)
+            kept.append(item)
+            if self.store is not None:
+                self.store.append(feature, stored, item.size)
+        return (np.stack(rows) if rows else np.empty(0)), kept
+
+    def _emit(self, result: wire.Result) -> None:
+        mode = result.extractor
+        computed_at = result.computed_at.name.lower()
+        self.metrics.results.labels(mode, computed_at).inc()
+        self.metrics.latency.labels(mode).observe(
+            max(0, result.result_ns - result.capture_ns) / 1e9
+        )
+        score = self.scoreboard.record(
+            result.camera_id,
+            mode,
+            result.label,
+            result.predicted,
+            result.held_back,
+            result.held_mismatched,
+        )
+        if score.frames:
+            self.metrics.frames_scored.labels(mode, "correct").inc(score.correct)
+            self.metrics.frames_scored.labels(mode, "wrong").inc(score.frames - score.correct)
+            accuracy = self.scoreboard.accuracy(result.camera_id, mode)
+            if accuracy is not None:
+                self.metrics.accuracy.labels(result.camera_id, mode).set(accuracy)
+        assert self._loop is not None and self._session is not None
+        future = asyncio.run_coroutine_threadsafe(
+            self._session.publish(
+                self.topics.result(result.camera_id),
+                wire.encode(result),
+                qos=0,
+                wait_for_connection=1.0,
+            ),
+            self._loop,
+        )
+        future.add_done_callback(self._published)
+
+    def _published(self, future: Any) -> None:
+        if future.cancelled() or isinstance(future.exception(), NotConnected):
+            self.metrics.dropped.labels("result_not_published").inc()
+        else:
+            self.results_published += 1
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> CloudConsumer:
+        self._loop = asyncio.get_running_loop()
+        self.metrics_server = serve_metrics(
+            self.registry, self.config.metrics_port, self.config.metrics_host
+        )
+        self._session = MqttSession(
+            self.broker,
+            self.config.consumer_id,
+            subscriptions=[(wire.shared(self.config.group, self.topics.all_features()), 1)],
+            on_message=self._on_message,
+            persistent=True,  # features queue at the broker while we restart
+            max_queued_incoming=self.config.queue_max,
+        )
+        try:
+            await self._session.__aenter__()
+        except BaseException:
+            self.metrics_server.close()
+            raise
+        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._thread.start()
+        return self
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # polling the queue's idle condition, bounded
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+        if self.store is not None:
+            self.store.flush()
+        if self._session is not None:
+            await self._session.__aexit__(None, None, None)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+
+
+def _quantised(feature: wire.Feature) -> npt.NDArray[Any]:
+    """The feature's array as sent (still quantised), after entropy decoding."""
+    dtype = {
+        wire.DType.INT8: np.int8,
+        wire.DType.UINT8: np.uint8,
+        wire.DType.FLOAT16: np.float16,
+        wire.DType.FLOAT32: np.float32,
+    }[feature.dtype]
+    expected = int(np.prod(feature.shape)) * np.dtype(dtype).itemsize
+    raw = codec.decompress(feature.payload, feature.codec, expected)
+    return np.frombuffer(raw, dtype=dtype).reshape(feature.shape)

@@ -1,0 +1,112 @@
+"""Prometheus metrics of the cloud role (consumers and trainer).
+
+* ``edgelearn_cloud_features_received_total{mode}``, ``..._received_bytes_total{mode}``
+  (envelope bytes: the uplink as the cloud sees it)
+* ``edgelearn_cloud_raw_equivalent_bytes_total{mode}`` - the camera JPEG bytes these
+  features stand for, held-back frames estimated at their keyframe's size
+* ``edgelearn_cloud_features_dropped_total{reason}``
+* ``edgelearn_cloud_results_total{mode,computed_at}``
+* ``edgelearn_cloud_frames_scored_total{mode,outcome}`` - per camera frame, held-back ones
+  included (see :mod:`cloud.scoring`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
+* ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
+* ``edgelearn_cloud_end_to_end_latency_seconds{mode}`` - capture to result
+* ``edgelearn_cloud_model_info{mode,version}``
+* ``edgelearn_cloud_training_runs_total{kind}``, ``edgelearn_cloud_training_seconds{kind}``
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+TRAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class CloudMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.features_received = Counter(
+            "edgelearn_cloud_features_received",
+            "Feature envelopes received",
+            ["mode"],
+            registry=registry,
+        )
+        self.received_bytes = Counter(
+            "edgelearn_cloud_received_bytes",
+            "Envelope bytes received from gateways",
+            ["mode"],
+            registry=registry,
+        )
+        self.raw_equivalent_bytes = Counter(
+            "edgelearn_cloud_raw_equivalent_bytes",
+            "Camera JPEG bytes the received features stand for (cloud-only would get these)",
+            ["mode"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "edgelearn_cloud_features_dropped",
+            "Features dropped, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.results = Counter(
+            "edgelearn_cloud_results",
+            "Results published",
+            ["mode", "computed_at"],
+            registry=registry,
+        )
+        self.frames_scored = Counter(
+            "edgelearn_cloud_frames_scored",
+            "Camera frames scored against ground truth (held-back frames included)",
+            ["mode", "outcome"],
+            registry=registry,
+        )
+        self.accuracy = Gauge(
+            "edgelearn_cloud_accuracy_ratio",
+            "Rolling per-frame accuracy",
+            ["camera", "mode"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "edgelearn_cloud_batch_size",
+            "Features per inference batch",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.inference_seconds = Histogram(
+            "edgelearn_cloud_inference_seconds",
+            "Upper-layer inference time per batch",
+            ["mode"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "edgelearn_cloud_end_to_end_latency_seconds",
+            "From frame capture at the camera to its result at the cloud",
+            ["mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "edgelearn_cloud_model_info",
+            "Model version serving each mode (value 1)",
+            ["mode", "version"],
+            registry=registry,
+        )
+        self.training_runs = Counter(
+            "edgelearn_cloud_training_runs",
+            "Training runs finished",
+            ["kind"],
+            registry=registry,
+        )
+        self.training_seconds = Histogram(
+            "edgelearn_cloud_training_seconds",
+            "Wall time of a training run",
+            ["kind"],
+            buckets=TRAINING_BUCKETS,
+            registry=registry,
+        )

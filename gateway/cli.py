@@ -1,0 +1,278 @@
+"""``edgelearn gateway``: run a pool of gateway workers against an edge-site broker.
+
+With ``--workers 1`` the worker runs in this process. With more, this process becomes a small
+supervisor: it starts one worker process per slot (same gateway id and shared-subscription
+group, so MQTT splits the cameras between them; metrics on consecutive ports), restarts a
+worker that dies, at most ``RESTARTS_PER_MINUTE`` times a minute, and stops them all on
+Ctrl-C or SIGTERM. Scaling out is by processes, not threads: each worker has its own GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgelearn import config as config_module
+from edgelearn import signing, wire
+from edgelearn.mqtt import BrokerUnavailable
+from gateway.config import GatewayConfig
+from gateway.pipeline import ModeError
+
+log = logging.getLogger(__name__)
+RESTARTS_PER_MINUTE = 5
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--id", dest="gateway_id", default=None, help="gateway id = its broker user (default gw-1)"
+    )
+    parser.add_argument(
+        "--mode",
+        default=None,
+        help="raw | pca | autoencoder | split:K | full (default split:3); "
+        "runs raw until the cloud has pushed the model the mode needs",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes in this pool (default 1)"
+    )
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--site", default=None, help="topic namespace of the camera site")
+    parser.add_argument(
+        "--broker",
+        default=None,
+        metavar="HOST:PORT",
+        help="edge-site broker (default 127.0.0.1:1883)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="connect over TLS, verifying the broker against the site CA",
+    )
+    parser.add_argument(
+        "--secrets", type=Path, default=None, help="secrets directory from `edgelearn broker init`"
+    )
+    parser.add_argument(
+        "--group",
+        default=None,
+        help="shared-subscription group; workers in one group split cameras",
+    )
+    parser.add_argument(
+        "--no-keyframes",
+        dest="keyframes",
+        action="store_false",
+        default=None,
+        help="extract every frame instead of keyframes only",
+    )
+    parser.add_argument(
+        "--keyframe-threshold",
+        type=float,
+        default=None,
+        help="fraction of pixels changed between frames that counts as motion (default 0.02)",
+    )
+    parser.add_argument(
+        "--keyframe-max-interval",
+        type=int,
+        default=None,
+        help="frames without a keyframe before one is forced (default 45)",
+    )
+    parser.add_argument(
+        "--queue-depth",
+        type=int,
+        default=None,
+        help="frames queued per camera; the newest wins (default 2)",
+    )
+    parser.add_argument(
+        "--coap-port",
+        type=int,
+        default=None,
+        help="serve CoAP POST /frames on this port (UDP and TCP); "
+        "0 picks a free port, -1 (default) disables it",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="/metrics port of worker 0 (others: +1, +2...); 0 = free port",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=[],
+        help="a signed model deployment file to load at start (repeatable)",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="TOML file with these settings ([gateway] table)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
+
+
+def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
+    overrides: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in (
+            "gateway_id",
+            "mode",
+            "site",
+            "tls",
+            "secrets",
+            "group",
+            "keyframes",
+            "keyframe_threshold",
+            "keyframe_max_interval",
+            "queue_depth",
+            "coap_port",
+        )
+    }
+    overrides["worker"] = worker
+    if args.broker:
+        overrides["broker_host"], overrides["broker_port"] = config_module.parse_address(
+            args.broker
+        )
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port + worker if args.metrics_port else 0
+    try:
+        return config_module.load(
+            GatewayConfig, path=args.config, section="gateway", overrides=overrides
+        )
+    except ModeError as exc:
+        raise config_module.ConfigError(str(exc)) from exc
+
+
+def _read_models(paths: list[Path], secrets_dir: Path | None) -> list[wire.Model]:
+    from edgelearn.secrets import Secrets, default_secrets_dir
+
+    trusted = signing.load_public_key(
+        Secrets(secrets_dir or default_secrets_dir()).signing_public_key
+    )
+    models = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        try:
+            model = wire.decode_as(path.read_bytes(), wire.Model)
+            signing.verify_model(model, trusted)
+        except (wire.WireError, signing.ModelRejected) as exc:
+            raise config_module.ConfigError(f"model file {path}: {exc}") from exc
+        models.append(model)
+    return models
+
+
+async def _run_worker(
+    config: GatewayConfig, models: list[wire.Model], duration: float | None
+) -> None:
+    from gateway.service import GatewayWorker
+
+    async with GatewayWorker(config) as worker:
+        assert worker.metrics_server is not None
+        coap = f", CoAP on udp/tcp port {worker.coap_port}" if worker.coap_port else ""
+        print(
+            f"gateway {config.gateway_id} worker {config.worker}: mode {config.mode}, "
+            f"metrics {worker.metrics_server.url}{coap}",
+            flush=True,
+        )
+        for model in models:
+            await worker.load_model(model)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration)
+        await worker.drain(timeout=5.0)
+
+
+def _worker_command(argv: list[str]) -> list[str]:
+    """This command line without ``--workers``, to run one worker of the pool."""
+    rest = argv[argv.index("gateway") + 1 :] if "gateway" in argv else []
+    kept: list[str] = []
+    skip_value = False
+    for part in rest:
+        if skip_value:
+            skip_value = False
+        elif part == "--workers":
+            skip_value = True
+        elif not part.startswith("--workers="):
+            kept.append(part)
+    return [sys.executable, "-m", "edgelearn.cli", "gateway", *kept]
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Start ``--workers`` processes of this command, keep them alive, stop them together."""
+    command = _worker_command(sys.argv)
+    processes: dict[int, subprocess.Popen[bytes]] = {}
+    restarts: list[float] = []
+    stopping = False
+
+    def start(index: int) -> None:
+        processes[index] = subprocess.Popen([*command, "--worker-index", str(index)])
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for index in range(args.workers):
+        start(index)
+    deadline = None if args.duration is None else time.monotonic() + args.duration + 10
+    try:
+        while not stopping and (deadline is None or time.monotonic() < deadline):
+            for index, process in list(processes.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                if code == 0 and args.duration is not None:
+                    del processes[index]
+                    continue
+                now = time.monotonic()
+                restarts[:] = [t for t in restarts if now - t < 60]
+                if code == 2 or len(restarts) >= RESTARTS_PER_MINUTE:
+                    log.error("gateway worker %d exited with %d; not restarting", index, code)
+                    return code or 1
+                restarts.append(now)
+                log.warning("gateway worker %d exited with %d; restarting", index, code)
+                start(index)
+            if not processes:
+                return 0
+            time.sleep(0.2)  # supervision period
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise config_module.ConfigError("--workers must be at least 1")
+    worker = args.worker_index or 0
+    config = _settings(args, worker)  # validates everything before any process starts
+    models = _read_models(args.model, config.secrets)
+    if args.workers > 1 and args.worker_index is None:
+        return _supervise(args)
+    try:
+        asyncio.run(_run_worker(config, models, args.duration))
+    except BrokerUnavailable as exc:
+        print(f"edgelearn gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
