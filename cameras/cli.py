@@ -1,0 +1,331 @@
+"""``edgelearn camera``: run N simulated 720p cameras publishing frames over MQTT or CoAP.
+
+Examples::
+
+    edgelearn camera --source fashion-mnist:test --cameras 4 --fps 15 --bitrate 3000
+    edgelearn camera --source video:/usr/share/doc/opencv-doc/examples/data/vtest.avi \\
+        --transport coap --coap-uri coap+tcp://gateway:5683/frames
+    python -m cameras --source synthetic --fast --duration 10     # same, without the CLI
+
+The command wires the parts together (source spec -> per-camera sources, transport ->
+per-camera links, metrics server) and runs a :class:`~cameras.camera.CameraFleet` until
+``--duration`` passes or SIGINT/SIGTERM. Anything a user can get wrong (missing video,
+empty data set folder, unreachable broker, unknown camera user) ends with one line on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from cameras.camera import CameraFleet, CameraReport, CameraSettings
+from cameras.coap_link import CoapLink, check_uri
+from cameras.errors import CameraError
+from cameras.metrics import CameraMetrics
+from cameras.mqtt_link import MqttLink
+from cameras.source_frame import FrameSource
+from cameras.sources import parse_source
+from cameras.transport import FrameLink, LinkFactory
+from edgelearn.config import BrokerConfig, ConfigError, parse_address
+from edgelearn.metrics import register_build_info, serve_metrics
+from edgelearn.secrets import SecretsError, default_secrets_dir
+from edgelearn.wire import DEFAULT_SITE, Topics, WireError
+
+log = logging.getLogger(__name__)
+
+# What a user can get wrong; each becomes one line on stderr and exit status 2.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    CameraError,
+    ConfigError,
+    SecretsError,
+    WireError,
+    ValueError,
+    OSError,
+)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality is 1-100, got {text}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``camera`` command's options to ``parser``."""
+    what = parser.add_argument_group("what the cameras see")
+    what.add_argument(
+        "--source",
+        default="synthetic",
+        help="video:PATH (any file OpenCV reads, looped, scaled to 720p), "
+        "fashion-mnist[:train|test] (labeled; default split train), folder:PATH "
+        "(labeled: one sub-folder of images per class) or synthetic (moving shapes; "
+        "default)",
+    )
+    what.add_argument(
+        "--cameras", type=int, default=1, help="number of cameras in this process (default 1)"
+    )
+    what.add_argument(
+        "--camera-prefix",
+        default="cam-",
+        help="camera ids are PREFIX1..PREFIXN; each id is also its broker user (default cam-)",
+    )
+    what.add_argument(
+        "--first-camera",
+        type=int,
+        default=1,
+        help="number of the first camera, to split cameras over processes (default 1)",
+    )
+    what.add_argument(
+        "--seed", type=int, default=0, help="seed of the scenes; camera i uses SEED+i (default 0)"
+    )
+    what.add_argument(
+        "--dwell",
+        type=int,
+        default=30,
+        help="labeled sources: frames each item stays in view (default 30)",
+    )
+    what.add_argument(
+        "--start",
+        type=float,
+        default=0.0,
+        help="video source: start offset in seconds; cameras are also spread "
+        "evenly over the file (default 0)",
+    )
+
+    timing = parser.add_argument_group("timing and encoding")
+    timing.add_argument(
+        "--fps",
+        type=_positive_float,
+        default=15.0,
+        help="frames per second of each camera (default 15)",
+    )
+    timing.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=1.0,
+        help="time multiplier: 2 sends at twice the fps (default 1)",
+    )
+    timing.add_argument(
+        "--fast",
+        action="store_true",
+        help="as fast as possible: no pacing, wait for the transport instead of skipping frames",
+    )
+    timing.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        help="stop after this many seconds (default: until interrupted)",
+    )
+    timing.add_argument(
+        "--frames", type=int, default=None, help="stop each camera after this many frames"
+    )
+    quality = timing.add_mutually_exclusive_group()
+    quality.add_argument(
+        "--quality", type=_quality, default=80, help="fixed JPEG quality 1-100 (default 80)"
+    )
+    quality.add_argument(
+        "--bitrate",
+        type=_positive_float,
+        default=None,
+        metavar="KBPS",
+        help="target bitrate per camera in kb/s; JPEG quality adapts (paper 003: 3000)",
+    )
+    timing.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=2,
+        help="frames per camera the transport may hold before new frames are "
+        "skipped as transport_busy (default 2)",
+    )
+
+    network = parser.add_argument_group("where frames go")
+    network.add_argument(
+        "--transport",
+        choices=("mqtt", "coap"),
+        default="mqtt",
+        help="MQTT v5 to a broker, or CoAP POST to a gateway (default mqtt)",
+    )
+    network.add_argument(
+        "--broker",
+        default="127.0.0.1:1883",
+        metavar="HOST:PORT",
+        help="MQTT broker (default 127.0.0.1:1883)",
+    )
+    network.add_argument(
+        "--site",
+        default=DEFAULT_SITE,
+        help=f"site name in the topics edgelearn/v1/SITE/frames/ID (default {DEFAULT_SITE})",
+    )
+    network.add_argument(
+        "--qos",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="MQTT QoS of frames (default 0: a late frame is worth little)",
+    )
+    network.add_argument(
+        "--secrets",
+        type=Path,
+        default=None,
+        help="secrets directory with the camera users' passwords "
+        f"(default: $EDGELEARN_SECRETS or {default_secrets_dir()})",
+    )
+    network.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect to the broker's TLS listener (CA from the secrets directory)",
+    )
+    network.add_argument(
+        "--coap-uri",
+        default="coap+tcp://127.0.0.1:5683/frames",
+        help="CoAP endpoint: coap+tcp://HOST:PORT/frames (recommended for "
+        "720p) or coap://HOST:PORT/frames (UDP block-wise; use --bitrate) "
+        "(default coap+tcp://127.0.0.1:5683/frames)",
+    )
+    network.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (0: any free port; default: none)",
+    )
+
+
+def camera_ids(prefix: str, first: int, count: int) -> list[str]:
+    return [f"{prefix}{number}" for number in range(first, first + count)]
+
+
+def _link_factory(args: argparse.Namespace) -> LinkFactory:
+    if args.transport == "coap":
+        uri = check_uri(args.coap_uri)
+
+        def coap(camera_id: str) -> FrameLink:
+            return CoapLink(camera_id, uri)
+
+        return coap
+    host, port = parse_address(args.broker)
+    topics = Topics(args.site)
+    # Read every password up front: a missing user fails before any camera starts.
+    configs = {
+        camera_id: BrokerConfig.for_user(
+            camera_id, host=host, port=port, secrets_dir=args.secrets, tls=args.tls
+        )
+        for camera_id in camera_ids(args.camera_prefix, args.first_camera, args.cameras)
+    }
+
+    def mqtt(camera_id: str) -> FrameLink:
+        return MqttLink(camera_id, configs[camera_id], topics.frame(camera_id), qos=args.qos)
+
+    return mqtt
+
+
+def _summary(report: CameraReport) -> str:
+    skipped = {reason: count for reason, count in report.skipped.items() if count}
+    return (
+        f"{report.camera_id}: {report.published} frames, "
+        f"{report.published_bytes / 1e6:.1f} MB, {report.achieved_fps:.1f} fps"
+        + (f", skipped {skipped}" if skipped else "")
+    )
+
+
+async def run(args: argparse.Namespace, registry: CollectorRegistry) -> list[CameraReport]:
+    """Run the fleet ``args`` describes until its duration ends or a signal stops it."""
+    if args.cameras < 1:
+        raise ValueError(f"--cameras must be >= 1, got {args.cameras}")
+    spec = parse_source(args.source)
+    spec.check()  # a missing or unreadable video fails before any connection is made
+    data = spec.load_data()  # once for all cameras; raises SourceError on an empty folder
+    settings = CameraSettings(
+        fps=args.fps,
+        speed=args.speed,
+        fast=args.fast,
+        quality=args.quality,
+        bitrate_kbps=args.bitrate,
+        max_in_flight=args.max_in_flight,
+        duration=args.duration,
+        max_frames=args.frames,
+    )
+    ids = camera_ids(args.camera_prefix, args.first_camera, args.cameras)
+
+    def open_source(index: int) -> FrameSource:
+        return spec.open(
+            index,
+            cameras=len(ids),
+            seed=args.seed,
+            dwell_frames=args.dwell,
+            start_seconds=args.start,
+            data=data,
+        )
+
+    links = _link_factory(args)
+    fleet = CameraFleet(
+        ids, sources=open_source, links=links, settings=settings, metrics=CameraMetrics(registry)
+    )
+    async with fleet:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, fleet.stop)
+        try:
+            log.info("%d cameras publishing %s over %s", len(ids), args.source, args.transport)
+            return await fleet.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``edgelearn camera``; returns the exit status."""
+    registry = CollectorRegistry()
+    server = None
+    try:
+        if args.metrics_port is not None:
+            register_build_info(registry, "camera")
+            server = serve_metrics(registry, args.metrics_port)
+            print(f"metrics on {server.url}", file=sys.stderr, flush=True)
+        reports = asyncio.run(run(args, registry))
+    except USER_ERRORS as exc:
+        print(f"edgelearn camera: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if server is not None:
+            server.close()
+    for report in reports:
+        print(_summary(report), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cameras",
+        description="Run simulated 720p cameras publishing frames over MQTT or CoAP.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    configure(parser)
+    return parser
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m cameras``: the same command without the ``edgelearn`` wrapper."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return main(args)

@@ -1,0 +1,125 @@
+"""``edgelearn camera`` as a user runs it: in a subprocess, errors as one line, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgelearn import broker as broker_module
+from tests.conftest import BrokerUnderTest
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+def camera_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgelearn.cli", "camera", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("edgelearn camera: ")
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_missing_video_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing-here.mp4"
+    assert_one_line_error(camera_command("--source", f"video:{missing}"), "not found", str(missing))
+
+
+def test_unreadable_video_file(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.avi"
+    bad.write_bytes(b"RIFF this is not a video at all" * 100)
+    assert_one_line_error(camera_command("--source", f"video:{bad}"), "cannot read video")
+
+
+def test_empty_data_set_folder(tmp_path: Path) -> None:
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "dogs" / "readme.txt").write_text("no images")
+    assert_one_line_error(camera_command("--source", f"folder:{tmp_path}"), "no readable images")
+
+
+def test_unreachable_broker(broker: BrokerUnderTest) -> None:
+    port = broker_module.free_port()
+    result = camera_command(
+        "--broker", f"127.0.0.1:{port}", "--secrets", str(broker.secrets_dir), "--duration", "2"
+    )
+    assert_one_line_error(result, "cannot reach MQTT broker", str(port))
+
+
+def test_unknown_camera_user(broker: BrokerUnderTest) -> None:
+    result = camera_command(
+        "--broker",
+        f"{broker.host}:{broker.port}",
+        "--secrets",
+        str(broker.secrets_dir),
+        "--camera-prefix",
+        "webcam-",
+    )
+    assert_one_line_error(result, "webcam-1")
+
+
+@pytest.mark.skipif(not VTEST.exists(), reason="opencv-doc sample videos not installed")
+def test_video_cameras_publish_and_report(broker: BrokerUnderTest, site: str) -> None:
+    result = camera_command(
+        "--source",
+        f"video:{VTEST}",
+        "--cameras",
+        "2",
+        "--fast",
+        "--frames",
+        "10",
+        "--broker",
+        f"{broker.host}:{broker.port}",
+        "--secrets",
+        str(broker.secrets_dir),
+        "--site",
+        site,
+        "--metrics-port",
+        "0",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["cam-1", "cam-2"]
+    assert all(" 10 frames" in line for line in lines), lines
+
+
+def test_python_dash_m_cameras_has_help_on_every_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cameras", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for option in (
+        "--source",
+        "--cameras",
+        "--fps",
+        "--transport",
+        "--broker",
+        "--site",
+        "--camera-prefix",
+        "--quality",
+        "--bitrate",
+        "--speed",
+        "--fast",
+        "--duration",
+        "--seed",
+        "--metrics-port",
+        "--secrets",
+        "--tls",
+        "--coap-uri",
+        "--qos",
+    ):
+        assert option in result.stdout
