@@ -98,6 +98,7 @@ class CloudConsumer:
         self.metrics = CloudMetrics(self.registry)
         self.scoreboard = Scoreboard()
         self._queue: queue.Queue[_Incoming] = queue.Queue(config.queue_max)
+        self.metrics.watch_queue(self._queue.qsize)
         self._stopping = threading.Event()
         self._session: MqttSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,6 +173,7 @@ class CloudConsumer:
                         "no cloud model for %s %s: dropping its features", extractor, version
                     )
                 continue
+            self.metrics.model_info.labels(extractor, version).set(1)
             inputs, kept = self._inputs(classifier, items)
             if not kept:
                 continue

@@ -10,13 +10,17 @@
   included (see :mod:`cloud.scoring`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
 * ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
 * ``edgelearn_cloud_end_to_end_latency_seconds{mode}`` - capture to result
-* ``edgelearn_cloud_model_info{mode,version}``
+* ``edgelearn_cloud_model_info{mode,version}``, ``edgelearn_cloud_queue_depth``
 * ``edgelearn_cloud_training_runs_total{kind}``, ``edgelearn_cloud_training_seconds{kind}``
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -24,6 +28,16 @@ LATENCY_BUCKETS = (
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 TRAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class _QueueDepth(Collector):
+    def __init__(self, depth: Callable[[], int]) -> None:
+        self._depth = depth
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "edgelearn_cloud_queue_depth", "Features waiting for inference", value=self._depth()
+        )
 
 
 class CloudMetrics:
@@ -110,3 +124,7 @@ class CloudMetrics:
             buckets=TRAINING_BUCKETS,
             registry=registry,
         )
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """Export the consumer's queue depth, read at scrape time."""
+        self.registry.register(_QueueDepth(depth))

@@ -37,6 +37,7 @@ ROLE_COMMANDS: dict[str, tuple[str, str]] = {
     "camera": ("cameras.cli", "run simulated 720p cameras publishing frames"),
     "gateway": ("gateway.cli", "run gateway workers: keyframes, features, forwarding"),
     "schedule": ("cloud.scheduling.cli", "layer-placement scheduler: simulate paper 003"),
+    "report": ("edgelearn.report", "PNG charts of a run from Prometheus or a benchmark's JSON"),
 }
 
 # ``edgelearn bench <part>``: module with ``run(quick: bool) -> dict``.

@@ -12,7 +12,7 @@ import platform
 from importlib import metadata
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Info, start_http_server
+from prometheus_client import CollectorRegistry, Info, ProcessCollector, start_http_server
 
 
 def package_version() -> str:
@@ -23,9 +23,11 @@ def package_version() -> str:
 
 
 def register_build_info(registry: CollectorRegistry, role: str) -> None:
-    """``edgelearn_build_info{version, role, python}`` = 1."""
+    """``edgelearn_build_info{version, role, python}`` = 1, and the process's CPU and memory
+    (``process_*``), which prometheus_client only exports on the default registry."""
     info = Info("edgelearn_build", "Build and role of this process", registry=registry)
     info.info({"version": package_version(), "role": role, "python": platform.python_version()})
+    ProcessCollector(registry=registry)
 
 
 class MetricsServer:

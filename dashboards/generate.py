@@ -1,0 +1,966 @@
+"""Writes the edgelearn Grafana dashboards (``grafana/dashboards/*.json``) from one place.
+
+Run ``python dashboards/generate.py`` after changing a panel here; ``tests/test_dashboards.py``
+fails when the JSON files and this script disagree. Generating rather than hand-editing keeps
+every panel on the same data source, with a unit, a description and a consistent layout.
+
+The dashboards read the metrics each role defines in its ``metrics.py`` and the recording
+rules in ``prometheus/rules/recording.yml``. The gateway id is the ``gateway`` target label
+(the stack writes it into ``prometheus/targets/*.json``), so ``$gateway`` filters gateway
+metrics only; cloud metrics have no gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUTPUT = HERE / "grafana" / "dashboards"
+DATASOURCE = {"type": "prometheus", "uid": "edgelearn-prometheus"}
+SCHEMA_VERSION = 39
+
+# Units (Grafana unit ids; "suffix:" is Grafana's custom-unit syntax).
+FPS = "suffix: fps"
+BYTES_PER_SECOND = "Bps"
+BYTES = "bytes"
+SECONDS = "s"
+RATIO = "percentunit"
+PER_SECOND = "cps"
+COUNT = "short"
+NONE = "none"
+
+GW = 'gateway=~"$gateway"'
+CAM = 'camera=~"$camera"'
+RATE = "$__rate_interval"
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = ""
+    table: bool = False  # an instant query shown as a table row per series
+
+
+@dataclass
+class Panel:
+    title: str
+    unit: str
+    queries: list[Query]
+    description: str
+    kind: str = "timeseries"  # timeseries | stat | table | heatmap
+    width: int = 12
+    height: int = 8
+    min: float | None = None
+    max: float | None = None
+    objective: float | None = None  # drawn as a red threshold line
+    stacked: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _target(query: Query, ref: str, kind: str) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "refId": ref,
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": query.expr,
+        "legendFormat": query.legend or "__auto",
+        "range": not query.table,
+        "instant": query.table,
+    }
+    if query.table:
+        target["format"] = "table"
+    elif kind == "heatmap":
+        target["format"] = "heatmap"
+    return target
+
+
+def _thresholds(objective: float | None) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    if objective is not None:
+        steps.append({"color": "red", "value": objective})
+    return {"mode": "absolute", "steps": steps}
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": panel.unit, "thresholds": _thresholds(panel.objective)}
+    if panel.min is not None:
+        defaults["min"] = panel.min
+    if panel.max is not None:
+        defaults["max"] = panel.max
+    options: dict[str, Any]
+    if panel.kind == "timeseries":
+        defaults["color"] = {"mode": "palette-classic"}
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 20 if panel.stacked else 8,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "normal" if panel.stacked else "none", "group": "A"},
+            "thresholdsStyle": {"mode": "line" if panel.objective is not None else "off"},
+        }
+        options = {
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": ["lastNotNull", "max"],
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    elif panel.kind == "stat":
+        defaults["color"] = {"mode": "thresholds"}
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+            "justifyMode": "auto",
+            "orientation": "auto",
+        }
+    elif panel.kind == "table":
+        defaults["custom"] = {"align": "auto", "cellOptions": {"type": "auto"}}
+        options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+    elif panel.kind == "heatmap":
+        options = {
+            "calculate": False,
+            "yAxis": {"unit": panel.unit, "axisPlacement": "left"},
+            "cellGap": 1,
+            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+            "rowsFrame": {"layout": "auto"},
+            "tooltip": {"show": True, "yHistogram": True},
+        }
+    else:
+        raise ValueError(f"panel kind {panel.kind!r}")
+    body: dict[str, Any] = {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": panel.width, "h": panel.height},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": [
+            _target(query, chr(ord("A") + index), panel.kind)
+            for index, query in enumerate(panel.queries)
+        ],
+    }
+    if panel.kind == "table":
+        # One row per series: drop the instant query's timestamp column.
+        body["transformations"] = [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True}}},
+        ]
+    body.update(panel.extra)
+    return body
+
+
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor"},
+        "refresh": 2,  # on time range change: new cameras appear without a reload
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+        "regex": "",
+        "hide": 0,
+        "options": [],
+    }
+
+
+VARIABLES = [
+    _variable("gateway", "Gateway", "label_values(edgelearn_gateway_mode_info, gateway)"),
+    _variable(
+        "camera",
+        "Camera",
+        "label_values(edgelearn_gateway_frames_received_total{" + GW + "}, camera)",
+    ),
+]
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+    """Lay ``panels`` out left to right in rows 24 units wide."""
+    laid_out: list[dict[str, Any]] = []
+    x = y = row_height = 0
+    for panel_id, panel in enumerate(panels, start=1):
+        if x + panel.width > 24:
+            x, y, row_height = 0, y + row_height, 0
+        laid_out.append(_panel_json(panel, panel_id, x, y))
+        x += panel.width
+        row_height = max(row_height, panel.height)
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["edgelearn"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,  # shared crosshair: stages line up across panels
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-15m", "to": "now"},
+        "timepicker": {},
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "weekStart": "",
+        "annotations": {"list": []},
+        "links": [
+            {
+                "title": "edgelearn",
+                "type": "dashboards",
+                "tags": ["edgelearn"],
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+            }
+        ],
+        "templating": {"list": VARIABLES},
+        "panels": laid_out,
+    }
+
+
+def _quantiles(metric: str, by: str, selector: str = "") -> list[Query]:
+    bucket = f"{metric}_bucket{{{selector}}}" if selector else f"{metric}_bucket"
+    return [
+        Query(
+            f"histogram_quantile({q}, sum by ({by}, le) (rate({bucket}[{RATE}])))",
+            f"p{round(q * 100)} {{{{{by.split(',')[0].strip()}}}}}",
+        )
+        for q in (0.5, 0.99)
+    ]
+
+
+def _mode_table() -> Panel:
+    return Panel(
+        "Plan per gateway (mode planned / running)",
+        NONE,
+        [
+            Query(
+                f"max by (gateway, mode, effective) (edgelearn_gateway_mode_info{{{GW}}})",
+                table=True,
+            )
+        ],
+        "The scheduler's plan each gateway applies: `mode` is what the plan asked for, "
+        "`effective` what runs. They differ while the model a mode needs has not arrived "
+        "(the gateway runs raw meanwhile).",
+        kind="table",
+    )
+
+
+def pipeline_overview() -> dict[str, Any]:
+    panels = [
+        Panel(
+            "Uplink reduction",
+            RATIO,
+            [
+                Query(
+                    f"1 - sum(edgelearn:uplink_bytes:rate1m{{{GW}}})"
+                    f" / sum(edgelearn:raw_equivalent_bytes:rate1m{{{GW}}})",
+                    "reduction",
+                )
+            ],
+            "1 - bytes sent upstream / bytes cloud-only would have sent for the same frames, "
+            "over the selected gateways (last minute).",
+            kind="stat",
+            width=6,
+            height=5,
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Uplink sent",
+            BYTES_PER_SECOND,
+            [Query(f"sum(edgelearn:uplink_bytes:rate1m{{{GW}}})", "sent")],
+            "Envelope bytes per second the selected gateways send upstream (last minute).",
+            kind="stat",
+            width=6,
+            height=5,
+        ),
+        Panel(
+            "End-to-end latency p99",
+            SECONDS,
+            [Query("edgelearn:end_to_end_latency_seconds:p99", "{{mode}}")],
+            "Capture at the camera to result at the cloud, 99th percentile per mode. "
+            "Objective for split modes: 50 ms.",
+            kind="stat",
+            width=6,
+            height=5,
+            objective=0.05,
+        ),
+        Panel(
+            "Accuracy",
+            RATIO,
+            [Query("edgelearn:accuracy:ratio_by_mode", "{{mode}}")],
+            "Share of camera frames (held-back frames included) classified correctly, "
+            "per mode, last 5 minutes.",
+            kind="stat",
+            width=6,
+            height=5,
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Frames per second per camera",
+            FPS,
+            [
+                Query(
+                    "sum by (camera) "
+                    f"(rate(edgelearn_camera_frames_published_total{{{CAM}}}[{RATE}]))",
+                    "{{camera}} published",
+                ),
+                Query(
+                    "sum by (camera) (rate(edgelearn_gateway_frames_received_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{camera}} received by gateways",
+                ),
+            ],
+            "Frames each camera published, and frames the gateways received from it. A gap "
+            "between the two is frames lost between camera and gateway.",
+        ),
+        Panel(
+            "Keyframe ratio",
+            RATIO,
+            [Query(f"edgelearn:keyframe:ratio{{{GW}, {CAM}}}", "{{gateway}} {{camera}}")],
+            "Share of processed frames that were keyframes (forwarded); the rest were held "
+            "back as too similar to the previous keyframe.",
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Uplink: cloud-only vs sent",
+            BYTES_PER_SECOND,
+            [
+                Query(
+                    "sum by (gateway) (rate(edgelearn_gateway_raw_equivalent_bytes_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{gateway}} cloud-only (raw JPEG)",
+                ),
+                Query(
+                    "sum by (gateway, mode) (rate(edgelearn_gateway_uplink_bytes_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{gateway}} sent ({{mode}})",
+                ),
+            ],
+            "What cloud-only would send (the JPEG of every processed frame, "
+            "edgelearn_gateway_raw_equivalent_bytes_total) against the envelope bytes "
+            "actually sent upstream (edgelearn_gateway_uplink_bytes_total).",
+        ),
+        Panel(
+            "Uplink reduction ratio",
+            RATIO,
+            [
+                Query(f"edgelearn:uplink_reduction:ratio{{{GW}}}", "{{gateway}} (gateway)"),
+                Query("edgelearn:uplink_reduction:ratio_by_mode", "{{mode}} (cloud view)"),
+            ],
+            "1 - sent / cloud-only: per gateway from the gateways' counters, and per mode "
+            "from what the cloud received (held-back frames estimated at their keyframe's "
+            "size).",
+            max=1,
+        ),
+        Panel(
+            "End-to-end latency p50 / p99",
+            SECONDS,
+            [
+                Query("edgelearn:end_to_end_latency_seconds:p50", "p50 {{mode}}"),
+                Query("edgelearn:end_to_end_latency_seconds:p99", "p99 {{mode}}"),
+            ],
+            "From frame capture at the camera to its result at the cloud, per mode. The red "
+            "line is the 50 ms objective of split modes.",
+            objective=0.05,
+            min=0,
+        ),
+        Panel(
+            "Drops by reason",
+            PER_SECOND,
+            [
+                Query(
+                    "sum by (gateway, reason) (rate(edgelearn_gateway_frames_dropped_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "gateway {{gateway}}: {{reason}}",
+                ),
+                Query(
+                    f"sum by (reason) (rate(edgelearn_cloud_features_dropped_total[{RATE}]))",
+                    "cloud: {{reason}}",
+                ),
+                Query(
+                    "sum by (reason) (rate(edgelearn_camera_frames_skipped_total"
+                    f"{{{CAM}}}[{RATE}]))",
+                    "cameras: {{reason}}",
+                ),
+            ],
+            "Frames dropped by gateways, features dropped by the cloud, and frames cameras "
+            "skipped, per second and reason. Every drop in the pipeline is counted here.",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Accuracy per mode",
+            RATIO,
+            [
+                Query("edgelearn:accuracy:ratio_by_mode", "{{mode}} (5m)"),
+                Query(
+                    f"avg by (mode) (edgelearn_cloud_accuracy_ratio{{{CAM}}})",
+                    "{{mode}} (rolling, mean over cameras)",
+                ),
+            ],
+            "Per-frame accuracy against the labels the cameras sent: over the last 5 "
+            "minutes, and the consumers' rolling accuracy averaged over cameras.",
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Frames scored per mode",
+            PER_SECOND,
+            [
+                Query(
+                    f"sum by (mode, outcome) (rate(edgelearn_cloud_frames_scored_total[{RATE}]))",
+                    "{{mode}} {{outcome}}",
+                )
+            ],
+            "Camera frames scored against ground truth per second, correct or wrong "
+            "(held-back frames count with their keyframe's answer).",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Model version per gateway",
+            NONE,
+            [
+                Query(
+                    f"max by (gateway, slot, version) (edgelearn_gateway_model_info{{{GW}}})",
+                    table=True,
+                )
+            ],
+            "The signed model each gateway has loaded, per slot (pca, autoencoder, split-k, full).",
+            kind="table",
+        ),
+        _mode_table(),
+        Panel(
+            "Processes",
+            NONE,
+            [Query("max by (job, instance, gateway, version) (edgelearn_build_info)", table=True)],
+            "Every scraped process: role, address, gateway id and edgelearn version. A "
+            "missing row is a process Prometheus cannot reach (see the up series).",
+            kind="table",
+            width=12,
+        ),
+        Panel(
+            "Targets up",
+            NONE,
+            [
+                Query("sum by (job) (up)", "{{job}} up"),
+                Query("count by (job) (up)", "{{job}} listed"),
+            ],
+            "Scrape targets answering, per role, against the number listed in the targets file.",
+            min=0,
+        ),
+        Panel(
+            "Camera publish latency p99",
+            SECONDS,
+            [
+                Query(
+                    "histogram_quantile(0.99, sum by (camera, le) "
+                    f"(rate(edgelearn_camera_publish_latency_seconds_bucket{{{CAM}}}[{RATE}])))",
+                    "{{camera}}",
+                )
+            ],
+            "From a camera handing a frame to its transport until the transport took it "
+            "(QoS 0: written; QoS 1: acknowledged; CoAP: answered).",
+            width=8,
+            min=0,
+        ),
+        Panel(
+            "Camera bytes published",
+            BYTES_PER_SECOND,
+            [
+                Query(
+                    "sum by (camera) "
+                    f"(rate(edgelearn_camera_published_bytes_total{{{CAM}}}[{RATE}]))",
+                    "{{camera}}",
+                )
+            ],
+            "Frame envelope bytes each camera publishes towards its gateways (stays on site).",
+            width=8,
+            min=0,
+        ),
+        Panel(
+            "Camera achieved fps",
+            FPS,
+            [Query(f"edgelearn_camera_achieved_fps{{{CAM}}}", "{{camera}}")],
+            "Published frames per second over each camera's last few frames, as the camera "
+            "measures it.",
+            width=8,
+            min=0,
+        ),
+        Panel(
+            "Camera JPEG quality",
+            NONE,
+            [Query(f"edgelearn_camera_jpeg_quality{{{CAM}}}", "{{camera}}")],
+            "JPEG quality of each camera's latest frame (the bitrate controller moves it).",
+            min=0,
+            max=100,
+        ),
+        Panel(
+            "Camera reconnects",
+            COUNT,
+            [
+                Query(
+                    "sum by (camera) "
+                    f"(increase(edgelearn_camera_reconnects_total{{{CAM}}}[$__range]))",
+                    "{{camera}}",
+                )
+            ],
+            "Times each camera's link came back after losing its connection, over the "
+            "dashboard's time range.",
+            kind="stat",
+        ),
+    ]
+    return dashboard(
+        "edgelearn-overview",
+        "edgelearn / Pipeline overview",
+        "Cameras -> gateways -> cloud: frames, uplink against cloud-only, latency, drops, "
+        "accuracy and the models in use.",
+        panels,
+    )
+
+
+def gateway_detail() -> dict[str, Any]:
+    panels = [
+        Panel(
+            "Frames received by transport",
+            FPS,
+            [
+                Query(
+                    "sum by (gateway, transport) (rate(edgelearn_gateway_frames_received_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{gateway}} {{transport}}",
+                )
+            ],
+            "Frames arriving at the gateways, over MQTT (shared subscription) or CoAP.",
+            min=0,
+        ),
+        Panel(
+            "Frames processed by outcome",
+            FPS,
+            [
+                Query(
+                    "sum by (gateway, outcome) (rate(edgelearn_gateway_frames_processed_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{gateway}} {{outcome}}",
+                )
+            ],
+            "Keyframes forwarded upstream and frames held back by the keyframe filter.",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Time per stage p99",
+            SECONDS,
+            [Query(f"edgelearn:gateway_stage_seconds:p99{{{GW}}}", "{{gateway}} {{stage}}")],
+            "99th percentile of each pipeline stage: keyframe score, decode, extract, encode, "
+            "publish (until the broker acknowledged).",
+            min=0,
+        ),
+        Panel(
+            "Time per stage, mean",
+            SECONDS,
+            [
+                Query(
+                    f"sum by (stage) (rate(edgelearn_gateway_stage_seconds_sum{{{GW}}}[{RATE}]))"
+                    " / sum by (stage) "
+                    f"(rate(edgelearn_gateway_stage_seconds_count{{{GW}}}[{RATE}]))",
+                    "{{stage}}",
+                )
+            ],
+            "Mean seconds per frame spent in each stage.",
+            min=0,
+        ),
+        Panel(
+            "Busy share per stage",
+            RATIO,
+            [
+                Query(
+                    "sum by (gateway, stage) (rate(edgelearn_gateway_stage_seconds_sum"
+                    f"{{{GW}}}[{RATE}]))",
+                    "{{gateway}} {{stage}}",
+                )
+            ],
+            "Seconds spent per second in each stage (1 = one worker thread always busy); "
+            "publish overlaps with the others.",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Queue depth per camera",
+            COUNT,
+            [
+                Query(
+                    f"sum by (gateway, camera) (edgelearn_gateway_queue_depth{{{GW}, {CAM}}})",
+                    "{{gateway}} {{camera}}",
+                )
+            ],
+            "Frames waiting per camera (read at scrape time). Queues are bounded and the "
+            "newest frame wins: a full queue shows as queue_full drops.",
+            min=0,
+        ),
+        Panel(
+            "Capacity against load",
+            FPS,
+            [
+                Query(
+                    "max by (gateway, mode) "
+                    f"(edgelearn_gateway_capacity_frames_per_second{{{GW}}})",
+                    "{{gateway}} capacity ({{mode}})",
+                ),
+                Query(
+                    "sum by (gateway) (rate(edgelearn_gateway_frames_processed_total"
+                    f'{{{GW}, outcome="forwarded"}}[{RATE}]))',
+                    "{{gateway}} keyframes extracted",
+                ),
+            ],
+            "Keyframes per second a worker can extract in its mode (measured when the model "
+            "loads; the scheduler plans with it) against keyframes it extracts now. Raw mode "
+            "extracts nothing and reports no capacity.",
+            min=0,
+        ),
+        Panel(
+            "CPU",
+            RATIO,
+            [
+                Query(
+                    "sum by (gateway, worker) (rate(process_cpu_seconds_total"
+                    f'{{job="gateway", {GW}}}[{RATE}]))',
+                    "{{gateway}} worker {{worker}}",
+                )
+            ],
+            "CPU seconds per second of each gateway worker process (100% = one core).",
+            min=0,
+        ),
+        Panel(
+            "Resident memory",
+            BYTES,
+            [
+                Query(
+                    "sum by (gateway, worker) "
+                    f'(process_resident_memory_bytes{{job="gateway", {GW}}})',
+                    "{{gateway}} worker {{worker}}",
+                )
+            ],
+            "Resident memory of each gateway worker: flat when the bounded queues do their job.",
+            min=0,
+        ),
+        Panel(
+            "Drops by camera and reason",
+            PER_SECOND,
+            [
+                Query(
+                    "sum by (gateway, camera, reason) (rate(edgelearn_gateway_frames_dropped_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{gateway}} {{camera}} {{reason}}",
+                )
+            ],
+            "rejected_envelope, undecodable, queue_full (newest frame won), stale, "
+            "extract_failed, shutdown.",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Uplink per camera",
+            BYTES_PER_SECOND,
+            [
+                Query(
+                    "sum by (camera, mode) (rate(edgelearn_gateway_uplink_bytes_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{camera}} sent ({{mode}})",
+                ),
+                Query(
+                    "sum by (camera) (rate(edgelearn_gateway_input_bytes_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{camera}} JPEG in",
+                ),
+            ],
+            "Camera JPEG bytes arriving against envelope bytes sent upstream, per camera.",
+            min=0,
+        ),
+        Panel(
+            "Model swaps and refusals",
+            COUNT,
+            [
+                Query(
+                    "sum by (gateway, slot) "
+                    f"(increase(edgelearn_gateway_model_swaps_total{{{GW}}}[$__range]))",
+                    "{{gateway}} swapped {{slot}}",
+                ),
+                Query(
+                    "sum by (gateway, reason) "
+                    f"(increase(edgelearn_gateway_models_rejected_total{{{GW}}}[$__range]))",
+                    "{{gateway}} refused: {{reason}}",
+                ),
+            ],
+            "Models swapped in and deployments refused (bad signature, unknown key, bad "
+            "digest, bad plan) over the dashboard's time range.",
+            kind="stat",
+            width=12,
+        ),
+        Panel(
+            "Upstream publish retries",
+            PER_SECOND,
+            [
+                Query(
+                    "sum by (gateway) "
+                    f"(rate(edgelearn_gateway_forward_retries_total{{{GW}}}[{RATE}]))",
+                    "{{gateway}}",
+                )
+            ],
+            "QoS 1 publishes retried after the uplink connection dropped.",
+            min=0,
+        ),
+        Panel(
+            "Model version per gateway",
+            NONE,
+            [
+                Query(
+                    f"max by (gateway, slot, version) (edgelearn_gateway_model_info{{{GW}}})",
+                    table=True,
+                )
+            ],
+            "Loaded model per slot.",
+            kind="table",
+        ),
+        _mode_table(),
+    ]
+    return dashboard(
+        "edgelearn-gateway",
+        "edgelearn / Gateway detail",
+        "Gateway workers: stages, queues, capacity, CPU, drops and models.",
+        panels,
+    )
+
+
+def cloud_detail() -> dict[str, Any]:
+    panels = [
+        Panel(
+            "Features received per mode",
+            PER_SECOND,
+            [
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_features_received_total[{RATE}]))",
+                    "{{mode}}",
+                )
+            ],
+            "Feature (or result) envelopes arriving from the gateways.",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Uplink received per mode",
+            BYTES_PER_SECOND,
+            [
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_received_bytes_total[{RATE}]))",
+                    "{{mode}} received",
+                ),
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_raw_equivalent_bytes_total[{RATE}]))",
+                    "{{mode}} cloud-only equivalent",
+                ),
+            ],
+            "Envelope bytes the cloud receives against the camera JPEG bytes they stand for.",
+            min=0,
+        ),
+        Panel(
+            "Bytes per message per mode",
+            BYTES,
+            [
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_received_bytes_total[{RATE}]))"
+                    f" / sum by (mode) (rate(edgelearn_cloud_features_received_total[{RATE}]))",
+                    "{{mode}}",
+                )
+            ],
+            "Mean envelope size per mode: a raw JPEG against a compressed feature vector.",
+            min=0,
+        ),
+        Panel(
+            "Inference time per batch",
+            SECONDS,
+            _quantiles("edgelearn_cloud_inference_seconds", "mode"),
+            "Upper-layer inference per batch, p50 and p99 per mode.",
+            min=0,
+        ),
+        Panel(
+            "Batch size",
+            COUNT,
+            [
+                *[
+                    Query(
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(edgelearn_cloud_batch_size_bucket[{RATE}])))",
+                        f"p{round(q * 100)}",
+                    )
+                    for q in (0.5, 0.99)
+                ],
+                Query(
+                    f"sum(rate(edgelearn_cloud_batch_size_sum[{RATE}]))"
+                    f" / sum(rate(edgelearn_cloud_batch_size_count[{RATE}]))",
+                    "mean",
+                ),
+            ],
+            "Features per inference batch: consumers batch whatever is queued (up to "
+            "batch_max), so batches grow with load.",
+            min=0,
+        ),
+        Panel(
+            "Results per mode",
+            PER_SECOND,
+            [
+                Query(
+                    f"sum by (mode, computed_at) (rate(edgelearn_cloud_results_total[{RATE}]))",
+                    "{{mode}} computed at {{computed_at}}",
+                )
+            ],
+            "Results published: computed at the cloud (upper layers) or at the edge (full).",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "End-to-end latency distribution",
+            SECONDS,
+            [
+                Query(
+                    "sum by (le) "
+                    f"(increase(edgelearn_cloud_end_to_end_latency_seconds_bucket[{RATE}]))",
+                    "{{le}}",
+                )
+            ],
+            "Results per latency bucket over time, all modes (capture to result).",
+            kind="heatmap",
+        ),
+        Panel(
+            "Accuracy per camera",
+            RATIO,
+            [
+                Query(
+                    f"edgelearn_cloud_accuracy_ratio{{{CAM}}}",
+                    "{{camera}} {{mode}}",
+                )
+            ],
+            "Rolling per-frame accuracy of each camera and mode.",
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Drops by reason",
+            PER_SECOND,
+            [Query("edgelearn:cloud_drops:rate1m", "{{reason}}")],
+            "Features the cloud dropped: rejected_envelope, no_model, undecodable, "
+            "queue_full, inference_failed, result_not_published.",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Training runs",
+            COUNT,
+            [
+                Query(
+                    "sum by (kind) (increase(edgelearn_cloud_training_runs_total[$__range]))",
+                    "{{kind}}",
+                )
+            ],
+            "Training runs finished in the dashboard's time range, per kind (pca, "
+            "autoencoder, cnn).",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Training time, mean",
+            SECONDS,
+            [
+                Query(
+                    "sum by (kind) (increase(edgelearn_cloud_training_seconds_sum[$__range]))"
+                    " / sum by (kind) "
+                    "(increase(edgelearn_cloud_training_seconds_count[$__range]))",
+                    "{{kind}}",
+                )
+            ],
+            "Mean wall time of a training run per kind, over the dashboard's time range.",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Model serving each mode",
+            NONE,
+            [Query("max by (mode, version) (edgelearn_cloud_model_info)", table=True)],
+            "The upper-layer model version the consumers answer each mode with.",
+            kind="table",
+        ),
+        _mode_table(),
+        Panel(
+            "Scheduler inputs: capacity per gateway",
+            FPS,
+            [
+                Query(
+                    "max by (gateway, mode) "
+                    f"(edgelearn_gateway_capacity_frames_per_second{{{GW}}})",
+                    "{{gateway}} {{mode}}",
+                )
+            ],
+            "Measured keyframes per second each gateway can extract per mode: what the "
+            "scheduler places split layers with, next to the uplink each gateway uses.",
+            min=0,
+        ),
+        Panel(
+            "Scheduler inputs: uplink per gateway",
+            BYTES_PER_SECOND,
+            [Query(f"edgelearn:uplink_bytes:rate1m{{{GW}}}", "{{gateway}} {{mode}}")],
+            "Bytes per second each gateway sends upstream in its current mode.",
+            min=0,
+        ),
+    ]
+    return dashboard(
+        "edgelearn-cloud",
+        "edgelearn / Cloud detail",
+        "Cloud consumers and trainer: inference, batches, latency, accuracy, training and "
+        "the scheduler's plan per gateway.",
+        panels,
+    )
+
+
+DASHBOARDS = {
+    "pipeline-overview.json": pipeline_overview,
+    "gateway-detail.json": gateway_detail,
+    "cloud-detail.json": cloud_detail,
+}
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {
+        name: json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+        for name, build in DASHBOARDS.items()
+    }
+
+
+def main() -> int:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    for name, text in render().items():
+        (OUTPUT / name).write_text(text, encoding="utf-8")
+        print(OUTPUT / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
