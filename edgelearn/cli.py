@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import logging
 import signal
@@ -38,6 +37,8 @@ ROLE_COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.cli", "run gateway workers: keyframes, features, forwarding"),
     "schedule": ("cloud.scheduling.cli", "layer-placement scheduler: simulate paper 003"),
     "report": ("edgelearn.report", "PNG charts of a run from Prometheus or a benchmark's JSON"),
+    "cloud": ("cloud.cli", "run cloud consumers; train and push a first model set if needed"),
+    "up": ("edgelearn.stack", "run the whole local stack with a live summary"),
 }
 
 # ``edgelearn bench <part>``: module with ``run(quick: bool) -> dict``.
@@ -47,8 +48,24 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def _extra_commands() -> list[tuple[str, str, Any, Any]]:
+    """Commands that share a module with another: (name, help, configure, main)."""
+    from cloud import cli as cloud_cli
+
+    return [
+        (
+            "model",
+            "model registry: list, show, export, push signed deployments",
+            cloud_cli.configure_model,
+            cloud_cli.main_model,
+        ),
+        (
+            "train",
+            "train the cloud half from stored edge features (or raw frames)",
+            cloud_cli.configure_train,
+            cloud_cli.main_train,
+        ),
+    ]
 
 
 # --- broker -----------------------------------------------------------------------------
@@ -265,12 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     handlers["bench"] = _bench_main
 
     for name, (module_name, help_text) in ROLE_COMMANDS.items():
-        if not _available(module_name):
-            continue
         module = importlib.import_module(module_name)
         sub = commands.add_parser(name, help=help_text, description=help_text)
         module.configure(sub)
         handlers[name] = module.main
+    for name, help_text, configure, run in _extra_commands():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        configure(sub)
+        handlers[name] = run
     parser.set_defaults(_handlers=handlers)
     return parser
 

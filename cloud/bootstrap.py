@@ -1,0 +1,200 @@
+"""Train a first set of models for every mode, so a fresh stack has something to run.
+
+Where it sits: ``edgelearn cloud`` (and ``edgelearn up``) call :func:`ensure_models` before
+serving; when the registry already holds a model for each mode nothing is trained.
+
+One training run yields every mode (the CNN is trained once and split at each requested k):
+
+========================= ===================================== ==========================
+registry name             edge half (gateway)                   cloud half
+========================= ===================================== ==========================
+``cnn-raw``               none (cloud-only baseline)             the CNN on decoded frames
+``cnn-split`` (one per k) int8 lower k blocks                    float upper blocks
+``cnn-full``              int8 whole CNN (edge inference)        the float CNN (to fine-tune)
+``pca``                   projection ``.npz``                    feature classifier
+``autoencoder``           int8 encoder                           feature classifier
+========================= ===================================== ==========================
+
+The budget is sized for 2 cores: the default (``TrainingBudget.default``) renders 6,000
+training items and trains for about two to four minutes in all; ``quick`` is for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cloud.models.artifacts import (
+    KIND_AUTOENCODER,
+    KIND_CLOUD_CLASSIFIER,
+    KIND_FULL,
+    KIND_PCA,
+    KIND_SPLIT,
+    LiteRtExtractor,
+    PcaExtractor,
+)
+from cloud.models.errors import ModelNotFound
+from cloud.registry import ModelEntry, Registry
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (step description, step number, total steps)
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    n_train: int = 6000
+    n_held_out: int = 1000
+    cnn_epochs: int = 6
+    feature_epochs: int = 15
+    autoencoder_epochs: int = 4
+    pca_dim: int = 32
+    autoencoder_dim: int = 32
+    split_ks: tuple[int, ...] = (1, 2, 3)
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> TrainingBudget:
+        return cls(
+            n_train=1500,
+            n_held_out=400,
+            cnn_epochs=4,
+            feature_epochs=10,
+            autoencoder_epochs=2,
+            split_ks=(2,),
+        )
+
+
+def _quiet_progress(step: str, number: int, total: int) -> None:
+    log.info("[%d/%d] %s", number, total, step)
+
+
+def missing_modes(registry: Registry, split_ks: Sequence[int]) -> list[str]:
+    wanted = [
+        (KIND_CLOUD_CLASSIFIER, None),
+        (KIND_FULL, None),
+        (KIND_PCA, None),
+        (KIND_AUTOENCODER, None),
+        *[(KIND_SPLIT, k) for k in split_ks],
+    ]
+    missing = []
+    for kind, k in wanted:
+        try:
+            registry.latest(kind=kind, split_k=k)
+        except ModelNotFound:
+            missing.append(kind if k is None else f"split:{k}")
+    return missing
+
+
+def ensure_models(
+    registry: Registry,
+    budget: TrainingBudget | None = None,
+    progress: Progress = _quiet_progress,
+) -> dict[str, Any]:
+    """Train everything when any mode lacks a model; returns what was done and how long."""
+    budget = budget or TrainingBudget()
+    missing = missing_modes(registry, budget.split_ks)
+    if not missing:
+        return {"trained": False}
+    return train_all(registry, budget, progress)
+
+
+def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) -> dict[str, Any]:
+    from cloud.models.data import build_dataset
+    from cloud.models.evaluation import features_from
+    from cloud.models.export import export_int8
+    from cloud.models.features import fit_pca, train_autoencoder
+    from cloud.models.release import (
+        release_autoencoder,
+        release_cloud_classifier,
+        release_full,
+        release_pca,
+        release_split,
+    )
+    from cloud.models.training import train_cnn, train_feature_classifier
+
+    total = 6 + len(budget.split_ks)
+    step = 0
+    timings: dict[str, float] = {}
+    entries: dict[str, ModelEntry] = {}
+
+    def advance(description: str) -> None:
+        nonlocal step
+        step += 1
+        progress(description, step, total)
+
+    started = time.perf_counter()
+    advance(f"rendering {budget.n_train} + {budget.n_held_out} labeled camera frames")
+    data = build_dataset(budget.n_train, budget.n_held_out, seed=budget.seed)
+    timings["render"] = time.perf_counter() - started
+
+    advance(f"training the CNN ({budget.cnn_epochs} epochs)")
+    report = train_cnn(data, epochs=budget.cnn_epochs, seed=budget.seed)
+    timings["cnn"] = report.wall_seconds
+    entries["raw"] = release_cloud_classifier(registry, report.model, data, name="cnn-raw")
+
+    for k in budget.split_ks:
+        advance(f"splitting at k={k}, exporting the int8 lower part")
+        entries[f"split:{k}"] = release_split(registry, report.model, k, data, name="cnn-split")
+
+    advance("exporting the whole CNN for the edge (full)")
+    entries["full"] = release_full(registry, report.model, data, name="cnn-full")
+
+    advance(f"fitting PCA ({budget.pca_dim} components) and its classifier")
+    projection = fit_pca(data.train.inputs, budget.pca_dim, seed=budget.seed)
+    extractor = PcaExtractor(projection)
+    pca_report = train_feature_classifier(
+        features_from(extractor, data.train),
+        features_from(extractor, data.held_out),
+        classes=data.num_classes,
+        epochs=budget.feature_epochs,
+        seed=budget.seed,
+    )
+    entries["pca"] = release_pca(registry, projection, pca_report.model, data, name="pca")
+
+    advance(f"training the autoencoder ({budget.autoencoder_dim}-d code) and its classifier")
+    fit = train_autoencoder(
+        data.train.inputs,
+        budget.autoencoder_dim,
+        epochs=budget.autoencoder_epochs,
+        seed=budget.seed,
+    )
+    encoder = export_int8(fit.encoder, data.train.inputs)
+    encoder_extractor = LiteRtExtractor(KIND_AUTOENCODER, encoder.flatbuffer)
+    ae_report = train_feature_classifier(
+        features_from(encoder_extractor, data.train),
+        features_from(encoder_extractor, data.held_out),
+        classes=data.num_classes,
+        epochs=budget.feature_epochs,
+        seed=budget.seed,
+    )
+    entries["autoencoder"] = release_autoencoder(
+        registry, encoder, ae_report.model, data, name="autoencoder"
+    )
+    advance("done")
+    return {
+        "trained": True,
+        "seconds": round(time.perf_counter() - started, 1),
+        "timings": {key: round(value, 1) for key, value in timings.items()},
+        "accuracy": {mode: entry.accuracy for mode, entry in entries.items()},
+        "versions": {mode: entry.version for mode, entry in entries.items()},
+    }
+
+
+def deployable(registry: Registry, split_ks: Sequence[int]) -> list[ModelEntry]:
+    """The newest entry of every edge mode, to push to the gateways."""
+    found = []
+    for kind, k in [
+        (KIND_FULL, None),
+        (KIND_PCA, None),
+        (KIND_AUTOENCODER, None),
+        *[(KIND_SPLIT, k) for k in split_ks],
+    ]:
+        try:
+            found.append(registry.latest(kind=kind, split_k=k))
+        except ModelNotFound:
+            continue
+    return found

@@ -1,0 +1,356 @@
+"""``edgelearn cloud`` (serve), ``edgelearn model`` (registry) and ``edgelearn train``.
+
+``edgelearn cloud`` is the cloud role in one process: it trains a first model set when the
+registry lacks one (with a progress bar), pushes the newest signed deployment of every edge
+mode to the retained model topics, and runs consumers that answer features, score them and
+store them for training. ``edgelearn model list|show|push`` reads the registry and publishes
+deployments; ``edgelearn train --from-features`` trains a cloud half from stored features
+(and ``--raw`` the cloud-only baseline from stored frames) and reports time, bytes and
+accuracy side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgelearn import config as config_module
+from edgelearn import signing, wire
+from edgelearn.config import BrokerConfig
+from edgelearn.secrets import Secrets, default_secrets_dir
+
+
+def default_state_dir() -> Path:
+    return default_secrets_dir().parent
+
+
+def _registry_path(args: argparse.Namespace) -> Path:
+    explicit = getattr(args, "registry", None) or os.environ.get("EDGELEARN_REGISTRY")
+    return Path(explicit) if explicit else default_state_dir() / "registry"
+
+
+def _broker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        default="127.0.0.1:1883",
+        metavar="HOST:PORT",
+        help="broker the cloud uses (the cloud broker when bridged)",
+    )
+    parser.add_argument("--site", default=wire.DEFAULT_SITE, help="topic namespace")
+    parser.add_argument("--tls", action="store_true", help="connect over TLS")
+    parser.add_argument("--secrets", type=Path, default=None, help="secrets directory")
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="model registry directory (default: $EDGELEARN_REGISTRY or "
+        f"{default_state_dir() / 'registry'})",
+    )
+
+
+def _broker(args: argparse.Namespace, user: str = "cloud") -> BrokerConfig:
+    host, port = config_module.parse_address(args.broker)
+    return BrokerConfig.for_user(user, host=host, port=port, secrets_dir=args.secrets, tls=args.tls)
+
+
+def _progress_bar(step: str, number: int, total: int) -> None:
+    width = 24
+    filled = width * number // max(total, 1)
+    print(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {number}/{total} {step:<70}",
+        end="\n" if number == total else "",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# --- edgelearn cloud ----------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _broker_options(parser)
+    parser.add_argument(
+        "--consumers",
+        type=int,
+        default=1,
+        help="consumers in this process's shared-subscription group",
+    )
+    parser.add_argument("--group", default="cloud", help="shared-subscription group")
+    parser.add_argument(
+        "--budget",
+        choices=("default", "quick"),
+        default="default",
+        help="training budget when the registry is empty (quick: for tests)",
+    )
+    parser.add_argument(
+        "--split-ks", default="1,2,3", help="split points to train and push (comma-separated)"
+    )
+    parser.add_argument(
+        "--no-train",
+        dest="train",
+        action="store_false",
+        help="never train; serve what the registry has",
+    )
+    parser.add_argument(
+        "--no-push",
+        dest="push",
+        action="store_false",
+        help="do not publish deployments to the gateways",
+    )
+    parser.add_argument(
+        "--feature-store",
+        type=Path,
+        default=None,
+        help="where labeled features are kept (default: STATE/features; 'none' disables)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="/metrics port of consumer 0 (others +1...); 0 = free port",
+    )
+    parser.add_argument("--duration", type=float, default=None, help="stop after seconds")
+
+
+def _split_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise config_module.ConfigError(f"--split-ks {text!r}: comma-separated integers") from exc
+    if not ks or min(ks) < 1:
+        raise config_module.ConfigError("--split-ks needs integers >= 1")
+    return ks
+
+
+async def push_deployments(
+    broker: BrokerConfig, site: str, deployments: list[wire.Model], gateway: str = "all"
+) -> None:
+    from edgelearn.mqtt import MqttSession
+
+    topics = wire.Topics(site)
+    async with MqttSession(broker, f"cloud-push-{os.getpid()}") as session:
+        for model in deployments:
+            slot = wire.model_slot(model.kind, model.split_k)
+            await session.publish(
+                topics.model(gateway, slot), wire.encode(model), qos=1, retain=True
+            )
+
+
+def _deployments(registry: Any, secrets: Secrets, split_ks: tuple[int, ...]) -> list[wire.Model]:
+    from cloud.bootstrap import deployable
+
+    key = signing.load_private_key(secrets.signing_key)
+    return [
+        registry.deployment(entry.name, entry.version, key)
+        for entry in deployable(registry, split_ks)
+    ]
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from cloud.bootstrap import TrainingBudget, ensure_models
+    from cloud.consumer import CloudConsumer, ConsumerConfig
+    from cloud.feature_store import FeatureStore
+    from cloud.metrics import CloudMetrics
+    from cloud.registry import Registry
+    from cloud.serving import RegistryModels
+
+    split_ks = _split_ks(args.split_ks)
+    broker = _broker(args)
+    secrets = Secrets(args.secrets or default_secrets_dir())
+    registry = Registry(_registry_path(args))
+    store_path = args.feature_store or default_state_dir() / "features"
+    store = None if str(store_path) == "none" else FeatureStore(store_path)
+    metric_registries = [CollectorRegistry() for _ in range(args.consumers)]
+    models = RegistryModels(registry)
+    consumers = [
+        CloudConsumer(
+            ConsumerConfig(
+                consumer_id=f"cloud-{index}-{os.getpid()}",
+                site=args.site,
+                group=args.group,
+                store_features=store is not None,
+                metrics_port=args.metrics_port + index if args.metrics_port else 0,
+            ),
+            broker,
+            RegistryModels(registry),
+            store=store,
+            registry=metric_registries[index],
+        )
+        for index in range(args.consumers)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for consumer in consumers:
+            await stack.enter_async_context(consumer)
+            assert consumer.metrics_server is not None
+            print(
+                f"cloud consumer {consumer.config.consumer_id}: metrics "
+                f"{consumer.metrics_server.url}",
+                flush=True,
+            )
+        if args.train:
+            budget = TrainingBudget.quick() if args.budget == "quick" else TrainingBudget()
+            budget = TrainingBudget(**{**budget.__dict__, "split_ks": split_ks})
+            outcome = await asyncio.to_thread(ensure_models, registry, budget, _progress_bar)
+            if outcome["trained"]:
+                metrics: CloudMetrics = consumers[0].metrics
+                metrics.training_runs.labels("bootstrap").inc()
+                metrics.training_seconds.labels("bootstrap").observe(outcome["seconds"])
+                print(
+                    f"trained a first model set in {outcome['seconds']} s; held-out "
+                    f"accuracy {json.dumps(outcome['accuracy'])}",
+                    flush=True,
+                )
+        warmed = await asyncio.to_thread(models.warm_up, split_ks)
+        print(f"serving {', '.join(warmed)}", flush=True)
+        if args.push:
+            deployments = _deployments(registry, secrets, split_ks)
+            await push_deployments(broker, args.site, deployments)
+            print(
+                "pushed "
+                + ", ".join(
+                    f"{m.kind}{'-' + str(m.split_k) if m.kind == 'split' else ''} {m.version}"
+                    for m in deployments
+                ),
+                flush=True,
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration)
+        for consumer in consumers:
+            await consumer.drain(5.0)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from edgelearn.mqtt import BrokerUnavailable
+
+    try:
+        return asyncio.run(_serve(args))
+    except BrokerUnavailable as exc:
+        print(f"edgelearn cloud: {exc}", file=sys.stderr)
+        return 2
+
+
+# --- edgelearn model ----------------------------------------------------------------------
+
+
+def configure_model(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("list", help="every model version in the registry")
+    listing.add_argument("--registry", type=Path, default=None, help="registry directory")
+    show = commands.add_parser("show", help="one model's metadata")
+    show.add_argument("--registry", type=Path, default=None, help="registry directory")
+    show.add_argument("name", help="model name (see `model list`)")
+    show.add_argument("version", nargs="?", default=None, help="version (default newest)")
+    push = commands.add_parser("push", help="publish a signed deployment (retained)")
+    _broker_options(push)
+    push.add_argument("name", help="model name")
+    push.add_argument("version", nargs="?", default=None, help="version (default newest)")
+    push.add_argument("--gateway", default="all", help="one gateway id, or all (default)")
+    export = commands.add_parser("export", help="write a signed deployment file")
+    export.add_argument("--registry", type=Path, default=None, help="registry directory")
+    export.add_argument("--secrets", type=Path, default=None, help="secrets directory")
+    export.add_argument("name", help="model name")
+    export.add_argument("version", nargs="?", default=None, help="version (default newest)")
+    export.add_argument("--output", type=Path, required=True, help="file to write")
+
+
+def main_model(args: argparse.Namespace) -> int:
+    from cloud.models.errors import RegistryError
+    from cloud.registry import Registry
+
+    registry = Registry(_registry_path(args))
+    try:
+        if args.model_command == "list":
+            print(f"{'name':<14}{'version':<9}{'kind':<18}{'k':>3}  {'accuracy':>8}  created")
+            for entry in registry.list():
+                accuracy = "-" if entry.accuracy is None else f"{entry.accuracy:.3f}"
+                print(
+                    f"{entry.name:<14}{entry.version:<9}{entry.kind:<18}{entry.split_k:>3}  "
+                    f"{accuracy:>8}  {entry.created[:19]}"
+                )
+            return 0
+        if args.model_command == "show":
+            print(json.dumps(registry.get(args.name, args.version).metadata, indent=2))
+            return 0
+        secrets = Secrets(args.secrets or default_secrets_dir())
+        model = registry.deployment(
+            args.name, args.version, signing.load_private_key(secrets.signing_key)
+        )
+        if args.model_command == "export":
+            args.output.write_bytes(wire.encode(model))
+            print(f"wrote {args.output} ({model.kind} {model.version})")
+            return 0
+        asyncio.run(push_deployments(_broker(args), args.site, [model], args.gateway))
+        print(f"pushed {model.name} {model.version} to {args.gateway}")
+        return 0
+    except RegistryError as exc:
+        print(f"edgelearn model: {exc}", file=sys.stderr)
+        return 2
+
+
+# --- edgelearn train ----------------------------------------------------------------------
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", type=Path, default=None, help="registry directory")
+    parser.add_argument(
+        "--feature-store", type=Path, default=None, help="stored features (default: STATE/features)"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from-features",
+        metavar="MODE",
+        help="train the cloud half of MODE (pca, autoencoder, split:K) on its stored features",
+    )
+    source.add_argument(
+        "--raw",
+        action="store_true",
+        help="train the cloud-only CNN on stored raw frames (the baseline)",
+    )
+    parser.add_argument(
+        "--version", default=None, help="model version whose features to use (default: the newest)"
+    )
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs")
+    parser.add_argument(
+        "--held-out", type=int, default=1000, help="rendered held-out items to score on"
+    )
+    parser.add_argument(
+        "--save", action="store_true", help="store the trained cloud half as a new registry version"
+    )
+
+
+def main_train(args: argparse.Namespace) -> int:
+    from cloud.training_jobs import train_from_store
+
+    store = args.feature_store or default_state_dir() / "features"
+    started = time.perf_counter()
+    try:
+        report = train_from_store(
+            registry_root=_registry_path(args),
+            store_root=store,
+            mode="raw" if args.raw else args.from_features,
+            version=args.version,
+            epochs=args.epochs,
+            n_held_out=args.held_out,
+            save=args.save,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"edgelearn train: {exc}", file=sys.stderr)
+        return 2
+    report["command_seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(report, indent=2))
+    return 0
