@@ -113,8 +113,10 @@ class MqttProbe:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         return int(info.mid)
 
-    def publish_and_wait(self, topic: str, payload: bytes, timeout: float = 10.0) -> ReasonCode:
-        mid = self.publish(topic, payload, qos=1)
+    def publish_and_wait(
+        self, topic: str, payload: bytes, timeout: float = 10.0, retain: bool = False
+    ) -> ReasonCode:
+        mid = self.publish(topic, payload, qos=1, retain=retain)
         wait_for(lambda: mid in self.acks or self.disconnected.is_set(), timeout, "PUBACK")
         if mid not in self.acks:
             raise ConnectionError("disconnected before the PUBACK")
@@ -209,3 +211,16 @@ def mqtt_probe(broker: BrokerUnderTest) -> Iterator[Callable[..., MqttProbe]]:
     yield connect
     for probe in probes:
         probe.close()
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with every mode trained on the quick budget (about a minute on 2 cores):
+    the CNN split at k=2, full, cloud-only, PCA and autoencoder. Shared by the end-to-end
+    tests; its accuracies are far below the default budget's (see the benchmarks)."""
+    from cloud.bootstrap import TrainingBudget, ensure_models
+    from cloud.registry import Registry
+
+    root = tmp_path_factory.mktemp("registry")
+    ensure_models(Registry(root), TrainingBudget.quick())
+    return root

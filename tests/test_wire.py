@@ -141,7 +141,9 @@ def test_every_kind_is_covered_by_the_strategies() -> None:
 def _corpus() -> list[bytes]:
     return [
         wire.encode(wire.Frame("cam-1", 7, 99, 1280, 720, wire.Encoding.JPEG, 3, b"\xff\xd8jpeg")),
-        wire.encode(wire.Status("gw-1", 0, 1, 5, "split:3", "v1", {"raw": 30.0}, 1e6, {"c": 1}, "")),
+        wire.encode(
+            wire.Status("gw-1", 0, 1, 5, "split:3", "v1", {"raw": 30.0}, 1e6, {"c": 1}, "")
+        ),
         wire.encode(wire.Plan("gw-1", 2, "pca", 1, 0.1, 30)),
         wire.encode(
             wire.Result(
@@ -247,7 +249,8 @@ def test_topics() -> None:
     assert topics.feature("gw-1", "cam-1") == "edgelearn/v1/lab/features/gw-1/cam-1"
     assert wire.shared("workers", topics.all_frames()) == "$share/workers/edgelearn/v1/lab/frames/+"
     assert topics.model() == "edgelearn/v1/lab/models/all/default"
-    assert topics.model("gw-1", wire.model_slot("split", 3)) == "edgelearn/v1/lab/models/gw-1/split-3"
+    slot = wire.model_slot("split", 3)
+    assert topics.model("gw-1", slot) == "edgelearn/v1/lab/models/gw-1/split-3"
     assert wire.topic_level(topics.status("gw-2", 1), -2) == "gw-2"
     assert wire.topic_level(topics.frame("cam-9"), -1) == "cam-9"
     with pytest.raises(wire.WireError):

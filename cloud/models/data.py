@@ -1,0 +1,307 @@
+"""Training and held-out data for the cloud's models: labeled items rendered as camera frames.
+
+Where it sits: the cloud trains on what a gateway would feed its models, so every item goes
+through the camera path: :func:`cameras.scene.render_item` draws it into a scene, the frame
+is JPEG-encoded and decoded, and :func:`gateway.preprocess.to_model_input` makes the model
+input (``uint8 (S, S, C)``). By default frames are rendered at the gateway's *reduced* size
+(320x180) and decoded in full, which is what the gateway's reduced decode of a 720p frame
+gives, for about a tenth of the cost; :func:`camera_frames` renders real 720p frames from
+:class:`cameras.scene.LabeledScene` and decodes them exactly as the gateway does, so the two
+can be compared (see :func:`cloud.models.training.compare_render_paths`).
+
+Everything is seeded: item ``i`` of a split is rendered from ``rng([seed, split, i])``, so
+a data set of 2,000 items is the first 2,000 of one of 60,000, whatever ``workers`` is.
+numpy + OpenCV only (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from cameras.datasets import LabeledImages, load_fashion_mnist
+from cameras.scene import LabeledScene, render_item
+from cameras.source_frame import HD_720P
+from gateway import preprocess
+
+REDUCED_SIZE: Final = (HD_720P[0] // preprocess.REDUCTION, HD_720P[1] // preprocess.REDUCTION)
+_TRAIN_STREAM: Final = 1
+_HELD_OUT_STREAM: Final = 2
+_CHUNK: Final = 256
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How items become model input. ``render_size`` is (width, height).
+
+    ``reduced_decode`` selects the gateway's 1/4-scale decode (use it with 720p renders);
+    otherwise the JPEG is decoded in full (use it with renders at the reduced size).
+    """
+
+    input_size: int = preprocess.DEFAULT_INPUT_SIZE
+    channels: int = preprocess.DEFAULT_CHANNELS
+    render_size: tuple[int, int] = REDUCED_SIZE
+    reduced_decode: bool = False
+    jpeg_quality: int = 85
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.input_size, self.input_size, self.channels)
+
+    @classmethod
+    def camera(
+        cls, input_size: int = 96, channels: int = 1, jpeg_quality: int = 85
+    ) -> RenderSettings:
+        """The real camera path: 720p frames, reduced decode."""
+        return cls(input_size, channels, HD_720P, True, jpeg_quality)
+
+    def jpeg_to_input(self, jpeg: bytes) -> npt.NDArray[np.uint8]:
+        if self.reduced_decode:
+            return preprocess.frame_to_input(jpeg, self.input_size, self.channels)
+        decoded = preprocess.decode_full(jpeg, self.channels)
+        return preprocess.to_model_input(decoded, self.input_size, self.channels)
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedSplit:
+    """Model inputs and labels; ``jpeg_bytes`` is each rendered frame's JPEG size (what a
+    camera would have sent at ``render_size``) and ``source_index`` the item it shows."""
+
+    inputs: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.int64]
+    jpeg_bytes: npt.NDArray[np.int64]
+    source_index: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        count = self.inputs.shape[0]
+        if self.inputs.dtype != np.uint8 or self.inputs.ndim != 4:
+            raise ValueError(
+                f"inputs must be uint8 (N,H,W,C), got {self.inputs.dtype} {self.inputs.shape}"
+            )
+        for name in ("labels", "jpeg_bytes", "source_index"):
+            if getattr(self, name).shape != (count,):
+                raise ValueError(f"{name} shape {getattr(self, name).shape}, expected ({count},)")
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def take(self, count: int) -> RenderedSplit:
+        """The first ``count`` items (the same items a smaller data set would have had)."""
+        return RenderedSplit(
+            self.inputs[:count],
+            self.labels[:count],
+            self.jpeg_bytes[:count],
+            self.source_index[:count],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedDataset:
+    train: RenderedSplit
+    held_out: RenderedSplit
+    class_names: tuple[str, ...]
+    settings: RenderSettings = field(default_factory=RenderSettings)
+    seed: int = 0
+    task: str = "fashion-mnist"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.settings.input_shape
+
+    def save(self, path: Path) -> None:
+        """Cache a (large) rendered data set: renders of 60,000 items take minutes."""
+        buffer = io.BytesIO()
+        arrays = {
+            f"{name}_{part}": getattr(getattr(self, name), part)
+            for name in ("train", "held_out")
+            for part in ("inputs", "labels", "jpeg_bytes", "source_index")
+        }
+        np.savez(
+            buffer,
+            class_names=np.asarray(self.class_names),
+            settings=np.asarray(
+                [
+                    self.settings.input_size,
+                    self.settings.channels,
+                    *self.settings.render_size,
+                    int(self.settings.reduced_decode),
+                    self.settings.jpeg_quality,
+                ]
+            ),
+            seed=np.int64(self.seed),
+            task=np.asarray(self.task),
+            **arrays,
+        )
+        path.write_bytes(buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> RenderedDataset:
+        with np.load(path, allow_pickle=False) as archive:
+            splits = [
+                RenderedSplit(
+                    *(
+                        np.asarray(archive[f"{name}_{part}"])
+                        for part in ("inputs", "labels", "jpeg_bytes", "source_index")
+                    )
+                )
+                for name in ("train", "held_out")
+            ]
+            size, channels, width, height, reduced, quality = (int(v) for v in archive["settings"])
+            return cls(
+                train=splits[0],
+                held_out=splits[1],
+                class_names=tuple(str(name) for name in archive["class_names"]),
+                settings=RenderSettings(size, channels, (width, height), bool(reduced), quality),
+                seed=int(archive["seed"]),
+                task=str(archive["task"]),
+            )
+
+
+def render_inputs(
+    images: npt.NDArray[np.uint8],
+    *,
+    seed: int,
+    stream: int = 0,
+    indices: Sequence[int] | npt.NDArray[np.int64] | None = None,
+    settings: RenderSettings | None = None,
+    workers: int = 2,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """Render ``images[indices]`` and run the camera path: ``(inputs, jpeg_bytes)``.
+
+    Item ``indices[j]`` is drawn from ``rng([seed, stream, indices[j]])``. OpenCV releases
+    the GIL, so ``workers`` threads render in parallel.
+    """
+    settings = settings or RenderSettings()
+    chosen = np.arange(images.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
+    count = int(chosen.shape[0])
+    inputs = np.empty((count, *settings.input_shape), dtype=np.uint8)
+    jpeg_bytes = np.empty(count, dtype=np.int64)
+
+    def render_chunk(start: int) -> None:
+        for position in range(start, min(start + _CHUNK, count)):
+            index = int(chosen[position])
+            rng = np.random.default_rng([seed, stream, index])
+            frame = render_item(images[index], rng, settings.render_size)
+            jpeg = preprocess.encode_jpeg(frame, settings.jpeg_quality)
+            inputs[position] = settings.jpeg_to_input(jpeg)
+            jpeg_bytes[position] = len(jpeg)
+
+    starts = range(0, count, _CHUNK)
+    if workers <= 1 or count <= _CHUNK:
+        for start in starts:
+            render_chunk(start)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render") as pool:
+            list(pool.map(render_chunk, starts))
+    return inputs, jpeg_bytes
+
+
+def _sample(count: int, available: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    if not 0 < count <= available:
+        raise ValueError(f"asked for {count} items, the source has {available}")
+    return np.sort(rng.permutation(available)[:count]).astype(np.int64)
+
+
+def build_dataset(
+    n_train: int,
+    n_held_out: int,
+    *,
+    seed: int = 0,
+    settings: RenderSettings | None = None,
+    train_source: LabeledImages | None = None,
+    held_out_source: LabeledImages | None = None,
+    task: str | None = None,
+    workers: int = 2,
+) -> RenderedDataset:
+    """Render ``n_train`` training and ``n_held_out`` held-out items.
+
+    Defaults to Fashion-MNIST (``train`` split for training, ``test`` split held out). With a
+    ``train_source`` and no ``held_out_source`` (e.g. :func:`cameras.datasets.load_image_folder`),
+    the held-out items are a seeded disjoint sample of the same set. Items are sampled without
+    replacement by a seeded permutation.
+    """
+    settings = settings or RenderSettings()
+    if train_source is None:
+        train_source = load_fashion_mnist("train")
+        held_out_source = held_out_source or load_fashion_mnist("test")
+        task = task or "fashion-mnist"
+    rng = np.random.default_rng([seed, 0])
+    if held_out_source is None:
+        # One set, split in two: the held-out items never appear in training.
+        order = rng.permutation(len(train_source))
+        if n_train + n_held_out > len(train_source):
+            raise ValueError(f"{n_train} + {n_held_out} items, the source has {len(train_source)}")
+        train_index = np.sort(order[:n_train]).astype(np.int64)
+        held_index = np.sort(order[n_train : n_train + n_held_out]).astype(np.int64)
+        held_out_source = train_source
+    else:
+        train_index = _sample(n_train, len(train_source), rng)
+        held_index = _sample(n_held_out, len(held_out_source), rng)
+    if held_out_source.class_names != train_source.class_names:
+        raise ValueError("training and held-out sets have different classes")
+
+    def split(source: LabeledImages, index: npt.NDArray[np.int64], stream: int) -> RenderedSplit:
+        inputs, jpeg_bytes = render_inputs(
+            source.images,
+            seed=seed,
+            stream=stream,
+            indices=index,
+            settings=settings,
+            workers=workers,
+        )
+        labels = np.asarray(source.labels[index], dtype=np.int64)
+        return RenderedSplit(inputs, labels, jpeg_bytes, index)
+
+    return RenderedDataset(
+        train=split(train_source, train_index, _TRAIN_STREAM),
+        held_out=split(held_out_source, held_index, _HELD_OUT_STREAM),
+        class_names=train_source.class_names,
+        settings=settings,
+        seed=seed,
+        task=task or "custom",
+    )
+
+
+def camera_frames(
+    source: LabeledImages,
+    count: int,
+    *,
+    seed: int = 0,
+    cameras: int = 4,
+    settings: RenderSettings | None = None,
+) -> RenderedSplit:
+    """``count`` camera frames from :class:`LabeledScene` (``cameras`` scenes, each with its
+    own background and lighting drift, one new item per frame), JPEG, decoded per
+    ``settings``: by default 720p and the gateway's reduced decode (real camera frames);
+    with reduced-size settings the *same* frames rendered small (scenes are
+    resolution-independent), for a paired comparison of the two paths."""
+    settings = settings or RenderSettings.camera()
+    scenes = [
+        LabeledScene(source, seed=seed * 1000 + camera, dwell_frames=1, size=settings.render_size)
+        for camera in range(cameras)
+    ]
+    inputs = np.empty((count, *settings.input_shape), dtype=np.uint8)
+    labels = np.empty(count, dtype=np.int64)
+    jpeg_bytes = np.empty(count, dtype=np.int64)
+    index = np.empty(count, dtype=np.int64)
+    for position in range(count):
+        scene = scenes[position % cameras]
+        frame_index = position // cameras
+        frame = scene.render(frame_index)
+        jpeg = preprocess.encode_jpeg(frame.image, settings.jpeg_quality)
+        inputs[position] = settings.jpeg_to_input(jpeg)
+        labels[position] = -1 if frame.label is None else frame.label
+        jpeg_bytes[position] = len(jpeg)
+        index[position] = scene.item_index(frame_index)
+    return RenderedSplit(inputs, labels, jpeg_bytes, index)

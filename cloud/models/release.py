@@ -1,0 +1,207 @@
+"""From a trained model to a registry entry: export, score the served path, profile, save.
+
+Where it sits: the last step of the cloud's trainer. Each ``release_*`` function produces
+the edge half (int8 LiteRT or PCA ``.npz``) and the cloud half (``.keras``) of one
+deployment, measures held-out accuracy on the path that will serve (int8 edge part, then the
+float cloud part), and saves both with their quantisation and, for CNNs, the per-boundary
+profile the scheduler reads. :meth:`cloud.registry.Registry.deployment` then signs the edge
+half for the gateways.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cloud.models import cnn
+from cloud.models.artifacts import (
+    KIND_AUTOENCODER,
+    KIND_CLOUD_CLASSIFIER,
+    KIND_FULL,
+    KIND_PCA,
+    KIND_SPLIT,
+    LiteRtExtractor,
+    PcaExtractor,
+    PcaProjection,
+)
+from cloud.models.data import RenderedDataset
+from cloud.models.evaluation import features_from, full_accuracy, split_accuracy
+from cloud.models.export import LiteRtExport, export_int8
+from cloud.models.profile import profile_as_dicts, profile_cnn
+from cloud.models.training import accuracy
+from cloud.registry import ModelEntry, Registry
+
+KerasModel = Any
+# Items of the split's own data the split-equality check runs on before anything is saved.
+_SPLIT_CHECK_ITEMS = 16
+
+
+def keras_to_bytes(model: KerasModel) -> bytes:
+    """A Keras model as the bytes of its ``.keras`` zip (architecture + weights)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def keras_from_bytes(data: bytes) -> KerasModel:
+    """The inverse of :func:`keras_to_bytes` (safe mode: no arbitrary code in the file)."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        path.write_bytes(data)
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def _quantization(export: LiteRtExport) -> dict[str, Any]:
+    return {"input": export.input.to_dict(), "output": export.output.to_dict()}
+
+
+def release_split(
+    registry: Registry,
+    model: KerasModel,
+    k: int,
+    data: RenderedDataset,
+    *,
+    name: str,
+    lower_export: LiteRtExport | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelEntry:
+    """Save ``split:k``: the int8 lower ``k`` blocks (edge) and the float upper blocks
+    (cloud). ``accuracy`` is the int8-lower + float-upper accuracy on the held-out set."""
+    cnn.check_split(model, k, data.held_out.inputs[:_SPLIT_CHECK_ITEMS])
+    lower, upper = cnn.split(model, k)
+    export = lower_export or export_int8(lower, data.train.inputs)
+    float_accuracy, served_accuracy = split_accuracy(model, k, export, data.held_out)
+    return registry.save(
+        name=name,
+        kind=KIND_SPLIT,
+        task=data.task,
+        input_shape=data.input_shape,
+        edge_artifact=export.flatbuffer,
+        cloud_artifact=keras_to_bytes(upper),
+        split_k=k,
+        accuracy=served_accuracy,
+        quantization=_quantization(export),
+        profile=profile_as_dicts(profile_cnn(model)),
+        class_names=data.class_names,
+        extra={
+            "float_accuracy": float_accuracy,
+            "held_out_items": len(data.held_out),
+            **(extra or {}),
+        },
+    )
+
+
+def release_full(
+    registry: Registry,
+    model: KerasModel,
+    data: RenderedDataset,
+    *,
+    name: str,
+    full_export: LiteRtExport | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelEntry:
+    """Save ``full``: the whole CNN as int8 LiteRT for edge inference (the float model is
+    kept as the cloud half, to fine-tune from)."""
+    export = full_export or export_int8(model, data.train.inputs)
+    return registry.save(
+        name=name,
+        kind=KIND_FULL,
+        task=data.task,
+        input_shape=data.input_shape,
+        edge_artifact=export.flatbuffer,
+        cloud_artifact=keras_to_bytes(model),
+        split_k=cnn.num_blocks(model),
+        accuracy=full_accuracy(export, data.held_out),
+        quantization=_quantization(export),
+        profile=profile_as_dicts(profile_cnn(model)),
+        class_names=data.class_names,
+        extra={
+            "float_accuracy": accuracy(model, data.held_out.inputs, data.held_out.labels),
+            "held_out_items": len(data.held_out),
+            **(extra or {}),
+        },
+    )
+
+
+def release_cloud_classifier(
+    registry: Registry,
+    model: KerasModel,
+    data: RenderedDataset,
+    *,
+    name: str,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelEntry:
+    """Save the cloud-only (``raw`` mode) CNN: runs in the cloud on decoded camera frames."""
+    return registry.save(
+        name=name,
+        kind=KIND_CLOUD_CLASSIFIER,
+        task=data.task,
+        input_shape=data.input_shape,
+        cloud_artifact=keras_to_bytes(model),
+        accuracy=accuracy(model, data.held_out.inputs, data.held_out.labels),
+        profile=profile_as_dicts(profile_cnn(model)),
+        class_names=data.class_names,
+        extra={"input": "frame", "held_out_items": len(data.held_out), **(extra or {})},
+    )
+
+
+def release_pca(
+    registry: Registry,
+    projection: PcaProjection,
+    classifier: KerasModel,
+    data: RenderedDataset,
+    *,
+    name: str,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelEntry:
+    """Save ``pca``: the projection (edge ``.npz``) and the feature classifier (cloud)."""
+    held_out = features_from(PcaExtractor(projection), data.held_out)
+    return registry.save(
+        name=name,
+        kind=KIND_PCA,
+        task=data.task,
+        input_shape=data.input_shape,
+        edge_artifact=projection.to_bytes(),
+        cloud_artifact=keras_to_bytes(classifier),
+        accuracy=accuracy(classifier, held_out.dequantized(), held_out.labels),
+        quantization={"output": projection.output.to_dict()},
+        class_names=data.class_names,
+        extra={"dim": projection.dim, "held_out_items": len(data.held_out), **(extra or {})},
+    )
+
+
+def release_autoencoder(
+    registry: Registry,
+    encoder_export: LiteRtExport,
+    classifier: KerasModel,
+    data: RenderedDataset,
+    *,
+    name: str,
+    extra: Mapping[str, Any] | None = None,
+) -> ModelEntry:
+    """Save ``autoencoder``: the int8 encoder (edge) and the feature classifier (cloud),
+    which must have been trained on features of this very export."""
+    held_out = features_from(
+        LiteRtExtractor(KIND_AUTOENCODER, encoder_export.flatbuffer), data.held_out
+    )
+    return registry.save(
+        name=name,
+        kind=KIND_AUTOENCODER,
+        task=data.task,
+        input_shape=data.input_shape,
+        edge_artifact=encoder_export.flatbuffer,
+        cloud_artifact=keras_to_bytes(classifier),
+        accuracy=accuracy(classifier, held_out.dequantized(), held_out.labels),
+        quantization=_quantization(encoder_export),
+        class_names=data.class_names,
+        extra={
+            "dim": encoder_export.output.elements,
+            "held_out_items": len(data.held_out),
+            **(extra or {}),
+        },
+    )
