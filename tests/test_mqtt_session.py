@@ -28,8 +28,12 @@ def test_publish_and_receive(broker: BrokerUnderTest, site: str) -> None:
 
     async def main() -> None:
         async with (
-            MqttSession(broker.config_for("cloud"), f"{site}-c",
-                        subscriptions=[(topic, 1)], on_message=received.append),
+            MqttSession(
+                broker.config_for("cloud"),
+                f"{site}-c",
+                subscriptions=[(topic, 1)],
+                on_message=received.append,
+            ),
             MqttSession(broker.config_for("gw-1"), f"{site}-g") as gateway,
         ):
             await gateway.publish(topic, b"feature", qos=1)
@@ -67,9 +71,13 @@ def test_reconnects_after_broker_restart(broker: BrokerUnderTest, tmp_path: Path
     async def main() -> None:
         nonlocal first
         async with (
-            MqttSession(config("cloud"), "restart-cloud", subscriptions=[(topic, 1)],
-                        on_message=lambda m: received.append(bytes(m.payload)),
-                        persistent=True) as cloud,
+            MqttSession(
+                config("cloud"),
+                "restart-cloud",
+                subscriptions=[(topic, 1)],
+                on_message=lambda m: received.append(bytes(m.payload)),
+                persistent=True,
+            ) as cloud,
             MqttSession(config("gw-1"), "restart-gw", persistent=True) as gateway,
         ):
             await gateway.publish(topic, b"before", qos=1)
