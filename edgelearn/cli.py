@@ -43,6 +43,10 @@ ROLE_COMMANDS: dict[str, tuple[str, str]] = {
 
 # ``edgelearn bench <part>``: module with ``run(quick: bool) -> dict``.
 BENCHMARKS: dict[str, str] = {
+    "pipeline": "edgelearn.pipeline_bench",
+    "gateway": "gateway.bench",
+    "cloud": "cloud.bench",
+    "papers": "cloud.papers",
     "cameras": "cameras.bench",
     "schedule": "cloud.scheduling.bench",
 }

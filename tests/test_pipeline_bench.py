@@ -1,0 +1,37 @@
+"""``edgelearn bench pipeline --quick`` produces its JSON with every mode, on and off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from edgelearn import pipeline_bench
+
+
+def test_quick_pipeline_benchmark_covers_every_mode(tmp_path: Path, trained_registry: Path) -> None:
+    registry = tmp_path / "registry"
+    shutil.copytree(trained_registry, registry)
+    result = pipeline_bench.run(quick=True, output_dir=tmp_path / "out", registry=registry)
+    written = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    expected = {"raw", "pca", "autoencoder", "split:2", "full"}
+    assert {row["mode"] for row in written["modes"].values()} == expected
+    assert {(row["mode"], row["keyframes"]) for row in written["modes"].values()} == {
+        (mode, keyframes) for mode in expected for keyframes in (False, True)
+    }
+    rows = result["modes"]
+    cloud_only = rows["raw"]
+    assert cloud_only["reduction"] == 0.0 and cloud_only["results"] > 0
+    for key, row in rows.items():
+        assert row["frames_published"] == cloud_only["frames_published"], key  # same frames
+        assert row["results"] > 0, key
+        assert row["accuracy"] is not None, key
+    # The edge modes send far less than cloud-only over the bridge, and no raw frame crossed.
+    for mode in ("pca", "autoencoder", "full"):
+        assert rows[f"{mode} keyframes"]["reduction"] > 0.99, mode
+    assert (
+        rows["split:2 keyframes"]["uplink_bytes_per_frame"] < cloud_only["uplink_bytes_per_frame"]
+    )
+    assert result["raw_frames_on_cloud_broker"] == 0
+    assert (tmp_path / "out" / "pipeline.md").read_text().count("\n") > 10
+    assert list((tmp_path / "out").glob("*.png"))
