@@ -21,6 +21,7 @@ from typing import Any
 
 from edgelearn import broker
 from edgelearn.config import ConfigError, parse_address
+from edgelearn.metrics import machine_info
 from edgelearn.secrets import ROLES, Secrets, SecretsError, default_secrets_dir
 
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -255,6 +256,7 @@ def _bench_main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = module.run(quick=args.quick)
     results.setdefault("elapsed_seconds", round(time.perf_counter() - started, 2))
+    results.setdefault("machine", machine_info())
     text = json.dumps(results, indent=2, sort_keys=True, default=str)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ port 0 asks the OS for a free one and :func:`serve_metrics` returns the port it 
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 from wsgiref.simple_server import WSGIServer
@@ -28,6 +29,30 @@ def register_build_info(registry: CollectorRegistry, role: str) -> None:
     info = Info("edgelearn_build", "Build and role of this process", registry=registry)
     info.info({"version": package_version(), "role": role, "python": platform.python_version()})
     ProcessCollector(registry=registry)
+
+
+def machine_info() -> dict[str, object]:
+    """What a benchmark ran on: absolute figures mean nothing without it."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
+                "",
+            )
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": os.getloadavg(),
+    }
 
 
 class MetricsServer:

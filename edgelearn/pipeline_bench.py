@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -42,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgelearn import broker as broker_module
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
+from edgelearn.metrics import machine_info
 from edgelearn.secrets import Secrets
 from edgelearn.stack import ChildProcesses, scrape
 
@@ -79,21 +79,6 @@ class Budget:
             training="default",
             retrain_epochs=5,
         )
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def _render_frames(budget: Budget) -> dict[str, list[wire.Frame]]:
@@ -336,7 +321,7 @@ def run(
                 else None
             )
         result = {
-            "machine": machine(),
+            "machine": machine_info(),
             "budget": budget.__dict__,
             "modes": rows,
             "training_on_what_arrived": retrain,
