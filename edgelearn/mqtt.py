@@ -80,6 +80,13 @@ class MqttSession:
         self.reconnects = 0
 
     def _new_client(self) -> aiomqtt.Client:
+        client = self._make_client()
+        # aiomqtt warns past 10 concurrent publishes; our callers bound their own concurrency
+        # (the gateway's in-flight cap, one result per frame), so warn only far beyond that.
+        client.pending_calls_threshold = max(10, 4 * self._max_inflight)
+        return client
+
+    def _make_client(self) -> aiomqtt.Client:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
         if self._persistent:
             # Survive restarts of either side: the broker keeps our subscriptions and the
