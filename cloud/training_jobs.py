@@ -85,13 +85,25 @@ def train_from_store(
         "uplink_bytes": loaded.uplink_bytes,
     }
     if mode == "raw":
-        from cloud.models import cnn
+        from cloud.models.data import RenderedDataset, RenderedSplit
+        from cloud.models.training import train_cnn
 
         inputs = np.stack([preprocess.frame_to_input(jpeg) for jpeg in loaded.jpegs])
         held_inputs, held_labels = _held_out_inputs(n_held_out, inputs.shape[1], inputs.shape[3])
-        model = cnn.build_cnn(cnn.CnnConfig(input_size=inputs.shape[1], channels=inputs.shape[3]))
-        report["training_seconds"] = round(_fit(model, inputs, loaded.labels, epochs), 2)
-        report["held_out_accuracy"] = _accuracy(model, held_inputs, held_labels)
+        sizes = np.asarray([len(jpeg) for jpeg in loaded.jpegs], np.int64)
+        data = RenderedDataset(
+            train=RenderedSplit(inputs, loaded.labels, sizes, np.arange(len(sizes))),
+            held_out=RenderedSplit(
+                held_inputs,
+                held_labels,
+                np.zeros(len(held_labels), np.int64),
+                np.arange(len(held_labels)),
+            ),
+            class_names=load_fashion_mnist("test").class_names,
+        )
+        trained = train_cnn(data, epochs=epochs)
+        report["training_seconds"] = round(trained.wall_seconds, 2)
+        report["held_out_accuracy"] = trained.held_out_accuracy
         return report
 
     entry = registry.by_version(version)
@@ -110,12 +122,19 @@ def train_from_store(
         tuned.set_weights(upper.get_weights())
         report["training_seconds"] = round(_fit(tuned, train_x, loaded.labels, epochs), 2)
         model = tuned
+        report["held_out_accuracy"] = _accuracy(model, held_x, held_labels)
     else:
-        from cloud.models.features import build_feature_classifier
+        from cloud.models.training import StoredFeatures, train_feature_classifier
 
-        model = build_feature_classifier(output.shape, 10, normalize_on=train_x)
-        report["training_seconds"] = round(_fit(model, train_x, loaded.labels, epochs), 2)
-    report["held_out_accuracy"] = _accuracy(model, held_x, held_labels)
+        trained = train_feature_classifier(
+            StoredFeatures(loaded.values, loaded.labels, output),
+            StoredFeatures(extractor.run_batch(held_inputs), held_labels, output),
+            classes=10,
+            epochs=max(epochs, 15),
+        )
+        model = trained.model
+        report["training_seconds"] = round(trained.wall_seconds, 2)
+        report["held_out_accuracy"] = trained.held_out_accuracy
     if save:
         from cloud.models.release import keras_to_bytes
 

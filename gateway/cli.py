@@ -85,6 +85,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="frames without a keyframe before one is forced (default 45)",
     )
     parser.add_argument(
+        "--keyframe-motion-interval",
+        type=int,
+        default=None,
+        help="while the scene moves, a keyframe every N frames (default 1: every moving "
+        "frame; larger saves uplink and costs accuracy)",
+    )
+    parser.add_argument(
         "--queue-depth",
         type=int,
         default=None,
@@ -134,6 +141,7 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "keyframes",
             "keyframe_threshold",
             "keyframe_max_interval",
+            "keyframe_motion_interval",
             "queue_depth",
             "coap_port",
         )

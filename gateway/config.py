@@ -24,6 +24,7 @@ class GatewayConfig:
     keyframes: bool = True
     keyframe_threshold: float = 0.02
     keyframe_max_interval: int = 45
+    keyframe_motion_interval: int = 1
     queue_depth: int = 2  # frames per camera; the newest wins
     stale_after: float = 2.0  # seconds a frame may wait for a worker
     max_inflight: int = 64  # QoS 1 publishes awaiting their PUBACK
@@ -49,6 +50,7 @@ class GatewayConfig:
             enabled=self.keyframes,
             threshold=self.keyframe_threshold,
             max_interval=self.keyframe_max_interval,
+            motion_interval=self.keyframe_motion_interval,
         )
 
     @property

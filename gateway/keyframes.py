@@ -13,9 +13,13 @@ What the score compares against matters. Measured on the labeled camera scene, a
 and about 0.10 on a new item: no threshold separates them. A frame vs *the previous frame*
 scores 0.00 on a still item and 0.08-0.19 while an item enters. So the filter tracks motion
 between consecutive frames and takes a keyframe when a change **starts** (the first frame of
-a new item is never missed) and when it **settles** (the clearest view of what arrived),
-plus every ``max_interval`` frames without one, so a camera is never silent for long. A
-scene in continuous motion (a street) thus yields a keyframe per ``max_interval``.
+a new item is never missed), every ``motion_interval``-th frame **while** it moves, and when
+it **settles** (the clearest view of what arrived), plus every ``max_interval`` frames
+without one, so a camera is never silent for long. Held-back frames are then only still
+ones, which their keyframe describes. Measured on 10 labeled cameras (``bench pipeline``),
+keyframes at start and settle only kept 10% of frames but cost 11 points of per-frame
+accuracy, because the frames of an item sliding in took the answer of its first, partial
+view; ``motion_interval=1`` keeps about a quarter of frames at the accuracy of sending all.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ class KeyframeSettings:
     threshold: float = 0.02  # fraction of pixels changed since the previous frame (0..1)
     pixel_delta: int = 12  # grey levels that count as a change after blur
     max_interval: int = 45  # frames; a keyframe at least this often
+    motion_interval: int = 1  # while the scene moves, a keyframe every this many frames
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"keyframe threshold {self.threshold} is not a fraction in 0..1")
-        if self.max_interval < 1:
-            raise ValueError(f"keyframe max interval {self.max_interval} must be >= 1")
+        if self.max_interval < 1 or self.motion_interval < 1:
+            raise ValueError("keyframe max and motion intervals must be >= 1")
 
 
 def decode_small(jpeg: bytes) -> SmallFrame | None:
@@ -100,6 +105,7 @@ class KeyframeFilter:
         if (
             not self.settings.enabled
             or started_or_settled
+            or (moving and state.since_keyframe >= self.settings.motion_interval)
             or state.since_keyframe >= self.settings.max_interval
         ):
             decision = Decision(True, score, state.held_back, state.held_mismatched)

@@ -214,6 +214,7 @@ class GatewayWorker:
                 enabled=bool(plan.keyframes),
                 threshold=plan.keyframe_threshold,
                 max_interval=max(1, plan.keyframe_max_interval),
+                motion_interval=self.config.keyframe_motion_interval,
             )
         except (wire.WireError, ModeError, ValueError) as exc:
             self.metrics.models_rejected.labels("bad_plan").inc()
