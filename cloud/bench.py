@@ -1,0 +1,852 @@
+"""``edgelearn bench cloud``: what the cloud side costs and gains, per mode (issue 5).
+
+Where it sits: beside the cloud's code, off the path of any feature. ``run(quick)`` returns a
+JSON-able dict, every part measured in the same run on this host:
+
+* ``consumer_results_per_second``: one :class:`~cloud.consumer.CloudConsumer` behind a real
+  mosquitto, fed pre-made Feature envelopes (the gateway's own pipeline ran on 720p
+  labeled-scene frames to make them) by a publisher process as fast as the consumer takes
+  them; results per second, with the batch sizes the consumer formed.
+* ``inference_ms``: :meth:`~cloud.serving.KerasClassifier.predict` per batch size and mode,
+  after warm-up (median of repeats).
+* ``latency``: capture to result at a stated camera load (features of ``cameras`` cameras at
+  ``fps`` each, ``capture_ns`` stamped as they are published; ``result_ns - capture_ns`` read
+  off the results topic), p50/p90/p99.
+* ``training``: the same items trained two ways - the cloud-only way (the whole CNN from the
+  decoded frames the cameras sent as 720p JPEGs) and from the features the gateways' deployed
+  lower parts made - with bytes received, training time (``fit`` only) and held-out
+  accuracy, and the ratios between them.
+
+The deployed models come from :func:`bench_registry` (quick budget, cached; the gateway
+benchmark uses the same). Numbers are wall-clock on a shared machine: ``machine`` says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cloud.registry import Registry
+from edgelearn import broker as broker_module
+from edgelearn import codec, wire
+from edgelearn.config import BrokerConfig
+from edgelearn.secrets import Secrets
+
+if TYPE_CHECKING:
+    from gateway.bench import DeploymentSource
+
+log = logging.getLogger(__name__)
+
+BENCH_SPLIT_KS = (2, 4, 6, 8)
+SITE = "bench"
+GATEWAY_ID = "gw-1"
+
+
+# --- shared by the benchmarks --------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (:func:`edgelearn.metrics.machine_info`)."""
+    from edgelearn.metrics import machine_info
+
+    return {
+        **machine_info(),
+        "note": "wall-clock on a shared machine: other work competes for the cores; "
+        "compare ratios taken in one run rather than absolutes",
+    }
+
+
+def bench_registry_path() -> Path:
+    explicit = os.environ.get("EDGELEARN_BENCH_REGISTRY")
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "edgelearn" / "bench-registry"
+
+
+def bench_registry(split_ks: Sequence[int] = BENCH_SPLIT_KS) -> tuple[Registry, dict[str, Any]]:
+    """A registry with every mode, trained once on the quick budget and then reused from a
+    cache directory (``$EDGELEARN_BENCH_REGISTRY``, else ``~/.cache/edgelearn/
+    bench-registry``): speed and bytes depend on the architecture, not on how well the
+    models were trained. Where accuracy matters (``training``), it is measured afresh."""
+    from cloud.bootstrap import TrainingBudget, ensure_models
+
+    root = bench_registry_path()
+    root.mkdir(parents=True, exist_ok=True)
+    registry = Registry(root)
+    budget = TrainingBudget(**{**TrainingBudget.quick().__dict__, "split_ks": tuple(split_ks)})
+    started = time.perf_counter()
+    outcome = ensure_models(registry, budget)
+    return registry, {
+        "registry": str(root),
+        "budget": "TrainingBudget.quick()",
+        "split_ks": list(split_ks),
+        "trained_now": outcome["trained"],
+        "training_seconds": round(time.perf_counter() - started, 1) if outcome["trained"] else 0,
+        "entries": {
+            f"{entry.name}/{entry.version}": {
+                "kind": entry.kind,
+                "split_k": entry.split_k,
+                "accuracy": entry.accuracy,
+            }
+            for entry in registry.list()
+        },
+    }
+
+
+def entry_for(registry: Registry, mode: str) -> Any:
+    """The newest registry entry serving ``mode`` (``raw`` is the cloud-only CNN)."""
+    from cloud.models.artifacts import KIND_CLOUD_CLASSIFIER
+
+    if mode == "raw":
+        return registry.latest(kind=KIND_CLOUD_CLASSIFIER)
+    kind, _, k = mode.partition(":")
+    return registry.latest(kind=kind, split_k=int(k) if k else None)
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    n_train: int = 10_000
+    n_held_out: int = 2_000
+    epochs: int = 4  # the CNN (raw) and the upper blocks (split:k): the same number
+    feature_epochs: int = 15  # the small dense classifiers of pca/autoencoder
+    modes: tuple[str, ...] = ("split:2", "split:6", "pca", "autoencoder")
+    camera_jpeg_samples: int = 100  # real 720p frames rendered to size the raw uplink
+    jpeg_quality: int = 80  # the cameras' default
+    seed: int = 1  # not the registry's seed 0: other items than its models were fitted on
+
+
+@dataclass(frozen=True)
+class CloudBenchSettings:
+    consumer_modes: tuple[str, ...] = ("split:2", "split:6", "raw")
+    features_per_mode: int = 3000
+    inference_modes: tuple[str, ...] = (
+        "raw",
+        "split:2",
+        "split:4",
+        "split:6",
+        "split:8",
+        "pca",
+        "autoencoder",
+    )
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 32, 64)
+    inference_repeats: int = 20
+    latency_modes: tuple[str, ...] = ("split:6", "raw")
+    latency_cameras: int = 10
+    latency_fps: float = 15.0
+    latency_seconds: float = 15.0
+    template_cameras: int = 10
+    template_frames: int = 12  # per camera: 720p frames the feature templates come from
+    store_features: bool = True  # consumers store what they receive, as in production
+    training: TrainingSettings | None = field(default_factory=TrainingSettings)
+
+    @classmethod
+    def quick(cls) -> CloudBenchSettings:
+        return cls(
+            consumer_modes=("split:2", "raw"),
+            features_per_mode=1000,
+            inference_modes=("raw", "split:2", "pca"),
+            inference_repeats=5,
+            latency_modes=("split:2",),
+            latency_seconds=6.0,
+            template_frames=6,
+            training=TrainingSettings(
+                n_train=2000,
+                n_held_out=500,
+                epochs=3,
+                feature_epochs=10,
+                modes=("split:2", "split:6", "pca"),
+                camera_jpeg_samples=30,
+            ),
+        )
+
+
+# --- pure helpers --------------------------------------------------------------------------
+
+
+def percentiles_ms(values_ns: Sequence[int]) -> dict[str, float | int | None]:
+    """p50/p90/p99/max/mean in milliseconds of nanosecond durations."""
+    if not values_ns:
+        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    array = np.asarray(values_ns, dtype=np.float64) / 1e6
+    return {
+        "count": len(values_ns),
+        "p50": round(float(np.percentile(array, 50)), 2),
+        "p90": round(float(np.percentile(array, 90)), 2),
+        "p99": round(float(np.percentile(array, 99)), 2),
+        "max": round(float(array.max()), 2),
+        "mean": round(float(array.mean()), 2),
+    }
+
+
+def feature_envelope_bytes(
+    values: np.ndarray[Any, Any],
+    labels: np.ndarray[Any, Any],
+    quantization: Any,
+    *,
+    extractor: str,
+    model_version: str,
+    raw_bytes: int,
+) -> list[int]:
+    """The size of the ``wire.Feature`` a gateway would send for each row of ``values``
+    (already quantised, zstd-coded as the gateways do)."""
+    sizes = []
+    for index, row in enumerate(values):
+        encoded = codec.encode_array(
+            np.asarray(row),
+            codec=wire.Codec.ZSTD,
+            scale=quantization.scale,
+            zero_point=quantization.zero_point,
+        )
+        feature = wire.Feature(
+            camera_id="cam-1",
+            seq=index,
+            capture_ns=0,
+            gateway_id=GATEWAY_ID,
+            label=int(labels[index]),
+            extractor=extractor,
+            model_version=model_version,
+            dtype=encoded.dtype,
+            shape=encoded.shape,
+            scale=encoded.scale,
+            zero_point=encoded.zero_point,
+            codec=encoded.codec,
+            raw_bytes=raw_bytes,
+            held_back=0,
+            held_mismatched=0,
+            payload=encoded.payload,
+        )
+        sizes.append(len(wire.encode(feature)))
+    return sizes
+
+
+# --- feature templates: the gateway's pipeline on real frames ------------------------------
+
+
+def feature_templates(
+    modes: Sequence[str],
+    deployments: DeploymentSource,
+    secrets: Secrets,
+    *,
+    cameras: int,
+    frames_per_camera: int,
+) -> dict[str, list[wire.Feature]]:
+    """Per mode, the Feature envelopes a gateway (keyframe filter off: every frame) sends
+    for 720p labeled-scene frames, one new item per frame; ``deployments`` signs the model
+    of each mode (see :func:`gateway.bench.registry_deployments`)."""
+    from cloud.models.artifacts import load_deployment
+    from edgelearn import signing
+    from gateway.bench import render_cameras
+    from gateway.keyframes import KeyframeSettings
+    from gateway.pipeline import Forward, FramePipeline, Mode
+
+    frames = render_cameras(cameras, frames_per_camera, dwell_frames=1, quality=80)
+    trusted = signing.load_public_key(secrets.signing_public_key)
+    templates: dict[str, list[wire.Feature]] = {}
+    for mode_text in modes:
+        mode = Mode.parse(mode_text)
+        pipeline = FramePipeline(
+            gateway_id=GATEWAY_ID, mode=mode, keyframes=KeyframeSettings(enabled=False)
+        )
+        if mode.kind != "raw":
+            pipeline.deploy(load_deployment(deployments(mode, secrets), trusted))
+        made = []
+        for sequence in frames.values():
+            for frame in sequence:
+                outcome = pipeline.process(frame)
+                if not isinstance(outcome, Forward) or not isinstance(
+                    outcome.envelope, wire.Feature
+                ):
+                    raise RuntimeError(f"{mode_text}: the pipeline gave {outcome!r}")
+                made.append(outcome.envelope)
+        templates[mode_text] = made
+    return templates
+
+
+# --- inference per batch size --------------------------------------------------------------
+
+
+def classifier_input_shape(registry: Registry, mode: str) -> tuple[int, ...]:
+    entry = entry_for(registry, mode)
+    if mode == "raw":
+        return tuple(int(d) for d in entry.input_shape)
+    output = (entry.metadata.get("quantization") or {}).get("output", {})
+    return tuple(int(d) for d in output.get("shape", ()))
+
+
+def inference_times(
+    models: Any,
+    registry: Registry,
+    modes: Sequence[str],
+    batch_sizes: Sequence[int],
+    repeats: int,
+) -> dict[str, Any]:
+    """Median ms of ``KerasClassifier.predict`` per batch size, after two warm-up calls."""
+    rng = np.random.default_rng(0)
+    results: dict[str, Any] = {}
+    for mode in modes:
+        entry = entry_for(registry, mode)
+        classifier = models.classifier_for(mode, entry.version)
+        if classifier is None:
+            raise RuntimeError(f"no cloud model for {mode}")
+        shape = classifier_input_shape(registry, mode)
+        per_batch: dict[str, Any] = {}
+        for size in batch_sizes:
+            batch = rng.uniform(0, 255 if mode == "raw" else 1, (size, *shape)).astype(np.float32)
+            for _ in range(2):
+                classifier.predict(batch)
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                classifier.predict(batch)
+                timings.append(time.perf_counter() - started)
+            median = statistics.median(timings)
+            per_batch[str(size)] = {
+                "ms_per_batch": round(1e3 * median, 3),
+                "ms_per_item": round(1e3 * median / size, 3),
+            }
+        results[mode] = {"version": entry.version, "input_shape": list(shape), **per_batch}
+    return results
+
+
+# --- a consumer in this process, publishers in another ------------------------------------
+
+
+class ConsumerThread:
+    """A :class:`CloudConsumer` running in its own event loop thread until ``stop``."""
+
+    def __init__(self, config: Any, broker: BrokerConfig, models: Any, store: Any) -> None:
+        self._config = config
+        self._broker = broker
+        self._models = models
+        self._store = store
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failure: list[BaseException] = []
+        self.consumer: Any = None
+        self._thread = threading.Thread(target=self._main, name="bench-consumer", daemon=True)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from cloud.consumer import CloudConsumer
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with CloudConsumer(
+                self._config, self._broker, self._models, store=self._store
+            ) as consumer:
+                self.consumer = consumer
+                self._ready.set()
+                await self._stop.wait()
+                await consumer.drain(10)
+        except BaseException as exc:
+            self._failure.append(exc)
+            self._ready.set()
+
+    def __enter__(self) -> ConsumerThread:
+        self._thread.start()
+        if not self._ready.wait(120):
+            raise RuntimeError("the cloud consumer did not start")
+        if self._failure:
+            raise self._failure[0]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+    def sample(self, name: str, **labels: str) -> float:
+        return float(self.consumer.registry.get_sample_value(name, labels) or 0.0)
+
+    @property
+    def results(self) -> int:
+        return int(self.consumer.results_published)
+
+
+@dataclass(frozen=True)
+class FeedJob:
+    host: str
+    port: int
+    secrets_dir: str
+    site: str
+    templates: tuple[bytes, ...]  # encoded Feature envelopes, cycled with fresh seq
+    count: int = 0  # flood: publish this many as fast as the broker acknowledges
+    cameras: int = 0  # paced: this many cameras ...
+    fps: float = 0.0  # ... at this rate each ...
+    seconds: float = 0.0  # ... for this long, and read the results topic
+
+
+def _feed(conn: multiprocessing.connection.Connection, job: FeedJob) -> None:
+    """Spawned publisher of features (as the gateway ``gw-1``, QoS 1 like a gateway)."""
+    from gateway.bench import mqtt_client
+
+    secrets_dir = Path(job.secrets_dir)
+    templates = [wire.decode_as(data, wire.Feature) for data in job.templates]
+    topics = wire.Topics(job.site)
+    publisher = mqtt_client(
+        BrokerConfig.for_user(GATEWAY_ID, host=job.host, port=job.port, secrets_dir=secrets_dir),
+        f"bench-feed-{os.getpid()}",
+        max_inflight=100,
+    )
+    listener = None
+    arrivals: list[tuple[int, bytes]] = []
+    try:
+        if job.count:
+            envelopes = []
+            for index in range(job.count):
+                template = templates[index % len(templates)]
+                envelopes.append(
+                    (
+                        topics.feature(GATEWAY_ID, template.camera_id),
+                        wire.encode(dataclasses.replace(template, seq=index)),
+                    )
+                )
+            conn.send("ready")
+            conn.recv()
+            conn.send(_flood(publisher, envelopes))
+            return
+        listener = mqtt_client(
+            BrokerConfig.for_user(
+                "observer", host=job.host, port=job.port, secrets_dir=secrets_dir
+            ),
+            f"bench-results-{os.getpid()}",
+        )
+        subscribed = threading.Event()
+        listener.on_subscribe = lambda *args: subscribed.set()
+        listener.on_message = lambda client, userdata, message: arrivals.append(
+            (time.time_ns(), message.payload)
+        )
+        listener.subscribe(topics.all_results(), qos=0)
+        if not subscribed.wait(15):
+            raise RuntimeError("no SUBACK for the results topic")
+        conn.send("ready")
+        conn.recv()
+        conn.send(_paced(publisher, templates, topics, job, arrivals))
+    finally:
+        for client in (publisher, listener):
+            if client is not None:
+                client.disconnect()
+                client.loop_stop()
+
+
+def _flood(publisher: Any, envelopes: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    started = time.monotonic()
+    infos = [publisher.publish(topic, data, qos=1) for topic, data in envelopes]
+    for info in infos:
+        info.wait_for_publish(120)
+    seconds = time.monotonic() - started
+    return {"published": len(infos), "seconds": seconds, "per_second": len(infos) / seconds}
+
+
+def _paced(
+    publisher: Any,
+    templates: Sequence[wire.Feature],
+    topics: wire.Topics,
+    job: FeedJob,
+    arrivals: list[tuple[int, bytes]],
+) -> dict[str, Any]:
+    cameras = [f"cam-{index + 1}" for index in range(job.cameras)]
+    period = 1.0 / job.fps
+    start_ns = time.time_ns()
+    started = time.monotonic()
+    published = 0
+    tick = 0
+    while True:
+        number, index = divmod(tick, len(cameras))
+        due = started + number * period + index * period / len(cameras)
+        if due - started >= job.seconds:
+            break
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing: this camera's next feature is not due yet
+        template = templates[tick % len(templates)]
+        feature = dataclasses.replace(
+            template, camera_id=cameras[index], seq=number, capture_ns=time.time_ns()
+        )
+        publisher.publish(topics.feature(GATEWAY_ID, cameras[index]), wire.encode(feature), qos=1)
+        published += 1
+        tick += 1
+    offered_seconds = time.monotonic() - started
+    deadline = time.monotonic() + 30
+    while len(arrivals) < published and time.monotonic() < deadline:
+        time.sleep(0.1)  # waiting for the consumer to answer the last features
+    to_result: list[int] = []
+    to_arrival: list[int] = []
+    for arrived, payload in list(arrivals):
+        result = wire.decode_as(payload, wire.Result)
+        if result.capture_ns >= start_ns:
+            to_result.append(result.result_ns - result.capture_ns)
+            to_arrival.append(arrived - result.capture_ns)
+    return {
+        "published": published,
+        "offered_per_second": round(published / offered_seconds, 1),
+        "results": len(to_result),
+        "capture_to_result_ms": percentiles_ms(to_result),
+        "capture_to_result_received_ms": percentiles_ms(to_arrival),
+    }
+
+
+class _Feeder:
+    """One spawned :func:`_feed` process: ready, go, its report."""
+
+    def __init__(self, job: FeedJob) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_feed, args=(child, job), daemon=True)
+        self._process.start()
+        child.close()
+        if not self._conn.poll(120) or self._conn.recv() != "ready":
+            self.close()
+            raise RuntimeError("the feature publisher did not start")
+
+    def go(self) -> None:
+        self._conn.send("go")
+
+    def report(self, timeout: float) -> dict[str, Any]:
+        if not self._conn.poll(timeout):
+            raise RuntimeError("the feature publisher did not report")
+        report: dict[str, Any] = self._conn.recv()
+        return report
+
+    def close(self) -> None:
+        self._process.join(15)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(10)
+        self._conn.close()
+
+
+def consumer_throughput(
+    consumer: ConsumerThread, job: FeedJob, mode: str, timeout: float = 600
+) -> dict[str, Any]:
+    """Results per second while a backlog of ``job.count`` features drains through."""
+    before = consumer.results
+    batches = consumer.sample("edgelearn_cloud_batch_size_count")
+    batched = consumer.sample("edgelearn_cloud_batch_size_sum")
+    inference = consumer.sample("edgelearn_cloud_inference_seconds_sum", mode=mode)
+    feeder = _Feeder(job)
+    try:
+        feeder.go()
+        deadline = time.monotonic() + timeout
+        first: tuple[float, int] | None = None
+        while consumer.results - before < job.count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{mode}: {consumer.results - before} of {job.count} results")
+            done = consumer.results - before
+            if first is None and done > 0:
+                first = (time.monotonic(), done)
+            time.sleep(0.01)  # polling the consumer's counter
+        ended = time.monotonic()
+        published = feeder.report(60)
+    finally:
+        feeder.close()
+    assert first is not None
+    batch_count = consumer.sample("edgelearn_cloud_batch_size_count") - batches
+    return {
+        "results_per_second": round((job.count - first[1]) / (ended - first[0]), 1),
+        "features": job.count,
+        "feature_bytes_mean": round(float(np.mean([len(t) for t in job.templates])), 1),
+        "publisher_per_second": round(published["per_second"], 1),
+        "mean_batch_size": round(
+            (consumer.sample("edgelearn_cloud_batch_size_sum") - batched) / batch_count, 1
+        )
+        if batch_count
+        else None,
+        "inference_ms_per_batch": round(
+            1e3
+            * (consumer.sample("edgelearn_cloud_inference_seconds_sum", mode=mode) - inference)
+            / batch_count,
+            2,
+        )
+        if batch_count
+        else None,
+    }
+
+
+def paced_latency(job: FeedJob) -> dict[str, Any]:
+    """Features at ``job.fps`` per camera for ``job.seconds``; capture-to-result latency
+    read off the results topic (the consumer must be running)."""
+    feeder = _Feeder(job)
+    try:
+        feeder.go()
+        return feeder.report(job.seconds + 120)
+    finally:
+        feeder.close()
+
+
+# --- training: raw frames vs features ------------------------------------------------------
+
+
+def training_comparison(settings: TrainingSettings, registry: Registry) -> dict[str, Any]:
+    """Train on the same items from raw frames and from each mode's features."""
+    from cameras.datasets import load_fashion_mnist
+    from cloud.models import cnn
+    from cloud.models.artifacts import load_edge_artifact
+    from cloud.models.data import RenderSettings, build_dataset, camera_frames
+    from cloud.models.evaluation import features_from
+    from cloud.models.training import (
+        train_cnn,
+        train_feature_classifier,
+        train_upper_from_features,
+    )
+
+    started = time.perf_counter()
+    data = build_dataset(settings.n_train, settings.n_held_out, seed=settings.seed)
+    render_seconds = time.perf_counter() - started
+    # The training renders are 320x180 (what the gateway's reduced decode yields); what a
+    # camera sends is a 720p JPEG: sized on real 720p renders of training items.
+    camera = camera_frames(
+        load_fashion_mnist("train"),
+        settings.camera_jpeg_samples,
+        seed=settings.seed,
+        settings=RenderSettings.camera(jpeg_quality=settings.jpeg_quality),
+    )
+    jpeg_720p = float(np.mean(camera.jpeg_bytes))
+    raw = train_cnn(data, epochs=settings.epochs, seed=settings.seed)
+    modes: dict[str, Any] = {
+        "raw": {
+            "trains": "the whole CNN, from scratch, on decoded frames",
+            "training_seconds": round(raw.wall_seconds, 2),
+            "held_out_accuracy": round(raw.held_out_accuracy, 4),
+            "bytes_received": round(jpeg_720p * settings.n_train),
+            "bytes_per_item": round(jpeg_720p, 1),
+            "epochs": settings.epochs,
+        }
+    }
+    for mode in settings.modes:
+        entry = entry_for(registry, mode)
+        extractor = load_edge_artifact(entry.kind, entry.read("edge"))
+        extract_started = time.perf_counter()
+        train = features_from(extractor, data.train)
+        held_out = features_from(extractor, data.held_out)
+        extraction_seconds = time.perf_counter() - extract_started
+        sizes = feature_envelope_bytes(
+            train.values,
+            train.labels,
+            train.quantization,
+            extractor=mode,
+            model_version=entry.version,
+            raw_bytes=round(jpeg_720p),
+        )
+        if entry.kind == "split":
+            report = train_upper_from_features(
+                train,
+                held_out,
+                config=cnn.CnnConfig(classes=data.num_classes),
+                k=entry.split_k,
+                epochs=settings.epochs,
+                seed=settings.seed,
+            )
+            trains = f"fresh upper blocks {entry.split_k + 1}.. on block-{entry.split_k} features"
+            epochs = settings.epochs
+        else:
+            report = train_feature_classifier(
+                train,
+                held_out,
+                classes=data.num_classes,
+                epochs=settings.feature_epochs,
+                seed=settings.seed,
+            )
+            trains = "a dense classifier on the features"
+            epochs = settings.feature_epochs
+        modes[mode] = {
+            "trains": trains,
+            "training_seconds": round(report.wall_seconds, 2),
+            "held_out_accuracy": round(report.held_out_accuracy, 4),
+            "bytes_received": int(sum(sizes)),
+            "bytes_per_item": round(float(np.mean(sizes)), 1),
+            "epochs": epochs,
+            "edge_extraction_seconds": round(extraction_seconds, 2),
+            "lower_part": f"{entry.name} {entry.version} (registry accuracy {entry.accuracy})",
+        }
+    ratios = {
+        mode: {
+            "training_time_raw_over_features": round(
+                modes["raw"]["training_seconds"] / entry["training_seconds"], 2
+            ),
+            "training_time_saved_percent": round(
+                100 * (1 - entry["training_seconds"] / modes["raw"]["training_seconds"]), 1
+            ),
+            "accuracy_minus_raw": round(
+                entry["held_out_accuracy"] - modes["raw"]["held_out_accuracy"], 4
+            ),
+            "bytes_received_vs_raw": round(
+                entry["bytes_received"] / modes["raw"]["bytes_received"], 5
+            ),
+        }
+        for mode, entry in modes.items()
+        if mode != "raw"
+    }
+    return {
+        "n_train": settings.n_train,
+        "n_held_out": settings.n_held_out,
+        "render_seconds": round(render_seconds, 1),
+        "camera_jpeg_bytes_720p": round(jpeg_720p, 1),
+        "note": "training_seconds is Keras fit only (same for every mode); feature modes "
+        "train on the int8 features the deployed lower parts (the bench registry's) make, "
+        "as a cloud does after a deployment; raw trains the whole CNN from scratch",
+        "modes": modes,
+        "ratios": ratios,
+    }
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) -> dict[str, Any]:
+    from cloud.consumer import ConsumerConfig
+    from cloud.feature_store import FeatureStore
+    from cloud.serving import RegistryModels
+    from gateway.bench import registry_deployments
+
+    secrets = broker_module.init_secrets(
+        work_dir / "secrets", cameras=settings.template_cameras, gateways=1
+    )
+    template_modes = sorted({*settings.consumer_modes, *settings.latency_modes})
+    templates = feature_templates(
+        template_modes,
+        registry_deployments(registry),
+        secrets,
+        cameras=settings.template_cameras,
+        frames_per_camera=settings.template_frames,
+    )
+    encoded = {mode: tuple(wire.encode(f) for f in made) for mode, made in templates.items()}
+    models = RegistryModels(registry)
+    started = time.perf_counter()
+    models.warm_up(BENCH_SPLIT_KS)
+    report: dict[str, Any] = {"warm_up_seconds": round(time.perf_counter() - started, 1)}
+    report["inference_ms"] = inference_times(
+        models,
+        registry,
+        settings.inference_modes,
+        settings.batch_sizes,
+        settings.inference_repeats,
+    )
+    broker = broker_module.start_broker(
+        secrets, broker_module.BrokerSettings(role="cloud", run_dir=work_dir / "broker")
+    )
+    try:
+        config = ConsumerConfig(
+            consumer_id="bench-cloud",
+            site=SITE,
+            group="bench",
+            store_features=settings.store_features,
+        )
+        store = FeatureStore(work_dir / "features") if settings.store_features else None
+        cloud = BrokerConfig.for_user(
+            "cloud", host=broker.host, port=broker.port, secrets_dir=secrets.directory
+        )
+        base = FeedJob(broker.host, broker.port, str(secrets.directory), SITE, ())
+        warnings = WarningCounter()
+        with warnings.attached(), ConsumerThread(config, cloud, models, store) as consumer:
+            throughput = {}
+            for mode in settings.consumer_modes:
+                job = dataclasses.replace(
+                    base, templates=encoded[mode], count=settings.features_per_mode
+                )
+                throughput[mode] = consumer_throughput(consumer, job, mode)
+                log.info("%s: %s results/s", mode, throughput[mode]["results_per_second"])
+            report["consumer_results_per_second"] = throughput
+            latency = {}
+            for mode in settings.latency_modes:
+                job = dataclasses.replace(
+                    base,
+                    templates=encoded[mode],
+                    cameras=settings.latency_cameras,
+                    fps=settings.latency_fps,
+                    seconds=settings.latency_seconds,
+                )
+                latency[mode] = paced_latency(job)
+            report["latency"] = {
+                "load": f"{settings.latency_cameras} cameras x {settings.latency_fps:g} fps = "
+                f"{settings.latency_cameras * settings.latency_fps:g} features/s, one consumer, "
+                "publisher, broker and consumer on this host",
+                "modes": latency,
+            }
+        report["consumer_log"] = warnings.summary()
+    finally:
+        broker.stop()
+    if settings.training is not None:
+        report["training"] = training_comparison(settings.training, registry)
+    return report
+
+
+class WarningCounter(logging.Handler):
+    """Counts WARNING-and-above records by message (digits folded), e.g. while a consumer
+    runs in this process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = re.sub(r"\d+", "N", f"{record.name}: {record.getMessage()}")
+        self.counts[message] = self.counts.get(message, 0) + 1
+
+    def summary(self, examples: int = 5) -> dict[str, Any]:
+        common = sorted(self.counts.items(), key=lambda item: -item[1])[:examples]
+        return {"warnings_and_errors": sum(self.counts.values()), "most_common": dict(common)}
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[WarningCounter]:
+        root = logging.getLogger()
+        root.addHandler(self)
+        try:
+            yield self
+        finally:
+            root.removeHandler(self)
+
+
+@contextlib.contextmanager
+def _work_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="edgelearn-bench-cloud-") as directory:
+        yield Path(directory)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """``edgelearn bench cloud [--quick]``: a JSON-able report."""
+    started = time.perf_counter()
+    settings = CloudBenchSettings.quick() if quick else CloudBenchSettings()
+    registry, models = bench_registry()
+    with _work_dir() as work_dir:
+        report = measure(settings, registry, work_dir)
+    return {
+        "benchmark": "cloud",
+        "quick": quick,
+        "machine": machine(),
+        "models": models,
+        **report,
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
