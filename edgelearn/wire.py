@@ -476,13 +476,29 @@ class Status(Envelope):
     uplink_bytes_per_second: float = _wire(F64)
     queue_depths: dict[str, int] = _wire(_text_map(U32))
     note: str = _wire(TEXT)
+    # What the cloud's planner needs (cloud.planner): the frames arriving at this worker, the
+    # fraction its keyframe filter kept, and the uplink's capacity as configured on the
+    # gateway (0: not configured).
+    input_fps: float = _wire(F64, default=0.0)
+    input_bytes_per_second: float = _wire(F64, default=0.0)
+    keyframe_ratio: float = _wire(F64, default=1.0)
+    uplink_capacity_bytes_per_second: float = _wire(F64, default=0.0)
 
     def __post_init__(self) -> None:
         _check_ident("gateway_id", self.gateway_id)
         _check(self.online in (0, 1), "bad_flag", f"online {self.online}")
         _check_ident("mode", self.mode.replace(":", "."))
         _check_ident("model_version", self.model_version)
-        _check_finite("uplink_bytes_per_second", self.uplink_bytes_per_second)
+        for name in (
+            "uplink_bytes_per_second",
+            "input_fps",
+            "input_bytes_per_second",
+            "uplink_capacity_bytes_per_second",
+        ):
+            _check_finite(name, getattr(self, name))
+            _check(getattr(self, name) >= 0, "bad_rate", f"{name} {getattr(self, name)}")
+        _check_finite("keyframe_ratio", self.keyframe_ratio)
+        _check(0 <= self.keyframe_ratio <= 1, "bad_ratio", f"keyframe_ratio {self.keyframe_ratio}")
         for name, value in self.capacity_fps.items():
             _check_finite(f"capacity_fps[{name}]", value)
 

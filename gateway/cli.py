@@ -111,6 +111,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="/metrics port of worker 0 (others: +1, +2...); 0 = free port",
     )
     parser.add_argument(
+        "--uplink-kbps",
+        type=float,
+        default=None,
+        help="this gateway's uplink capacity in kb/s, reported to the cloud's planner, which "
+        "picks a mode whose traffic fits it (default 0: not configured, treated as fast)",
+    )
+    parser.add_argument(
+        "--status-interval",
+        type=float,
+        default=None,
+        help="seconds between two retained status messages (default 5)",
+    )
+    parser.add_argument(
         "--model",
         type=Path,
         action="append",
@@ -144,6 +157,8 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "keyframe_motion_interval",
             "queue_depth",
             "coap_port",
+            "uplink_kbps",
+            "status_interval",
         )
     }
     overrides["worker"] = worker

@@ -35,6 +35,9 @@ class GatewayConfig:
     metrics_port: int = 0  # 0: a free port (printed at start)
     metrics_host: str = "127.0.0.1"
     status_interval: float = 5.0
+    # The uplink's capacity in kb/s as the operator knows it (the link's contract: DSL, LTE,
+    # satellite...); reported in the status for the cloud's planner. 0: not configured.
+    uplink_kbps: float = 0.0
 
     def __post_init__(self) -> None:
         Mode.parse(self.mode)  # raises ModeError with a clear message
@@ -44,6 +47,8 @@ class GatewayConfig:
             raise ValueError(f"feature codec {self.feature_codec!r}: zstd, zlib or none")
         if self.queue_depth < 1 or self.max_inflight < 1 or self.max_pending < 1:
             raise ValueError("queue_depth, max_inflight and max_pending must be >= 1")
+        if not self.uplink_kbps >= 0:
+            raise ValueError(f"uplink_kbps {self.uplink_kbps}: must be >= 0")
 
     def keyframe_settings(self) -> KeyframeSettings:
         return KeyframeSettings(

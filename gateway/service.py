@@ -56,6 +56,25 @@ class _Arrival:
     transport: str
 
 
+@dataclass(frozen=True)
+class _Totals:
+    """Monotonic counts read at one instant; two of them give the rates of a status period."""
+
+    time: float
+    uplink_bytes: int
+    frames_in: int
+    input_bytes: int
+    keyframes: int
+    held_back: int
+
+
+@dataclass(frozen=True)
+class _InputRates:
+    fps: float
+    bytes_per_second: float
+    keyframe_ratio: float
+
+
 class _CoapFrames(aiocoap.resource.Resource):  # type: ignore[misc]
     """``POST /frames``: the same envelope a camera publishes over MQTT."""
 
@@ -119,6 +138,11 @@ class GatewayWorker:
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
         self.uplink_bytes_total = 0
+        # Plain totals for the status message (the metrics hold the labelled ones).
+        self.frames_in_total = 0
+        self.input_bytes_total = 0
+        self.keyframes_total = 0
+        self.held_back_total = 0
 
     # --- ingest (event loop) -------------------------------------------------------------
 
@@ -140,6 +164,8 @@ class GatewayWorker:
             return exc.reason
         self.metrics.received.labels(frame.camera_id, transport).inc()
         self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
+        self.frames_in_total += 1
+        self.input_bytes_total += len(frame.payload)
         self.queue.put(frame.camera_id, _Arrival(frame, transport))
         return None
 
@@ -251,7 +277,9 @@ class GatewayWorker:
             self.metrics.raw_equivalent_bytes.labels(camera).inc(len(frame.payload))
             if isinstance(outcome, HeldBack):
                 self.metrics.processed.labels(camera, "held_back").inc()
+                self.held_back_total += 1
                 continue
+            self.keyframes_total += 1
             # Wait for room in the uplink rather than dropping work already done.
             while not self._pending.acquire(timeout=0.2):
                 if self._stopping.is_set():
@@ -303,7 +331,9 @@ class GatewayWorker:
         if slot in self._extract_seconds:
             self.metrics.capacity.labels(item.mode).set(1.0 / self._extract_seconds[slot])
 
-    def status(self, online: bool, uplink_rate: float = 0.0) -> wire.Status:
+    def status(
+        self, online: bool, uplink_rate: float = 0.0, rates: _InputRates | None = None
+    ) -> wire.Status:
         mode, effective = self.pipeline.mode, self.pipeline.effective_mode()
         note = "" if mode == effective else f"no {mode.slot} model yet: running raw"
         versions = self.pipeline.model_versions()
@@ -322,19 +352,42 @@ class GatewayWorker:
             uplink_bytes_per_second=uplink_rate,
             queue_depths=self.queue.depths(),
             note=note,
+            input_fps=rates.fps if rates else 0.0,
+            input_bytes_per_second=rates.bytes_per_second if rates else 0.0,
+            keyframe_ratio=rates.keyframe_ratio if rates else 1.0,
+            uplink_capacity_bytes_per_second=self.config.uplink_kbps * 1000 / 8,
+        )
+
+    def _totals(self) -> _Totals:
+        return _Totals(
+            time.monotonic(),
+            self.uplink_bytes_total,
+            self.frames_in_total,
+            self.input_bytes_total,
+            self.keyframes_total,
+            self.held_back_total,
         )
 
     async def _publish_status(self) -> None:
         assert self._session is not None
         topic = self.topics.status(self.config.gateway_id, self.config.worker)
-        last_bytes, last_time = 0, time.monotonic()
+        last = self._totals()
         while True:
-            now = time.monotonic()
-            rate = (self.uplink_bytes_total - last_bytes) / max(now - last_time, 1e-6)
-            last_bytes, last_time = self.uplink_bytes_total, now
+            now = self._totals()
+            seconds = max(now.time - last.time, 1e-6)
+            decided = (now.keyframes - last.keyframes) + (now.held_back - last.held_back)
+            rates = _InputRates(
+                fps=(now.frames_in - last.frames_in) / seconds,
+                bytes_per_second=(now.input_bytes - last.input_bytes) / seconds,
+                # No frame decided this period: keep "every frame is a keyframe" (the planner
+                # then budgets for the worst case).
+                keyframe_ratio=(now.keyframes - last.keyframes) / decided if decided else 1.0,
+            )
+            uplink_rate = (now.uplink_bytes - last.uplink_bytes) / seconds
+            last = now
             try:
                 await self._session.publish(
-                    topic, wire.encode(self.status(True, rate)), qos=1, retain=True
+                    topic, wire.encode(self.status(True, uplink_rate, rates)), qos=1, retain=True
                 )
             except NotConnected:
                 log.info("status not published: no connection")

@@ -112,6 +112,10 @@ statuses = st.builds(
     uplink_bytes_per_second=st.floats(0, 1e12),
     queue_depths=st.dictionaries(ident, u32, max_size=6),
     note=text,
+    input_fps=st.floats(0, 1e6),
+    input_bytes_per_second=st.floats(0, 1e12),
+    keyframe_ratio=st.floats(0, 1),
+    uplink_capacity_bytes_per_second=st.floats(0, 1e12),
 )
 plans = st.builds(
     wire.Plan,
