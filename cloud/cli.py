@@ -117,6 +117,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="/metrics port of consumer 0 (others +1...); 0 = free port",
     )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="plan every gateway's mode from its status (cloud.planner): the split that fits "
+        "its measured capacity and its configured uplink, per paper 003's offline rule",
+    )
+    parser.add_argument(
+        "--plan-hold",
+        type=float,
+        default=30.0,
+        help="least seconds between two plan changes of one gateway (default 30)",
+    )
+    parser.add_argument(
+        "--plan-latency-bound",
+        type=float,
+        default=0.2,
+        help="the planner's latency bound Q in seconds (default 0.2, paper 003's)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="stop after seconds")
 
 
@@ -223,6 +241,19 @@ async def _serve(args: argparse.Namespace) -> int:
                 ),
                 flush=True,
             )
+        if args.plan:
+            from cloud.planner import Planner, PlannerSettings, registry_candidates
+
+            planner = Planner(
+                broker,
+                args.site,
+                registry_candidates(registry, split_ks),
+                PlannerSettings(hold_seconds=args.plan_hold, latency_bound=args.plan_latency_bound),
+                registry=metric_registries[0],
+                client_id=f"cloud-planner-{os.getpid()}",
+            )
+            await stack.enter_async_context(planner)
+            print("planning gateway modes from their status", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

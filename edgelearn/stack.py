@@ -5,8 +5,10 @@ What it starts, in order, each as a child process that ends with it::
     cloud broker  <--bridge--  edge broker            (mosquitto, raw frames stay on the edge)
     Prometheus                                         (when installed; scrapes everything)
     edgelearn cloud     on the cloud broker            (trains a first model set if the
-                                                        registry is empty, pushes it, serves)
-    edgelearn gateway   on the edge broker             (a pool of workers, one mode)
+                                                        registry is empty, pushes it, serves,
+                                                        plans the gateways' modes)
+    edgelearn gateway   on the edge broker             (a pool of workers; the mode is the
+                                                        planner's unless --mode pins it)
     edgelearn camera x2 on the edge broker             (labeled-scene cameras + one camera
                                                         replaying a real video file)
 
@@ -296,6 +298,17 @@ def render_summary(summary: dict[str, Any], elapsed: float) -> str:
 # --- the stack ----------------------------------------------------------------------------
 
 
+AUTO_MODE = "auto"
+
+
+def initial_mode(settings: StackSettings) -> str:
+    """The mode a gateway starts in: pinned, or until its first plan the deepest split served."""
+    if settings.mode != AUTO_MODE:
+        return settings.mode
+    ks = [int(k) for k in settings.split_ks.split(",") if k.strip()]
+    return f"split:{max(ks)}" if ks else "raw"
+
+
 @dataclass
 class StackSettings:
     run_dir: Path = field(default_factory=lambda: Path.cwd() / "run" / "stack")
@@ -305,7 +318,7 @@ class StackSettings:
     edge_port: int = 1883
     cloud_port: int = 1884
     prometheus_port: int = 9090
-    mode: str = "split:6"
+    mode: str = "auto"  # auto: the cloud's planner picks each gateway's mode
     split_ks: str = "2,4,6,8"
     budget: str = "default"
     workers: int = 1
@@ -412,6 +425,7 @@ def run_stack(
                 "--metrics-port",
                 str(cloud_metrics),
                 *(["--feature-store", str(run_dir / "features")]),
+                *(["--plan"] if settings.mode == AUTO_MODE else []),
             ),
             env,
         )
@@ -429,7 +443,7 @@ def run_stack(
                 "--site",
                 settings.site,
                 "--mode",
-                settings.mode,
+                initial_mode(settings),
                 "--workers",
                 str(settings.workers),
                 "--metrics-port",
@@ -542,7 +556,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
         default=defaults.mode,
-        help=f"gateway mode: raw, pca, autoencoder, split:K, full (default {defaults.mode})",
+        help="gateway mode: raw, pca, autoencoder, split:K, full, or auto (default): the "
+        "cloud's planner picks it from the gateway's status (it starts in the deepest split)",
     )
     parser.add_argument(
         "--split-ks",

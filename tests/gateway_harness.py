@@ -135,4 +135,10 @@ def run_gateway(broker: BrokerUnderTest, **settings: object) -> Iterator[Running
         assert stop is not None
         running.loop.call_soon_threadsafe(stop.set)
         thread.join(30)
-        assert not thread.is_alive(), "gateway did not stop"
+        if thread.is_alive():
+            import sys
+            import traceback
+
+            frame = sys._current_frames().get(thread.ident or 0)
+            stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
+            raise AssertionError(f"gateway did not stop; its thread is at:\n{stack}")
