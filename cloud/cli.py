@@ -242,7 +242,12 @@ async def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         if args.plan:
-            from cloud.planner import Planner, PlannerSettings, registry_candidates
+            from cloud.planner import (
+                Planner,
+                PlannerSettings,
+                format_decision,
+                registry_candidates,
+            )
 
             planner = Planner(
                 broker,
@@ -251,6 +256,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 PlannerSettings(hold_seconds=args.plan_hold, latency_bound=args.plan_latency_bound),
                 registry=metric_registries[0],
                 client_id=f"cloud-planner-{os.getpid()}",
+                announce=lambda decision: print(f"plan {format_decision(decision)}", flush=True),
             )
             await stack.enter_async_context(planner)
             print("planning gateway modes from their status", flush=True)

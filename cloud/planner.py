@@ -296,6 +296,7 @@ class Planner:
         settings: PlannerSettings | None = None,
         registry: CollectorRegistry | None = None,
         client_id: str = "cloud-planner",
+        announce: Callable[[Decision], None] | None = None,
     ) -> None:
         self.broker = broker
         self.topics = wire.Topics(site)
@@ -303,6 +304,7 @@ class Planner:
         self._candidates = candidates
         self.metrics = PlannerMetrics(registry or CollectorRegistry())
         self.client_id = client_id
+        self._announce = announce
         self._statuses: dict[str, dict[int, wire.Status]] = {}
         self._planned: dict[str, tuple[str, float]] = {}  # gateway -> (mode, monotonic time)
         self.decisions: dict[str, Decision] = {}
@@ -389,6 +391,9 @@ class Planner:
             # Re-planned at the gateway's next status: forget this one so it is not held.
             self._planned.pop(decision.gateway_id, None)
             log.info("plan for %s not published: no connection", decision.gateway_id)
+            return
+        if self._announce is not None:
+            self._announce(decision)
 
     async def __aenter__(self) -> Planner:
         self._session = MqttSession(

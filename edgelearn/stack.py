@@ -322,6 +322,7 @@ class StackSettings:
     split_ks: str = "2,4,6,8"
     budget: str = "default"
     workers: int = 1
+    uplink_kbps: float = 0.0  # the gateway's uplink as the planner sees it; 0: not configured
     labeled_cameras: int = 4
     video: Path | None = SAMPLE_VIDEO
     fps: float = 15.0
@@ -446,6 +447,8 @@ def run_stack(
                 initial_mode(settings),
                 "--workers",
                 str(settings.workers),
+                "--uplink-kbps",
+                str(settings.uplink_kbps),
                 "--metrics-port",
                 str(gateway_metrics),
             ),
@@ -572,6 +575,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "low accuracy; default: a few minutes on 2 cores)",
     )
     parser.add_argument(
+        "--uplink-kbps",
+        type=float,
+        default=defaults.uplink_kbps,
+        help="the gateway's uplink in kb/s as reported to the planner (try 128: the planner "
+        "moves the gateway to full, results only); default 0: not configured, a fast link",
+    )
+    parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="gateway worker processes"
     )
     parser.add_argument(
@@ -630,6 +640,7 @@ def main(args: argparse.Namespace) -> int:
         split_ks=args.split_ks,
         budget=args.budget,
         workers=args.workers,
+        uplink_kbps=args.uplink_kbps,
         labeled_cameras=args.cameras,
         video=None if args.video == "none" else Path(args.video),
         fps=args.fps,
