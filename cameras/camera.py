@@ -117,8 +117,10 @@ class Camera:
         link: FrameLink,
         settings: CameraSettings,
         recorder: CameraRecorder,
+        phase: float = 0.0,
     ) -> None:
         self.camera_id = camera_id
+        self.phase = phase  # seconds after the fleet's start that this camera's frame 0 is due
         self.source = source
         self.link = link
         self.settings = settings
@@ -183,7 +185,9 @@ class Camera:
         # The first frame is rendered before the clock starts: loading a data set, opening a
         # decoder and filling caches would otherwise make the first frames "late".
         primed: _Encoded | None = await asyncio.to_thread(self._produce, 0, 0)
-        pacer = Pacer(settings.rate, start=loop.time())
+        if self.phase > 0:
+            primed = None  # its capture time would be stale by the phase: render frame 0 anew
+        pacer = Pacer(settings.rate, start=loop.time() + (self.phase if settings.rate else 0.0))
         end = None if settings.duration is None else pacer.start + settings.duration
         total = settings.max_frames
         if end is not None and settings.rate is not None:
@@ -300,12 +304,24 @@ class CameraFleet:
 
     async def __aenter__(self) -> Self:
         try:
+            # Free-running cameras are not in step: spread the fleet's first frames evenly
+            # over one frame interval, or every camera would fire in the same millisecond
+            # and the gateway would see bursts no real fleet sends.
+            rate = self.settings.rate
             for index, camera_id in enumerate(self.camera_ids):
                 source = self._sources(index)
                 self._stack.callback(source.close)
                 link = self._links(camera_id)
+                phase = index / (len(self.camera_ids) * rate) if rate else 0.0
                 self.cameras.append(
-                    Camera(camera_id, source, link, self.settings, self._metrics.camera(camera_id))
+                    Camera(
+                        camera_id,
+                        source,
+                        link,
+                        self.settings,
+                        self._metrics.camera(camera_id),
+                        phase=phase,
+                    )
                 )
             # Connect one after the other: a link's background loops belong to the task
             # that entered it, and that must be the task that leaves it.

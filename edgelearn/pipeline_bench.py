@@ -4,7 +4,8 @@ The setup is the real stack: an edge broker bridged to a cloud broker, ``edgelea
 (consumers, registry; it trains the models first if the registry is empty) and one
 ``edgelearn gateway`` worker, each its own process. The benchmark process plays the cameras:
 it renders labeled Fashion-MNIST *test* items (never seen in training) as 720p scenes once,
-then replays exactly those JPEGs for every mode, paced at the cameras' fps. Between runs a
+then replays exactly those JPEGs for every mode, paced at the cameras' fps with the cameras
+out of step (evenly spread over a frame interval, as free-running cameras are). Between runs a
 retained plan switches the gateway's mode and keyframe filter, live.
 
 For each mode, with keyframes on and off:
@@ -420,14 +421,19 @@ def _measure(
     before = counters()
     topics = wire.Topics(SITE)
     count = budget.frames_per_camera
+    cameras = list(frames.items())
+    # Free-running cameras are out of step: camera i's frames are due i / N of an interval
+    # after camera 0's (as `edgelearn camera` staggers a fleet), not all at once.
+    interval = 1.0 / (budget.fps * len(cameras))
     started = time.monotonic()
-    for number in range(count):
-        delay = started + number / budget.fps - time.monotonic()
+    for tick in range(count * len(cameras)):
+        number, index = divmod(tick, len(cameras))
+        delay = started + tick * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # pacing the cameras, not synchronisation
-        for camera, sequence in frames.items():
-            frame = dataclasses.replace(sequence[number], capture_ns=time.time_ns())
-            clients[camera].publish(topics.frame(camera), wire.encode(frame), qos=0)
+        camera, sequence = cameras[index]
+        frame = dataclasses.replace(sequence[number], capture_ns=time.time_ns())
+        clients[camera].publish(topics.frame(camera), wire.encode(frame), qos=0)
     duration = time.monotonic() - started
     sent = count * len(frames)
 
