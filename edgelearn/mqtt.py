@@ -132,7 +132,12 @@ class MqttSession:
         if tasks is None:
             return
         if self._loop_task is not None:
-            self._loop_task.cancel()
+            # Python 3.11's asyncio.wait_for (aiomqtt's subscribe/publish use it) can swallow a
+            # cancellation that lands as its future completes: cancel again until the loop
+            # ends, giving each attempt time for aiomqtt's graceful DISCONNECT.
+            while not self._loop_task.done():
+                self._loop_task.cancel()
+                await asyncio.wait([self._loop_task], timeout=self._connect_timeout + 2)
         await tasks.__aexit__(None, None, None)
 
     async def _connection_loop(self) -> None:

@@ -136,9 +136,28 @@ def run_gateway(broker: BrokerUnderTest, **settings: object) -> Iterator[Running
         running.loop.call_soon_threadsafe(stop.set)
         thread.join(30)
         if thread.is_alive():
-            import sys
-            import traceback
+            raise AssertionError(f"gateway did not stop:\n{_where_it_hangs(running.loop)}")
 
-            frame = sys._current_frames().get(thread.ident or 0)
-            stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
-            raise AssertionError(f"gateway did not stop; its thread is at:\n{stack}")
+
+def _where_it_hangs(loop: asyncio.AbstractEventLoop) -> str:
+    """Every pending task of ``loop`` and every thread, with their stacks: what a worker that
+    does not stop is waiting for."""
+    import io
+    import sys
+    import traceback
+
+    async def tasks() -> str:
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                print(f"task {task.get_name()}:", file=out)
+                task.print_stack(file=out)
+        return out.getvalue()
+
+    try:
+        report = asyncio.run_coroutine_threadsafe(tasks(), loop).result(5)
+    except Exception as exc:  # the loop itself may be stuck
+        report = f"(tasks unavailable: {exc!r})\n"
+    for ident, frame in sys._current_frames().items():
+        report += f"thread {ident}:\n" + "".join(traceback.format_stack(frame)[-6:])
+    return report
