@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ from cloud.models.data import (
 )
 from cloud.models.export import LiteRtExport, export_int8
 from edgelearn import codec, wire
+from edgelearn.metrics import machine_info
 from gateway import preprocess
 from gateway.keyframes import KeyframeFilter, decode_small
 
@@ -178,20 +178,10 @@ FULL: Final = Budget(
 
 
 def machine() -> dict[str, Any]:
-    """What the timings were taken on: shared CPU cores, so the load average matters."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """What the timings were taken on (:func:`edgelearn.metrics.machine_info`): shared CPU
+    cores, so the load average matters."""
     return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        **machine_info(),
         "note": "wall-clock times on CPU cores shared with other work; compare ratios",
     }
 
@@ -653,8 +643,9 @@ def markdown(results: Mapping[str, Any]) -> str:
     parts = [
         "# The papers' figures on edgelearn",
         "",
-        f"Machine: {host['cpu_count']} CPU cores ({host['cpu_model']}), Python {host['python']}, "
-        f"load average (1, 5, 15 min) {host['load_average_1_5_15']} at the start and "
+        f"Machine: {host['cpus']} CPU cores ({host['cpu_model']}), Python {host['python']}, "
+        f"load average (1, 5, 15 min) {[round(v, 2) for v in host['load_average']]} at the "
+        "start and "
         f"{host.get('load_average_at_end', '?')} at the end: times are wall-clock on "
         "shared cores; compare ratios, not absolutes. "
         f"{'Quick run.' if results['quick'] else 'Full run.'} "

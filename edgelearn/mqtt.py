@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -29,6 +30,20 @@ from edgelearn.config import BrokerConfig
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[aiomqtt.Message], None]
+
+
+async def cancel_until_done(tasks: Sequence[asyncio.Task[Any]], patience: float) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again every ``patience`` seconds.
+
+    Python 3.11's ``asyncio.wait_for`` (aiomqtt's publish and subscribe use it) can swallow
+    a cancellation that lands as its inner future completes; the task then carries on (a
+    gateway's status loop went back to sleep and its shutdown waited for ever). Cancelling
+    again reaches such a task at its next await.
+    """
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=patience)
 
 
 class MqttSessionError(RuntimeError):
@@ -132,12 +147,8 @@ class MqttSession:
         if tasks is None:
             return
         if self._loop_task is not None:
-            # Python 3.11's asyncio.wait_for (aiomqtt's subscribe/publish use it) can swallow a
-            # cancellation that lands as its future completes: cancel again until the loop
-            # ends, giving each attempt time for aiomqtt's graceful DISCONNECT.
-            while not self._loop_task.done():
-                self._loop_task.cancel()
-                await asyncio.wait([self._loop_task], timeout=self._connect_timeout + 2)
+            # Each attempt leaves time for aiomqtt's graceful DISCONNECT.
+            await cancel_until_done([self._loop_task], patience=self._connect_timeout + 2)
         await tasks.__aexit__(None, None, None)
 
     async def _connection_loop(self) -> None:

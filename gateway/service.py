@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
-from edgelearn.mqtt import MqttSession, NotConnected
+from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
 from edgelearn.secrets import Secrets, default_secrets_dir
 from gateway.config import GatewayConfig
 from gateway.keyframes import KeyframeSettings
@@ -472,14 +472,7 @@ class GatewayWorker:
             self._coap = None
         tasks, self._tasks = self._tasks, None
         if tasks is not None:
-            # Cancel until they are done: on Python 3.11 asyncio.wait_for (inside aiomqtt's
-            # publish) swallows a cancellation that lands as its inner future completes, and
-            # the task carries on (seen: the status loop went back to sleep and shutdown
-            # waited for ever). Cancelling again reaches it at its next await.
-            while pending := [task for task in self._cancellable if not task.done()]:
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=0.5)
+            await cancel_until_done(list(self._cancellable), patience=0.5)
             await tasks.__aexit__(None, None, None)
         self.queue.drain("shutdown")
         if self._session is not None:

@@ -8,10 +8,11 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -23,6 +24,8 @@ from edgelearn import signing, wire
 from gateway.config import GatewayConfig
 from gateway.service import GatewayWorker
 from tests.conftest import BrokerUnderTest
+
+T = TypeVar("T")
 
 
 def scene_frames(
@@ -97,6 +100,43 @@ class RunningGateway:
 
 
 @contextmanager
+def serve_in_thread(
+    enter: Callable[[], AbstractAsyncContextManager[T]], what: str, start_timeout: float = 30.0
+) -> Iterator[tuple[T, asyncio.AbstractEventLoop]]:
+    """Enter ``enter()`` in an event loop of its own thread and keep it entered until the
+    block ends; a failure to start is raised here, a failure to stop reports every task."""
+    ready: list[tuple[T, asyncio.AbstractEventLoop]] = []
+    failure: list[BaseException] = []
+    started = threading.Event()
+    stop: list[asyncio.Event] = []
+
+    async def main() -> None:
+        stop.append(asyncio.Event())
+        try:
+            async with enter() as running:
+                ready.append((running, asyncio.get_running_loop()))
+                started.set()
+                await stop[0].wait()
+        except BaseException as exc:
+            failure.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(start_timeout), f"{what} did not start"
+    if failure:
+        raise failure[0]
+    loop = ready[0][1]
+    try:
+        yield ready[0]
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(30)
+        if thread.is_alive():
+            raise AssertionError(f"{what} did not stop:\n{_where_it_hangs(loop)}")
+
+
+@contextmanager
 def run_gateway(broker: BrokerUnderTest, **settings: object) -> Iterator[RunningGateway]:
     """Run a GatewayWorker in its own event loop thread until the block ends."""
     config = GatewayConfig(
@@ -106,37 +146,8 @@ def run_gateway(broker: BrokerUnderTest, **settings: object) -> Iterator[Running
         status_interval=0.5,
         **settings,  # type: ignore[arg-type]
     )
-    ready: list[RunningGateway] = []
-    failure: list[BaseException] = []
-    started = threading.Event()
-    stop: asyncio.Event | None = None
-
-    async def main() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        try:
-            async with GatewayWorker(config) as worker:
-                ready.append(RunningGateway(worker, asyncio.get_running_loop()))
-                started.set()
-                await stop.wait()
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-    thread.start()
-    assert started.wait(30), "gateway did not start"
-    if failure:
-        raise failure[0]
-    running = ready[0]
-    try:
-        yield running
-    finally:
-        assert stop is not None
-        running.loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        if thread.is_alive():
-            raise AssertionError(f"gateway did not stop:\n{_where_it_hangs(running.loop)}")
+    with serve_in_thread(lambda: GatewayWorker(config), "gateway") as (worker, loop):
+        yield RunningGateway(worker, loop)
 
 
 def _where_it_hangs(loop: asyncio.AbstractEventLoop) -> str:

@@ -162,7 +162,7 @@ def test_files_are_written(results: dict[str, Any], output_dir: Path) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     stored = json.loads(files["json"].read_text())
     assert stored["fig2"]["rows"] == json.loads(json.dumps(results["fig2"]["rows"]))
-    assert stored["machine"]["cpu_count"] >= 1
+    assert stored["machine"]["cpus"] >= 1
     assert stored["elapsed_seconds"] > 0
     text = files["markdown"].read_text()
     for heading in ("Paper 000, Fig. 2", "Paper 001, Fig. 5f", "Paper 003"):

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,49 +15,25 @@ from cloud.registry import Registry
 from cloud.serving import RegistryModels
 from edgelearn import signing, wire
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import run_gateway, scene_frames
+from tests.gateway_harness import run_gateway, scene_frames, serve_in_thread
 
 Probe = Callable[..., MqttProbe]
 
 
 @contextmanager
 def run_consumer(broker: BrokerUnderTest, site: str, registry: Path) -> Iterator[CloudConsumer]:
-    ready: list[CloudConsumer] = []
-    started = threading.Event()
-    stop: list[asyncio.Event] = []
-    failure: list[BaseException] = []
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
+    @asynccontextmanager
+    async def warmed_consumer() -> AsyncIterator[CloudConsumer]:
         models = RegistryModels(Registry(registry))
-        try:
-            await asyncio.to_thread(models.warm_up, (2,))
-            async with CloudConsumer(
-                ConsumerConfig(
-                    consumer_id=f"{site}-cloud", site=site, group=site, store_features=False
-                ),
-                broker.config_for("cloud"),
-                models,
-            ) as consumer:
-                ready.append(consumer)
-                started.set()
-                await stop[0].wait()
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
+        await asyncio.to_thread(models.warm_up, (2,))
+        config = ConsumerConfig(
+            consumer_id=f"{site}-cloud", site=site, group=site, store_features=False
+        )
+        async with CloudConsumer(config, broker.config_for("cloud"), models) as consumer:
+            yield consumer
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert started.wait(120), "consumer did not start"
-    if failure:
-        raise failure[0]
-    try:
-        yield ready[0]
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(30)
-        loop.close()
+    with serve_in_thread(warmed_consumer, "consumer", start_timeout=120) as (consumer, _):
+        yield consumer
 
 
 def _deploy_all(broker: BrokerUnderTest, cloud: MqttProbe, site: str, registry: Path) -> None:

@@ -7,7 +7,6 @@ a camera and the planner against a real mosquitto with a trained registry."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import threading
 import time
@@ -24,7 +23,7 @@ from cloud.planner import Candidate, GatewayLoad, Planner, PlannerSettings, plan
 from cloud.registry import Registry
 from edgelearn import signing, wire
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import RunningGateway, run_gateway, scene_frames
+from tests.gateway_harness import RunningGateway, run_gateway, scene_frames, serve_in_thread
 
 Probe = Callable[..., MqttProbe]
 SPLITS = (2, 4, 6, 8)
@@ -161,44 +160,16 @@ def test_plans_change_only_when_the_answer_does_and_not_within_the_hold(
 
 @contextmanager
 def run_planner(broker: BrokerUnderTest, site: str, registry: Path) -> Iterator[Planner]:
-    ready: list[Planner] = []
-    started = threading.Event()
-    stop: list[asyncio.Event] = []
-    failure: list[BaseException] = []
-    source = planner_module.registry_candidates(Registry(registry), (2,))
-    metrics = CollectorRegistry()
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
-        try:
-            async with Planner(
-                broker.config_for("cloud"),
-                site,
-                source,
-                PlannerSettings(hold_seconds=0),
-                registry=metrics,
-                client_id=f"{site}-planner",
-            ) as running:
-                ready.append(running)
-                started.set()
-                await stop[0].wait()
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert started.wait(30), "planner did not start"
-    if failure:
-        raise failure[0]
-    try:
-        yield ready[0]
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(30)
-        loop.close()
-        assert not thread.is_alive(), "planner did not stop"
+    planner = Planner(
+        broker.config_for("cloud"),
+        site,
+        planner_module.registry_candidates(Registry(registry), (2,)),
+        PlannerSettings(hold_seconds=0),
+        registry=CollectorRegistry(),
+        client_id=f"{site}-planner",
+    )
+    with serve_in_thread(lambda: planner, "planner") as (running, _):
+        yield running
 
 
 def test_two_gateways_with_different_uplinks_get_different_plans_and_switch(
