@@ -36,8 +36,9 @@ from cameras.encoding import BitrateController, FixedQuality, FrameEncoder
 from cameras.errors import TransportError
 from cameras.metrics import CameraMetrics, CameraRecorder
 from cameras.pacing import Pacer
-from cameras.source_frame import HD_720P, FrameSource
+from cameras.source_frame import FrameSource
 from cameras.transport import FrameLink, LinkFactory
+from edgelearn.preprocess import HD_720P
 from edgelearn.wire import Encoding, Frame, encode
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,10 @@ Examples::
 The command wires the parts together (source spec -> per-camera sources, transport ->
 per-camera links, metrics server) and runs a :class:`~cameras.camera.CameraFleet` until
 ``--duration`` passes or SIGINT/SIGTERM. Anything a user can get wrong (missing video,
-empty data set folder, unreachable broker, unknown camera user) ends with one line on
-stderr and exit status 2, never a traceback.
+empty data set folder, unreachable broker, unknown camera user, a metrics port in use, an
+option out of range) ends with one line on stderr and exit status 2. Those are the errors
+in :data:`USER_ERRORS`, raised on purpose where the mistake is found; anything else is a
+bug and ends with its traceback.
 """
 
 from __future__ import annotations
@@ -35,20 +37,21 @@ from cameras.source_frame import FrameSource
 from cameras.sources import parse_source
 from cameras.transport import FrameLink, LinkFactory
 from edgelearn.config import BrokerConfig, ConfigError, parse_address
-from edgelearn.metrics import register_build_info, serve_metrics
+from edgelearn.datasets import DatasetError
+from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.secrets import SecretsError, default_secrets_dir
 from edgelearn.wire import DEFAULT_SITE, Topics, WireError
 
 log = logging.getLogger(__name__)
 
-# What a user can get wrong; each becomes one line on stderr and exit status 2.
+# What a user can get wrong; each becomes one line on stderr and exit status 2. Nothing
+# broader (a ValueError or OSError from our own code is a bug, and shows its traceback).
 USER_ERRORS: tuple[type[Exception], ...] = (
     CameraError,
     ConfigError,
+    DatasetError,
     SecretsError,
     WireError,
-    ValueError,
-    OSError,
 )
 
 
@@ -212,7 +215,10 @@ def camera_ids(prefix: str, first: int, count: int) -> list[str]:
 
 def _link_factory(args: argparse.Namespace) -> LinkFactory:
     if args.transport == "coap":
-        uri = check_uri(args.coap_uri)
+        try:
+            uri = check_uri(args.coap_uri)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
         def coap(camera_id: str) -> FrameLink:
             return CoapLink(camera_id, uri)
@@ -246,20 +252,23 @@ def _summary(report: CameraReport) -> str:
 async def run(args: argparse.Namespace, registry: CollectorRegistry) -> list[CameraReport]:
     """Run the fleet ``args`` describes until its duration ends or a signal stops it."""
     if args.cameras < 1:
-        raise ValueError(f"--cameras must be >= 1, got {args.cameras}")
-    spec = parse_source(args.source)
+        raise ConfigError(f"--cameras must be >= 1, got {args.cameras}")
+    try:
+        spec = parse_source(args.source)
+        settings = CameraSettings(
+            fps=args.fps,
+            speed=args.speed,
+            fast=args.fast,
+            quality=args.quality,
+            bitrate_kbps=args.bitrate,
+            max_in_flight=args.max_in_flight,
+            duration=args.duration,
+            max_frames=args.frames,
+        )
+    except ValueError as exc:  # the options themselves, checked before anything runs
+        raise ConfigError(str(exc)) from exc
     spec.check()  # a missing or unreadable video fails before any connection is made
-    data = spec.load_data()  # once for all cameras; raises SourceError on an empty folder
-    settings = CameraSettings(
-        fps=args.fps,
-        speed=args.speed,
-        fast=args.fast,
-        quality=args.quality,
-        bitrate_kbps=args.bitrate,
-        max_in_flight=args.max_in_flight,
-        duration=args.duration,
-        max_frames=args.frames,
-    )
+    data = spec.load_data()  # once for all cameras; DatasetError on an unusable folder
     ids = camera_ids(args.camera_prefix, args.first_camera, args.cameras)
 
     def open_source(index: int) -> FrameSource:
@@ -295,7 +304,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.metrics_port is not None:
             register_build_info(registry, "camera")
-            server = serve_metrics(registry, args.metrics_port)
+            server = _serve_metrics(registry, args.metrics_port)
             print(f"metrics on {server.url}", file=sys.stderr, flush=True)
         reports = asyncio.run(run(args, registry))
     except USER_ERRORS as exc:
@@ -309,6 +318,13 @@ def main(args: argparse.Namespace) -> int:
     for report in reports:
         print(_summary(report), flush=True)
     return 0
+
+
+def _serve_metrics(registry: CollectorRegistry, port: int) -> MetricsServer:
+    try:
+        return serve_metrics(registry, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,9 @@ typical indoor scene somewhere around quality 40-70 depending on texture and noi
 camera either uses a fixed quality (``--quality``) or a :class:`BitrateController` that
 adjusts the quality after every frame to keep the average bytes per second at the target.
 
-Pure code: arrays in, bytes out; the camera service runs it in a worker thread (OpenCV
-releases the GIL while encoding).
+Pure code: arrays in, bytes out, through the project's one JPEG encoder
+(:func:`edgelearn.preprocess.encode_jpeg`); the camera service runs it in a worker thread
+(OpenCV releases the GIL while encoding).
 """
 
 from __future__ import annotations
@@ -16,20 +17,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-import cv2
-
 from cameras.source_frame import Image
+from edgelearn.preprocess import encode_jpeg
 
 MIN_QUALITY: Final = 5
 MAX_QUALITY: Final = 95
-
-
-def encode_jpeg(image: Image, quality: int) -> bytes:
-    """Baseline JPEG of a BGR image at ``quality`` (1-100)."""
-    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError(f"OpenCV could not JPEG-encode an image of shape {image.shape}")
-    return bytes(buffer)
 
 
 class FrameEncoder(Protocol):

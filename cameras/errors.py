@@ -1,14 +1,15 @@
 """The exceptions of the camera role, drawn as a tree::
 
     CameraError                 base of everything this package raises on purpose
-    ├── SourceError             a source cannot deliver frames (missing or unreadable video,
-    │                           empty data set); ``source`` names it, ``reason`` is bounded
+    ├── SourceError             a source cannot deliver frames (missing or unreadable
+    │                           video); ``source`` names it, ``reason`` is bounded
     └── TransportError          a frame could not be handed to the network
         └── ConnectError        the broker or CoAP endpoint cannot be reached at start-up
 
 Every exception carries short structured fields (``reason``, and ``camera_id`` where one
 camera is concerned) so callers can log and count without parsing messages. The CLI turns
-any :class:`CameraError` into a one-line message on stderr and a non-zero exit.
+any :class:`CameraError` (and a data set's :class:`edgelearn.datasets.DatasetError`) into a
+one-line message on stderr and a non-zero exit.
 """
 
 from __future__ import annotations

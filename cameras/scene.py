@@ -1,7 +1,7 @@
 """A labeled data set shown to a camera: one item at a time, large, in a simple real scene.
 
 This is the labeled source in the flow of a frame (source -> JPEG -> transport): each frame
-shows one item of a :class:`~cameras.datasets.LabeledImages` at about 60% of the frame
+shows one item of a :class:`~edgelearn.datasets.LabeledImages` at about 60% of the frame
 height, centred with a little motion, over a textured wall-and-floor background, under slowly
 drifting lighting and with sensor noise. An item dwells for ``dwell_frames`` frames, then the
 next slides in; every frame carries the label of the item in view.
@@ -29,8 +29,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cameras.datasets import LabeledImages
-from cameras.source_frame import HD_720P, Image, SourceFrame
+from cameras.source_frame import Image, SourceFrame
+from edgelearn.datasets import LabeledImages
+from edgelearn.preprocess import HD_720P
 
 ITEM_HEIGHT: Final = 0.6
 """Height of the item as a fraction of the frame height."""

@@ -17,9 +17,6 @@ import numpy.typing as npt
 Image = npt.NDArray[np.uint8]
 """A BGR image, shape (height, width, 3), dtype uint8 (OpenCV's layout)."""
 
-HD_720P: tuple[int, int] = (1280, 720)
-"""(width, height) of every camera frame, as OpenCV orders sizes."""
-
 
 @dataclass(frozen=True)
 class SourceFrame:

@@ -11,7 +11,8 @@ First stage in the flow of a frame (**source** -> JPEG -> transport):
 or ``synthetic`` into a :class:`SourceSpec` whose :meth:`~SourceSpec.open` builds camera
 ``i``'s own source (its own seed, or its own start offset in the video). Opening checks
 everything a user can get wrong (missing file, unreadable video, empty folder) and raises
-:class:`~cameras.errors.SourceError` with a one-line message.
+:class:`~cameras.errors.SourceError` (a video) or :class:`~edgelearn.datasets.DatasetError`
+(a data set) with a one-line message.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Final
 import cv2
 import numpy as np
 
-from cameras.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, load_image_folder
 from cameras.errors import SourceError
 from cameras.scene import LabeledScene
-from cameras.source_frame import HD_720P, FrameSource, Image, SourceFrame
+from cameras.source_frame import FrameSource, Image, SourceFrame
+from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, load_image_folder
+from edgelearn.preprocess import HD_720P
 
 log = logging.getLogger(__name__)
 

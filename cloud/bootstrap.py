@@ -27,17 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cloud.models.artifacts import (
-    KIND_AUTOENCODER,
-    KIND_CLOUD_CLASSIFIER,
-    KIND_FULL,
-    KIND_PCA,
-    KIND_SPLIT,
-    LiteRtExtractor,
-    PcaExtractor,
-)
 from cloud.models.errors import ModelNotFound
 from cloud.registry import ModelEntry, Registry
+from edgelearn.artifacts import LiteRtExtractor, PcaExtractor
+from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +61,29 @@ class TrainingBudget:
         )
 
 
-def _quiet_progress(step: str, number: int, total: int) -> None:
+def log_progress(step: str, number: int, total: int) -> None:
     log.info("[%d/%d] %s", number, total, step)
 
 
-def missing_modes(registry: Registry, split_ks: Sequence[int]) -> list[str]:
-    wanted = [
-        (KIND_CLOUD_CLASSIFIER, None),
-        (KIND_FULL, None),
-        (KIND_PCA, None),
-        (KIND_AUTOENCODER, None),
-        *[(KIND_SPLIT, k) for k in split_ks],
-    ]
+def edge_modes(split_ks: Sequence[int]) -> list[Mode]:
+    """Every mode that runs a model at the gateway, with these splits."""
+    return [Mode(FULL), Mode(PCA), Mode(AUTOENCODER), *(Mode.split(k) for k in split_ks)]
+
+
+def missing_modes(registry: Registry, split_ks: Sequence[int]) -> list[Mode]:
     missing = []
-    for kind, k in wanted:
+    for mode in [Mode(RAW), *edge_modes(split_ks)]:
         try:
-            registry.latest(kind=kind, split_k=k)
+            registry.serving(mode)
         except ModelNotFound:
-            missing.append(kind if k is None else f"split:{k}")
+            missing.append(mode)
     return missing
 
 
 def ensure_models(
     registry: Registry,
     budget: TrainingBudget | None = None,
-    progress: Progress = _quiet_progress,
+    progress: Progress = log_progress,
 ) -> dict[str, Any]:
     """Train everything when any mode lacks a model; returns what was done and how long."""
     budget = budget or TrainingBudget()
@@ -119,7 +110,7 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
     total = 6 + len(budget.split_ks)
     step = 0
     timings: dict[str, float] = {}
-    entries: dict[str, ModelEntry] = {}
+    entries: dict[Mode, ModelEntry] = {}
 
     def advance(description: str) -> None:
         nonlocal step
@@ -134,14 +125,14 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
     advance(f"training the CNN ({budget.cnn_epochs} epochs)")
     report = train_cnn(data, epochs=budget.cnn_epochs, seed=budget.seed)
     timings["cnn"] = report.wall_seconds
-    entries["raw"] = release_cloud_classifier(registry, report.model, data, name="cnn-raw")
+    entries[Mode(RAW)] = release_cloud_classifier(registry, report.model, data, name="cnn-raw")
 
     for k in budget.split_ks:
         advance(f"splitting at k={k}, exporting the int8 lower part")
-        entries[f"split:{k}"] = release_split(registry, report.model, k, data, name="cnn-split")
+        entries[Mode.split(k)] = release_split(registry, report.model, k, data, name="cnn-split")
 
     advance("exporting the whole CNN for the edge (full)")
-    entries["full"] = release_full(registry, report.model, data, name="cnn-full")
+    entries[Mode(FULL)] = release_full(registry, report.model, data, name="cnn-full")
 
     advance(f"fitting PCA ({budget.pca_dim} components) and its classifier")
     projection = fit_pca(data.train.inputs, budget.pca_dim, seed=budget.seed)
@@ -153,7 +144,7 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
         epochs=budget.feature_epochs,
         seed=budget.seed,
     )
-    entries["pca"] = release_pca(registry, projection, pca_report.model, data, name="pca")
+    entries[Mode(PCA)] = release_pca(registry, projection, pca_report.model, data, name="pca")
 
     advance(f"training the autoencoder ({budget.autoencoder_dim}-d code) and its classifier")
     fit = train_autoencoder(
@@ -163,7 +154,7 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
         seed=budget.seed,
     )
     encoder = export_int8(fit.encoder, data.train.inputs)
-    encoder_extractor = LiteRtExtractor(KIND_AUTOENCODER, encoder.flatbuffer)
+    encoder_extractor = LiteRtExtractor(AUTOENCODER, encoder.flatbuffer)
     ae_report = train_feature_classifier(
         features_from(encoder_extractor, data.train),
         features_from(encoder_extractor, data.held_out),
@@ -171,7 +162,7 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
         epochs=budget.feature_epochs,
         seed=budget.seed,
     )
-    entries["autoencoder"] = release_autoencoder(
+    entries[Mode(AUTOENCODER)] = release_autoencoder(
         registry, encoder, ae_report.model, data, name="autoencoder"
     )
     advance("done")
@@ -179,22 +170,17 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
         "trained": True,
         "seconds": round(time.perf_counter() - started, 1),
         "timings": {key: round(value, 1) for key, value in timings.items()},
-        "accuracy": {mode: entry.accuracy for mode, entry in entries.items()},
-        "versions": {mode: entry.version for mode, entry in entries.items()},
+        "accuracy": {str(mode): entry.accuracy for mode, entry in entries.items()},
+        "versions": {str(mode): entry.version for mode, entry in entries.items()},
     }
 
 
 def deployable(registry: Registry, split_ks: Sequence[int]) -> list[ModelEntry]:
     """The newest entry of every edge mode, to push to the gateways."""
     found = []
-    for kind, k in [
-        (KIND_FULL, None),
-        (KIND_PCA, None),
-        (KIND_AUTOENCODER, None),
-        *[(KIND_SPLIT, k) for k in split_ks],
-    ]:
+    for mode in edge_modes(split_ks):
         try:
-            found.append(registry.latest(kind=kind, split_k=k))
+            found.append(registry.serving(mode))
         except ModelNotFound:
             continue
     return found

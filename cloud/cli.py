@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from edgelearn import config as config_module
 from edgelearn import signing, wire
@@ -148,126 +147,39 @@ def _split_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-async def push_deployments(
-    broker: BrokerConfig, site: str, deployments: list[wire.Model], gateway: str = "all"
-) -> None:
-    from edgelearn.mqtt import MqttSession
-
-    topics = wire.Topics(site)
-    async with MqttSession(broker, f"cloud-push-{os.getpid()}") as session:
-        for model in deployments:
-            slot = wire.model_slot(model.kind, model.split_k)
-            await session.publish(
-                topics.model(gateway, slot), wire.encode(model), qos=1, retain=True
-            )
-
-
-def _deployments(registry: Any, secrets: Secrets, split_ks: tuple[int, ...]) -> list[wire.Model]:
-    from cloud.bootstrap import deployable
-
-    key = signing.load_private_key(secrets.signing_key)
-    return [
-        registry.deployment(entry.name, entry.version, key)
-        for entry in deployable(registry, split_ks)
-    ]
-
-
 async def _serve(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry
+    from cloud.bootstrap import TrainingBudget
+    from cloud.planner import PlannerSettings
+    from cloud.service import CloudService, CloudSettings
 
-    from cloud.bootstrap import TrainingBudget, ensure_models
-    from cloud.consumer import CloudConsumer, ConsumerConfig
-    from cloud.feature_store import FeatureStore
-    from cloud.metrics import CloudMetrics
-    from cloud.registry import Registry
-    from cloud.serving import RegistryModels
-
-    split_ks = _split_ks(args.split_ks)
-    broker = _broker(args)
-    secrets = Secrets(args.secrets or default_secrets_dir())
-    registry = Registry(_registry_path(args))
-    store_path = args.feature_store or default_state_dir() / "features"
-    store = None if str(store_path) == "none" else FeatureStore(store_path)
-    metric_registries = [CollectorRegistry() for _ in range(args.consumers)]
-    models = RegistryModels(registry)
-    consumers = [
-        CloudConsumer(
-            ConsumerConfig(
-                consumer_id=f"cloud-{index}-{os.getpid()}",
-                site=args.site,
-                group=args.group,
-                store_features=store is not None,
-                metrics_port=args.metrics_port + index if args.metrics_port else 0,
-            ),
-            broker,
-            RegistryModels(registry),
-            store=store,
-            registry=metric_registries[index],
-        )
-        for index in range(args.consumers)
-    ]
-    async with contextlib.AsyncExitStack() as stack:
-        for consumer in consumers:
-            await stack.enter_async_context(consumer)
-            assert consumer.metrics_server is not None
-            print(
-                f"cloud consumer {consumer.config.consumer_id}: metrics "
-                f"{consumer.metrics_server.url}",
-                flush=True,
-            )
-        if args.train:
-            budget = TrainingBudget.quick() if args.budget == "quick" else TrainingBudget()
-            budget = TrainingBudget(**{**budget.__dict__, "split_ks": split_ks})
-            outcome = await asyncio.to_thread(ensure_models, registry, budget, _progress_bar)
-            if outcome["trained"]:
-                metrics: CloudMetrics = consumers[0].metrics
-                metrics.training_runs.labels("bootstrap").inc()
-                metrics.training_seconds.labels("bootstrap").observe(outcome["seconds"])
-                print(
-                    f"trained a first model set in {outcome['seconds']} s; held-out "
-                    f"accuracy {json.dumps(outcome['accuracy'])}",
-                    flush=True,
-                )
-        warmed = await asyncio.to_thread(models.warm_up, split_ks)
-        print(f"serving {', '.join(warmed)}", flush=True)
-        if args.push:
-            deployments = _deployments(registry, secrets, split_ks)
-            await push_deployments(broker, args.site, deployments)
-            print(
-                "pushed "
-                + ", ".join(
-                    f"{m.kind}{'-' + str(m.split_k) if m.kind == 'split' else ''} {m.version}"
-                    for m in deployments
-                ),
-                flush=True,
-            )
-        if args.plan:
-            from cloud.planner import (
-                Planner,
-                PlannerSettings,
-                format_decision,
-                registry_candidates,
-            )
-
-            planner = Planner(
-                broker,
-                args.site,
-                registry_candidates(registry, split_ks),
-                PlannerSettings(hold_seconds=args.plan_hold, latency_bound=args.plan_latency_bound),
-                registry=metric_registries[0],
-                client_id=f"cloud-planner-{os.getpid()}",
-                announce=lambda decision: print(f"plan {format_decision(decision)}", flush=True),
-            )
-            await stack.enter_async_context(planner)
-            print("planning gateway modes from their status", flush=True)
+    store = args.feature_store or default_state_dir() / "features"
+    budget = TrainingBudget.quick() if args.budget == "quick" else TrainingBudget()
+    settings = CloudSettings(
+        broker=_broker(args),
+        registry=_registry_path(args),
+        secrets=Secrets(args.secrets or default_secrets_dir()),
+        site=args.site,
+        group=args.group,
+        consumers=args.consumers,
+        split_ks=_split_ks(args.split_ks),
+        budget=budget if args.train else None,
+        push=args.push,
+        feature_store=None if str(store) == "none" else store,
+        metrics_port=args.metrics_port,
+        plan=PlannerSettings(hold_seconds=args.plan_hold, latency_bound=args.plan_latency_bound)
+        if args.plan
+        else None,
+    )
+    async with CloudService(
+        settings, progress=_progress_bar, announce=lambda line: print(line, flush=True)
+    ) as service:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration)
-        for consumer in consumers:
-            await consumer.drain(5.0)
+        await service.drain(5.0)
     return 0
 
 
@@ -331,6 +243,8 @@ def main_model(args: argparse.Namespace) -> int:
             args.output.write_bytes(wire.encode(model))
             print(f"wrote {args.output} ({model.kind} {model.version})")
             return 0
+        from cloud.service import push_deployments
+
         asyncio.run(push_deployments(_broker(args), args.site, [model], args.gateway))
         print(f"pushed {model.name} {model.version} to {args.gateway}")
         return 0

@@ -36,11 +36,10 @@ from prometheus_client import CollectorRegistry
 from cloud.feature_store import FeatureStore
 from cloud.metrics import CloudMetrics
 from cloud.scoring import Scoreboard
-from edgelearn import codec, wire
+from edgelearn import codec, preprocess, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.mqtt import MqttSession, NotConnected
-from gateway import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ class CloudConsumer:
                     )
                     stored: npt.NDArray[Any] | None = None
                 else:
-                    stored = _quantised(feature)
+                    stored = codec.unpack_feature(feature)
                     row = codec.dequantize(stored, feature.scale, feature.zero_point)
             except (codec.CodecError, preprocess.PreprocessError) as exc:
                 self.metrics.dropped.labels(getattr(exc, "reason", "undecodable")).inc()
@@ -313,16 +312,3 @@ class CloudConsumer:
             await self._session.__aexit__(None, None, None)
         if self.metrics_server is not None:
             self.metrics_server.close()
-
-
-def _quantised(feature: wire.Feature) -> npt.NDArray[Any]:
-    """The feature's array as sent (still quantised), after entropy decoding."""
-    dtype = {
-        wire.DType.INT8: np.int8,
-        wire.DType.UINT8: np.uint8,
-        wire.DType.FLOAT16: np.float16,
-        wire.DType.FLOAT32: np.float32,
-    }[feature.dtype]
-    expected = int(np.prod(feature.shape)) * np.dtype(dtype).itemsize
-    raw = codec.decompress(feature.payload, feature.codec, expected)
-    return np.frombuffer(raw, dtype=dtype).reshape(feature.shape)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgelearn import wire
+from edgelearn import codec, wire
+from edgelearn.modes import Mode
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +49,7 @@ class FeatureStore:
         self._lock = threading.Lock()
 
     def _directory(self, extractor: str, model_version: str) -> Path:
-        return self.root / extractor.replace(":", "-") / model_version
+        return self.root / Mode.parse(extractor).slot / model_version
 
     def append(
         self, feature: wire.Feature, values: npt.NDArray[np.generic] | None, wire_bytes: int
@@ -94,9 +95,7 @@ class FeatureStore:
             arrays["jpeg_bytes"] = np.frombuffer(b"".join(f.payload for f in features), np.uint8)
             arrays["jpeg_offsets"] = np.cumsum([0] + [len(f.payload) for f in features])
         else:
-            arrays["values"] = np.stack(
-                [np.frombuffer(f.payload, _numpy(f.dtype)).reshape(f.shape) for f in features]
-            )
+            arrays["values"] = np.stack([codec.unpack_feature(f) for f in features])
         with temporary.open("wb") as handle:
             np.savez(handle, **arrays)
             handle.flush()
@@ -105,7 +104,7 @@ class FeatureStore:
 
     def kinds(self) -> list[tuple[str, str]]:
         return sorted(
-            (extractor.name.replace("split-", "split:"), version.name)
+            (str(Mode.from_slot(extractor.name)), version.name)
             for extractor in self.root.glob("*")
             if extractor.is_dir()
             for version in extractor.glob("*")
@@ -138,15 +137,6 @@ class FeatureStore:
         return LoadedFeatures(
             extractor, model_version, stacked, jpegs[:limit], all_labels, scale, zero_point, uplink
         )
-
-
-def _numpy(dtype: wire.DType) -> Any:
-    return {
-        wire.DType.INT8: np.int8,
-        wire.DType.UINT8: np.uint8,
-        wire.DType.FLOAT16: np.float16,
-        wire.DType.FLOAT32: np.float32,
-    }[dtype]
 
 
 def _with_values(feature: wire.Feature, values: npt.NDArray[np.generic]) -> wire.Feature:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -59,12 +59,10 @@ from cloud.scheduling.problem import (
 )
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
+from edgelearn.modes import FULL, RAW, SPLIT, Mode
 from edgelearn.mqtt import MqttSession, NotConnected
 
 log = logging.getLogger(__name__)
-
-FULL: Final = "full"
-RAW: Final = "raw"
 
 
 @dataclass(frozen=True)
@@ -122,9 +120,9 @@ def candidates_from_profile(
     last = max(rows)
     found = [
         Candidate(
-            f"split:{k}",
+            str(Mode.split(k)),
             k,
-            _envelope_bytes(f"split:{k}", int(rows[k]["output_bytes_int8"])),
+            _envelope_bytes(str(Mode.split(k)), int(rows[k]["output_bytes_int8"])),
             int(rows[k]["lower_flops"]),
         )
         for k in sorted(set(split_ks))
@@ -421,12 +419,11 @@ def registry_candidates(registry: Any, split_ks: Sequence[int]) -> CandidateSour
     """Candidates from the newest deployable entries of ``registry`` (re-read on each call,
     so a newly trained model set is planned with at once)."""
     from cloud.bootstrap import deployable
-    from cloud.models.artifacts import KIND_FULL, KIND_SPLIT
 
     def read() -> tuple[int, list[Candidate]]:
         entries = deployable(registry, split_ks)
-        served = [e.split_k for e in entries if e.kind == KIND_SPLIT]
-        has_full = any(e.kind == KIND_FULL for e in entries)
+        served = [e.split_k for e in entries if e.kind == SPLIT]
+        has_full = any(e.kind == FULL for e in entries)
         profile = next(
             (e.metadata.get("profile") for e in entries if e.metadata.get("profile")), None
         )

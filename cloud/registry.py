@@ -4,7 +4,7 @@ Where it sits: the trainer (:mod:`cloud.models`) saves every model it produces h
 scheduler and the model publisher pick an entry (:meth:`Registry.latest`), and
 :meth:`Registry.deployment` turns its edge artifact into a signed :class:`edgelearn.wire.Model`
 that the lead's publisher puts on the retained ``models/<gateway>`` topic. Gateways verify
-and load it with :func:`cloud.models.artifacts.load_deployment`; the cloud loads the other
+and load it with :func:`edgelearn.artifacts.load_deployment`; the cloud loads the other
 half with :meth:`Registry.load_cloud_model`.
 
 Layout (one immutable directory per version)::
@@ -52,9 +52,10 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud.models.artifacts import ALL_KINDS, EDGE_KINDS, KIND_PCA
 from cloud.models.errors import CorruptEntry, ModelNotFound, RegistryError, VersionExists
 from edgelearn import signing, wire
+from edgelearn.artifacts import ALL_KINDS, EDGE_KINDS, KIND_CLOUD_CLASSIFIER, KIND_PCA
+from edgelearn.modes import RAW, SPLIT, Mode
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,13 @@ class ModelEntry:
     @property
     def split_k(self) -> int:
         return int(self.metadata["split_k"])
+
+    @property
+    def mode(self) -> Mode:
+        """The gateway mode this entry serves (the cloud-only CNN serves ``raw``)."""
+        if self.kind == KIND_CLOUD_CLASSIFIER:
+            return Mode(RAW)
+        return Mode.of(self.kind, self.split_k)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -357,6 +365,13 @@ class Registry:
             )
         return matches[-1]
 
+    def serving(self, mode: Mode) -> ModelEntry:
+        """The newest entry that serves ``mode`` (``raw``: the cloud-only CNN)."""
+        if mode.kind == RAW:
+            return self.latest(kind=KIND_CLOUD_CLASSIFIER)
+        # A full model records its block count as split_k; only a split's k names the mode.
+        return self.latest(kind=mode.kind, split_k=mode.split_k if mode.kind == SPLIT else None)
+
     # -- deploying -------------------------------------------------------------------------
 
     def deployment(
@@ -369,9 +384,27 @@ class Registry:
 
     def load_cloud_model(self, entry: ModelEntry) -> Any:
         """The cloud half as a Keras model (imports TensorFlow)."""
-        from cloud.models.release import keras_from_bytes
-
         return keras_from_bytes(entry.read(CLOUD))
+
+
+def keras_to_bytes(model: Any) -> bytes:
+    """A Keras model as the bytes of its ``.keras`` zip (architecture + weights): the
+    registry's format of every cloud half."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / CLOUD_FILE
+        model.save(path)
+        return path.read_bytes()
+
+
+def keras_from_bytes(data: bytes) -> Any:
+    """The inverse of :func:`keras_to_bytes` (safe mode: no arbitrary code in the file;
+    imports TensorFlow)."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / CLOUD_FILE
+        path.write_bytes(data)
+        return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def _check_deployable(entry: ModelEntry) -> None:
@@ -434,4 +467,6 @@ __all__ = [
     "build_deployment",
     "deployment_metadata",
     "edge_file_name",
+    "keras_from_bytes",
+    "keras_to_bytes",
 ]

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud.models.artifacts import KIND_CLOUD_CLASSIFIER
 from cloud.models.errors import RegistryError
 from cloud.registry import ModelEntry, Registry
+from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER
+from edgelearn.modes import FULL, RAW, Mode
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,14 @@ class RegistryModels:
 
     def _entry(self, extractor: str, version: str) -> ModelEntry | None:
         try:
-            if extractor == "raw":
-                return self.registry.latest(kind=KIND_CLOUD_CLASSIFIER)
+            if extractor == RAW:
+                return self.registry.serving(Mode(RAW))
             return self.registry.by_version(version)
         except RegistryError:
             return None
 
     def classifier_for(self, extractor: str, model_version: str) -> KerasClassifier | None:
-        key = (extractor, "" if extractor == "raw" else model_version)
+        key = (extractor, "" if extractor == RAW else model_version)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
@@ -95,17 +96,15 @@ class RegistryModels:
         first features do not wait for TensorFlow to load a model (seconds)."""
         from cloud.bootstrap import deployable
 
-        entries = [
-            (entry, f"split:{entry.split_k}" if entry.kind == "split" else entry.kind)
-            for entry in deployable(self.registry, split_ks)
-        ]
+        entries = deployable(self.registry, split_ks)
         with contextlib.suppress(RegistryError):
-            entries.append((self.registry.latest(kind=KIND_CLOUD_CLASSIFIER), "raw"))
+            entries.append(self.registry.serving(Mode(RAW)))
         warmed = []
-        for entry, mode in entries:
-            if mode == "full":
+        for entry in entries:
+            mode = entry.mode
+            if mode.kind == FULL:
                 continue  # the edge answers; nothing runs here
-            classifier = self.classifier_for(mode, entry.version)
+            classifier = self.classifier_for(str(mode), entry.version)
             if classifier is None:
                 continue
             if classifier.takes_frames:

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from cameras.datasets import load_fashion_mnist
 from cloud.feature_store import FeatureStore
-from cloud.models.artifacts import TensorQuantization, load_edge_artifact
 from cloud.registry import EDGE, Registry
-from gateway import preprocess
+from edgelearn import preprocess
+from edgelearn.artifacts import TensorQuantization, load_edge_artifact
+from edgelearn.datasets import load_fashion_mnist
 
 
 def _held_out_inputs(count: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +136,7 @@ def train_from_store(
         report["training_seconds"] = round(trained.wall_seconds, 2)
         report["held_out_accuracy"] = trained.held_out_accuracy
     if save:
-        from cloud.models.release import keras_to_bytes
+        from cloud.registry import keras_to_bytes
 
         saved = registry.save(
             name=entry.name,

@@ -10,7 +10,9 @@ Where it sits: gateway extractor -> :func:`encode_array` -> ``wire.Feature`` -> 
    zeros and small values, which both compress well; which one wins on real features is
    measured (``edgelearn bench gateway``), zstd being the default for its speed.
 
-Decoding a corrupt payload raises :class:`CodecError` with a bounded ``reason``.
+Decoding a corrupt payload raises :class:`CodecError` with a bounded ``reason``. The cloud
+reads a feature envelope with :func:`unpack_feature` (the array as sent, which it stores) and
+:func:`dequantize`; nothing else unpacks a feature payload.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from edgelearn.wire import Codec, DType
+from edgelearn.wire import Codec, DType, Feature
 
 _ZSTD_LEVEL = 3
 _ZLIB_LEVEL = 6
@@ -133,6 +135,23 @@ def encode_array(
     return EncodedArray(payload, dtype, shape, float(scale), int(zero_point), codec)
 
 
+def numpy_dtype(dtype: DType) -> type[np.generic]:
+    return _NUMPY_DTYPES[dtype]
+
+
+def unpack_array(
+    payload: bytes, *, dtype: DType, shape: tuple[int, ...], codec: Codec
+) -> npt.NDArray[np.generic]:
+    """The array as it was sent (still quantised), checking every size on the way; float
+    arrays must hold finite values."""
+    array_dtype = _NUMPY_DTYPES[dtype]
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(array_dtype).itemsize
+    values = np.frombuffer(decompress(payload, codec, expected), dtype=array_dtype).reshape(shape)
+    if dtype in (DType.FLOAT16, DType.FLOAT32) and not np.isfinite(values).all():
+        raise CodecError("not_finite", "feature holds NaN or infinity")
+    return values
+
+
 def decode_array(
     payload: bytes,
     *,
@@ -142,14 +161,15 @@ def decode_array(
     zero_point: int,
     codec: Codec,
 ) -> npt.NDArray[np.float32]:
-    """Unpack to float32 (dequantised), checking every size on the way."""
-    numpy_dtype = _NUMPY_DTYPES[dtype]
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(numpy_dtype).itemsize
-    raw = decompress(payload, codec, expected)
-    values = np.frombuffer(raw, dtype=numpy_dtype).reshape(shape)
+    """Unpack to float32 (dequantised)."""
+    values = unpack_array(payload, dtype=dtype, shape=shape, codec=codec)
     if dtype in (DType.INT8, DType.UINT8):
         return dequantize(values, scale, zero_point)
-    result = values.astype(np.float32)
-    if not np.isfinite(result).all():
-        raise CodecError("not_finite", "feature holds NaN or infinity")
-    return result
+    return values.astype(np.float32)
+
+
+def unpack_feature(feature: Feature) -> npt.NDArray[np.generic]:
+    """A feature envelope's array as the gateway sent it (what the cloud stores)."""
+    return unpack_array(
+        feature.payload, dtype=feature.dtype, shape=feature.shape, codec=feature.codec
+    )

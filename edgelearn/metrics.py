@@ -1,19 +1,25 @@
-"""Metric helpers shared by every process: build info and the ``/metrics`` HTTP endpoint.
+"""Metric helpers shared by every process: build info, the ``/metrics`` HTTP endpoint, and
+reading other processes' ``/metrics`` back.
 
 Naming follows ``edgelearn_<role>_<name>_<unit>``; each role defines its own metrics in its
 ``metrics.py`` against a registry passed in (never the global default registry, which
 makes tests collide). Several worker processes on one host each serve on their own port;
 port 0 asks the OS for a free one and :func:`serve_metrics` returns the port it got.
+:func:`scrape` is the one reader of such endpoints (the ``up`` summary, the benchmarks).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Info, ProcessCollector, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def package_version() -> str:
@@ -81,3 +87,59 @@ def serve_metrics(
     """Serve ``registry`` on ``http://address:port/metrics`` from a daemon thread."""
     server, _thread = start_http_server(port, addr=address, registry=registry)
     return MetricsServer(server, address)
+
+
+Labels = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Samples read from one or more ``/metrics`` endpoints; counters of several processes
+    add up. ``unreachable`` lists the endpoints that did not answer."""
+
+    rows: tuple[tuple[str, Labels, float], ...] = ()
+    unreachable: tuple[str, ...] = ()
+
+    def values(self, name: str, **match: str) -> list[tuple[Labels, float]]:
+        """``(labels, value)`` of every sample called ``name`` whose labels hold ``match``."""
+        return [
+            (labels, value)
+            for sample, labels, value in self.rows
+            if sample == name and all(labels.get(key) == wanted for key, wanted in match.items())
+        ]
+
+    def total(self, name: str, **match: str) -> float:
+        return sum(value for _, value in self.values(name, **match))
+
+    def by_label(self, name: str, label: str, **match: str) -> dict[str, float]:
+        """Sums of ``name`` per value of ``label`` (samples without it are left out)."""
+        sums: dict[str, float] = {}
+        for labels, value in self.values(name, **match):
+            if label in labels:
+                sums[labels[label]] = sums.get(labels[label], 0.0) + value
+        return sums
+
+
+def parse_samples(text: str) -> Samples:
+    return Samples(
+        tuple(
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        )
+    )
+
+
+def scrape(urls: Iterable[str], timeout: float = 5.0) -> Samples:
+    """Every sample of every endpoint in ``urls``, concatenated."""
+    rows: list[tuple[str, Labels, float]] = []
+    unreachable: list[str] = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                text = response.read().decode()
+        except OSError:
+            unreachable.append(url)
+            continue
+        rows += parse_samples(text).rows
+    return Samples(tuple(rows), tuple(unreachable))

@@ -19,7 +19,7 @@ Nothing else in the project parses bytes off the wire: the roles call :func:`dec
 
 Topics live under ``edgelearn/v1/<site>/...``; ``site`` lets several camera sites share one
 cloud broker and gives each test its own namespace. Per-role access rules in
-``mosquitto/`` are written against the same layout (see :mod:`edgelearn.broker`).
+``stack/mosquitto/`` are written against the same layout (see :mod:`stack.broker`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Final, TypeVar
+
+from edgelearn.modes import Mode, ModeError
 
 MAGIC: Final = b"EL"
 VERSION: Final = 1
@@ -299,6 +301,14 @@ def _check_ident(name: str, value: str) -> None:
     )
 
 
+def _check_mode(name: str, value: str) -> None:
+    """Mode fields hold a mode's one text form (:class:`edgelearn.modes.Mode`)."""
+    try:
+        _check(str(Mode.parse(value)) == value, "bad_mode", f"{name} {value!r}")
+    except ModeError as exc:
+        raise WireError("bad_mode", f"{name}: {exc}") from exc
+
+
 def _check_finite(name: str, value: float) -> None:
     _check(math.isfinite(value), "not_finite", f"{name}={value}")
 
@@ -363,7 +373,7 @@ class Feature(Envelope):
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
-        _check_ident("extractor", self.extractor.replace(":", "."))
+        _check_mode("extractor", self.extractor)
         _check_ident("model_version", self.model_version)
         _check_finite("scale", self.scale)
         _check(self.scale > 0, "bad_quantization", f"scale {self.scale}")
@@ -409,6 +419,7 @@ class Result(Envelope):
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
+        _check_mode("extractor", self.extractor)
         _check_ident("model_version", self.model_version)
         _check_finite("score", self.score)
         _check(0.0 <= self.score <= 1.0, "bad_score", f"score {self.score}")
@@ -418,7 +429,8 @@ class Result(Envelope):
 @dataclass(frozen=True)
 class Model(Envelope):
     """A model deployment, retained on ``models/<gateway_id or all>/<slot>`` where the slot
-    (:func:`model_slot`) names the kind and split, so each kind keeps its own retained copy.
+    (:attr:`edgelearn.modes.Mode.slot`) names the mode it serves, so each mode keeps its own
+    retained copy.
 
     ``signature`` is Ed25519 over :meth:`signed_bytes` (the artifact's sha256 and the
     metadata that decides how it is used); receivers verify it before loading anything.
@@ -441,6 +453,11 @@ class Model(Envelope):
         _check_ident("version", self.version)
         _check_ident("kind", self.kind)
         _check_ident("key_id", self.key_id)
+
+    @property
+    def mode(self) -> Mode:
+        """The gateway mode this deployment serves."""
+        return Mode.of(self.kind, self.split_k)
 
     def signed_bytes(self) -> bytes:
         """The bytes the signature covers: everything except the signature and artifact
@@ -487,7 +504,7 @@ class Status(Envelope):
     def __post_init__(self) -> None:
         _check_ident("gateway_id", self.gateway_id)
         _check(self.online in (0, 1), "bad_flag", f"online {self.online}")
-        _check_ident("mode", self.mode.replace(":", "."))
+        _check_mode("mode", self.mode)
         _check_ident("model_version", self.model_version)
         for name in (
             "uplink_bytes_per_second",
@@ -517,7 +534,7 @@ class Plan(Envelope):
 
     def __post_init__(self) -> None:
         _check_ident("gateway_id", self.gateway_id)
-        _check_ident("mode", self.mode.replace(":", "."))
+        _check_mode("mode", self.mode)
         _check(self.keyframes in (0, 1), "bad_flag", f"keyframes {self.keyframes}")
         _check_finite("keyframe_threshold", self.keyframe_threshold)
         _check(self.keyframe_threshold >= 0, "bad_threshold", f"{self.keyframe_threshold}")
@@ -605,8 +622,9 @@ class Topics:
     def result(self, camera_id: str) -> str:
         return f"{self.base}/results/{camera_id}"
 
-    def model(self, gateway_id: str = ALL_GATEWAYS, slot: str = "default") -> str:
-        return f"{self.base}/models/{gateway_id}/{slot}"
+    def model(self, gateway_id: str, mode: Mode) -> str:
+        """Where the deployment serving ``mode`` is retained for ``gateway_id`` (or all)."""
+        return f"{self.base}/models/{gateway_id}/{mode.slot}"
 
     def models_for(self, gateway_id: str) -> str:
         """Filter for the deployments addressed to ``gateway_id`` (not those for all)."""
@@ -630,11 +648,6 @@ class Topics:
 
     def all_status(self) -> str:
         return f"{self.base}/status/+/+"
-
-
-def model_slot(kind: str, split_k: int = 0) -> str:
-    """The retained slot of a deployment: ``pca``, ``autoencoder``, ``split-3``, ``full``."""
-    return f"{kind}-{split_k}" if kind == "split" else kind
 
 
 def shared(group: str, topic_filter: str) -> str:

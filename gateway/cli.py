@@ -1,10 +1,13 @@
 """``edgelearn gateway``: run a pool of gateway workers against an edge-site broker.
 
 With ``--workers 1`` the worker runs in this process. With more, this process becomes a small
-supervisor: it starts one worker process per slot (same gateway id and shared-subscription
-group, so MQTT splits the cameras between them; metrics on consecutive ports), restarts a
-worker that dies, at most ``RESTARTS_PER_MINUTE`` times a minute, and stops them all on
-Ctrl-C or SIGTERM. Scaling out is by processes, not threads: each worker has its own GIL.
+supervisor: it validates every worker's settings, then starts one worker process per slot
+with exactly those settings (``multiprocessing`` spawn: nothing is re-read from the command
+line, so a caller from Python gets the workers it asked for). The workers share a gateway id
+and a shared-subscription group; MQTT hands each frame to one of them, round-robin by
+message, not by camera. Metrics go on consecutive ports. The supervisor restarts a worker
+that dies, at most ``RESTARTS_PER_MINUTE`` times a minute, and stops them all on Ctrl-C or
+SIGTERM. Scaling out is by processes, not threads: each worker has its own GIL.
 """
 
 from __future__ import annotations
@@ -13,18 +16,19 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import signal
-import subprocess
 import sys
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from edgelearn import config as config_module
 from edgelearn import signing, wire
+from edgelearn.modes import ModeError
 from edgelearn.mqtt import BrokerUnavailable
 from gateway.config import GatewayConfig
-from gateway.pipeline import ModeError
 
 log = logging.getLogger(__name__)
 RESTARTS_PER_MINUTE = 5
@@ -43,7 +47,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes in this pool (default 1)"
     )
-    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--site", default=None, help="topic namespace of the camera site")
     parser.add_argument(
         "--broker",
@@ -219,30 +222,41 @@ async def _run_worker(
         await worker.drain(timeout=5.0)
 
 
-def _worker_command(argv: list[str]) -> list[str]:
-    """This command line without ``--workers``, to run one worker of the pool."""
-    rest = argv[argv.index("gateway") + 1 :] if "gateway" in argv else []
-    kept: list[str] = []
-    skip_value = False
-    for part in rest:
-        if skip_value:
-            skip_value = False
-        elif part == "--workers":
-            skip_value = True
-        elif not part.startswith("--workers="):
-            kept.append(part)
-    return [sys.executable, "-m", "edgelearn.cli", "gateway", *kept]
+def run_worker(config: GatewayConfig, models: list[wire.Model], duration: float | None) -> int:
+    """One worker until ``duration`` or a signal; the exit status (2: no broker)."""
+    try:
+        asyncio.run(_run_worker(config, models, duration))
+    except BrokerUnavailable as exc:
+        print(f"edgelearn gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
-def _supervise(args: argparse.Namespace) -> int:
-    """Start ``--workers`` processes of this command, keep them alive, stop them together."""
-    command = _worker_command(sys.argv)
-    processes: dict[int, subprocess.Popen[bytes]] = {}
+def _worker_process(
+    config: GatewayConfig, models: list[wire.Model], duration: float | None, verbosity: int
+) -> None:
+    logging.basicConfig(level=verbosity, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(run_worker(config, models, duration))
+
+
+def supervise(
+    configs: list[GatewayConfig], models: list[wire.Model], duration: float | None
+) -> int:
+    """Run one worker process per config, keep them alive, stop them together."""
+    context = multiprocessing.get_context("spawn")
+    processes: dict[int, BaseProcess] = {}
     restarts: list[float] = []
     stopping = False
+    verbosity = logging.getLogger().getEffectiveLevel()
 
     def start(index: int) -> None:
-        processes[index] = subprocess.Popen([*command, "--worker-index", str(index)])
+        process = context.Process(
+            target=_worker_process,
+            args=(configs[index], models, duration, verbosity),
+            name=f"gateway-{configs[index].client_id}",
+        )
+        process.start()
+        processes[index] = process
 
     def stop(*_: object) -> None:
         nonlocal stopping
@@ -250,16 +264,16 @@ def _supervise(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for index in range(args.workers):
+    for index in range(len(configs)):
         start(index)
-    deadline = None if args.duration is None else time.monotonic() + args.duration + 10
+    deadline = None if duration is None else time.monotonic() + duration + 10
     try:
         while not stopping and (deadline is None or time.monotonic() < deadline):
             for index, process in list(processes.items()):
-                code = process.poll()
+                code = process.exitcode
                 if code is None:
                     continue
-                if code == 0 and args.duration is not None:
+                if code == 0 and duration is not None:
                     del processes[index]
                     continue
                 now = time.monotonic()
@@ -275,27 +289,22 @@ def _supervise(args: argparse.Namespace) -> int:
             time.sleep(0.2)  # supervision period
     finally:
         for process in processes.values():
-            if process.poll() is None:
+            if process.is_alive():
                 process.terminate()
         for process in processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
+            process.join(15)
+            if process.is_alive():
                 process.kill()
+                process.join()
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise config_module.ConfigError("--workers must be at least 1")
-    worker = args.worker_index or 0
-    config = _settings(args, worker)  # validates everything before any process starts
-    models = _read_models(args.model, config.secrets)
-    if args.workers > 1 and args.worker_index is None:
-        return _supervise(args)
-    try:
-        asyncio.run(_run_worker(config, models, args.duration))
-    except BrokerUnavailable as exc:
-        print(f"edgelearn gateway: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    # Every worker's settings are validated before any process starts.
+    configs = [_settings(args, worker) for worker in range(args.workers)]
+    models = _read_models(args.model, configs[0].secrets)
+    if args.workers > 1:
+        return supervise(configs, models, args.duration)
+    return run_worker(configs[0], models, args.duration)

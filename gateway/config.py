@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgelearn import wire
+from edgelearn.modes import Mode
 from gateway.keyframes import KeyframeSettings
-from gateway.pipeline import Mode
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,10 @@ Where it sits: queue -> **FramePipeline.process** -> forwarder (MQTT, QoS 1).
 
 For each frame: reject what is not a JPEG (a truncated one lacks its end-of-image marker),
 run the keyframe filter on a 1/8-scale decode, and for keyframes only run the current mode's
-extractor and pack its output with :mod:`edgelearn.codec` into a ``wire.Feature``:
-
-========== ===========================================================================
-mode       what goes up for a keyframe
-========== ===========================================================================
-raw        the camera's JPEG unchanged (the cloud-only baseline; no decode needed)
-pca        int8 projection on components fitted in the cloud
-autoencoder int8 bottleneck code of the encoder half
-split:k    int8 activations of the CNN's lower k blocks (LiteRT), zstd-compressed
-full       a ``wire.Result``: the whole CNN ran here, only its answer goes up
-========== ===========================================================================
+(:mod:`edgelearn.modes`) extractor (:mod:`edgelearn.artifacts`) on the model input
+(:mod:`edgelearn.preprocess`) and pack its output with :mod:`edgelearn.codec` into a
+``wire.Feature``; ``raw`` forwards the camera's JPEG unchanged (no decode needed) and
+``full`` a ``wire.Result`` (the whole CNN ran here, only its answer goes up).
 
 Until the deployment a mode needs has arrived, the pipeline runs ``raw`` and says so
 (``effective_mode``), so no frame is lost while waiting for a model.
@@ -26,60 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from edgelearn import codec, wire
-from gateway import preprocess
+from edgelearn import codec, preprocess, wire
+from edgelearn.artifacts import LoadedDeployment
+from edgelearn.modes import FULL, RAW, Mode
 from gateway.keyframes import KeyframeFilter, KeyframeSettings, decode_small
 
-RAW = "raw"
-EDGE_MODES = ("pca", "autoencoder", "split", "full")
 STAGES = ("keyframe", "decode", "extract", "encode")
-
-
-class ModeError(ValueError):
-    """A mode string that names no extractor."""
-
-
-@dataclass(frozen=True)
-class Mode:
-    kind: str  # raw | pca | autoencoder | split | full
-    split_k: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> Mode:
-        kind, _, k = text.partition(":")
-        if kind == "split":
-            if not k.isdigit() or int(k) < 1:
-                raise ModeError(f"mode {text!r}: split needs a layer count, e.g. split:3")
-            return cls("split", int(k))
-        if k or kind not in (RAW, *EDGE_MODES):
-            raise ModeError(
-                f"mode {text!r}: choose raw, pca, autoencoder, split:K (K >= 1) or full"
-            )
-        return cls(kind)
-
-    @property
-    def slot(self) -> str:
-        return wire.model_slot(self.kind, self.split_k)
-
-    def __str__(self) -> str:
-        return f"split:{self.split_k}" if self.kind == "split" else self.kind
-
-
-class Deployment(Protocol):
-    """A verified, loaded model (see ``cloud.models.artifacts.LoadedDeployment``)."""
-
-    @property
-    def version(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def split_k(self) -> int: ...
-    @property
-    def extractor(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +44,7 @@ class HeldBack:
 @dataclass(frozen=True)
 class Forward:
     envelope: wire.Feature | wire.Result
-    mode: str
+    mode: Mode
     data: bytes  # the encoded envelope, encoded once, published as is
 
 
@@ -113,7 +62,7 @@ class FramePipeline:
     feature_codec: wire.Codec = wire.Codec.ZSTD
     on_stage: Callable[[str, float], None] = lambda stage, seconds: None
     _filter: KeyframeFilter = field(init=False)
-    _deployments: dict[str, Deployment] = field(default_factory=dict)
+    _deployments: dict[Mode, LoadedDeployment] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -121,10 +70,9 @@ class FramePipeline:
 
     # --- live changes (another thread) ------------------------------------------------
 
-    def deploy(self, deployment: Deployment) -> None:
-        slot = wire.model_slot(deployment.kind, deployment.split_k)
+    def deploy(self, deployment: LoadedDeployment) -> None:
         with self._lock:
-            self._deployments = {**self._deployments, slot: deployment}
+            self._deployments = {**self._deployments, deployment.mode: deployment}
 
     def set_mode(self, mode: Mode) -> None:
         self.mode = mode
@@ -133,15 +81,15 @@ class FramePipeline:
         self.keyframes = settings
         self._filter.settings = settings
 
-    def deployment_for(self, mode: Mode) -> Deployment | None:
-        return None if mode.kind == RAW else self._deployments.get(mode.slot)
+    def deployment_for(self, mode: Mode) -> LoadedDeployment | None:
+        return self._deployments.get(mode)
 
     def effective_mode(self) -> Mode:
         mode = self.mode
         return mode if mode.kind == RAW or self.deployment_for(mode) else Mode(RAW)
 
-    def model_versions(self) -> dict[str, str]:
-        return {slot: deployment.version for slot, deployment in self._deployments.items()}
+    def model_versions(self) -> dict[Mode, str]:
+        return {mode: deployment.version for mode, deployment in self._deployments.items()}
 
     # --- per frame -----------------------------------------------------------------------
 
@@ -180,7 +128,7 @@ class FramePipeline:
         output = deployment.extractor.run(model_input)
         started = self._timed("extract", started)
         quantization = deployment.extractor.output
-        if mode.kind == "full":
+        if mode.kind == FULL:
             return self._forward_result(frame, output, deployment, held_back, held_mismatched)
         encoded = codec.encode_array(
             np.asarray(output),
@@ -208,9 +156,9 @@ class FramePipeline:
         )
         data = wire.encode(feature)
         self._timed("encode", started)
-        return Forward(feature, str(mode), data)
+        return Forward(feature, mode, data)
 
-    def _model_input(self, jpeg: bytes, deployment: Deployment) -> Any:
+    def _model_input(self, jpeg: bytes, deployment: LoadedDeployment) -> Any:
         size, _, channels = deployment.extractor.input_shape
         try:
             return preprocess.to_model_input(
@@ -238,13 +186,13 @@ class FramePipeline:
             held_mismatched=held_mismatched,
             payload=frame.payload,
         )
-        return Forward(feature, RAW, wire.encode(feature))
+        return Forward(feature, Mode(RAW), wire.encode(feature))
 
     def _forward_result(
         self,
         frame: wire.Frame,
         output: Any,
-        deployment: Deployment,
+        deployment: LoadedDeployment,
         held_back: int,
         held_mismatched: int,
     ) -> Forward:
@@ -256,7 +204,7 @@ class FramePipeline:
             capture_ns=frame.capture_ns,
             result_ns=time.time_ns(),
             gateway_id=self.gateway_id,
-            extractor="full",
+            extractor=FULL,
             label=frame.label,
             predicted=predicted,
             score=float(np.clip(probabilities[predicted], 0.0, 1.0)),
@@ -265,4 +213,4 @@ class FramePipeline:
             held_back=held_back,
             held_mismatched=held_mismatched,
         )
-        return Forward(result, "full", wire.encode(result))
+        return Forward(result, Mode(FULL), wire.encode(result))

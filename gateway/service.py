@@ -31,20 +31,22 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import aiocoap
-import aiocoap.resource
 import aiomqtt
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from edgelearn import signing, wire
+from edgelearn.artifacts import ArtifactError, LoadedDeployment, load_deployment, measure_latency
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
+from edgelearn.modes import Mode, ModeError
 from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
 from edgelearn.secrets import Secrets, default_secrets_dir
+from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
 from gateway.keyframes import KeyframeSettings
 from gateway.metrics import UNKNOWN_CAMERA, GatewayMetrics
-from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack, Mode, ModeError
+from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
 from gateway.queues import LatestFrames
 
 log = logging.getLogger(__name__)
@@ -73,20 +75,6 @@ class _InputRates:
     fps: float
     bytes_per_second: float
     keyframe_ratio: float
-
-
-class _CoapFrames(aiocoap.resource.Resource):  # type: ignore[misc]
-    """``POST /frames``: the same envelope a camera publishes over MQTT."""
-
-    def __init__(self, worker: GatewayWorker) -> None:
-        super().__init__()
-        self._worker = worker
-
-    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        reason = self._worker.ingest(request.payload, "coap", None)
-        if reason is not None:
-            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=reason.encode())
-        return aiocoap.Message(code=aiocoap.CHANGED)
 
 
 class GatewayWorker:
@@ -128,13 +116,13 @@ class GatewayWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: asyncio.Queue[Forward] | None = None
         self._pending = threading.BoundedSemaphore(config.max_pending)
-        self._extract_seconds: dict[str, float] = {}
+        self._extract_seconds: dict[Mode, float] = {}
         self._plan_version = -1
         self._stopping = threading.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._cancellable: set[asyncio.Task[Any]] = set()
         self._session: MqttSession | None = None
-        self._coap: Any = None
+        self._coap: CoapEndpoint | None = None
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
         self.uplink_bytes_total = 0
@@ -194,9 +182,6 @@ class GatewayWorker:
 
     async def load_model(self, model: wire.Model) -> bool:
         """Verify, load (in a thread) and swap in ``model``; False if it was refused."""
-        from cloud.models.artifacts import load_deployment  # TF-free, like the gateway
-        from cloud.models.errors import ArtifactError
-
         try:
             deployment = await asyncio.to_thread(load_deployment, model, self.trusted_key)
         except (signing.ModelRejected, ArtifactError) as exc:
@@ -205,27 +190,22 @@ class GatewayWorker:
                 "refused model %s %s (%s); keeping the current one", model.name, model.version, exc
             )
             return False
-        slot = wire.model_slot(deployment.kind, deployment.split_k)
-        current = self.pipeline.model_versions().get(slot)
-        if current == deployment.version:
+        mode = deployment.mode
+        if self.pipeline.model_versions().get(mode) == deployment.version:
             return True  # the same deployment again (retained copy for all and for us)
         extract_seconds = await asyncio.to_thread(self._measure, deployment)
-        self._extract_seconds[slot] = extract_seconds
+        self._extract_seconds[mode] = extract_seconds
         self.pipeline.deploy(deployment)  # takes effect at the next frame; none dropped
-        self.metrics.model_swaps.labels(slot).inc()
-        self.metrics.set_model(slot, deployment.version)
+        self.metrics.model_swaps.labels(mode.slot).inc()
+        self.metrics.set_model(mode.slot, deployment.version)
         self._update_mode_metric()
         log.info(
-            "loaded %s %s (%.2f ms per frame)", slot, deployment.version, extract_seconds * 1e3
+            "loaded %s %s (%.2f ms per frame)", mode, deployment.version, extract_seconds * 1e3
         )
         return True
 
     @staticmethod
-    def _measure(deployment: Any) -> float:
-        import numpy as np
-
-        from cloud.models.artifacts import measure_latency
-
+    def _measure(deployment: LoadedDeployment) -> float:
         shape = deployment.extractor.input_shape
         frames = np.random.default_rng(0).integers(0, 255, (8, *shape), dtype=np.uint8)
         return measure_latency(deployment.extractor, frames, repeats=2)
@@ -325,21 +305,20 @@ class GatewayWorker:
             inflight.release()
             self._pending.release()
         self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
-        self.metrics.uplink_bytes.labels(envelope.camera_id, item.mode).inc(len(item.data))
+        self.metrics.uplink_bytes.labels(envelope.camera_id, str(item.mode)).inc(len(item.data))
         self.uplink_bytes_total += len(item.data)
-        slot = Mode.parse(item.mode).slot
-        if slot in self._extract_seconds:
-            self.metrics.capacity.labels(item.mode).set(1.0 / self._extract_seconds[slot])
+        if item.mode in self._extract_seconds:
+            self.metrics.capacity.labels(str(item.mode)).set(1.0 / self._extract_seconds[item.mode])
 
     def status(
         self, online: bool, uplink_rate: float = 0.0, rates: _InputRates | None = None
     ) -> wire.Status:
         mode, effective = self.pipeline.mode, self.pipeline.effective_mode()
-        note = "" if mode == effective else f"no {mode.slot} model yet: running raw"
+        note = "" if mode == effective else f"no {mode} model yet: running raw"
         versions = self.pipeline.model_versions()
         capacity = {
-            str(Mode.parse(slot.replace("split-", "split:"))): round(1.0 / seconds, 1)
-            for slot, seconds in self._extract_seconds.items()
+            str(loaded): round(1.0 / seconds, 1)
+            for loaded, seconds in self._extract_seconds.items()
         }
         return wire.Status(
             gateway_id=self.config.gateway_id,
@@ -347,7 +326,7 @@ class GatewayWorker:
             online=int(online),
             time_ns=time.time_ns(),
             mode=str(effective),
-            model_version=versions.get(effective.slot, "none"),
+            model_version=versions.get(effective, "none"),
             capacity_fps=capacity,
             uplink_bytes_per_second=uplink_rate,
             queue_depths=self.queue.depths(),
@@ -437,15 +416,13 @@ class GatewayWorker:
         return self
 
     async def _start_coap(self) -> None:
-        site = aiocoap.resource.Site()
-        site.add_resource(("frames",), _CoapFrames(self))
-        from cameras.coap_receiver import free_port
-
-        port = self.config.coap_port or free_port(self.config.coap_host)
-        self._coap = await aiocoap.Context.create_server_context(
-            site, bind=(self.config.coap_host, port), transports=["udp6", "tcpserver"]
+        endpoint = CoapEndpoint(
+            lambda payload: self.ingest(payload, "coap", None),
+            self.config.coap_host,
+            self.config.coap_port,
         )
-        self.coap_port = port
+        self._coap = await endpoint.__aenter__()
+        self.coap_port = endpoint.port
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until every queued frame is processed and every message acknowledged."""
@@ -468,7 +445,7 @@ class GatewayWorker:
         self._stopping.set()
         self.queue.close()
         if self._coap is not None:
-            await self._coap.shutdown()
+            await self._coap.__aexit__(None, None, None)
             self._coap = None
         tasks, self._tasks = self._tasks, None
         if tasks is not None:

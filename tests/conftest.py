@@ -22,9 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgelearn import broker as broker_module
 from edgelearn.config import BrokerConfig
 from edgelearn.secrets import Secrets
+from stack import broker as broker_module
 
 
 @dataclass

@@ -14,14 +14,17 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cloud import bench as cloud_bench
-from cloud.consumer import ConsumerConfig
+from bench import cloud as cloud_bench
+from bench import gateway as gateway_bench
+from bench.common import percentiles_ms, serve_in_thread
+from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.registry import Registry
 from edgelearn import codec, wire
+from edgelearn.metrics import Samples, machine_info, parse_samples
+from edgelearn.modes import Mode
 from edgelearn.secrets import Secrets
-from gateway import bench as gateway_bench
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import Forward, HeldBack, Mode
+from gateway.pipeline import Forward, HeldBack
 from tests.conftest import BrokerUnderTest
 from tests.gateway_harness import pca_deployment
 
@@ -123,23 +126,24 @@ def test_scraped_samples_sum_over_label_sets_and_workers() -> None:
     metrics.received.labels("cam-2", "mqtt").inc(4)
     metrics.dropped.labels("cam-1", "queue_full").inc(2)
     metrics.stage_seconds.labels("keyframe").observe(0.002)
-    samples = gateway_bench.parse_samples(generate_latest(registry).decode()) * 2  # 2 workers
-    assert gateway_bench.total(samples, "edgelearn_gateway_frames_received_total") == 14
-    assert gateway_bench.total(
-        samples, "edgelearn_gateway_frames_received_total", camera="cam-2"
-    ) == pytest.approx(8)
-    dropped = gateway_bench.by_label(samples, "edgelearn_gateway_frames_dropped_total", "reason")
+    one = parse_samples(generate_latest(registry).decode())
+    samples = Samples(one.rows * 2)  # two workers
+    assert samples.total("edgelearn_gateway_frames_received_total") == 14
+    assert samples.total("edgelearn_gateway_frames_received_total", camera="cam-2") == 8
+    dropped = samples.by_label("edgelearn_gateway_frames_dropped_total", "reason")
     assert dropped == {"queue_full": 4}
+    received = samples.by_label("edgelearn_gateway_frames_received_total", "camera", camera="cam-1")
+    assert received == {"cam-1": 6}
 
 
 def test_percentiles_of_latencies() -> None:
     values = [1_000_000 * v for v in range(1, 101)]  # 1..100 ms
-    summary = cloud_bench.percentiles_ms(values)
+    summary = percentiles_ms(values)
     assert summary["count"] == 100
     assert summary["p50"] == pytest.approx(50.5)
     assert summary["p99"] == pytest.approx(99.01)
     assert summary["max"] == 100.0
-    assert cloud_bench.percentiles_ms([])["p50"] is None
+    assert percentiles_ms([])["p50"] is None
 
 
 def test_feature_envelope_bytes_are_the_encoded_envelopes() -> None:
@@ -261,9 +265,9 @@ def test_cloud_consumer_throughput_and_latency_through_a_real_broker(
     encoded = {mode: tuple(wire.encode(f) for f in made) for mode, made in templates.items()}
     config = ConsumerConfig(consumer_id=f"{site}-cloud", site=site, group=site)
     base = cloud_bench.FeedJob(broker.host, broker.port, str(broker.secrets_dir), site, ())
-    with cloud_bench.ConsumerThread(
-        config, broker.config_for("cloud"), _UniformModels(), None
-    ) as consumer:
+    with serve_in_thread(
+        lambda: CloudConsumer(config, broker.config_for("cloud"), _UniformModels()), "consumer"
+    ) as (consumer, _):
         for mode in ("pca", "raw"):
             job = dataclasses.replace(base, templates=encoded[mode], count=150)
             result = cloud_bench.consumer_throughput(consumer, job, mode, timeout=60)
@@ -324,5 +328,5 @@ def test_cloud_benchmark_reduced_run_on_a_trained_registry(
 
 
 def test_benchmarks_record_the_machine() -> None:
-    facts = cloud_bench.machine()
-    assert facts["cpus"] and facts["cpu_model"] and facts["python"] and facts["note"]
+    facts = machine_info()
+    assert facts["cpus"] and facts["cpu_model"] and facts["python"] and facts["load_average"]

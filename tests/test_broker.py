@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from edgelearn import broker as broker_module
 from edgelearn import wire
+from edgelearn.modes import PCA, Mode
 from edgelearn.secrets import Secrets
+from stack import broker as broker_module
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
 
 Probe = Callable[..., MqttProbe]
@@ -44,14 +45,14 @@ def test_camera_cannot_publish_models_plans_or_features(mqtt_probe: Probe, site:
     cloud.subscribe(f"{topics.base}/#")
     camera = mqtt_probe("cam-3")
     for topic in (
-        topics.model("gw-1"),
+        topics.model("gw-1", Mode(PCA)),
         topics.plan("gw-1"),
         topics.feature("cam-3", "cam-3"),
         topics.status("cam-3"),
         topics.result("cam-3"),
     ):
         assert camera.publish_and_wait(topic, b"forged").is_failure, topic
-    assert not cloud.publish_and_wait(topics.model("gw-1"), b"sentinel").is_failure
+    assert not cloud.publish_and_wait(topics.model("gw-1", Mode(PCA)), b"sentinel").is_failure
     wait_for(lambda: len(cloud.payloads()) >= 1, what="the sentinel")
     assert cloud.payloads() == [b"sentinel"]
 
@@ -68,7 +69,7 @@ def test_camera_reads_nothing(mqtt_probe: Probe, site: str) -> None:
     gateway.subscribe(topics.all_frames())
     cloud = mqtt_probe("cloud")
     assert not mqtt_probe("cam-9").publish_and_wait(topics.frame("cam-9"), b"f").is_failure
-    assert not cloud.publish_and_wait(topics.model("gw-1"), b"m").is_failure
+    assert not cloud.publish_and_wait(topics.model("gw-1", Mode(PCA)), b"m").is_failure
     wait_for(lambda: bool(gateway.payloads()), what="the gateway's copy")
     assert not camera.publish_and_wait(topics.frame("cam-4"), b"own").is_failure
     assert camera.payloads() == []
@@ -81,7 +82,7 @@ def test_roles_follow_the_flow_of_a_frame(mqtt_probe: Probe, site: str) -> None:
     cloud = mqtt_probe("cloud")
     # Shared subscriptions are checked against the filter inside them.
     gateway.subscribe(wire.shared("workers", topics.all_frames()))
-    gateway.subscribe(topics.model("gw-2"))
+    gateway.subscribe(topics.model("gw-2", Mode(PCA)))
     cloud.subscribe(wire.shared("consumers", topics.all_features()))
     cloud.subscribe(topics.all_status())
     cloud.subscribe(topics.all_frames())  # granted, but raw frames are not the cloud's to read
@@ -92,8 +93,8 @@ def test_roles_follow_the_flow_of_a_frame(mqtt_probe: Probe, site: str) -> None:
     assert not gateway.publish_and_wait(topics.status("gw-2"), b"status").is_failure
     assert gateway.publish_and_wait(topics.feature("gw-1", "cam-1"), b"x").is_failure
     assert gateway.publish_and_wait(topics.status("gw-1"), b"x").is_failure
-    assert gateway.publish_and_wait(topics.model("gw-2"), b"x").is_failure
-    assert not cloud.publish_and_wait(topics.model("gw-2"), b"model").is_failure
+    assert gateway.publish_and_wait(topics.model("gw-2", Mode(PCA)), b"x").is_failure
+    assert not cloud.publish_and_wait(topics.model("gw-2", Mode(PCA)), b"model").is_failure
     assert cloud.publish_and_wait(topics.frame("cam-1"), b"x").is_failure
 
     wait_for(lambda: len(cloud.payloads()) >= 2 and len(gateway.payloads()) >= 2, what="deliveries")
@@ -188,7 +189,7 @@ def test_mosquitto_clients_work_with_generated_credentials(
             assert done.returncode == 0, done.stderr
             return done.stderr
 
-        assert "Not authorized" in publish("cam-8", topics.model("gw-4"), "forged")
+        assert "Not authorized" in publish("cam-8", topics.model("gw-4", Mode(PCA)), "forged")
         # mosquitto_sub may not have subscribed yet: publish until it has its one message.
         wait_for(
             lambda: (

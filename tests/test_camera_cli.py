@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgelearn import broker as broker_module
+from edgelearn.ports import free_port
 from tests.conftest import BrokerUnderTest
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -16,7 +16,7 @@ VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 def camera_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edgelearn.cli", "camera", *args],
+        [sys.executable, "-m", "stack", "camera", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -53,7 +53,7 @@ def test_empty_data_set_folder(tmp_path: Path) -> None:
 
 
 def test_unreachable_broker(broker: BrokerUnderTest) -> None:
-    port = broker_module.free_port()
+    port = free_port()
     result = camera_command(
         "--broker", f"127.0.0.1:{port}", "--secrets", str(broker.secrets_dir), "--duration", "2"
     )
@@ -123,3 +123,4 @@ def test_python_dash_m_cameras_has_help_on_every_option() -> None:
         "--qos",
     ):
         assert option in result.stdout
+

@@ -18,16 +18,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cameras.camera import CameraFleet, CameraReport, CameraSettings
-from cameras.datasets import DEFAULT_ROOT, load_fashion_mnist
 from cameras.errors import ConnectError, TransportError
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import Backoff, MqttLink
 from cameras.source_frame import FrameSource
 from cameras.sources import SourceSpec, SyntheticScene
 from cameras.transport import FrameLink
-from edgelearn import broker as broker_module
 from edgelearn.config import BrokerConfig
+from edgelearn.datasets import DEFAULT_ROOT, load_fashion_mnist
+from edgelearn.ports import free_port
 from edgelearn.wire import Frame, Topics, decode_as
+from stack import broker as broker_module
 from tests.conftest import BrokerUnderTest, wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -207,7 +208,7 @@ def test_unreachable_broker_and_wrong_password_fail_at_connect(
 ) -> None:
     config = broker.config_for("cam-1")
     nowhere = BrokerConfig(
-        host=config.host, port=broker_module.free_port(), username="cam-1", password=config.password
+        host=config.host, port=free_port(), username="cam-1", password=config.password
     )
     wrong = BrokerConfig(
         host=config.host, port=config.port, username="cam-1", password="not-the-password"

@@ -9,12 +9,18 @@ import cv2
 import numpy as np
 import pytest
 
-from cameras.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, load_image_folder
 from cameras.encoding import BitrateController, FixedQuality, encode_jpeg
 from cameras.errors import SourceError
 from cameras.pacing import Pacer
 from cameras.scene import LabeledScene, compose, make_background, render_item
 from cameras.sources import SyntheticScene, VideoSource, fit_to, parse_source
+from edgelearn.datasets import (
+    DEFAULT_ROOT,
+    DatasetError,
+    LabeledImages,
+    load_fashion_mnist,
+    load_image_folder,
+)
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 needs_fashion_mnist = pytest.mark.skipif(
@@ -51,7 +57,7 @@ def test_fashion_mnist_test_split_has_10000_images_with_all_ten_labels() -> None
 def test_fashion_mnist_rejects_unknown_split_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="split"):
         load_fashion_mnist("validation")
-    with pytest.raises(SourceError, match="not found"):
+    with pytest.raises(DatasetError, match="not found"):
         load_fashion_mnist("test", root=tmp_path)
 
 
@@ -70,12 +76,12 @@ def test_image_folder_sorts_classes_and_skips_unreadable_files(tmp_path: Path) -
     assert int(data.images[0].mean()) == 200 and int(data.images[5].mean()) == 50
 
 
-def test_empty_image_folder_is_a_source_error(tmp_path: Path) -> None:
+def test_empty_image_folder_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "cats").mkdir()
-    with pytest.raises(SourceError, match="no readable images") as caught:
+    with pytest.raises(DatasetError, match="no readable images") as caught:
         load_image_folder(tmp_path)
     assert caught.value.reason == "empty"
-    with pytest.raises(SourceError, match="not found"):
+    with pytest.raises(DatasetError, match="not found"):
         load_image_folder(tmp_path / "missing")
 
 

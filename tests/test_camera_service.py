@@ -12,12 +12,13 @@ from prometheus_client import CollectorRegistry
 
 from cameras.camera import CameraFleet, CameraReport, CameraSettings
 from cameras.coap_link import CoapLink, check_uri
-from cameras.coap_receiver import CoapFrameReceiver
 from cameras.errors import TransportError
 from cameras.metrics import CameraMetrics
 from cameras.sources import SyntheticScene
 from cameras.transport import FrameLink, MemoryLink, memory_links
+from edgelearn.ports import free_port
 from edgelearn.wire import Frame, decode_as
+from gateway.coap import CoapEndpoint, FrameCounter
 
 
 def run_fleet(
@@ -45,11 +46,11 @@ def run_fleet(
 @pytest.mark.parametrize("scheme", ["coap", "coap+tcp"])
 def test_720p_frames_round_trip_over_coap(scheme: str) -> None:
     """UDP carries each ~60-100 kB frame block-wise (1024-byte blocks); TCP in one message."""
-    received: list[Frame] = []
+    counter = FrameCounter(keep=True)
 
     async def go() -> list[CameraReport]:
-        async with CoapFrameReceiver(on_frame=received.append) as receiver:
-            uri = receiver.uri(scheme)
+        async with CoapEndpoint(counter) as endpoint:
+            uri = endpoint.uri(scheme)
 
             def links(camera_id: str) -> FrameLink:
                 return CoapLink(camera_id, uri)
@@ -65,25 +66,27 @@ def test_720p_frames_round_trip_over_coap(scheme: str) -> None:
 
     reports = asyncio.run(go())
     assert [report.published for report in reports] == [3, 3]
-    assert sorted((frame.camera_id, frame.seq) for frame in received) == [
+    assert sorted((frame.camera_id, frame.seq) for frame in counter.frames) == [
         (camera, seq) for camera in ("cam-1", "cam-2") for seq in range(3)
     ]
-    for frame in received:
+    for frame in counter.frames:
         assert len(frame.payload) > 1024 * 10  # really block-wise over UDP
         image = cv2.imdecode(np.frombuffer(frame.payload, np.uint8), cv2.IMREAD_COLOR)
         assert image.shape == (720, 1280, 3)
 
 
-def test_coap_receiver_rejects_a_bad_envelope_with_a_reason() -> None:
+def test_coap_endpoint_rejects_a_bad_envelope_with_a_reason() -> None:
+    counter = FrameCounter()
+
     async def go() -> None:
-        async with CoapFrameReceiver() as receiver:
-            async with CoapLink("cam-1", receiver.uri("coap+tcp")) as link:
+        async with CoapEndpoint(counter) as endpoint:
+            async with CoapLink("cam-1", endpoint.uri("coap+tcp")) as link:
                 with pytest.raises(TransportError) as caught:
                     await link.send(b"EL\x01\x01 truncated")
             assert caught.value.reason == "refused"
             assert "truncated" in str(caught.value)
-            assert receiver.resource.rejected["truncated"] == 1
-            assert receiver.resource.received == 0
+            assert counter.rejected["truncated"] == 1
+            assert counter.received == 0
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the receiver logs a WARNING for the bad peer
@@ -92,8 +95,6 @@ def test_coap_receiver_rejects_a_bad_envelope_with_a_reason() -> None:
 
 def test_coap_send_to_nobody_fails_with_send_failed() -> None:
     async def go() -> None:
-        from cameras.coap_receiver import free_port
-
         uri = f"coap+tcp://127.0.0.1:{free_port()}/frames"
         async with CoapLink("cam-1", uri, timeout=5) as link:
             with pytest.raises(TransportError) as caught:
@@ -197,7 +198,7 @@ def test_bitrate_mode_reports_the_chosen_quality() -> None:
 
 
 def test_bench_encoding_part_reports_bytes_and_cpu_per_frame() -> None:
-    from cameras.bench import measure_encoding
+    from bench.cameras import measure_encoding
 
     result = measure_encoding(quick=True)
     synthetic = result["synthetic"]

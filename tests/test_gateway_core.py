@@ -7,15 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cameras.datasets import load_fashion_mnist
+from bench.common import scene_frames
 from cameras.scene import LabeledScene
-from cloud.models.artifacts import load_deployment
-from edgelearn import broker as broker_module
 from edgelearn import codec, signing, wire
+from edgelearn.artifacts import load_deployment
+from edgelearn.datasets import load_fashion_mnist
+from edgelearn.modes import Mode, ModeError
 from gateway.keyframes import KeyframeFilter, KeyframeSettings, decode_small
-from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack, Mode, ModeError
+from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
 from gateway.queues import LatestFrames
-from tests.gateway_harness import pca_deployment, scene_frames
+from stack import broker as broker_module
+from tests.gateway_harness import pca_deployment
 
 
 def test_keyframes_catch_every_item_change_and_skip_a_static_scene() -> None:
@@ -102,14 +104,14 @@ def test_raw_mode_forwards_the_jpeg_unchanged_and_pca_sends_int8(secrets_dir: Pa
         "gw-1", mode=Mode.parse("pca"), keyframes=KeyframeSettings(enabled=False)
     )
     raw = pipeline.process(frames[0])  # no PCA model yet: raw, and nothing lost
-    assert isinstance(raw, Forward) and raw.mode == "raw"
+    assert isinstance(raw, Forward) and raw.mode == Mode.parse("raw")
     assert isinstance(raw.envelope, wire.Feature)
     assert raw.envelope.codec is wire.Codec.JPEG and raw.envelope.payload == frames[0].payload
 
     public = signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
     pipeline.deploy(load_deployment(pca_deployment(secrets_dir, dim=32), public))
     feature = pipeline.process(frames[1])
-    assert isinstance(feature, Forward) and feature.mode == "pca"
+    assert isinstance(feature, Forward) and feature.mode == Mode.parse("pca")
     envelope = feature.envelope
     assert isinstance(envelope, wire.Feature)
     assert (envelope.dtype, envelope.shape, envelope.label) == (

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import scene_frames
 from edgelearn import wire
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import RunningGateway, pca_deployment, run_gateway, scene_frames
+from tests.gateway_harness import RunningGateway, pca_deployment, run_gateway
 
 Probe = Callable[..., MqttProbe]
 
@@ -23,9 +24,8 @@ def _features(probe: MqttProbe) -> list[wire.Feature]:
 
 
 def _deploy(cloud: MqttProbe, topics: wire.Topics, model: wire.Model) -> None:
-    slot = wire.model_slot(model.kind, model.split_k)
     assert not cloud.publish_and_wait(
-        topics.model(wire.ALL_GATEWAYS, slot),
+        topics.model(wire.ALL_GATEWAYS, model.mode),
         wire.encode(model),
     ).is_failure
 
@@ -115,7 +115,7 @@ def test_two_workers_share_the_cameras_and_together_process_all(
 def test_tampered_or_foreign_models_are_refused_while_frames_keep_flowing(
     broker: BrokerUnderTest, mqtt_probe: Probe, site: str, tmp_path: Path
 ) -> None:
-    from edgelearn import broker as broker_module
+    from stack import broker as broker_module
 
     topics = wire.Topics(site)
     cloud = mqtt_probe("cloud")
@@ -205,7 +205,7 @@ def test_status_is_retained_and_marks_the_worker_offline_on_exit(
         wait_for(lambda: bool(observer.payloads()), 10, "a status")
         status = wire.decode_as(observer.payloads()[-1], wire.Status)
         assert status.online == 1 and status.mode == "raw"
-        assert "split-2" in status.note  # says it runs raw until the model comes
+        assert "split:2" in status.note  # says it runs raw until the model comes
         assert gateway.worker.metrics_server is not None
     wait_for(
         lambda: wire.decode_as(observer.payloads()[-1], wire.Status).online == 0,

@@ -27,14 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from cameras.datasets import load_fashion_mnist
-from cloud.models import artifacts, cnn, evaluation, features, profile, release, training
+from cloud.models import cnn, evaluation, features, profile, release, training
 from cloud.models.data import RenderedDataset, build_dataset, camera_frames, render_inputs
 from cloud.models.errors import SplitError
 from cloud.models.export import LiteRtExport, export_int8
 from cloud.registry import Registry
-from edgelearn import signing, wire
-from gateway import preprocess
+from edgelearn import artifacts, preprocess, signing, wire
+from edgelearn.datasets import load_fashion_mnist
 
 pytestmark = [
     pytest.mark.slow,
@@ -268,8 +267,8 @@ _GATEWAY_SCRIPT = textwrap.dedent(
     for name in ("tensorflow", "keras", "sklearn"):
         sys.modules[name] = None
     from pathlib import Path
-    from cloud.models.artifacts import load_edge_artifact
-    from gateway.preprocess import frame_to_input
+    from edgelearn.artifacts import load_edge_artifact
+    from edgelearn.preprocess import frame_to_input
 
     directory = Path(sys.argv[1])
     model_input = frame_to_input((directory / "frame.jpg").read_bytes())
@@ -312,7 +311,7 @@ def test_edge_artifacts_run_on_the_gateway_without_tensorflow(
     from cameras.scene import LabeledScene
 
     image = LabeledScene(load_fashion_mnist("test"), seed=SEED * 1000, dwell_frames=1).render(0)
-    jpeg = preprocess.encode_jpeg(image.image)
+    jpeg = preprocess.encode_jpeg(image.image, 85)  # the training renders' quality
     (tmp_path / "frame.jpg").write_bytes(jpeg)
     np.testing.assert_array_equal(preprocess.frame_to_input(jpeg), frame.inputs[0])
 

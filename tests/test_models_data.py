@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from cameras.datasets import load_fashion_mnist, load_image_folder
 from cloud.models.data import (
     RenderedDataset,
     RenderSettings,
@@ -16,6 +15,7 @@ from cloud.models.data import (
     camera_frames,
     render_inputs,
 )
+from edgelearn.datasets import load_fashion_mnist, load_image_folder
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:

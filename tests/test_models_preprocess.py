@@ -1,4 +1,4 @@
-"""gateway.preprocess: the one definition of model input (numpy + OpenCV only, fast)."""
+"""edgelearn.preprocess: the one definition of model input (numpy + OpenCV only, fast)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import preprocess
+from edgelearn import preprocess
 
 
 def _frame(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -27,7 +27,7 @@ def _frame(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 
 def test_reduced_decode_of_a_720p_jpeg_is_a_quarter_size() -> None:
-    jpeg = preprocess.encode_jpeg(_frame(1280, 720))
+    jpeg = preprocess.encode_jpeg(_frame(1280, 720), 85)
     assert preprocess.decode_reduced(jpeg, 1).shape == (180, 320)
     assert preprocess.decode_reduced(jpeg, 3).shape == (180, 320, 3)
     assert preprocess.decode_full(jpeg, 1).shape == (720, 1280)
@@ -35,7 +35,7 @@ def test_reduced_decode_of_a_720p_jpeg_is_a_quarter_size() -> None:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_frame_to_input_is_the_reduced_decode_then_centre_crop(channels: int) -> None:
-    jpeg = preprocess.encode_jpeg(_frame(1280, 720, seed=3))
+    jpeg = preprocess.encode_jpeg(_frame(1280, 720, seed=3), 85)
     model_input = preprocess.frame_to_input(jpeg, 96, channels)
     assert model_input.shape == (96, 96, channels)
     assert model_input.dtype == np.uint8
@@ -54,8 +54,10 @@ def test_reduced_decode_matches_rendering_at_the_reduced_size() -> None:
 
     frame = _frame(1280, 720, seed=5)
     small = cv2.resize(frame, (320, 180), interpolation=cv2.INTER_AREA)
-    via_camera = preprocess.frame_to_input(preprocess.encode_jpeg(frame))
-    via_training = preprocess.to_model_input(preprocess.decode_full(preprocess.encode_jpeg(small)))
+    via_camera = preprocess.frame_to_input(preprocess.encode_jpeg(frame, 85))
+    via_training = preprocess.to_model_input(
+        preprocess.decode_full(preprocess.encode_jpeg(small, 85))
+    )
     difference = np.abs(via_camera.astype(int) - via_training.astype(int))
     # JPEG at two resolutions differs by a few grey levels, not by content.
     assert difference.mean() < 3.0
@@ -111,7 +113,7 @@ def test_any_frame_becomes_a_square_uint8_input(
 def test_the_gateway_path_does_not_import_tensorflow() -> None:
     code = (
         "import sys\n"
-        "import gateway.preprocess, cloud.models.artifacts, cloud.models.data\n"
+        "import edgelearn.preprocess, edgelearn.artifacts, cloud.models.data\n"
         "bad = [m for m in ('tensorflow', 'keras', 'sklearn') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

@@ -8,9 +8,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from edgelearn import broker as broker_module
 from edgelearn.config import BrokerConfig
 from edgelearn.mqtt import BrokerUnavailable, MqttSession
+from edgelearn.ports import free_port
+from stack import broker as broker_module
 from tests.conftest import BrokerUnderTest
 
 
@@ -48,7 +49,7 @@ def test_unreachable_broker_and_bad_password_fail_fast(broker: BrokerUnderTest) 
         async with MqttSession(config, "x", connect_timeout=3):
             pass
 
-    closed_port = broker_module.free_port()
+    closed_port = free_port()
     with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{closed_port}"):
         asyncio.run(attempt(BrokerConfig(port=closed_port, username="cloud", password="x")))
     with pytest.raises(BrokerUnavailable, match="as cloud"):

@@ -43,18 +43,20 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from cameras.camera import CameraFleet, CameraSettings
-from cameras.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import MqttLink
 from cameras.source_frame import FrameSource
 from cameras.sources import SourceSpec
 from cameras.transport import FrameLink
 from cloud.consumer import Classifier, CloudConsumer, ConsumerConfig
-from cloud.models.artifacts import PcaProjection
 from cloud.models.data import RenderSettings, render_inputs
-from edgelearn import report, wire
-from edgelearn.broker import free_port
+from edgelearn import wire
+from edgelearn.artifacts import PcaProjection
+from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
+from edgelearn.modes import AUTOENCODER, PCA, Mode
+from edgelearn.ports import free_port
+from stack import report
 from tests.conftest import BrokerUnderTest, wait_for
 from tests.gateway_harness import RunningGateway, pca_deployment, run_gateway
 from tests.test_dashboards import (
@@ -448,8 +450,8 @@ def observed(
 
         # A signed PCA model for every gateway, as the cloud's registry publishes it, and a
         # broken one on another slot: the gateway must load the first and refuse the second.
-        cloud.publish(topics.model(wire.ALL_GATEWAYS, "pca"), wire.encode(model), retain=True)
-        cloud.publish(topics.model(wire.ALL_GATEWAYS, "autoencoder"), b"not a model envelope")
+        cloud.publish(topics.model(wire.ALL_GATEWAYS, Mode(PCA)), wire.encode(model), retain=True)
+        cloud.publish(topics.model(wire.ALL_GATEWAYS, Mode(AUTOENCODER)), b"not a model envelope")
         wait_for(
             lambda: (
                 gateway.sample("edgelearn_gateway_model_swaps_total", slot="pca") == 1

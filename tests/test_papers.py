@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud import papers
+from bench import papers
 from cloud.models import cnn
 
 pytestmark = [pytest.mark.slow]

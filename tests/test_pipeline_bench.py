@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from edgelearn import pipeline_bench
+from bench import pipeline as pipeline_bench
 
 
 def test_quick_pipeline_benchmark_covers_every_mode(tmp_path: Path, trained_registry: Path) -> None:

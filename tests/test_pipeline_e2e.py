@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import scene_frames, serve_in_thread
 from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.registry import Registry
 from cloud.serving import RegistryModels
 from edgelearn import signing, wire
+from edgelearn.modes import Mode
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import run_gateway, scene_frames, serve_in_thread
+from tests.gateway_harness import run_gateway
 
 Probe = Callable[..., MqttProbe]
 
@@ -42,9 +44,10 @@ def _deploy_all(broker: BrokerUnderTest, cloud: MqttProbe, site: str, registry: 
     store = Registry(registry)
     for name in ("cnn-split", "cnn-full"):
         model = store.deployment(name, None, key)
-        slot = wire.model_slot(model.kind, model.split_k)
         data = wire.encode(model)
-        assert not cloud.publish_and_wait(topics.model("all", slot), data, retain=True).is_failure
+        assert not cloud.publish_and_wait(
+            topics.model("all", model.mode), data, retain=True
+        ).is_failure
 
 
 @pytest.mark.parametrize(("mode", "keyframes"), [("split:2", True), ("raw", False), ("full", True)])
@@ -73,7 +76,7 @@ def test_labeled_cameras_through_gateway_and_cloud_are_scored(
             queue_depth=256,
         ) as gateway,
     ):
-        slot = wire.model_slot(*(("split", 2) if mode == "split:2" else ("full", 0)))
+        slot = Mode.parse(mode).slot
         if mode != "raw":
             wait_for(
                 lambda: gateway.sample("edgelearn_gateway_model_swaps_total", slot=slot) >= 1,

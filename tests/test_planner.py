@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench.common import scene_frames, serve_in_thread
 from cloud import planner as planner_module
 from cloud.planner import Candidate, GatewayLoad, Planner, PlannerSettings, plan_gateway
 from cloud.registry import Registry
 from edgelearn import signing, wire
+from edgelearn.modes import Mode
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import RunningGateway, run_gateway, scene_frames, serve_in_thread
+from tests.gateway_harness import RunningGateway, run_gateway
 
 Probe = Callable[..., MqttProbe]
 SPLITS = (2, 4, 6, 8)
@@ -181,9 +183,8 @@ def test_two_gateways_with_different_uplinks_get_different_plans_and_switch(
     registry = Registry(trained_registry)
     for name in ("cnn-split", "cnn-full"):
         model = registry.deployment(name, None, key)
-        slot = wire.model_slot(model.kind, model.split_k)
         published = cloud.publish_and_wait(
-            topics.model("all", slot), wire.encode(model), retain=True
+            topics.model("all", model.mode), wire.encode(model), retain=True
         )
         assert not published.is_failure
     camera = mqtt_probe("cam-1")
@@ -201,7 +202,9 @@ def test_two_gateways_with_different_uplinks_get_different_plans_and_switch(
         gateways = {"gw-3": wide, "gw-4": narrow}
         for gateway in gateways.values():
             wait_for(
-                lambda g=gateway: set(g.worker.pipeline.model_versions()) >= {"split-2", "full"},
+                lambda g=gateway: (
+                    set(g.worker.pipeline.model_versions()) >= {Mode.split(2), Mode.parse("full")}
+                ),
                 60,
                 "both models to load",
             )

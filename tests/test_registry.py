@@ -20,9 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from cloud.models import artifacts
 from cloud.models.errors import (
-    ArtifactError,
     CorruptEntry,
     ModelNotFound,
     RegistryError,
@@ -30,7 +28,9 @@ from cloud.models.errors import (
 )
 from cloud.models.features import fit_pca
 from cloud.registry import ModelEntry, Registry, build_deployment, deployment_metadata
-from edgelearn import signing, wire
+from edgelearn import artifacts, signing, wire
+from edgelearn.artifacts import ArtifactError
+from edgelearn.modes import Mode
 
 INPUT_SHAPE = (16, 16, 1)
 
@@ -155,6 +155,50 @@ def test_latest_filters_by_kind_task_and_split(
     assert registry.latest().name == "cnn-raw"
     with pytest.raises(ModelNotFound):
         registry.latest(kind="autoencoder")
+
+
+def test_each_mode_is_served_by_its_newest_entry(
+    registry: Registry, projection: artifacts.PcaProjection
+) -> None:
+    pca = _save_pca(registry, projection)
+    common: dict[str, Any] = {"task": "fashion-mnist", "input_shape": INPUT_SHAPE}
+    splits = {
+        k: registry.save(
+            name="cnn-split",
+            kind=artifacts.KIND_SPLIT,
+            edge_artifact=f"lower-{k}".encode(),
+            cloud_artifact=f"upper-{k}".encode(),
+            split_k=k,
+            **common,
+        )
+        for k in (2, 4)
+    }
+    # A full model records its number of blocks as split_k: it still serves "full".
+    full = registry.save(
+        name="cnn-full",
+        kind=artifacts.KIND_FULL,
+        edge_artifact=b"cnn int8",
+        cloud_artifact=b"cnn",
+        split_k=9,
+        **common,
+    )
+    raw = registry.save(
+        name="cnn-raw", kind=artifacts.KIND_CLOUD_CLASSIFIER, cloud_artifact=b"cnn", **common
+    )
+    served = {
+        "pca": pca,
+        "split:2": splits[2],
+        "split:4": splits[4],
+        "full": full,
+        "raw": raw,
+    }
+    for text, entry in served.items():
+        assert registry.serving(Mode.parse(text)).version == entry.version, text
+        assert str(entry.mode) == text
+    with pytest.raises(ModelNotFound):
+        registry.serving(Mode.split(3))
+    with pytest.raises(ModelNotFound):
+        registry.serving(Mode.parse("autoencoder"))
 
 
 def test_versions_are_immutable(registry: Registry, projection: artifacts.PcaProjection) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from edgelearn import report
+from stack import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

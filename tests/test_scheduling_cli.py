@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.scheduling import bench, cli
+from bench import schedule as bench
+from cloud.scheduling import cli
 
 
 def parse(*argv: str) -> argparse.Namespace:

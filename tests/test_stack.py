@@ -14,8 +14,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgelearn import broker as broker_module
+from edgelearn.ports import free_port
 from edgelearn.secrets import Secrets
+from stack import broker as broker_module
 from tests.conftest import wait_for
 
 
@@ -44,11 +45,11 @@ def test_up_runs_the_stack_shows_a_reduction_and_stops_everything(
     secrets = tmp_path / "secrets"
     broker_module.init_secrets(secrets, cameras=8, gateways=2)
     run_dir = tmp_path / "run"
-    edge_port, cloud_port = broker_module.free_port(), broker_module.free_port()
+    edge_port, cloud_port = free_port(), free_port()
     command = [
         sys.executable,
         "-m",
-        "edgelearn.cli",
+        "stack",
         "up",
         "--duration",
         "30",

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgelearn import wire
+from edgelearn.modes import PCA, Mode
 
 ident = st.text(
     alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."),
@@ -252,9 +253,8 @@ def test_topics() -> None:
     assert topics.frame("cam-1") == "edgelearn/v1/lab/frames/cam-1"
     assert topics.feature("gw-1", "cam-1") == "edgelearn/v1/lab/features/gw-1/cam-1"
     assert wire.shared("workers", topics.all_frames()) == "$share/workers/edgelearn/v1/lab/frames/+"
-    assert topics.model() == "edgelearn/v1/lab/models/all/default"
-    slot = wire.model_slot("split", 3)
-    assert topics.model("gw-1", slot) == "edgelearn/v1/lab/models/gw-1/split-3"
+    assert topics.model("all", Mode(PCA)) == "edgelearn/v1/lab/models/all/pca"
+    assert topics.model("gw-1", Mode.split(3)) == "edgelearn/v1/lab/models/gw-1/split-3"
     assert wire.topic_level(topics.status("gw-2", 1), -2) == "gw-2"
     assert wire.topic_level(topics.frame("cam-9"), -1) == "cam-9"
     with pytest.raises(wire.WireError):

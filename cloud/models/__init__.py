@@ -4,7 +4,7 @@ Modules, in the order a model is made (TensorFlow is imported lazily, inside fun
 never by the modules marked *gateway-safe*, which the gateway imports):
 
 =================  ===========================================================================
-``data``           labeled items rendered as camera frames through ``gateway.preprocess``
+``data``           labeled items rendered as camera frames through ``edgelearn.preprocess``
                    (gateway-safe: numpy + OpenCV)
 ``cnn``            the MobileNet-style split CNN, ``split(model, k)`` and its check
 ``features``       PCA and the autoencoder (the feature modes) and the feature classifier
@@ -18,6 +18,6 @@ never by the modules marked *gateway-safe*, which the gateway imports):
 ``errors``         the exception tree
 =================  ===========================================================================
 
-This package imports nothing on purpose: ``import cloud.models.artifacts`` must not pull in
+This package imports nothing on purpose: ``import edgelearn.artifacts`` must not pull in
 TensorFlow on a gateway.
 """

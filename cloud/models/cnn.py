@@ -23,7 +23,7 @@ k     block                       output for the default 96x96x1 input
 ``split:k`` is meaningful for k = 1..N-1 (N = 9 by default); k = N is the ``full`` mode.
 ReLU6 and batch norm (folded into the convolutions by the converter) are what keeps
 MobileNet accurate in int8. Input is ``uint8`` pixels as float (0..255), see
-:mod:`gateway.preprocess`; the stem rescales to [0, 1].
+:mod:`edgelearn.preprocess`; the stem rescales to [0, 1].
 
 TensorFlow is imported inside functions: importing this module is cheap, and nothing on the
 gateway's path imports it anyway.

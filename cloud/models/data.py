@@ -2,7 +2,7 @@
 
 Where it sits: the cloud trains on what a gateway would feed its models, so every item goes
 through the camera path: :func:`cameras.scene.render_item` draws it into a scene, the frame
-is JPEG-encoded and decoded, and :func:`gateway.preprocess.to_model_input` makes the model
+is JPEG-encoded and decoded, and :func:`edgelearn.preprocess.to_model_input` makes the model
 input (``uint8 (S, S, C)``). By default frames are rendered at the gateway's *reduced* size
 (320x180) and decoded in full, which is what the gateway's reduced decode of a 720p frame
 gives, for about a tenth of the cost; :func:`camera_frames` renders real 720p frames from
@@ -26,12 +26,10 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from cameras.datasets import LabeledImages, load_fashion_mnist
 from cameras.scene import LabeledScene, render_item
-from cameras.source_frame import HD_720P
-from gateway import preprocess
+from edgelearn import preprocess
+from edgelearn.datasets import LabeledImages, load_fashion_mnist
 
-REDUCED_SIZE: Final = (HD_720P[0] // preprocess.REDUCTION, HD_720P[1] // preprocess.REDUCTION)
 _TRAIN_STREAM: Final = 1
 _HELD_OUT_STREAM: Final = 2
 _CHUNK: Final = 256
@@ -47,7 +45,7 @@ class RenderSettings:
 
     input_size: int = preprocess.DEFAULT_INPUT_SIZE
     channels: int = preprocess.DEFAULT_CHANNELS
-    render_size: tuple[int, int] = REDUCED_SIZE
+    render_size: tuple[int, int] = preprocess.REDUCED_720P
     reduced_decode: bool = False
     jpeg_quality: int = 85
 
@@ -60,7 +58,7 @@ class RenderSettings:
         cls, input_size: int = 96, channels: int = 1, jpeg_quality: int = 85
     ) -> RenderSettings:
         """The real camera path: 720p frames, reduced decode."""
-        return cls(input_size, channels, HD_720P, True, jpeg_quality)
+        return cls(input_size, channels, preprocess.HD_720P, True, jpeg_quality)
 
     def jpeg_to_input(self, jpeg: bytes) -> npt.NDArray[np.uint8]:
         if self.reduced_decode:
@@ -227,7 +225,7 @@ def build_dataset(
     """Render ``n_train`` training and ``n_held_out`` held-out items.
 
     Defaults to Fashion-MNIST (``train`` split for training, ``test`` split held out). With a
-    ``train_source`` and no ``held_out_source`` (e.g. :func:`cameras.datasets.load_image_folder`),
+    ``train_source`` and no ``held_out_source`` (e.g. :func:`edgelearn.datasets.load_image_folder`),
     the held-out items are a seeded disjoint sample of the same set. Items are sampled without
     replacement by a seeded permutation.
     """

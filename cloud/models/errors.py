@@ -3,11 +3,13 @@
     ModelError                  base of everything cloud.models and cloud.registry raise on purpose
     ├── SplitError              a split boundary that does not exist, or upper(lower(x)) != full(x)
     ├── ExportError             a model the LiteRT converter could not turn into int8
-    ├── ArtifactError           an artifact that does not match its kind's format (gateway side)
     └── RegistryError           the on-disk registry refused an operation
         ├── ModelNotFound       no such name/version (or nothing matches a query)
         ├── VersionExists       versions are immutable: saving over one is refused
         └── CorruptEntry        a file's bytes no longer match the digest in metadata.json
+
+An artifact that does not fit its kind's format raises
+:class:`edgelearn.artifacts.ArtifactError`, in the floor, because gateways load artifacts too.
 
 Every exception carries ``reason``, a short bounded string fit for a metric label, and a
 human ``detail``. TensorFlow's own errors are wrapped (``raise ... from exc``) where a caller
@@ -34,10 +36,6 @@ class SplitError(ModelError):
 
 class ExportError(ModelError):
     default_reason = "export_failed"
-
-
-class ArtifactError(ModelError):
-    default_reason = "bad_artifact"
 
 
 class RegistryError(ModelError):

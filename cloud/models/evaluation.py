@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cameras.datasets import LabeledImages
 from cloud.models import cnn
-from cloud.models.artifacts import EdgeExtractor, LiteRtExtractor, measure_latency
 from cloud.models.data import RenderedSplit, RenderSettings, camera_frames
 from cloud.models.export import LiteRtExport, export_int8
 from cloud.models.training import StoredFeatures, accuracy
+from edgelearn.artifacts import EdgeExtractor, LiteRtExtractor, measure_latency
+from edgelearn.datasets import LabeledImages
 
 KerasModel = Any
 

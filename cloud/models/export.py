@@ -4,7 +4,7 @@ encoder) or float.
 Where it sits: after training and splitting (:mod:`cloud.models.cnn`), before the registry
 stores and signs the artifact. Full-integer quantisation is calibrated on a
 ``representative`` batch of *real model inputs* (rendered frames through
-:mod:`gateway.preprocess`, not random noise), because activation ranges calibrated on noise
+:mod:`edgelearn.preprocess`, not random noise), because activation ranges calibrated on noise
 would waste most of the int8 range on values real frames never produce.
 
 The exported model has int8 ops only and int8 input and output tensors. The output's scale
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud.models.artifacts import LiteRtExtractor, TensorQuantization
 from cloud.models.errors import ExportError
+from edgelearn.artifacts import LiteRtExtractor, TensorQuantization
 
 log = logging.getLogger(__name__)
 

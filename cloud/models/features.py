@@ -2,14 +2,14 @@
 the cloud on what they send.
 
 Where it sits: the cloud fits the extractor here (PCA with scikit-learn, the autoencoder with
-Keras), ships its edge half to gateways (:class:`cloud.models.artifacts.PcaProjection` as
+Keras), ships its edge half to gateways (:class:`edgelearn.artifacts.PcaProjection` as
 ``.npz``; the encoder as int8 LiteRT via :mod:`cloud.models.export`) and trains the
 *feature classifier* (:func:`build_feature_classifier`, a small dense network) on the int8
 features gateways forward, dequantised. The feature dimension is the knob of paper 001's
 Fig. 5 (accuracy vs dimension).
 
 Both extractors see the same model input as the CNN (``uint8 (96, 96, 1)`` from
-:mod:`gateway.preprocess`) and scale pixels to [0, 1] first.
+:mod:`edgelearn.preprocess`) and scale pixels to [0, 1] first.
 TensorFlow and scikit-learn are imported inside functions.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud.models.artifacts import PcaProjection, TensorQuantization
+from edgelearn.artifacts import PcaProjection, TensorQuantization
 
 KerasModel = Any
 DEFAULT_PCA_FIT_ITEMS = 10_000

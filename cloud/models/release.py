@@ -10,13 +10,17 @@ half for the gateways.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from cloud.models import cnn
-from cloud.models.artifacts import (
+from cloud.models.data import RenderedDataset
+from cloud.models.evaluation import features_from, full_accuracy, split_accuracy
+from cloud.models.export import LiteRtExport, export_int8
+from cloud.models.profile import profile_as_dicts, profile_cnn
+from cloud.models.training import accuracy
+from cloud.registry import ModelEntry, Registry, keras_to_bytes
+from edgelearn.artifacts import (
     KIND_AUTOENCODER,
     KIND_CLOUD_CLASSIFIER,
     KIND_FULL,
@@ -26,34 +30,10 @@ from cloud.models.artifacts import (
     PcaExtractor,
     PcaProjection,
 )
-from cloud.models.data import RenderedDataset
-from cloud.models.evaluation import features_from, full_accuracy, split_accuracy
-from cloud.models.export import LiteRtExport, export_int8
-from cloud.models.profile import profile_as_dicts, profile_cnn
-from cloud.models.training import accuracy
-from cloud.registry import ModelEntry, Registry
 
 KerasModel = Any
 # Items of the split's own data the split-equality check runs on before anything is saved.
 _SPLIT_CHECK_ITEMS = 16
-
-
-def keras_to_bytes(model: KerasModel) -> bytes:
-    """A Keras model as the bytes of its ``.keras`` zip (architecture + weights)."""
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "model.keras"
-        model.save(path)
-        return path.read_bytes()
-
-
-def keras_from_bytes(data: bytes) -> KerasModel:
-    """The inverse of :func:`keras_to_bytes` (safe mode: no arbitrary code in the file)."""
-    import keras
-
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "model.keras"
-        path.write_bytes(data)
-        return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def _quantization(export: LiteRtExport) -> dict[str, Any]:

@@ -34,9 +34,9 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.models import cnn
-from cloud.models.artifacts import TensorQuantization
 from cloud.models.data import RenderedDataset
 from cloud.models.features import build_feature_classifier
+from edgelearn.artifacts import TensorQuantization
 
 KerasModel = Any
 

@@ -22,7 +22,7 @@ enters every ``dwell_frames`` frames):
 
 Throughput depends on the architecture, not on how well a model was trained, so the models
 come from a registry trained once with the quick budget and kept in a cache directory (see
-:func:`cloud.bench.bench_registry`). Numbers are wall-clock on whatever machine runs this;
+:func:`bench.common.bench_registry`). Numbers are wall-clock on whatever machine runs this;
 ``machine`` records it, and per-run CPU utilisation shows how much of a core the workers
 actually got on a shared host.
 """
@@ -35,34 +35,41 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue
 import re
-import signal
 import statistics
 import struct
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
-from edgelearn import broker as broker_module
+from bench.common import (
+    GATEWAY_ID,
+    bench_registry,
+    close_client,
+    mqtt_client,
+    paced,
+    publish_retained,
+    render_cameras,
+    wait_until,
+    work_dir,
+)
+from cloud.registry import Registry
 from edgelearn import signing, wire
+from edgelearn.artifacts import load_deployment
 from edgelearn.config import BrokerConfig
+from edgelearn.metrics import Samples, machine_info, scrape
+from edgelearn.modes import Mode
 from edgelearn.secrets import Secrets
 from gateway.config import GatewayConfig
 from gateway.keyframes import KeyframeSettings
-from gateway.pipeline import STAGES, Dropped, Forward, FramePipeline, HeldBack, Mode
+from gateway.pipeline import STAGES, Dropped, Forward, FramePipeline, HeldBack
+from stack import broker as broker_module
+from stack.launcher import ChildProcesses, StackSettings, child_env, start_gateway
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +77,6 @@ T = TypeVar("T")
 
 ALL_MODES = ("raw", "pca", "autoencoder", "split:2", "split:4", "split:6", "split:8", "full")
 QUICK_MODES = ("raw", "pca", "split:2", "split:6")  # split:6: the end-to-end mode
-GATEWAY_ID = "gw-1"
 SITE = "bench"
 
 # (mode, secrets) -> the signed deployment a gateway would receive for that mode.
@@ -286,44 +292,6 @@ def mode_ratios(modes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 # --- frames ----------------------------------------------------------------------------------
 
 
-def render_cameras(
-    cameras: int, frames_per_camera: int, *, dwell_frames: int, quality: int
-) -> dict[str, list[wire.Frame]]:
-    """720p JPEG frames of ``cameras`` labeled scenes (``cam-1``...), each its own seed."""
-    from cameras.datasets import load_fashion_mnist
-    from cameras.encoding import encode_jpeg
-    from cameras.scene import LabeledScene
-
-    data = load_fashion_mnist("test")
-
-    def render(index: int) -> list[wire.Frame]:
-        scene = LabeledScene(data, seed=index + 1, dwell_frames=dwell_frames)
-        camera = f"cam-{index + 1}"
-        frames = []
-        for number in range(frames_per_camera):
-            rendered = scene.render(number)
-            jpeg = encode_jpeg(rendered.image, quality)
-            height, width = rendered.image.shape[:2]
-            frames.append(
-                wire.Frame(
-                    camera,
-                    number,
-                    time.time_ns(),
-                    width,
-                    height,
-                    wire.Encoding.JPEG,
-                    rendered.label,
-                    jpeg,
-                )
-            )
-        return frames
-
-    # OpenCV releases the GIL while it composes and encodes: two threads, two cores.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="render") as pool:
-        rendered = list(pool.map(render, range(cameras)))
-    return {frames[0].camera_id: frames for frames in rendered}
-
-
 def write_frames(path: Path, frames: Mapping[str, Sequence[wire.Frame]]) -> None:
     """Frame envelopes, length-prefixed, for the worker and publisher processes."""
     with path.open("wb") as out:
@@ -405,8 +373,6 @@ def _run_job(
     frames: Mapping[str, Sequence[wire.Frame]],
     trusted: Any,
 ) -> WorkerResult:
-    from cloud.models.artifacts import load_deployment
-
     pipeline = FramePipeline(gateway_id=GATEWAY_ID, mode=Mode.parse(job.mode))
     if job.model is not None:
         deployment = load_deployment(wire.decode_as(job.model, wire.Model), trusted)
@@ -519,42 +485,6 @@ def measure_modes(
 
 # --- end to end: metrics and processes ----------------------------------------------------
 
-Sample = tuple[str, dict[str, str], float]
-
-
-def parse_samples(text: str) -> list[Sample]:
-    return [
-        (sample.name, dict(sample.labels), float(sample.value))
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def total(samples: Sequence[Sample], name: str, **match: str) -> float:
-    """Sum of ``name`` over every label set that matches ``match``."""
-    return sum(
-        value
-        for sample_name, labels, value in samples
-        if sample_name == name and all(labels.get(k) == v for k, v in match.items())
-    )
-
-
-def by_label(samples: Sequence[Sample], name: str, label: str) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    for sample_name, labels, value in samples:
-        if sample_name == name and label in labels:
-            sums[labels[label]] = sums.get(labels[label], 0.0) + value
-    return sums
-
-
-def scrape(urls: Sequence[str]) -> list[Sample]:
-    """Every sample of every worker's ``/metrics``, concatenated (sums add up)."""
-    samples: list[Sample] = []
-    for url in urls:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            samples += parse_samples(response.read().decode())
-    return samples
-
 
 def _process_cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of a process (0 if it is gone)."""
@@ -580,22 +510,22 @@ def _host_busy_seconds() -> float:
 @dataclass(frozen=True)
 class _Snapshot:
     time: float
-    samples: list[Sample]
+    samples: Samples
     mosquitto_cpu: float
     publisher_cpu: float
     host_busy: float
 
     def received(self) -> float:
-        return total(self.samples, "edgelearn_gateway_frames_received_total")
+        return self.samples.total("edgelearn_gateway_frames_received_total")
 
     def processed(self) -> float:
-        return total(self.samples, "edgelearn_gateway_frames_processed_total")
+        return self.samples.total("edgelearn_gateway_frames_processed_total")
 
     def dropped(self) -> float:
-        return total(self.samples, "edgelearn_gateway_frames_dropped_total")
+        return self.samples.total("edgelearn_gateway_frames_dropped_total")
 
     def gateway_cpu(self) -> float:
-        return total(self.samples, "process_cpu_seconds_total")
+        return self.samples.total("process_cpu_seconds_total")
 
 
 def _snapshot(urls: Sequence[str], mosquitto: int | None, publisher: int | None) -> _Snapshot:
@@ -606,129 +536,6 @@ def _snapshot(urls: Sequence[str], mosquitto: int | None, publisher: int | None)
         _process_cpu_seconds(publisher),
         _host_busy_seconds(),
     )
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)  # polling another process's state, bounded by the timeout
-
-
-class GatewayProcess:
-    """``edgelearn gateway`` as a subprocess in its own session (its workers with it)."""
-
-    def __init__(self, command: Sequence[str], log_file: Path) -> None:
-        self._log = log_file.open("wb")
-        self.log_file = log_file
-        self.process = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            start_new_session=True,
-            text=True,
-        )
-        self._lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, name="gateway-stdout", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put("")  # end of output: the process exited
-
-    def metrics_urls(self, workers: int, timeout: float) -> list[str]:
-        """The ``/metrics`` URL each worker prints once it is connected."""
-        urls: list[str] = []
-        deadline = time.monotonic() + timeout
-        while len(urls) < workers:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError(f"gateway did not start: {self.log_tail()}") from None
-            if not line:
-                raise RuntimeError(f"gateway exited ({self.process.wait()}): {self.log_tail()}")
-            found = re.search(r"metrics (http://\S+?),?\s*$", line.strip())
-            if found:
-                urls.append(found.group(1).rstrip(","))
-        return urls
-
-    def log_tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_summary(self, examples: int = 5) -> dict[str, Any]:
-        """WARNING and ERROR lines the gateway logged, counted by message (digits folded)."""
-        counts: dict[str, int] = {}
-        for line in self.log_file.read_text(errors="replace").splitlines():
-            if "WARNING" in line or "ERROR" in line:
-                message = re.sub(r"\d+", "N", line.strip())
-                counts[message] = counts.get(message, 0) + 1
-        common = sorted(counts.items(), key=lambda item: -item[1])[:examples]
-        return {"warnings_and_errors": sum(counts.values()), "most_common": dict(common)}
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # the supervisor stops its workers and waits for them
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)  # the session we created
-                self.process.wait(10)
-        self._reader.join(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
-
-
-def _free_port_run(count: int) -> int:
-    """A port ``p`` with ``p .. p+count-1`` all free (metrics of worker 0, 1, ...)."""
-    for _ in range(50):
-        first = broker_module.free_port()
-        if all(not broker_module.port_in_use("127.0.0.1", first + i) for i in range(1, count)):
-            return first
-    raise RuntimeError(f"no run of {count} free ports found")
-
-
-def mqtt_client(config: BrokerConfig, client_id: str, *, max_inflight: int = 20) -> Any:
-    """A connected paho client (MQTT v5) with its network thread running."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    config.apply_to_paho(client)
-    client.max_inflight_messages_set(max_inflight)
-    connected = threading.Event()
-    outcome: list[Any] = []
-
-    def on_connect(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
-        outcome.append(code)
-        connected.set()
-
-    client.on_connect = on_connect
-    client.connect(config.host, config.port)
-    client.loop_start()
-    if not connected.wait(15) or outcome[0].is_failure:
-        client.loop_stop()
-        raise RuntimeError(f"{client_id}: no connection to {config.address} ({outcome})")
-    return client
-
-
-def publish_retained(config: BrokerConfig, topic: str, payload: bytes) -> None:
-    """Publish ``payload`` retained at QoS 1 and wait for the broker's acknowledgement."""
-    client = mqtt_client(config, f"bench-deploy-{os.getpid()}")
-    try:
-        info = client.publish(topic, payload, qos=1, retain=True)
-        info.wait_for_publish(15)
-        if not info.is_published():
-            raise RuntimeError(f"the broker did not acknowledge the deployment on {topic}")
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 @dataclass(frozen=True)
@@ -765,8 +572,7 @@ def _publish_cameras(conn: multiprocessing.connection.Connection, job: PublishJo
         conn.send(_paced_publish(clients, cycles, topics, job))
     finally:
         for client in clients.values():
-            client.disconnect()
-            client.loop_stop()
+            close_client(client)
 
 
 def _paced_publish(
@@ -776,27 +582,17 @@ def _paced_publish(
     job: PublishJob,
 ) -> dict[str, Any]:
     cameras = list(cycles)
-    period = 1.0 / job.fps
     published = failed = 0
     behind_max = 0.0
     last: dict[str, Any] = {}
     cpu = time.process_time()
     started = time.monotonic()
-    tick = 0
-    while True:
-        number, index = divmod(tick, len(cameras))
-        due = started + number * period + index * period / len(cameras)
-        if due - started >= job.seconds:
-            break
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)  # pacing: the camera's next frame is not due yet
-        else:
-            behind_max = max(behind_max, now - due)
-        camera = cameras[index]
+    for tick in paced(len(cameras), job.fps, seconds=job.seconds):
+        behind_max = max(behind_max, tick.late)
+        camera = cameras[tick.camera]
         cycle = cycles[camera]
         frame = dataclasses.replace(
-            cycle[number % len(cycle)], seq=number, capture_ns=time.time_ns()
+            cycle[tick.number % len(cycle)], seq=tick.number, capture_ns=time.time_ns()
         )
         info = clients[camera].publish(topics.frame(camera), wire.encode(frame), qos=0)
         if info.rc == 0:
@@ -804,7 +600,6 @@ def _paced_publish(
             last[camera] = info
         else:
             failed += 1
-        tick += 1
     for info in last.values():  # QoS 0: written to the socket
         with contextlib.suppress(RuntimeError, ValueError):
             info.wait_for_publish(10)
@@ -818,9 +613,9 @@ def _paced_publish(
     }
 
 
-def _stage_means(samples: Sequence[Sample]) -> dict[str, float]:
-    sums = by_label(samples, "edgelearn_gateway_stage_seconds_sum", "stage")
-    counts = by_label(samples, "edgelearn_gateway_stage_seconds_count", "stage")
+def _stage_means(samples: Samples) -> dict[str, float]:
+    sums = samples.by_label("edgelearn_gateway_stage_seconds_sum", "stage")
+    counts = samples.by_label("edgelearn_gateway_stage_seconds_count", "stage")
     order = [*STAGES, "publish"]
     return {
         stage: round(1e3 * sums[stage] / counts[stage], 3) for stage in order if counts.get(stage)
@@ -842,7 +637,7 @@ def end_to_end(
     broker = broker_module.start_broker(
         secrets, broker_module.BrokerSettings(role="edge", run_dir=work_dir / "broker")
     )
-    gateway: GatewayProcess | None = None
+    children = ChildProcesses(work_dir, echo=False)
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     publisher = None
@@ -852,45 +647,26 @@ def end_to_end(
                 BrokerConfig.for_user(
                     "cloud", host=broker.host, port=broker.port, secrets_dir=secrets.directory
                 ),
-                topics.model(wire.ALL_GATEWAYS, mode.slot),
+                topics.model(wire.ALL_GATEWAYS, mode),
                 wire.encode(model),
             )
-        metrics_port = _free_port_run(settings.gateway_workers)
-        gateway = GatewayProcess(
-            [
-                sys.executable,
-                "-m",
-                "edgelearn.cli",
-                "gateway",
-                "--id",
-                GATEWAY_ID,
-                "--broker",
-                f"{broker.host}:{broker.port}",
-                "--secrets",
-                str(secrets.directory),
-                "--site",
-                SITE,
-                "--mode",
-                settings.mode,
-                "--workers",
-                str(settings.gateway_workers),
-                "--metrics-port",
-                str(metrics_port),
-                "--duration",
-                str(round(settings.seconds + 300)),  # a safety net; we stop it ourselves
-            ],
-            work_dir / "gateway.log",
+        gateway = start_gateway(
+            children,
+            StackSettings(
+                run_dir=work_dir, site=SITE, mode=settings.mode, workers=settings.gateway_workers
+            ),
+            broker.port,
+            child_env(secrets.directory),
         )
-        urls = gateway.metrics_urls(settings.gateway_workers, timeout=120)
+        urls = gateway.metrics_urls
 
         def running_mode() -> bool:
-            samples = scrape(urls)
-            effective = total(
-                samples, "edgelearn_gateway_mode_info", mode=settings.mode, effective=settings.mode
+            effective = scrape(urls).total(
+                "edgelearn_gateway_mode_info", mode=settings.mode, effective=settings.mode
             )
             return effective == settings.gateway_workers
 
-        _wait_until(running_mode, 120, f"every gateway worker to run {settings.mode}")
+        wait_until(running_mode, 120, f"every gateway worker to run {settings.mode}")
 
         publisher = context.Process(
             target=_publish_cameras,
@@ -932,14 +708,14 @@ def end_to_end(
             # Idle: nothing queued, every frame accounted for, and nothing arrived since
             # the previous poll (frames still inside the broker would).
             snapshot = _snapshot(urls, None, None)
-            queued = total(snapshot.samples, "edgelearn_gateway_queue_depth")
+            queued = snapshot.samples.total("edgelearn_gateway_queue_depth")
             done = snapshot.processed() + snapshot.dropped()
             received = snapshot.received()
             settled = received == last_received[0]
             last_received[0] = received
             return settled and queued == 0 and done >= received
 
-        _wait_until(drained, 60, "the gateway to finish the queued frames")
+        wait_until(drained, 60, "the gateway to finish the queued frames")
         end = _snapshot(urls, broker_pid, publisher.pid)
     finally:
         if publisher is not None:
@@ -948,14 +724,24 @@ def end_to_end(
                 publisher.terminate()
                 publisher.join(10)
         parent.close()
-        if gateway is not None:
-            gateway.stop()
+        children.stop()
         broker.stop()
     result = summarize_end_to_end(
         settings, published, start, steady_from, steady_to, end, in_process
     )
-    result["gateway_log"] = gateway.log_summary()
+    result["gateway_log"] = log_summary(work_dir / "gateway.log")
     return result
+
+
+def log_summary(log_file: Path, examples: int = 5) -> dict[str, Any]:
+    """WARNING and ERROR lines of a log, counted by message (digits folded)."""
+    counts: dict[str, int] = {}
+    for line in log_file.read_text(errors="replace").splitlines():
+        if "WARNING" in line or "ERROR" in line:
+            message = re.sub(r"\d+", "N", line.strip())
+            counts[message] = counts.get(message, 0) + 1
+    common = sorted(counts.items(), key=lambda item: -item[1])[:examples]
+    return {"warnings_and_errors": sum(counts.values()), "most_common": dict(common)}
 
 
 def summarize_end_to_end(
@@ -971,8 +757,8 @@ def summarize_end_to_end(
     CPU per frame into the pipeline's share and the rest."""
     samples = end.samples
     received = end.received() - start.received()
-    processed = by_label(samples, "edgelearn_gateway_frames_processed_total", "outcome")
-    dropped = by_label(samples, "edgelearn_gateway_frames_dropped_total", "reason")
+    processed = samples.by_label("edgelearn_gateway_frames_processed_total", "outcome")
+    dropped = samples.by_label("edgelearn_gateway_frames_dropped_total", "reason")
     forwarded = processed.get("forwarded", 0.0)
     held_back = processed.get("held_back", 0.0)
     window = steady_to.time - steady_from.time
@@ -987,7 +773,7 @@ def summarize_end_to_end(
     cores["other_processes"] = max(0.0, host_busy - sum(cores.values()))
     cores["host_busy"] = host_busy
     cores["host_cores"] = float(os.cpu_count() or 1)
-    stage_sums = by_label(samples, "edgelearn_gateway_stage_seconds_sum", "stage")
+    stage_sums = samples.by_label("edgelearn_gateway_stage_seconds_sum", "stage")
     done = forwarded + held_back
     pipeline_ms = 1e3 * sum(stage_sums.get(stage, 0.0) for stage in STAGES) / max(1.0, done)
     gateway_cpu_ms = 1e3 * cores["gateway_workers"] / received_rate if received_rate else None
@@ -1024,7 +810,7 @@ def summarize_end_to_end(
         "steady_window_seconds": round(window, 2),
         "keyframe_ratio": _ratio(forwarded, done),
         "uplink_bytes_per_forwarded_frame": _ratio(
-            total(samples, "edgelearn_gateway_uplink_bytes_total"), forwarded, 1
+            samples.total("edgelearn_gateway_uplink_bytes_total"), forwarded, 1
         ),
         "stage_ms": _stage_means(samples),
         "pipeline_wall_ms_per_frame": round(pipeline_ms, 3),
@@ -1174,47 +960,29 @@ def measure(
     return report
 
 
-def registry_deployments(registry: Any) -> DeploymentSource:
+def registry_deployments(registry: Registry) -> DeploymentSource:
     """Sign the newest registry entry of each mode with the benchmark's key."""
 
     def deployment(mode: Mode, secrets: Secrets) -> wire.Model:
         key = signing.load_private_key(secrets.signing_key)
-        entry = registry.latest(
-            kind=mode.kind, split_k=mode.split_k if mode.kind == "split" else None
-        )
-        model: wire.Model = registry.deployment(entry.name, entry.version, key)
-        return model
+        entry = registry.serving(mode)
+        return registry.deployment(entry.name, entry.version, key)
 
     return deployment
 
 
-@contextlib.contextmanager
-def _work_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="edgelearn-bench-gateway-") as directory:
-        yield Path(directory)
-
-
 def run(quick: bool) -> dict[str, Any]:
     """``edgelearn bench gateway [--quick]``: a JSON-able report."""
-    from cloud.bench import bench_registry, machine
-
     started = time.perf_counter()
     settings = GatewayBenchSettings.quick() if quick else GatewayBenchSettings()
     registry, models = bench_registry()
-    with _work_dir() as work_dir:
-        report = measure(settings, registry_deployments(registry), work_dir)
+    with work_dir("gateway") as directory:
+        report = measure(settings, registry_deployments(registry), directory)
     return {
         "benchmark": "gateway",
         "quick": quick,
-        "machine": machine(),
+        "machine": machine_info(),
         "models": models,
         **report,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
-
-
-if __name__ == "__main__":
-    import json
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

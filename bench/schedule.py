@@ -21,8 +21,6 @@ cores); ``machine`` records the core count.
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -39,6 +37,7 @@ from cloud.scheduling.simulate import (
     offline_solvers,
     run_arrival_sequence,
 )
+from edgelearn.metrics import machine_info
 
 Solver = Callable[[SchedulingProblem], Assignment]
 
@@ -239,11 +238,7 @@ def run(quick: bool) -> dict[str, Any]:
     settings = SimulationSettings()
     report: dict[str, Any] = {
         "quick": quick,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "note": "wall-clock times on a shared machine; compare ratios, not absolutes",
-        },
+        "machine": machine_info(),
         "instance": {
             "tasks": settings.task_count,
             "server_capacity_flops": settings.server_capacity,

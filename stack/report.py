@@ -35,12 +35,12 @@ from typing import Any, Final
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from edgelearn.modes import KINDS, Mode, ModeError
+
 LATENCY_OBJECTIVE_SECONDS: Final = 0.05  # split modes; the alert rules use the same figure
 DEFAULT_OUTPUT: Final = Path("report")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# Modes in the order a reader expects: the cloud-only baseline first, then by edge work.
-_MODE_ORDER: Final = ("raw", "pca", "autoencoder", "split", "full")
 
 
 class ReportError(Exception):
@@ -74,10 +74,13 @@ def _promql_duration(seconds: float) -> str:
     return f"{max(1, round(seconds))}s"
 
 
-def _mode_key(mode: str) -> tuple[int, int, str]:
-    kind, _, k = mode.partition(":")
-    rank = _MODE_ORDER.index(kind) if kind in _MODE_ORDER else len(_MODE_ORDER)
-    return rank, int(k) if k.isdigit() else 0, mode
+def _mode_key(name: str) -> tuple[tuple[int, int], str]:
+    """Modes in the order a reader expects (:attr:`Mode.order`: the cloud-only baseline
+    first, then by edge work); a name that starts with no mode goes last."""
+    try:
+        return Mode.parse(name.split(maxsplit=1)[0]).order, name
+    except (ModeError, IndexError):
+        return (len(KINDS), 0), name
 
 
 def _number(value: Any) -> float | None:

@@ -1,28 +1,36 @@
 """The ``edgelearn`` command: one entry point for every role, benchmark and tool.
 
 Each role's command lives beside its code (``cameras/cli.py``, ...) and exposes
-``configure(parser)`` and ``main(args) -> int``; this module only assembles them. Role
-modules must not import TensorFlow at import time, so ``edgelearn --help`` stays fast.
-Errors a user can act on (:data:`USER_ERRORS`) are printed as one line, exit status 2.
+``configure(parser)`` and ``main(args) -> int``; this module only assembles them, with the
+broker commands and ``bench``. Role modules must not import TensorFlow at import time, so
+``edgelearn --help`` stays fast.
+
+Every install has this command, whichever extras it has (``pip install edgelearn[gateway]``
+on an edge box). A command whose extra is missing stays listed and says which extra to
+install, rather than failing with an import error (:data:`COMMANDS`). Errors a user can act
+on (:data:`USER_ERRORS`) are printed as one line, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgelearn import broker
+from bench import PARTS
 from edgelearn.config import ConfigError, parse_address
 from edgelearn.metrics import machine_info
 from edgelearn.secrets import ROLES, Secrets, SecretsError, default_secrets_dir
+from stack import broker
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     broker.BrokerError,
@@ -32,45 +40,105 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     PermissionError,
 )
 
-# Subcommands implemented next to their role's code: name -> (module, one-line help).
-ROLE_COMMANDS: dict[str, tuple[str, str]] = {
-    "camera": ("cameras.cli", "run simulated 720p cameras publishing frames"),
-    "gateway": ("gateway.cli", "run gateway workers: keyframes, features, forwarding"),
-    "schedule": ("cloud.scheduling.cli", "layer-placement scheduler: simulate paper 003"),
-    "report": ("edgelearn.report", "PNG charts of a run from Prometheus or a benchmark's JSON"),
-    "cloud": ("cloud.cli", "run cloud consumers; train and push a first model set if needed"),
-    "up": ("edgelearn.stack", "run the whole local stack with a live summary"),
+Main = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``module.configure(parser)`` adds its options, ``module.main(args)``
+    runs it. ``needs`` are the modules it imports when it runs; ``extra`` is the install
+    extra that brings them."""
+
+    module: str
+    help: str
+    extra: str = ""
+    needs: tuple[str, ...] = ()
+    configure: str = "configure"
+    main: str = "main"
+
+
+_CLOUD_NEEDS = ("tensorflow", "sklearn", "ai_edge_litert")
+COMMANDS: dict[str, Command] = {
+    "broker": Command(
+        "stack.cli",
+        "broker secrets and mosquitto",
+        configure="configure_broker",
+        main="main_broker",
+    ),
+    "camera": Command(
+        "cameras.cli", "run simulated 720p cameras publishing frames", "cameras", ("aiocoap",)
+    ),
+    "gateway": Command(
+        "gateway.cli",
+        "run gateway workers: keyframes, features, forwarding",
+        "gateway",
+        ("aiocoap", "ai_edge_litert"),
+    ),
+    "cloud": Command(
+        "cloud.cli",
+        "run cloud consumers; train and push a first model set if needed",
+        "cloud",
+        _CLOUD_NEEDS,
+    ),
+    "model": Command(
+        "cloud.cli",
+        "model registry: list, show, export, push signed deployments",
+        "cloud",
+        _CLOUD_NEEDS,
+        configure="configure_model",
+        main="main_model",
+    ),
+    "train": Command(
+        "cloud.cli",
+        "train the cloud half from stored edge features (or raw frames)",
+        "cloud",
+        _CLOUD_NEEDS,
+        configure="configure_train",
+        main="main_train",
+    ),
+    "schedule": Command(
+        "cloud.scheduling.cli",
+        "layer-placement scheduler: simulate paper 003",
+        "cloud",
+        ("scipy", "matplotlib"),
+    ),
+    "up": Command(
+        "stack.up",
+        "run the whole local stack with a live summary",
+        "all",
+        ("aiocoap", "ai_edge_litert", *_CLOUD_NEEDS),
+    ),
+    "report": Command(
+        "stack.report",
+        "PNG charts of a run from Prometheus or a benchmark's JSON",
+        "cloud",
+        ("matplotlib",),
+    ),
+    "bench": Command(
+        "stack.cli",
+        "run a benchmark, write JSON",
+        "all",
+        ("aiocoap", "ai_edge_litert", "scipy", "matplotlib", *_CLOUD_NEEDS),
+        configure="configure_bench",
+        main="main_bench",
+    ),
 }
 
-# ``edgelearn bench <part>``: module with ``run(quick: bool) -> dict``.
-BENCHMARKS: dict[str, str] = {
-    "pipeline": "edgelearn.pipeline_bench",
-    "gateway": "gateway.bench",
-    "cloud": "cloud.bench",
-    "papers": "cloud.papers",
-    "cameras": "cameras.bench",
-    "schedule": "cloud.scheduling.bench",
-}
+
+def missing_modules(command: Command) -> list[str]:
+    return [name for name in command.needs if importlib.util.find_spec(name) is None]
 
 
-def _extra_commands() -> list[tuple[str, str, Any, Any]]:
-    """Commands that share a module with another: (name, help, configure, main)."""
-    from cloud import cli as cloud_cli
+def _needs_extra(name: str, command: Command, missing: list[str]) -> Main:
+    def refuse(args: argparse.Namespace) -> int:
+        print(
+            f"edgelearn {name}: this install lacks {', '.join(missing)}; "
+            f"install the {command.extra} extra: pip install 'edgelearn[{command.extra}]'",
+            file=sys.stderr,
+        )
+        return 2
 
-    return [
-        (
-            "model",
-            "model registry: list, show, export, push signed deployments",
-            cloud_cli.configure_model,
-            cloud_cli.main_model,
-        ),
-        (
-            "train",
-            "train the cloud half from stored edge features (or raw frames)",
-            cloud_cli.configure_train,
-            cloud_cli.main_train,
-        ),
-    ]
+    return refuse
 
 
 # --- broker -----------------------------------------------------------------------------
@@ -85,7 +153,7 @@ def _add_secrets_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _configure_broker(parser: argparse.ArgumentParser) -> None:
+def configure_broker(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="broker_command", required=True, metavar="COMMAND")
 
     init = commands.add_parser(
@@ -160,7 +228,7 @@ def _configure_broker(parser: argparse.ArgumentParser) -> None:
     stop.add_argument("--run-dir", type=Path, default=None, help="its run directory")
 
 
-def _broker_main(args: argparse.Namespace) -> int:
+def main_broker(args: argparse.Namespace) -> int:
     secrets_dir = getattr(args, "secrets", None) or default_secrets_dir()
     if args.broker_command == "init":
         if args.if_missing and Secrets(secrets_dir).exists():
@@ -243,16 +311,16 @@ def _broker_start(args: argparse.Namespace, secrets: Secrets) -> int:
 # --- bench ------------------------------------------------------------------------------
 
 
-def _configure_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("part", choices=sorted(BENCHMARKS), help="what to measure")
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("part", choices=sorted(PARTS), help="what to measure")
     parser.add_argument(
         "--quick", action="store_true", help="a short run (a minute or a few) for CI"
     )
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON")
 
 
-def _bench_main(args: argparse.Namespace) -> int:
-    module = importlib.import_module(BENCHMARKS[args.part])
+def main_bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(PARTS[args.part])
     started = time.perf_counter()
     results: dict[str, Any] = module.run(quick=args.quick)
     results.setdefault("elapsed_seconds", round(time.perf_counter() - started, 2))
@@ -277,25 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-    broker_parser = commands.add_parser("broker", help="broker secrets and mosquitto")
-    _configure_broker(broker_parser)
-    handlers["broker"] = _broker_main
-
-    bench_parser = commands.add_parser("bench", help="run a benchmark, write JSON")
-    _configure_bench(bench_parser)
-    handlers["bench"] = _bench_main
-
-    for name, (module_name, help_text) in ROLE_COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        module.configure(sub)
-        handlers[name] = module.main
-    for name, help_text, configure, run in _extra_commands():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        configure(sub)
-        handlers[name] = run
+    handlers: dict[str, Main] = {}
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        missing = missing_modules(command)
+        if missing:  # keep it listed; running it says which extra brings what it needs
+            sub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            handlers[name] = _needs_extra(name, command, missing)
+            continue
+        module = importlib.import_module(command.module)
+        getattr(module, command.configure)(sub)
+        handlers[name] = getattr(module, command.main)
     parser.set_defaults(_handlers=handlers)
     return parser
 

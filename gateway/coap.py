@@ -1,20 +1,21 @@
-"""A small aiocoap server that receives camera frames: ``POST /frames`` with a Frame envelope.
+"""The gateway's CoAP endpoint: ``POST /frames`` with the envelope cameras publish over MQTT.
 
-Where it sits: the gateway end of the CoAP transport (camera --CoAP POST--> gateway). The
-camera tests and the benchmark use it as the peer; the gateway's real CoAP endpoint can reuse
-:class:`FrameResource` as is (hand it an ``on_frame`` callback that feeds the gateway's
-per-camera newest-frame-wins queue) or copy it.
+Where it sits in the flow of a frame::
 
-* The body is exactly the bytes a camera publishes over MQTT, checked with
-  :func:`edgelearn.wire.decode_as`; a bad envelope gets ``4.00 Bad Request`` with the
-  :class:`~edgelearn.wire.WireError` reason as diagnostic payload and is counted, never a
-  crash. A good one gets ``2.04 Changed``.
+    camera --CoAP POST /frames--> FrameResource --> the gateway's ingest (the one MQTT uses)
+
+* The body is exactly the bytes a camera publishes over MQTT. The resource hands it to an
+  ``ingest`` callable, which returns ``None`` when it took the frame (``2.04 Changed``) or the
+  reason it refused it (``4.00 Bad Request`` with the reason as diagnostic payload). A bad
+  envelope is a counted drop, never a crash.
 * Block-wise uploads (UDP, 1024-byte blocks) are reassembled by aiocoap before
   :meth:`FrameResource.render_post` sees them; over ``coap+tcp`` a frame arrives as one
   message (aiocoap advertises a 1 MiB Max-Message-Size in its CSM).
-* :class:`CoapFrameReceiver` is an async context manager that serves the resource over UDP
-  and TCP on one port; ``python -m cameras.coap_receiver --port 5683`` runs it alone and
-  prints a line per second with the received frame rate.
+* :class:`CoapEndpoint` is an async context manager that serves the resource over UDP and
+  TCP on one port (0 picks one free for both).
+* ``python -m gateway.coap --port 5683`` runs the endpoint alone with a :class:`FrameCounter`
+  as its ingest and prints the received frame rate once a second: a peer for the camera
+  tests and benchmark, and a quick check that a site's cameras reach the gateway box.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import socket
 import sys
 import time
 from collections import Counter
@@ -34,71 +34,74 @@ from typing import Any, Self
 import aiocoap
 import aiocoap.resource
 
+from edgelearn.ports import free_port
 from edgelearn.wire import Frame, WireError, decode_as
 
 log = logging.getLogger(__name__)
 
 FRAMES_PATH = ("frames",)
 
+Ingest = Callable[[bytes], str | None]
+"""Takes one posted body; returns ``None`` if the frame was taken, else why it was not."""
+
 
 class FrameResource(aiocoap.resource.Resource):  # type: ignore[misc]
-    """``POST`` a Frame envelope. ``on_frame`` is called on the event loop for each valid
-    frame; keep it cheap (enqueue, don't process)."""
+    """``POST`` a Frame envelope; ``ingest`` runs on the event loop, so keep it cheap."""
 
-    def __init__(self, on_frame: Callable[[Frame], None] | None = None) -> None:
+    def __init__(self, ingest: Ingest) -> None:
         super().__init__()
-        self.on_frame = on_frame
+        self._ingest = ingest
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        reason = self._ingest(request.payload)
+        if reason is not None:
+            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=reason.encode())
+        return aiocoap.Message(code=aiocoap.CHANGED)
+
+
+class FrameCounter:
+    """An ingest that checks and counts envelopes and keeps nothing but, with ``keep``, the
+    frames: the endpoint on its own, without a gateway behind it."""
+
+    def __init__(self, *, keep: bool = False) -> None:
+        self.frames: list[Frame] = []
+        self._keep = keep
         self.received = 0
         self.received_bytes = 0
         self.rejected: Counter[str] = Counter()
 
-    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+    def __call__(self, payload: bytes) -> str | None:
         try:
-            frame = decode_as(request.payload, Frame)
+            frame = decode_as(payload, Frame)
         except WireError as exc:
             self.rejected[exc.reason] += 1
-            log.warning("rejected a CoAP frame from %s: %s", request.remote, exc)
-            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=exc.reason.encode())
+            log.warning("rejected a CoAP frame envelope: %s", exc)
+            return exc.reason
         self.received += 1
-        self.received_bytes += len(request.payload)
-        if self.on_frame is not None:
-            self.on_frame(frame)
-        return aiocoap.Message(code=aiocoap.CHANGED)
+        self.received_bytes += len(payload)
+        if self._keep:
+            self.frames.append(frame)
+        return None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` (CoAP serves both on one number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError("no port free for both UDP and TCP")
-
-
-class CoapFrameReceiver:
+class CoapEndpoint:
     """Serves :class:`FrameResource` at ``/frames`` over UDP and TCP on ``host:port``.
 
-    ``port=0`` picks a free port. :meth:`uri` gives the URI cameras POST to.
+    ``port=0`` picks a free port; :meth:`uri` gives the URI cameras POST to.
     """
 
     def __init__(
         self,
+        ingest: Ingest,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        on_frame: Callable[[Frame], None] | None = None,
         transports: Sequence[str] = ("udp6", "tcpserver"),
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.transports = list(transports)
-        self.resource = FrameResource(on_frame)
+        self.resource = FrameResource(ingest)
         self._context: Any = None
 
     def uri(self, scheme: str = "coap") -> str:
@@ -111,7 +114,7 @@ class CoapFrameReceiver:
         self._context = await aiocoap.Context.create_server_context(
             site, bind=(self.host, self.port), transports=self.transports
         )
-        log.debug("CoAP frame receiver on %s (%s)", self.uri(), ", ".join(self.transports))
+        log.debug("CoAP frame endpoint on %s (%s)", self.uri(), ", ".join(self.transports))
         return self
 
     async def __aexit__(
@@ -126,16 +129,17 @@ class CoapFrameReceiver:
 
 
 async def _serve(host: str, port: int, duration: float | None) -> None:
-    async with CoapFrameReceiver(host, port) as receiver:
-        print(f"receiving frames on {receiver.uri()} and {receiver.uri('coap+tcp')}", flush=True)
+    counter = FrameCounter()
+    async with CoapEndpoint(counter, host, port) as endpoint:
+        print(f"receiving frames on {endpoint.uri()} and {endpoint.uri('coap+tcp')}", flush=True)
         started = last_time = time.monotonic()
         last_count = 0
         while duration is None or time.monotonic() - started < duration:
             await asyncio.sleep(1.0)  # report interval
-            now, count = time.monotonic(), receiver.resource.received
+            now, count = time.monotonic(), counter.received
             print(
                 f"{count} frames, {(count - last_count) / (now - last_time):.1f}/s, "
-                f"rejected {dict(receiver.resource.rejected)}",
+                f"rejected {dict(counter.rejected)}",
                 flush=True,
             )
             last_time, last_count = now, count
@@ -143,8 +147,9 @@ async def _serve(host: str, port: int, duration: float | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cameras.coap_receiver",
-        description="Receive camera frames over CoAP (UDP block-wise and coap+tcp).",
+        prog="python -m gateway.coap",
+        description="Receive camera frames over CoAP (UDP block-wise and coap+tcp) and count "
+        "them, without a gateway behind the endpoint.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5683, help="UDP and TCP port (default 5683)")

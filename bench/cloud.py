@@ -17,13 +17,13 @@ JSON-able dict, every part measured in the same run on this host:
   lower parts made - with bytes received, training time (``fit`` only) and held-out
   accuracy, and the ratios between them.
 
-The deployed models come from :func:`bench_registry` (quick budget, cached; the gateway
-benchmark uses the same). Numbers are wall-clock on a shared machine: ``machine`` says which.
+The deployed models come from :func:`bench.common.bench_registry` (quick budget, cached;
+the gateway benchmark uses the same). Numbers are wall-clock on a shared machine:
+``machine`` says which.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -32,92 +32,46 @@ import multiprocessing.connection
 import os
 import re
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from bench.common import (
+    BENCH_SPLIT_KS,
+    GATEWAY_ID,
+    bench_registry,
+    close_client,
+    mqtt_client,
+    paced,
+    percentiles_ms,
+    poll_until,
+    render_cameras,
+    serve_in_thread,
+    work_dir,
+)
+from bench.gateway import DeploymentSource, registry_deployments
+from cloud.consumer import CloudConsumer, ConsumerConfig
+from cloud.feature_store import FeatureStore
 from cloud.registry import Registry
-from edgelearn import broker as broker_module
-from edgelearn import codec, wire
+from cloud.serving import RegistryModels
+from edgelearn import codec, signing, wire
+from edgelearn.artifacts import load_deployment
 from edgelearn.config import BrokerConfig
+from edgelearn.metrics import machine_info
+from edgelearn.modes import RAW, Mode
 from edgelearn.secrets import Secrets
-
-if TYPE_CHECKING:
-    from gateway.bench import DeploymentSource
+from gateway.keyframes import KeyframeSettings
+from gateway.pipeline import Forward, FramePipeline
+from stack import broker as broker_module
 
 log = logging.getLogger(__name__)
 
-BENCH_SPLIT_KS = (2, 4, 6, 8)
 SITE = "bench"
-GATEWAY_ID = "gw-1"
-
-
-# --- shared by the benchmarks --------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on (:func:`edgelearn.metrics.machine_info`)."""
-    from edgelearn.metrics import machine_info
-
-    return {
-        **machine_info(),
-        "note": "wall-clock on a shared machine: other work competes for the cores; "
-        "compare ratios taken in one run rather than absolutes",
-    }
-
-
-def bench_registry_path() -> Path:
-    explicit = os.environ.get("EDGELEARN_BENCH_REGISTRY")
-    if explicit:
-        return Path(explicit).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "edgelearn" / "bench-registry"
-
-
-def bench_registry(split_ks: Sequence[int] = BENCH_SPLIT_KS) -> tuple[Registry, dict[str, Any]]:
-    """A registry with every mode, trained once on the quick budget and then reused from a
-    cache directory (``$EDGELEARN_BENCH_REGISTRY``, else ``~/.cache/edgelearn/
-    bench-registry``): speed and bytes depend on the architecture, not on how well the
-    models were trained. Where accuracy matters (``training``), it is measured afresh."""
-    from cloud.bootstrap import TrainingBudget, ensure_models
-
-    root = bench_registry_path()
-    root.mkdir(parents=True, exist_ok=True)
-    registry = Registry(root)
-    budget = TrainingBudget(**{**TrainingBudget.quick().__dict__, "split_ks": tuple(split_ks)})
-    started = time.perf_counter()
-    outcome = ensure_models(registry, budget)
-    return registry, {
-        "registry": str(root),
-        "budget": "TrainingBudget.quick()",
-        "split_ks": list(split_ks),
-        "trained_now": outcome["trained"],
-        "training_seconds": round(time.perf_counter() - started, 1) if outcome["trained"] else 0,
-        "entries": {
-            f"{entry.name}/{entry.version}": {
-                "kind": entry.kind,
-                "split_k": entry.split_k,
-                "accuracy": entry.accuracy,
-            }
-            for entry in registry.list()
-        },
-    }
-
-
-def entry_for(registry: Registry, mode: str) -> Any:
-    """The newest registry entry serving ``mode`` (``raw`` is the cloud-only CNN)."""
-    from cloud.models.artifacts import KIND_CLOUD_CLASSIFIER
-
-    if mode == "raw":
-        return registry.latest(kind=KIND_CLOUD_CLASSIFIER)
-    kind, _, k = mode.partition(":")
-    return registry.latest(kind=kind, split_k=int(k) if k else None)
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -183,21 +137,6 @@ class CloudBenchSettings:
 # --- pure helpers --------------------------------------------------------------------------
 
 
-def percentiles_ms(values_ns: Sequence[int]) -> dict[str, float | int | None]:
-    """p50/p90/p99/max/mean in milliseconds of nanosecond durations."""
-    if not values_ns:
-        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    array = np.asarray(values_ns, dtype=np.float64) / 1e6
-    return {
-        "count": len(values_ns),
-        "p50": round(float(np.percentile(array, 50)), 2),
-        "p90": round(float(np.percentile(array, 90)), 2),
-        "p99": round(float(np.percentile(array, 99)), 2),
-        "max": round(float(array.max()), 2),
-        "mean": round(float(array.mean()), 2),
-    }
-
-
 def feature_envelope_bytes(
     values: np.ndarray[Any, Any],
     labels: np.ndarray[Any, Any],
@@ -252,13 +191,7 @@ def feature_templates(
 ) -> dict[str, list[wire.Feature]]:
     """Per mode, the Feature envelopes a gateway (keyframe filter off: every frame) sends
     for 720p labeled-scene frames, one new item per frame; ``deployments`` signs the model
-    of each mode (see :func:`gateway.bench.registry_deployments`)."""
-    from cloud.models.artifacts import load_deployment
-    from edgelearn import signing
-    from gateway.bench import render_cameras
-    from gateway.keyframes import KeyframeSettings
-    from gateway.pipeline import Forward, FramePipeline, Mode
-
+    of each mode (see :func:`bench.gateway.registry_deployments`)."""
     frames = render_cameras(cameras, frames_per_camera, dwell_frames=1, quality=80)
     trusted = signing.load_public_key(secrets.signing_public_key)
     templates: dict[str, list[wire.Feature]] = {}
@@ -267,7 +200,7 @@ def feature_templates(
         pipeline = FramePipeline(
             gateway_id=GATEWAY_ID, mode=mode, keyframes=KeyframeSettings(enabled=False)
         )
-        if mode.kind != "raw":
+        if mode.needs_model:
             pipeline.deploy(load_deployment(deployments(mode, secrets), trusted))
         made = []
         for sequence in frames.values():
@@ -286,8 +219,8 @@ def feature_templates(
 
 
 def classifier_input_shape(registry: Registry, mode: str) -> tuple[int, ...]:
-    entry = entry_for(registry, mode)
-    if mode == "raw":
+    entry = registry.serving(Mode.parse(mode))
+    if mode == RAW:
         return tuple(int(d) for d in entry.input_shape)
     output = (entry.metadata.get("quantization") or {}).get("output", {})
     return tuple(int(d) for d in output.get("shape", ()))
@@ -304,14 +237,14 @@ def inference_times(
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     for mode in modes:
-        entry = entry_for(registry, mode)
+        entry = registry.serving(Mode.parse(mode))
         classifier = models.classifier_for(mode, entry.version)
         if classifier is None:
             raise RuntimeError(f"no cloud model for {mode}")
         shape = classifier_input_shape(registry, mode)
         per_batch: dict[str, Any] = {}
         for size in batch_sizes:
-            batch = rng.uniform(0, 255 if mode == "raw" else 1, (size, *shape)).astype(np.float32)
+            batch = rng.uniform(0, 255 if mode == RAW else 1, (size, *shape)).astype(np.float32)
             for _ in range(2):
                 classifier.predict(batch)
             timings = []
@@ -331,60 +264,8 @@ def inference_times(
 # --- a consumer in this process, publishers in another ------------------------------------
 
 
-class ConsumerThread:
-    """A :class:`CloudConsumer` running in its own event loop thread until ``stop``."""
-
-    def __init__(self, config: Any, broker: BrokerConfig, models: Any, store: Any) -> None:
-        self._config = config
-        self._broker = broker
-        self._models = models
-        self._store = store
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._failure: list[BaseException] = []
-        self.consumer: Any = None
-        self._thread = threading.Thread(target=self._main, name="bench-consumer", daemon=True)
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        from cloud.consumer import CloudConsumer
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            async with CloudConsumer(
-                self._config, self._broker, self._models, store=self._store
-            ) as consumer:
-                self.consumer = consumer
-                self._ready.set()
-                await self._stop.wait()
-                await consumer.drain(10)
-        except BaseException as exc:
-            self._failure.append(exc)
-            self._ready.set()
-
-    def __enter__(self) -> ConsumerThread:
-        self._thread.start()
-        if not self._ready.wait(120):
-            raise RuntimeError("the cloud consumer did not start")
-        if self._failure:
-            raise self._failure[0]
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(60)
-
-    def sample(self, name: str, **labels: str) -> float:
-        return float(self.consumer.registry.get_sample_value(name, labels) or 0.0)
-
-    @property
-    def results(self) -> int:
-        return int(self.consumer.results_published)
+def _sample(consumer: CloudConsumer, name: str, **labels: str) -> float:
+    return float(consumer.registry.get_sample_value(name, labels) or 0.0)
 
 
 @dataclass(frozen=True)
@@ -402,8 +283,6 @@ class FeedJob:
 
 def _feed(conn: multiprocessing.connection.Connection, job: FeedJob) -> None:
     """Spawned publisher of features (as the gateway ``gw-1``, QoS 1 like a gateway)."""
-    from gateway.bench import mqtt_client
-
     secrets_dir = Path(job.secrets_dir)
     templates = [wire.decode_as(data, wire.Feature) for data in job.templates]
     topics = wire.Topics(job.site)
@@ -449,8 +328,7 @@ def _feed(conn: multiprocessing.connection.Connection, job: FeedJob) -> None:
     finally:
         for client in (publisher, listener):
             if client is not None:
-                client.disconnect()
-                client.loop_stop()
+                close_client(client)
 
 
 def _flood(publisher: Any, envelopes: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
@@ -470,30 +348,19 @@ def _paced(
     arrivals: list[tuple[int, bytes]],
 ) -> dict[str, Any]:
     cameras = [f"cam-{index + 1}" for index in range(job.cameras)]
-    period = 1.0 / job.fps
     start_ns = time.time_ns()
     started = time.monotonic()
     published = 0
-    tick = 0
-    while True:
-        number, index = divmod(tick, len(cameras))
-        due = started + number * period + index * period / len(cameras)
-        if due - started >= job.seconds:
-            break
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)  # pacing: this camera's next feature is not due yet
-        template = templates[tick % len(templates)]
+    for tick in paced(len(cameras), job.fps, seconds=job.seconds):
+        template = templates[published % len(templates)]
+        camera = cameras[tick.camera]
         feature = dataclasses.replace(
-            template, camera_id=cameras[index], seq=number, capture_ns=time.time_ns()
+            template, camera_id=camera, seq=tick.number, capture_ns=time.time_ns()
         )
-        publisher.publish(topics.feature(GATEWAY_ID, cameras[index]), wire.encode(feature), qos=1)
+        publisher.publish(topics.feature(GATEWAY_ID, camera), wire.encode(feature), qos=1)
         published += 1
-        tick += 1
     offered_seconds = time.monotonic() - started
-    deadline = time.monotonic() + 30
-    while len(arrivals) < published and time.monotonic() < deadline:
-        time.sleep(0.1)  # waiting for the consumer to answer the last features
+    poll_until(lambda: len(arrivals) >= published, 30)  # the consumer answers the last ones
     to_result: list[int] = []
     to_arrival: list[int] = []
     for arrived, payload in list(arrivals):
@@ -541,22 +408,24 @@ class _Feeder:
 
 
 def consumer_throughput(
-    consumer: ConsumerThread, job: FeedJob, mode: str, timeout: float = 600
+    consumer: CloudConsumer, job: FeedJob, mode: str, timeout: float = 600
 ) -> dict[str, Any]:
     """Results per second while a backlog of ``job.count`` features drains through."""
-    before = consumer.results
-    batches = consumer.sample("edgelearn_cloud_batch_size_count")
-    batched = consumer.sample("edgelearn_cloud_batch_size_sum")
-    inference = consumer.sample("edgelearn_cloud_inference_seconds_sum", mode=mode)
+    before = consumer.results_published
+    batches = _sample(consumer, "edgelearn_cloud_batch_size_count")
+    batched = _sample(consumer, "edgelearn_cloud_batch_size_sum")
+    inference = _sample(consumer, "edgelearn_cloud_inference_seconds_sum", mode=mode)
     feeder = _Feeder(job)
     try:
         feeder.go()
         deadline = time.monotonic() + timeout
         first: tuple[float, int] | None = None
-        while consumer.results - before < job.count:
+        while consumer.results_published - before < job.count:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{mode}: {consumer.results - before} of {job.count} results")
-            done = consumer.results - before
+                raise RuntimeError(
+                    f"{mode}: {consumer.results_published - before} of {job.count} results"
+                )
+            done = consumer.results_published - before
             if first is None and done > 0:
                 first = (time.monotonic(), done)
             time.sleep(0.01)  # polling the consumer's counter
@@ -565,20 +434,20 @@ def consumer_throughput(
     finally:
         feeder.close()
     assert first is not None
-    batch_count = consumer.sample("edgelearn_cloud_batch_size_count") - batches
+    batch_count = _sample(consumer, "edgelearn_cloud_batch_size_count") - batches
     return {
         "results_per_second": round((job.count - first[1]) / (ended - first[0]), 1),
         "features": job.count,
         "feature_bytes_mean": round(float(np.mean([len(t) for t in job.templates])), 1),
         "publisher_per_second": round(published["per_second"], 1),
         "mean_batch_size": round(
-            (consumer.sample("edgelearn_cloud_batch_size_sum") - batched) / batch_count, 1
+            (_sample(consumer, "edgelearn_cloud_batch_size_sum") - batched) / batch_count, 1
         )
         if batch_count
         else None,
         "inference_ms_per_batch": round(
             1e3
-            * (consumer.sample("edgelearn_cloud_inference_seconds_sum", mode=mode) - inference)
+            * (_sample(consumer, "edgelearn_cloud_inference_seconds_sum", mode=mode) - inference)
             / batch_count,
             2,
         )
@@ -603,9 +472,7 @@ def paced_latency(job: FeedJob) -> dict[str, Any]:
 
 def training_comparison(settings: TrainingSettings, registry: Registry) -> dict[str, Any]:
     """Train on the same items from raw frames and from each mode's features."""
-    from cameras.datasets import load_fashion_mnist
     from cloud.models import cnn
-    from cloud.models.artifacts import load_edge_artifact
     from cloud.models.data import RenderSettings, build_dataset, camera_frames
     from cloud.models.evaluation import features_from
     from cloud.models.training import (
@@ -613,6 +480,8 @@ def training_comparison(settings: TrainingSettings, registry: Registry) -> dict[
         train_feature_classifier,
         train_upper_from_features,
     )
+    from edgelearn.artifacts import load_edge_artifact
+    from edgelearn.datasets import load_fashion_mnist
 
     started = time.perf_counter()
     data = build_dataset(settings.n_train, settings.n_held_out, seed=settings.seed)
@@ -638,7 +507,7 @@ def training_comparison(settings: TrainingSettings, registry: Registry) -> dict[
         }
     }
     for mode in settings.modes:
-        entry = entry_for(registry, mode)
+        entry = registry.serving(Mode.parse(mode))
         extractor = load_edge_artifact(entry.kind, entry.read("edge"))
         extract_started = time.perf_counter()
         train = features_from(extractor, data.train)
@@ -718,11 +587,6 @@ def training_comparison(settings: TrainingSettings, registry: Registry) -> dict[
 
 
 def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) -> dict[str, Any]:
-    from cloud.consumer import ConsumerConfig
-    from cloud.feature_store import FeatureStore
-    from cloud.serving import RegistryModels
-    from gateway.bench import registry_deployments
-
     secrets = broker_module.init_secrets(
         work_dir / "secrets", cameras=settings.template_cameras, gateways=1
     )
@@ -762,7 +626,12 @@ def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) ->
         )
         base = FeedJob(broker.host, broker.port, str(secrets.directory), SITE, ())
         warnings = WarningCounter()
-        with warnings.attached(), ConsumerThread(config, cloud, models, store) as consumer:
+        with (
+            warnings.attached(),
+            serve_in_thread(
+                lambda: CloudConsumer(config, cloud, models, store=store), "cloud consumer", 120
+            ) as (consumer, _),
+        ):
             throughput = {}
             for mode in settings.consumer_modes:
                 job = dataclasses.replace(
@@ -821,32 +690,18 @@ class WarningCounter(logging.Handler):
             root.removeHandler(self)
 
 
-@contextlib.contextmanager
-def _work_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="edgelearn-bench-cloud-") as directory:
-        yield Path(directory)
-
-
 def run(quick: bool) -> dict[str, Any]:
     """``edgelearn bench cloud [--quick]``: a JSON-able report."""
     started = time.perf_counter()
     settings = CloudBenchSettings.quick() if quick else CloudBenchSettings()
     registry, models = bench_registry()
-    with _work_dir() as work_dir:
-        report = measure(settings, registry, work_dir)
+    with work_dir("cloud") as directory:
+        report = measure(settings, registry, directory)
     return {
         "benchmark": "cloud",
         "quick": quick,
-        "machine": machine(),
+        "machine": machine_info(),
         "models": models,
         **report,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
-
-
-if __name__ == "__main__":
-    import json
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

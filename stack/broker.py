@@ -16,8 +16,9 @@ All topics are ``edgelearn/v1/<site>/...`` (see :mod:`edgelearn.wire`); the rule
 for the site so one set of credentials serves every site of a deployment. User names are
 unique across roles, so a camera's pattern rule can never match another role's topic.
 
-Mosquitto is started from the templates in the repository's ``mosquitto/`` folder, rendered
-into a run directory with the chosen ports. ``mosquitto`` itself comes from the operating
+Mosquitto is started from the templates in ``stack/mosquitto/`` (package data, so every
+install has them, an edge box's included), rendered into a run directory with the chosen
+ports. ``mosquitto`` itself comes from the operating
 system (Debian: ``apt-get install mosquitto``); version 2.0 or newer is required for MQTT v5
 shared subscriptions and the per-listener settings used here.
 """
@@ -49,11 +50,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgelearn import signing
+from edgelearn.ports import free_port, port_in_use
 from edgelearn.secrets import ROLES, Secrets, User
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "mosquitto"
+TEMPLATES = Path(__file__).resolve().parent / "mosquitto"
 MINIMUM_VERSION = (2, 0)
 
 
@@ -280,22 +282,6 @@ def mosquitto_binary() -> str:
             "(MQTT v5 shared subscriptions)"
         )
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 @dataclass(frozen=True)

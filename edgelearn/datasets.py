@@ -1,4 +1,4 @@
-"""Labeled image data sets that the labeled camera scene shows, one item at a time.
+"""Labeled image data sets: what labeled cameras show and what the cloud trains on.
 
 Two loaders return the same :class:`LabeledImages`:
 
@@ -9,9 +9,10 @@ Two loaders return the same :class:`LabeledImages`:
   sorted give the label ids, every readable image in a class folder becomes one item (resized
   to one common size so the set fits one array).
 
-The cloud's trainer renders training data through :func:`cameras.scene.render_item` from the
-same :class:`LabeledImages`, so what it trains on looks like what the cameras send.
-Arrays are returned read-only: loaders cache them and several scenes share one copy.
+Cameras show their items (:class:`cameras.scene.LabeledScene`); the cloud's trainer renders
+training data from the same :class:`LabeledImages`, so what it trains on looks like what the
+cameras send. A folder or file that cannot be used raises :class:`DatasetError`. Arrays are
+returned read-only: loaders cache them and several scenes share one copy.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from typing import Final
 import cv2
 import numpy as np
 import numpy.typing as npt
-
-from cameras.errors import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,16 @@ IMAGE_SUFFIXES: Final = frozenset(
 
 # IDX type code 0x08 is unsigned byte, the only element type Fashion-MNIST uses.
 _IDX_UBYTE: Final = 0x08
+
+
+class DatasetError(Exception):
+    """A data set that cannot be loaded; ``source`` names the file or folder, ``reason`` is
+    bounded (``missing``, ``unreadable``, ``empty``)."""
+
+    def __init__(self, message: str, *, source: str, reason: str = "unreadable") -> None:
+        super().__init__(message)
+        self.source = source
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -96,23 +105,23 @@ def _read_idx(path: Path, expected_ndim: int) -> npt.NDArray[np.uint8]:
         with gzip.open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError as exc:
-        raise SourceError(
+        raise DatasetError(
             f"data set file not found: {path}", source=str(path), reason="missing"
         ) from exc
     except (OSError, EOFError) as exc:
-        raise SourceError(f"cannot read data set file {path}: {exc}", source=str(path)) from exc
+        raise DatasetError(f"cannot read data set file {path}: {exc}", source=str(path)) from exc
     if len(data) < 4:
-        raise SourceError(f"{path} is not an IDX file (too short)", source=str(path))
+        raise DatasetError(f"{path} is not an IDX file (too short)", source=str(path))
     zero, zero2, type_code, ndim = struct.unpack(">BBBB", data[:4])
     if zero or zero2 or type_code != _IDX_UBYTE or ndim != expected_ndim:
-        raise SourceError(
+        raise DatasetError(
             f"{path} is not an IDX ubyte file with {expected_ndim} dimensions", source=str(path)
         )
     header_size = 4 + 4 * ndim
     dims = struct.unpack(f">{ndim}I", data[4:header_size])
     expected = int(np.prod(dims))
     if len(data) - header_size != expected:
-        raise SourceError(
+        raise DatasetError(
             f"{path}: header promises {expected} bytes, file has {len(data) - header_size}",
             source=str(path),
         )
@@ -126,7 +135,7 @@ def _load_fashion_mnist_cached(split: str, root: Path) -> LabeledImages:
     images = _read_idx(root / image_file, 3)
     labels = _read_idx(root / label_file, 1).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise SourceError(
+        raise DatasetError(
             f"{root}: {images.shape[0]} images but {labels.shape[0]} labels", source=str(root)
         )
     labels.flags.writeable = False
@@ -137,12 +146,21 @@ def _load_fashion_mnist_cached(split: str, root: Path) -> LabeledImages:
 def load_fashion_mnist(split: str = "train", root: Path = DEFAULT_ROOT) -> LabeledImages:
     """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000): images (N, 28, 28) uint8.
 
-    Raises :class:`SourceError` if the files are missing or malformed, ``ValueError`` for an
+    Raises :class:`DatasetError` if the files are missing or malformed, ``ValueError`` for an
     unknown split. Results are cached and read-only.
     """
     if split not in _FASHION_MNIST_FILES:
         raise ValueError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
     return _load_fashion_mnist_cached(split, Path(root))
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot read data set folder {folder}: {exc.strerror or exc}", source=str(folder)
+        ) from exc
 
 
 def load_image_folder(
@@ -152,14 +170,14 @@ def load_image_folder(
 
     Every image is resized to ``size`` (width, height) so the set is one array; ``grayscale``
     loads single-channel images (N, H, W) like Fashion-MNIST's, else BGR (N, H, W, 3).
-    Files OpenCV cannot decode are skipped with a WARNING. Raises :class:`SourceError` if the
+    Files OpenCV cannot decode are skipped with a WARNING. Raises :class:`DatasetError` if the
     folder does not exist or holds no readable image in any class sub-folder.
     """
     root = Path(path)
     if not root.is_dir():
-        raise SourceError(f"data set folder not found: {root}", source=str(root), reason="missing")
+        raise DatasetError(f"data set folder not found: {root}", source=str(root), reason="missing")
     class_dirs = sorted(
-        (entry for entry in root.iterdir() if entry.is_dir()), key=lambda entry: entry.name
+        (entry for entry in _entries(root) if entry.is_dir()), key=lambda entry: entry.name
     )
     flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
     images: list[npt.NDArray[np.uint8]] = []
@@ -168,7 +186,7 @@ def load_image_folder(
     empty: list[str] = []
     for class_dir in class_dirs:
         files = sorted(
-            f for f in class_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            f for f in _entries(class_dir) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
         )
         loaded = 0
         for file in files:
@@ -186,7 +204,7 @@ def load_image_folder(
         else:
             empty.append(class_dir.name)
     if not images:
-        raise SourceError(
+        raise DatasetError(
             f"data set folder {root} has no readable images in class sub-folders",
             source=str(root),
             reason="empty",

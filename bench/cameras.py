@@ -22,35 +22,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bench.common import work_dir
 from cameras.camera import CameraFleet, CameraSettings
 from cameras.coap_link import CoapLink
-from cameras.coap_receiver import free_port
-from cameras.datasets import DEFAULT_ROOT, load_fashion_mnist
-from cameras.encoding import BitrateController, encode_jpeg
+from cameras.encoding import BitrateController
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import MqttLink
 from cameras.scene import LabeledScene
 from cameras.source_frame import FrameSource
 from cameras.sources import SyntheticScene, VideoSource
 from cameras.transport import FrameLink
-from edgelearn import broker as broker_module
 from edgelearn.config import BrokerConfig
+from edgelearn.datasets import DEFAULT_ROOT, load_fashion_mnist
+from edgelearn.metrics import machine_info
+from edgelearn.ports import free_port
+from edgelearn.preprocess import encode_jpeg
 from edgelearn.wire import Encoding, Frame, Topics, encode
+from stack import broker as broker_module
+from stack.launcher import SAMPLE_VIDEO as VIDEO
 
 log = logging.getLogger(__name__)
-
-VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 
 def _sources() -> dict[str, Callable[[int], FrameSource]]:
@@ -150,12 +149,13 @@ async def _camera_rate(
 
 
 class _CoapReceiverProcess:
-    """``python -m cameras.coap_receiver`` in its own process (its own core, as a gateway)."""
+    """``python -m gateway.coap`` (the gateway's endpoint alone) in its own process, with
+    its own core, as a gateway would have."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cameras.coap_receiver", "--port", str(self.port)],
+            [sys.executable, "-m", "gateway.coap", "--port", str(self.port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
@@ -184,8 +184,7 @@ async def _transports(quick: bool, sizes: dict[str, int]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     sources = _sources()
     scene = sources.get("fashion-mnist", sources["synthetic"])
-    with tempfile.TemporaryDirectory(prefix="edgelearn-bench-") as tmp:
-        root = Path(tmp)
+    with work_dir("cameras") as root:
         secrets = broker_module.init_secrets(root / "secrets", cameras=4, gateways=1)
         broker = broker_module.start_broker(
             secrets, broker_module.BrokerSettings(role="edge", run_dir=root / "run")
@@ -256,11 +255,7 @@ def run(quick: bool) -> dict[str, Any]:
     sizes = {"q80": int(reference["q80"]["bytes_per_frame"]), "3000kbps": 25_000}
     transports = asyncio.run(_transports(quick, sizes))
     return {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "note": "shared machine: numbers vary with other load",
-        },
+        "machine": machine_info(),
         "frame": "1280x720 BGR, JPEG",
         "frame_bytes_used_for_link_fps": sizes,
         "bytes_per_frame": encoding,
@@ -268,9 +263,3 @@ def run(quick: bool) -> dict[str, Any]:
         "quick": quick,
         "elapsed_seconds": round(time.monotonic() - started, 1),
     }
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

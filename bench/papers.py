@@ -53,14 +53,11 @@ import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cameras.bench import VIDEO
 from cameras.camera import CameraSettings
-from cameras.datasets import LabeledImages, load_fashion_mnist
-from cameras.encoding import BitrateController, encode_jpeg
+from cameras.encoding import BitrateController
 from cameras.scene import LabeledScene
 from cameras.sources import VideoSource
 from cloud.models import cnn, evaluation, features, training
-from cloud.models.artifacts import EdgeExtractor, LiteRtExtractor, PcaExtractor
 from cloud.models.data import (
     RenderedDataset,
     RenderedSplit,
@@ -69,10 +66,14 @@ from cloud.models.data import (
     render_inputs,
 )
 from cloud.models.export import LiteRtExport, export_int8
-from edgelearn import codec, wire
+from edgelearn import codec, preprocess, wire
+from edgelearn.artifacts import EdgeExtractor, LiteRtExtractor, PcaExtractor
+from edgelearn.datasets import LabeledImages, load_fashion_mnist
 from edgelearn.metrics import machine_info
-from gateway import preprocess
+from edgelearn.modes import Mode
+from edgelearn.preprocess import encode_jpeg
 from gateway.keyframes import KeyframeFilter, decode_small
+from stack.launcher import SAMPLE_VIDEO as VIDEO
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +176,6 @@ FULL: Final = Budget(
 
 
 # --- small pieces ----------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    """What the timings were taken on (:func:`edgelearn.metrics.machine_info`): shared CPU
-    cores, so the load average matters."""
-    return {
-        **machine_info(),
-        "note": "wall-clock times on CPU cores shared with other work; compare ratios",
-    }
 
 
 def subset(split: RenderedSplit, index: npt.NDArray[np.int64]) -> RenderedSplit:
@@ -390,7 +382,7 @@ def training_set_size(
             rows.append(
                 _row(
                     size,
-                    f"split:{k}",
+                    str(Mode.split(k)),
                     epochs,
                     uplink=stored.nbytes,
                     coded=float(coded[index].sum()),
@@ -860,7 +852,7 @@ def run(
     camera = CameraSettings()
     results: dict[str, Any] = {
         "quick": quick,
-        "machine": machine(),
+        "machine": machine_info(),
         "budget": budget.to_dict(),
         "paper_claims": dict(PAPER_CLAIMS),
     }
@@ -888,7 +880,7 @@ def run(
     results["fig5f"] = {"rows": feature_dimension(data, budget)}
 
     extractors: dict[str, EdgeExtractor] = {
-        f"split:{k}": exports.extractor(k) for k in budget.stream_ks
+        str(Mode.split(k)): exports.extractor(k) for k in budget.stream_ks
     }
     projection = features.fit_pca(data.train.inputs, budget.pca_dim, seed=budget.seed)
     extractors[f"pca:{budget.pca_dim}"] = PcaExtractor(projection)

@@ -1,15 +1,17 @@
-"""How a camera's JPEG becomes model input: the one definition, shared by gateway and cloud.
+"""Camera frames as JPEG and as model input: the one definition, shared by every role.
 
 Where it sits in the flow of a frame::
 
-    camera JPEG (720p) --decode_reduced--> 320x180 --to_model_input--> 96x96xC uint8 --> extractor
+    camera image --encode_jpeg--> JPEG (720p) --decode_reduced--> 320x180
+        --to_model_input--> 96x96xC uint8 --> extractor (gateway) or upper layers (cloud, raw)
 
 The gateway decodes with OpenCV's *reduced* decode (``IMREAD_REDUCED_*_4``): libjpeg scales
 the inverse DCT, so a 1280x720 JPEG comes out as 320x180 for a fraction of the cost of a full
 decode followed by a resize. The model never needs more: the item fills the centre of the
 frame, and the centre square of the reduced frame is resized to ``input_size``.
 
-The cloud trains on exactly this path (:mod:`cloud.models.data`): it renders items, JPEG
+:func:`encode_jpeg` is the one JPEG encoder: cameras encode what they send with it, and the
+cloud trains on exactly this path (:mod:`cloud.models.data`): it renders items, JPEG
 round-trips them and calls :func:`to_model_input` on the decoded frame. When it renders at the
 reduced size directly (to save time) it decodes with :func:`decode_full` instead, which is
 what :func:`decode_reduced` would have produced from the 4x larger frame.
@@ -32,10 +34,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+HD_720P: Final = (1280, 720)
+"""(width, height) of every camera frame, as OpenCV orders sizes."""
 DEFAULT_INPUT_SIZE: Final = 96
 DEFAULT_CHANNELS: Final = 1
 # libjpeg's DCT scaling factor used by the gateway (IMREAD_REDUCED_*_4).
 REDUCTION: Final = 4
+REDUCED_720P: Final = (HD_720P[0] // REDUCTION, HD_720P[1] // REDUCTION)
+"""What :func:`decode_reduced` makes of a 720p frame: (320, 180)."""
 
 _REDUCED_FLAGS: Final = {1: cv2.IMREAD_REDUCED_GRAYSCALE_4, 3: cv2.IMREAD_REDUCED_COLOR_4}
 _FULL_FLAGS: Final = {1: cv2.IMREAD_GRAYSCALE, 3: cv2.IMREAD_COLOR}
@@ -125,8 +131,8 @@ def frame_to_input(
     return to_model_input(decode_reduced(jpeg, channels), input_size, channels)
 
 
-def encode_jpeg(image: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
-    """JPEG-encode a frame (the cloud's training renders use it to match the camera path)."""
+def encode_jpeg(image: npt.NDArray[np.uint8], quality: int) -> bytes:
+    """Baseline JPEG of a BGR (or grayscale) image at ``quality`` (1-100)."""
     ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise PreprocessError("bad_shape", f"cannot JPEG-encode shape {image.shape}")

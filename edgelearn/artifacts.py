@@ -3,8 +3,9 @@
 Where it sits: the cloud's trainer packs a model into an artifact (bytes), the registry stores
 it and signs a :class:`edgelearn.wire.Model` deployment around it, and a gateway that has
 verified the deployment calls :func:`load_deployment` to get an :class:`EdgeExtractor`:
-a callable from model input (see :mod:`gateway.preprocess`) to the feature it forwards.
-This module imports numpy, ai_edge_litert and edgelearn only, so the gateway can import it.
+a callable from model input (see :mod:`edgelearn.preprocess`) to the feature it forwards.
+The cloud runs the same extractors on data sets to train and score the served path. This
+module imports numpy, ai_edge_litert and the floor only: it is what a gateway installs.
 
 Kinds and their artifacts (``wire.Model.kind`` / ``metadata.json`` ``kind``):
 
@@ -30,7 +31,7 @@ Kinds and their artifacts (``wire.Model.kind`` / ``metadata.json`` ``kind``):
     from) or the raw-mode CNN (``cloud-classifier``).
 
 Every edge extractor takes a ``uint8 (H, W, C)`` frame from
-:func:`gateway.preprocess.to_model_input` and returns a quantised tensor described by its
+:func:`edgelearn.preprocess.to_model_input` and returns a quantised tensor described by its
 :attr:`EdgeExtractor.output` (:class:`TensorQuantization`: dtype, shape, scale, zero point),
 which is exactly what goes into a :class:`edgelearn.wire.Feature` envelope. The cloud
 dequantises ``(q - zero_point) * scale`` before its half of the model.
@@ -56,14 +57,13 @@ import numpy.typing as npt
 from ai_edge_litert.interpreter import Interpreter
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud.models.errors import ArtifactError
-from edgelearn import signing, wire
+from edgelearn import modes, signing, wire
 
-KIND_PCA: Final = "pca"
-KIND_AUTOENCODER: Final = "autoencoder"
-KIND_SPLIT: Final = "split"
-KIND_FULL: Final = "full"
-KIND_CLOUD_CLASSIFIER: Final = "cloud-classifier"
+KIND_PCA: Final = modes.PCA
+KIND_AUTOENCODER: Final = modes.AUTOENCODER
+KIND_SPLIT: Final = modes.SPLIT
+KIND_FULL: Final = modes.FULL
+KIND_CLOUD_CLASSIFIER: Final = "cloud-classifier"  # the cloud half of raw: no edge artifact
 EDGE_KINDS: Final = frozenset({KIND_PCA, KIND_AUTOENCODER, KIND_SPLIT, KIND_FULL})
 ALL_KINDS: Final = EDGE_KINDS | {KIND_CLOUD_CLASSIFIER}
 LITERT_KINDS: Final = frozenset({KIND_AUTOENCODER, KIND_SPLIT, KIND_FULL})
@@ -73,6 +73,16 @@ _QUANTISED_RANGE: Final = {"int8": (-128, 127), "uint8": (0, 255)}
 
 FloatArray = npt.NDArray[np.float32]
 Pixels = npt.NDArray[np.uint8]
+
+
+class ArtifactError(ValueError):
+    """An artifact that does not match its kind's format. ``reason`` is a bounded metric
+    label (``bad_litert``, ``bad_pca``, ``metadata_mismatch``, ...); ``detail`` says more."""
+
+    def __init__(self, detail: str, *, reason: str = "bad_artifact") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -410,6 +420,11 @@ class LoadedDeployment:
     split_k: int
     metadata: dict[str, Any]
     extractor: EdgeExtractor
+
+    @property
+    def mode(self) -> modes.Mode:
+        """The gateway mode this deployment serves."""
+        return modes.Mode.of(self.kind, self.split_k)
 
 
 def parse_metadata(model: wire.Model) -> dict[str, Any]:

@@ -1,0 +1,393 @@
+"""``edgelearn bench pipeline``: every mode side by side on the same frames, in one run.
+
+The setup is the real stack, started by :func:`stack.launcher.launch` as ``edgelearn up``
+starts it: an edge broker bridged to a cloud broker, ``edgelearn cloud`` (consumers,
+registry; it trains the models first if the registry is empty) and one ``edgelearn
+gateway`` worker, each its own process. The benchmark process plays the cameras:
+it renders labeled Fashion-MNIST *test* items (never seen in training) as 720p scenes once,
+then replays exactly those JPEGs for every mode, paced at the cameras' fps with the cameras
+out of step (evenly spread over a frame interval, as free-running cameras are). Between runs a
+retained plan switches the gateway's mode and keyframe filter, live.
+
+For each mode, with keyframes on and off:
+
+* bytes per frame and per second **crossing the bridge**: counted by a subscriber on the
+  cloud broker (what arrived there is what crossed), and the reduction against the
+  cloud-only mode (``raw`` without keyframes) on the same frames;
+* accuracy on the held-out labeled items, per camera frame (held-back frames take their
+  keyframe's answer), from the consumer's counters;
+* end-to-end latency p50/p99, capture at the camera to the result published by the cloud
+  (or by the gateway in ``full`` mode), from the results themselves;
+* gateway and cloud CPU seconds per frame (``process_cpu_seconds_total`` of each process);
+* cloud training time on what arrived: the cloud half retrained on the features stored
+  during that run (``edgelearn train``'s code), with its held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    GATEWAY_ID,
+    close_client,
+    mqtt_client,
+    paced,
+    poll_until,
+    publish_retained,
+    quantile,
+    render_cameras,
+    wait_until,
+)
+from edgelearn import wire
+from edgelearn.config import BrokerConfig
+from edgelearn.metrics import machine_info, scrape
+from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
+from stack.launcher import RunningStack, StackSettings, launch
+
+SITE = "bench"
+
+
+@dataclass(frozen=True)
+class Budget:
+    cameras: int
+    frames_per_camera: int
+    fps: float
+    dwell: int
+    split_ks: tuple[int, ...]
+    training: str  # bootstrap budget name
+    retrain_epochs: int
+
+    @classmethod
+    def of(cls, quick: bool) -> Budget:
+        if quick:
+            return cls(
+                cameras=4,
+                frames_per_camera=90,
+                fps=15,
+                dwell=15,
+                split_ks=(2,),
+                training="quick",
+                retrain_epochs=3,
+            )
+        return cls(
+            cameras=10,
+            frames_per_camera=300,
+            fps=15,
+            dwell=20,
+            split_ks=(2, 6, 8),
+            training="default",
+            retrain_epochs=5,
+        )
+
+    def modes(self) -> list[Mode]:
+        """Cloud-only first, then by the work done at the edge."""
+        return [
+            Mode(RAW),
+            Mode(PCA),
+            Mode(AUTOENCODER),
+            *map(Mode.split, self.split_ks),
+            Mode(FULL),
+        ]
+
+
+class CloudWatch:
+    """A subscriber on the cloud broker: what crossed the bridge, and every result."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.lock = threading.Lock()
+        self.feature_bytes = 0
+        self.feature_messages = 0
+        self.frame_messages = 0
+        self.latencies: list[float] = []
+        self.results = 0
+        self.client = mqtt_client(config, "bench-watch")
+        self.client.on_message = self._on_message
+        topics = wire.Topics(SITE)
+        self.client.subscribe(
+            [
+                (f"{topics.base}/features/#", 0),
+                (topics.all_results(), 0),
+                (f"{topics.base}/frames/#", 0),
+            ]
+        )
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        kind = wire.topic_level(message.topic, 3)
+        with self.lock:
+            if kind == "features":
+                # The bytes of the PUBLISH that crossed: topic, payload, fixed header.
+                self.feature_bytes += len(message.payload) + len(message.topic) + 5
+                self.feature_messages += 1
+            elif kind == "frames":
+                self.frame_messages += 1
+            elif kind == "results":
+                result = wire.decode_as(message.payload, wire.Result)
+                self.results += 1
+                self.latencies.append((result.result_ns - result.capture_ns) / 1e9)
+
+    def reset(self) -> dict[str, Any]:
+        with self.lock:
+            snapshot = {
+                "feature_bytes": self.feature_bytes,
+                "feature_messages": self.feature_messages,
+                "frame_messages": self.frame_messages,
+                "results": self.results,
+                "latencies": self.latencies,
+            }
+            self.feature_bytes = self.feature_messages = self.frame_messages = 0
+            self.results = 0
+            self.latencies = []
+        return snapshot
+
+
+def run(
+    quick: bool, output_dir: Path | None = None, registry: Path | None = None
+) -> dict[str, Any]:
+    budget = Budget.of(quick)
+    output_dir = output_dir or Path("out") / "pipeline"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="edgelearn-bench-"))
+    registry = registry or Path(os.environ.get("EDGELEARN_BENCH_REGISTRY", work / "registry"))
+    settings = StackSettings(
+        run_dir=work,
+        secrets=work / "secrets",
+        registry=registry,
+        site=SITE,
+        edge_port=0,
+        cloud_port=0,
+        prometheus=False,
+        mode=str(Mode(RAW)),
+        split_ks=budget.split_ks,
+        budget=budget.training,
+        feature_store=work / "features",
+        gateway_queue_depth=8,
+        labeled_cameras=0,  # the benchmark plays the cameras itself
+        video=None,
+        camera_users=budget.cameras,
+        echo=False,
+    )
+    clients: list[Any] = []
+    try:
+        with launch(settings) as stack:
+            result = _run_modes(stack, budget, clients)
+            stack.children.stop()  # the consumers flush the feature store as they stop
+        result["training_on_what_arrived"] = _retrain(registry, work / "features", budget)
+        result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+        _write_outputs(result, output_dir)
+        return result
+    finally:
+        for client in clients:
+            close_client(client)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[str, Any]:
+    (cloud_url,) = stack.cloud.metrics_urls
+    (gateway_url,) = stack.gateway.metrics_urls
+    slots = [mode.slot for mode in budget.modes() if mode.needs_model]
+    wait_until(
+        lambda: all(
+            scrape([gateway_url]).total("edgelearn_gateway_model_swaps_total", slot=slot) >= 1
+            for slot in slots
+        ),
+        180,
+        "the gateway to load every model",
+    )
+    secrets_dir = stack.secrets.directory
+    cloud_port, edge_port = stack.cloud_broker.port, stack.edge_broker.port
+    watch = CloudWatch(BrokerConfig.for_user("observer", port=cloud_port, secrets_dir=secrets_dir))
+    clients.append(watch.client)
+    frames = render_cameras(
+        budget.cameras, budget.frames_per_camera, dwell_frames=budget.dwell, first_seed=1000
+    )
+    # One connection per camera: each publishes as its own broker user (the ACL holds).
+    cameras = {}
+    for camera in frames:
+        config = BrokerConfig.for_user(camera, port=edge_port, secrets_dir=secrets_dir)
+        cameras[camera] = mqtt_client(config, f"bench-{camera}")
+        clients.append(cameras[camera])
+    cloud_config = BrokerConfig.for_user("cloud", port=cloud_port, secrets_dir=secrets_dir)
+    rows: dict[str, Any] = {}
+    plan_version = int(time.time())
+    for mode in budget.modes():
+        for keyframes in (False, True):
+            plan_version += 1
+            plan = wire.Plan(GATEWAY_ID, plan_version, str(mode), int(keyframes), 0.02, 45)
+            publish_retained(cloud_config, wire.Topics(SITE).plan(GATEWAY_ID), wire.encode(plan))
+            wait_until(
+                functools.partial(_gateway_runs, gateway_url, mode),
+                30,
+                f"the gateway to switch to {mode}",
+            )
+            rows[_key(mode, keyframes)] = _measure(
+                mode, keyframes, frames, budget, cameras, watch, gateway_url, cloud_url
+            )
+    baseline = rows[_key(Mode(RAW), False)]
+    for row in rows.values():
+        row["reduction"] = (
+            1 - row["uplink_bytes_per_frame"] / baseline["uplink_bytes_per_frame"]
+            if baseline["uplink_bytes_per_frame"]
+            else None
+        )
+    return {
+        "machine": machine_info(),
+        "budget": budget.__dict__,
+        "modes": rows,
+        "raw_frames_on_cloud_broker": watch.frame_messages,
+        "camera_jpeg_bytes_per_frame": statistics.mean(
+            len(f.payload) for sequence in frames.values() for f in sequence
+        ),
+    }
+
+
+def _gateway_runs(gateway_url: str, mode: Mode) -> bool:
+    labels = {"mode": str(mode), "effective": str(mode)}
+    return scrape([gateway_url]).total("edgelearn_gateway_mode_info", **labels) == 1
+
+
+def _key(mode: Mode, keyframes: bool) -> str:
+    return f"{mode} keyframes" if keyframes else str(mode)
+
+
+def _measure(
+    mode: Mode,
+    keyframes: bool,
+    frames: dict[str, list[wire.Frame]],
+    budget: Budget,
+    cameras: dict[str, Any],
+    watch: CloudWatch,
+    gateway_url: str,
+    cloud_url: str,
+) -> dict[str, Any]:
+    def counters() -> dict[str, float]:
+        gateway, cloud = scrape([gateway_url]), scrape([cloud_url])
+        processed = "edgelearn_gateway_frames_processed_total"
+        scored = "edgelearn_cloud_frames_scored_total"
+        return {
+            "gateway_cpu": gateway.total("process_cpu_seconds_total"),
+            "cloud_cpu": cloud.total("process_cpu_seconds_total"),
+            "forwarded": gateway.total(processed, outcome="forwarded"),
+            "held": gateway.total(processed, outcome="held_back"),
+            "dropped": gateway.total("edgelearn_gateway_frames_dropped_total"),
+            "received": gateway.total("edgelearn_gateway_frames_received_total"),
+            "correct": cloud.total(scored, mode=str(mode), outcome="correct"),
+            "wrong": cloud.total(scored, mode=str(mode), outcome="wrong"),
+        }
+
+    watch.reset()
+    before = counters()
+    topics = wire.Topics(SITE)
+    order = list(frames.items())
+    started = time.monotonic()
+    for tick in paced(len(order), budget.fps, frames_per_camera=budget.frames_per_camera):
+        camera, sequence = order[tick.camera]
+        frame = dataclasses.replace(sequence[tick.number], capture_ns=time.time_ns())
+        cameras[camera].publish(topics.frame(camera), wire.encode(frame), qos=0)
+    duration = time.monotonic() - started
+    sent = budget.frames_per_camera * len(frames)
+
+    def settled() -> bool:
+        now = counters()
+        handled = sum(now[key] - before[key] for key in ("forwarded", "held", "dropped"))
+        return handled >= sent and watch.results >= now["forwarded"] - before["forwarded"]
+
+    poll_until(settled, 60)  # what has not arrived by then is missing from the row
+    after = counters()
+    seen = watch.reset()
+    delta = {key: after[key] - before[key] for key in after}
+    frames_handled = delta["forwarded"] + delta["held"]
+    scored = delta["correct"] + delta["wrong"]
+    return {
+        "mode": str(mode),
+        "keyframes": keyframes,
+        "frames_published": sent,
+        "frames_dropped": int(delta["dropped"]),
+        "keyframe_ratio": delta["forwarded"] / frames_handled if frames_handled else None,
+        "uplink_bytes": seen["feature_bytes"],
+        "uplink_bytes_per_frame": seen["feature_bytes"] / sent,
+        "uplink_bytes_per_second": seen["feature_bytes"] / duration,
+        "messages_over_bridge": seen["feature_messages"],
+        "results": seen["results"],
+        "accuracy": delta["correct"] / scored if scored else None,
+        "frames_scored": int(scored),
+        "latency_p50_seconds": quantile(seen["latencies"], 0.5),
+        "latency_p99_seconds": quantile(seen["latencies"], 0.99),
+        "gateway_cpu_seconds_per_frame": delta["gateway_cpu"] / sent,
+        "cloud_cpu_seconds_per_frame": delta["cloud_cpu"] / sent,
+    }
+
+
+def _retrain(registry: Path, store: Path, budget: Budget) -> dict[str, Any]:
+    """The cloud half retrained on what arrived in each mode (keyframes on and off pooled)."""
+    from cloud.training_jobs import train_from_store
+
+    results: dict[str, Any] = {}
+    for mode in budget.modes():
+        if mode.kind == FULL:
+            continue  # trained once in the cloud, answered at the edge: nothing arrives
+        try:
+            results[str(mode)] = train_from_store(
+                registry_root=registry,
+                store_root=store,
+                mode=str(mode),
+                version=None,
+                epochs=budget.retrain_epochs,
+                n_held_out=500 if budget.training == "quick" else 1000,
+            )
+        except FileNotFoundError as exc:
+            results[str(mode)] = {"error": str(exc)}
+    return results
+
+
+def _write_outputs(result: dict[str, Any], output_dir: Path) -> None:
+    from stack.report import render_from_json
+
+    (output_dir / "pipeline.json").write_text(json.dumps(result, indent=2, default=str))
+    lines = [
+        "| mode | keyframes | uplink B/frame | reduction vs cloud-only | keyframe % | "
+        "accuracy | latency p50 / p99 ms | gateway / cloud CPU ms/frame |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["modes"].values():
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.0f}"
+
+        def pct(value: float | None) -> str:
+            return "-" if value is None else f"{value * 100:.1f}%"
+
+        lines.append(
+            f"| {row['mode']} | {'on' if row['keyframes'] else 'off'} | "
+            f"{row['uplink_bytes_per_frame']:.0f} | {pct(row.get('reduction'))} | "
+            f"{pct(row['keyframe_ratio'])} | {pct(row['accuracy'])} | "
+            f"{ms(row['latency_p50_seconds'])} / {ms(row['latency_p99_seconds'])} | "
+            f"{row['gateway_cpu_seconds_per_frame'] * 1000:.1f} / "
+            f"{row['cloud_cpu_seconds_per_frame'] * 1000:.1f} |"
+        )
+    lines += [
+        "",
+        "| mode | cloud training s | uplink bytes of training set | held-out accuracy |",
+        "|---|---|---|---|",
+    ]
+    for mode, row in result["training_on_what_arrived"].items():
+        if "error" in row:
+            lines.append(f"| {mode} | - | - | {row['error']} |")
+            continue
+        lines.append(
+            f"| {mode} | {row['training_seconds']} | {row['uplink_bytes']} | "
+            f"{row['held_out_accuracy'] * 100:.1f}% (n={row['n_train']}) |"
+        )
+    (output_dir / "pipeline.md").write_text("\n".join(lines) + "\n")
+    render_from_json(result, output_dir)

@@ -1,0 +1,177 @@
+"""The cloud role in one process: consumers, a first model set, deployments, the planner.
+
+Where it sits: ``edgelearn cloud`` (:mod:`cloud.cli`) builds a :class:`CloudSettings` from
+its flags and runs a :class:`CloudService`; tests and benchmarks run one in-process. On
+entering, the service
+
+1. starts ``consumers`` :class:`~cloud.consumer.CloudConsumer` in one shared-subscription
+   group, every one answering from the same :class:`~cloud.serving.RegistryModels`, so a
+   model loaded (or warmed up) once serves every consumer;
+2. trains a first model set when the registry lacks one (``budget``; with a progress bar);
+3. loads and runs once the cloud half of every mode it serves (the warm-up), so the first
+   features do not wait seconds for TensorFlow;
+4. pushes the newest signed deployment of every edge mode to the retained model topics;
+5. with ``plan``, runs the :class:`~cloud.planner.Planner` beside the consumers.
+
+Leaving it drains and stops them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+
+from prometheus_client import CollectorRegistry
+
+from cloud.bootstrap import Progress, TrainingBudget, deployable, ensure_models, log_progress
+from cloud.consumer import CloudConsumer, ConsumerConfig
+from cloud.feature_store import FeatureStore
+from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
+from cloud.registry import Registry
+from cloud.serving import RegistryModels
+from edgelearn import signing, wire
+from edgelearn.config import BrokerConfig
+from edgelearn.mqtt import MqttSession
+from edgelearn.secrets import Secrets
+
+Announce = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    broker: BrokerConfig
+    registry: Path
+    secrets: Secrets
+    site: str = wire.DEFAULT_SITE
+    group: str = "cloud"
+    consumers: int = 1
+    split_ks: tuple[int, ...] = (1, 2, 3)
+    budget: TrainingBudget | None = field(default_factory=TrainingBudget)  # None: never train
+    push: bool = True
+    feature_store: Path | None = None  # None: keep no features
+    metrics_port: int = 0  # of consumer 0, the others on the next ports; 0: free ports
+    plan: PlannerSettings | None = None  # None: no planner
+
+
+async def push_deployments(
+    broker: BrokerConfig,
+    site: str,
+    deployments: list[wire.Model],
+    gateway: str = wire.ALL_GATEWAYS,
+) -> None:
+    """Publish ``deployments`` retained, each on its mode's model topic for ``gateway``."""
+    topics = wire.Topics(site)
+    async with MqttSession(broker, f"cloud-push-{os.getpid()}") as session:
+        for model in deployments:
+            await session.publish(
+                topics.model(gateway, model.mode), wire.encode(model), qos=1, retain=True
+            )
+
+
+class CloudService:
+    def __init__(
+        self,
+        settings: CloudSettings,
+        *,
+        progress: Progress = log_progress,
+        announce: Announce = lambda line: None,
+    ) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self.models = RegistryModels(self.registry)
+        self.store = (
+            None if settings.feature_store is None else FeatureStore(settings.feature_store)
+        )
+        self._progress = progress
+        self._announce = announce
+        self.metric_registries = [CollectorRegistry() for _ in range(settings.consumers)]
+        self.consumers = [
+            CloudConsumer(
+                ConsumerConfig(
+                    consumer_id=f"cloud-{index}-{os.getpid()}",
+                    site=settings.site,
+                    group=settings.group,
+                    store_features=self.store is not None,
+                    metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
+                ),
+                settings.broker,
+                self.models,
+                store=self.store,
+                registry=self.metric_registries[index],
+            )
+            for index in range(settings.consumers)
+        ]
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> CloudService:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        settings = self.settings
+        for consumer in self.consumers:
+            await self._stack.enter_async_context(consumer)
+            assert consumer.metrics_server is not None
+            self._announce(
+                f"cloud consumer {consumer.config.consumer_id}: metrics "
+                f"{consumer.metrics_server.url}"
+            )
+        if settings.budget is not None:
+            await self._train_first_models(replace(settings.budget, split_ks=settings.split_ks))
+        warmed = await asyncio.to_thread(self.models.warm_up, settings.split_ks)
+        self._announce(f"serving {', '.join(warmed)}")
+        if settings.push:
+            key = signing.load_private_key(settings.secrets.signing_key)
+            deployments = [
+                self.registry.deployment(entry.name, entry.version, key)
+                for entry in deployable(self.registry, settings.split_ks)
+            ]
+            await push_deployments(settings.broker, settings.site, deployments)
+            self._announce(
+                "pushed " + ", ".join(f"{model.mode} {model.version}" for model in deployments)
+            )
+        if settings.plan is not None:
+            planner = Planner(
+                settings.broker,
+                settings.site,
+                registry_candidates(self.registry, settings.split_ks),
+                settings.plan,
+                registry=self.metric_registries[0],
+                client_id=f"cloud-planner-{os.getpid()}",
+                announce=lambda decision: self._announce(f"plan {format_decision(decision)}"),
+            )
+            await self._stack.enter_async_context(planner)
+            self._announce("planning gateway modes from their status")
+
+    async def _train_first_models(self, budget: TrainingBudget) -> None:
+        outcome = await asyncio.to_thread(ensure_models, self.registry, budget, self._progress)
+        if outcome["trained"]:
+            metrics = self.consumers[0].metrics
+            metrics.training_runs.labels("bootstrap").inc()
+            metrics.training_seconds.labels("bootstrap").observe(outcome["seconds"])
+            self._announce(
+                f"trained a first model set in {outcome['seconds']} s; held-out "
+                f"accuracy {json.dumps(outcome['accuracy'])}"
+            )
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        for consumer in self.consumers:
+            await consumer.drain(timeout)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()

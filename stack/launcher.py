@@ -1,0 +1,460 @@
+"""The one launcher of the whole local stack, used by ``edgelearn up`` and the benchmarks.
+
+What :func:`launch` starts, in order, each but the brokers as a child process that ends with
+this one::
+
+    cloud broker  <--bridge--  edge broker            (mosquitto; raw frames stay on the edge)
+    edgelearn cloud     on the cloud broker            (trains a first model set if the
+                                                        registry is empty, pushes it, serves,
+                                                        plans the gateways' modes)
+    edgelearn gateway   on the edge broker             (a pool of workers; the mode is the
+                                                        planner's unless one is pinned)
+    edgelearn camera    on the edge broker             (labeled-scene cameras, and one camera
+                                                        replaying a real video file)
+    Prometheus                                         (when installed; scrapes everything)
+
+Each step waits until the one before is ready: a broker until it accepts connections, the
+gateway until the cloud printed ``pushed`` (its models are retained on the broker), the
+cameras until every gateway worker printed its ``metrics`` line. A child's output goes to
+``<run_dir>/<name>.log``, and to the console when ``echo`` is set. Children get SIGTERM when
+this process dies for any reason (Linux ``PR_SET_PDEATHSIG``), so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgelearn import wire
+from edgelearn.modes import Mode
+from edgelearn.ports import free_port, port_in_use
+from edgelearn.secrets import Secrets, default_secrets_dir
+from stack import broker
+
+SAMPLE_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+PROMETHEUS_CONFIG = Path(__file__).resolve().parent.parent / "dashboards" / "prometheus"
+AUTO_MODE = "auto"
+GATEWAY_ID = "gw-1"
+KEPT_LINES = 200  # of each child's output, for error messages and waits
+
+
+class StackError(RuntimeError):
+    """Something the user can fix: a port in use, a missing program or file, a child that
+    exited while it was awaited."""
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[str]
+    lines: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=KEPT_LINES)
+    )
+    line_count: int = 0  # every line it printed; ``lines`` keeps the last ``KEPT_LINES``
+    metrics_urls: list[str] = field(default_factory=list)
+
+
+class ChildProcesses:
+    """Children started with :meth:`start`, each one's output kept, logged and echoed."""
+
+    # Routine lines of TensorFlow and absl at start-up: the log file has them.
+    _QUIET_PREFIXES = ("I0000", "W0000", "WARNING: All log")
+
+    def __init__(self, log_dir: Path, echo: bool) -> None:
+        self.children: list[Child] = []
+        self.log_dir = log_dir
+        self.echo = echo
+        self._printed = threading.Condition()
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> Child:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+        child = Child(name, process)
+        self.children.append(child)
+        threading.Thread(target=self._pump, args=(child,), name=f"pump-{name}", daemon=True).start()
+        return child
+
+    def _pump(self, child: Child) -> None:
+        assert child.process.stdout is not None
+        with (self.log_dir / f"{child.name}.log").open("w") as log:
+            for line in child.process.stdout:
+                log.write(line)
+                log.flush()
+                with self._printed:
+                    child.lines.append(line.rstrip("\n"))
+                    child.line_count += 1
+                    self._printed.notify_all()
+                if self.echo and not line.startswith(self._QUIET_PREFIXES):
+                    print(f"  {child.name:>8} | {line.rstrip()}", flush=True)
+        child.process.wait()
+        with self._printed:  # its output ended: wake the waiters, who then see the exit
+            self._printed.notify_all()
+
+    def wait_for_line(self, child: Child, text: str, timeout: float, after: int = 0) -> int:
+        """Wait until ``child`` prints a line holding ``text``, its ``after``-th line or a
+        later one; returns that line's number + 1 (pass it as ``after`` to wait for the next
+        one). Raises :class:`StackError` if the child exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        with self._printed:
+            while True:
+                first_kept = child.line_count - len(child.lines)
+                for number in range(max(after, first_kept), child.line_count):
+                    if text in child.lines[number - first_kept]:
+                        return number + 1
+                after = max(after, child.line_count)
+                if child.process.poll() is not None:
+                    tail = "\n".join(list(child.lines)[-15:])
+                    raise StackError(
+                        f"{child.name} exited with {child.process.returncode}:\n{tail}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StackError(f"{child.name} did not print {text!r} within {timeout:.0f} s")
+                self._printed.wait(remaining)
+
+    def dead(self) -> list[Child]:
+        return [child for child in self.children if child.process.poll() not in (None, 0)]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to every child still running, newest first; SIGKILL after ``timeout``."""
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+
+
+@dataclass
+class StackSettings:
+    run_dir: Path = field(default_factory=lambda: Path.cwd() / "run" / "stack")
+    secrets: Path | None = None
+    registry: Path | None = None
+    site: str = wire.DEFAULT_SITE
+    edge_port: int = 1883  # 0: a free port
+    cloud_port: int = 1884
+    prometheus_port: int = 9090
+    prometheus: bool = True  # when installed
+    mode: str = AUTO_MODE  # auto: the cloud's planner picks each gateway's mode
+    split_ks: tuple[int, ...] = (2, 4, 6, 8)
+    budget: str = "default"  # training budget of a first model set
+    feature_store: Path | None = None  # default: <run_dir>/features
+    workers: int = 1
+    gateway_queue_depth: int | None = None  # None: the gateway's default
+    uplink_kbps: float = 0.0  # the gateway's uplink as the planner sees it; 0: not configured
+    labeled_cameras: int = 4
+    video: Path | None = SAMPLE_VIDEO
+    fps: float = 15.0
+    camera_users: int = 0  # camera users to ensure beyond the stack's own cameras
+    echo: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.plans:
+            Mode.parse(self.mode)  # ModeError (a ValueError) with a clear message
+
+    @property
+    def plans(self) -> bool:
+        return self.mode == AUTO_MODE
+
+    def initial_mode(self) -> str:
+        """The mode the gateway starts in: the pinned one, or until its first plan the
+        deepest split served."""
+        if not self.plans:
+            return self.mode
+        return str(Mode.split(max(self.split_ks))) if self.split_ks else "raw"
+
+
+@dataclass
+class RunningStack:
+    children: ChildProcesses
+    secrets: Secrets
+    edge_broker: broker.RunningBroker
+    cloud_broker: broker.RunningBroker
+    cloud: Child
+    gateway: Child
+    cameras: list[Child]
+    prometheus: str | None
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [url for child in self.children.children for url in child.metrics_urls]
+
+    def info(self) -> dict[str, str]:
+        found = {
+            "edge_broker": f"127.0.0.1:{self.edge_broker.port}",
+            "cloud_broker": f"127.0.0.1:{self.cloud_broker.port}",
+        }
+        if self.prometheus:
+            found["prometheus"] = self.prometheus
+        return found
+
+
+def child_env(secrets: Path, registry: Path | None = None) -> dict[str, str]:
+    """The environment of the stack's child processes: where the secrets (and models) are,
+    unbuffered output, and TensorFlow's start-up chatter turned down."""
+    env = {
+        **os.environ,
+        "EDGELEARN_SECRETS": str(secrets),
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    if registry is not None:
+        env["EDGELEARN_REGISTRY"] = str(registry)
+    return env
+
+
+def edgelearn_command(*arguments: str) -> list[str]:
+    """The ``edgelearn`` command as a child process runs it (this interpreter, this code)."""
+    return [sys.executable, "-m", "stack", *arguments]
+
+
+def _port(port: int, what: str, flag: str) -> int:
+    if port == 0:
+        return free_port()
+    if port_in_use("127.0.0.1", port):
+        raise StackError(
+            f"port {port} ({what}) is in use: stop what runs there or pass "
+            f"{flag} with another port (0 picks a free one)"
+        )
+    return port
+
+
+def _secrets(settings: StackSettings, cameras: int) -> Secrets:
+    """The stack's secrets, made on first use, with a user for every camera it runs."""
+    directory = settings.secrets or default_secrets_dir()
+    secrets = Secrets(directory)
+    if not secrets.exists():
+        broker.init_secrets(directory, cameras=max(16, cameras), gateways=4)
+    known = {user.name for user in secrets.users()}
+    for number in range(1, cameras + 1):
+        if f"cam-{number}" not in known:
+            broker.add_user(directory, f"cam-{number}", "camera")
+    return secrets
+
+
+@contextlib.contextmanager
+def launch(settings: StackSettings) -> Iterator[RunningStack]:
+    """Start everything ``settings`` asks for; yields the running stack and stops all of
+    it on exit, whatever happened."""
+    broker.mosquitto_binary()  # a clear error before anything starts
+    if settings.video is not None and not settings.video.is_file():
+        raise StackError(
+            f"sample video {settings.video} is missing: install Debian's "
+            "opencv-doc package, or pass --video PATH or --video none"
+        )
+    run_dir = settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    own_cameras = settings.labeled_cameras + (1 if settings.video else 0)
+    secrets = _secrets(settings, max(own_cameras, settings.camera_users))
+    edge_port = _port(settings.edge_port, "edge broker", "--edge-port")
+    cloud_port = _port(settings.cloud_port, "cloud broker", "--cloud-port")
+    prometheus_binary = shutil.which("prometheus") if settings.prometheus else None
+    if prometheus_binary and not PROMETHEUS_CONFIG.is_dir():
+        print(f"no Prometheus config in {PROMETHEUS_CONFIG}: not starting Prometheus")
+        prometheus_binary = None
+    prometheus_port = (
+        _port(settings.prometheus_port, "Prometheus", "--prometheus-port")
+        if prometheus_binary
+        else 0
+    )
+    env = child_env(secrets.directory, settings.registry)
+    children = ChildProcesses(run_dir, settings.echo)
+    brokers: list[broker.RunningBroker] = []
+    try:
+        cloud_broker = broker.start_broker(
+            secrets,
+            broker.BrokerSettings(
+                role="cloud", port=cloud_port, tls_port=0, run_dir=run_dir / "broker-cloud"
+            ),
+        )
+        brokers.append(cloud_broker)
+        edge_broker = broker.start_broker(
+            secrets,
+            broker.BrokerSettings(
+                role="edge",
+                port=edge_port,
+                tls_port=0,
+                run_dir=run_dir / "broker-edge",
+                bridge=broker.Bridge("127.0.0.1", cloud_broker.port),
+            ),
+        )
+        brokers.append(edge_broker)
+        cloud = _start_cloud(children, settings, cloud_broker.port, env)
+        gateway = start_gateway(children, settings, edge_broker.port, env)
+        cameras = _start_cameras(children, settings, edge_broker.port, env)
+        prometheus = None
+        if prometheus_binary:
+            prometheus = _start_prometheus(
+                children, prometheus_binary, run_dir, prometheus_port, env
+            )
+        yield RunningStack(
+            children, secrets, edge_broker, cloud_broker, cloud, gateway, cameras, prometheus
+        )
+    finally:
+        children.stop()
+        for running in reversed(brokers):
+            running.stop()
+
+
+def _metrics_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def _start_cloud(
+    children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
+) -> Child:
+    metrics_port = free_port()
+    store = settings.feature_store or settings.run_dir / "features"
+    command = edgelearn_command(
+        "cloud",
+        "--broker",
+        f"127.0.0.1:{broker_port}",
+        "--site",
+        settings.site,
+        "--budget",
+        settings.budget,
+        "--split-ks",
+        ",".join(str(k) for k in settings.split_ks),
+        "--metrics-port",
+        str(metrics_port),
+        "--feature-store",
+        str(store),
+        *(["--registry", str(settings.registry)] if settings.registry else []),
+        *(["--plan"] if settings.plans else []),
+    )
+    cloud = children.start("cloud", command, env)
+    cloud.metrics_urls.append(_metrics_url(metrics_port))
+    children.wait_for_line(cloud, "pushed", timeout=3600)  # a first training takes minutes
+    return cloud
+
+
+def start_gateway(
+    children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
+) -> Child:
+    """``edgelearn gateway`` with ``settings.workers`` workers on the broker at
+    ``broker_port``; returns once every worker is connected (it printed its metrics URL)."""
+    metrics_port = free_port(count=settings.workers)
+    command = edgelearn_command(
+        "gateway",
+        "--id",
+        GATEWAY_ID,
+        "--broker",
+        f"127.0.0.1:{broker_port}",
+        "--site",
+        settings.site,
+        "--mode",
+        settings.initial_mode(),
+        "--workers",
+        str(settings.workers),
+        "--uplink-kbps",
+        str(settings.uplink_kbps),
+        "--metrics-port",
+        str(metrics_port),
+        *(
+            ["--queue-depth", str(settings.gateway_queue_depth)]
+            if settings.gateway_queue_depth
+            else []
+        ),
+    )
+    gateway = children.start("gateway", command, env)
+    gateway.metrics_urls += [
+        _metrics_url(metrics_port + index) for index in range(settings.workers)
+    ]
+    seen = 0
+    for _ in range(settings.workers):
+        seen = children.wait_for_line(gateway, "metrics", timeout=120, after=seen)
+    return gateway
+
+
+def _start_cameras(
+    children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
+) -> list[Child]:
+    fleets: list[tuple[str, str, int, int]] = []  # name, source, cameras, first camera
+    if settings.labeled_cameras:
+        fleets.append(("cameras", "fashion-mnist:test", settings.labeled_cameras, 1))
+    if settings.video is not None:
+        fleets.append(("video", f"video:{settings.video}", 1, settings.labeled_cameras + 1))
+    started = []
+    for name, source, count, first in fleets:
+        metrics_port = free_port()
+        command = edgelearn_command(
+            "camera",
+            "--source",
+            source,
+            "--cameras",
+            str(count),
+            "--first-camera",
+            str(first),
+            "--fps",
+            str(settings.fps),
+            "--broker",
+            f"127.0.0.1:{broker_port}",
+            "--site",
+            settings.site,
+            "--metrics-port",
+            str(metrics_port),
+        )
+        child = children.start(name, command, env)
+        child.metrics_urls.append(_metrics_url(metrics_port))
+        started.append(child)
+    return started
+
+
+def _start_prometheus(
+    children: ChildProcesses, binary: str, run_dir: Path, port: int, env: dict[str, str]
+) -> str:
+    config_dir = run_dir / "prometheus"
+    if config_dir.exists():
+        shutil.rmtree(config_dir)
+    shutil.copytree(PROMETHEUS_CONFIG, config_dir)
+    (config_dir / "targets").mkdir(exist_ok=True)
+    targets = []
+    for child in children.children:
+        job = {"cloud": "cloud", "gateway": "gateway"}.get(child.name, "camera")
+        for index, url in enumerate(child.metrics_urls):
+            labels = {"job": job}
+            if job == "gateway":
+                labels |= {"gateway": GATEWAY_ID, "worker": str(index)}
+            address = url.removeprefix("http://").removesuffix("/metrics")
+            targets.append({"targets": [address], "labels": labels})
+    (config_dir / "targets" / "stack.json").write_text(json.dumps(targets, indent=1))
+    children.start(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={run_dir / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        env,
+    )
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,297 @@
+"""``edgelearn up``: the whole local stack on defaults, with a live summary.
+
+The stack is started by :func:`stack.launcher.launch` (brokers bridged, the cloud, a gateway
+pool, labeled and video cameras, Prometheus). Then ``up`` scrapes every process's
+``/metrics`` every few seconds and prints, per camera: fps, keyframe %, bytes raw (what
+cloud-only would send) vs sent, accuracy, and, per mode, latency p50/p99 and the uplink
+reduction. ``--duration`` stops it; Ctrl-C or SIGTERM stop it cleanly; the last summary is
+written to ``<run-dir>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgelearn import wire
+from edgelearn.config import ConfigError
+from edgelearn.metrics import scrape
+from edgelearn.modes import ModeError
+from stack import broker
+from stack.launcher import SAMPLE_VIDEO, StackError, StackSettings, launch
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Histogram quantile from cumulative (upper bound, count) pairs, like PromQL's."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * (
+                (rank - lower_count) / width if width else 1.0
+            )
+        lower_bound, lower_count = bound, count
+    return None
+
+
+def summarize(urls: list[str]) -> dict[str, Any]:
+    """Merge every process's metrics into the figures the summary prints."""
+    samples = scrape(urls, timeout=2.0)
+    published = samples.by_label("edgelearn_camera_frames_published_total", "camera")
+    fps = samples.by_label("edgelearn_camera_achieved_fps", "camera")
+    processed = "edgelearn_gateway_frames_processed_total"
+    forwarded = samples.by_label(processed, "camera", outcome="forwarded")
+    held = samples.by_label(processed, "camera", outcome="held_back")
+    raw = samples.by_label("edgelearn_gateway_raw_equivalent_bytes_total", "camera")
+    sent = samples.by_label("edgelearn_gateway_uplink_bytes_total", "camera")
+    dropped = samples.by_label("edgelearn_gateway_frames_dropped_total", "reason")
+    accuracy: dict[str, dict[str, float]] = {}
+    for labels, value in samples.values("edgelearn_cloud_accuracy_ratio"):
+        accuracy.setdefault(labels["camera"], {})[labels["mode"]] = value
+    cameras = sorted(set(published) | set(forwarded), key=lambda c: (len(c), c))
+    per_camera = {
+        camera: {
+            "frames": int(published.get(camera, 0)),
+            "fps": round(fps.get(camera, 0.0), 1),
+            "keyframe_ratio": (
+                forwarded.get(camera, 0) / total
+                if (total := forwarded.get(camera, 0) + held.get(camera, 0))
+                else None
+            ),
+            "raw_bytes": int(raw.get(camera, 0)),
+            "sent_bytes": int(sent.get(camera, 0)),
+            "accuracy": accuracy.get(camera, {}),
+        }
+        for camera in cameras
+    }
+    latency: dict[str, list[tuple[float, float]]] = {}
+    for labels, value in samples.values("edgelearn_cloud_end_to_end_latency_seconds_bucket"):
+        latency.setdefault(labels["mode"], []).append((float(labels["le"]), value))
+    modes: dict[str, dict[str, Any]] = {
+        mode: {
+            "latency_p50_seconds": _quantile(buckets, 0.5),
+            "latency_p99_seconds": _quantile(buckets, 0.99),
+        }
+        for mode, buckets in latency.items()
+    }
+    scored = "edgelearn_cloud_frames_scored_total"
+    correct = samples.by_label(scored, "mode", outcome="correct")
+    wrong = samples.by_label(scored, "mode", outcome="wrong")
+    for mode in set(correct) | set(wrong):
+        total_scored = correct.get(mode, 0) + wrong.get(mode, 0)
+        modes.setdefault(mode, {})["accuracy"] = (
+            correct.get(mode, 0) / total_scored if total_scored else None
+        )
+    total_raw, total_sent = sum(raw.values()), sum(sent.values())
+    return {
+        "cameras": per_camera,
+        "modes": modes,
+        "results": int(samples.total("edgelearn_cloud_results_total")),
+        "dropped": {reason: int(value) for reason, value in dropped.items() if value},
+        "raw_bytes": int(total_raw),
+        "sent_bytes": int(total_sent),
+        "uplink_reduction": (1 - total_sent / total_raw) if total_raw else None,
+    }
+
+
+def _fmt_bytes(value: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(value) < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def _fmt(value: float | None, scale: float = 100, suffix: str = "%") -> str:
+    return "-" if value is None else f"{value * scale:.1f}{suffix}"
+
+
+def render_summary(summary: dict[str, Any], elapsed: float) -> str:
+    lines = [
+        f"edgelearn stack, {elapsed:.0f} s: {summary['results']} results",
+        f"{'camera':<10}{'fps':>6}{'frames':>8}{'keyframes':>11}{'raw':>11}{'sent':>11}"
+        f"{'accuracy':>10}",
+    ]
+    for camera, row in summary["cameras"].items():
+        accuracy = ", ".join(f"{mode} {_fmt(value)}" for mode, value in row["accuracy"].items())
+        lines.append(
+            f"{camera:<10}{row['fps']:>6}{row['frames']:>8}"
+            f"{_fmt(row['keyframe_ratio']):>11}{_fmt_bytes(row['raw_bytes']):>11}"
+            f"{_fmt_bytes(row['sent_bytes']):>11}  {accuracy or '-'}"
+        )
+    for mode, row in sorted(summary["modes"].items()):
+        lines.append(
+            f"mode {mode:<12} latency p50 {_fmt(row.get('latency_p50_seconds'), 1000, ' ms')}"
+            f"  p99 {_fmt(row.get('latency_p99_seconds'), 1000, ' ms')}"
+            f"  accuracy {_fmt(row.get('accuracy'))}"
+        )
+    lines.append(
+        f"uplink: {_fmt_bytes(summary['sent_bytes'])} sent for "
+        f"{_fmt_bytes(summary['raw_bytes'])} of camera JPEGs: "
+        f"reduction {_fmt(summary['uplink_reduction'])}"
+    )
+    if summary["dropped"]:
+        lines.append(
+            "gateway drops: " + ", ".join(f"{k} {v}" for k, v in summary["dropped"].items())
+        )
+    return "\n".join(lines)
+
+
+DEFAULT_INTERVAL = 5.0  # seconds between two summaries
+
+
+def _split_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--split-ks {text!r}: comma-separated integers") from exc
+    if min(ks, default=0) < 1:
+        raise ConfigError(f"--split-ks {text!r}: integers >= 1")
+    return ks
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    defaults = StackSettings()
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds of camera traffic (default: Ctrl-C)",
+    )
+    parser.add_argument(
+        "--mode",
+        default=defaults.mode,
+        help="gateway mode: raw, pca, autoencoder, split:K, full, or auto (default): the "
+        "cloud's planner picks it from the gateway's status (it starts in the deepest split)",
+    )
+    split_ks = ",".join(str(k) for k in defaults.split_ks)
+    parser.add_argument(
+        "--split-ks",
+        default=split_ks,
+        help=f"split points the cloud trains and pushes (default {split_ks})",
+    )
+    parser.add_argument(
+        "--budget",
+        choices=("default", "quick"),
+        default=defaults.budget,
+        help="training budget if the registry is empty (quick: ~1 min, "
+        "low accuracy; default: a few minutes on 2 cores)",
+    )
+    parser.add_argument(
+        "--uplink-kbps",
+        type=float,
+        default=defaults.uplink_kbps,
+        help="the gateway's uplink in kb/s as reported to the planner (try 128: the planner "
+        "moves the gateway to full, results only); default 0: not configured, a fast link",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=defaults.workers, help="gateway worker processes"
+    )
+    parser.add_argument(
+        "--cameras",
+        type=int,
+        default=defaults.labeled_cameras,
+        help="labeled-scene cameras (Fashion-MNIST)",
+    )
+    parser.add_argument(
+        "--video", default=str(SAMPLE_VIDEO), help="video file for one more camera, or 'none'"
+    )
+    parser.add_argument("--fps", type=float, default=defaults.fps, help="camera frame rate")
+    parser.add_argument("--site", default=defaults.site, help="topic namespace")
+    parser.add_argument(
+        "--edge-port", type=int, default=defaults.edge_port, help="edge broker port (0: free)"
+    )
+    parser.add_argument(
+        "--cloud-port", type=int, default=defaults.cloud_port, help="cloud broker port (0: free)"
+    )
+    parser.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=defaults.prometheus_port,
+        help="Prometheus port (0: free)",
+    )
+    parser.add_argument(
+        "--no-prometheus",
+        dest="prometheus",
+        action="store_false",
+        help="do not start Prometheus even when installed",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=defaults.run_dir,
+        help="logs, broker data, Prometheus data, the summary JSON",
+    )
+    parser.add_argument("--secrets", type=Path, default=None, help="secrets directory")
+    parser.add_argument("--registry", type=Path, default=None, help="model registry")
+    parser.add_argument(
+        "--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between summary updates"
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not echo children's output")
+
+
+def main(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        settings = StackSettings(
+            run_dir=args.run_dir,
+            secrets=args.secrets,
+            registry=args.registry,
+            site=wire.Topics(args.site).site,
+            edge_port=args.edge_port,
+            cloud_port=args.cloud_port,
+            prometheus_port=args.prometheus_port,
+            prometheus=args.prometheus,
+            mode=args.mode,
+            split_ks=_split_ks(args.split_ks),
+            budget=args.budget,
+            workers=args.workers,
+            uplink_kbps=args.uplink_kbps,
+            labeled_cameras=args.cameras,
+            video=None if args.video == "none" else Path(args.video),
+            fps=args.fps,
+            echo=not args.quiet,
+        )
+        with launch(settings) as stack:
+            print("\nedgelearn stack is up:", flush=True)
+            for key, value in stack.info().items():
+                print(f"  {key:<13} {value}")
+            urls = stack.metrics_urls
+            for url in urls:
+                print(f"  metrics       {url}")
+            started = time.monotonic()
+            summary: dict[str, Any] = {}
+            while not stop.is_set():
+                stop.wait(args.interval)
+                summary = summarize(urls)
+                elapsed = time.monotonic() - started
+                print("\n" + render_summary(summary, elapsed), flush=True)
+                if dead := stack.children.dead():
+                    raise StackError(
+                        ", ".join(f"{c.name} exited with {c.process.returncode}" for c in dead)
+                        + f"; logs in {settings.run_dir}"
+                    )
+                if args.duration is not None and elapsed >= args.duration:
+                    break
+            summary["elapsed_seconds"] = round(time.monotonic() - started, 1)
+            (settings.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            print(f"\nsummary written to {settings.run_dir / 'summary.json'}; stopping.")
+    except (StackError, broker.BrokerError, ConfigError, ModeError, wire.WireError) as exc:
+        print(f"edgelearn up: {exc}", file=sys.stderr)
+        return 2
+    return 0
