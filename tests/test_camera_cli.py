@@ -124,3 +124,40 @@ def test_python_dash_m_cameras_has_help_on_every_option() -> None:
     ):
         assert option in result.stdout
 
+
+def test_a_bug_ends_with_its_traceback_not_as_a_user_error(broker: BrokerUnderTest) -> None:
+    """A ValueError from our own code (here a renderer that breaks on construction) is a
+    bug: exit status 1 and the traceback, not the one-line exit 2 of a user's mistake."""
+    arguments = [
+        "camera",
+        "--source",
+        "synthetic",
+        "--frames",
+        "1",
+        "--broker",
+        f"{broker.host}:{broker.port}",
+        "--secrets",
+        str(broker.secrets_dir),
+    ]
+    caller = (
+        "import sys\n"
+        "import cameras.sources\n"
+        "def broken(self, *args, **kwargs):\n"
+        "    raise ValueError('a bug in the synthetic scene')\n"
+        "cameras.sources.SyntheticScene.__init__ = broken\n"
+        "from stack.cli import main\n"
+        f"sys.exit(main({arguments!r}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", caller], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1, result
+    assert "Traceback" in result.stderr
+    assert "ValueError: a bug in the synthetic scene" in result.stderr
+
+
+def test_an_option_out_of_range_is_a_user_error() -> None:
+    assert_one_line_error(camera_command("--cameras", "0"), "--cameras must be >= 1")
+    assert_one_line_error(
+        camera_command("--transport", "coap", "--coap-uri", "http://gw/frames"), "CoAP endpoint"
+    )
