@@ -96,3 +96,15 @@ def test_corrupt_or_mis_sized_payloads_raise_codec_error(coder: Codec) -> None:
         codec.decode_array(encoded.payload, shape=(63,), **arguments)  # type: ignore[arg-type]
     with pytest.raises(codec.CodecError):
         codec.decode_array(b"garbage" * 4, shape=(64,), **arguments)  # type: ignore[arg-type]
+    with pytest.raises(codec.CodecError):  # a whole stream, then more
+        codec.decode_array(encoded.payload * 2, shape=(64,), **arguments)  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=512), st.sampled_from([Codec.ZLIB, Codec.ZSTD]))
+@settings(max_examples=300)
+def test_arbitrary_bytes_raise_nothing_but_codec_error(payload: bytes, coder: Codec) -> None:
+    try:
+        values = codec.unpack_array(payload, dtype=DType.INT8, shape=(16,), codec=coder)
+    except codec.CodecError:
+        return
+    assert values.shape == (16,)  # what decodes at all decodes to exactly its shape
