@@ -36,8 +36,7 @@ from cameras.coap_link import CoapLink
 from cameras.encoding import BitrateController
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import MqttLink
-from cameras.scene import LabeledScene
-from cameras.source_frame import FrameSource
+from cameras.scene import FrameSource, LabeledScene
 from cameras.sources import SyntheticScene, VideoSource
 from cameras.transport import FrameLink
 from edgelearn.config import BrokerConfig

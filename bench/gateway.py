@@ -66,8 +66,7 @@ from edgelearn.metrics import Samples, machine_info, scrape
 from edgelearn.modes import Mode
 from edgelearn.secrets import Secrets
 from gateway.config import GatewayConfig
-from gateway.keyframes import KeyframeSettings
-from gateway.pipeline import STAGES, Dropped, Forward, FramePipeline, HeldBack
+from gateway.pipeline import STAGES, Dropped, Forward, FramePipeline, HeldBack, KeyframeSettings
 from stack import broker as broker_module
 from stack.launcher import ChildProcesses, StackSettings, child_env, start_gateway
 

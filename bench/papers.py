@@ -13,7 +13,7 @@ Three experiments on real data (Fashion-MNIST rendered as camera scenes, see
 * **Paper 003's bitrates** (:func:`stream_bitrates`): a 720p camera at 15 fps as JPEG (the
   camera's fixed quality and the 3000 kb/s bitrate controller), as int8 features of every
   split boundary (uncoded and zstd-coded with :mod:`edgelearn.codec`), and keyframes only
-  (:class:`gateway.keyframes.KeyframeFilter`), on the labeled scene and on a street video.
+  (:class:`gateway.pipeline.KeyframeFilter`), on the labeled scene and on a street video.
 
 Accounting, and where it differs from the papers:
 
@@ -72,7 +72,7 @@ from edgelearn.datasets import LabeledImages, load_fashion_mnist
 from edgelearn.metrics import machine_info
 from edgelearn.modes import Mode
 from edgelearn.preprocess import encode_jpeg
-from gateway.keyframes import KeyframeFilter, decode_small
+from gateway.pipeline import KeyframeFilter, decode_small
 from stack.launcher import SAMPLE_VIDEO as VIDEO
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from cameras.encoding import BitrateController, FixedQuality, FrameEncoder
 from cameras.errors import TransportError
 from cameras.metrics import CameraMetrics, CameraRecorder
 from cameras.pacing import Pacer
-from cameras.source_frame import FrameSource
+from cameras.scene import FrameSource
 from cameras.transport import FrameLink, LinkFactory
 from edgelearn.preprocess import HD_720P
 from edgelearn.wire import Encoding, Frame, encode

@@ -33,7 +33,7 @@ from cameras.coap_link import CoapLink, check_uri
 from cameras.errors import CameraError
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import MqttLink
-from cameras.source_frame import FrameSource
+from cameras.scene import FrameSource
 from cameras.sources import parse_source
 from cameras.transport import FrameLink, LinkFactory
 from edgelearn.config import BrokerConfig, ConfigError, parse_address

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from cameras.source_frame import Image
+from cameras.scene import Image
 from edgelearn.preprocess import encode_jpeg
 
 MIN_QUALITY: Final = 5

@@ -14,6 +14,11 @@ frame height, so a small render looks like a downscaled 720p frame.
 Cost at 720p is a few milliseconds per frame: the background is built once per scene at a
 quarter of the resolution, the item is warped only inside its bounding box, lighting is one
 ``cv2.transform`` pass and the noise comes from a cached noise field at a random offset.
+
+Every source (this one, and :mod:`cameras.sources`) yields a :class:`SourceFrame`: a 1280x720
+BGR ``uint8`` image and, when the scene is labeled, the ground-truth class of what is in
+view, through the small :class:`FrameSource` interface. Sources are plain, synchronous and
+deterministic given a seed; the camera service calls them from a worker thread.
 """
 
 from __future__ import annotations
@@ -23,15 +28,46 @@ import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from cameras.source_frame import Image, SourceFrame
 from edgelearn.datasets import LabeledImages
 from edgelearn.preprocess import HD_720P
+
+Image = npt.NDArray[np.uint8]
+"""A BGR image, shape (height, width, 3), dtype uint8 (OpenCV's layout)."""
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One image from a source and the label of the item in view (None when unlabeled)."""
+
+    image: Image
+    label: int | None = None
+
+
+class FrameSource(Protocol):
+    """A camera's picture: an endless sequence of frames that can also be skipped over.
+
+    ``skip`` advances past frames the camera did not send (it fell behind), so the picture
+    stays in step with wall time and labels stay aligned with what a real camera would show.
+    """
+
+    def read(self) -> SourceFrame:
+        """The next frame."""
+        ...
+
+    def skip(self, count: int) -> None:
+        """Advance past ``count`` frames without rendering them."""
+        ...
+
+    def close(self) -> None:
+        """Release files or decoders the source holds."""
+        ...
+
 
 ITEM_HEIGHT: Final = 0.6
 """Height of the item as a fraction of the frame height."""
@@ -176,18 +212,18 @@ def _paste_item(
     box = (x1 - x0, y1 - y0)
     region = frame[y0:y1, x0:x1]
     if item.ndim == 2:
-        warped = cv2.warpAffine(item, matrix, box, flags=cv2.INTER_LINEAR, borderValue=0)
+        warped = cv2.warpAffine(item, matrix, box, flags=cv2.INTER_LINEAR)  # black outside
         alpha = np.minimum(np.asarray(warped, np.float32) * (1.0 / _ALPHA_KNEE), 1.0)
         # The item's edge pixels are anti-aliased against black; colouring them from their
         # brighter neighbours (a dilation) lets the edge fade into the background instead of
         # drawing a dark rim around every item.
         solid = np.where(item < _ALPHA_KNEE, cv2.dilate(item, _EDGE_KERNEL), item)
-        grey = cv2.warpAffine(solid, matrix, box, flags=cv2.INTER_LINEAR, borderValue=0)
+        grey = cv2.warpAffine(solid, matrix, box, flags=cv2.INTER_LINEAR)  # black outside
         # One channel in, three out: each output channel is the grey value times the tint.
         to_colour = np.asarray(tint, np.float32).reshape(3, 1)
         colour = cv2.transform(cv2.max(grey, warped)[:, :, None], to_colour)
     else:
-        colour = cv2.warpAffine(item, matrix, box, flags=cv2.INTER_LINEAR, borderValue=0)
+        colour = cv2.warpAffine(item, matrix, box, flags=cv2.INTER_LINEAR)  # black outside
         mask = cv2.warpAffine(
             np.full((item_h, item_w), 255, np.uint8), matrix, box, flags=cv2.INTER_LINEAR
         )
@@ -383,7 +419,7 @@ class LabeledScene:
         self._next += max(0, count)
 
     def close(self) -> None:
-        """Nothing to release; here for the :class:`~cameras.source_frame.FrameSource` API."""
+        """Nothing to release; here for the :class:`FrameSource` API."""
 
     def frames(self) -> Iterator[SourceFrame]:
         """Endless frames from the current position."""

@@ -26,8 +26,7 @@ import cv2
 import numpy as np
 
 from cameras.errors import SourceError
-from cameras.scene import LabeledScene
-from cameras.source_frame import FrameSource, Image, SourceFrame
+from cameras.scene import FrameSource, Image, LabeledScene, SourceFrame
 from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, load_image_folder
 from edgelearn.preprocess import HD_720P
 

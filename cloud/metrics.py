@@ -7,7 +7,7 @@
 * ``edgelearn_cloud_features_dropped_total{reason}``
 * ``edgelearn_cloud_results_total{mode,computed_at}``
 * ``edgelearn_cloud_frames_scored_total{mode,outcome}`` - per camera frame, held-back ones
-  included (see :mod:`cloud.scoring`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
+  included (see :class:`cloud.consumer.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
 * ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
 * ``edgelearn_cloud_end_to_end_latency_seconds{mode}`` - capture to result
 * ``edgelearn_cloud_model_info{mode,version}``, ``edgelearn_cloud_queue_depth``

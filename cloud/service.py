@@ -5,7 +5,7 @@ its flags and runs a :class:`CloudService`; tests and benchmarks run one in-proc
 entering, the service
 
 1. starts ``consumers`` :class:`~cloud.consumer.CloudConsumer` in one shared-subscription
-   group, every one answering from the same :class:`~cloud.serving.RegistryModels`, so a
+   group, every one answering from the same :class:`~cloud.consumer.RegistryModels`, so a
    model loaded (or warmed up) once serves every consumer;
 2. trains a first model set when the registry lacks one (``budget``; with a progress bar);
 3. loads and runs once the cloud half of every mode it serves (the warm-up), so the first
@@ -30,11 +30,10 @@ from types import TracebackType
 from prometheus_client import CollectorRegistry
 
 from cloud.bootstrap import Progress, TrainingBudget, deployable, ensure_models, log_progress
-from cloud.consumer import CloudConsumer, ConsumerConfig
+from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
 from cloud.feature_store import FeatureStore
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import Registry
-from cloud.serving import RegistryModels
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.mqtt import MqttSession

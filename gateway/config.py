@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgelearn import wire
 from edgelearn.modes import Mode
-from gateway.keyframes import KeyframeSettings
+from gateway.pipeline import KeyframeSettings
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from cameras.camera import CameraFleet, CameraReport, CameraSettings
 from cameras.errors import ConnectError, TransportError
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import Backoff, MqttLink
-from cameras.source_frame import FrameSource
+from cameras.scene import FrameSource
 from cameras.sources import SourceSpec, SyntheticScene
 from cameras.transport import FrameLink
 from edgelearn.config import BrokerConfig

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud.consumer import Scoreboard
 from cloud.feature_store import FeatureStore
-from cloud.scoring import Scoreboard
 from edgelearn import wire
 
 

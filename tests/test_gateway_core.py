@@ -13,9 +13,16 @@ from edgelearn import codec, signing, wire
 from edgelearn.artifacts import load_deployment
 from edgelearn.datasets import load_fashion_mnist
 from edgelearn.modes import Mode, ModeError
-from gateway.keyframes import KeyframeFilter, KeyframeSettings, decode_small
-from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
-from gateway.queues import LatestFrames
+from gateway.pipeline import (
+    Dropped,
+    Forward,
+    FramePipeline,
+    HeldBack,
+    KeyframeFilter,
+    KeyframeSettings,
+    decode_small,
+)
+from gateway.service import LatestFrames
 from stack import broker as broker_module
 from tests.gateway_harness import pca_deployment
 

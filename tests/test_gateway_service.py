@@ -173,6 +173,13 @@ def test_bad_input_is_counted_and_every_frame_accounted_for(
         ]
         for payload in bad:
             assert not camera.publish_and_wait(topics.frame("cam-7"), payload).is_failure
+
+        def bad_ones_handled() -> bool:
+            received, processed, dropped = _accounted(gateway)
+            return received == len(bad) == processed + dropped
+
+        # The truncated JPEG must reach the pipeline before a burst could push it out.
+        wait_for(bad_ones_handled, 30, "the bad envelopes to be handled")
         # Then a burst far faster than the worker drains a depth-2 queue.
         for frame in frames:
             camera.publish(topics.frame("cam-7"), wire.encode(frame), qos=0)

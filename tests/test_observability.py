@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from cameras.camera import CameraFleet, CameraSettings
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import MqttLink
-from cameras.source_frame import FrameSource
+from cameras.scene import FrameSource
 from cameras.sources import SourceSpec
 from cameras.transport import FrameLink
 from cloud.consumer import Classifier, CloudConsumer, ConsumerConfig

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.common import scene_frames, serve_in_thread
-from cloud.consumer import CloudConsumer, ConsumerConfig
+from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
 from cloud.registry import Registry
-from cloud.serving import RegistryModels
 from edgelearn import signing, wire
 from edgelearn.modes import Mode
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
