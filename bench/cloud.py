@@ -24,17 +24,15 @@ the gateway benchmark uses the same). Numbers are wall-clock on a shared machine
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,24 +42,23 @@ import numpy as np
 from bench.common import (
     BENCH_SPLIT_KS,
     GATEWAY_ID,
-    bench_registry,
+    LoggedWarnings,
     close_client,
     mqtt_client,
     paced,
     percentiles_ms,
     poll_until,
+    registry_run,
     render_cameras,
     serve_in_thread,
-    work_dir,
 )
 from bench.gateway import DeploymentSource, registry_deployments
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
 from cloud.feature_store import FeatureStore
 from cloud.registry import Registry
-from edgelearn import codec, signing, wire
-from edgelearn.artifacts import load_deployment
+from edgelearn import signing, wire
+from edgelearn.artifacts import TensorQuantization, load_deployment
 from edgelearn.config import BrokerConfig
-from edgelearn.metrics import machine_info
 from edgelearn.modes import RAW, Mode
 from edgelearn.secrets import Secrets
 from gateway.pipeline import Forward, FramePipeline, KeyframeSettings
@@ -138,7 +135,7 @@ class CloudBenchSettings:
 def feature_envelope_bytes(
     values: np.ndarray[Any, Any],
     labels: np.ndarray[Any, Any],
-    quantization: Any,
+    quantization: TensorQuantization,
     *,
     extractor: str,
     model_version: str,
@@ -146,34 +143,25 @@ def feature_envelope_bytes(
 ) -> list[int]:
     """The size of the ``wire.Feature`` a gateway would send for each row of ``values``
     (already quantised, zstd-coded as the gateways do)."""
-    sizes = []
-    for index, row in enumerate(values):
-        encoded = codec.encode_array(
-            np.asarray(row),
-            codec=wire.Codec.ZSTD,
-            scale=quantization.scale,
-            zero_point=quantization.zero_point,
+    return [
+        len(
+            wire.encode(
+                quantization.encode(row).feature(
+                    camera_id="cam-1",
+                    seq=index,
+                    capture_ns=0,
+                    gateway_id=GATEWAY_ID,
+                    label=int(labels[index]),
+                    extractor=extractor,
+                    model_version=model_version,
+                    raw_bytes=raw_bytes,
+                    held_back=0,
+                    held_mismatched=0,
+                )
+            )
         )
-        feature = wire.Feature(
-            camera_id="cam-1",
-            seq=index,
-            capture_ns=0,
-            gateway_id=GATEWAY_ID,
-            label=int(labels[index]),
-            extractor=extractor,
-            model_version=model_version,
-            dtype=encoded.dtype,
-            shape=encoded.shape,
-            scale=encoded.scale,
-            zero_point=encoded.zero_point,
-            codec=encoded.codec,
-            raw_bytes=raw_bytes,
-            held_back=0,
-            held_mismatched=0,
-            payload=encoded.payload,
-        )
-        sizes.append(len(wire.encode(feature)))
-    return sizes
+        for index, row in enumerate(values)
+    ]
 
 
 # --- feature templates: the gateway's pipeline on real frames ------------------------------
@@ -623,7 +611,7 @@ def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) ->
             "cloud", host=broker.host, port=broker.port, secrets_dir=secrets.directory
         )
         base = FeedJob(broker.host, broker.port, str(secrets.directory), SITE, ())
-        warnings = WarningCounter()
+        warnings = LoggedWarnings()
         with (
             warnings.attached(),
             serve_in_thread(
@@ -662,44 +650,7 @@ def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) ->
     return report
 
 
-class WarningCounter(logging.Handler):
-    """Counts WARNING-and-above records by message (digits folded), e.g. while a consumer
-    runs in this process."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.counts: dict[str, int] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = re.sub(r"\d+", "N", f"{record.name}: {record.getMessage()}")
-        self.counts[message] = self.counts.get(message, 0) + 1
-
-    def summary(self, examples: int = 5) -> dict[str, Any]:
-        common = sorted(self.counts.items(), key=lambda item: -item[1])[:examples]
-        return {"warnings_and_errors": sum(self.counts.values()), "most_common": dict(common)}
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[WarningCounter]:
-        root = logging.getLogger()
-        root.addHandler(self)
-        try:
-            yield self
-        finally:
-            root.removeHandler(self)
-
-
 def run(quick: bool) -> dict[str, Any]:
     """``edgelearn bench cloud [--quick]``: a JSON-able report."""
-    started = time.perf_counter()
     settings = CloudBenchSettings.quick() if quick else CloudBenchSettings()
-    registry, models = bench_registry()
-    with work_dir("cloud") as directory:
-        report = measure(settings, registry, directory)
-    return {
-        "benchmark": "cloud",
-        "quick": quick,
-        "machine": machine_info(),
-        "models": models,
-        **report,
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-    }
+    return registry_run("cloud", quick, lambda registry, work: measure(settings, registry, work))

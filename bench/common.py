@@ -22,9 +22,12 @@ Machine facts come from :func:`edgelearn.metrics.machine_info` and metrics from
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
+import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -85,6 +88,27 @@ def bench_registry(split_ks: Sequence[int] = BENCH_SPLIT_KS) -> tuple[Registry, 
             }
             for entry in registry.list()
         },
+    }
+
+
+def registry_run(
+    part: str, quick: bool, measure: Callable[[Registry, Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """A benchmark part's report: ``measure(bench registry, work directory)`` and what it
+    ran on, the models it used and how long it took."""
+    from edgelearn.metrics import machine_info
+
+    started = time.perf_counter()
+    registry, models = bench_registry()
+    with work_dir(part) as directory:
+        report = measure(registry, directory)
+    return {
+        "benchmark": part,
+        "quick": quick,
+        "machine": machine_info(),
+        "models": models,
+        **report,
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -287,6 +311,49 @@ def _where_it_hangs(loop: asyncio.AbstractEventLoop) -> str:
 
 
 # --- odds and ends ---------------------------------------------------------------------------
+
+
+class LoggedWarnings:
+    """WARNING and ERROR messages a run logged, counted by message with digits folded (so
+    one message about many frames counts as one kind)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, message: str) -> None:
+        self.counts[re.sub(r"\d+", "N", message.strip())] += 1
+
+    def summary(self, examples: int = 5) -> dict[str, Any]:
+        return {
+            "warnings_and_errors": sum(self.counts.values()),
+            "most_common": dict(self.counts.most_common(examples)),
+        }
+
+    @classmethod
+    def in_log(cls, log_file: Path) -> LoggedWarnings:
+        """The WARNING and ERROR lines of a child process's log file."""
+        found = cls()
+        for line in log_file.read_text(errors="replace").splitlines():
+            if "WARNING" in line or "ERROR" in line:
+                found.add(line)
+        return found
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[LoggedWarnings]:
+        """Count the records of this process while the block runs."""
+        warnings = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                warnings.add(f"{record.name}: {record.getMessage()}")
+
+        handler = Handler(logging.WARNING)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield self
+        finally:
+            root.removeHandler(handler)
 
 
 def poll_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -35,7 +35,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import statistics
 import struct
 import time
@@ -49,20 +48,20 @@ import numpy as np
 
 from bench.common import (
     GATEWAY_ID,
-    bench_registry,
+    LoggedWarnings,
     close_client,
     mqtt_client,
     paced,
     publish_retained,
+    registry_run,
     render_cameras,
     wait_until,
-    work_dir,
 )
 from cloud.registry import Registry
 from edgelearn import signing, wire
 from edgelearn.artifacts import load_deployment
 from edgelearn.config import BrokerConfig
-from edgelearn.metrics import Samples, machine_info, scrape
+from edgelearn.metrics import Samples, scrape
 from edgelearn.modes import Mode
 from edgelearn.secrets import Secrets
 from gateway.config import GatewayConfig
@@ -728,19 +727,8 @@ def end_to_end(
     result = summarize_end_to_end(
         settings, published, start, steady_from, steady_to, end, in_process
     )
-    result["gateway_log"] = log_summary(work_dir / "gateway.log")
+    result["gateway_log"] = LoggedWarnings.in_log(work_dir / "gateway.log").summary()
     return result
-
-
-def log_summary(log_file: Path, examples: int = 5) -> dict[str, Any]:
-    """WARNING and ERROR lines of a log, counted by message (digits folded)."""
-    counts: dict[str, int] = {}
-    for line in log_file.read_text(errors="replace").splitlines():
-        if "WARNING" in line or "ERROR" in line:
-            message = re.sub(r"\d+", "N", line.strip())
-            counts[message] = counts.get(message, 0) + 1
-    common = sorted(counts.items(), key=lambda item: -item[1])[:examples]
-    return {"warnings_and_errors": sum(counts.values()), "most_common": dict(common)}
 
 
 def summarize_end_to_end(
@@ -972,16 +960,9 @@ def registry_deployments(registry: Registry) -> DeploymentSource:
 
 def run(quick: bool) -> dict[str, Any]:
     """``edgelearn bench gateway [--quick]``: a JSON-able report."""
-    started = time.perf_counter()
     settings = GatewayBenchSettings.quick() if quick else GatewayBenchSettings()
-    registry, models = bench_registry()
-    with work_dir("gateway") as directory:
-        report = measure(settings, registry_deployments(registry), directory)
-    return {
-        "benchmark": "gateway",
-        "quick": quick,
-        "machine": machine_info(),
-        "models": models,
-        **report,
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-    }
+    return registry_run(
+        "gateway",
+        quick,
+        lambda registry, work: measure(settings, registry_deployments(registry), work),
+    )

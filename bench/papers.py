@@ -66,7 +66,7 @@ from cloud.models.data import (
     render_inputs,
 )
 from cloud.models.export import LiteRtExport, export_int8
-from edgelearn import codec, preprocess, wire
+from edgelearn import preprocess
 from edgelearn.artifacts import EdgeExtractor, LiteRtExtractor, PcaExtractor
 from edgelearn.datasets import LabeledImages, load_fashion_mnist
 from edgelearn.metrics import machine_info
@@ -192,23 +192,9 @@ def nested_subsets(count: int, sizes: Sequence[int], seed: int) -> dict[int, npt
 
 
 def coded_bytes(values: npt.NDArray[Any], extractor: EdgeExtractor) -> npt.NDArray[np.int64]:
-    """Per item, the zstd payload the gateway would send (:func:`edgelearn.codec.encode_array`
-    with the extractor's own quantisation, as :class:`gateway.pipeline.FramePipeline` does)."""
-    quantization = extractor.output
-    return np.array(
-        [
-            len(
-                codec.encode_array(
-                    np.asarray(item),
-                    codec=wire.Codec.ZSTD,
-                    scale=quantization.scale,
-                    zero_point=quantization.zero_point,
-                ).payload
-            )
-            for item in values
-        ],
-        dtype=np.int64,
-    )
+    """Per item, the zstd payload the gateway would send (the extractor's own quantisation,
+    :meth:`edgelearn.artifacts.TensorQuantization.encode`, as the gateway's pipeline does)."""
+    return np.array([len(extractor.output.encode(item).payload) for item in values], np.int64)
 
 
 def camera_jpeg_bytes(

@@ -69,6 +69,28 @@ class FrameSource(Protocol):
         ...
 
 
+class RenderedSource:
+    """A :class:`FrameSource` whose frame ``i`` is a pure function of ``i``
+    (:meth:`render`): reading renders the next index, skipping only counts, and there is
+    nothing to release."""
+
+    _next: int = 0
+
+    def render(self, frame_index: int) -> SourceFrame:
+        raise NotImplementedError
+
+    def read(self) -> SourceFrame:
+        frame = self.render(self._next)
+        self._next += 1
+        return frame
+
+    def skip(self, count: int) -> None:
+        self._next += max(0, count)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 ITEM_HEIGHT: Final = 0.6
 """Height of the item as a fraction of the frame height."""
 
@@ -294,7 +316,7 @@ def render_item(
     return compose(background, item, pose, lighting, tint, rng)
 
 
-class LabeledScene:
+class LabeledScene(RenderedSource):
     """A static camera watching items of a labeled data set pass one at a time.
 
     Frame ``i`` shows item slot ``i // dwell_frames``; slots walk through the data set in a
@@ -325,7 +347,6 @@ class LabeledScene:
         self._background = make_background(scene_rng, size)
         self._base_lighting = random_lighting(scene_rng)
         self._drift_phase = scene_rng.uniform(0.0, 2 * math.pi, 4)
-        self._next = 0
         self._permutations: dict[int, npt.NDArray[np.int64]] = {}
 
     # -- which item is in view -------------------------------------------------------------
@@ -407,19 +428,6 @@ class LabeledScene:
             np.random.default_rng([self.seed, 3, frame_index]),
         )
         return SourceFrame(image=image, label=int(self.data.labels[index]))
-
-    # -- the FrameSource interface ---------------------------------------------------------
-
-    def read(self) -> SourceFrame:
-        frame = self.render(self._next)
-        self._next += 1
-        return frame
-
-    def skip(self, count: int) -> None:
-        self._next += max(0, count)
-
-    def close(self) -> None:
-        """Nothing to release; here for the :class:`FrameSource` API."""
 
     def frames(self) -> Iterator[SourceFrame]:
         """Endless frames from the current position."""

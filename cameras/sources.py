@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from cameras.errors import SourceError
-from cameras.scene import FrameSource, Image, LabeledScene, SourceFrame
+from cameras.scene import FrameSource, Image, LabeledScene, RenderedSource, SourceFrame
 from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, load_image_folder
 from edgelearn.preprocess import HD_720P
 
@@ -142,7 +142,7 @@ class VideoSource:
         self._capture.release()
 
 
-class SyntheticScene:
+class SyntheticScene(RenderedSource):
     """Moving coloured shapes on a gradient: a source for tests that need no data files.
 
     Frame ``i`` is a pure function of ``(seed, i)``. Frames carry no label unless
@@ -177,7 +177,6 @@ class SyntheticScene:
             )
             for _ in range(shapes)
         ]
-        self._next = 0
 
     def render(self, index: int) -> SourceFrame:
         width, height = self.size
@@ -204,17 +203,6 @@ class SyntheticScene:
         )
         label = None if self.label_period is None else (index // self.label_period) % 10
         return SourceFrame(image=image, label=label)
-
-    def read(self) -> SourceFrame:
-        frame = self.render(self._next)
-        self._next += 1
-        return frame
-
-    def skip(self, count: int) -> None:
-        self._next += max(0, count)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 @dataclass(frozen=True)

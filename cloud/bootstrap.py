@@ -29,7 +29,7 @@ from typing import Any
 
 from cloud.models.errors import ModelNotFound
 from cloud.registry import ModelEntry, Registry
-from edgelearn.artifacts import LiteRtExtractor, PcaExtractor
+from edgelearn.artifacts import EdgeExtractor, LiteRtExtractor, PcaExtractor
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
 
 log = logging.getLogger(__name__)
@@ -134,17 +134,20 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
     advance("exporting the whole CNN for the edge (full)")
     entries[Mode(FULL)] = release_full(registry, report.model, data, name="cnn-full")
 
+    def classifier_of(extractor: EdgeExtractor) -> Any:
+        """The cloud half of a feature mode: a classifier on what ``extractor`` sends."""
+        return train_feature_classifier(
+            features_from(extractor, data.train),
+            features_from(extractor, data.held_out),
+            classes=data.num_classes,
+            epochs=budget.feature_epochs,
+            seed=budget.seed,
+        ).model
+
     advance(f"fitting PCA ({budget.pca_dim} components) and its classifier")
     projection = fit_pca(data.train.inputs, budget.pca_dim, seed=budget.seed)
-    extractor = PcaExtractor(projection)
-    pca_report = train_feature_classifier(
-        features_from(extractor, data.train),
-        features_from(extractor, data.held_out),
-        classes=data.num_classes,
-        epochs=budget.feature_epochs,
-        seed=budget.seed,
-    )
-    entries[Mode(PCA)] = release_pca(registry, projection, pca_report.model, data, name="pca")
+    pca_classifier = classifier_of(PcaExtractor(projection))
+    entries[Mode(PCA)] = release_pca(registry, projection, pca_classifier, data, name="pca")
 
     advance(f"training the autoencoder ({budget.autoencoder_dim}-d code) and its classifier")
     fit = train_autoencoder(
@@ -154,16 +157,9 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
         seed=budget.seed,
     )
     encoder = export_int8(fit.encoder, data.train.inputs)
-    encoder_extractor = LiteRtExtractor(AUTOENCODER, encoder.flatbuffer)
-    ae_report = train_feature_classifier(
-        features_from(encoder_extractor, data.train),
-        features_from(encoder_extractor, data.held_out),
-        classes=data.num_classes,
-        epochs=budget.feature_epochs,
-        seed=budget.seed,
-    )
+    ae_classifier = classifier_of(LiteRtExtractor(AUTOENCODER, encoder.flatbuffer))
     entries[Mode(AUTOENCODER)] = release_autoencoder(
-        registry, encoder, ae_report.model, data, name="autoencoder"
+        registry, encoder, ae_classifier, data, name="autoencoder"
     )
     advance("done")
     return {

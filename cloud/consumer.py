@@ -46,7 +46,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Protocol
 
 import aiomqtt
@@ -475,12 +474,7 @@ class CloudConsumer:
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.02)  # polling the queue's idle condition, bounded
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._stopping.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)

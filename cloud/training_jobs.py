@@ -16,7 +16,6 @@ held-out accuracy, so modes compare side by side.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from cloud.registry import EDGE, Registry
 from edgelearn import preprocess
 from edgelearn.artifacts import TensorQuantization, load_edge_artifact
 from edgelearn.datasets import load_fashion_mnist
+from edgelearn.modes import RAW, SPLIT
 
 
 def _held_out_inputs(count: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,24 +39,6 @@ def _held_out_inputs(count: int, size: int, channels: int) -> tuple[np.ndarray, 
         test.images, seed=7, stream=3, indices=np.arange(count), settings=settings
     )
     return inputs, test.labels[:count].astype(np.int64)
-
-
-def _fit(model: Any, inputs: np.ndarray, labels: np.ndarray, epochs: int) -> float:
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(5e-4),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    started = time.perf_counter()
-    model.fit(inputs, labels, epochs=epochs, batch_size=64, verbose=0)
-    return time.perf_counter() - started
-
-
-def _accuracy(model: Any, inputs: np.ndarray, labels: np.ndarray) -> float:
-    probabilities = np.asarray(model.predict(inputs.astype(np.float32), batch_size=256, verbose=0))
-    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
 def train_from_store(
@@ -84,7 +66,7 @@ def train_from_store(
         "n_train": len(loaded.labels),
         "uplink_bytes": loaded.uplink_bytes,
     }
-    if mode == "raw":
+    if mode == RAW:
         from cloud.models.data import RenderedDataset, RenderedSplit
         from cloud.models.training import train_cnn
 
@@ -110,31 +92,20 @@ def train_from_store(
     extractor = load_edge_artifact(entry.kind, entry.read(EDGE), entry.metadata.get("quantization"))
     size, _, channels = entry.input_shape[:3]
     held_inputs, held_labels = _held_out_inputs(n_held_out, size, channels)
+    from cloud.models.training import StoredFeatures, fine_tune, train_feature_classifier
+
     output: TensorQuantization = extractor.output
-    train_x = output.dequantize(loaded.values)
-    held_x = output.dequantize(extractor.run_batch(held_inputs))
+    train = StoredFeatures(loaded.values, loaded.labels, output)
+    held_out = StoredFeatures(extractor.run_batch(held_inputs), held_labels, output)
     report["deployed_accuracy"] = entry.accuracy
-    if mode.startswith("split"):
-        import keras
-
-        upper = registry.load_cloud_model(entry)
-        tuned = keras.models.clone_model(upper)
-        tuned.set_weights(upper.get_weights())
-        report["training_seconds"] = round(_fit(tuned, train_x, loaded.labels, epochs), 2)
-        model = tuned
-        report["held_out_accuracy"] = _accuracy(model, held_x, held_labels)
-    else:
-        from cloud.models.training import StoredFeatures, train_feature_classifier
-
-        trained = train_feature_classifier(
-            StoredFeatures(loaded.values, loaded.labels, output),
-            StoredFeatures(extractor.run_batch(held_inputs), held_labels, output),
-            classes=10,
-            epochs=max(epochs, 15),
-        )
-        model = trained.model
-        report["training_seconds"] = round(trained.wall_seconds, 2)
-        report["held_out_accuracy"] = trained.held_out_accuracy
+    if entry.mode.kind == SPLIT:  # the deployed upper blocks, tuned; the lower part stays
+        trained = fine_tune(registry.load_cloud_model(entry), train, held_out, epochs=epochs)
+    else:  # a fresh classifier on the features
+        classes = len(entry.metadata.get("class_names") or range(10))
+        trained = train_feature_classifier(train, held_out, classes=classes, epochs=max(epochs, 15))
+    model = trained.model
+    report["training_seconds"] = round(trained.wall_seconds, 2)
+    report["held_out_accuracy"] = trained.held_out_accuracy
     if save:
         from cloud.registry import keras_to_bytes
 

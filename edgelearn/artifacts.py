@@ -58,6 +58,7 @@ from ai_edge_litert.interpreter import Interpreter
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgelearn import modes, signing, wire
+from edgelearn.codec import EncodedArray, encode_array
 
 KIND_PCA: Final = modes.PCA
 KIND_AUTOENCODER: Final = modes.AUTOENCODER
@@ -134,6 +135,12 @@ class TensorQuantization:
         quantised = np.rint(values / np.float32(self.scale)) + self.zero_point
         result: npt.NDArray[Any] = np.clip(quantised, low, high).astype(self.numpy_dtype)
         return result
+
+    def encode(self, quantised: npt.ArrayLike, coder: wire.Codec = wire.Codec.ZSTD) -> EncodedArray:
+        """A tensor of this quantisation packed for the wire (what a gateway forwards)."""
+        return encode_array(
+            np.asarray(quantised), codec=coder, scale=self.scale, zero_point=self.zero_point
+        )
 
     def dequantize(self, quantised: npt.ArrayLike) -> FloatArray:
         values = np.asarray(quantised)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +59,25 @@ class EncodedArray:
     scale: float
     zero_point: int
     codec: Codec
+
+    @classmethod
+    def jpeg(cls, data: bytes) -> EncodedArray:
+        """A camera's JPEG as it is (the ``raw`` mode's payload)."""
+        return cls(data, DType.UINT8, (len(data),), 1.0, 0, Codec.JPEG)
+
+    def feature(self, **identity: Any) -> Feature:
+        """The ``wire.Feature`` that carries this payload; ``identity`` holds the other
+        fields (the frame's camera, seq, capture time and label, the gateway, the mode,
+        the model version, the raw bytes and the held-back counts)."""
+        return Feature(
+            dtype=self.dtype,
+            shape=self.shape,
+            scale=self.scale,
+            zero_point=self.zero_point,
+            codec=self.codec,
+            payload=self.payload,
+            **identity,
+        )
 
 
 def quantize_int8(values: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.int8], float, int]:

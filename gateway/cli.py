@@ -66,7 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group",
         default=None,
-        help="shared-subscription group; workers in one group split cameras",
+        help="shared-subscription group; MQTT hands each frame to one worker of the group",
     )
     parser.add_argument(
         "--no-keyframes",

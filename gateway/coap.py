@@ -28,7 +28,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 import aiocoap
@@ -117,12 +116,7 @@ class CoapEndpoint:
         log.debug("CoAP frame endpoint on %s (%s)", self.uri(), ", ".join(self.transports))
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         if self._context is not None:
             await self._context.shutdown()
             self._context = None

@@ -237,7 +237,8 @@ class FramePipeline:
         if deployment is None:
             mode = Mode(RAW)
         if mode.kind == RAW:
-            return self._forward_raw(frame, held_back, held_mismatched)
+            jpeg_as_is = codec.EncodedArray.jpeg(jpeg)
+            return self._forward(frame, mode, "none", jpeg_as_is, held_back, held_mismatched)
         assert deployment is not None
         model_input = self._model_input(jpeg, deployment)
         if model_input is None:
@@ -245,36 +246,14 @@ class FramePipeline:
         started = self._timed("decode", started)
         output = deployment.extractor.run(model_input)
         started = self._timed("extract", started)
-        quantization = deployment.extractor.output
         if mode.kind == FULL:
             return self._forward_result(frame, output, deployment, held_back, held_mismatched)
-        encoded = codec.encode_array(
-            np.asarray(output),
-            codec=self.feature_codec,
-            scale=quantization.scale,
-            zero_point=quantization.zero_point,
+        encoded = deployment.extractor.output.encode(output, self.feature_codec)
+        forward = self._forward(
+            frame, mode, deployment.version, encoded, held_back, held_mismatched
         )
-        feature = wire.Feature(
-            camera_id=frame.camera_id,
-            seq=frame.seq,
-            capture_ns=frame.capture_ns,
-            gateway_id=self.gateway_id,
-            label=frame.label,
-            extractor=str(mode),
-            model_version=deployment.version,
-            dtype=encoded.dtype,
-            shape=encoded.shape,
-            scale=encoded.scale,
-            zero_point=encoded.zero_point,
-            codec=encoded.codec,
-            raw_bytes=len(jpeg),
-            held_back=held_back,
-            held_mismatched=held_mismatched,
-            payload=encoded.payload,
-        )
-        data = wire.encode(feature)
         self._timed("encode", started)
-        return Forward(feature, mode, data)
+        return forward
 
     def _model_input(self, jpeg: bytes, deployment: LoadedDeployment) -> Any:
         size, _, channels = deployment.extractor.input_shape
@@ -285,26 +264,28 @@ class FramePipeline:
         except preprocess.PreprocessError:
             return None
 
-    def _forward_raw(self, frame: wire.Frame, held_back: int, held_mismatched: int) -> Forward:
-        feature = wire.Feature(
+    def _forward(
+        self,
+        frame: wire.Frame,
+        mode: Mode,
+        model_version: str,
+        encoded: codec.EncodedArray,
+        held_back: int,
+        held_mismatched: int,
+    ) -> Forward:
+        feature = encoded.feature(
             camera_id=frame.camera_id,
             seq=frame.seq,
             capture_ns=frame.capture_ns,
             gateway_id=self.gateway_id,
             label=frame.label,
-            extractor=RAW,
-            model_version="none",
-            dtype=wire.DType.UINT8,
-            shape=(len(frame.payload),),
-            scale=1.0,
-            zero_point=0,
-            codec=wire.Codec.JPEG,
+            extractor=str(mode),
+            model_version=model_version,
             raw_bytes=len(frame.payload),
             held_back=held_back,
             held_mismatched=held_mismatched,
-            payload=frame.payload,
         )
-        return Forward(feature, Mode(RAW), wire.encode(feature))
+        return Forward(feature, mode, wire.encode(feature))
 
     def _forward_result(
         self,

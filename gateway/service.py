@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import aiomqtt
@@ -540,12 +539,7 @@ class GatewayWorker:
     def _pending_count(self) -> int:
         return self.config.max_pending - self._pending._value
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._stopping.set()
         self.queue.close()
         if self._coap is not None:

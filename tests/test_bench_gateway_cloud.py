@@ -20,6 +20,7 @@ from bench.common import percentiles_ms, serve_in_thread
 from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.registry import Registry
 from edgelearn import codec, wire
+from edgelearn.artifacts import TensorQuantization
 from edgelearn.metrics import Samples, machine_info, parse_samples
 from edgelearn.modes import Mode
 from edgelearn.secrets import Secrets
@@ -148,7 +149,7 @@ def test_percentiles_of_latencies() -> None:
 
 def test_feature_envelope_bytes_are_the_encoded_envelopes() -> None:
     values = np.arange(2 * 32, dtype=np.int8).reshape(2, 32)
-    quantization = dataclasses.make_dataclass("Q", ["scale", "zero_point"])(0.1, 3)
+    quantization = TensorQuantization("int8", (32,), 0.1, 3)
     sizes = cloud_bench.feature_envelope_bytes(
         values,
         np.array([1, 2]),

@@ -40,6 +40,30 @@ def _quantization(export: LiteRtExport) -> dict[str, Any]:
     return {"input": export.input.to_dict(), "output": export.output.to_dict()}
 
 
+def _save(
+    registry: Registry,
+    data: RenderedDataset,
+    *,
+    name: str,
+    kind: str,
+    cloud_model: KerasModel,
+    extra: Mapping[str, Any],
+    **fields: Any,
+) -> ModelEntry:
+    """One entry for ``data``'s task: what every kind records (the data set's task, input
+    shape, classes, held-out size and the ``.keras`` cloud half) and ``fields``."""
+    return registry.save(
+        name=name,
+        kind=kind,
+        task=data.task,
+        input_shape=data.input_shape,
+        cloud_artifact=keras_to_bytes(cloud_model),
+        class_names=data.class_names,
+        extra={"held_out_items": len(data.held_out), **extra},
+        **fields,
+    )
+
+
 def release_split(
     registry: Registry,
     model: KerasModel,
@@ -56,23 +80,18 @@ def release_split(
     lower, upper = cnn.split(model, k)
     export = lower_export or export_int8(lower, data.train.inputs)
     float_accuracy, served_accuracy = split_accuracy(model, k, export, data.held_out)
-    return registry.save(
+    return _save(
+        registry,
+        data,
         name=name,
         kind=KIND_SPLIT,
-        task=data.task,
-        input_shape=data.input_shape,
+        cloud_model=upper,
+        extra={"float_accuracy": float_accuracy, **(extra or {})},
         edge_artifact=export.flatbuffer,
-        cloud_artifact=keras_to_bytes(upper),
         split_k=k,
         accuracy=served_accuracy,
         quantization=_quantization(export),
         profile=profile_as_dicts(profile_cnn(model)),
-        class_names=data.class_names,
-        extra={
-            "float_accuracy": float_accuracy,
-            "held_out_items": len(data.held_out),
-            **(extra or {}),
-        },
     )
 
 
@@ -88,23 +107,19 @@ def release_full(
     """Save ``full``: the whole CNN as int8 LiteRT for edge inference (the float model is
     kept as the cloud half, to fine-tune from)."""
     export = full_export or export_int8(model, data.train.inputs)
-    return registry.save(
+    float_accuracy = accuracy(model, data.held_out.inputs, data.held_out.labels)
+    return _save(
+        registry,
+        data,
         name=name,
         kind=KIND_FULL,
-        task=data.task,
-        input_shape=data.input_shape,
+        cloud_model=model,
+        extra={"float_accuracy": float_accuracy, **(extra or {})},
         edge_artifact=export.flatbuffer,
-        cloud_artifact=keras_to_bytes(model),
         split_k=cnn.num_blocks(model),
         accuracy=full_accuracy(export, data.held_out),
         quantization=_quantization(export),
         profile=profile_as_dicts(profile_cnn(model)),
-        class_names=data.class_names,
-        extra={
-            "float_accuracy": accuracy(model, data.held_out.inputs, data.held_out.labels),
-            "held_out_items": len(data.held_out),
-            **(extra or {}),
-        },
     )
 
 
@@ -117,16 +132,15 @@ def release_cloud_classifier(
     extra: Mapping[str, Any] | None = None,
 ) -> ModelEntry:
     """Save the cloud-only (``raw`` mode) CNN: runs in the cloud on decoded camera frames."""
-    return registry.save(
+    return _save(
+        registry,
+        data,
         name=name,
         kind=KIND_CLOUD_CLASSIFIER,
-        task=data.task,
-        input_shape=data.input_shape,
-        cloud_artifact=keras_to_bytes(model),
+        cloud_model=model,
+        extra={"input": "frame", **(extra or {})},
         accuracy=accuracy(model, data.held_out.inputs, data.held_out.labels),
         profile=profile_as_dicts(profile_cnn(model)),
-        class_names=data.class_names,
-        extra={"input": "frame", "held_out_items": len(data.held_out), **(extra or {})},
     )
 
 
@@ -141,17 +155,16 @@ def release_pca(
 ) -> ModelEntry:
     """Save ``pca``: the projection (edge ``.npz``) and the feature classifier (cloud)."""
     held_out = features_from(PcaExtractor(projection), data.held_out)
-    return registry.save(
+    return _save(
+        registry,
+        data,
         name=name,
         kind=KIND_PCA,
-        task=data.task,
-        input_shape=data.input_shape,
+        cloud_model=classifier,
+        extra={"dim": projection.dim, **(extra or {})},
         edge_artifact=projection.to_bytes(),
-        cloud_artifact=keras_to_bytes(classifier),
         accuracy=accuracy(classifier, held_out.dequantized(), held_out.labels),
         quantization={"output": projection.output.to_dict()},
-        class_names=data.class_names,
-        extra={"dim": projection.dim, "held_out_items": len(data.held_out), **(extra or {})},
     )
 
 
@@ -169,19 +182,14 @@ def release_autoencoder(
     held_out = features_from(
         LiteRtExtractor(KIND_AUTOENCODER, encoder_export.flatbuffer), data.held_out
     )
-    return registry.save(
+    return _save(
+        registry,
+        data,
         name=name,
         kind=KIND_AUTOENCODER,
-        task=data.task,
-        input_shape=data.input_shape,
+        cloud_model=classifier,
+        extra={"dim": encoder_export.output.elements, **(extra or {})},
         edge_artifact=encoder_export.flatbuffer,
-        cloud_artifact=keras_to_bytes(classifier),
         accuracy=accuracy(classifier, held_out.dequantized(), held_out.labels),
         quantization=_quantization(encoder_export),
-        class_names=data.class_names,
-        extra={
-            "dim": encoder_export.output.elements,
-            "held_out_items": len(data.held_out),
-            **(extra or {}),
-        },
     )

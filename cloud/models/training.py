@@ -10,8 +10,9 @@ nearly the same accuracy"):
   ``k`` blocks, the cloud trains fresh upper blocks on the stored int8 activations;
 * :func:`train_feature_classifier` — the PCA / autoencoder modes: a dense classifier on the
   stored int8 features;
-* :func:`fine_tune_upper` — new features arrive: adjust the upper blocks of a deployed model
-  while the gateways' lower part stays exactly as deployed (no new edge artifact needed).
+* :func:`fine_tune` — new features arrive: adjust a copy of a deployed cloud half (upper
+  blocks or feature classifier) while the gateways' part stays exactly as deployed (no new
+  edge artifact needed); :func:`fine_tune_upper` does it to the upper blocks of a whole CNN.
 
 Every trainer returns a :class:`TrainReport`. ``wall_seconds`` is the time in ``fit`` only
 (data preparation happens at cameras/gateways or once, not per training). ``input_bytes`` is
@@ -25,6 +26,7 @@ path that serves: int8 features from the gateway's LiteRT model into the float u
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -193,6 +195,38 @@ def train_cnn(
     )
 
 
+def _fit_features(
+    model: KerasModel,
+    train: StoredFeatures,
+    held_out: StoredFeatures,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> TrainReport:
+    """Fit ``model`` on ``train``'s dequantised features; score it on ``held_out``'s."""
+    wall, history = _fit(
+        model,
+        train.dequantized(),
+        train.labels,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
+    return TrainReport(
+        model=model,
+        wall_seconds=wall,
+        input_bytes=train.nbytes,
+        uplink_bytes=train.nbytes,
+        held_out_accuracy=accuracy(model, held_out.dequantized(), held_out.labels),
+        epochs=epochs,
+        n_train=len(train.labels),
+        history=history,
+    )
+
+
 def train_upper_from_features(
     train: StoredFeatures,
     held_out: StoredFeatures,
@@ -212,24 +246,14 @@ def train_upper_from_features(
     expected = tuple(int(d) for d in upper.input_shape[1:])
     if expected != train.quantization.shape:
         raise ValueError(f"features {train.quantization.shape}, upper part expects {expected}")
-    wall, history = _fit(
+    return _fit_features(
         upper,
-        train.dequantized(),
-        train.labels,
+        train,
+        held_out,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
-    )
-    return TrainReport(
-        model=upper,
-        wall_seconds=wall,
-        input_bytes=train.nbytes,
-        uplink_bytes=train.nbytes,
-        held_out_accuracy=accuracy(upper, held_out.dequantized(), held_out.labels),
-        epochs=epochs,
-        n_train=len(train.labels),
-        history=history,
     )
 
 
@@ -247,26 +271,43 @@ def train_feature_classifier(
     import keras
 
     keras.utils.set_random_seed(seed)
-    features = train.dequantized()
-    model = build_feature_classifier(train.quantization.shape, classes, normalize_on=features)
-    wall, history = _fit(
+    model = build_feature_classifier(
+        train.quantization.shape, classes, normalize_on=train.dequantized()
+    )
+    return _fit_features(
         model,
-        features,
-        train.labels,
+        train,
+        held_out,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
     )
-    return TrainReport(
-        model=model,
-        wall_seconds=wall,
-        input_bytes=train.nbytes,
-        uplink_bytes=train.nbytes,
-        held_out_accuracy=accuracy(model, held_out.dequantized(), held_out.labels),
+
+
+def fine_tune(
+    part: KerasModel,
+    train: StoredFeatures,
+    held_out: StoredFeatures,
+    *,
+    epochs: int = 3,
+    batch_size: int = 64,
+    learning_rate: float = 5e-4,
+    seed: int = 0,
+) -> TrainReport:
+    """Continue training a copy of a cloud half (upper blocks, or a feature classifier) on
+    new features; ``part`` itself is not modified, ``report.model`` is the tuned copy."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return _fit_features(
+        cnn.clone_with_weights(part),
+        train,
+        held_out,
         epochs=epochs,
-        n_train=len(train.labels),
-        history=history,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
     )
 
 
@@ -281,37 +322,24 @@ def fine_tune_upper(
     learning_rate: float = 5e-4,
     seed: int = 0,
 ) -> TrainReport:
-    """Continue training a copy of ``model``'s upper blocks on new block-``k`` features.
+    """:func:`fine_tune` the upper blocks of ``model`` split at ``k`` on new block-``k``
+    features.
 
     The lower blocks are copied unchanged, so the returned full model's lower part is
     bit-identical to the deployed one (gateways keep their artifact); ``model`` itself is
     not modified. ``report.model`` is the new *full* model; ``cnn.split(report.model, k)[1]``
     is the new upper part the cloud serves.
     """
-    import keras
-
-    keras.utils.set_random_seed(seed)
     lower, upper = cnn.split(model, k)
     lower_copy = cnn.clone_with_weights(lower)
     lower_copy.trainable = False
-    upper_copy = cnn.clone_with_weights(upper)
-    wall, history = _fit(
-        upper_copy,
-        train.dequantized(),
-        train.labels,
+    report = fine_tune(
+        upper,
+        train,
+        held_out,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
     )
-    tuned = cnn.compose(lower_copy, upper_copy)
-    return TrainReport(
-        model=tuned,
-        wall_seconds=wall,
-        input_bytes=train.nbytes,
-        uplink_bytes=train.nbytes,
-        held_out_accuracy=accuracy(upper_copy, held_out.dequantized(), held_out.labels),
-        epochs=epochs,
-        n_train=len(train.labels),
-        history=history,
-    )
+    return dataclasses.replace(report, model=cnn.compose(lower_copy, report.model))

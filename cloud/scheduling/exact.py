@@ -83,10 +83,12 @@ def undominated_options(problem: SchedulingProblem) -> BoolArray:
     return keep
 
 
-def _build_model(
-    problem: SchedulingProblem, options: BoolArray
-) -> tuple[IntArray, IntArray, IntArray, scipy.sparse.csr_array, np.ndarray]:
-    tasks, servers, splits = (axis.astype(np.int64) for axis in np.nonzero(options))
+def placement_rows(
+    problem: SchedulingProblem, tasks: IntArray, servers: IntArray, splits: IntArray
+) -> scipy.sparse.csr_array:
+    """The constraint rows of the placement LP/MILP, one column per candidate option
+    ``(tasks[i], servers[i], splits[i])``: each task placed at most once, then each server's
+    capacity and bandwidth demand as a fraction of its limit (rows of 1 are full)."""
     count = tasks.size
     capacity = problem.servers.capacity
     bandwidth = problem.servers.available_bandwidth
@@ -97,19 +99,24 @@ def _build_model(
         cap_row = np.where(cap_demand > 0, cap_demand / capacity[servers], 0.0)
         bw_row = np.where(bw_demand > 0, bw_demand / bandwidth[servers], 0.0)
     columns = np.arange(count)
-    task_rows = tasks
-    cap_rows = problem.task_count + servers
-    bw_rows = problem.task_count + problem.server_count + servers
-    matrix = scipy.sparse.csr_array(
+    task_count, server_count = problem.task_count, problem.server_count
+    return scipy.sparse.csr_array(
         (
             np.concatenate([np.ones(count), cap_row, bw_row]),
             (
-                np.concatenate([task_rows, cap_rows, bw_rows]),
+                np.concatenate([tasks, task_count + servers, task_count + server_count + servers]),
                 np.concatenate([columns, columns, columns]),
             ),
         ),
-        shape=(problem.task_count + 2 * problem.server_count, count),
+        shape=(task_count + 2 * server_count, count),
     )
+
+
+def _build_model(
+    problem: SchedulingProblem, options: BoolArray
+) -> tuple[IntArray, IntArray, IntArray, scipy.sparse.csr_array, np.ndarray]:
+    tasks, servers, splits = (axis.astype(np.int64) for axis in np.nonzero(options))
+    matrix = placement_rows(problem, tasks, servers, splits)
     upper = np.ones(problem.task_count + 2 * problem.server_count)
     return tasks, servers, splits, matrix, upper
 

@@ -43,6 +43,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse
 
+from cloud.scheduling.exact import placement_rows
 from cloud.scheduling.placement_state import PlacementState
 from cloud.scheduling.problem import (
     UNPLACED,
@@ -311,26 +312,11 @@ def _solve_residual_lp(
         return None
     capacity = problem.servers.capacity
     bandwidth = problem.servers.available_bandwidth
-    cap_demand = problem.capacity_demand[tasks, servers, splits]
-    bw_demand = problem.bandwidth_demand[tasks, servers, splits]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        cap_row = np.where(cap_demand > 0, cap_demand / capacity[servers], 0.0)
-        bw_row = np.where(bw_demand > 0, bw_demand / bandwidth[servers], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
         cap_rhs = np.where(capacity > 0, free_cap / capacity, 0.0)
         bw_rhs = np.where(bandwidth > 0, free_bw / bandwidth, 0.0)
-    task_count, server_count = problem.task_count, problem.server_count
-    columns_index = np.arange(count)
-    matrix = scipy.sparse.csr_array(
-        (
-            np.concatenate([np.ones(count), cap_row, bw_row]),
-            (
-                np.concatenate([tasks, task_count + servers, task_count + server_count + servers]),
-                np.concatenate([columns_index, columns_index, columns_index]),
-            ),
-        ),
-        shape=(task_count + 2 * server_count, count),
-    )
-    upper = np.concatenate([np.ones(task_count), cap_rhs, bw_rhs])
+    matrix = placement_rows(problem, tasks, servers, splits)
+    upper = np.concatenate([np.ones(problem.task_count), cap_rhs, bw_rhs])
     result = scipy.optimize.linprog(
         -np.ones(count), A_ub=matrix, b_ub=upper, bounds=(0, 1), method=method
     )
