@@ -63,9 +63,3 @@ class Pacer:
         tick = Tick(index=index, deadline=self.deadline(index), skipped=index - self.next_index)
         self.next_index = index + 1
         return tick
-
-    def skip_next(self) -> int:
-        """Give up the next frame (the transport is busy); returns its index."""
-        index = self.next_index
-        self.next_index += 1
-        return index

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import cv2
 import numpy as np
@@ -31,8 +30,6 @@ from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, 
 from edgelearn.preprocess import HD_720P
 
 log = logging.getLogger(__name__)
-
-SOURCE_KINDS: Final = ("video", "fashion-mnist", "folder", "synthetic")
 
 
 def fit_to(image: Image, size: tuple[int, int]) -> Image:
@@ -256,10 +253,6 @@ class SourceSpec:
         data = data if data is not None else self.load_data()
         assert data is not None
         return LabeledScene(data, seed=seed + camera_index, dwell_frames=dwell_frames, size=size)
-
-    @property
-    def labeled(self) -> bool:
-        return self.kind in ("fashion-mnist", "folder")
 
 
 def parse_source(text: str) -> SourceSpec:

@@ -136,9 +136,6 @@ class Scoreboard:
         recent = self._recent.get((camera_id, mode))
         return sum(recent) / len(recent) if recent else None
 
-    def keys(self) -> list[tuple[str, str]]:
-        return list(self._recent)
-
 
 # --- the cloud halves, from the registry ----------------------------------------------
 
@@ -226,11 +223,6 @@ class RegistryModels:
             classifier.predict(np.zeros((1, *shape), np.float32))
             warmed.append(f"{mode} ({entry.version})")
         return warmed
-
-    def forget(self) -> None:
-        """Drop cached models (after training a new version)."""
-        with self._lock:
-            self._cache.clear()
 
 
 # --- the consumer ------------------------------------------------------------------------

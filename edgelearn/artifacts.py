@@ -122,10 +122,6 @@ class TensorQuantization:
     def nbytes(self) -> int:
         return self.elements * self.numpy_dtype.itemsize
 
-    @property
-    def wire_dtype(self) -> wire.DType:
-        return wire.DType[self.dtype.upper()]
-
     def quantize(self, real: npt.ArrayLike) -> npt.NDArray[Any]:
         """Real values to this tensor's dtype (rounded, clipped to the dtype's range)."""
         values = np.asarray(real, dtype=np.float32)

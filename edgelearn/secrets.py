@@ -102,6 +102,3 @@ class Secrets:
             f"user {user!r} is not in {self.credentials_file}: "
             f"add it with `edgelearn broker add-user`"
         )
-
-    def users_with_role(self, role: str) -> list[str]:
-        return [user.name for user in self.users() if user.role == role]

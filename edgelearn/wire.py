@@ -89,10 +89,6 @@ class DType(enum.IntEnum):
     def itemsize(self) -> int:
         return {DType.UINT8: 1, DType.INT8: 1, DType.FLOAT16: 2, DType.FLOAT32: 4}[self]
 
-    @property
-    def numpy_name(self) -> str:
-        return self.name.lower()
-
 
 class ComputedAt(enum.IntEnum):
     EDGE = 1

@@ -142,9 +142,6 @@ class KeyframeFilter:
             state.held_mismatched += 1
         return Decision(keyframe=False, score=score)
 
-    def forget(self, camera_id: str) -> None:
-        self._cameras.pop(camera_id, None)
-
 
 # --- the pipeline --------------------------------------------------------------------
 

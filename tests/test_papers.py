@@ -1,6 +1,6 @@
 """``edgelearn bench papers`` on a tiny budget: the papers' qualitative findings and the files.
 
-One run of :func:`cloud.papers.run` per module (two training-set sizes of a few hundred
+One run of :func:`bench.papers.run` per module (two training-set sizes of a few hundred
 rendered items, one or two epochs: about a minute on 2 cores). What must hold whatever the
 budget: edge modes send far fewer uplink bytes than cloud-only for the same training set and
 train faster; the byte counts agree with the model's shapes and the measured camera JPEGs;

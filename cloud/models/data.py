@@ -7,7 +7,7 @@ input (``uint8 (S, S, C)``). By default frames are rendered at the gateway's *re
 (320x180) and decoded in full, which is what the gateway's reduced decode of a 720p frame
 gives, for about a tenth of the cost; :func:`camera_frames` renders real 720p frames from
 :class:`cameras.scene.LabeledScene` and decodes them exactly as the gateway does, so the two
-can be compared (see :func:`cloud.models.training.compare_render_paths`).
+can be compared (see :func:`cloud.models.evaluation.compare_render_paths`).
 
 Everything is seeded: item ``i`` of a split is rendered from ``rng([seed, split, i])``, so
 a data set of 2,000 items is the first 2,000 of one of 60,000, whatever ``workers`` is.

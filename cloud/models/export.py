@@ -1,5 +1,5 @@
-"""Keras models to LiteRT flatbuffers for the gateways: int8 (split lower part, full model,
-encoder) or float.
+"""Keras models to int8 LiteRT flatbuffers for the gateways (split lower part, full model,
+encoder).
 
 Where it sits: after training and splitting (:mod:`cloud.models.cnn`), before the registry
 stores and signs the artifact. Full-integer quantisation is calibrated on a
@@ -108,8 +108,3 @@ def export_int8(
         export.output,
     )
     return export
-
-
-def export_float(model: KerasModel) -> LiteRtExport:
-    """A float32 LiteRT model (for comparison, or an encoder that must not be quantised)."""
-    return LiteRtExport.from_flatbuffer(_convert(_converter(model), model))

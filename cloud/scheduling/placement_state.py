@@ -79,8 +79,5 @@ class PlacementState:
         self.split_layer[task] = 0
         self.deployed_count -= 1
 
-    def tasks_on(self, server: int) -> IntArray:
-        return np.flatnonzero(self.server == server)
-
     def to_assignment(self) -> Assignment:
         return Assignment(self.server.copy(), self.split_layer.copy())
