@@ -5,15 +5,6 @@ edge modes side by side with the cloud-only one in the same run; :mod:`bench.com
 what several parts share (the cached bench model registry, machine facts, rendering camera
 frames, reading ``/metrics``). The pipeline benchmark starts the stack through
 :mod:`stack.launcher`, as ``edgelearn up`` does. Benchmarks sit at the top of the house,
-beside :mod:`stack`: they may import every role, and nothing imports them.
+beside :mod:`stack`: they may import every role, and only the ``edgelearn bench`` command
+(:data:`stack.cli.BENCHMARKS`) loads them, by name.
 """
-
-PARTS: dict[str, str] = {
-    "pipeline": "bench.pipeline",
-    "gateway": "bench.gateway",
-    "cloud": "bench.cloud",
-    "papers": "bench.papers",
-    "cameras": "bench.cameras",
-    "schedule": "bench.schedule",
-}
-"""``edgelearn bench`` part -> its module."""
