@@ -35,6 +35,11 @@ def default_secrets_dir() -> Path:
     return Path(state) / "edgelearn" / "secrets"
 
 
+def default_state_dir() -> Path:
+    """Where a host keeps what must outlive a process: secrets, registry, outboxes, ledgers."""
+    return default_secrets_dir().parent
+
+
 @dataclass(frozen=True)
 class User:
     name: str

@@ -5,7 +5,7 @@ Where it sits in the flow of a frame::
     camera --Frame--> gateway --Feature--> cloud --Result--> (anyone)
                         ^  \\--Status-->      |
                         |                     |
-                        +---Model / Plan------+
+                        +---Model / Plan / Ack+
 
 Every envelope is ``MAGIC (2 bytes) | VERSION (1) | KIND (1) | body``. The body is a fixed
 sequence of fields per kind (integers little-endian, strings and blobs length-prefixed), and
@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -43,6 +43,7 @@ MAX_TEXT_LENGTH: Final = 4096
 MAX_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
 MAX_DIMENSIONS: Final = 8
 MAX_MAP_ENTRIES: Final = 1024
+MAX_ACK_ENTRIES: Final = 1024
 MAX_FRAME_SIDE: Final = 8192
 
 
@@ -62,6 +63,7 @@ class Kind(enum.IntEnum):
     MODEL = 4
     STATUS = 5
     PLAN = 6
+    ACK = 7
 
 
 class Encoding(enum.IntEnum):
@@ -213,6 +215,25 @@ def _shape() -> _FieldType:
         if ndim > MAX_DIMENSIONS:
             raise WireError("bad_shape", f"{ndim} dimensions")
         return tuple(reader.unpack(_U32)[0] for _ in range(ndim))
+
+    return _FieldType(write, read)
+
+
+def _sequence(item: _FieldType, limit: int) -> _FieldType:
+    """A tuple of items of one type: a count, then the items."""
+
+    def write(out: bytearray, value: tuple[Any, ...]) -> None:
+        if len(value) > limit:
+            raise WireError("too_long", f"{len(value)} items")
+        out += _U16.pack(len(value))
+        for element in value:
+            item.write(out, element)
+
+    def read(reader: _Reader) -> tuple[Any, ...]:
+        (count,) = reader.unpack(_U16)
+        if count > limit:
+            raise WireError("too_long", f"{count} items")
+        return tuple(item.read(reader) for _ in range(count))
 
     return _FieldType(write, read)
 
@@ -536,8 +557,50 @@ class Plan(Envelope):
         _check(self.keyframe_threshold >= 0, "bad_threshold", f"{self.keyframe_threshold}")
 
 
+Capture = tuple[str, int, int]  # (camera_id, seq, capture_ns): one frame, whatever came of it
+
+
+def capture_of(envelope: Frame | Feature | Result) -> Capture:
+    """What identifies a frame end to end. ``seq`` alone does not: a camera that restarts
+    counts from 0 again, so the capture time tells its frames apart."""
+    return (envelope.camera_id, envelope.seq, envelope.capture_ns)
+
+
+@dataclass(frozen=True)
+class Ack(Envelope):
+    """The cloud's receipt, on ``acks/<gateway_id>``: the features (or edge results) of that
+    gateway it has answered and stored, the capture ``(cameras[i], seqs[i], captures[i])``.
+    A gateway keeps every feature in its outbox until an Ack names it (at-least-once
+    delivery whatever the brokers do); the cloud acknowledges a duplicate again."""
+
+    KIND: ClassVar[Kind] = Kind.ACK
+    gateway_id: str = _wire(IDENT)
+    cameras: tuple[str, ...] = _wire(_sequence(IDENT, MAX_ACK_ENTRIES))
+    seqs: tuple[int, ...] = _wire(_sequence(U64, MAX_ACK_ENTRIES))
+    captures: tuple[int, ...] = _wire(_sequence(U64, MAX_ACK_ENTRIES))
+
+    def __post_init__(self) -> None:
+        _check_ident("gateway_id", self.gateway_id)
+        _check(
+            len(self.cameras) == len(self.seqs) == len(self.captures),
+            "bad_count",
+            "cameras, seqs and captures differ in length",
+        )
+        _check(len(self.cameras) > 0, "empty_payload", "an ack names no feature")
+        for camera_id in self.cameras:
+            _check_ident("camera_id", camera_id)
+
+    @classmethod
+    def of(cls, gateway_id: str, captures: Sequence[Capture]) -> Ack:
+        cameras, seqs, times = zip(*captures, strict=True)
+        return cls(gateway_id, cameras, seqs, times)
+
+    def entries(self) -> list[Capture]:
+        return list(zip(self.cameras, self.seqs, self.captures, strict=True))
+
+
 ENVELOPES: Final[dict[Kind, type[Envelope]]] = {
-    cls.KIND: cls for cls in (Frame, Feature, Result, Model, Status, Plan)
+    cls.KIND: cls for cls in (Frame, Feature, Result, Model, Status, Plan, Ack)
 }
 
 
@@ -593,6 +656,7 @@ def decode_as(data: bytes | bytearray | memoryview, cls: type[E]) -> E:
 
 ROOT: Final = "edgelearn/v1"
 DEFAULT_SITE: Final = "site"
+ANY_SITE: Final = "+"  # subscribers only: one cloud serves every site bridged into it
 ALL_GATEWAYS: Final = "all"
 
 
@@ -603,7 +667,13 @@ class Topics:
     site: str = DEFAULT_SITE
 
     def __post_init__(self) -> None:
-        _check_ident("site", self.site)
+        if self.site != ANY_SITE:
+            _check_ident("site", self.site)
+
+    @classmethod
+    def of(cls, topic: str) -> Topics:
+        """The topics of the site ``topic`` belongs to (``edgelearn/v1/<site>/...``)."""
+        return cls(topic_level(topic, 2))
 
     @property
     def base(self) -> str:
@@ -632,6 +702,9 @@ class Topics:
     def status(self, gateway_id: str, worker: int = 0) -> str:
         return f"{self.base}/status/{gateway_id}/{worker}"
 
+    def ack(self, gateway_id: str) -> str:
+        return f"{self.base}/acks/{gateway_id}"
+
     # Filters for subscribers.
     def all_frames(self) -> str:
         return f"{self.base}/frames/+"
@@ -644,6 +717,9 @@ class Topics:
 
     def all_status(self) -> str:
         return f"{self.base}/status/+/+"
+
+    def all_acks(self) -> str:
+        return f"{self.base}/acks/+"
 
 
 def shared(group: str, topic_filter: str) -> str:
