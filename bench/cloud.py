@@ -282,12 +282,16 @@ def _feed(conn: multiprocessing.connection.Connection, job: FeedJob) -> None:
     try:
         if job.count:
             envelopes = []
+            # Captures unique across jobs: the consumers de-duplicate by capture.
+            base_ns = time.time_ns()
             for index in range(job.count):
                 template = templates[index % len(templates)]
                 envelopes.append(
                     (
                         topics.feature(GATEWAY_ID, template.camera_id),
-                        wire.encode(dataclasses.replace(template, seq=index)),
+                        wire.encode(
+                            dataclasses.replace(template, seq=index, capture_ns=base_ns + index)
+                        ),
                     )
                 )
             conn.send("ready")
@@ -600,13 +604,8 @@ def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) ->
         secrets, broker_module.BrokerSettings(role="cloud", run_dir=work_dir / "broker")
     )
     try:
-        config = ConsumerConfig(
-            consumer_id="bench-cloud",
-            site=SITE,
-            group="bench",
-            store_features=settings.store_features,
-        )
-        store = FeatureStore(work_dir / "features") if settings.store_features else None
+        config = ConsumerConfig(consumer_id="bench-cloud", site=SITE, group="bench")
+        store = FeatureStore(work_dir / "features", keep_features=settings.store_features)
         cloud = BrokerConfig.for_user(
             "cloud", host=broker.host, port=broker.port, secrets_dir=secrets.directory
         )

@@ -24,11 +24,7 @@ from pathlib import Path
 from edgelearn import config as config_module
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
-from edgelearn.secrets import Secrets, default_secrets_dir
-
-
-def default_state_dir() -> Path:
-    return default_secrets_dir().parent
+from edgelearn.secrets import Secrets, default_secrets_dir, default_state_dir
 
 
 def _registry_path(args: argparse.Namespace) -> Path:
@@ -84,6 +80,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--group", default="cloud", help="shared-subscription group")
     parser.add_argument(
+        "--id",
+        dest="cloud_id",
+        default="cloud",
+        help="this process's name in its group; its MQTT client ids derive from it, so a "
+        "restarted process resumes its sessions (two processes of one group: two ids)",
+    )
+    parser.add_argument(
         "--budget",
         choices=("default", "quick"),
         default="default",
@@ -108,7 +111,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--feature-store",
         type=Path,
         default=None,
-        help="where labeled features are kept (default: STATE/features; 'none' disables)",
+        help="where what arrived is recorded: the de-duplication ledger and the labeled "
+        "features to train on (default: STATE/features; 'none': keep no features, the ledger "
+        "stays in STATE/features)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -152,7 +157,9 @@ async def _serve(args: argparse.Namespace) -> int:
     from cloud.planner import PlannerSettings
     from cloud.service import CloudService, CloudSettings
 
-    store = args.feature_store or default_state_dir() / "features"
+    keep_features = str(args.feature_store) != "none"
+    store = args.feature_store if keep_features and args.feature_store else None
+    store = store or default_state_dir() / "features"
     budget = TrainingBudget.quick() if args.budget == "quick" else TrainingBudget()
     settings = CloudSettings(
         broker=_broker(args),
@@ -160,11 +167,13 @@ async def _serve(args: argparse.Namespace) -> int:
         secrets=Secrets(args.secrets or default_secrets_dir()),
         site=args.site,
         group=args.group,
+        cloud_id=args.cloud_id,
         consumers=args.consumers,
         split_ks=_split_ks(args.split_ks),
         budget=budget if args.train else None,
         push=args.push,
-        feature_store=None if str(store) == "none" else store,
+        feature_store=store,
+        keep_features=keep_features,
         metrics_port=args.metrics_port,
         plan=PlannerSettings(hold_seconds=args.plan_hold, latency_bound=args.plan_latency_bound)
         if args.plan
@@ -245,7 +254,9 @@ def main_model(args: argparse.Namespace) -> int:
             return 0
         from cloud.service import push_deployments
 
-        asyncio.run(push_deployments(_broker(args), args.site, [model], args.gateway))
+        asyncio.run(
+            push_deployments(_broker(args), args.site, [model], args.gateway, "model-push-cli")
+        )
         print(f"pushed {model.name} {model.version} to {args.gateway}")
         return 0
     except RegistryError as exc:

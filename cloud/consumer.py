@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
-from cloud.feature_store import FeatureStore
+from cloud.feature_store import Arrival, FeatureStore
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.registry import ModelEntry, Registry
@@ -63,6 +63,7 @@ from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.modes import FULL, RAW, Mode
 from edgelearn.mqtt import MqttSession, NotConnected
+from edgelearn.peer_log import PeerLog
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Scoreboard:
     window: int = 2000
     _last: dict[tuple[str, str], _Last] = field(default_factory=dict)
     _recent: dict[tuple[str, str], collections.deque[bool]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # consumers share one
 
     def record(
         self,
@@ -117,7 +119,17 @@ class Scoreboard:
         frames are not scored (a real video has no ground truth)."""
         if label is None:
             return Score(0, 0)
-        key = (camera_id, mode)
+        with self._lock:
+            return self._record((camera_id, mode), label, predicted, held_back, held_mismatched)
+
+    def _record(
+        self,
+        key: tuple[str, str],
+        label: int,
+        predicted: int,
+        held_back: int,
+        held_mismatched: int,
+    ) -> Score:
         recent = self._recent.setdefault(key, collections.deque(maxlen=self.window))
         frames = correct = 0
         previous = self._last.get(key)
@@ -133,8 +145,9 @@ class Scoreboard:
         return Score(frames + 1, correct + int(this_correct))
 
     def accuracy(self, camera_id: str, mode: str) -> float | None:
-        recent = self._recent.get((camera_id, mode))
-        return sum(recent) / len(recent) if recent else None
+        with self._lock:
+            recent = self._recent.get((camera_id, mode))
+            return sum(recent) / len(recent) if recent else None
 
 
 # --- the cloud halves, from the registry ----------------------------------------------
@@ -237,13 +250,24 @@ class ConsumerConfig:
     queue_max: int = 20_000  # about a minute at the rated 300 features/s
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
-    store_features: bool = True
+    session_expiry_seconds: int = 300
 
 
 @dataclass(frozen=True)
 class _Incoming:
+    site: str
     envelope: wire.Feature | wire.Result
     size: int
+
+
+@dataclass
+class _Answer:
+    """An arrival, what the consumer made of it, and whether it ends in an ack."""
+
+    incoming: _Incoming
+    result: wire.Result | None = None  # None: not answered (a drop, counted)
+    values: npt.NDArray[Any] | None = None  # a feature's decoded array, to store
+    final: bool = True  # False: may succeed later (a model not loaded yet): not acked
 
 
 class CloudConsumer:
@@ -254,49 +278,52 @@ class CloudConsumer:
         models: ClassifierSource,
         *,
         store: FeatureStore | None = None,
+        scoreboard: Scoreboard | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
+        """``store`` is the de-duplication ledger (and, with ``keep_features``, the
+        training data); consumers of one cloud share it and the ``scoreboard``."""
         self.config = config
         self.broker = broker
         self.models = models
-        self.store = store if config.store_features else None
+        self.store = store or FeatureStore(None, keep_features=False)
         self.topics = wire.Topics(config.site)
         self.registry = registry or CollectorRegistry()
         register_build_info(self.registry, "cloud")
         self.metrics = CloudMetrics(self.registry)
-        self.scoreboard = Scoreboard()
+        self.scoreboard = scoreboard or Scoreboard()
         self._queue: queue.Queue[_Incoming] = queue.Queue(config.queue_max)
         self.metrics.watch_queue(self._queue.qsize)
         self._stopping = threading.Event()
         self._session: MqttSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._missing: set[tuple[str, str]] = set()
+        self._peers = PeerLog(log)
         self.metrics_server: MetricsServer | None = None
         self.results_published = 0
 
     # --- ingest (event loop) -------------------------------------------------------------
 
     def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
         payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        gateway = wire.topic_level(topic, -2)
         try:
             envelope = wire.decode(payload)
             if not isinstance(envelope, wire.Feature | wire.Result):
                 raise wire.WireError("wrong_kind", type(envelope).__name__)
+            if envelope.gateway_id != gateway:
+                raise wire.WireError("gateway_mismatch", f"{envelope.gateway_id} on {gateway}")
         except wire.WireError as exc:
-            self.metrics.dropped.labels("rejected_envelope").inc()
-            log.warning("rejected an envelope on %s: %s", message.topic, exc)
+            self.metrics.dropped.labels(exc.reason).inc()
+            self._peers.warning(gateway, exc.reason, "rejected an envelope on %s: %s", topic, exc)
             return
         mode = envelope.extractor
         self.metrics.features_received.labels(mode).inc()
         self.metrics.received_bytes.labels(mode).inc(len(payload))
-        if isinstance(envelope, wire.Feature):
-            self.metrics.raw_equivalent_bytes.labels(mode).inc(
-                envelope.raw_bytes * (1 + envelope.held_back)
-            )
         try:
-            self._queue.put_nowait(_Incoming(envelope, len(payload)))
-        except queue.Full:
+            self._queue.put_nowait(_Incoming(wire.topic_level(topic, 2), envelope, len(payload)))
+        except queue.Full:  # not acked: the gateway sends it again
             self.metrics.dropped.labels("queue_full").inc()
 
     # --- inference thread ----------------------------------------------------------------
@@ -314,69 +341,95 @@ class CloudConsumer:
                 except queue.Empty:
                     break
             try:
-                self._answer(batch)
-            except Exception:  # one bad batch must not stop the consumer
+                self._handle(batch)
+            except Exception:  # one bad batch must not stop the consumer; not acked: resent
                 log.exception("inference failed on a batch of %d", len(batch))
                 self.metrics.dropped.labels("inference_failed").inc(len(batch))
             finally:
                 for _ in batch:
                     self._queue.task_done()
 
-    def _answer(self, batch: list[_Incoming]) -> None:
+    def _handle(self, batch: list[_Incoming]) -> None:
+        """Answer, then record once (a duplicate is dropped there), then score and publish
+        what was new, then acknowledge everything that will not change by trying again."""
         self.metrics.batch_size.observe(len(batch))
-        groups: dict[tuple[str, str], list[_Incoming]] = defaultdict(list)
-        for item in batch:
-            envelope = item.envelope
+        answers = self._answer(batch)
+        answered = [answer for answer in answers if answer.result is not None]
+        new = self.store.record(
+            [
+                Arrival(a.incoming.site, a.incoming.envelope, a.incoming.size, a.values)
+                for a in answered
+            ]
+        )
+        for answer, is_new in zip(answered, new, strict=True):
+            envelope = answer.incoming.envelope
+            if not is_new:
+                self.metrics.duplicates.labels(envelope.extractor).inc()
+                continue
+            if isinstance(envelope, wire.Feature):
+                self.metrics.raw_equivalent_bytes.labels(envelope.extractor).inc(
+                    envelope.raw_bytes * (1 + envelope.held_back)
+                )
+            assert answer.result is not None
+            self._emit(answer.incoming.site, answer.result)
+        self._acknowledge([answer.incoming for answer in answers if answer.final])
+
+    def _answer(self, batch: list[_Incoming]) -> list[_Answer]:
+        answers = [_Answer(item) for item in batch]
+        groups: dict[tuple[str, str], list[_Answer]] = defaultdict(list)
+        for answer in answers:
+            envelope = answer.incoming.envelope
             if isinstance(envelope, wire.Result):
-                self._emit(envelope)
+                answer.result = envelope  # the edge answered ("full")
             else:
-                groups[(envelope.extractor, envelope.model_version)].append(item)
-        for (extractor, version), items in groups.items():
+                groups[(envelope.extractor, envelope.model_version)].append(answer)
+        for (extractor, version), group in groups.items():
             classifier = self.models.classifier_for(extractor, version)
-            if classifier is None:
-                self.metrics.dropped.labels("no_model").inc(len(items))
-                if (extractor, version) not in self._missing:
-                    self._missing.add((extractor, version))
-                    log.warning(
-                        "no cloud model for %s %s: dropping its features", extractor, version
-                    )
+            if classifier is None:  # the registry may get it (a training still running)
+                self.metrics.dropped.labels("no_model").inc(len(group))
+                self._peers.warning(
+                    version, "no_model", "no cloud model for %s %s yet", extractor, version
+                )
+                for answer in group:
+                    answer.final = False
                 continue
             self.metrics.model_info.labels(extractor, version).set(1)
-            inputs, kept = self._inputs(classifier, items)
+            inputs, kept = self._inputs(classifier, group)
             if not kept:
                 continue
             started = time.perf_counter()
             probabilities = classifier.predict(inputs)
             self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
-            for item, row in zip(kept, probabilities, strict=True):
-                feature = item.envelope
+            for answer, row in zip(kept, probabilities, strict=True):
+                feature = answer.incoming.envelope
                 assert isinstance(feature, wire.Feature)
                 predicted = int(np.argmax(row))
-                self._emit(
-                    wire.Result(
-                        camera_id=feature.camera_id,
-                        seq=feature.seq,
-                        capture_ns=feature.capture_ns,
-                        result_ns=time.time_ns(),
-                        gateway_id=feature.gateway_id,
-                        extractor=feature.extractor,
-                        label=feature.label,
-                        predicted=predicted,
-                        score=float(np.clip(row[predicted], 0.0, 1.0)),
-                        model_version=feature.model_version,
-                        computed_at=wire.ComputedAt.CLOUD,
-                        held_back=feature.held_back,
-                        held_mismatched=feature.held_mismatched,
-                    )
+                answer.result = wire.Result(
+                    camera_id=feature.camera_id,
+                    seq=feature.seq,
+                    capture_ns=feature.capture_ns,
+                    result_ns=time.time_ns(),
+                    gateway_id=feature.gateway_id,
+                    extractor=feature.extractor,
+                    label=feature.label,
+                    predicted=predicted,
+                    score=float(np.clip(row[predicted], 0.0, 1.0)),
+                    model_version=feature.model_version,
+                    computed_at=wire.ComputedAt.CLOUD,
+                    held_back=feature.held_back,
+                    held_mismatched=feature.held_mismatched,
                 )
+        return answers
 
     def _inputs(
-        self, classifier: Classifier, items: list[_Incoming]
-    ) -> tuple[npt.NDArray[Any], list[_Incoming]]:
+        self, classifier: Classifier, answers: list[_Answer]
+    ) -> tuple[npt.NDArray[Any], list[_Answer]]:
+        """Model input of each feature; an undecodable one is dropped for good (its
+        retries would not decode either) and still acknowledged."""
         rows: list[npt.NDArray[Any]] = []
-        kept: list[_Incoming] = []
-        for item in items:
-            feature = item.envelope
+        kept: list[_Answer] = []
+        for answer in answers:
+            feature = answer.incoming.envelope
             assert isinstance(feature, wire.Feature)
             try:
                 row: npt.NDArray[Any]
@@ -384,21 +437,21 @@ class CloudConsumer:
                     row = preprocess.frame_to_input(
                         feature.payload, classifier.input_size, classifier.channels
                     )
-                    stored: npt.NDArray[Any] | None = None
                 else:
-                    stored = codec.unpack_feature(feature)
-                    row = codec.dequantize(stored, feature.scale, feature.zero_point)
+                    answer.values = codec.unpack_feature(feature)
+                    row = codec.dequantize(answer.values, feature.scale, feature.zero_point)
             except (codec.CodecError, preprocess.PreprocessError) as exc:
-                self.metrics.dropped.labels(getattr(exc, "reason", "undecodable")).inc()
-                log.warning("undecodable feature from %s: %s", feature.gateway_id, exc)
+                self.metrics.dropped.labels(exc.reason).inc()
+                self._peers.warning(
+                    feature.gateway_id, exc.reason, "undecodable feature from %s: %s",
+                    feature.gateway_id, exc,
+                )  # fmt: skip
                 continue
             rows.append(row)
-            kept.append(item)
-            if self.store is not None:
-                self.store.append(feature, stored, item.size)
+            kept.append(answer)
         return (np.stack(rows) if rows else np.empty(0)), kept
 
-    def _emit(self, result: wire.Result) -> None:
+    def _emit(self, site: str, result: wire.Result) -> None:
         mode = result.extractor
         computed_at = result.computed_at.name.lower()
         self.metrics.results.labels(mode, computed_at).inc()
@@ -419,23 +472,38 @@ class CloudConsumer:
             accuracy = self.scoreboard.accuracy(result.camera_id, mode)
             if accuracy is not None:
                 self.metrics.accuracy.labels(result.camera_id, mode).set(accuracy)
-        assert self._loop is not None and self._session is not None
-        future = asyncio.run_coroutine_threadsafe(
-            self._session.publish(
-                self.topics.result(result.camera_id),
-                wire.encode(result),
-                qos=0,
-                wait_for_connection=1.0,
-            ),
-            self._loop,
-        )
+        # QoS 0: a result is news, not a record (the ack is the record).
+        future = self._publish(wire.Topics(site).result(result.camera_id), wire.encode(result), 0)
         future.add_done_callback(self._published)
+
+    def _acknowledge(self, handled: list[_Incoming]) -> None:
+        """One Ack per (site, gateway) for everything handled for good, new or not."""
+        by_gateway: dict[tuple[str, str], list[wire.Feature | wire.Result]] = defaultdict(list)
+        for item in handled:
+            by_gateway[(item.site, item.envelope.gateway_id)].append(item.envelope)
+        for (site, gateway), envelopes in by_gateway.items():
+            for start in range(0, len(envelopes), wire.MAX_ACK_ENTRIES):
+                chunk = envelopes[start : start + wire.MAX_ACK_ENTRIES]
+                ack = wire.Ack.of(gateway, [wire.capture_of(envelope) for envelope in chunk])
+                future = self._publish(wire.Topics(site).ack(gateway), wire.encode(ack), 1)
+                future.add_done_callback(self._acked)
+            self.metrics.acked.inc(len(envelopes))
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> Any:
+        assert self._loop is not None and self._session is not None
+        return asyncio.run_coroutine_threadsafe(
+            self._session.publish(topic, payload, qos=qos, wait_for_connection=1.0), self._loop
+        )
 
     def _published(self, future: Any) -> None:
         if future.cancelled() or isinstance(future.exception(), NotConnected):
             self.metrics.dropped.labels("result_not_published").inc()
         else:
             self.results_published += 1
+
+    def _acked(self, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.metrics.ack_failures.inc()  # the gateway sends again; that one is acked
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -449,8 +517,13 @@ class CloudConsumer:
             self.config.consumer_id,
             subscriptions=[(wire.shared(self.config.group, self.topics.all_features()), 1)],
             on_message=self._on_message,
-            persistent=True,  # features queue at the broker while we restart
+            # Features queue at the broker while this slot restarts; an abandoned slot's
+            # session (and what was queued for it) goes after this long, and the gateways'
+            # outboxes send the unacknowledged features again to the slots still there.
+            persistent=True,
+            session_expiry_seconds=self.config.session_expiry_seconds,
             max_queued_incoming=self.config.queue_max,
+            backoff_max=2.0,  # back within 2 s of the broker
         )
         try:
             await self._session.__aenter__()
@@ -470,8 +543,6 @@ class CloudConsumer:
         self._stopping.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
-        if self.store is not None:
-            self.store.flush()
         if self._session is not None:
             await self._session.__aexit__(None, None, None)
         if self.metrics_server is not None:

@@ -1,39 +1,96 @@
-"""An append-only, sharded store of labeled features: what the cloud trains on.
+"""What arrived at the cloud, once each: the de-duplication ledger and the labeled features
+the cloud trains on, in one SQLite file.
 
-Where it sits: cloud consumer -> **FeatureStore.append** ... ``edgelearn train
---from-features`` -> :meth:`FeatureStore.load`.
+Where it sits::
 
-Layout: ``<root>/<extractor>/<model_version>/shard-000001.npz``, one directory per kind of
-feature (features from different extractors or model versions are different data sets).
-Each shard holds ``values`` exactly as the gateways sent them (int8 for the feature modes,
-JPEG bytes for ``raw``, as an object-free ragged pair ``jpeg_bytes``/``jpeg_offsets``),
-``labels``, the quantisation ``scale``/``zero_point`` and the bytes that crossed the uplink.
-A shard is written whole to a temporary name and renamed, so a crash never leaves a torn
-shard, and existing shards are never rewritten.
+    consumer batch --> FeatureStore.record (one transaction) --> Ack to the gateways
+                            |                                  ``edgelearn train --from-features``
+                            +--> arrivals: (site, capture), every feature or edge result
+                            +--> features: the labeled ones, as the gateways sent them  --> load
+
+Gateways re-send a feature until the cloud acknowledges it, so the same capture (camera,
+seq, capture time: :func:`edgelearn.wire.capture_of`) can arrive twice: after a lost ack, a
+consumer restart, a broker that redelivers. ``record`` inserts each arrival once and says
+which ones are new; only those are answered, scored and kept, and every one of them is
+acknowledged. The transaction commits before any ack goes
+out, so an acknowledged feature is on disk (WAL mode: a killed process loses nothing it
+committed) and a restarted cloud still recognises a late retry. Consumers of one process
+share the store; consumers of several processes may share the file (SQLite locks it).
+
+Stored ``values`` are the entropy-decoded arrays exactly as the gateways quantised them (int8
+for the feature modes, the JPEG for ``raw``), with their quantisation and the bytes that
+crossed the uplink; features of different extractors or model versions are different data
+sets (:meth:`kinds`). Bounded: beyond ``max_arrivals`` (the de-duplication window) and
+``max_features`` rows the oldest go first.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
+import json
+import sqlite3
 import threading
-from collections import defaultdict
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from edgelearn import codec, wire
-from edgelearn.modes import Mode
+from edgelearn.modes import RAW
+
+FILE_NAME: Final = "arrivals.sqlite"
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS arrivals (
+    site TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    capture_ns INTEGER NOT NULL,
+    gateway TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    arrived REAL NOT NULL,
+    PRIMARY KEY (site, camera, seq, capture_ns)
+);
+CREATE INDEX IF NOT EXISTS arrivals_arrived ON arrivals (arrived);
+CREATE TABLE IF NOT EXISTS features (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    capture_ns INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    dtype INTEGER NOT NULL,
+    shape TEXT NOT NULL,
+    scale REAL NOT NULL,
+    zero_point INTEGER NOT NULL,
+    wire_bytes INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    UNIQUE (site, camera, seq, capture_ns)
+);
+CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
+"""
+_PRUNE_EVERY: Final = 4096  # arrivals recorded between two checks of the bounds
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One envelope a consumer took off the features topic."""
+
+    site: str
+    envelope: wire.Feature | wire.Result
+    wire_bytes: int
+    values: npt.NDArray[np.generic] | None = None  # a feature's decoded array (None: raw)
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedFeatures:
     extractor: str
     model_version: str
-    values: npt.NDArray[np.generic]  # (N, *shape) for features; (N,) object-free for raw
+    values: npt.NDArray[np.generic]  # (N, *shape) for features; empty for raw
     jpegs: list[bytes]  # raw mode only
     labels: npt.NDArray[np.int64]
     scale: float
@@ -42,107 +99,158 @@ class LoadedFeatures:
 
 
 class FeatureStore:
-    def __init__(self, root: Path, shard_size: int = 2048) -> None:
-        self.root = root
-        self.shard_size = shard_size
-        self._buffers: dict[tuple[str, str], list[tuple[wire.Feature, int]]] = defaultdict(list)
-        self._lock = threading.Lock()
-
-    def _directory(self, extractor: str, model_version: str) -> Path:
-        return self.root / Mode.parse(extractor).slot / model_version
-
-    def append(
-        self, feature: wire.Feature, values: npt.NDArray[np.generic] | None, wire_bytes: int
+    def __init__(
+        self,
+        root: Path | None,
+        *,
+        keep_features: bool = True,
+        max_arrivals: int = 2_000_000,
+        max_features: int = 500_000,
     ) -> None:
-        """Keep one labeled feature (unlabeled ones teach nothing and are skipped).
-        ``values``: the decoded, still-quantised array (``None`` for raw JPEGs);
-        ``wire_bytes``: the size of the envelope that crossed the uplink."""
-        if feature.label is None:
-            return
-        key = (feature.extractor, feature.model_version)
+        """``root`` None keeps everything in memory (nothing survives a restart);
+        ``keep_features`` False keeps only the de-duplication ledger."""
+        self.root = root
+        self.keep_features = keep_features
+        self.max_arrivals = max_arrivals
+        self.max_features = max_features
+        self._lock = threading.Lock()
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            ":memory:" if root is None else str(root / FILE_NAME),
+            check_same_thread=False,
+            timeout=30.0,  # another process of the same cloud may hold the lock
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._since_prune = 0
+
+    def record(self, arrivals: Sequence[Arrival]) -> list[bool]:
+        """Insert each arrival once; which ones were new. Labeled new features are kept
+        for training. One transaction: committed when this returns."""
+        now = time.time()
+        new: list[bool] = []
         with self._lock:
-            buffer = self._buffers[key]
-            stored = feature if values is None else _with_values(feature, values)
-            buffer.append((stored, wire_bytes))
-            if len(buffer) >= self.shard_size:
-                self._write(key, buffer)
-                self._buffers[key] = []
+            try:
+                for arrival in arrivals:
+                    envelope = arrival.envelope
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO arrivals (site, camera, seq, capture_ns,"
+                        " gateway, mode, arrived) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            arrival.site,
+                            *wire.capture_of(envelope),
+                            envelope.gateway_id,
+                            envelope.extractor,
+                            now,
+                        ),
+                    )
+                    is_new = cursor.rowcount == 1
+                    new.append(is_new)
+                    if is_new and self.keep_features and isinstance(envelope, wire.Feature):
+                        self._keep(arrival, envelope)
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+            self._since_prune += len(arrivals)
+            if self._since_prune >= _PRUNE_EVERY:
+                self._since_prune = 0
+                self._prune()
+        return new
+
+    def _keep(self, arrival: Arrival, feature: wire.Feature) -> None:
+        if feature.label is None:
+            return  # an unlabeled feature teaches nothing
+        if arrival.values is None:  # raw: the JPEG as it came
+            dtype, shape, payload = feature.dtype, feature.shape, feature.payload
+        else:
+            values = np.ascontiguousarray(arrival.values)
+            dtype, shape, payload = feature.dtype, tuple(values.shape), values.tobytes()
+        self._db.execute(
+            "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
+            " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                arrival.site,
+                *wire.capture_of(feature),
+                feature.extractor,
+                feature.model_version,
+                feature.label,
+                int(dtype),
+                json.dumps(list(shape)),
+                feature.scale,
+                feature.zero_point,
+                arrival.wire_bytes,
+                payload,
+            ),
+        )
+
+    def _prune(self) -> None:
+        for table, bound, order in (
+            ("arrivals", self.max_arrivals, "arrived"),
+            ("features", self.max_features, "id"),
+        ):
+            (count,) = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+            if count > bound:
+                self._db.execute(
+                    f"DELETE FROM {table} WHERE rowid IN"
+                    f" (SELECT rowid FROM {table} ORDER BY {order} LIMIT ?)",
+                    (count - bound,),
+                )
+        self._db.commit()
+
+    def arrived(self) -> int:
+        """Distinct (site, capture) recorded (within the de-duplication window)."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM arrivals").fetchone()
+        return int(count)
 
     def flush(self) -> None:
-        with self._lock:
-            for key, buffer in self._buffers.items():
-                if buffer:
-                    self._write(key, buffer)
-            self._buffers.clear()
+        """Nothing is buffered (every record commits); kept for callers that stop."""
 
-    def _write(self, key: tuple[str, str], entries: list[tuple[wire.Feature, int]]) -> None:
-        features = [feature for feature, _ in entries]
-        directory = self._directory(*key)
-        directory.mkdir(parents=True, exist_ok=True)
-        number = len(list(directory.glob("shard-*.npz"))) + 1
-        path = directory / f"shard-{number:06d}.npz"
-        temporary = directory / f".{path.name}.tmp"
-        labels = np.asarray([f.label for f in features], np.int64)
-        uplink = np.int64(sum(size for _, size in entries))
-        first = features[0]
-        arrays: dict[str, Any] = {
-            "labels": labels,
-            "scale": np.float64(first.scale),
-            "zero_point": np.int64(first.zero_point),
-            "uplink_bytes": uplink,
-        }
-        if first.codec is wire.Codec.JPEG:
-            arrays["jpeg_bytes"] = np.frombuffer(b"".join(f.payload for f in features), np.uint8)
-            arrays["jpeg_offsets"] = np.cumsum([0] + [len(f.payload) for f in features])
-        else:
-            arrays["values"] = np.stack([codec.unpack_feature(f) for f in features])
-        with temporary.open("wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.rename(path)
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- training ------------------------------------------------------------------------
 
     def kinds(self) -> list[tuple[str, str]]:
-        return sorted(
-            (str(Mode.from_slot(extractor.name)), version.name)
-            for extractor in self.root.glob("*")
-            if extractor.is_dir()
-            for version in extractor.glob("*")
-            if any(version.glob("shard-*.npz"))
-        )
+        """The (mode, model version) data sets held, each a separate training set."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT mode, model_version FROM features ORDER BY mode, model_version"
+            ).fetchall()
+        return [(str(mode), str(version)) for mode, version in rows]
 
     def load(self, extractor: str, model_version: str, limit: int | None = None) -> LoadedFeatures:
-        directory = self._directory(extractor, model_version)
-        shards = sorted(directory.glob("shard-*.npz"))
-        if not shards:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT label, dtype, shape, scale, zero_point, wire_bytes, payload FROM features"
+                " WHERE mode = ? AND model_version = ? ORDER BY id LIMIT ?",
+                (extractor, model_version, -1 if limit is None else limit),
+            ).fetchall()
+        if not rows:
             raise FileNotFoundError(
-                f"no stored features for {extractor} {model_version} in {directory}"
+                f"no stored features for {extractor} {model_version} in {self.root}"
             )
-        values, jpegs, labels = [], [], []
-        scale, zero_point, uplink = 1.0, 0, 0
-        for shard in shards:
-            with np.load(shard, allow_pickle=False) as data:
-                labels.append(data["labels"])
-                scale, zero_point = float(data["scale"]), int(data["zero_point"])
-                uplink += int(data["uplink_bytes"])
-                if "values" in data:
-                    values.append(data["values"])
-                else:
-                    blob, offsets = data["jpeg_bytes"].tobytes(), data["jpeg_offsets"]
-                    jpegs += [blob[a:b] for a, b in itertools.pairwise(offsets)]
-            if limit is not None and sum(len(x) for x in labels) >= limit:
-                break
-        all_labels = np.concatenate(labels)[:limit]
-        stacked = np.concatenate(values)[:limit] if values else np.empty(0, np.uint8)
-        return LoadedFeatures(
-            extractor, model_version, stacked, jpegs[:limit], all_labels, scale, zero_point, uplink
+        labels = np.asarray([row[0] for row in rows], np.int64)
+        uplink = sum(int(row[5]) for row in rows)
+        scale, zero_point = float(rows[-1][3]), int(rows[-1][4])
+        if extractor == RAW:
+            jpegs = [bytes(row[6]) for row in rows]
+            return LoadedFeatures(
+                extractor, model_version, np.empty(0, np.uint8), jpegs, labels, 1.0, 0, uplink
+            )
+        values = np.stack(
+            [
+                np.frombuffer(row[6], codec.numpy_dtype(wire.DType(row[1]))).reshape(
+                    json.loads(row[2])
+                )
+                for row in rows
+            ]
         )
-
-
-def _with_values(feature: wire.Feature, values: npt.NDArray[np.generic]) -> wire.Feature:
-    """Store the entropy-decoded array, so training never pays for decompression again."""
-    import dataclasses
-
-    return dataclasses.replace(
-        feature, codec=wire.Codec.NONE, payload=np.ascontiguousarray(values).tobytes()
-    )
+        return LoadedFeatures(
+            extractor, model_version, values, [], labels, scale, zero_point, uplink
+        )

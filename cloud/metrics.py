@@ -4,7 +4,12 @@
   (envelope bytes: the uplink as the cloud sees it)
 * ``edgelearn_cloud_raw_equivalent_bytes_total{mode}`` - the camera JPEG bytes these
   features stand for, held-back frames estimated at their keyframe's size
-* ``edgelearn_cloud_features_dropped_total{reason}``
+* ``edgelearn_cloud_features_dropped_total{reason}`` - exact reasons: the wire's
+  (``bad_magic``, ``truncated``...), the codec's, ``no_model``, ``queue_full``...
+* ``edgelearn_cloud_duplicates_total{mode}`` - a capture that had arrived before
+  (a gateway's retry); not answered again, only acknowledged
+* ``edgelearn_cloud_acked_total``, ``edgelearn_cloud_ack_failures_total`` - captures
+  receipts sent back to the gateways, and acks that could not be published
 * ``edgelearn_cloud_results_total{mode,computed_at}``
 * ``edgelearn_cloud_frames_scored_total{mode,outcome}`` - per camera frame, held-back ones
   included (see :class:`cloud.consumer.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
@@ -65,6 +70,22 @@ class CloudMetrics:
             "edgelearn_cloud_features_dropped",
             "Features dropped, by reason",
             ["reason"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "edgelearn_cloud_duplicates",
+            "Features (or edge results) that had arrived before: acknowledged, not counted",
+            ["mode"],
+            registry=registry,
+        )
+        self.acked = Counter(
+            "edgelearn_cloud_acked",
+            "Features acknowledged to their gateways",
+            registry=registry,
+        )
+        self.ack_failures = Counter(
+            "edgelearn_cloud_ack_failures",
+            "Acks that could not be published (the gateway resends, the retry is acked)",
             registry=registry,
         )
         self.results = Counter(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from cloud.bootstrap import Progress, TrainingBudget, deployable, ensure_models, log_progress
-from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
+from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import Registry
@@ -48,11 +47,17 @@ class CloudSettings:
     secrets: Secrets
     site: str = wire.DEFAULT_SITE
     group: str = "cloud"
+    # This process's name in the group: its MQTT client ids derive from it (never the pid),
+    # so a restarted process resumes its own sessions. Two processes of one group need two.
+    cloud_id: str = "cloud"
     consumers: int = 1
     split_ks: tuple[int, ...] = (1, 2, 3)
     budget: TrainingBudget | None = field(default_factory=TrainingBudget)  # None: never train
     push: bool = True
-    feature_store: Path | None = None  # None: keep no features
+    # Where what arrived is recorded (arrivals.sqlite: the de-duplication ledger, and the
+    # labeled features when keep_features); None: in memory, forgotten on a restart.
+    feature_store: Path | None = None
+    keep_features: bool = True
     metrics_port: int = 0  # of consumer 0, the others on the next ports; 0: free ports
     plan: PlannerSettings | None = None  # None: no planner
 
@@ -62,10 +67,11 @@ async def push_deployments(
     site: str,
     deployments: list[wire.Model],
     gateway: str = wire.ALL_GATEWAYS,
+    client_id: str = "cloud-push",
 ) -> None:
     """Publish ``deployments`` retained, each on its mode's model topic for ``gateway``."""
     topics = wire.Topics(site)
-    async with MqttSession(broker, f"cloud-push-{os.getpid()}") as session:
+    async with MqttSession(broker, client_id) as session:
         for model in deployments:
             await session.publish(
                 topics.model(gateway, model.mode), wire.encode(model), qos=1, retain=True
@@ -83,24 +89,24 @@ class CloudService:
         self.settings = settings
         self.registry = Registry(settings.registry)
         self.models = RegistryModels(self.registry)
-        self.store = (
-            None if settings.feature_store is None else FeatureStore(settings.feature_store)
-        )
+        self.store = FeatureStore(settings.feature_store, keep_features=settings.keep_features)
+        self.scoreboard = Scoreboard()
         self._progress = progress
         self._announce = announce
         self.metric_registries = [CollectorRegistry() for _ in range(settings.consumers)]
         self.consumers = [
             CloudConsumer(
                 ConsumerConfig(
-                    consumer_id=f"cloud-{index}-{os.getpid()}",
+                    # One id per slot, never the pid: a restarted slot resumes its session.
+                    consumer_id=f"{settings.cloud_id}-c{index}",
                     site=settings.site,
                     group=settings.group,
-                    store_features=self.store is not None,
                     metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
                 ),
                 settings.broker,
                 self.models,
                 store=self.store,
+                scoreboard=self.scoreboard,
                 registry=self.metric_registries[index],
             )
             for index in range(settings.consumers)
@@ -111,7 +117,7 @@ class CloudService:
         try:
             await self._start()
         except BaseException:
-            await self._stack.aclose()
+            await self.__aexit__()
             raise
         return self
 
@@ -134,7 +140,9 @@ class CloudService:
                 self.registry.deployment(entry.name, entry.version, key)
                 for entry in deployable(self.registry, settings.split_ks)
             ]
-            await push_deployments(settings.broker, settings.site, deployments)
+            await push_deployments(
+                settings.broker, settings.site, deployments, client_id=f"{settings.cloud_id}-push"
+            )
             self._announce(
                 "pushed " + ", ".join(f"{model.mode} {model.version}" for model in deployments)
             )
@@ -145,7 +153,7 @@ class CloudService:
                 registry_candidates(self.registry, settings.split_ks),
                 settings.plan,
                 registry=self.metric_registries[0],
-                client_id=f"cloud-planner-{os.getpid()}",
+                client_id=f"{settings.cloud_id}-planner",
                 announce=lambda decision: self._announce(f"plan {format_decision(decision)}"),
             )
             await self._stack.enter_async_context(planner)
@@ -168,3 +176,4 @@ class CloudService:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
+        self.store.close()

@@ -101,6 +101,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="frames queued per camera; the newest wins (default 2)",
     )
     parser.add_argument(
+        "--outbox",
+        default=None,
+        metavar="DIR|memory",
+        help="where features wait until the cloud acknowledges them (default: outbox/ in "
+        "the state directory; 'memory' loses them on a restart)",
+    )
+    parser.add_argument(
+        "--outbox-max-mb",
+        type=float,
+        default=None,
+        help="outbox size per worker before the policy drops features (default 512)",
+    )
+    parser.add_argument(
+        "--outbox-policy",
+        choices=("oldest", "newest"),
+        default=None,
+        help="what a full outbox drops: the oldest waiting feature (default) or the new one",
+    )
+    parser.add_argument(
         "--coap-port",
         type=int,
         default=None,
@@ -159,6 +178,9 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "keyframe_max_interval",
             "keyframe_motion_interval",
             "queue_depth",
+            "outbox",
+            "outbox_max_mb",
+            "outbox_policy",
             "coap_port",
             "uplink_kbps",
             "status_interval",

@@ -7,7 +7,11 @@ from pathlib import Path
 
 from edgelearn import wire
 from edgelearn.modes import Mode
+from edgelearn.secrets import default_state_dir
+from gateway.outbox import POLICIES
 from gateway.pipeline import KeyframeSettings
+
+OUTBOX_IN_MEMORY = "memory"
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,15 @@ class GatewayConfig:
     queue_depth: int = 2  # frames per camera; the newest wins
     stale_after: float = 2.0  # seconds a frame may wait for a worker
     max_inflight: int = 64  # QoS 1 publishes awaiting their PUBACK
-    max_pending: int = 1024  # processed messages waiting for the uplink
+    max_pending: int = 1024  # features queued for their first send (more wait in the outbox)
+    # Features kept until the cloud acknowledges them: a directory (one SQLite file per
+    # worker slot), "memory" (lost on a restart), or "" for <state dir>/outbox.
+    outbox: str = ""
+    outbox_max_items: int = 100_000
+    outbox_max_mb: float = 512.0
+    outbox_policy: str = "oldest"  # what a full outbox drops: the oldest feature or the new one
+    retry_after: float = 3.0  # seconds without an ack before a feature is sent again
+    retry_max: float = 30.0  # the backoff between two tries stops doubling here
     feature_codec: str = "zstd"
     coap_port: int = -1  # -1: no CoAP endpoint; 0: a free port
     coap_host: str = "127.0.0.1"
@@ -42,6 +54,8 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         Mode.parse(self.mode)  # raises ModeError with a clear message
         wire.Topics(self.site)
+        if self.site == wire.ANY_SITE:
+            raise ValueError("a gateway serves one site: name it")
         self.keyframe_settings()
         if self.feature_codec not in ("zstd", "zlib", "none"):
             raise ValueError(f"feature codec {self.feature_codec!r}: zstd, zlib or none")
@@ -49,6 +63,12 @@ class GatewayConfig:
             raise ValueError("queue_depth, max_inflight and max_pending must be >= 1")
         if not self.uplink_kbps >= 0:
             raise ValueError(f"uplink_kbps {self.uplink_kbps}: must be >= 0")
+        if self.outbox_policy not in POLICIES:
+            raise ValueError(f"outbox_policy {self.outbox_policy!r}: {' or '.join(POLICIES)}")
+        if self.outbox_max_items < 1 or not self.outbox_max_mb > 0:
+            raise ValueError("outbox_max_items and outbox_max_mb must be positive")
+        if not 0 < self.retry_after <= self.retry_max:
+            raise ValueError("retry_after must be positive and at most retry_max")
 
     def keyframe_settings(self) -> KeyframeSettings:
         return KeyframeSettings(
@@ -64,4 +84,16 @@ class GatewayConfig:
 
     @property
     def client_id(self) -> str:
+        """Stable per slot: a restarted worker takes over its session and its outbox."""
         return f"{self.gateway_id}-w{self.worker}"
+
+    @property
+    def outbox_path(self) -> Path | None:
+        """This worker's outbox file; None keeps it in memory."""
+        if self.outbox == OUTBOX_IN_MEMORY:
+            return None
+        if self.outbox:
+            folder = Path(self.outbox)
+        else:  # beside the secrets, in the host's state directory
+            folder = (self.secrets.parent if self.secrets else default_state_dir()) / "outbox"
+        return folder / f"{self.site}-{self.client_id}.sqlite"

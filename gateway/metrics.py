@@ -12,6 +12,13 @@
 * ``edgelearn_gateway_stage_seconds{stage}`` - keyframe, decode, extract, encode, publish
 * ``edgelearn_gateway_queue_depth{camera}`` - frames waiting, read at scrape time
 * ``edgelearn_gateway_capacity_frames_per_second{mode}`` - measured, see the status message
+* ``edgelearn_gateway_outbox_items``, ``..._outbox_bytes``, ``..._outbox_oldest_seconds`` -
+  features kept until the cloud acknowledges them, read at scrape time
+* ``edgelearn_gateway_features_acked_total``, ``..._features_resent_total`` and
+  ``..._features_dropped_total{camera,reason}`` (reasons in :data:`FEATURE_DROP_REASONS`):
+  every forwarded feature is acknowledged, still in the outbox, or dropped by reason
+* ``edgelearn_gateway_outbox_failures_total`` - outbox writes the disk refused (the feature
+  was sent without being kept)
 * ``edgelearn_gateway_models_rejected_total{reason}``, ``..._model_swaps_total{slot}``
 * ``edgelearn_gateway_model_info{slot,version}`` and ``edgelearn_gateway_mode_info{mode,
   effective}``
@@ -26,13 +33,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.outbox import Outbox
+
+# Frames. An envelope that does not decode keeps the exact reason of its
+# edgelearn.wire.WireError (bad_magic, truncated, unknown_version, wrong_kind, too_long...):
+# a bounded set, all literals in wire.py.
 DROP_REASONS: Final = (
-    "rejected_envelope",  # not a frame envelope (bad magic, truncated, wrong kind...)
+    "camera_mismatch",  # the envelope names another camera than the credential it came with
+    "unauthenticated",  # a CoAP post without a camera's credentials
+    "worker_busy",  # the worker a camera is assigned to has a full inbox (pools only)
+    "no_worker",  # every worker of the pool is down
     "undecodable",  # the JPEG does not decode or is truncated
     "queue_full",  # newest frame won: the oldest queued frame of that camera went
     "stale",  # waited longer than stale_after before a worker took it
     "extract_failed",  # the model raised on this frame
     "shutdown",  # still queued when the worker stopped
+)
+FEATURE_DROP_REASONS: Final = (
+    "outbox_full",  # the outbox policy evicted it (or refused it) to stay within its bounds
+    "outbox_failed",  # the disk refused it and no send slot was free
 )
 UNKNOWN_CAMERA: Final = "unknown"
 
@@ -53,6 +72,26 @@ class _QueueDepthCollector(Collector):
         for camera, depth in sorted(self._depths().items()):
             family.add_metric([camera], depth)
         yield family
+
+
+class _OutboxCollector(Collector):
+    def __init__(self, outbox: Callable[[], Outbox | None]) -> None:
+        self._outbox = outbox
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        outbox = self._outbox()
+        values = (
+            (0, 0, 0.0) if outbox is None else (outbox.items, outbox.bytes, outbox.oldest_age())
+        )
+        for (name, doc), value in zip(_OUTBOX_GAUGES, values, strict=True):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+_OUTBOX_GAUGES: Final = (
+    ("edgelearn_gateway_outbox_items", "Features waiting for the cloud's acknowledgement"),
+    ("edgelearn_gateway_outbox_bytes", "Envelope bytes waiting in the outbox"),
+    ("edgelearn_gateway_outbox_oldest_seconds", "Age of the oldest unacknowledged feature"),
+)
 
 
 class GatewayMetrics:
@@ -133,12 +172,36 @@ class GatewayMetrics:
         )
         self.forward_failures = Counter(
             "edgelearn_gateway_forward_retries",
-            "Upstream publishes retried after a failure",
+            "Upstream publishes that failed for a lost connection (sent again later)",
+            registry=registry,
+        )
+        self.acked = Counter(
+            "edgelearn_gateway_features_acked",
+            "Features the cloud acknowledged (they leave the outbox)",
+            registry=registry,
+        )
+        self.resent = Counter(
+            "edgelearn_gateway_features_resent",
+            "Features sent again because no acknowledgement came in time",
+            registry=registry,
+        )
+        self.features_dropped = Counter(
+            "edgelearn_gateway_features_dropped",
+            "Forwarded features given up before the cloud acknowledged them, by reason",
+            ["camera", "reason"],
+            registry=registry,
+        )
+        self.outbox_failures = Counter(
+            "edgelearn_gateway_outbox_failures",
+            "Outbox writes the disk refused",
             registry=registry,
         )
 
     def watch_queues(self, depths: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_QueueDepthCollector(depths))
+
+    def watch_outbox(self, outbox: Callable[[], Outbox | None]) -> None:
+        self.registry.register(_OutboxCollector(outbox))
 
     def set_model(self, slot: str, version: str) -> None:
         for labels in list(self.model_info._metrics):  # one version per slot

@@ -2,22 +2,25 @@
 
 Where it sits::
 
-    MQTT $share/<group>/.../frames/+ --+
-                                       +--> LatestFrames --> worker thread --> forwarder
-    CoAP POST /frames -----------------+    (per camera,     (pipeline)       (QoS 1, capped)
-                                             newest wins)                          |
-                                                          MQTT features/<gw>/<camera> <-+
+    MQTT .../frames/+ (or the pool's ingest) --+
+                                               +--> LatestFrames --> worker thread
+    CoAP POST /frames -------------------------+    (per camera,     (pipeline)
+                                                     newest wins)        |
+                          Outbox (SQLite) <-- put, on disk first --------+
+                             |  first send now; again after a backoff until acked
+                             +--> MQTT features/<gw>/<camera>, QoS 1
+    MQTT acks/<gw>            --> Outbox.acknowledge: the cloud has it, forget it
     MQTT models/{all,<gw>}/+  --> verify signature + digest --> load in a thread --> swap
     MQTT plans/<gw>           --> mode / keyframe thresholds, applied between frames
     every few seconds         --> retained status/<gw>/<worker>; last will marks it offline
 
 :class:`GatewayWorker` is an async context manager owning a TaskGroup of named loops
-(``mqtt-connection`` inside the session, ``worker``, ``forwarder``, ``status``). Per-frame
-compute runs in the worker thread, off the event loop. Forwarding is at-least-once: a
-publish that fails for a lost connection is retried after the reconnect, and the broker
-persists what it acknowledged. Processed messages waiting for the uplink are capped
-(``max_pending``): when the uplink stalls the worker waits, frames queue up per camera and
-the newest wins there, so memory stays bounded and every drop is counted.
+(``mqtt-connection`` inside the session, ``worker``, ``forwarder``, ``resender``,
+``status``). Per-frame compute runs in the worker thread, off the event loop. Delivery is
+end to end, at least once: a feature stays in the :class:`gateway.outbox.Outbox` until an
+``Ack`` from the cloud names it, and the cloud de-duplicates. Features queued for their
+first send are capped (``max_pending``); past that they wait in the outbox, so the worker
+never blocks on a slow uplink and a long outage costs what the outbox policy says, counted.
 
 **The frame queue** (:class:`LatestFrames`) holds each camera's frames between ingest and
 the worker thread. A camera is real time: when the worker falls behind, an old frame is
@@ -51,13 +54,16 @@ from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.modes import Mode, ModeError
 from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
+from edgelearn.peer_log import PeerLog
 from edgelearn.secrets import Secrets, default_secrets_dir
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
 from gateway.metrics import UNKNOWN_CAMERA, GatewayMetrics
+from gateway.outbox import Outbox, OutboxError, Pending
 from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack, KeyframeSettings
 
 log = logging.getLogger(__name__)
+SESSION_EXPIRY_SECONDS = 3600
 
 
 # --- the frame queue ------------------------------------------------------------------
@@ -216,9 +222,13 @@ class GatewayWorker:
             depth=config.queue_depth, stale_after=config.stale_after, on_drop=self._count_drop
         )
         self.metrics.watch_queues(self.queue.depths)
+        self.outbox: Outbox | None = None  # opened on entry
+        self.metrics.watch_outbox(lambda: self.outbox)
+        self._peers = PeerLog(log)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: asyncio.Queue[Forward] | None = None
+        self._sends: asyncio.Queue[Pending] | None = None  # first sends, straight from work
         self._pending = threading.BoundedSemaphore(config.max_pending)
+        self._inflight = asyncio.Semaphore(config.max_inflight)
         self._extract_seconds: dict[Mode, float] = {}
         self._plan_version = -1
         self._stopping = threading.Event()
@@ -250,8 +260,10 @@ class GatewayWorker:
         except wire.WireError as exc:
             camera = topic_camera or UNKNOWN_CAMERA
             self.metrics.received.labels(camera, transport).inc()
-            self._count_drop(camera, "rejected_envelope")
-            log.warning("rejected a %s frame envelope from %s: %s", transport, camera, exc)
+            self._count_drop(camera, exc.reason)
+            self._peers.warning(
+                camera, exc.reason, "refused a %s frame from %s: %s", transport, camera, exc
+            )
             return exc.reason
         self.metrics.received.labels(frame.camera_id, transport).inc()
         self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
@@ -271,6 +283,23 @@ class GatewayWorker:
                 self._spawn(self._receive_model(payload, topic), "model-load")
         elif kind == "plans":
             self._apply_plan(payload)
+        elif kind == "acks":
+            self._acknowledged(payload)
+
+    def _acknowledged(self, payload: bytes) -> None:
+        try:
+            ack = wire.decode_as(payload, wire.Ack)
+        except wire.WireError as exc:
+            self._peers.warning("cloud", exc.reason, "ignored an ack: %s", exc)
+            return
+        if ack.gateway_id != self.config.gateway_id or self.outbox is None:
+            return
+        try:
+            # Every worker of the pool reads the gateway's acks; each forgets what it holds.
+            self.metrics.acked.inc(self.outbox.acknowledge(ack.entries()))
+        except OutboxError as exc:
+            self.metrics.outbox_failures.inc()
+            self._peers.warning("outbox", "outbox_failed", "%s", exc)
 
     # --- models and plans ----------------------------------------------------------------
 
@@ -278,7 +307,7 @@ class GatewayWorker:
         try:
             model = wire.decode_as(payload, wire.Model)
         except wire.WireError as exc:
-            self.metrics.models_rejected.labels("rejected_envelope").inc()
+            self.metrics.models_rejected.labels(exc.reason).inc()
             log.warning("refused the model on %s (%s); keeping the current one", topic, exc)
             return
         await self.load_model(model)
@@ -363,14 +392,38 @@ class GatewayWorker:
                 self.held_back_total += 1
                 continue
             self.keyframes_total += 1
-            # Wait for room in the uplink rather than dropping work already done.
-            while not self._pending.acquire(timeout=0.2):
-                if self._stopping.is_set():
-                    self._count_drop(camera, "shutdown")
-                    return
             self.metrics.processed.labels(camera, "forwarded").inc()
-            assert self._loop is not None and self._outbox is not None
-            self._loop.call_soon_threadsafe(self._outbox.put_nowait, outcome)
+            self._keep_and_send(outcome)
+
+    def _keep_and_send(self, item: Forward) -> None:
+        """Into the outbox first (on disk before it is sent), then queue its first send. With
+        no send slot free (the uplink is slow or down) it waits in the outbox instead, due at
+        once: the worker never blocks on the uplink, and the outbox's bounds and policy
+        decide what a long outage costs."""
+        assert self._loop is not None and self._sends is not None and self.outbox is not None
+        envelope = item.envelope
+        camera, mode = envelope.camera_id, str(item.mode)
+        topic = self.topics.feature(self.config.gateway_id, camera)
+        sending = self._pending.acquire(blocking=False)
+        try:
+            kept = self.outbox.put(wire.capture_of(envelope), topic, item.data, mode, sent=sending)
+        except OutboxError as exc:
+            self.metrics.outbox_failures.inc()
+            self._peers.warning("outbox", "outbox_failed", "%s", exc)
+            if not sending:
+                self._count_feature_drop(camera, "outbox_failed")
+            kept = sending  # sent once, unprotected: better than not at all
+        if not sending:
+            return
+        if not kept:  # the policy refused it (counted)
+            self._pending.release()
+            return
+        pending = Pending(*wire.capture_of(envelope), topic, item.data, mode, attempts=0)
+        self._loop.call_soon_threadsafe(self._sends.put_nowait, pending)
+
+    def _count_feature_drop(self, camera_id: str, reason: str) -> None:
+        self.metrics.features_dropped.labels(camera_id, reason).inc()
+        self._peers.warning("outbox", reason, "gave up a feature of %s: %s", camera_id, reason)
 
     # --- forwarder and status (event loop) -----------------------------------------------
 
@@ -383,35 +436,51 @@ class GatewayWorker:
         task.add_done_callback(self._cancellable.discard)
 
     async def _forward(self) -> None:
-        assert self._outbox is not None and self._session is not None
-        inflight = asyncio.Semaphore(self.config.max_inflight)
+        """First sends, in the order the worker made them."""
+        assert self._sends is not None
         while True:
-            item = await self._outbox.get()
-            await inflight.acquire()
-            self._spawn(self._publish(item, inflight), "publish")
+            item = await self._sends.get()
+            await self._inflight.acquire()
+            self._spawn(self._send(item, first=True), "publish")
 
-    async def _publish(self, item: Forward, inflight: asyncio.Semaphore) -> None:
-        assert self._session is not None
-        envelope = item.envelope
-        topic = self.topics.feature(self.config.gateway_id, envelope.camera_id)
+    async def _resend(self) -> None:
+        """Whatever the outbox says is due: unacknowledged after its backoff, a send that
+        failed for a lost connection, or what a previous run left behind."""
+        assert self._session is not None and self.outbox is not None
+        while True:
+            await self._session.connected.wait()
+            free = max(1, self._inflight._value)
+            batch = self.outbox.take_due(free)
+            for item in batch:
+                await self._inflight.acquire()
+                self._spawn(self._send(item, first=False), "publish")
+            if len(batch) < free:
+                due = self.outbox.next_due()
+                wait = 0.5 if due is None else due - time.time()
+                await asyncio.sleep(min(0.5, max(0.02, wait)))  # the resend schedule's tick
+
+    async def _send(self, item: Pending, *, first: bool) -> None:
+        assert self._session is not None and self.outbox is not None
         started = time.perf_counter()
         try:
-            while True:
-                try:
-                    await self._session.publish(topic, item.data, qos=1, wait_for_connection=30)
-                    break
-                except NotConnected as exc:
-                    self.metrics.forward_failures.inc()
-                    log.info("uplink publish failed (%s); retrying after reconnect", exc)
-                    await self._session.connected.wait()
+            await self._session.publish(item.topic, item.payload, qos=1, wait_for_connection=1)
+        except NotConnected as exc:
+            self.metrics.forward_failures.inc()
+            log.info("uplink publish failed (%s); sending again once connected", exc)
+            self.outbox.retry_now(item.capture)
+            return
         finally:
-            inflight.release()
-            self._pending.release()
+            self._inflight.release()
+            if first:
+                self._pending.release()
         self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
-        self.metrics.uplink_bytes.labels(envelope.camera_id, str(item.mode)).inc(len(item.data))
-        self.uplink_bytes_total += len(item.data)
-        if item.mode in self._extract_seconds:
-            self.metrics.capacity.labels(str(item.mode)).set(1.0 / self._extract_seconds[item.mode])
+        self.metrics.uplink_bytes.labels(item.camera_id, item.mode).inc(len(item.payload))
+        self.uplink_bytes_total += len(item.payload)
+        if not first:
+            self.metrics.resent.inc()
+        mode = Mode.parse(item.mode)
+        if mode in self._extract_seconds:
+            self.metrics.capacity.labels(item.mode).set(1.0 / self._extract_seconds[mode])
 
     def status(
         self, online: bool, uplink_rate: float = 0.0, rates: _InputRates | None = None
@@ -479,7 +548,16 @@ class GatewayWorker:
 
     async def __aenter__(self) -> GatewayWorker:
         self._loop = asyncio.get_running_loop()
-        self._outbox = asyncio.Queue()
+        self._sends = asyncio.Queue()
+        self.outbox = Outbox(
+            self.config.outbox_path,
+            max_items=self.config.outbox_max_items,
+            max_bytes=int(self.config.outbox_max_mb * 2**20),
+            policy=self.config.outbox_policy,
+            retry_after=self.config.retry_after,
+            retry_max=self.config.retry_max,
+            on_drop=self._count_feature_drop,
+        )
         self.metrics_server = serve_metrics(
             self.registry, self.config.metrics_port, self.config.metrics_host
         )
@@ -498,10 +576,15 @@ class GatewayWorker:
                 (f"{topics.base}/models/{wire.ALL_GATEWAYS}/+", 1),
                 (topics.models_for(self.config.gateway_id), 1),
                 (topics.plan(self.config.gateway_id), 1),
+                (topics.ack(self.config.gateway_id), 1),
             ],
             on_message=self._on_message,
             will=will,
             persistent=True,
+            # Acks, plans and models wait this long for a worker that is down; the outbox
+            # re-sends after a longer outage, and models and plans are retained.
+            session_expiry_seconds=SESSION_EXPIRY_SECONDS,
+            backoff_max=2.0,
         )
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
@@ -512,6 +595,7 @@ class GatewayWorker:
             self._update_mode_metric()
             self._tasks.create_task(asyncio.to_thread(self._work), name="worker")
             self._spawn(self._forward(), "forwarder")
+            self._spawn(self._resend(), "resender")
             self._spawn(self._publish_status(), "status")
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -527,14 +611,28 @@ class GatewayWorker:
         self._coap = await endpoint.__aenter__()
         self.coap_port = endpoint.port
 
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Wait until every queued frame is processed and every message acknowledged."""
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued frame is processed and its feature sent once (the broker
+        acknowledged it); False if ``timeout`` came first."""
+        return await self._wait_for(
+            lambda: not any(self.queue.depths().values()) and self._pending_count() == 0,
+            timeout,
+        )
+
+    async def settle(self, timeout: float = 30.0) -> bool:
+        """Wait until the cloud acknowledged every feature; False on timeout."""
+        return await self._wait_for(
+            lambda: self.outbox is not None and not self.outbox.items, timeout
+        )
+
+    @staticmethod
+    async def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            idle = not any(self.queue.depths().values()) and self._pending_count() == 0
-            if idle:
-                return
-            await asyncio.sleep(0.02)  # polling an idle condition, bounded by timeout
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)  # polling a condition, bounded by timeout
+        return True
 
     def _pending_count(self) -> int:
         return self.config.max_pending - self._pending._value
@@ -563,6 +661,9 @@ class GatewayWorker:
                 )
             await self._session.__aexit__(None, None, None)
             self._session = None
+        if self.outbox is not None:
+            self.outbox.close()  # what is still in it goes out at the next start
+            self.outbox = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None

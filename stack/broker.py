@@ -3,11 +3,11 @@
 Roles and what each may do (the ACL written by :func:`render_acl`)::
 
     camera   write  frames/<its own id>            (mosquitto pattern %u), read nothing
-    gateway  read   frames/+, models/#, plans/#
+    gateway  read   frames/+, models/#, plans/#, acks/<its id>
              write  features/<its id>/#, status/<its id>/#
              (in 'full' mode its feature topic carries Result envelopes: only results go up)
     cloud    read   features/#, status/#, results/#
-             write  models/#, plans/#, results/#
+             write  models/#, plans/#, results/#, acks/#
     bridge   read+write what crosses between an edge site and the cloud (not frames)
     observer read   everything under edgelearn/ and $SYS (dashboards, the `up` summary)
     anonymous: refused.
@@ -96,6 +96,7 @@ def render_acl(users: Iterable[User]) -> str:
                 "topic read edgelearn/v1/+/frames/+",
                 "topic read edgelearn/v1/+/models/#",
                 "topic read edgelearn/v1/+/plans/#",
+                f"topic read edgelearn/v1/+/acks/{user.name}",
                 f"topic write edgelearn/v1/+/features/{user.name}/#",
                 f"topic readwrite edgelearn/v1/+/status/{user.name}/#",
             ]
@@ -106,11 +107,12 @@ def render_acl(users: Iterable[User]) -> str:
                 "topic readwrite edgelearn/v1/+/results/#",
                 "topic readwrite edgelearn/v1/+/models/#",
                 "topic readwrite edgelearn/v1/+/plans/#",
+                "topic readwrite edgelearn/v1/+/acks/#",
             ]
         elif user.role == "bridge":
             lines += [
                 f"topic readwrite edgelearn/v1/+/{kind}/#"
-                for kind in ("features", "status", "models", "plans", "results")
+                for kind in ("features", "status", "models", "plans", "results", "acks")
             ]
         elif user.role == "observer":
             lines += ["topic read edgelearn/#", "topic read $SYS/#"]

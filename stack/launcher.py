@@ -379,6 +379,8 @@ def start_gateway(
         str(settings.uplink_kbps),
         "--metrics-port",
         str(metrics_port),
+        "--outbox",
+        str(settings.run_dir / "outbox"),
         *(
             ["--queue-depth", str(settings.gateway_queue_depth)]
             if settings.gateway_queue_depth

@@ -74,6 +74,66 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
         running.stop()
 
 
+@dataclass
+class BridgedSite:
+    """An edge broker bridged into a cloud broker: two real mosquittos on the session's
+    secrets, from the project's templates. Either can be killed (SIGKILL, as a crash) and
+    started again on the same ports with the same persistence directory."""
+
+    root: Path
+    cloud: BrokerUnderTest
+    edge: BrokerUnderTest
+
+    def _settings(self, role: str) -> broker_module.BrokerSettings:
+        running = (self.cloud if role == "cloud" else self.edge).running
+        bridge = broker_module.Bridge(self.cloud.host, self.cloud.port) if role == "edge" else None
+        return broker_module.BrokerSettings(
+            role=role,
+            port=running.port,
+            tls_port=running.tls_port,
+            run_dir=running.run_dir,
+            bridge=bridge,
+        )
+
+    def kill(self, role: str) -> None:
+        process = (self.cloud if role == "cloud" else self.edge).running.process
+        process.kill()
+        process.wait(10)
+
+    def start(self, role: str) -> None:
+        target = self.cloud if role == "cloud" else self.edge
+        target.running = broker_module.start_broker(target.running.secrets, self._settings(role))
+
+    def stop(self) -> None:
+        self.edge.running.stop()
+        self.cloud.running.stop()
+
+
+@pytest.fixture
+def bridged(broker: BrokerUnderTest, tmp_path: Path) -> Iterator[BridgedSite]:
+    secrets = broker.secrets
+    cloud = broker_module.start_broker(
+        secrets, broker_module.BrokerSettings(role="cloud", run_dir=tmp_path / "cloud-broker")
+    )
+    try:
+        edge = broker_module.start_broker(
+            secrets,
+            broker_module.BrokerSettings(
+                role="edge",
+                run_dir=tmp_path / "edge-broker",
+                bridge=broker_module.Bridge(cloud.host, cloud.port),
+            ),
+        )
+    except BaseException:
+        cloud.stop()
+        raise
+    site = BridgedSite(tmp_path, BrokerUnderTest(cloud), BrokerUnderTest(edge))
+    try:
+        yield site
+    finally:
+        site.stop()
+
+
 _site_counter = itertools.count()
 
 
@@ -146,66 +206,71 @@ class MqttProbe:
         self.client.loop_stop()
 
 
+def open_probe(
+    broker: BrokerUnderTest,
+    user: str | None,
+    *,
+    tls: bool = False,
+    password: str | None = None,
+    expect_refused: bool = False,
+) -> MqttProbe:
+    """A connected :class:`MqttProbe` on ``broker``; the caller closes it."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"probe-{uuid.uuid4().hex[:10]}",
+        protocol=mqtt.MQTTv5,
+    )
+    probe = MqttProbe(client)
+    if user is not None:
+        config = broker.config_for(user, tls=tls)
+        config.apply_to_paho(client)
+        if password is not None:
+            client.username_pw_set(user, password)
+    elif tls:
+        broker.config_for("observer", tls=True)  # only to check the CA exists
+    connected = threading.Event()
+
+    def on_connect(client: Any, userdata: Any, flags: Any, code: ReasonCode, props: Any) -> None:
+        probe.connect_result = code
+        connected.set()
+
+    def on_message(client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with probe.lock:
+            probe.messages.append(Received(message.topic, message.payload, message.retain))
+
+    def on_publish(
+        client: Any, userdata: Any, mid: int, code: ReasonCode, props: Properties
+    ) -> None:
+        probe.acks[mid] = code
+
+    def on_disconnect(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
+        probe.disconnected.set()
+        connected.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.on_publish = on_publish
+    client.on_disconnect = on_disconnect
+    host = "localhost" if tls else broker.host
+    client.connect(host, broker.tls_port if tls else broker.port)
+    client.loop_start()
+    if not connected.wait(10):
+        probe.close()
+        raise AssertionError("no CONNACK")
+    if not expect_refused and (probe.connect_result is None or probe.connect_result.is_failure):
+        probe.close()
+        raise AssertionError(f"connect as {user} failed: {probe.connect_result}")
+    return probe
+
+
 @pytest.fixture
 def mqtt_probe(broker: BrokerUnderTest) -> Iterator[Callable[..., MqttProbe]]:
     """``mqtt_probe(user, tls=False, password=None)`` -> a connected :class:`MqttProbe`."""
     probes: list[MqttProbe] = []
 
-    def connect(
-        user: str | None,
-        *,
-        tls: bool = False,
-        password: str | None = None,
-        expect_refused: bool = False,
-    ) -> MqttProbe:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"probe-{uuid.uuid4().hex[:10]}",
-            protocol=mqtt.MQTTv5,
-        )
-        probe = MqttProbe(client)
-        if user is not None:
-            config = broker.config_for(user, tls=tls)
-            config.apply_to_paho(client)
-            if password is not None:
-                client.username_pw_set(user, password)
-        elif tls:
-            broker.config_for("observer", tls=True)  # only to check the CA exists
-        connected = threading.Event()
-
-        def on_connect(
-            client: Any, userdata: Any, flags: Any, code: ReasonCode, props: Any
-        ) -> None:
-            probe.connect_result = code
-            connected.set()
-
-        def on_message(client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
-            with probe.lock:
-                probe.messages.append(Received(message.topic, message.payload, message.retain))
-
-        def on_publish(
-            client: Any, userdata: Any, mid: int, code: ReasonCode, props: Properties
-        ) -> None:
-            probe.acks[mid] = code
-
-        def on_disconnect(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
-            probe.disconnected.set()
-            connected.set()
-
-        client.on_connect = on_connect
-        client.on_message = on_message
-        client.on_publish = on_publish
-        client.on_disconnect = on_disconnect
-        host = "localhost" if tls else broker.host
-        client.connect(host, broker.tls_port if tls else broker.port)
-        client.loop_start()
+    def connect(user: str | None, **options: Any) -> MqttProbe:
+        probe = open_probe(broker, user, **options)
         probes.append(probe)
-        if not connected.wait(10):
-            raise AssertionError("no CONNACK")
-        if not expect_refused:
-            assert probe.connect_result is not None and not probe.connect_result.is_failure, (
-                f"connect as {user} failed: {probe.connect_result}"
-            )
         return probe
 
     yield connect

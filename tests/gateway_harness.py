@@ -76,8 +76,7 @@ def run_gateway(broker: BrokerUnderTest, **settings: object) -> Iterator[Running
         broker_host=broker.host,
         broker_port=broker.port,
         secrets=broker.secrets_dir,
-        status_interval=0.5,
-        **settings,  # type: ignore[arg-type]
+        **{"status_interval": 0.5, "outbox": "memory", **settings},  # type: ignore[arg-type]
     )
     with serve_in_thread(lambda: GatewayWorker(config), "gateway") as (worker, loop):
         yield RunningGateway(worker, loop)

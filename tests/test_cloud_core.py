@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from cloud.consumer import Scoreboard
-from cloud.feature_store import FeatureStore
+from cloud.feature_store import Arrival, FeatureStore
 from edgelearn import wire
 
 
@@ -46,21 +47,41 @@ def _feature(seq: int, label: int | None, values: np.ndarray) -> wire.Feature:
     )
 
 
-def test_feature_store_is_sharded_append_only_and_round_trips(tmp_path: Path) -> None:
-    store = FeatureStore(tmp_path, shard_size=4)
+def test_feature_store_records_each_capture_once_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    store = FeatureStore(tmp_path)
     rng = np.random.default_rng(0)
     arrays = [rng.integers(-128, 127, (3, 3, 2), dtype=np.int8) for _ in range(10)]
-    for seq, values in enumerate(arrays):
-        store.append(_feature(seq, seq % 10, values), values, wire_bytes=100)
-    store.append(_feature(99, None, arrays[0]), arrays[0], wire_bytes=100)  # unlabeled: skipped
-    shards = sorted((tmp_path / "split-3" / "v1").glob("shard-*.npz"))
-    assert len(shards) == 2  # 8 features written in two full shards, 2 still buffered
-    first_shard = shards[0].read_bytes()
-    store.flush()
-    assert len(list((tmp_path / "split-3" / "v1").glob("shard-*.npz"))) == 3
-    assert shards[0].read_bytes() == first_shard  # existing shards never rewritten
-    loaded = FeatureStore(tmp_path).load("split:3", "v1")
-    assert np.array_equal(loaded.values, np.stack(arrays))
-    assert loaded.labels.tolist() == list(range(10))
-    assert (loaded.scale, loaded.zero_point, loaded.uplink_bytes) == (np.float32(0.1), -3, 1000)
-    assert FeatureStore(tmp_path).kinds() == [("split:3", "v1")]
+    arrivals = [
+        Arrival("site-1", _feature(seq, seq % 10, values), 100, values)
+        for seq, values in enumerate(arrays)
+    ]
+    unlabeled = Arrival("site-1", _feature(99, None, arrays[0]), 100, arrays[0])
+    assert store.record([*arrivals[:6], unlabeled]) == [True] * 7
+    # A retry batch: six seen before, four new; the same capture at another site is new.
+    elsewhere = Arrival("site-2", arrivals[0].envelope, 100, arrays[0])
+    assert store.record([*arrivals, elsewhere]) == [False] * 6 + [True] * 4 + [True]
+    # A camera that restarted counts from 0 again: same seq, another capture time, new.
+    restarted = dataclasses.replace(arrivals[0].envelope, capture_ns=10**18)
+    assert store.record([Arrival("site-1", restarted, 100, arrays[0])]) == [True]
+    store.close()
+
+    reopened = FeatureStore(tmp_path)  # a restarted cloud still knows what it acknowledged
+    assert reopened.record(arrivals[:3]) == [False] * 3
+    assert reopened.arrived() == 13  # site-1: 10 + unlabeled + restarted; site-2: 1
+    loaded = reopened.load("split:3", "v1")
+    # Unlabeled features teach nothing: 10 + the other site's copy + the restarted camera's.
+    assert len(loaded.labels) == 12
+    assert np.array_equal(loaded.values[:10], np.stack(arrays))
+    assert loaded.labels[:10].tolist() == list(range(10))
+    assert (loaded.scale, loaded.zero_point, loaded.uplink_bytes) == (np.float32(0.1), -3, 1200)
+    assert reopened.kinds() == [("split:3", "v1")]
+
+
+def test_a_ledger_only_store_keeps_no_features() -> None:
+    store = FeatureStore(None, keep_features=False)
+    values = np.zeros((3, 3, 2), np.int8)
+    arrival = Arrival("site", _feature(1, 3, values), 100, values)
+    assert store.record([arrival, arrival]) == [True, False]
+    assert store.kinds() == []

@@ -259,6 +259,7 @@ def role_metric_names() -> dict[str, frozenset[str]]:
         metrics = build(registry)
         if isinstance(metrics, GatewayMetrics):
             metrics.watch_queues(dict)  # the service registers its queue-depth collector
+            metrics.watch_outbox(lambda: None)  # and its outbox gauges
         exported[role] = frozenset(_sample_names(registry))
     registry = CollectorRegistry()
     register_build_info(registry, "cloud")

@@ -157,7 +157,7 @@ def test_tampered_or_foreign_models_are_refused_while_frames_keep_flowing(
 
 
 def test_bad_input_is_counted_and_every_frame_accounted_for(
-    broker: BrokerUnderTest, mqtt_probe: Probe, site: str
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     topics = wire.Topics(site)
     camera = mqtt_probe("cam-7")
@@ -171,8 +171,10 @@ def test_bad_input_is_counted_and_every_frame_accounted_for(
             wire.encode(dataclasses.replace(frames[0], payload=frames[0].payload[:-300])),
             wire.encode(wire.Plan("gw-4", 1, "raw", 0, 0.0, 1)),  # wrong kind on frames
         ]
-        for payload in bad:
+        garbage = [b"GARBAGE" + bytes([n]) * 40 for n in range(200)]  # a credential's flood
+        for payload in bad + garbage:
             assert not camera.publish_and_wait(topics.frame("cam-7"), payload).is_failure
+        bad += garbage
 
         def bad_ones_handled() -> bool:
             received, processed, dropped = _accounted(gateway)
@@ -187,12 +189,18 @@ def test_bad_input_is_counted_and_every_frame_accounted_for(
         gateway.drain()
         received, processed, dropped = _accounted(gateway)
         assert received == processed + dropped
-        assert (
-            gateway.sample(
-                "edgelearn_gateway_frames_dropped_total", camera="cam-7", reason="rejected_envelope"
-            )
-            == 3
-        )
+        reasons = {"bad_magic": 201, "camera_mismatch": 1, "wrong_kind": 1, "undecodable": 1}
+        for reason, count in reasons.items():
+            assert (
+                gateway.sample(
+                    "edgelearn_gateway_frames_dropped_total", camera="cam-7", reason=reason
+                )
+                == count
+            ), reason
+        # Every drop counted, but the log says each (peer, reason) once a minute, not 201 times.
+        warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.service"]
+        assert sum("bad_magic" in message for message in warnings) == 1
+        assert sum("camera_mismatch" in message for message in warnings) == 1
         assert (
             gateway.sample(
                 "edgelearn_gateway_frames_dropped_total", camera="cam-7", reason="undecodable"

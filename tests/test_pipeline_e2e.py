@@ -27,9 +27,7 @@ def run_consumer(broker: BrokerUnderTest, site: str, registry: Path) -> Iterator
     async def warmed_consumer() -> AsyncIterator[CloudConsumer]:
         models = RegistryModels(Registry(registry))
         await asyncio.to_thread(models.warm_up, (2,))
-        config = ConsumerConfig(
-            consumer_id=f"{site}-cloud", site=site, group=site, store_features=False
-        )
+        config = ConsumerConfig(consumer_id=f"{site}-cloud", site=site, group=site)
         async with CloudConsumer(config, broker.config_for("cloud"), models) as consumer:
             yield consumer
 

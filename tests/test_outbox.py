@@ -1,0 +1,152 @@
+"""The gateway's outbox on its own: bounds and policy, backoff, restart, a refusing disk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.outbox import Outbox, OutboxError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _outbox(
+    path: Path | None, clock: Clock, drops: list[tuple[str, str]], **bounds: object
+) -> Outbox:
+    return Outbox(
+        path,
+        retry_after=2.0,
+        retry_max=10.0,
+        on_drop=lambda camera, reason: drops.append((camera, reason)),
+        clock=clock,
+        **bounds,  # type: ignore[arg-type]
+    )
+
+
+def _put(
+    outbox: Outbox, seq: int, *, size: int = 100, sent: bool = True, camera: str = "cam-1"
+) -> bool:
+    return outbox.put((camera, seq, 10**9 + seq), "t", bytes(size), "raw", sent=sent)
+
+
+def test_a_sent_feature_comes_back_with_backoff_until_acknowledged() -> None:
+    clock, drops = Clock(), []
+    outbox = _outbox(None, clock, drops)
+    assert _put(outbox, 1)
+    assert outbox.take_due(10) == []  # just sent: not due before retry_after
+    waits = []
+    for _ in range(5):
+        due = outbox.next_due()
+        assert due is not None
+        waits.append(due - clock.now)
+        clock.now = due
+        (again,) = outbox.take_due(10)
+        assert again.capture == ("cam-1", 1, 10**9 + 1)
+    assert waits == [2.0, 4.0, 8.0, 10.0, 10.0]  # doubling, capped at retry_max
+    assert outbox.acknowledge([("cam-1", 1, 10**9 + 1), ("cam-1", 1, 5)]) == 1  # one held here
+    assert (outbox.items, outbox.bytes, outbox.next_due()) == (0, 0, None)
+    assert drops == []
+
+
+def test_a_full_outbox_drops_by_policy_and_counts_it() -> None:
+    clock, drops = Clock(), []
+    oldest = _outbox(None, clock, drops, max_items=3)
+    for seq in range(5):
+        clock.now += 1
+        assert _put(oldest, seq)
+    assert oldest.items == 3 and drops == [("cam-1", "outbox_full")] * 2
+    clock.now += 100
+    assert sorted(p.seq for p in oldest.take_due(10)) == [2, 3, 4]  # the newest three stayed
+
+    drops.clear()
+    newest = _outbox(None, clock, drops, max_bytes=250, policy="newest")
+    assert _put(newest, 0) and _put(newest, 1)
+    assert not _put(newest, 2, camera="cam-9")  # 300 bytes would not fit: the new one goes
+    assert not _put(newest, 3, size=251)  # larger than the whole outbox
+    assert (newest.items, newest.bytes) == (2, 200)
+    assert drops == [("cam-9", "outbox_full"), ("cam-1", "outbox_full")]
+
+
+def test_what_was_held_is_due_at_once_after_a_restart(tmp_path: Path) -> None:
+    clock, drops = Clock(), []
+    path = tmp_path / "gw-1-w0.sqlite"
+    first = _outbox(path, clock, drops)
+    for seq in range(4):
+        assert _put(first, seq, sent=True)
+    assert _put(first, 4, sent=False)  # no send slot was free: due at once
+    assert [p.seq for p in first.take_due(10)] == [4]
+    first.acknowledge([("cam-1", 0, 10**9)])
+    first.close()
+
+    second = _outbox(path, clock, drops)  # same clock instant: nothing would be due yet...
+    assert (second.items, second.bytes) == (4, 400)
+    assert sorted(p.seq for p in second.take_due(10)) == [1, 2, 3, 4]  # ...but all are
+
+
+def test_a_camera_that_restarted_does_not_overwrite_what_it_sent_before() -> None:
+    clock, drops = Clock(), []
+    outbox = _outbox(None, clock, drops)
+    assert outbox.put(("cam-1", 0, 111), "t", b"before", "raw", sent=True)
+    assert outbox.put(("cam-1", 0, 222), "t", b"after", "raw", sent=True)  # seq from 0 again
+    assert outbox.items == 2
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="policy"):
+        Outbox(None, policy="random")
+    with pytest.raises(ValueError, match="retry_after"):
+        Outbox(None, retry_after=5.0, retry_max=1.0)
+
+
+def test_a_disk_that_refuses_writes_raises_outbox_error_and_keeps_the_counts(
+    tmp_path: Path,
+) -> None:
+    """A real process whose file-size limit stands in for a full disk (EFBIG, like ENOSPC,
+    reaches SQLite as 'database or disk is full')."""
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from pathlib import Path
+        from gateway.outbox import Outbox, OutboxError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        outbox = Outbox(Path({str(tmp_path / "full.sqlite")!r}))
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
+        kept = 0
+        try:
+            for seq in range(10_000):
+                outbox.put(("cam-1", seq, seq), "t", bytes(4096), "raw", sent=True)
+                kept += 1
+        except OutboxError as exc:
+            print("refused", kept, outbox.items, exc)
+        try:
+            outbox.acknowledge([("cam-1", 0, 0)])
+        except OutboxError:
+            print("ack refused", outbox.items)  # deleting needs room too (the WAL grows)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space freed
+        outbox.acknowledge([("cam-1", 0, 0)])
+        print("after ack", outbox.items)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    refused, *ack_refused, after = done.stdout.splitlines()
+    _, kept, items, *message = refused.split()
+    assert 0 < int(kept) < 10_000 and int(items) == int(kept)  # nothing half-counted
+    assert "full" in " ".join(message)
+    assert ack_refused in ([], [f"ack refused {kept}"])
+    assert after == f"after ack {int(kept) - 1}"
+    with pytest.raises(OutboxError, match="cannot open"):
+        Outbox(tmp_path / "full.sqlite" / "not-a-dir" / "x.sqlite")
