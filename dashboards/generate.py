@@ -672,8 +672,9 @@ def gateway_detail() -> dict[str, Any]:
                     "{{gateway}} {{camera}} {{reason}}",
                 )
             ],
-            "rejected_envelope, undecodable, queue_full (newest frame won), stale, "
-            "extract_failed, shutdown.",
+            "Exact reasons: the envelope's (bad_magic, truncated, unknown_version, "
+            "too_long...), camera_mismatch, unauthenticated, undecodable, queue_full (newest "
+            "frame won), stale, worker_busy, no_worker, extract_failed, shutdown.",
             stacked=True,
             min=0,
         ),
@@ -693,6 +694,63 @@ def gateway_detail() -> dict[str, Any]:
                 ),
             ],
             "Camera JPEG bytes arriving against envelope bytes sent upstream, per camera.",
+            min=0,
+        ),
+        Panel(
+            "Unacknowledged features",
+            COUNT,
+            [
+                Query(
+                    f"sum by (gateway, worker) (edgelearn_gateway_outbox_items{{{GW}}})",
+                    "{{gateway}} worker {{worker}}",
+                )
+            ],
+            "Features in each worker's outbox: sent, not yet acknowledged by the cloud. Near "
+            "zero while the cloud keeps up; it grows during an outage and drains after it.",
+            min=0,
+        ),
+        Panel(
+            "Outbox size",
+            BYTES,
+            [
+                Query(
+                    f"sum by (gateway, worker) (edgelearn_gateway_outbox_bytes{{{GW}}})",
+                    "{{gateway}} worker {{worker}}",
+                )
+            ],
+            "Envelope bytes waiting in each worker's outbox, against its bound "
+            "(outbox_max_mb, 512 MiB by default); past it the policy drops features.",
+            min=0,
+        ),
+        Panel(
+            "Delivery to the cloud",
+            PER_SECOND,
+            [
+                Query(
+                    f"sum by (gateway) (rate(edgelearn_gateway_features_acked_total{{{GW}}}"
+                    f"[{RATE}]))",
+                    "{{gateway}} acknowledged",
+                ),
+                Query(
+                    f"sum by (gateway) (rate(edgelearn_gateway_features_resent_total{{{GW}}}"
+                    f"[{RATE}]))",
+                    "{{gateway}} sent again",
+                ),
+                Query(
+                    "sum by (gateway, reason) (rate(edgelearn_gateway_features_dropped_total"
+                    f"{{{GW}}}[{RATE}]))",
+                    "{{gateway}} given up ({{reason}})",
+                ),
+                Query(
+                    f"sum by (gateway) (rate(edgelearn_gateway_outbox_failures_total{{{GW}}}"
+                    f"[{RATE}]))",
+                    "{{gateway}} outbox write failed",
+                ),
+            ],
+            "Features the cloud acknowledged, features sent again because no ack came in "
+            "time (the cloud counts each once), features given up: outbox_full (the outbox "
+            "policy) or outbox_failed (the disk refused it), and outbox writes the disk "
+            "refused (the feature went once, unprotected).",
             min=0,
         ),
         Panel(
@@ -863,11 +921,30 @@ def cloud_detail() -> dict[str, Any]:
             max=1,
         ),
         Panel(
+            "Acknowledgements and duplicates",
+            PER_SECOND,
+            [
+                Query(f"sum(rate(edgelearn_cloud_acked_total[{RATE}]))", "acknowledged"),
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_duplicates_total[{RATE}]))",
+                    "duplicates ({{mode}})",
+                ),
+                Query(
+                    f"sum(rate(edgelearn_cloud_ack_failures_total[{RATE}]))", "acks not published"
+                ),
+            ],
+            "Captures acknowledged to the gateways (each leaves its outbox), retries that "
+            "had arrived before (acknowledged again, never answered or counted twice), and "
+            "acks that could not be published (the gateway sends again).",
+            min=0,
+        ),
+        Panel(
             "Drops by reason",
             PER_SECOND,
             [Query("edgelearn:cloud_drops:rate1m", "{{reason}}")],
-            "Features the cloud dropped: rejected_envelope, no_model, undecodable, "
-            "queue_full, inference_failed, result_not_published.",
+            "Features the cloud dropped, by exact reason: the envelope's (bad_magic, "
+            "truncated...), gateway_mismatch, no_model, undecodable, queue_full, "
+            "inference_failed, result_not_published.",
             stacked=True,
             min=0,
         ),
