@@ -3,11 +3,12 @@
 With ``--workers 1`` the worker runs in this process. With more, this process becomes a small
 supervisor: it validates every worker's settings, then starts one worker process per slot
 with exactly those settings (``multiprocessing`` spawn: nothing is re-read from the command
-line, so a caller from Python gets the workers it asked for). The workers share a gateway id
-and a shared-subscription group; MQTT hands each frame to one of them, round-robin by
-message, not by camera. Metrics go on consecutive ports. The supervisor restarts a worker
-that dies, at most ``RESTARTS_PER_MINUTE`` times a minute, and stops them all on Ctrl-C or
-SIGTERM. Scaling out is by processes, not threads: each worker has its own GIL.
+line, so a caller from Python gets the workers it asked for). The supervisor holds the pool's
+one ingest connection (frames over MQTT, and CoAP) and hands every camera to exactly one
+worker over a pipe (:mod:`gateway.dispatch`); a dead worker's cameras move to the survivors
+at once. Metrics go on consecutive ports. The supervisor restarts a worker that dies, at
+most ``RESTARTS_PER_MINUTE`` times a minute, and stops them all on Ctrl-C or SIGTERM.
+Scaling out is by processes, not threads: each worker has its own GIL.
 """
 
 from __future__ import annotations
@@ -15,20 +16,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import signal
 import sys
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from edgelearn import config as config_module
 from edgelearn import signing, wire
 from edgelearn.modes import ModeError
-from edgelearn.mqtt import BrokerUnavailable
+from edgelearn.mqtt import BrokerUnavailable, MqttSession
+from gateway import dispatch
+from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
+from gateway.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 RESTARTS_PER_MINUTE = 5
@@ -66,7 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group",
         default=None,
-        help="shared-subscription group; MQTT hands each frame to one worker of the group",
+        help="shared-subscription group of the pool's ingest connection (several gateway pools "
+        "in one group share the frames by message)",
     )
     parser.add_argument(
         "--no-keyframes",
@@ -221,11 +230,14 @@ def _read_models(paths: list[Path], secrets_dir: Path | None) -> list[wire.Model
 
 
 async def _run_worker(
-    config: GatewayConfig, models: list[wire.Model], duration: float | None
+    config: GatewayConfig,
+    models: list[wire.Model],
+    duration: float | None,
+    feed: Connection | None = None,
 ) -> None:
     from gateway.service import GatewayWorker
 
-    async with GatewayWorker(config) as worker:
+    async with GatewayWorker(config, feed=feed) as worker:
         assert worker.metrics_server is not None
         coap = f", CoAP on udp/tcp port {worker.coap_port}" if worker.coap_port else ""
         print(
@@ -239,15 +251,23 @@ async def _run_worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
+        stopped = asyncio.ensure_future(stop.wait())
+        lost = asyncio.ensure_future(worker.feed_lost.wait())
+        await asyncio.wait({stopped, lost}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        lost.cancel()
         await worker.drain(timeout=5.0)
 
 
-def run_worker(config: GatewayConfig, models: list[wire.Model], duration: float | None) -> int:
+def run_worker(
+    config: GatewayConfig,
+    models: list[wire.Model],
+    duration: float | None,
+    feed: Connection | None = None,
+) -> int:
     """One worker until ``duration`` or a signal; the exit status (2: no broker)."""
     try:
-        asyncio.run(_run_worker(config, models, duration))
+        asyncio.run(_run_worker(config, models, duration, feed))
     except BrokerUnavailable as exc:
         print(f"edgelearn gateway: {exc}", file=sys.stderr)
         return 2
@@ -255,70 +275,165 @@ def run_worker(config: GatewayConfig, models: list[wire.Model], duration: float 
 
 
 def _worker_process(
-    config: GatewayConfig, models: list[wire.Model], duration: float | None, verbosity: int
+    config: GatewayConfig,
+    models: list[wire.Model],
+    duration: float | None,
+    verbosity: int,
+    feed: Connection | None = None,
 ) -> None:
     logging.basicConfig(level=verbosity, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(run_worker(config, models, duration))
+    sys.exit(run_worker(config, models, duration, feed))
+
+
+class _Pool:
+    """The supervisor's side of a pool: worker processes, their pipes, and the dispatcher
+    that gives each camera to one of them (gateway.dispatch says why)."""
+
+    def __init__(
+        self, configs: list[GatewayConfig], models: list[wire.Model], duration: float | None
+    ) -> None:
+        self.configs = configs
+        self.models = models
+        self.duration = duration
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: dict[int, BaseProcess] = {}
+        self.starting: dict[int, Connection] = {}  # started, not ready yet
+        self.restarts: list[float] = []
+        self.dispatcher = Dispatcher(on_move=self._moved)
+        self.verbosity = logging.getLogger().getEffectiveLevel()
+
+    @staticmethod
+    def _moved(camera: str, old: int | None, new: int) -> None:
+        if old is None:
+            log.info("camera %s: worker %d", camera, new)
+        else:
+            log.warning("camera %s: moved from worker %d to worker %d", camera, old, new)
+
+    def start(self, slot: int) -> None:
+        ours, theirs = self.context.Pipe(duplex=True)
+        # Each worker's CoAP is served by the pool (below), so a camera keeps one worker.
+        config = dataclasses.replace(self.configs[slot], coap_port=-1)
+        process = self.context.Process(
+            target=_worker_process,
+            args=(config, self.models, self.duration, self.verbosity, theirs),
+            name=f"gateway-{config.client_id}",
+        )
+        process.start()
+        theirs.close()
+        self.processes[slot] = process
+        self.starting[slot] = ours
+
+    def check(self) -> int | None:
+        """One supervision round: ready workers join, dead ones leave and restart. Returns
+        an exit status when the pool must stop."""
+        for slot, connection in list(self.starting.items()):
+            try:
+                ready = connection.poll() and connection.recv() == (dispatch.READY,)
+            except (EOFError, OSError):
+                ready = False
+            if ready:
+                del self.starting[slot]
+                self.dispatcher.worker_up(slot, connection)
+        for slot, process in list(self.processes.items()):
+            code = process.exitcode
+            if code is None:
+                continue
+            self.dispatcher.worker_down(slot)
+            if slot in self.starting:
+                self.starting.pop(slot).close()
+            del self.processes[slot]
+            if code == 0 and self.duration is not None:
+                continue
+            now = time.monotonic()
+            self.restarts[:] = [t for t in self.restarts if now - t < 60]
+            if code == 2 or len(self.restarts) >= RESTARTS_PER_MINUTE:
+                log.error("gateway worker %d exited with %d; not restarting", slot, code)
+                return code or 1
+            self.restarts.append(now)
+            log.warning("gateway worker %d exited with %d; restarting", slot, code)
+            self.start(slot)
+        self.dispatcher.report_drops()
+        return None if self.processes else 0
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes.values():
+            process.join(15)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.dispatcher.close()
+        for connection in self.starting.values():
+            connection.close()
+
+
+async def _supervise(pool: _Pool) -> int:
+    config = pool.configs[0]
+    topics = wire.Topics(config.site)
+    dispatcher = pool.dispatcher
+
+    def on_frame(message: aiomqtt.Message) -> None:
+        payload = message.payload
+        dispatcher.dispatch(
+            wire.topic_level(str(message.topic), -1),
+            "mqtt",
+            bytes(payload) if isinstance(payload, bytes | bytearray) else b"",
+        )
+
+    def on_post(payload: bytes) -> str | None:
+        try:
+            frame = wire.decode_as(payload, wire.Frame)
+        except wire.WireError as exc:
+            dispatcher.refused(payload, "coap")  # a worker counts it with its exact reason
+            return exc.reason
+        dispatcher.dispatch(frame.camera_id, "coap", payload)
+        return None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    session = MqttSession(
+        config.broker_config(),
+        f"{config.gateway_id}-ingest",
+        subscriptions=[(wire.shared(config.group, topics.all_frames()), 0)],
+        on_message=on_frame,
+        backoff_max=2.0,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(asyncio.to_thread, pool.stop)
+        for slot in range(len(pool.configs)):
+            pool.start(slot)
+        ingesting = False
+        deadline = None if pool.duration is None else time.monotonic() + pool.duration + 10
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            code = pool.check()
+            if code is not None:
+                return code
+            if not ingesting and dispatcher.live:
+                # Frames are taken once a worker can have them: none lost to a cold start.
+                ingesting = True
+                await stack.enter_async_context(session)
+                if config.coap_port >= 0:
+                    endpoint = CoapEndpoint(on_post, config.coap_host, config.coap_port)
+                    await stack.enter_async_context(endpoint)
+                    print(
+                        f"gateway {config.gateway_id}: CoAP on udp/tcp port {endpoint.port}",
+                        flush=True,
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)  # the supervision period
+    return 0
 
 
 def supervise(
     configs: list[GatewayConfig], models: list[wire.Model], duration: float | None
 ) -> int:
-    """Run one worker process per config, keep them alive, stop them together."""
-    context = multiprocessing.get_context("spawn")
-    processes: dict[int, BaseProcess] = {}
-    restarts: list[float] = []
-    stopping = False
-    verbosity = logging.getLogger().getEffectiveLevel()
-
-    def start(index: int) -> None:
-        process = context.Process(
-            target=_worker_process,
-            args=(configs[index], models, duration, verbosity),
-            name=f"gateway-{configs[index].client_id}",
-        )
-        process.start()
-        processes[index] = process
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for index in range(len(configs)):
-        start(index)
-    deadline = None if duration is None else time.monotonic() + duration + 10
-    try:
-        while not stopping and (deadline is None or time.monotonic() < deadline):
-            for index, process in list(processes.items()):
-                code = process.exitcode
-                if code is None:
-                    continue
-                if code == 0 and duration is not None:
-                    del processes[index]
-                    continue
-                now = time.monotonic()
-                restarts[:] = [t for t in restarts if now - t < 60]
-                if code == 2 or len(restarts) >= RESTARTS_PER_MINUTE:
-                    log.error("gateway worker %d exited with %d; not restarting", index, code)
-                    return code or 1
-                restarts.append(now)
-                log.warning("gateway worker %d exited with %d; restarting", index, code)
-                start(index)
-            if not processes:
-                return 0
-            time.sleep(0.2)  # supervision period
-    finally:
-        for process in processes.values():
-            if process.is_alive():
-                process.terminate()
-        for process in processes.values():
-            process.join(15)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    return 0
+    """Run one worker process per config behind one ingest connection, keep them alive, stop
+    them together."""
+    return asyncio.run(_supervise(_Pool(configs, models, duration)))
 
 
 def main(args: argparse.Namespace) -> int:

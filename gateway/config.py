@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgelearn import wire
+from edgelearn.config import BrokerConfig
 from edgelearn.modes import Mode
 from edgelearn.secrets import default_state_dir
 from gateway.outbox import POLICIES
@@ -76,6 +77,16 @@ class GatewayConfig:
             threshold=self.keyframe_threshold,
             max_interval=self.keyframe_max_interval,
             motion_interval=self.keyframe_motion_interval,
+        )
+
+    def broker_config(self) -> BrokerConfig:
+        """The edge broker, as this gateway's user, credentials from the secrets directory."""
+        return BrokerConfig.for_user(
+            self.gateway_id,
+            host=self.broker_host,
+            port=self.broker_port,
+            secrets_dir=self.secrets,
+            tls=self.tls,
         )
 
     @property

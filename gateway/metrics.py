@@ -5,6 +5,8 @@
 * ``edgelearn_gateway_frames_received_total{camera,transport}``
 * ``edgelearn_gateway_frames_processed_total{camera,outcome}``
 * ``edgelearn_gateway_frames_dropped_total{camera,reason}`` - reasons in :data:`DROP_REASONS`
+* ``edgelearn_gateway_frames_out_of_order_total{camera}`` - frames older than one this worker
+  already had from that camera (a pool should have none: each camera has one worker)
 * ``edgelearn_gateway_input_bytes_total{camera}`` - camera JPEG bytes that arrived
 * ``edgelearn_gateway_raw_equivalent_bytes_total{camera}`` - JPEG bytes of the forwarded
   frames *and* the held-back ones: what cloud-only would have sent upstream
@@ -113,6 +115,12 @@ class GatewayMetrics:
             "edgelearn_gateway_frames_dropped",
             "Frames dropped, by reason",
             ["camera", "reason"],
+            registry=registry,
+        )
+        self.out_of_order = Counter(
+            "edgelearn_gateway_frames_out_of_order",
+            "Frames captured before one this worker already had from the same camera",
+            ["camera"],
             registry=registry,
         )
         self.input_bytes = Counter(

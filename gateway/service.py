@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
 import aiomqtt
@@ -56,6 +57,7 @@ from edgelearn.modes import Mode, ModeError
 from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
 from edgelearn.peer_log import PeerLog
 from edgelearn.secrets import Secrets, default_secrets_dir
+from gateway import dispatch
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
 from gateway.metrics import UNKNOWN_CAMERA, GatewayMetrics
@@ -194,17 +196,16 @@ class GatewayWorker:
         broker: BrokerConfig | None = None,
         trusted_key: Any | None = None,
         registry: CollectorRegistry | None = None,
+        feed: Connection | None = None,
     ) -> None:
         self.config = config
+        # In a pool, frames come from the supervisor's dispatcher over this pipe (camera
+        # affinity, gateway.dispatch), not from a subscription of our own.
+        self.feed = feed
+        self.feed_lost = asyncio.Event()
         self.topics = wire.Topics(config.site)
         secrets = Secrets(config.secrets or default_secrets_dir())
-        self.broker = broker or BrokerConfig.for_user(
-            config.gateway_id,
-            host=config.broker_host,
-            port=config.broker_port,
-            secrets_dir=secrets.directory,
-            tls=config.tls,
-        )
+        self.broker = broker or config.broker_config()
         self.trusted_key = trusted_key or signing.load_public_key(secrets.signing_public_key)
         self.registry = registry or CollectorRegistry()
         register_build_info(self.registry, "gateway")
@@ -244,6 +245,7 @@ class GatewayWorker:
         self.input_bytes_total = 0
         self.keyframes_total = 0
         self.held_back_total = 0
+        self._last_capture: dict[str, int] = {}
 
     # --- ingest (event loop) -------------------------------------------------------------
 
@@ -266,11 +268,42 @@ class GatewayWorker:
             )
             return exc.reason
         self.metrics.received.labels(frame.camera_id, transport).inc()
+        if frame.capture_ns < self._last_capture.get(frame.camera_id, 0):
+            self.metrics.out_of_order.labels(frame.camera_id).inc()
+        self._last_capture[frame.camera_id] = max(
+            frame.capture_ns, self._last_capture.get(frame.camera_id, 0)
+        )
         self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
         self.frames_in_total += 1
         self.input_bytes_total += len(frame.payload)
         self.queue.put(frame.camera_id, _Arrival(frame, transport))
         return None
+
+    def _read_feed(self) -> None:
+        """The pool's pipe (a thread): frames and the dispatcher's drops, onto the loop."""
+        assert self.feed is not None and self._loop is not None
+        try:
+            while not self._stopping.is_set():
+                if not self.feed.poll(0.2):  # wakes to notice a stop
+                    continue
+                message = self.feed.recv()
+                if message[0] == dispatch.FRAME:
+                    _, camera, transport, payload = message
+                    self._loop.call_soon_threadsafe(self.ingest, payload, transport, camera)
+                elif message[0] == dispatch.DROPS:
+                    self._loop.call_soon_threadsafe(self._count_dispatch_drops, message[1])
+        except (EOFError, OSError):
+            if not self._stopping.is_set():
+                log.error("the pool's supervisor is gone; stopping")
+                self._loop.call_soon_threadsafe(self.feed_lost.set)
+
+    def _count_dispatch_drops(self, drops: dict[tuple[str, str, str], int]) -> None:
+        for (camera, transport, reason), count in drops.items():
+            self.metrics.received.labels(camera, transport).inc(count)
+            self.metrics.dropped.labels(camera, reason).inc(count)
+            self._peers.warning(
+                "dispatcher", reason, "the pool dropped %d frames of %s: %s", count, camera, reason
+            )
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
@@ -572,7 +605,7 @@ class GatewayWorker:
             self.broker,
             self.config.client_id,
             subscriptions=[
-                (wire.shared(self.config.group, topics.all_frames()), 0),
+                *([] if self.feed else [(wire.shared(self.config.group, topics.all_frames()), 0)]),
                 (f"{topics.base}/models/{wire.ALL_GATEWAYS}/+", 1),
                 (topics.models_for(self.config.gateway_id), 1),
                 (topics.plan(self.config.gateway_id), 1),
@@ -597,6 +630,9 @@ class GatewayWorker:
             self._spawn(self._forward(), "forwarder")
             self._spawn(self._resend(), "resender")
             self._spawn(self._publish_status(), "status")
+            if self.feed is not None:
+                threading.Thread(target=self._read_feed, name="feed", daemon=True).start()
+                self.feed.send((dispatch.READY,))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise

@@ -1,15 +1,28 @@
-"""``edgelearn gateway`` with a pool of workers, started as a caller from Python starts it:
-the workers run on the broker, gateway id and site the caller gave, whatever ``sys.argv``
-of the calling process holds."""
+"""``edgelearn gateway`` with a pool of workers: started as a caller from Python starts it, the
+workers run on the broker, gateway id and site the caller gave, whatever ``sys.argv`` of the
+calling process holds; every camera is handled by one worker, and a dead worker's cameras
+move to the survivor."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
+import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+from bench.common import scene_frames
 from edgelearn import wire
+from edgelearn.metrics import scrape
+from edgelearn.ports import free_port
+from stack.launcher import edgelearn_command
 from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
 
 Probe = Callable[..., MqttProbe]
@@ -79,3 +92,123 @@ def test_a_pool_started_from_python_runs_on_the_callers_broker_and_id(
         20,
         "both workers offline",
     )
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing children, not its helpers)."""
+    pids = []
+    for task in Path(f"/proc/{supervisor}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"spawn_main" in command:
+                    pids.append(int(child))
+    return pids
+
+
+def _two_free_ports() -> int:
+    """A port whose next one is free too: the workers' metrics go on consecutive ports."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.bind(("127.0.0.1", port + 1))
+            return port
+
+
+def _received(port: int) -> dict[str, float]:
+    return scrape([f"http://127.0.0.1:{port}/metrics"]).by_label(
+        "edgelearn_gateway_frames_received_total", "camera"
+    )
+
+
+def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str, tmp_path: Path
+) -> None:
+    cameras = [f"cam-{n}" for n in range(1, 5)]
+    frames = {camera: scene_frames(camera, 20, seed=n) for n, camera in enumerate(cameras)}
+    publishers = {camera: mqtt_probe(camera) for camera in cameras}
+    topics = wire.Topics(site)
+    port = _two_free_ports()
+    pool = subprocess.Popen(
+        [
+            *edgelearn_command(),
+            "gateway",
+            "--workers",
+            "2",
+            "--id",
+            "gw-2",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+            "--secrets",
+            str(broker.secrets_dir),
+            "--site",
+            site,
+            "--mode",
+            "raw",
+            "--outbox",
+            "memory",
+            "--metrics-port",
+            str(port),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=(tmp_path / "pool.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    stop = threading.Event()
+
+    def publish() -> None:  # each camera at 10 fps, keyframes on: real per-camera state
+        for number in itertools.count():
+            if stop.wait(0.1):
+                return
+            for camera in cameras:
+                frame = frames[camera][number % 20]
+                frame = dataclasses.replace(frame, seq=number, capture_ns=time.time_ns())
+                publishers[camera].client.publish(topics.frame(camera), wire.encode(frame))
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    try:
+
+        def owners() -> dict[str, set[int]]:
+            """Per camera, the workers whose count of it grew over half a second."""
+            before = [_received(port + slot) for slot in (0, 1)]
+            stop.wait(0.5)
+            after = [_received(port + slot) for slot in (0, 1)]
+            return {
+                camera: {s for s in (0, 1) if after[s].get(camera, 0) > before[s].get(camera, 0)}
+                for camera in cameras
+            }
+
+        wait_for(lambda: pool.poll() is None and _ready(port), 90, "both workers serving")
+        wait_for(
+            lambda: all(len(o) == 1 for o in owners().values()), 20, "every camera on one worker"
+        )
+        held = owners()
+        # Load spreads evenly: two cameras each.
+        assert sorted(sum(1 for o in held.values() if s in o) for s in (0, 1)) == [2, 2], held
+        victim = min(_worker_pids(pool.pid))  # the older pid is worker 0
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: all(o == {1} for o in owners().values()), 5, "cameras moved to worker 1")
+        # Worker 0 comes back and takes its share again; still one worker per camera.
+        wait_for(
+            lambda: (
+                sorted(len([c for c, o in owners().items() if o == {s}]) for s in (0, 1)) == [2, 2]
+            ),
+            90,
+            "two cameras per worker after the restart",
+        )
+        for slot in (0, 1):
+            samples = scrape([f"http://127.0.0.1:{port + slot}/metrics"])
+            assert samples.total("edgelearn_gateway_frames_out_of_order_total") == 0, slot
+    finally:
+        stop.set()
+        publisher.join(5)
+        pool.send_signal(signal.SIGTERM)
+        pool.wait(60)
+    assert pool.returncode == 0, (tmp_path / "pool.log").read_text()
+    log_text = (tmp_path / "pool.log").read_text()
+    assert "exited with -9; restarting" in log_text, log_text
+
+
+def _ready(port: int) -> bool:
+    return not scrape([f"http://127.0.0.1:{port + s}/metrics" for s in (0, 1)]).unreachable
