@@ -176,6 +176,7 @@ def run(
         labeled_cameras=0,  # the benchmark plays the cameras itself
         video=None,
         camera_users=budget.cameras,
+        consumers=1,  # one /metrics endpoint for the cloud's counts
         echo=False,
     )
     clients: list[Any] = []

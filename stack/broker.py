@@ -293,8 +293,9 @@ class Bridge:
     remote_host: str
     remote_port: int
     username: str = "bridge"
-    name: str = "edge-to-cloud"
+    name: str = "edge-to-cloud"  # also its client id on the cloud broker: one per edge broker
     tls: bool = False
+    site: str = "+"  # the site whose topics cross; "+" for every site on this edge broker
 
 
 @dataclass
@@ -325,6 +326,7 @@ def render_config(secrets: Secrets, settings: BrokerSettings, run_dir: Path) -> 
             remote_username=bridge.username,
             remote_password=secrets.password(bridge.username),
             bridge_tls=tls_lines,
+            site=bridge.site,
         )
     template = string.Template((TEMPLATES / f"{settings.role}.conf").read_text())
     text = template.substitute(

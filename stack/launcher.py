@@ -25,14 +25,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,20 +65,56 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Child:
+    """One child process of the stack; :meth:`restart` starts it again with the same command
+    (same ports, same files), so its metrics URLs stay valid."""
+
     name: str
-    process: subprocess.Popen[str]
+    command: list[str]
+    env: dict[str, str]
+    owner: ChildProcesses
+    process: subprocess.Popen[str] = field(init=False)
     lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=KEPT_LINES)
     )
     line_count: int = 0  # every line it printed; ``lines`` keeps the last ``KEPT_LINES``
     metrics_urls: list[str] = field(default_factory=list)
+    site: str | None = None
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def restart(self) -> None:
+        self.owner.run(self, append=True)
+
+    def responsive(self) -> bool:
+        return not self.metrics_urls or all(_answers(url) for url in self.metrics_urls)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def notable(line: str) -> bool:
+    """Whether a child's output line belongs on the console: warnings, errors, tracebacks
+    and our own one-line errors; not routine start-up lines, Prometheus's info lines or
+    TensorFlow's retracing warnings (the child's log file has everything)."""
+    if line.startswith(("WARNING:tensorflow", "I0000", "W0000", "WARNING: All log")):
+        return False
+    if "level=" in line:  # Prometheus's logfmt
+        return "level=error" in line.lower() or "level=warn" in line.lower()
+    return any(
+        f" {level} " in line for level in ("WARNING", "ERROR", "CRITICAL")
+    ) or line.startswith(("Traceback", "edgelearn ", "ERROR", "CRITICAL"))
 
 
 class ChildProcesses:
-    """Children started with :meth:`start`, each one's output kept, logged and echoed."""
-
-    # Routine lines of TensorFlow and absl at start-up: the log file has them.
-    _QUIET_PREFIXES = ("I0000", "W0000", "WARNING: All log")
+    """Children started with :meth:`start`, each one's output kept and logged to
+    ``<log_dir>/<name>.log``; with ``echo``, the :func:`notable` lines also go to the
+    console."""
 
     def __init__(self, log_dir: Path, echo: bool) -> None:
         self.children: list[Child] = []
@@ -84,34 +123,42 @@ class ChildProcesses:
         self._printed = threading.Condition()
 
     def start(self, name: str, command: list[str], env: dict[str, str]) -> Child:
-        process = subprocess.Popen(
-            command,
+        child = Child(name, command, env, self)
+        self.run(child, append=False)
+        self.children.append(child)
+        return child
+
+    def run(self, child: Child, *, append: bool) -> None:
+        child.process = subprocess.Popen(
+            child.command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
-            env=env,
+            env=child.env,
             preexec_fn=_die_with_parent,
         )
-        child = Child(name, process)
-        self.children.append(child)
-        threading.Thread(target=self._pump, args=(child,), name=f"pump-{name}", daemon=True).start()
-        return child
+        threading.Thread(
+            target=self._pump,
+            args=(child, child.process, "a" if append else "w"),
+            name=f"pump-{child.name}",
+            daemon=True,
+        ).start()
 
-    def _pump(self, child: Child) -> None:
-        assert child.process.stdout is not None
-        with (self.log_dir / f"{child.name}.log").open("w") as log:
-            for line in child.process.stdout:
+    def _pump(self, child: Child, process: subprocess.Popen[str], mode: str) -> None:
+        assert process.stdout is not None
+        with (self.log_dir / f"{child.name}.log").open(mode) as log:
+            for line in process.stdout:
                 log.write(line)
                 log.flush()
                 with self._printed:
                     child.lines.append(line.rstrip("\n"))
                     child.line_count += 1
                     self._printed.notify_all()
-                if self.echo and not line.startswith(self._QUIET_PREFIXES):
+                if self.echo and notable(line):
                     print(f"  {child.name:>8} | {line.rstrip()}", flush=True)
-        child.process.wait()
+        process.wait()
         with self._printed:  # its output ended: wake the waiters, who then see the exit
             self._printed.notify_all()
 
@@ -136,9 +183,6 @@ class ChildProcesses:
                 if remaining <= 0:
                     raise StackError(f"{child.name} did not print {text!r} within {timeout:.0f} s")
                 self._printed.wait(remaining)
-
-    def dead(self) -> list[Child]:
-        return [child for child in self.children if child.process.poll() not in (None, 0)]
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to every child still running, newest first; SIGKILL after ``timeout``."""
@@ -175,11 +219,25 @@ class StackSettings:
     video: Path | None = SAMPLE_VIDEO
     fps: float = 15.0
     camera_users: int = 0  # camera users to ensure beyond the stack's own cameras
+    sites: int = 1  # edge sites, each with its broker, gateway pool and cameras
+    consumers: int = 2  # cloud consumers in one shared-subscription group
     echo: bool = True
 
     def __post_init__(self) -> None:
         if not self.plans:
             Mode.parse(self.mode)  # ModeError (a ValueError) with a clear message
+        if self.sites < 1 or self.consumers < 1 or self.workers < 1:
+            raise ValueError("sites, consumers and workers must be at least 1")
+
+    def site_names(self) -> list[str]:
+        """One site keeps ``site``; several are ``<site>-1``, ``<site>-2``..."""
+        if self.sites == 1:
+            return [self.site]
+        return [f"{self.site}-{number}" for number in range(1, self.sites + 1)]
+
+    @property
+    def cameras_per_site(self) -> int:
+        return self.labeled_cameras + (1 if self.video else 0)
 
     @property
     def plans(self) -> bool:
@@ -193,26 +251,92 @@ class StackSettings:
         return str(Mode.split(max(self.split_ks))) if self.split_ks else "raw"
 
 
+class BrokerPart:
+    """A mosquitto of the stack, restartable on the same port and persistence directory."""
+
+    def __init__(self, name: str, secrets: Secrets, settings: broker.BrokerSettings) -> None:
+        self.name = name
+        self.secrets = secrets
+        self.running = broker.start_broker(secrets, settings)
+        # A restart takes the same ports (the bridge and the clients know them).
+        self.settings = dataclasses.replace(
+            settings, port=self.running.port, tls_port=self.running.tls_port
+        )
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def exit_code(self) -> int | None:
+        return self.running.process.poll()
+
+    def restart(self) -> None:
+        self.running = broker.start_broker(self.secrets, self.settings)
+
+    def responsive(self) -> bool:
+        try:
+            with socket.create_connection((self.running.host, self.running.port), timeout=2.0):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.running.stop()
+
+
+@dataclass
+class Site:
+    """One edge site: its broker, bridged into the cloud broker, its gateway and cameras."""
+
+    name: str
+    gateway_id: str
+    broker: BrokerPart
+    gateway: Child | None = None
+    cameras: list[Child] = field(default_factory=list)
+
+
 @dataclass
 class RunningStack:
     children: ChildProcesses
     secrets: Secrets
-    edge_broker: broker.RunningBroker
-    cloud_broker: broker.RunningBroker
+    cloud_broker_part: BrokerPart
+    sites: list[Site]
     cloud: Child
-    gateway: Child
-    cameras: list[Child]
     prometheus: str | None
+
+    @property
+    def edge_broker(self) -> broker.RunningBroker:
+        return self.sites[0].broker.running
+
+    @property
+    def cloud_broker(self) -> broker.RunningBroker:
+        return self.cloud_broker_part.running
+
+    @property
+    def gateway(self) -> Child:
+        assert self.sites[0].gateway is not None
+        return self.sites[0].gateway
+
+    @property
+    def cameras(self) -> list[Child]:
+        return [camera for site in self.sites for camera in site.cameras]
+
+    @property
+    def parts(self) -> list[BrokerPart | Child]:
+        """Everything a supervisor watches: brokers first, then the children."""
+        brokers: list[BrokerPart | Child] = [self.cloud_broker_part]
+        brokers += [site.broker for site in self.sites]
+        return brokers + list(self.children.children)
 
     @property
     def metrics_urls(self) -> list[str]:
         return [url for child in self.children.children for url in child.metrics_urls]
 
     def info(self) -> dict[str, str]:
-        found = {
-            "edge_broker": f"127.0.0.1:{self.edge_broker.port}",
-            "cloud_broker": f"127.0.0.1:{self.cloud_broker.port}",
-        }
+        found = {"cloud_broker": f"127.0.0.1:{self.cloud_broker.port}"}
+        for site in self.sites:
+            key = "edge_broker" if len(self.sites) == 1 else f"edge_broker {site.name}"
+            found[key] = f"127.0.0.1:{site.broker.port}"
         if self.prometheus:
             found["prometheus"] = self.prometheus
         return found
@@ -248,16 +372,19 @@ def _port(port: int, what: str, flag: str) -> int:
     return port
 
 
-def _secrets(settings: StackSettings, cameras: int) -> Secrets:
-    """The stack's secrets, made on first use, with a user for every camera it runs."""
+def _secrets(settings: StackSettings, cameras: int, gateways: int) -> Secrets:
+    """The stack's secrets, made on first use, with a user for every camera and gateway it
+    runs."""
     directory = settings.secrets or default_secrets_dir()
     secrets = Secrets(directory)
     if not secrets.exists():
-        broker.init_secrets(directory, cameras=max(16, cameras), gateways=4)
+        broker.init_secrets(directory, cameras=max(16, cameras), gateways=max(4, gateways))
     known = {user.name for user in secrets.users()}
-    for number in range(1, cameras + 1):
-        if f"cam-{number}" not in known:
-            broker.add_user(directory, f"cam-{number}", "camera")
+    wanted = [(f"cam-{n}", "camera") for n in range(1, cameras + 1)]
+    wanted += [(f"gw-{n}", "gateway") for n in range(1, gateways + 1)]
+    for name, role in wanted:
+        if name not in known:
+            broker.add_user(directory, name, role)
     return secrets
 
 
@@ -273,10 +400,11 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
         )
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    own_cameras = settings.labeled_cameras + (1 if settings.video else 0)
-    secrets = _secrets(settings, max(own_cameras, settings.camera_users))
-    edge_port = _port(settings.edge_port, "edge broker", "--edge-port")
+    own_cameras = settings.cameras_per_site * settings.sites
+    secrets = _secrets(settings, max(own_cameras, settings.camera_users), settings.sites)
     cloud_port = _port(settings.cloud_port, "cloud broker", "--cloud-port")
+    edge_ports = [_port(settings.edge_port, "edge broker", "--edge-port")]
+    edge_ports += [free_port() for _ in range(settings.sites - 1)]
     prometheus_binary = shutil.which("prometheus") if settings.prometheus else None
     if prometheus_binary and not PROMETHEUS_CONFIG.is_dir():
         print(f"no Prometheus config in {PROMETHEUS_CONFIG}: not starting Prometheus")
@@ -288,41 +416,58 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
     )
     env = child_env(secrets.directory, settings.registry)
     children = ChildProcesses(run_dir, settings.echo)
-    brokers: list[broker.RunningBroker] = []
+    brokers: list[BrokerPart] = []
     try:
-        cloud_broker = broker.start_broker(
+        cloud_broker = BrokerPart(
+            "broker-cloud",
             secrets,
             broker.BrokerSettings(
                 role="cloud", port=cloud_port, tls_port=0, run_dir=run_dir / "broker-cloud"
             ),
         )
         brokers.append(cloud_broker)
-        edge_broker = broker.start_broker(
-            secrets,
-            broker.BrokerSettings(
-                role="edge",
-                port=edge_port,
-                tls_port=0,
-                run_dir=run_dir / "broker-edge",
-                bridge=broker.Bridge("127.0.0.1", cloud_broker.port),
-            ),
-        )
-        brokers.append(edge_broker)
+        sites = []
+        for number, (name, port) in enumerate(
+            zip(settings.site_names(), edge_ports, strict=True), 1
+        ):
+            part_name = "broker-edge" if settings.sites == 1 else f"broker-{name}"
+            edge = BrokerPart(
+                part_name,
+                secrets,
+                broker.BrokerSettings(
+                    role="edge",
+                    port=port,
+                    tls_port=0,
+                    run_dir=run_dir / part_name,
+                    bridge=broker.Bridge(
+                        "127.0.0.1", cloud_broker.port, name=f"{name}-to-cloud", site=name
+                    ),
+                ),
+            )
+            brokers.append(edge)
+            sites.append(Site(name, f"gw-{number}", edge))
         cloud = _start_cloud(children, settings, cloud_broker.port, env)
-        gateway = start_gateway(children, settings, edge_broker.port, env)
-        cameras = _start_cameras(children, settings, edge_broker.port, env)
+        for number, site in enumerate(sites):
+            site.gateway = start_gateway(
+                children,
+                settings,
+                site.broker.port,
+                env,
+                site=site.name,
+                gateway_id=site.gateway_id,
+            )
+            first_camera = 1 + number * settings.cameras_per_site
+            site.cameras = _start_cameras(children, settings, site, first_camera, env)
         prometheus = None
         if prometheus_binary:
             prometheus = _start_prometheus(
-                children, prometheus_binary, run_dir, prometheus_port, env
+                children, prometheus_binary, run_dir, prometheus_port, sites, env
             )
-        yield RunningStack(
-            children, secrets, edge_broker, cloud_broker, cloud, gateway, cameras, prometheus
-        )
+        yield RunningStack(children, secrets, cloud_broker, sites, cloud, prometheus)
     finally:
         children.stop()
-        for running in reversed(brokers):
-            running.stop()
+        for part in reversed(brokers):
+            part.stop()
 
 
 def _metrics_url(port: int) -> str:
@@ -332,14 +477,16 @@ def _metrics_url(port: int) -> str:
 def _start_cloud(
     children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
 ) -> Child:
-    metrics_port = free_port()
+    metrics_port = free_port(count=settings.consumers)  # one per consumer
     store = settings.feature_store or settings.run_dir / "features"
     command = edgelearn_command(
         "cloud",
         "--broker",
         f"127.0.0.1:{broker_port}",
         "--site",
-        settings.site,
+        settings.site if settings.sites == 1 else wire.ANY_SITE,
+        "--consumers",
+        str(settings.consumers),
         "--budget",
         settings.budget,
         "--split-ks",
@@ -352,25 +499,33 @@ def _start_cloud(
         *(["--plan"] if settings.plans else []),
     )
     cloud = children.start("cloud", command, env)
-    cloud.metrics_urls.append(_metrics_url(metrics_port))
+    cloud.metrics_urls += [_metrics_url(metrics_port + n) for n in range(settings.consumers)]
     children.wait_for_line(cloud, "pushed", timeout=3600)  # a first training takes minutes
     return cloud
 
 
 def start_gateway(
-    children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
+    children: ChildProcesses,
+    settings: StackSettings,
+    broker_port: int,
+    env: dict[str, str],
+    *,
+    site: str | None = None,
+    gateway_id: str = GATEWAY_ID,
 ) -> Child:
     """``edgelearn gateway`` with ``settings.workers`` workers on the broker at
-    ``broker_port``; returns once every worker is connected (it printed its metrics URL)."""
+    ``broker_port`` for ``site`` (default ``settings.site``); returns once every worker is
+    connected (it printed its metrics URL)."""
+    site = site or settings.site
     metrics_port = free_port(count=settings.workers)
     command = edgelearn_command(
         "gateway",
         "--id",
-        GATEWAY_ID,
+        gateway_id,
         "--broker",
         f"127.0.0.1:{broker_port}",
         "--site",
-        settings.site,
+        site,
         "--mode",
         settings.initial_mode(),
         "--workers",
@@ -387,7 +542,9 @@ def start_gateway(
             else []
         ),
     )
-    gateway = children.start("gateway", command, env)
+    name = "gateway" if settings.sites == 1 else f"gateway-{site}"
+    gateway = children.start(name, command, env)
+    gateway.site = site
     gateway.metrics_urls += [
         _metrics_url(metrics_port + index) for index in range(settings.workers)
     ]
@@ -398,13 +555,21 @@ def start_gateway(
 
 
 def _start_cameras(
-    children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
+    children: ChildProcesses,
+    settings: StackSettings,
+    site: Site,
+    first_camera: int,
+    env: dict[str, str],
 ) -> list[Child]:
+    """The site's cameras; numbered on from ``first_camera`` so every camera of the stack
+    has its own id (and credential)."""
+    suffix = "" if settings.sites == 1 else f"-{site.name}"
     fleets: list[tuple[str, str, int, int]] = []  # name, source, cameras, first camera
     if settings.labeled_cameras:
-        fleets.append(("cameras", "fashion-mnist:test", settings.labeled_cameras, 1))
+        fleets.append(("cameras", "fashion-mnist:test", settings.labeled_cameras, first_camera))
     if settings.video is not None:
-        fleets.append(("video", f"video:{settings.video}", 1, settings.labeled_cameras + 1))
+        video_camera = first_camera + settings.labeled_cameras
+        fleets.append(("video", f"video:{settings.video}", 1, video_camera))
     started = []
     for name, source, count, first in fleets:
         metrics_port = free_port()
@@ -419,20 +584,26 @@ def _start_cameras(
             "--fps",
             str(settings.fps),
             "--broker",
-            f"127.0.0.1:{broker_port}",
+            f"127.0.0.1:{site.broker.port}",
             "--site",
-            settings.site,
+            site.name,
             "--metrics-port",
             str(metrics_port),
         )
-        child = children.start(name, command, env)
+        child = children.start(name + suffix, command, env)
+        child.site = site.name
         child.metrics_urls.append(_metrics_url(metrics_port))
         started.append(child)
     return started
 
 
 def _start_prometheus(
-    children: ChildProcesses, binary: str, run_dir: Path, port: int, env: dict[str, str]
+    children: ChildProcesses,
+    binary: str,
+    run_dir: Path,
+    port: int,
+    sites: list[Site],
+    env: dict[str, str],
 ) -> str:
     config_dir = run_dir / "prometheus"
     if config_dir.exists():
@@ -440,12 +611,17 @@ def _start_prometheus(
     shutil.copytree(PROMETHEUS_CONFIG, config_dir)
     (config_dir / "targets").mkdir(exist_ok=True)
     targets = []
+    gateways = {site.gateway.name: site for site in sites if site.gateway is not None}
     for child in children.children:
-        job = {"cloud": "cloud", "gateway": "gateway"}.get(child.name, "camera")
+        job = (
+            "cloud" if child.name == "cloud" else "gateway" if child.name in gateways else "camera"
+        )
         for index, url in enumerate(child.metrics_urls):
             labels = {"job": job}
+            if child.site is not None:
+                labels["site"] = child.site
             if job == "gateway":
-                labels |= {"gateway": GATEWAY_ID, "worker": str(index)}
+                labels |= {"gateway": gateways[child.name].gateway_id, "worker": str(index)}
             address = url.removeprefix("http://").removesuffix("/metrics")
             targets.append({"targets": [address], "labels": labels})
     (config_dir / "targets" / "stack.json").write_text(json.dumps(targets, indent=1))

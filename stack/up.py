@@ -11,21 +11,25 @@ written to ``<run-dir>/summary.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import signal
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from edgelearn import wire
 from edgelearn.config import ConfigError
-from edgelearn.metrics import scrape
+from edgelearn.metrics import Samples
 from edgelearn.modes import ModeError
 from stack import broker
-from stack.launcher import SAMPLE_VIDEO, StackError, StackSettings, launch
+from stack.launcher import SAMPLE_VIDEO, RunningStack, StackError, StackSettings, launch
+from stack.supervisor import CounterTotals, Progress, Supervisor
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -47,9 +51,8 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     return None
 
 
-def summarize(urls: list[str]) -> dict[str, Any]:
+def summarize(samples: Samples) -> dict[str, Any]:
     """Merge every process's metrics into the figures the summary prints."""
-    samples = scrape(urls, timeout=2.0)
     published = samples.by_label("edgelearn_camera_frames_published_total", "camera")
     fps = samples.by_label("edgelearn_camera_achieved_fps", "camera")
     processed = "edgelearn_gateway_frames_processed_total"
@@ -101,6 +104,20 @@ def summarize(urls: list[str]) -> dict[str, Any]:
         "modes": modes,
         "results": int(samples.total("edgelearn_cloud_results_total")),
         "dropped": {reason: int(value) for reason, value in dropped.items() if value},
+        "delivery": {
+            "features_sent": int(samples.total(processed, outcome="forwarded")),
+            "acknowledged": int(samples.total("edgelearn_gateway_features_acked_total")),
+            "waiting": int(samples.total("edgelearn_gateway_outbox_items")),
+            "resent": int(samples.total("edgelearn_gateway_features_resent_total")),
+            "duplicates_at_cloud": int(samples.total("edgelearn_cloud_duplicates_total")),
+            "given_up": {
+                reason: int(value)
+                for reason, value in samples.by_label(
+                    "edgelearn_gateway_features_dropped_total", "reason"
+                ).items()
+                if value
+            },
+        },
         "raw_bytes": int(total_raw),
         "sent_bytes": int(total_sent),
         "uplink_reduction": (1 - total_sent / total_raw) if total_raw else None,
@@ -119,9 +136,10 @@ def _fmt(value: float | None, scale: float = 100, suffix: str = "%") -> str:
     return "-" if value is None else f"{value * scale:.1f}{suffix}"
 
 
-def render_summary(summary: dict[str, Any], elapsed: float) -> str:
+def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") -> str:
     lines = [
-        f"edgelearn stack, {elapsed:.0f} s: {summary['results']} results",
+        f"edgelearn stack, {elapsed:.0f} s: {summary['results']} results"
+        + (f"; {health}" if health else ""),
         f"{'camera':<10}{'fps':>6}{'frames':>8}{'keyframes':>11}{'raw':>11}{'sent':>11}"
         f"{'accuracy':>10}",
     ]
@@ -142,6 +160,13 @@ def render_summary(summary: dict[str, Any], elapsed: float) -> str:
         f"uplink: {_fmt_bytes(summary['sent_bytes'])} sent for "
         f"{_fmt_bytes(summary['raw_bytes'])} of camera JPEGs: "
         f"reduction {_fmt(summary['uplink_reduction'])}"
+    )
+    delivery = summary["delivery"]
+    lines.append(
+        f"delivery: {delivery['features_sent']} features sent, {delivery['acknowledged']} "
+        f"acknowledged, {delivery['waiting']} waiting, {delivery['resent']} re-sent, "
+        f"{delivery['duplicates_at_cloud']} duplicates ignored by the cloud"
+        + "".join(f", {n} given up ({reason})" for reason, n in delivery["given_up"].items())
     )
     if summary["dropped"]:
         lines.append(
@@ -198,7 +223,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "moves the gateway to full, results only); default 0: not configured, a fast link",
     )
     parser.add_argument(
-        "--workers", type=int, default=defaults.workers, help="gateway worker processes"
+        "--workers", type=int, default=defaults.workers, help="gateway worker processes per site"
+    )
+    parser.add_argument(
+        "--sites",
+        type=int,
+        default=defaults.sites,
+        help="edge sites, each with its broker, gateway and cameras, bridged into one cloud "
+        "broker (default 1)",
+    )
+    parser.add_argument(
+        "--consumers",
+        type=int,
+        default=defaults.consumers,
+        help=f"cloud consumers in one shared-subscription group (default {defaults.consumers})",
     )
     parser.add_argument(
         "--cameras",
@@ -240,15 +278,68 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between summary updates"
     )
-    parser.add_argument("--quiet", action="store_true", help="do not echo children's output")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not echo children's warnings and errors (their logs are in the run folder)",
+    )
 
 
-def main(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+SUPERVISE_PERIOD = 1.0  # seconds between two checks of every part
+
+
+def _fetch(url: str) -> str | None:
     try:
-        settings = StackSettings(
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+def _watch_progress(
+    stack: RunningStack, supervisor: Supervisor, latest: dict[str, Samples]
+) -> None:
+    """Hung means: it stands still while what feeds it moves (see stack.supervisor)."""
+
+    def total(urls: list[str], name: str, **match: str) -> float | None:
+        if not all(url in latest for url in urls):
+            return None
+        return sum(latest[url].total(name, **match) for url in urls)
+
+    gateways = [site.gateway for site in stack.sites if site.gateway is not None]
+    for site in stack.sites:
+        if site.gateway is None:
+            continue
+        cameras = [url for camera in site.cameras for url in camera.metrics_urls]
+        supervisor.watch_progress(
+            site.gateway.name,
+            Progress(
+                own=functools.partial(
+                    total, site.gateway.metrics_urls, "edgelearn_gateway_frames_received_total"
+                ),
+                upstream=functools.partial(
+                    total, cameras, "edgelearn_camera_frames_published_total"
+                ),
+            ),
+        )
+    supervisor.watch_progress(
+        stack.cloud.name,
+        Progress(
+            own=functools.partial(
+                total, stack.cloud.metrics_urls, "edgelearn_cloud_features_received_total"
+            ),
+            upstream=functools.partial(
+                total,
+                [url for gateway in gateways for url in gateway.metrics_urls],
+                "edgelearn_gateway_uplink_bytes_total",
+            ),
+        ),
+    )
+
+
+def _settings(args: argparse.Namespace) -> StackSettings:
+    try:
+        return StackSettings(
             run_dir=args.run_dir,
             secrets=args.secrets,
             registry=args.registry,
@@ -261,37 +352,86 @@ def main(args: argparse.Namespace) -> int:
             split_ks=_split_ks(args.split_ks),
             budget=args.budget,
             workers=args.workers,
+            sites=args.sites,
+            consumers=args.consumers,
             uplink_kbps=args.uplink_kbps,
             labeled_cameras=args.cameras,
             video=None if args.video == "none" else Path(args.video),
             fps=args.fps,
             echo=not args.quiet,
         )
-        with launch(settings) as stack:
-            print("\nedgelearn stack is up:", flush=True)
-            for key, value in stack.info().items():
-                print(f"  {key:<13} {value}")
-            urls = stack.metrics_urls
-            for url in urls:
-                print(f"  metrics       {url}")
-            started = time.monotonic()
-            summary: dict[str, Any] = {}
-            while not stop.is_set():
-                stop.wait(args.interval)
-                summary = summarize(urls)
-                elapsed = time.monotonic() - started
-                print("\n" + render_summary(summary, elapsed), flush=True)
-                if dead := stack.children.dead():
-                    raise StackError(
-                        ", ".join(f"{c.name} exited with {c.process.returncode}" for c in dead)
-                        + f"; logs in {settings.run_dir}"
-                    )
-                if args.duration is not None and elapsed >= args.duration:
-                    break
-            summary["elapsed_seconds"] = round(time.monotonic() - started, 1)
-            (settings.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            print(f"\nsummary written to {settings.run_dir / 'summary.json'}; stopping.")
-    except (StackError, broker.BrokerError, ConfigError, ModeError, wire.WireError) as exc:
-        print(f"edgelearn up: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _run(args: argparse.Namespace, stop: threading.Event, summary: dict[str, Any]) -> int:
+    """Start the stack, supervise it and keep ``summary`` current until the end; returns
+    the exit status (1: a part failed for good)."""
+    settings = _settings(args)
+    with launch(settings) as stack:
+        print("\nedgelearn stack is up:", flush=True)
+        for key, value in stack.info().items():
+            print(f"  {key:<13} {value}")
+        urls = stack.metrics_urls
+        for url in urls:
+            print(f"  metrics       {url}")
+        totals = CounterTotals(_fetch)
+        latest: dict[str, Samples] = {}
+
+        def restarted(part: object) -> None:
+            for url in getattr(part, "metrics_urls", []):
+                totals.restarted(url)
+
+        supervisor = Supervisor(stack.parts, on_restart=restarted)
+        _watch_progress(stack, supervisor, latest)
+        started = time.monotonic()
+        next_summary = started + args.interval
+        while True:
+            for event in supervisor.check():
+                print(f"edgelearn up: {event}", file=sys.stderr, flush=True)
+            now = time.monotonic()
+            elapsed = now - started
+            finished = stop.is_set() or (args.duration is not None and elapsed >= args.duration)
+            if now >= next_summary or finished:
+                next_summary = now + args.interval
+                per_url, merged = totals.read(urls)
+                latest.update(per_url)
+                summary.clear()
+                summary.update(summarize(merged))
+                summary["health"] = supervisor.report()
+                summary["elapsed_seconds"] = round(elapsed, 1)
+                print("\n" + render_summary(summary, elapsed, supervisor.line()), flush=True)
+            if finished:
+                break
+            stop.wait(SUPERVISE_PERIOD)
+        for part in stack.parts:
+            supervisor.stopped(part.name)
+        if failed := supervisor.failed():
+            print(f"edgelearn up: failed for good: {', '.join(failed)}", file=sys.stderr)
+            return 1
     return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    summary: dict[str, Any] = {}
+    status, error = 2, None
+    try:
+        status = _run(args, stop, summary)
+    except (StackError, broker.BrokerError, ConfigError, ModeError, wire.WireError) as exc:
+        error = str(exc)
+        print(f"edgelearn up: {exc}", file=sys.stderr)
+    except BaseException as exc:  # a bug: still say what happened in summary.json
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        path = args.run_dir / "summary.json"
+        with contextlib.suppress(OSError):
+            args.run_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                json.dumps({**summary, "exit_status": status, "error": error}, indent=2)
+            )
+            print(f"summary written to {path}", flush=True)
+    return status

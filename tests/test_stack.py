@@ -4,7 +4,9 @@ nothing behind; raw frames never cross the bridge to the cloud broker."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -112,3 +114,91 @@ def test_up_runs_the_stack_shows_a_reduction_and_stops_everything(
         assert crossed["features"] > 0  # the bridge carries features up...
         assert crossed["frames"] == 0  # ...and never a raw frame
     assert _survivors(str(run_dir), f"127.0.0.1:{edge_port}", f"127.0.0.1:{cloud_port}") == []
+
+
+def _pid_of(*needles: str) -> int | None:
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and all(needle in command for needle in needles):
+            return int(proc.name)
+    return None
+
+
+def _results_lines(text: str) -> list[int]:
+    """The result totals of every summary printed so far."""
+    return [
+        int(line.split(": ")[1].split()[0])
+        for line in text.splitlines()
+        if line.startswith("edgelearn stack, ")
+    ]
+
+
+def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every_exit(
+    tmp_path: Path, trained_registry: Path
+) -> None:
+    registry = tmp_path / "registry"
+    shutil.copytree(trained_registry, registry)
+    secrets = tmp_path / "secrets"
+    broker_module.init_secrets(secrets, cameras=8, gateways=2)
+    run_dir = tmp_path / "run"
+    console = tmp_path / "console.txt"
+    command = [
+        sys.executable, "-m", "stack", "up", "--budget", "quick", "--split-ks", "2",
+        "--mode", "split:2", "--cameras", "2", "--video", "none", "--secrets", str(secrets),
+        "--registry", str(registry), "--run-dir", str(run_dir), "--edge-port", "0",
+        "--cloud-port", "0", "--no-prometheus", "--interval", "2",
+    ]  # fmt: skip
+    up = subprocess.Popen(command, stdout=console.open("w"), stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(
+            lambda: (
+                any(n > 0 for n in _results_lines(console.read_text())) or up.poll() is not None
+            ),
+            240,
+            "results flowing",
+        )
+        assert up.poll() is None, console.read_text()[-3000:]
+        cloud = _pid_of("-m stack cloud", str(run_dir))
+        assert cloud is not None
+        os.kill(cloud, signal.SIGKILL)
+        wait_for(lambda: "cloud exited with -9: restarted" in console.read_text(), 30, "a restart")
+        before = max(_results_lines(console.read_text()))
+        wait_for(lambda: max(_results_lines(console.read_text())) > before, 120, "results after it")
+        assert "cloud running (restarted after exit -9)" in console.read_text()
+        up.send_signal(signal.SIGTERM)  # the Ctrl-C path
+        up.wait(120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    text = console.read_text()
+    assert up.returncode == 0, text[-3000:]
+    totals = _results_lines(text)
+    assert totals == sorted(totals), totals  # never backwards across the restart
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_status"] == 0 and summary["error"] is None
+    assert summary["health"]["cloud"]["restarts"] == 1
+    assert summary["results"] == totals[-1]
+    # Routine lines stay in the log files; the console has the summaries and the events.
+    assert "Listening on" not in text and "cloud consumer" not in text
+    assert (run_dir / "cloud.log").read_text().count("cloud consumer cloud-c0: metrics") == 2
+    assert _survivors(str(run_dir)) == []
+
+    # A failure exit writes it too: the cloud broker's port is taken.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        failed = subprocess.run(
+            [*command[:-5], "--cloud-port", str(busy), "--no-prometheus"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert failed.returncode == 2, failed.stderr
+    assert f"port {busy}" in failed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_status"] == 2 and f"port {busy}" in summary["error"]
