@@ -80,6 +80,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--group", default="cloud", help="shared-subscription group")
     parser.add_argument(
+        "--push-site",
+        action="append",
+        default=[],
+        metavar="SITE",
+        help="a site whose gateways get the models (repeatable; default: --site; needed "
+        "when --site is + and the cloud serves every site)",
+    )
+    parser.add_argument(
         "--id",
         dest="cloud_id",
         default="cloud",
@@ -166,6 +174,7 @@ async def _serve(args: argparse.Namespace) -> int:
         registry=_registry_path(args),
         secrets=Secrets(args.secrets or default_secrets_dir()),
         site=args.site,
+        push_sites=tuple(args.push_site) or (() if args.site == wire.ANY_SITE else (args.site,)),
         group=args.group,
         cloud_id=args.cloud_id,
         consumers=args.consumers,

@@ -304,6 +304,7 @@ class Planner:
         self.client_id = client_id
         self._announce = announce
         self._statuses: dict[str, dict[int, wire.Status]] = {}
+        self._sites: dict[str, str] = {}  # gateway -> the site its statuses come from
         self._planned: dict[str, tuple[str, float]] = {}  # gateway -> (mode, monotonic time)
         self.decisions: dict[str, Decision] = {}
         self._session: MqttSession | None = None
@@ -361,6 +362,7 @@ class Planner:
         except wire.WireError as exc:
             log.warning("ignored a status on %s: %s", message.topic, exc)
             return
+        self._sites[status.gateway_id] = wire.topic_level(str(message.topic), 2)
         try:
             decision = self.observe(status)
         except (ValueError, KeyError) as exc:  # no usable profile in the registry yet
@@ -379,8 +381,9 @@ class Planner:
             decision.bandwidth,
         )  # fmt: skip
         try:
+            site = self._sites.get(decision.gateway_id, self.topics.site)
             await self._session.publish(
-                self.topics.plan(decision.gateway_id),
+                wire.Topics(site).plan(decision.gateway_id),
                 wire.encode(self.plan_message(decision)),
                 qos=1,
                 retain=True,

@@ -45,7 +45,8 @@ class CloudSettings:
     broker: BrokerConfig
     registry: Path
     secrets: Secrets
-    site: str = wire.DEFAULT_SITE
+    site: str = wire.DEFAULT_SITE  # "+": every site on the broker
+    push_sites: tuple[str, ...] = ()  # where the models go; () with one site: that site
     group: str = "cloud"
     # This process's name in the group: its MQTT client ids derive from it (never the pid),
     # so a restarted process resumes its own sessions. Two processes of one group need two.
@@ -140,9 +141,13 @@ class CloudService:
                 self.registry.deployment(entry.name, entry.version, key)
                 for entry in deployable(self.registry, settings.split_ks)
             ]
-            await push_deployments(
-                settings.broker, settings.site, deployments, client_id=f"{settings.cloud_id}-push"
-            )
+            sites = settings.push_sites or (settings.site,)
+            if wire.ANY_SITE in sites:
+                raise ValueError("a cloud serving every site (+) pushes to named sites only")
+            for site in sites:
+                await push_deployments(
+                    settings.broker, site, deployments, client_id=f"{settings.cloud_id}-push"
+                )
             self._announce(
                 "pushed " + ", ".join(f"{model.mode} {model.version}" for model in deployments)
             )
