@@ -36,10 +36,11 @@ from cameras.mqtt_link import MqttLink
 from cameras.scene import FrameSource
 from cameras.sources import parse_source
 from cameras.transport import FrameLink, LinkFactory
+from edgelearn.coap_security import camera_context
 from edgelearn.config import BrokerConfig, ConfigError, parse_address
 from edgelearn.datasets import DatasetError
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
-from edgelearn.secrets import SecretsError, default_secrets_dir
+from edgelearn.secrets import Secrets, SecretsError, default_secrets_dir, default_state_dir
 from edgelearn.wire import DEFAULT_SITE, Topics, WireError
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "720p) or coap://HOST:PORT/frames (UDP block-wise; use --bitrate) "
         "(default coap+tcp://127.0.0.1:5683/frames)",
     )
+    parser.add_argument(
+        "--coap-insecure",
+        action="store_true",
+        help="INSECURE: post plain CoAP, without the camera's OSCORE credentials (only a "
+        "gateway started with --coap-insecure accepts it)",
+    )
     network.add_argument(
         "--metrics-port",
         type=int,
@@ -220,8 +227,17 @@ def _link_factory(args: argparse.Namespace) -> LinkFactory:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
+        secrets = Secrets(args.secrets or default_secrets_dir())
+        state = (args.secrets.parent if args.secrets else default_state_dir()) / "oscore"
+        if not args.coap_insecure:  # a missing user fails before any camera starts
+            for camera_id in camera_ids(args.camera_prefix, args.first_camera, args.cameras):
+                secrets.password(camera_id)
+
         def coap(camera_id: str) -> FrameLink:
-            return CoapLink(camera_id, uri)
+            if args.coap_insecure:
+                return CoapLink(camera_id, uri)
+            security = camera_context(secrets, state / "camera", camera_id)
+            return CoapLink(camera_id, uri, security=security)
 
         return coap
     host, port = parse_address(args.broker)

@@ -62,7 +62,10 @@ def check_uri(uri: str) -> str:
 
 class CoapLink:
     """One camera's CoAP endpoint. ``context`` shares one aiocoap client context between
-    cameras (the fleet does that); without it the link makes and closes its own."""
+    cameras; without it the link makes and closes its own. ``security`` is the camera's
+    OSCORE context (:func:`edgelearn.coap_security.camera_context`): every POST is protected
+    with it, and the gateway knows the camera by it. Without it the POSTs are plain, which
+    only a gateway started with ``--coap-insecure`` accepts."""
 
     def __init__(
         self,
@@ -70,11 +73,15 @@ class CoapLink:
         uri: str,
         *,
         context: Any = None,
+        security: Any = None,
         timeout: float = 10.0,
     ) -> None:
         self.camera_id = camera_id
         self.uri = check_uri(uri)
         self.timeout = timeout
+        self.security = security
+        if security is not None and context is not None:
+            raise ValueError("an OSCORE camera needs a client context of its own")
         self._context = context
         self._owns_context = context is None
         self._tag = 0
@@ -130,6 +137,9 @@ class CoapLink:
                     reason="unreachable",
                     camera_id=self.camera_id,
                 ) from exc
+            if self.security is not None:  # every request to that endpoint is protected
+                endpoint = self.uri.rsplit("/", 1)[0]
+                self._context.client_credentials[f"{endpoint}/*"] = self.security
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

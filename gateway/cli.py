@@ -37,6 +37,7 @@ from gateway import dispatch
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatcher
+from gateway.metrics import UNKNOWN_CAMERA
 
 log = logging.getLogger(__name__)
 RESTARTS_PER_MINUTE = 5
@@ -136,6 +137,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "0 picks a free port, -1 (default) disables it",
     )
     parser.add_argument(
+        "--coap-insecure",
+        action="store_true",
+        default=None,
+        help="INSECURE: accept CoAP posts without the camera's OSCORE credentials; anyone "
+        "who reaches the port can post frames as any camera",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -191,6 +199,7 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "outbox_max_mb",
             "outbox_policy",
             "coap_port",
+            "coap_insecure",
             "uplink_kbps",
             "status_interval",
         )
@@ -303,11 +312,11 @@ class _Pool:
         self.verbosity = logging.getLogger().getEffectiveLevel()
 
     @staticmethod
-    def _moved(camera: str, old: int | None, new: int) -> None:
-        if old is None:
-            log.info("camera %s: worker %d", camera, new)
+    def _moved(camera: str, old: int | None, new: int, why: str) -> None:
+        if why == "failover":
+            log.warning("camera %s: worker %s is down, moved to worker %d", camera, old, new)
         else:
-            log.warning("camera %s: moved from worker %d to worker %d", camera, old, new)
+            log.info("camera %s: worker %d (%s)", camera, new, why)
 
     def start(self, slot: int) -> None:
         ours, theirs = self.context.Pipe(duplex=True)
@@ -382,12 +391,16 @@ async def _supervise(pool: _Pool) -> int:
             bytes(payload) if isinstance(payload, bytes | bytearray) else b"",
         )
 
-    def on_post(payload: bytes) -> str | None:
+    def on_post(payload: bytes, camera: str | None) -> str | None:
+        """A CoAP post, from ``camera`` as it authenticated (None: insecure endpoint)."""
         try:
             frame = wire.decode_as(payload, wire.Frame)
         except wire.WireError as exc:
             dispatcher.refused(payload, "coap")  # a worker counts it with its exact reason
             return exc.reason
+        if camera is not None and frame.camera_id != camera:
+            dispatcher.count(camera, "coap", "camera_mismatch")
+            return "camera_mismatch"
         dispatcher.dispatch(frame.camera_id, "coap", payload)
         return None
 
@@ -417,7 +430,13 @@ async def _supervise(pool: _Pool) -> int:
                 ingesting = True
                 await stack.enter_async_context(session)
                 if config.coap_port >= 0:
-                    endpoint = CoapEndpoint(on_post, config.coap_host, config.coap_port)
+                    endpoint = CoapEndpoint(
+                        on_post,
+                        config.coap_host,
+                        config.coap_port,
+                        credentials=config.coap_credentials(),
+                        on_refused=lambda reason: dispatcher.count(UNKNOWN_CAMERA, "coap", reason),
+                    )
                     await stack.enter_async_context(endpoint)
                     print(
                         f"gateway {config.gateway_id}: CoAP on udp/tcp port {endpoint.port}",

@@ -5,9 +5,14 @@ Where it sits in the flow of a frame::
     camera --CoAP POST /frames--> FrameResource --> the gateway's ingest (the one MQTT uses)
 
 * The body is exactly the bytes a camera publishes over MQTT. The resource hands it to an
-  ``ingest`` callable, which returns ``None`` when it took the frame (``2.04 Changed``) or the
-  reason it refused it (``4.00 Bad Request`` with the reason as diagnostic payload). A bad
-  envelope is a counted drop, never a crash.
+  ``ingest`` callable with the camera the poster authenticated as; ``ingest`` returns ``None``
+  when it took the frame (``2.04 Changed``) or the reason it refused it (``4.00 Bad Request``
+  with the reason as diagnostic payload). A bad envelope is a counted drop, never a crash.
+* Cameras authenticate with OSCORE (:mod:`edgelearn.coap_security` says why): with
+  ``credentials``, the site is wrapped so protected requests are unprotected with the
+  camera's context, and a request that is not protected is refused (``4.01 Unauthorized``,
+  reason ``unauthenticated``, counted through ``ingest``). Without credentials (the gateway's
+  ``--coap-insecure``) anyone who reaches the port can post as any camera.
 * Block-wise uploads (UDP, 1024-byte blocks) are reassembled by aiocoap before
   :meth:`FrameResource.render_post` sees them; over ``coap+tcp`` a frame arrives as one
   message (aiocoap advertises a 1 MiB Max-Message-Size in its CSM).
@@ -28,11 +33,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import aiocoap
 import aiocoap.resource
 
+from edgelearn.coap_security import authenticated_camera
 from edgelearn.ports import free_port
 from edgelearn.wire import Frame, WireError, decode_as
 
@@ -40,19 +46,34 @@ log = logging.getLogger(__name__)
 
 FRAMES_PATH = ("frames",)
 
-Ingest = Callable[[bytes], str | None]
-"""Takes one posted body; returns ``None`` if the frame was taken, else why it was not."""
+Ingest = Callable[[bytes, str | None], str | None]
+"""Takes one posted body and the camera its poster authenticated as (None on an insecure
+endpoint); returns ``None`` if the frame was taken, else why it was not."""
+UNAUTHENTICATED: Final = "unauthenticated"
 
 
 class FrameResource(aiocoap.resource.Resource):  # type: ignore[misc]
-    """``POST`` a Frame envelope; ``ingest`` runs on the event loop, so keep it cheap."""
+    """``POST`` a Frame envelope; ``ingest`` runs on the event loop, so keep it cheap. With
+    ``secure``, an unprotected request is refused and reported to ``on_refused``."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        *,
+        secure: bool = False,
+        on_refused: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         super().__init__()
         self._ingest = ingest
+        self._secure = secure
+        self._on_refused = on_refused
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
-        reason = self._ingest(request.payload)
+        camera = authenticated_camera(request) if self._secure else None
+        if self._secure and camera is None:
+            self._on_refused(UNAUTHENTICATED)
+            return aiocoap.Message(code=aiocoap.UNAUTHORIZED, payload=UNAUTHENTICATED.encode())
+        reason = self._ingest(request.payload, camera)
         if reason is not None:
             return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=reason.encode())
         return aiocoap.Message(code=aiocoap.CHANGED)
@@ -69,7 +90,7 @@ class FrameCounter:
         self.received_bytes = 0
         self.rejected: Counter[str] = Counter()
 
-    def __call__(self, payload: bytes) -> str | None:
+    def __call__(self, payload: bytes, camera: str | None = None) -> str | None:
         try:
             frame = decode_as(payload, Frame)
         except WireError as exc:
@@ -86,7 +107,9 @@ class FrameCounter:
 class CoapEndpoint:
     """Serves :class:`FrameResource` at ``/frames`` over UDP and TCP on ``host:port``.
 
-    ``port=0`` picks a free port; :meth:`uri` gives the URI cameras POST to.
+    ``port=0`` picks a free port; :meth:`uri` gives the URI cameras POST to. ``credentials``
+    (:func:`edgelearn.coap_security.gateway_credentials`) makes it accept OSCORE-protected
+    posts only; None serves anyone (insecure).
     """
 
     def __init__(
@@ -95,12 +118,15 @@ class CoapEndpoint:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        credentials: Any = None,
+        on_refused: Callable[[str], None] = lambda reason: None,
         transports: Sequence[str] = ("udp6", "tcpserver"),
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.transports = list(transports)
-        self.resource = FrameResource(ingest)
+        self.credentials = credentials
+        self.resource = FrameResource(ingest, secure=credentials is not None, on_refused=on_refused)
         self._context: Any = None
 
     def uri(self, scheme: str = "coap") -> str:
@@ -108,8 +134,12 @@ class CoapEndpoint:
         return f"{scheme}://{self.host}:{self.port}/{'/'.join(FRAMES_PATH)}"
 
     async def __aenter__(self) -> Self:
-        site = aiocoap.resource.Site()
+        site: Any = aiocoap.resource.Site()
         site.add_resource(FRAMES_PATH, self.resource)
+        if self.credentials is not None:
+            from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+            site = OscoreSiteWrapper(site, self.credentials)
         self._context = await aiocoap.Context.create_server_context(
             site, bind=(self.host, self.port), transports=self.transports
         )

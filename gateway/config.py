@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
@@ -31,6 +32,7 @@ class GatewayConfig:
     keyframe_max_interval: int = 45
     keyframe_motion_interval: int = 1
     queue_depth: int = 2  # frames per camera; the newest wins
+    max_frame_mb: float = 4.0  # a larger frame envelope is refused (oversize), undecoded
     stale_after: float = 2.0  # seconds a frame may wait for a worker
     max_inflight: int = 64  # QoS 1 publishes awaiting their PUBACK
     max_pending: int = 1024  # features queued for their first send (more wait in the outbox)
@@ -45,6 +47,8 @@ class GatewayConfig:
     feature_codec: str = "zstd"
     coap_port: int = -1  # -1: no CoAP endpoint; 0: a free port
     coap_host: str = "127.0.0.1"
+    # Accept CoAP posts without OSCORE: anyone who reaches the port posts as any camera.
+    coap_insecure: bool = False
     metrics_port: int = 0  # 0: a free port (printed at start)
     metrics_host: str = "127.0.0.1"
     status_interval: float = 5.0
@@ -98,13 +102,25 @@ class GatewayConfig:
         """Stable per slot: a restarted worker takes over its session and its outbox."""
         return f"{self.gateway_id}-w{self.worker}"
 
+    def state_dir(self) -> Path:
+        """Beside the secrets, or the host's state directory."""
+        return self.secrets.parent if self.secrets else default_state_dir()
+
+    def coap_credentials(self) -> Any:
+        """The cameras' OSCORE contexts for this gateway; None when CoAP is insecure."""
+        if self.coap_insecure:
+            return None
+        from edgelearn.coap_security import gateway_credentials
+        from edgelearn.secrets import Secrets, default_secrets_dir
+
+        folder = self.state_dir() / "oscore" / f"gateway-{self.site}-{self.gateway_id}"
+        return gateway_credentials(Secrets(self.secrets or default_secrets_dir()), folder)
+
     @property
     def outbox_path(self) -> Path | None:
         """This worker's outbox file; None keeps it in memory."""
         if self.outbox == OUTBOX_IN_MEMORY:
             return None
-        if self.outbox:
-            folder = Path(self.outbox)
-        else:  # beside the secrets, in the host's state directory
-            folder = (self.secrets.parent if self.secrets else default_state_dir()) / "outbox"
+        # Default: beside the secrets, in the host's state directory.
+        folder = Path(self.outbox) if self.outbox else self.state_dir() / "outbox"
         return folder / f"{self.site}-{self.client_id}.sqlite"

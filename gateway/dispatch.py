@@ -95,11 +95,14 @@ class _Feed:
 class Dispatcher:
     """Assigns each camera to one live worker and hands it that camera's frames."""
 
-    def __init__(self, *, on_move: Callable[[str, int | None, int], None] | None = None) -> None:
+    def __init__(
+        self, *, on_move: Callable[[str, int | None, int, str], None] | None = None
+    ) -> None:
         self.assignment: dict[str, int] = {}
         self._feeds: dict[int, _Feed] = {}
         self._unreported: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self._on_move = on_move or (lambda camera, old, new: None)
+        # (camera, old worker or None, new worker, why: "new", "rebalance" or "failover")
+        self._on_move = on_move or (lambda camera, old, new, why: None)
 
     @property
     def live(self) -> list[int]:
@@ -117,10 +120,10 @@ class Dispatcher:
         load = self.load()
         return min(self._feeds, key=lambda slot: (len(load[slot]), slot))
 
-    def _assign(self, camera: str, slot: int) -> None:
+    def _assign(self, camera: str, slot: int, why: str) -> None:
         old = self.assignment.get(camera)
         self.assignment[camera] = slot
-        self._on_move(camera, old, slot)
+        self._on_move(camera, old, slot, why)
 
     def dispatch(self, camera: str, transport: str, payload: bytes) -> bool:
         """Hand one frame to its camera's worker; False if it was dropped (counted)."""
@@ -130,7 +133,7 @@ class Dispatcher:
             if slot is None:
                 self._unreported[(camera, transport, "no_worker")] += 1
                 return False
-            self._assign(camera, slot)
+            self._assign(camera, slot, "new")
         if self._feeds[slot].frame(camera, transport, payload):
             return True
         self._unreported[(camera, transport, "worker_busy")] += 1
@@ -142,6 +145,10 @@ class Dispatcher:
         if slot is None or not self._feeds[slot].frame(None, transport, payload):
             self._unreported[(UNKNOWN_CAMERA, transport, "no_worker")] += 1
 
+    def count(self, camera: str, transport: str, reason: str) -> None:
+        """A frame refused here (a CoAP post without credentials or from another camera)."""
+        self._unreported[(camera, transport, reason)] += 1
+
     def worker_up(self, slot: int, connection: Connection) -> None:
         """A worker is ready: feed it, and balance the cameras again."""
         if slot in self._feeds:
@@ -152,20 +159,20 @@ class Dispatcher:
             busiest = max(load, key=lambda s: (len(load[s]), -s))
             if len(load[busiest]) - len(load[slot]) <= 1:
                 break
-            self._assign(sorted(load[busiest])[-1], slot)
+            self._assign(sorted(load[busiest])[-1], slot, "rebalance")
 
-    def worker_down(self, slot: int) -> None:
+    def worker_down(self, slot: int, *, reassign: bool = True) -> None:
         """A worker died or stopped: its cameras go to the survivors, least loaded first."""
         feed = self._feeds.pop(slot, None)
         if feed is not None:
             for (camera, transport), count in feed.close().items():
                 self._unreported[(camera, transport, "no_worker")] += count
         for camera in sorted(c for c, s in self.assignment.items() if s == slot):
-            target = self._least_loaded()
+            target = self._least_loaded() if reassign else None
             if target is None:
                 del self.assignment[camera]
                 continue
-            self._assign(camera, target)
+            self._assign(camera, target, "failover")
 
     def report_drops(self) -> None:
         """Send what was dropped here to a live worker, which counts it as its own."""
@@ -176,5 +183,6 @@ class Dispatcher:
         self._unreported.clear()
 
     def close(self) -> None:
+        """The pool stops: feeds closed, nothing moved."""
         for slot in list(self._feeds):
-            self.worker_down(slot)
+            self.worker_down(slot, reassign=False)

@@ -42,6 +42,7 @@ from gateway.outbox import Outbox
 # a bounded set, all literals in wire.py.
 DROP_REASONS: Final = (
     "camera_mismatch",  # the envelope names another camera than the credential it came with
+    "oversize",  # a frame envelope over the gateway's max_frame_mb, refused undecoded
     "unauthenticated",  # a CoAP post without a camera's credentials
     "worker_busy",  # the worker a camera is assigned to has a full inbox (pools only)
     "no_worker",  # every worker of the pool is down

@@ -256,6 +256,8 @@ class GatewayWorker:
     def ingest(self, payload: bytes, transport: str, topic_camera: str | None) -> str | None:
         """Take one frame envelope; returns the drop reason if it was rejected."""
         try:
+            if len(payload) > self.config.max_frame_mb * 2**20:
+                raise wire.WireError("oversize", f"{len(payload)} bytes")
             frame = wire.decode_as(payload, wire.Frame)
             if topic_camera is not None and frame.camera_id != topic_camera:
                 raise wire.WireError("camera_mismatch", f"{frame.camera_id} on {topic_camera}")
@@ -304,6 +306,12 @@ class GatewayWorker:
             self._peers.warning(
                 "dispatcher", reason, "the pool dropped %d frames of %s: %s", count, camera, reason
             )
+
+    def refused(self, transport: str, reason: str, camera: str = UNKNOWN_CAMERA) -> None:
+        """A frame refused before its envelope was read (unauthenticated CoAP)."""
+        self.metrics.received.labels(camera, transport).inc()
+        self._count_drop(camera, reason)
+        self._peers.warning(camera, reason, "refused a %s frame: %s", transport, reason)
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
@@ -640,9 +648,11 @@ class GatewayWorker:
 
     async def _start_coap(self) -> None:
         endpoint = CoapEndpoint(
-            lambda payload: self.ingest(payload, "coap", None),
+            lambda payload, camera: self.ingest(payload, "coap", camera),
             self.config.coap_host,
             self.config.coap_port,
+            credentials=self.config.coap_credentials(),
+            on_refused=lambda reason: self.refused("coap", reason),
         )
         self._coap = await endpoint.__aenter__()
         self.coap_port = endpoint.port

@@ -4,8 +4,6 @@ deployment and refusal, bad input, exact frame accounting, CoAP from libcoap's c
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -227,31 +225,3 @@ def test_status_is_retained_and_marks_the_worker_offline_on_exit(
         10,
         "the offline status",
     )
-
-
-@pytest.mark.skipif(shutil.which("coap-client-notls") is None, reason="libcoap3-bin missing")
-def test_libcoap_client_posts_a_frame_to_the_gateway(
-    broker: BrokerUnderTest, mqtt_probe: Probe, site: str, tmp_path: Path
-) -> None:
-    topics = wire.Topics(site)
-    cloud = mqtt_probe("cloud")
-    cloud.subscribe(topics.all_features())
-    frame = scene_frames("cam-9", 1)[0]
-    envelope = tmp_path / "frame.bin"
-    envelope.write_bytes(wire.encode(frame))
-    with run_gateway(broker, site=site, gateway_id="gw-1", mode="raw", coap_port=0) as gateway:
-        uri = f"coap://127.0.0.1:{gateway.worker.coap_port}/frames"
-        done = subprocess.run(
-            ["coap-client-notls", "-m", "post", "-b", "1024", "-f", str(envelope), uri],
-            capture_output=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        wait_for(lambda: len(cloud.payloads()) == 1, 30, "the CoAP frame forwarded")
-        assert (
-            gateway.sample(
-                "edgelearn_gateway_frames_received_total", camera="cam-9", transport="coap"
-            )
-            == 1
-        )
-        assert _features(cloud)[0].payload == frame.payload
