@@ -132,6 +132,7 @@ BENCHMARKS: dict[str, str] = {
     "papers": "bench.papers",
     "cameras": "bench.cameras",
     "schedule": "bench.schedule",
+    "faults": "bench.faults",
 }
 
 
@@ -327,12 +328,21 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="a short run (a minute or a few) for CI"
     )
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=0.0,
+        help="faults only: repeat the faults this long and report the RSS growth",
+    )
 
 
 def main_bench(args: argparse.Namespace) -> int:
+    if args.soak_minutes and args.part != "faults":
+        raise ConfigError("--soak-minutes is for `bench faults` only")
     module = importlib.import_module(BENCHMARKS[args.part])
     started = time.perf_counter()
-    results: dict[str, Any] = module.run(quick=args.quick)
+    extra = {"soak_minutes": args.soak_minutes} if args.soak_minutes else {}
+    results: dict[str, Any] = module.run(quick=args.quick, **extra)
     results.setdefault("elapsed_seconds", round(time.perf_counter() - started, 2))
     results.setdefault("machine", machine_info())
     text = json.dumps(results, indent=2, sort_keys=True, default=str)

@@ -104,6 +104,8 @@ def notable(line: str) -> bool:
     TensorFlow's retracing warnings (the child's log file has everything)."""
     if line.startswith(("WARNING:tensorflow", "I0000", "W0000", "WARNING: All log")):
         return False
+    if " WARNING tensorflow:" in line:  # retracing and other training chatter
+        return False
     if "level=" in line:  # Prometheus's logfmt
         return "level=error" in line.lower() or "level=warn" in line.lower()
     return any(
@@ -221,6 +223,10 @@ class StackSettings:
     camera_users: int = 0  # camera users to ensure beyond the stack's own cameras
     sites: int = 1  # edge sites, each with its broker, gateway pool and cameras
     consumers: int = 2  # cloud consumers in one shared-subscription group
+    # Where the edge brokers' bridges reach the cloud broker, when not directly (a WAN link,
+    # a relay: ``bench faults`` cuts the bridge there). None: the cloud broker itself.
+    bridge_address: tuple[str, int] | None = None
+    gateway_outbox_mb: float | None = None  # None: the gateway's default
     echo: bool = True
 
     def __post_init__(self) -> None:
@@ -440,7 +446,9 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
                     tls_port=0,
                     run_dir=run_dir / part_name,
                     bridge=broker.Bridge(
-                        "127.0.0.1", cloud_broker.port, name=f"{name}-to-cloud", site=name
+                        *(settings.bridge_address or ("127.0.0.1", cloud_broker.port)),
+                        name=f"{name}-to-cloud",
+                        site=name,
                     ),
                 ),
             )
@@ -487,6 +495,7 @@ def _start_cloud(
         settings.site if settings.sites == 1 else wire.ANY_SITE,
         "--consumers",
         str(settings.consumers),
+        *[f"--push-site={site}" for site in settings.site_names()],
         "--budget",
         settings.budget,
         "--split-ks",
@@ -539,6 +548,11 @@ def start_gateway(
         *(
             ["--queue-depth", str(settings.gateway_queue_depth)]
             if settings.gateway_queue_depth
+            else []
+        ),
+        *(
+            ["--outbox-max-mb", str(settings.gateway_outbox_mb)]
+            if settings.gateway_outbox_mb
             else []
         ),
     )
