@@ -55,7 +55,7 @@ from bench.common import bench_registry, close_client, mqtt_client, poll_until, 
 from cloud.feature_store import FILE_NAME
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
-from edgelearn.metrics import machine_info, parse_samples
+from edgelearn.metrics import fetch, machine_info, parse_samples
 from edgelearn.modes import Mode
 from edgelearn.ports import free_port
 from stack.launcher import RunningStack, Site, StackSettings, launch
@@ -276,7 +276,7 @@ class FaultBench:
         self.relay = relay
         self.budget = budget
         self.ledger = Ledger(store / FILE_NAME)
-        self.totals = CounterTotals(_fetch)
+        self.totals = CounterTotals(fetch)
         secrets = stack.secrets.directory
         self.watches = [
             EdgeWatch(
@@ -588,7 +588,7 @@ class FaultBench:
 
 
 def _scrape_total(url: str, name: str, **match: str) -> float:
-    text = _fetch(url)
+    text = fetch(url)
     return 0.0 if text is None else parse_samples(text).total(name, **match)
 
 
@@ -598,18 +598,8 @@ def _warnings(log_file: Path) -> int:
     return sum(" WARNING " in line for line in log_file.read_text(errors="replace").splitlines())
 
 
-def _fetch(url: str) -> str | None:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return str(response.read().decode())
-    except OSError:
-        return None
-
-
 @contextlib.contextmanager
-def _stack(work: Path, quick: bool) -> Iterator[tuple[RunningStack, Relay]]:
+def _stack(work: Path) -> Iterator[tuple[RunningStack, Relay]]:
     registry = work / "registry"
     source, _ = bench_registry((2,))
     shutil.copytree(source.root, registry)
@@ -646,7 +636,7 @@ def run(quick: bool, soak_minutes: float = 0.0) -> dict[str, Any]:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgelearn-bench-faults-{os.getpid()}"
     work.mkdir(parents=True)
     try:
-        with _stack(work, quick) as (stack, relay):
+        with _stack(work) as (stack, relay):
             bench = FaultBench(stack, relay, budget, work / "run" / "features")
             try:
                 bench.wait_flowing()

@@ -130,15 +130,22 @@ def parse_samples(text: str) -> Samples:
     )
 
 
+def fetch(url: str, timeout: float = 2.0) -> str | None:
+    """The text of one ``/metrics`` endpoint; None if it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
 def scrape(urls: Iterable[str], timeout: float = 5.0) -> Samples:
     """Every sample of every endpoint in ``urls``, concatenated."""
     rows: list[tuple[str, Labels, float]] = []
     unreachable: list[str] = []
     for url in urls:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                text = response.read().decode()
-        except OSError:
+        text = fetch(url, timeout)
+        if text is None:
             unreachable.append(url)
             continue
         rows += parse_samples(text).rows

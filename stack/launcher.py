@@ -35,12 +35,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgelearn import wire
+from edgelearn.metrics import fetch
 from edgelearn.modes import Mode
 from edgelearn.ports import free_port, port_in_use
 from edgelearn.secrets import Secrets, default_secrets_dir
@@ -87,15 +87,7 @@ class Child:
         self.owner.run(self, append=True)
 
     def responsive(self) -> bool:
-        return not self.metrics_urls or all(_answers(url) for url in self.metrics_urls)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0):
-            return True
-    except OSError:
-        return False
+        return all(fetch(url) is not None for url in self.metrics_urls)
 
 
 def notable(line: str) -> bool:

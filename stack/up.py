@@ -19,13 +19,12 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from edgelearn import wire
 from edgelearn.config import ConfigError
-from edgelearn.metrics import Samples
+from edgelearn.metrics import Samples, fetch
 from edgelearn.modes import ModeError
 from stack import broker
 from stack.launcher import SAMPLE_VIDEO, RunningStack, StackError, StackSettings, launch
@@ -288,14 +287,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 SUPERVISE_PERIOD = 1.0  # seconds between two checks of every part
 
 
-def _fetch(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return str(response.read().decode())
-    except OSError:
-        return None
-
-
 def _watch_progress(
     stack: RunningStack, supervisor: Supervisor, latest: dict[str, Samples]
 ) -> None:
@@ -375,7 +366,7 @@ def _run(args: argparse.Namespace, stop: threading.Event, summary: dict[str, Any
         urls = stack.metrics_urls
         for url in urls:
             print(f"  metrics       {url}")
-        totals = CounterTotals(_fetch)
+        totals = CounterTotals(fetch)
         latest: dict[str, Samples] = {}
 
         def restarted(part: object) -> None:

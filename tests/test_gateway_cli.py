@@ -5,6 +5,7 @@ move to the survivor."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -19,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import scene_frames
+from cameras.coap_link import CoapLink
 from edgelearn import wire
+from edgelearn.coap_security import camera_context
 from edgelearn.metrics import scrape
 from edgelearn.ports import free_port
 from stack.launcher import edgelearn_command
@@ -129,6 +132,7 @@ def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
     publishers = {camera: mqtt_probe(camera) for camera in cameras}
     topics = wire.Topics(site)
     port = _two_free_ports()
+    coap_port = free_port()
     pool = subprocess.Popen(
         [
             *edgelearn_command(),
@@ -149,6 +153,8 @@ def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
             "memory",
             "--metrics-port",
             str(port),
+            "--coap-port",
+            str(coap_port),
         ],
         stdin=subprocess.DEVNULL,
         stdout=(tmp_path / "pool.log").open("w"),
@@ -200,6 +206,15 @@ def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
         for slot in (0, 1):
             samples = scrape([f"http://127.0.0.1:{port + slot}/metrics"])
             assert samples.total("edgelearn_gateway_frames_out_of_order_total") == 0, slot
+        # A new camera, over CoAP (the pool's endpoint, OSCORE): taken by one worker, no restart.
+        security = camera_context(broker.secrets, tmp_path / "camera-state", "cam-5")
+        newcomer = scene_frames("cam-5", 1)[0]
+        asyncio.run(_post(f"coap+tcp://127.0.0.1:{coap_port}/frames", newcomer, security))
+        wait_for(
+            lambda: sorted(_coap_count(port + s, "cam-5") for s in (0, 1)) == [0, 1],
+            10,
+            "the new camera's CoAP frame at one worker",
+        )
     finally:
         stop.set()
         publisher.join(5)
@@ -208,6 +223,17 @@ def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
     assert pool.returncode == 0, (tmp_path / "pool.log").read_text()
     log_text = (tmp_path / "pool.log").read_text()
     assert "exited with -9; restarting" in log_text, log_text
+
+
+async def _post(uri: str, frame: wire.Frame, security: object) -> None:
+    async with CoapLink(frame.camera_id, uri, security=security, timeout=20) as link:
+        await link.send(wire.encode(frame))
+
+
+def _coap_count(port: int, camera: str) -> float:
+    return scrape([f"http://127.0.0.1:{port}/metrics"]).total(
+        "edgelearn_gateway_frames_received_total", camera=camera, transport="coap"
+    )
 
 
 def _ready(port: int) -> bool:
