@@ -670,11 +670,18 @@ def gateway_detail() -> dict[str, Any]:
                     "sum by (gateway, camera, reason) (rate(edgelearn_gateway_frames_dropped_total"
                     f"{{{GW}, {CAM}}}[{RATE}]))",
                     "{{gateway}} {{camera}} {{reason}}",
-                )
+                ),
+                Query(
+                    "sum by (gateway, camera) (rate(edgelearn_gateway_frames_out_of_order_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{gateway}} {{camera}} out of order",
+                ),
             ],
             "Exact reasons: the envelope's (bad_magic, truncated, unknown_version, "
-            "too_long...), camera_mismatch, unauthenticated, undecodable, queue_full (newest "
-            "frame won), stale, worker_busy, no_worker, extract_failed, shutdown.",
+            "too_long...), oversize, camera_mismatch, unauthenticated, undecodable, queue_full "
+            "(newest frame won), stale, worker_busy, no_worker, extract_failed, shutdown. "
+            "Out of order (not a drop): frames older than one the worker already had from that "
+            "camera; a pool keeps each camera on one worker, so this stays at zero.",
             stacked=True,
             min=0,
         ),
