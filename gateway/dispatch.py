@@ -19,8 +19,9 @@ exact. The cost is one copy of each frame through a local pipe.
   supervisor notices a death within its 0.1 s period); :meth:`Dispatcher.worker_up` gives a
   worker that said it is ready its share back, moving cameras off the busiest workers until
   no two differ by more than one.
-* Each worker's feed is a bounded queue drained by a sender thread, so a stalled worker never
-  blocks the event loop. A frame that finds its worker's feed full is dropped as
+* Each worker's feed is a queue drained by a sender thread, so a stalled worker never blocks
+  the event loop, bounded per camera (``FEED_DEPTH``), so a camera flooding its topic fills
+  only its own share. A frame that finds its camera's share full is dropped as
   ``worker_busy``, one with no live worker as ``no_worker``. The dispatcher has no metrics of
   its own: it reports its drops to a live worker, which counts them with its own.
 * Envelopes are not parsed here, except a CoAP post, whose camera is read from it (after the
@@ -41,25 +42,30 @@ from gateway.metrics import UNKNOWN_CAMERA
 
 log = logging.getLogger(__name__)
 
-FEED_DEPTH = 64  # frames waiting for one worker's pipe; ~4 s of a 15 fps camera
+FEED_DEPTH = 16  # frames of one camera waiting for its worker's pipe; ~1 s at 15 fps
 FRAME, DROPS, READY = "frame", "drops", "ready"
 
 
 class _Feed:
-    """One worker's pipe, fed by a thread from an unbounded queue that :meth:`send` bounds
-    for frames only (drop reports always get through)."""
+    """One worker's pipe, fed by a thread from a queue that :meth:`frame` bounds per camera,
+    so a camera flooding its topic fills only its own share (drop reports always get
+    through)."""
 
     def __init__(self, slot: int, connection: Connection) -> None:
         self.slot = slot
         self.connection = connection
         self.queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.waiting: collections.Counter[str | None] = collections.Counter()
+        self._lock = threading.Lock()
         self.broken = False
         self._thread = threading.Thread(target=self._run, name=f"feed-{slot}", daemon=True)
         self._thread.start()
 
     def frame(self, camera: str | None, transport: str, payload: bytes) -> bool:
-        if self.broken or self.queue.qsize() >= FEED_DEPTH:
-            return False
+        with self._lock:
+            if self.broken or self.waiting[camera] >= FEED_DEPTH:
+                return False
+            self.waiting[camera] += 1
         self.queue.put((FRAME, camera, transport, payload))
         return True
 
@@ -73,6 +79,9 @@ class _Feed:
             except OSError:  # the worker died; the supervisor moves its cameras
                 self.broken = True
                 return
+            if message[0] == FRAME:
+                with self._lock:
+                    self.waiting[message[1]] -= 1
 
     def close(self) -> collections.Counter[tuple[str, str]]:
         """Stop the thread; returns the frames that were still waiting, by camera and
