@@ -192,16 +192,20 @@ class Outbox:
         after its backoff unless an ack comes first."""
         now = self._clock()
         with self._lock:
-            rows = self._db.execute(
-                "SELECT camera, seq, capture_ns, topic, payload, mode, attempts FROM outbox"
-                " WHERE due <= ? ORDER BY due LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            self._db.executemany(
-                f"UPDATE outbox SET attempts = attempts + 1, due = ? WHERE {_KEY}",
-                [(now + self._backoff(int(row[6])), *row[:3]) for row in rows],
-            )
-            self._db.commit()
+            try:
+                rows = self._db.execute(
+                    "SELECT camera, seq, capture_ns, topic, payload, mode, attempts FROM outbox"
+                    " WHERE due <= ? ORDER BY due LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+                self._db.executemany(
+                    f"UPDATE outbox SET attempts = attempts + 1, due = ? WHERE {_KEY}",
+                    [(now + self._backoff(int(row[6])), *row[:3]) for row in rows],
+                )
+                self._db.commit()
+            except sqlite3.Error as exc:  # not sent now; they stay due, on disk
+                self._db.rollback()
+                raise OutboxError(f"the outbox {self.path} refused a re-send: {exc}") from exc
         return [
             Pending(str(r[0]), int(r[1]), int(r[2]), str(r[3]), bytes(r[4]), str(r[5]), int(r[6]))
             for r in rows
@@ -213,8 +217,12 @@ class Outbox:
     def retry_now(self, capture: wire.Capture) -> None:
         """A send failed (no connection): due again as soon as there is one."""
         with self._lock:
-            self._db.execute(f"UPDATE outbox SET due = 0 WHERE {_KEY}", capture)
-            self._db.commit()
+            try:
+                self._db.execute(f"UPDATE outbox SET due = 0 WHERE {_KEY}", capture)
+                self._db.commit()
+            except sqlite3.Error as exc:  # it stays due at its backoff instead
+                self._db.rollback()
+                raise OutboxError(f"the outbox {self.path} refused a retry: {exc}") from exc
 
     def next_due(self) -> float | None:
         """When the earliest unacknowledged feature is due again (clock time), if any."""

@@ -339,8 +339,7 @@ class GatewayWorker:
             # Every worker of the pool reads the gateway's acks; each forgets what it holds.
             self.metrics.acked.inc(self.outbox.acknowledge(ack.entries()))
         except OutboxError as exc:
-            self.metrics.outbox_failures.inc()
-            self._peers.warning("outbox", "outbox_failed", "%s", exc)
+            self._outbox_failed(exc)
 
     # --- models and plans ----------------------------------------------------------------
 
@@ -449,8 +448,7 @@ class GatewayWorker:
         try:
             kept = self.outbox.put(wire.capture_of(envelope), topic, item.data, mode, sent=sending)
         except OutboxError as exc:
-            self.metrics.outbox_failures.inc()
-            self._peers.warning("outbox", "outbox_failed", "%s", exc)
+            self._outbox_failed(exc)
             if not sending:
                 self._count_feature_drop(camera, "outbox_failed")
             kept = sending  # sent once, unprotected: better than not at all
@@ -461,6 +459,10 @@ class GatewayWorker:
             return
         pending = Pending(*wire.capture_of(envelope), topic, item.data, mode, attempts=0)
         self._loop.call_soon_threadsafe(self._sends.put_nowait, pending)
+
+    def _outbox_failed(self, exc: OutboxError) -> None:
+        self.metrics.outbox_failures.inc()
+        self._peers.warning("outbox", "outbox_failed", "%s", exc)
 
     def _count_feature_drop(self, camera_id: str, reason: str) -> None:
         self.metrics.features_dropped.labels(camera_id, reason).inc()
@@ -491,7 +493,11 @@ class GatewayWorker:
         while True:
             await self._session.connected.wait()
             free = max(1, self._inflight._value)
-            batch = self.outbox.take_due(free)
+            try:
+                batch = self.outbox.take_due(free)
+            except OutboxError as exc:  # a full disk: nothing lost, tried again next tick
+                self._outbox_failed(exc)
+                batch = []
             for item in batch:
                 await self._inflight.acquire()
                 self._spawn(self._send(item, first=False), "publish")
@@ -508,7 +514,10 @@ class GatewayWorker:
         except NotConnected as exc:
             self.metrics.forward_failures.inc()
             log.info("uplink publish failed (%s); sending again once connected", exc)
-            self.outbox.retry_now(item.capture)
+            try:
+                self.outbox.retry_now(item.capture)
+            except OutboxError as error:  # sent again at its backoff instead
+                self._outbox_failed(error)
             return
         finally:
             self._inflight.release()

@@ -57,6 +57,7 @@ def test_bench_faults_quick_loses_nothing_and_recovers(
     assert faults["cloud_consumer_kill"]["restarts"] == {"cloud": 1}
     assert faults["gateway_worker_kill"]["restarts"] == {"gateway-site-1 workers": 1}
     assert faults["outbox_disk_full"]["counters"]["outbox_failures"] > 0
+    assert faults["outbox_disk_full"]["restarts"] == {}  # a full disk crashes no worker
     garbage = faults["garbage_and_oversize_frames"]
     dropped = {
         key.removeprefix("frames_dropped."): value
