@@ -26,6 +26,7 @@ shared subscriptions and the per-listener settings used here.
 from __future__ import annotations
 
 import base64
+import ctypes
 import datetime
 import getpass
 import hashlib
@@ -381,6 +382,12 @@ class RunningBroker:
         self.stop()
 
 
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)
+
+
 def _wait_listening(host: str, port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -435,6 +442,8 @@ def start_broker(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=detach,
+            # Ours unless detached: it ends with us, even if we are killed.
+            preexec_fn=None if detach else die_with_parent,
         )
         if _wait_listening(host, concrete.port, process, timeout) and _wait_listening(
             host, concrete.tls_port, process, timeout

@@ -16,15 +16,15 @@ this one::
 Each step waits until the one before is ready: a broker until it accepts connections, the
 gateway until the cloud printed ``pushed`` (its models are retained on the broker), the
 cameras until every gateway worker printed its ``metrics`` line. A child's output goes to
-``<run_dir>/<name>.log``, and to the console when ``echo`` is set. Children get SIGTERM when
-this process dies for any reason (Linux ``PR_SET_PDEATHSIG``), so nothing outlives it.
+``<run_dir>/<name>.log``, and to the console when ``echo`` is set. Children and brokers get
+SIGTERM when this process dies for any reason (Linux ``PR_SET_PDEATHSIG``), so nothing
+outlives it.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -56,11 +56,6 @@ KEPT_LINES = 200  # of each child's output, for error messages and waits
 class StackError(RuntimeError):
     """Something the user can fix: a port in use, a missing program or file, a child that
     exited while it was awaited."""
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -131,7 +126,7 @@ class ChildProcesses:
             text=True,
             bufsize=1,
             env=child.env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=broker.die_with_parent,
         )
         threading.Thread(
             target=self._pump,
