@@ -257,14 +257,20 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def gateway_workers(site: Site) -> list[int]:
-    assert site.gateway is not None
+def pool_workers(supervisor: int) -> list[int]:
+    """The worker processes of a gateway pool (its multiprocessing children, not helpers
+    such as the resource tracker), oldest first."""
     workers = []
-    for pid in _children_of(site.gateway.process.pid):
+    for pid in _children_of(supervisor):
         with contextlib.suppress(OSError):
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 workers.append(pid)
     return sorted(workers)
+
+
+def gateway_workers(site: Site) -> list[int]:
+    assert site.gateway is not None
+    return pool_workers(site.gateway.process.pid)
 
 
 # --- the run ---------------------------------------------------------------------------------

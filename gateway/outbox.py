@@ -27,10 +27,11 @@ Thread-safe: the worker thread puts, the event loop takes what is due and acknow
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -125,6 +126,17 @@ class Outbox:
             raise OutboxError(f"cannot open the outbox {path}: {exc}") from exc
         self._items, self._bytes = int(count), int(size)
 
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """Committed at the end, or rolled back and raised as :class:`OutboxError` (a full
+        disk). The caller holds the lock."""
+        try:
+            yield
+            self._db.commit()
+        except sqlite3.Error as exc:
+            self._db.rollback()
+            raise OutboxError(f"the outbox {self.path} refused {what}: {exc}") from exc
+
     # --- the worker thread ---------------------------------------------------------------
 
     def put(
@@ -137,7 +149,7 @@ class Outbox:
         now = self._clock()
         attempts, due = (1, now + self.retry_after) if sent else (0, now)
         with self._lock:
-            try:
+            with self._transaction("a feature"):  # failed: nothing evicted, nothing kept
                 evicted = self._make_room(len(payload))
                 if evicted is None:
                     self._on_drop(capture[0], "outbox_full")
@@ -150,10 +162,6 @@ class Outbox:
                     " mode, created, attempts, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*capture, topic, payload, mode, now, attempts, due),
                 )
-                self._db.commit()
-            except sqlite3.Error as exc:  # rolled back: nothing evicted, nothing kept
-                self._db.rollback()
-                raise OutboxError(f"the outbox {self.path} refused a feature: {exc}") from exc
             for camera, size in evicted:
                 self._items -= 1
                 self._bytes -= size
@@ -191,21 +199,17 @@ class Outbox:
         """Up to ``limit`` features due to be sent, oldest first; each is then due again
         after its backoff unless an ack comes first."""
         now = self._clock()
-        with self._lock:
-            try:
-                rows = self._db.execute(
-                    "SELECT camera, seq, capture_ns, topic, payload, mode, attempts FROM outbox"
-                    " WHERE due <= ? ORDER BY due LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-                self._db.executemany(
-                    f"UPDATE outbox SET attempts = attempts + 1, due = ? WHERE {_KEY}",
-                    [(now + self._backoff(int(row[6])), *row[:3]) for row in rows],
-                )
-                self._db.commit()
-            except sqlite3.Error as exc:  # not sent now; they stay due, on disk
-                self._db.rollback()
-                raise OutboxError(f"the outbox {self.path} refused a re-send: {exc}") from exc
+        # Failed: not sent now; they stay due, on disk.
+        with self._lock, self._transaction("a re-send"):
+            rows = self._db.execute(
+                "SELECT camera, seq, capture_ns, topic, payload, mode, attempts FROM outbox"
+                " WHERE due <= ? ORDER BY due LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            self._db.executemany(
+                f"UPDATE outbox SET attempts = attempts + 1, due = ? WHERE {_KEY}",
+                [(now + self._backoff(int(row[6])), *row[:3]) for row in rows],
+            )
         return [
             Pending(str(r[0]), int(r[1]), int(r[2]), str(r[3]), bytes(r[4]), str(r[5]), int(r[6]))
             for r in rows
@@ -216,13 +220,9 @@ class Outbox:
 
     def retry_now(self, capture: wire.Capture) -> None:
         """A send failed (no connection): due again as soon as there is one."""
-        with self._lock:
-            try:
-                self._db.execute(f"UPDATE outbox SET due = 0 WHERE {_KEY}", capture)
-                self._db.commit()
-            except sqlite3.Error as exc:  # it stays due at its backoff instead
-                self._db.rollback()
-                raise OutboxError(f"the outbox {self.path} refused a retry: {exc}") from exc
+        # Failed: it stays due at its backoff instead.
+        with self._lock, self._transaction("a retry"):
+            self._db.execute(f"UPDATE outbox SET due = 0 WHERE {_KEY}", capture)
 
     def next_due(self) -> float | None:
         """When the earliest unacknowledged feature is due again (clock time), if any."""
@@ -235,7 +235,8 @@ class Outbox:
         workers' or already forgotten features are no-ops)."""
         with self._lock:
             removed = freed = 0
-            try:
+            # Failed: nothing forgotten; the features go again, harmless.
+            with self._transaction("an ack"):
                 for capture in captures:
                     row = self._db.execute(
                         f"DELETE FROM outbox WHERE {_KEY} RETURNING LENGTH(payload)", capture
@@ -243,10 +244,6 @@ class Outbox:
                     if row is not None:
                         removed += 1
                         freed += int(row[0])
-                self._db.commit()
-            except sqlite3.Error as exc:  # nothing forgotten: the features go again, harmless
-                self._db.rollback()
-                raise OutboxError(f"the outbox {self.path} refused an ack: {exc}") from exc
             self._items -= removed
             self._bytes -= freed
             return removed

@@ -230,7 +230,7 @@ class GatewayWorker:
         self._sends: asyncio.Queue[Pending] | None = None  # first sends, straight from work
         self._pending = threading.BoundedSemaphore(config.max_pending)
         self._inflight = asyncio.Semaphore(config.max_inflight)
-        self._extract_seconds: dict[Mode, float] = {}
+        self._extract_seconds: dict[str, float] = {}  # by mode, as its text form
         self._plan_version = -1
         self._stopping = threading.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -262,19 +262,13 @@ class GatewayWorker:
             if topic_camera is not None and frame.camera_id != topic_camera:
                 raise wire.WireError("camera_mismatch", f"{frame.camera_id} on {topic_camera}")
         except wire.WireError as exc:
-            camera = topic_camera or UNKNOWN_CAMERA
-            self.metrics.received.labels(camera, transport).inc()
-            self._count_drop(camera, exc.reason)
-            self._peers.warning(
-                camera, exc.reason, "refused a %s frame from %s: %s", transport, camera, exc
-            )
+            self.refused(transport, exc.reason, topic_camera or UNKNOWN_CAMERA, str(exc))
             return exc.reason
         self.metrics.received.labels(frame.camera_id, transport).inc()
         if frame.capture_ns < self._last_capture.get(frame.camera_id, 0):
             self.metrics.out_of_order.labels(frame.camera_id).inc()
-        self._last_capture[frame.camera_id] = max(
-            frame.capture_ns, self._last_capture.get(frame.camera_id, 0)
-        )
+        else:
+            self._last_capture[frame.camera_id] = frame.capture_ns
         self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
         self.frames_in_total += 1
         self.input_bytes_total += len(frame.payload)
@@ -301,17 +295,27 @@ class GatewayWorker:
 
     def _count_dispatch_drops(self, drops: dict[tuple[str, str, str], int]) -> None:
         for (camera, transport, reason), count in drops.items():
-            self.metrics.received.labels(camera, transport).inc(count)
-            self.metrics.dropped.labels(camera, reason).inc(count)
-            self._peers.warning(
-                "dispatcher", reason, "the pool dropped %d frames of %s: %s", count, camera, reason
-            )
+            self.refused(transport, reason, camera, "dropped by the pool", count=count)
 
-    def refused(self, transport: str, reason: str, camera: str = UNKNOWN_CAMERA) -> None:
-        """A frame refused before its envelope was read (unauthenticated CoAP)."""
-        self.metrics.received.labels(camera, transport).inc()
-        self._count_drop(camera, reason)
-        self._peers.warning(camera, reason, "refused a %s frame: %s", transport, reason)
+    def refused(
+        self,
+        transport: str,
+        reason: str,
+        camera: str = UNKNOWN_CAMERA,
+        detail: str = "",
+        *,
+        count: int = 1,
+    ) -> None:
+        """Frames that arrived and were refused (a bad envelope, unauthenticated CoAP, a
+        drop in the pool's dispatcher): counted as received and dropped, and a warning per
+        peer and reason now and then."""
+        self.metrics.received.labels(camera, transport).inc(count)
+        self.metrics.dropped.labels(camera, reason).inc(count)
+        log.debug("dropped %d frames of %s: %s", count, camera, reason)
+        self._peers.warning(
+            camera, reason, "refused %d %s frames from %s: %s %s", count, transport, camera,
+            reason, detail,
+        )  # fmt: skip
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
@@ -366,7 +370,7 @@ class GatewayWorker:
         if self.pipeline.model_versions().get(mode) == deployment.version:
             return True  # the same deployment again (retained copy for all and for us)
         extract_seconds = await asyncio.to_thread(self._measure, deployment)
-        self._extract_seconds[mode] = extract_seconds
+        self._extract_seconds[str(mode)] = extract_seconds
         self.pipeline.deploy(deployment)  # takes effect at the next frame; none dropped
         self.metrics.model_swaps.labels(mode.slot).inc()
         self.metrics.set_model(mode.slot, deployment.version)
@@ -444,9 +448,10 @@ class GatewayWorker:
         envelope = item.envelope
         camera, mode = envelope.camera_id, str(item.mode)
         topic = self.topics.feature(self.config.gateway_id, camera)
+        capture = wire.capture_of(envelope)
         sending = self._pending.acquire(blocking=False)
         try:
-            kept = self.outbox.put(wire.capture_of(envelope), topic, item.data, mode, sent=sending)
+            kept = self.outbox.put(capture, topic, item.data, mode, sent=sending)
         except OutboxError as exc:
             self._outbox_failed(exc)
             if not sending:
@@ -457,7 +462,7 @@ class GatewayWorker:
         if not kept:  # the policy refused it (counted)
             self._pending.release()
             return
-        pending = Pending(*wire.capture_of(envelope), topic, item.data, mode, attempts=0)
+        pending = Pending(*capture, topic, item.data, mode, attempts=0)
         self._loop.call_soon_threadsafe(self._sends.put_nowait, pending)
 
     def _outbox_failed(self, exc: OutboxError) -> None:
@@ -528,9 +533,8 @@ class GatewayWorker:
         self.uplink_bytes_total += len(item.payload)
         if not first:
             self.metrics.resent.inc()
-        mode = Mode.parse(item.mode)
-        if mode in self._extract_seconds:
-            self.metrics.capacity.labels(item.mode).set(1.0 / self._extract_seconds[mode])
+        if (seconds := self._extract_seconds.get(item.mode)) is not None:
+            self.metrics.capacity.labels(item.mode).set(1.0 / seconds)
 
     def status(
         self, online: bool, uplink_rate: float = 0.0, rates: _InputRates | None = None
@@ -539,8 +543,7 @@ class GatewayWorker:
         note = "" if mode == effective else f"no {mode} model yet: running raw"
         versions = self.pipeline.model_versions()
         capacity = {
-            str(loaded): round(1.0 / seconds, 1)
-            for loaded, seconds in self._extract_seconds.items()
+            loaded: round(1.0 / seconds, 1) for loaded, seconds in self._extract_seconds.items()
         }
         return wire.Status(
             gateway_id=self.config.gateway_id,

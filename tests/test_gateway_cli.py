@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import scene_frames
+from bench.faults import pool_workers
 from cameras.coap_link import CoapLink
 from edgelearn import wire
 from edgelearn.coap_security import camera_context
@@ -95,18 +96,6 @@ def test_a_pool_started_from_python_runs_on_the_callers_broker_and_id(
         20,
         "both workers offline",
     )
-
-
-def _worker_pids(supervisor: int) -> list[int]:
-    """The supervisor's worker processes (multiprocessing children, not its helpers)."""
-    pids = []
-    for task in Path(f"/proc/{supervisor}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                command = Path(f"/proc/{child}/cmdline").read_bytes()
-                if b"spawn_main" in command:
-                    pids.append(int(child))
-    return pids
 
 
 def _two_free_ports() -> int:
@@ -192,7 +181,7 @@ def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
         held = owners()
         # Load spreads evenly: two cameras each.
         assert sorted(sum(1 for o in held.values() if s in o) for s in (0, 1)) == [2, 2], held
-        victim = min(_worker_pids(pool.pid))  # the older pid is worker 0
+        victim = pool_workers(pool.pid)[0]  # the older pid is worker 0
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: all(o == {1} for o in owners().values()), 5, "cameras moved to worker 1")
         # Worker 0 comes back and takes its share again; still one worker per camera.

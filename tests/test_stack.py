@@ -39,14 +39,19 @@ def _survivors(*needles: str) -> list[str]:
     ]
 
 
-def test_up_runs_the_stack_shows_a_reduction_and_stops_everything(
-    tmp_path: Path, trained_registry: Path
-) -> None:
+def _fresh_state(tmp_path: Path, trained_registry: Path) -> tuple[Path, Path, Path]:
+    """A copy of the trained registry, new secrets, an empty run folder."""
     registry = tmp_path / "registry"
     shutil.copytree(trained_registry, registry)
     secrets = tmp_path / "secrets"
     broker_module.init_secrets(secrets, cameras=8, gateways=2)
-    run_dir = tmp_path / "run"
+    return registry, secrets, tmp_path / "run"
+
+
+def test_up_runs_the_stack_shows_a_reduction_and_stops_everything(
+    tmp_path: Path, trained_registry: Path
+) -> None:
+    registry, secrets, run_dir = _fresh_state(tmp_path, trained_registry)
     edge_port, cloud_port = free_port(), free_port()
     command = [
         sys.executable,
@@ -139,11 +144,7 @@ def _results_lines(text: str) -> list[int]:
 def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every_exit(
     tmp_path: Path, trained_registry: Path
 ) -> None:
-    registry = tmp_path / "registry"
-    shutil.copytree(trained_registry, registry)
-    secrets = tmp_path / "secrets"
-    broker_module.init_secrets(secrets, cameras=8, gateways=2)
-    run_dir = tmp_path / "run"
+    registry, secrets, run_dir = _fresh_state(tmp_path, trained_registry)
     console = tmp_path / "console.txt"
     command = [
         sys.executable, "-m", "stack", "up", "--budget", "quick", "--split-ks", "2",

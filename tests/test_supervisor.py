@@ -59,7 +59,7 @@ def test_a_child_that_keeps_dying_is_restarted_within_its_budget_then_failed(
             "quitter", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ)
         )
         sleeper = children.start(
-            "sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ)
+            "sleeper", [sys.executable, "-c", "import signal; signal.pause()"], dict(os.environ)
         )
         restarted = []
         supervisor = Supervisor([quitter, sleeper], on_restart=restarted.append)
