@@ -350,10 +350,15 @@ class CloudConsumer:
                     self._queue.task_done()
 
     def _handle(self, batch: list[_Incoming]) -> None:
-        """Answer, then record once (a duplicate is dropped there), then score and publish
-        what was new, then acknowledge everything that will not change by trying again."""
+        """Answer what the ledger has not seen, then record once (a duplicate another
+        consumer recorded meanwhile is dropped there), then score and publish what was new,
+        then acknowledge everything that will not change by trying again."""
         self.metrics.batch_size.observe(len(batch))
-        answers = self._answer(batch)
+        seen = self.store.known([(item.site, item.envelope) for item in batch])
+        repeats = [item for item, known in zip(batch, seen, strict=True) if known]
+        for item in repeats:  # a retry of what is recorded: no inference, acked again
+            self.metrics.duplicates.labels(item.envelope.extractor).inc()
+        answers = self._answer([item for item, known in zip(batch, seen, strict=True) if not known])
         answered = [answer for answer in answers if answer.result is not None]
         new = self.store.record(
             [
@@ -372,7 +377,7 @@ class CloudConsumer:
                 )
             assert answer.result is not None
             self._emit(answer.incoming.site, answer.result)
-        self._acknowledge([answer.incoming for answer in answers if answer.final])
+        self._acknowledge(repeats + [answer.incoming for answer in answers if answer.final])
 
     def _answer(self, batch: list[_Incoming]) -> list[_Answer]:
         answers = [_Answer(item) for item in batch]

@@ -160,6 +160,20 @@ class FeatureStore:
                 self._prune()
         return new
 
+    def known(self, arrivals: Sequence[tuple[str, wire.Feature | wire.Result]]) -> list[bool]:
+        """Which (site, envelope) captures are already recorded: their retries need no
+        answer (``record`` still decides, for a race between consumers)."""
+        with self._lock:
+            return [
+                self._db.execute(
+                    "SELECT 1 FROM arrivals WHERE site = ? AND camera = ? AND seq = ?"
+                    " AND capture_ns = ?",
+                    (site, *wire.capture_of(envelope)),
+                ).fetchone()
+                is not None
+                for site, envelope in arrivals
+            ]
+
     def _keep(self, arrival: Arrival, feature: wire.Feature) -> None:
         if feature.label is None:
             return  # an unlabeled feature teaches nothing
