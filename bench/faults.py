@@ -515,12 +515,15 @@ class FaultBench:
         rng = random.Random(12)
         # Over the gateway's frame limit, under the broker's message limit (8 MiB).
         oversize = dataclasses.replace(scene_frames(camera, 1)[0], payload=b"\xff" * (6 << 20))
-        payloads = (  # the oversize ones first, not queued behind the flood
-            [wire.encode(oversize)] * 3
-            + [rng.randbytes(rng.randint(1, 2000)) for _ in range(self.budget.garbage // 3)]
+        flood = (
+            [rng.randbytes(rng.randint(1, 2000)) for _ in range(self.budget.garbage // 3)]
             + [good[: rng.randint(1, len(good) - 1)] for _ in range(self.budget.garbage // 3)]
             + [other] * (self.budget.garbage - 2 * (self.budget.garbage // 3))
         )
+        # Mixed, as a real flood would be: the per-camera feed bound refuses most of it
+        # (worker_busy) before a worker reads it, and every kind must reach a worker.
+        rng.shuffle(flood)
+        payloads = [wire.encode(oversize)] * 3 + flood  # oversize first, not behind the flood
         log_file = self.stack.children.log_dir / f"{site.gateway.name}.log"  # type: ignore[union-attr]
         lines_before = _warnings(log_file)
         try:

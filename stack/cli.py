@@ -311,7 +311,8 @@ def _broker_start(args: argparse.Namespace, secrets: Secrets) -> int:
         return 0
     print("Ctrl-C stops it.")
     try:
-        signal.signal(signal.SIGTERM, lambda *_: running.stop())
+        # As Ctrl-C: the handler must not wait on the process the main thread waits on.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         return running.process.wait()
     except KeyboardInterrupt:
         return 0

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import functools
 import json
 import math
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -355,7 +355,7 @@ def _settings(args: argparse.Namespace) -> StackSettings:
         raise ConfigError(str(exc)) from exc
 
 
-def _run(args: argparse.Namespace, stop: threading.Event, summary: dict[str, Any]) -> int:
+def _run(args: argparse.Namespace, stop: _StopRequest, summary: dict[str, Any]) -> int:
     """Start the stack, supervise it and keep ``summary`` current until the end; returns
     the exit status (1: a part failed for good)."""
     settings = _settings(args)
@@ -382,7 +382,7 @@ def _run(args: argparse.Namespace, stop: threading.Event, summary: dict[str, Any
                 print(f"edgelearn up: {event}", file=sys.stderr, flush=True)
             now = time.monotonic()
             elapsed = now - started
-            finished = stop.is_set() or (args.duration is not None and elapsed >= args.duration)
+            finished = stop.requested or (args.duration is not None and elapsed >= args.duration)
             if now >= next_summary or finished:
                 next_summary = now + args.interval
                 per_url, merged = totals.read(urls)
@@ -394,7 +394,7 @@ def _run(args: argparse.Namespace, stop: threading.Event, summary: dict[str, Any
                 print("\n" + render_summary(summary, elapsed, supervisor.line()), flush=True)
             if finished:
                 break
-            stop.wait(SUPERVISE_PERIOD)
+            time.sleep(SUPERVISE_PERIOD)  # the supervisor's period; a stop waits at most this
         for part in stack.parts:
             supervisor.stopped(part.name)
         if failed := supervisor.failed():
@@ -403,10 +403,22 @@ def _run(args: argparse.Namespace, stop: threading.Event, summary: dict[str, Any
     return 0
 
 
+class _StopRequest:
+    """Set by SIGINT or SIGTERM. The handler only assigns a flag: a handler that takes a
+    lock (``threading.Event.set``) deadlocks when the signal lands while the main thread
+    holds that same lock, as it does inside ``Event.wait``."""
+
+    requested = False
+
+    def handler(self, *_: object) -> None:
+        self.requested = True
+
+
 def main(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+    stop = _StopRequest()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stop.handler)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
     summary: dict[str, Any] = {}
     status, error = 2, None
     try:

@@ -170,7 +170,12 @@ def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every
         wait_for(lambda: max(_results_lines(console.read_text())) > before, 120, "results after it")
         assert "cloud running (restarted after exit -9)" in console.read_text()
         up.send_signal(signal.SIGTERM)  # the Ctrl-C path
-        up.wait(120)
+        try:
+            up.wait(120)
+        except subprocess.TimeoutExpired:
+            up.send_signal(signal.SIGUSR1)  # every thread's stack, into the console file
+            wait_for(lambda: "Thread 0x" in console.read_text(), 10, "a stack dump")
+            raise AssertionError("up did not stop:\n" + console.read_text()[-6000:]) from None
     finally:
         if up.poll() is None:
             up.kill()
