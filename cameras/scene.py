@@ -41,12 +41,28 @@ Image = npt.NDArray[np.uint8]
 """A BGR image, shape (height, width, 3), dtype uint8 (OpenCV's layout)."""
 
 
+Box = tuple[int, int, int, int]
+"""(x0, y0, x1, y1) in pixels, x1 and y1 exclusive (as :mod:`edgelearn.roi` gives them)."""
+
+
+@dataclass(frozen=True)
+class TrueObject:
+    """One item in view, as rendered: its class and the box of its visible pixels."""
+
+    label: int
+    box: Box
+
+
 @dataclass(frozen=True)
 class SourceFrame:
-    """One image from a source and the label of the item in view (None when unlabeled)."""
+    """One image from a source and the label of the item in view (None when unlabeled).
+
+    Scenes with several items (:class:`ObjectScene`) list each in ``objects``, with its box;
+    their ``label`` is None, since no one label describes the frame."""
 
     image: Image
     label: int | None = None
+    objects: tuple[TrueObject, ...] = ()
 
 
 class FrameSource(Protocol):
@@ -211,8 +227,9 @@ def _paste_item(
     item: npt.NDArray[np.uint8],
     pose: ItemPose,
     tint: tuple[float, float, float],
-) -> None:
-    """Warp ``item`` into ``frame`` in place, touching only its bounding box."""
+) -> Box | None:
+    """Warp ``item`` into ``frame`` in place, touching only its bounding box; returns the
+    box of its visible pixels (opacity over one half), None if none is in the frame."""
     height, width = frame.shape[:2]
     item_h, item_w = item.shape[:2]
     scale = pose.height * height / item_h
@@ -228,7 +245,7 @@ def _paste_item(
     x1 = min(width, math.ceil(mapped[:, 0].max()) + 1)
     y1 = min(height, math.ceil(mapped[:, 1].max()) + 1)
     if x1 <= x0 or y1 <= y0:
-        return  # entirely outside the frame (an item sliding in)
+        return None  # entirely outside the frame (an item sliding in)
     matrix[0, 2] -= x0
     matrix[1, 2] -= y0
     box = (x1 - x0, y1 - y0)
@@ -251,6 +268,11 @@ def _paste_item(
         )
         alpha = np.asarray(mask, np.float32) * (1.0 / 255.0)
     frame[y0:y1, x0:x1] = cv2.blendLinear(colour, region, alpha, 1.0 - alpha)
+    rows = np.flatnonzero((alpha > 0.5).any(axis=1))
+    cols = np.flatnonzero((alpha > 0.5).any(axis=0))
+    if rows.size == 0:
+        return None
+    return (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1)
 
 
 def compose(
@@ -266,9 +288,20 @@ def compose(
     ``item`` is (h, w) grayscale (drawn in ``tint``, its own brightness as opacity) or
     (h, w, 3) BGR (an opaque picture); ``None`` renders the empty scene.
     """
+    placed = [] if item is None else [(item, pose, tint)]
+    return compose_many(background, placed, lighting, noise_rng)[0]
+
+
+def compose_many(
+    background: Image,
+    items: list[tuple[npt.NDArray[np.uint8], ItemPose, tuple[float, float, float]]],
+    lighting: Lighting,
+    noise_rng: np.random.Generator,
+) -> tuple[Image, list[Box | None]]:
+    """:func:`compose` for any number of items (item, pose, tint), painted in order; also
+    returns each item's visible box (None when it is outside the frame)."""
     scene = background.copy()
-    if item is not None:
-        _paste_item(scene, item, pose, tint)
+    boxes = [_paste_item(scene, item, pose, tint) for item, pose, tint in items]
     height, width = scene.shape[:2]
     gain_b, gain_g, gain_r = lighting.gain
     light = np.array(
@@ -285,7 +318,7 @@ def compose(
         off_y, off_x = (int(v) for v in noise_rng.integers(0, _NOISE_PAD, 2))
         noise = bank[off_y : off_y + height, off_x : off_x + width]
         frame = cv2.add(frame, noise, dtype=cv2.CV_8U)
-    return np.ascontiguousarray(frame, dtype=np.uint8)
+    return np.ascontiguousarray(frame, dtype=np.uint8), boxes
 
 
 def render_item(
@@ -433,3 +466,100 @@ class LabeledScene(RenderedSource):
         """Endless frames from the current position."""
         while True:
             yield self.read()
+
+
+class ObjectScene(LabeledScene):
+    """A static camera watching up to three items at once, as a real camera sees people
+    pass: each of three lanes (the left, middle and right thirds of the frame) has an item
+    walk in through its own edge (the left lane's from the left, the right lane's from the
+    right, the middle's from the bottom), stand a while with a little sway, and walk out
+    the way it came; then the lane stays empty a while. Items differ in place and size
+    (30-50% of the frame height), and lanes are out of step, so 0 to 3 items are in view.
+
+    Every frame lists what is in view in ``objects`` (label and visible box); ``label`` is
+    None. Same background, lighting drift and noise as :class:`LabeledScene`; items walk
+    through the data set in the same seeded order. A pure function of ``(seed, i)``.
+    """
+
+    LANES: Final = 3
+
+    def __init__(
+        self,
+        data: LabeledImages,
+        *,
+        seed: int = 0,
+        period_frames: int = 150,
+        walk_frames: int = 12,
+        size: tuple[int, int] = HD_720P,
+    ) -> None:
+        if period_frames < 4 * walk_frames or walk_frames < 1:
+            raise ValueError(f"period_frames {period_frames} must be >= 4 * walk_frames >= 4")
+        super().__init__(data, seed=seed, dwell_frames=period_frames, size=size, entry_frames=0)
+        self.period_frames = period_frames
+        self.walk_frames = walk_frames
+
+    def _lane_pose(
+        self, lane: int, frame_index: int
+    ) -> tuple[int, ItemPose, tuple[float, float, float]] | None:
+        """The data set index, pose and tint of the item in ``lane``, or None (empty)."""
+        period, walk = self.period_frames, self.walk_frames
+        shifted = frame_index + (lane * period) // self.LANES
+        episode, step = divmod(shifted, period)
+        rng = np.random.default_rng([self.seed, 5, lane, episode])
+        gap = int(rng.integers(0, int(0.4 * period) + 1))
+        height = float(rng.uniform(0.3, 0.5))
+        home_dx = (lane + 0.5) / self.LANES - 0.5 + float(rng.uniform(-0.03, 0.03))
+        home_dy = float(rng.uniform(-0.15, 0.15))
+        base_angle = float(rng.uniform(-6.0, 6.0))
+        tint = random_tint(rng)
+        phase = rng.uniform(0.0, 2 * math.pi, 3)
+        if step < gap:
+            return None
+        step -= gap
+        dwell = period - gap - 2 * walk
+        sway = 2 * math.pi * step / 60.0
+        dx = home_dx + 0.008 * math.sin(sway + phase[0])
+        dy = home_dy + 0.006 * math.sin(0.7 * sway + phase[1])
+        angle = base_angle + 1.5 * math.sin(0.5 * sway + phase[2])
+        if step < walk:
+            away = 1.0 - (step + 1) / (walk + 1)  # 1 outside the frame .. 0 home
+            away = away**2  # easing out as it arrives
+        elif step >= walk + dwell:
+            away = ((step - walk - dwell + 1) / (walk + 1)) ** 2
+        else:
+            away = 0.0
+        width_fraction = height * self.size[1] / self.size[0]
+        if lane == 0:
+            dx -= away * (home_dx + 0.5 + width_fraction / 2)
+        elif lane == self.LANES - 1:
+            dx += away * (0.5 - home_dx + width_fraction / 2)
+        else:
+            dy += away * (0.5 - home_dy + height / 2)
+        item_slot = episode * self.LANES + lane
+        count = len(self.data)
+        index = int(self._permutation(item_slot // count)[item_slot % count])
+        return index, ItemPose(dx=dx, dy=dy, height=height, angle=angle), tint
+
+    def render(self, frame_index: int) -> SourceFrame:
+        if frame_index < 0:
+            raise ValueError(f"frame_index must be >= 0, got {frame_index}")
+        placed = []
+        labels = []
+        for lane in range(self.LANES):
+            in_view = self._lane_pose(lane, frame_index)
+            if in_view is None:
+                continue
+            index, pose, tint = in_view
+            item = self.data.images[index]
+            placed.append((item, pose, (1.0, 1.0, 1.0) if item.ndim == 3 else tint))
+            labels.append(int(self.data.labels[index]))
+        image, boxes = compose_many(
+            self._background,
+            placed,
+            self._lighting(frame_index),
+            np.random.default_rng([self.seed, 3, frame_index]),
+        )
+        objects = tuple(
+            TrueObject(label, box) for label, box in zip(labels, boxes, strict=True) if box
+        )
+        return SourceFrame(image=image, label=None, objects=objects)

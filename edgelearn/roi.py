@@ -1,0 +1,454 @@
+"""Objects in view: a per-camera background model, boxes, tracks and the crops models see.
+
+Where it sits in the flow of a frame::
+
+    JPEG --1/8 decode (160x90 grey)--> ObjectFinder.update --> boxes (720p pixels), tracks
+         --1/4 decode (320x180)-----> crop(box) --> model input (square, margin, normalised)
+
+The gateway runs it on every frame of a camera (the camera's frames all reach one worker),
+the cloud runs the very same code on the JPEGs of the cloud-only mode, and the trainer cuts
+its crops with :func:`crop`, so every mode sees its objects alike.
+
+**Background model.** A running average of the blurred 1/8-scale grey frame, updated only
+where no object is (``learning_rate``), so an item that stops in view stays an object; an
+object that stays still for ``absorb_after`` frames is taken into the background (a parked
+car, a moved chair). Before comparing, each frame's global light is fitted to the background
+(``frame ~ gain * background + offset``, least squares on the pixels that look like
+background, refitted once without the outliers), so a lighting ramp or the camera's
+auto-exposure does not light up the whole frame. Sensor noise is washed out by the 1/8
+decode (libjpeg averages 8x8 blocks) and a 5x5 blur; what remains is cut by
+``pixel_delta`` grey levels.
+
+**Boxes.** The foreground mask is closed (fills holes inside an item), opened (removes
+specks), split into connected regions (``cv2.connectedComponentsWithStats``), regions under
+``min_area`` (fraction of the frame) are dropped, and boxes that overlap or lie within
+``merge_gap`` of each other (one item split by a stripe of its own colour) are merged.
+
+**Tracks.** Greedy IoU matching (``match_iou``) of this frame's boxes to the tracks of the
+previous frames, falling back to centre distance for a fast mover; an unmatched box starts
+a track with the camera's next id, and a track unseen for ``max_missed`` frames ends.
+
+**Which objects to send** (:meth:`ObjectFinder.update` marks them ``send``): an object is sent
+when it *appears*, every ``motion_interval`` frames while it *moves* (its box shifted by more
+than ``move_fraction`` of its size since it was last sent), once when it *settles*, and every
+``max_interval`` frames while it stays. An empty scene sends nothing.
+
+numpy + OpenCV only (the gateway imports it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edgelearn.preprocess import HD_720P, PreprocessError
+
+Image = npt.NDArray[np.uint8]
+Box = tuple[int, int, int, int]
+"""(x0, y0, x1, y1) in pixels of the full frame, x1 and y1 exclusive."""
+
+Reason = Literal["appeared", "moving", "settled", "refresh"]
+
+_CLOSE: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+_OPEN: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+
+
+@dataclass(frozen=True)
+class RoiSettings:
+    pixel_delta: float = 8.0  # grey levels (after the light fit) that count as foreground
+    learning_rate: float = 0.05  # background update per frame, where no object is
+    absorb_after: int = 450  # frames an object may stay still before it becomes background
+    min_area: float = 0.002  # of the frame; smaller regions are noise
+    merge_gap: float = 0.01  # of the frame width; boxes this close are one object
+    match_iou: float = 0.3
+    max_missed: int = 5  # frames a track survives without a box
+    move_fraction: float = 0.05  # of the box's size: a shift that counts as moving
+    motion_interval: int = 1  # frames between two sends of a moving object
+    max_interval: int = 45  # frames between two sends of an object that stays
+
+    def __post_init__(self) -> None:
+        if self.pixel_delta <= 0 or not 0 < self.learning_rate <= 1:
+            raise ValueError("roi pixel_delta must be > 0 and learning_rate in (0, 1]")
+        if self.motion_interval < 1 or self.max_interval < 1 or self.max_missed < 0:
+            raise ValueError("roi intervals must be >= 1 and max_missed >= 0")
+
+
+@dataclass(frozen=True)
+class FoundObject:
+    """One object in one frame. ``send`` says whether the keyframe rule picked it."""
+
+    track: int
+    box: Box
+    send: bool
+    reason: Reason | None = None
+
+
+@dataclass
+class _Track:
+    track: int
+    box: Box
+    missed: int = 0
+    still: int = 0  # consecutive frames without moving
+    moving: bool = True
+    sent_box: Box | None = None
+    since_sent: int = 0
+
+
+@dataclass
+class CameraObjects:
+    """The state of one camera: its background, its tracks and its next track id."""
+
+    background: npt.NDArray[np.float32]
+    scale: tuple[float, float]  # full-frame pixels per small pixel (x, y)
+    frame_size: tuple[int, int]
+    tracks: list[_Track] = field(default_factory=list)
+    next_track: int = 1
+    frames: int = 0
+
+
+def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
+    """The 1/8-scale grey decode the background model works on (160x90 for 720p), blurred;
+    ``None`` if the JPEG does not decode."""
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    if image is None or image.size == 0:
+        return None
+    return np.asarray(cv2.GaussianBlur(image, (5, 5), 0), np.uint8)
+
+
+def reduce_frame(frame: Image) -> npt.NDArray[np.uint8]:
+    """What :func:`small_grey` makes of a decoded full frame (BGR or grey): for renders."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+    height, width = grey.shape[:2]
+    small = cv2.resize(
+        grey, (max(1, width // 8), max(1, height // 8)), interpolation=cv2.INTER_AREA
+    )
+    return np.asarray(cv2.GaussianBlur(small, (5, 5), 0), np.uint8)
+
+
+def iou(a: Box, b: Box) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _fit_light(
+    frame: npt.NDArray[np.float32], background: npt.NDArray[np.float32]
+) -> tuple[float, float]:
+    """gain, offset with ``frame ~ gain * background + offset``, fitted on every other
+    pixel of every other row, then again without the pixels that fit worst (the objects)."""
+    x = background[::2, ::2].ravel()
+    y = frame[::2, ::2].ravel()
+    gain, offset = 1.0, float(np.mean(y - x))
+    for _ in range(2):
+        residual = np.abs(y - (gain * x + offset))
+        middle = residual.size // 2
+        keep = residual <= max(3.0, 2.5 * float(np.partition(residual, middle)[middle]))
+        xs, ys = x[keep], y[keep]
+        if xs.size < 16:
+            break
+        mean_x, mean_y = float(xs.mean()), float(ys.mean())
+        spread = float(np.dot(xs - mean_x, xs - mean_x))
+        if spread < 16.0 * xs.size:  # a flat background: an offset is all one can fit
+            gain, offset = 1.0, mean_y - mean_x
+        else:
+            gain = float(np.dot(xs - mean_x, ys - mean_y)) / spread
+            offset = mean_y - gain * mean_x
+    return gain, offset
+
+
+def _edges(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    return np.asarray(np.abs(gx) + np.abs(gy), np.float32)
+
+
+def _outline(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    return np.asarray(cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, _OPEN), np.float32)
+
+
+def _is_ghost(
+    labels: npt.NDArray[np.int32],
+    index: int,
+    rect: tuple[int, int, int, int],
+    frame_edges: npt.NDArray[np.float32],
+    background_edges: npt.NDArray[np.float32],
+    outline: npt.NDArray[np.float32],
+) -> bool:
+    """A region whose outline is an edge of the background model but not of the frame is
+    what *was* there (the model started with an object in view that has since left): a
+    ghost. A real object's outline is an edge in the frame."""
+    x, y, w, h = rect
+    window = (slice(max(0, y - 1), y + h + 1), slice(max(0, x - 1), x + w + 1))
+    near = cv2.dilate((labels[window] == index).astype(np.uint8), _OPEN) > 0
+    on_outline = (outline[window] > 0) & near
+    if not on_outline.any():
+        return False
+    return float(background_edges[window][on_outline].mean()) > 1.5 * float(
+        frame_edges[window][on_outline].mean()
+    )
+
+
+def _merge(boxes: list[Box], gap: int) -> list[Box]:
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if (
+                    a[0] - gap < b[2]
+                    and b[0] - gap < a[2]
+                    and a[1] - gap < b[3]
+                    and b[1] - gap < a[3]
+                ):
+                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def _centre_distance(a: Box, b: Box) -> float:
+    return float(np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2))
+
+
+class ObjectFinder:
+    """Per-camera background models and trackers. Not thread-safe: one per worker."""
+
+    def __init__(self, settings: RoiSettings | None = None) -> None:
+        self.settings = settings or RoiSettings()
+        self._cameras: dict[str, CameraObjects] = {}
+
+    def forget(self, camera_id: str) -> None:
+        """Drop a camera's state (it moved to another worker, or went away)."""
+        self._cameras.pop(camera_id, None)
+
+    def cameras(self) -> dict[str, CameraObjects]:
+        return self._cameras
+
+    def update(
+        self,
+        camera_id: str,
+        small: npt.NDArray[np.uint8],
+        frame_size: tuple[int, int] = HD_720P,
+    ) -> list[FoundObject]:
+        """This frame's objects of ``camera_id``; ``small`` is :func:`small_grey` of it and
+        ``frame_size`` the (width, height) its boxes are given in."""
+        if small.ndim != 2 or small.size == 0:
+            raise PreprocessError("bad_shape", f"small frame of shape {small.shape}")
+        frame = small.astype(np.float32)
+        state = self._cameras.get(camera_id)
+        if state is None or state.background.shape != frame.shape or state.frame_size != frame_size:
+            scale = (frame_size[0] / frame.shape[1], frame_size[1] / frame.shape[0])
+            self._cameras[camera_id] = CameraObjects(frame.copy(), scale, frame_size)
+            return []  # the first frame is the background: nothing to compare with yet
+        state.frames += 1
+        boxes, mask = self._boxes(state, frame)
+        found = self._track(state, boxes)
+        self._learn(state, frame, mask)
+        return found
+
+    # -- foreground and boxes ----------------------------------------------------------
+
+    def _boxes(
+        self, state: CameraObjects, frame: npt.NDArray[np.float32]
+    ) -> tuple[list[Box], npt.NDArray[np.uint8]]:
+        settings = self.settings
+        gain, offset = _fit_light(frame, state.background)
+        difference = np.abs(frame - (gain * state.background + offset))
+        mask = np.asarray(difference > settings.pixel_delta, np.uint8)
+        mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _CLOSE), np.uint8)
+        mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _OPEN), np.uint8)
+        count, found, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        labels = np.asarray(found, np.int32)
+        height, width = frame.shape
+        min_pixels = settings.min_area * width * height
+        boxes: list[Box] = []
+        ghosts = np.zeros_like(mask)
+        edges: tuple[npt.NDArray[np.float32], ...] | None = None
+        for index in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[index])
+            if area < min_pixels:
+                continue
+            if edges is None:
+                edges = (_edges(frame), _edges(state.background), _outline(mask))
+            if _is_ghost(labels, index, (x, y, w, h), *edges):
+                ghosts[labels == index] = 1
+                continue
+            boxes.append((x, y, x + w, y + h))
+        if ghosts.any():
+            state.background[ghosts > 0] = frame[ghosts > 0]  # what was there has gone
+            mask[ghosts > 0] = 0
+        boxes = _merge(boxes, max(1, round(settings.merge_gap * width)))
+        sx, sy = state.scale
+        full_w, full_h = state.frame_size
+        scaled = [
+            (
+                max(0, int(x0 * sx)),
+                max(0, int(y0 * sy)),
+                min(full_w, int(np.ceil(x1 * sx))),
+                min(full_h, int(np.ceil(y1 * sy))),
+            )
+            for x0, y0, x1, y1 in boxes
+        ]
+        return scaled, mask
+
+    def _learn(
+        self, state: CameraObjects, frame: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8]
+    ) -> None:
+        settings = self.settings
+        rate = np.where(mask > 0, 0.0, settings.learning_rate).astype(np.float32)
+        sx, sy = state.scale
+        for track in state.tracks:
+            if track.missed == 0 and track.still >= settings.absorb_after:
+                x0, y0, x1, y1 = track.box
+                rate[int(y0 / sy) : int(np.ceil(y1 / sy)), int(x0 / sx) : int(np.ceil(x1 / sx))] = (
+                    1.0
+                )
+        state.background += rate * (frame - state.background)
+
+    # -- tracks and what to send -------------------------------------------------------
+
+    def _track(self, state: CameraObjects, boxes: list[Box]) -> list[FoundObject]:
+        settings = self.settings
+        pairs = sorted(
+            (
+                (iou(t.box, b), ti, bi)
+                for ti, t in enumerate(state.tracks)
+                for bi, b in enumerate(boxes)
+            ),
+            reverse=True,
+        )
+        matched_tracks: dict[int, int] = {}
+        matched_boxes: set[int] = set()
+        for overlap, ti, bi in pairs:
+            if overlap < settings.match_iou:
+                break
+            if ti not in matched_tracks and bi not in matched_boxes:
+                matched_tracks[ti] = bi
+                matched_boxes.add(bi)
+        # A fast mover overlaps little with where it was: match on centre distance.
+        for ti, track in enumerate(state.tracks):
+            if ti in matched_tracks:
+                continue
+            size = max(track.box[2] - track.box[0], track.box[3] - track.box[1])
+            nearest = min(
+                (bi for bi in range(len(boxes)) if bi not in matched_boxes),
+                key=lambda bi: _centre_distance(track.box, boxes[bi]),
+                default=None,
+            )
+            if nearest is not None and _centre_distance(track.box, boxes[nearest]) < size:
+                matched_tracks[ti] = nearest
+                matched_boxes.add(nearest)
+        found: list[FoundObject] = []
+        kept: list[_Track] = []
+        for ti, track in enumerate(state.tracks):
+            if ti not in matched_tracks:
+                track.missed += 1
+                if track.missed <= settings.max_missed:
+                    kept.append(track)
+                continue
+            box = boxes[matched_tracks[ti]]
+            moved = _shift(track.box, box) > settings.move_fraction
+            track.box, track.missed = box, 0
+            track.since_sent += 1
+            track.still = 0 if moved else track.still + 1
+            reason: Reason | None = None
+            if moved:
+                track.moving = True
+                if track.since_sent >= settings.motion_interval:
+                    reason = "moving"
+            elif track.moving:
+                track.moving = False
+                reason = "settled"
+            elif track.since_sent >= settings.max_interval:
+                reason = "refresh"
+            found.append(self._found(track, reason))
+            kept.append(track)
+        for bi, box in enumerate(boxes):
+            if bi in matched_boxes:
+                continue
+            track = _Track(state.next_track, box)
+            state.next_track += 1
+            found.append(self._found(track, "appeared"))
+            kept.append(track)
+        state.tracks = kept
+        return found
+
+    @staticmethod
+    def _found(track: _Track, reason: Reason | None) -> FoundObject:
+        if reason is not None:
+            track.sent_box, track.since_sent = track.box, 0
+        return FoundObject(track.track, track.box, reason is not None, reason)
+
+
+def _shift(a: Box, b: Box) -> float:
+    """How far box ``b`` is from ``a``, as a fraction of ``a``'s larger side."""
+    size = max(1, a[2] - a[0], a[3] - a[1])
+    return max(abs(a[i] - b[i]) for i in range(4)) / size
+
+
+# --- crops ----------------------------------------------------------------------------
+
+CROP_MARGIN: Final = 0.15
+"""Added around a box on every side, as a fraction of its larger side."""
+
+
+def crop_square(box: Box, margin: float = CROP_MARGIN) -> Box:
+    """The square around ``box`` with ``margin``, in the same pixels; it may reach past the
+    frame (:func:`crop` pads those parts)."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    side = max(1, round(side * (1 + 2 * margin)))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    return (left, top, left + side, top + side)
+
+
+def crop(
+    frame: Image,
+    box: Box,
+    frame_size: tuple[int, int],
+    input_size: int,
+    channels: int = 1,
+    margin: float = CROP_MARGIN,
+) -> Image:
+    """The model input of one object: the square around ``box`` (given in ``frame_size``
+    pixels; ``frame`` may be a reduced decode of that frame) with ``margin``, edge-padded
+    where it leaves the frame, resized to ``input_size`` and contrast normalised (mean 128,
+    standard deviation 48 grey levels, per channel), ``uint8 (input_size, input_size, C)``."""
+    if channels not in (1, 3):
+        raise PreprocessError("bad_channels", f"{channels} (1 = grayscale, 3 = BGR)")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 3 and channels == 1:
+        frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), np.uint8)
+    elif frame.ndim == 2 and channels == 3:
+        frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), np.uint8)
+    height, width = frame.shape[:2]
+    fx, fy = width / frame_size[0], height / frame_size[1]
+    left, top, right, bottom = crop_square(box, margin)
+    x0, y0 = int(np.floor(left * fx)), int(np.floor(top * fy))
+    x1, y1 = max(x0 + 1, int(np.ceil(right * fx))), max(y0 + 1, int(np.ceil(bottom * fy)))
+    pad = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
+    inside = frame[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)]
+    if inside.size == 0:
+        raise PreprocessError("bad_shape", f"box {box} is outside the frame")
+    if any(pad):
+        inside = np.asarray(cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE), np.uint8)
+    resized = cv2.resize(inside, (input_size, input_size), interpolation=cv2.INTER_AREA)
+    values = resized.reshape(input_size, input_size, channels).astype(np.float32)
+    mean = values.mean(axis=(0, 1), keepdims=True)
+    std = np.maximum(values.std(axis=(0, 1), keepdims=True), 4.0)
+    normalised = np.clip((values - mean) * (48.0 / std) + 128.0, 0, 255)
+    return np.ascontiguousarray(normalised, np.uint8)

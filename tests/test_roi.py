@@ -1,0 +1,153 @@
+"""Objects in view (edgelearn.roi) against the rendered ground truth of cameras.scene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cameras.scene import ItemPose, Lighting, ObjectScene, compose, make_background
+from cameras.sources import fit_to
+from edgelearn import preprocess, roi
+from edgelearn.datasets import DEFAULT_ROOT, load_fashion_mnist
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+needs_fashion_mnist = pytest.mark.skipif(
+    not (DEFAULT_ROOT / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+LARGE_ENOUGH = 0.01 * 1280 * 720  # ground truth smaller than this is mostly out of view
+
+
+def _small(image: np.ndarray) -> np.ndarray:
+    small = roi.small_grey(preprocess.encode_jpeg(image, 80))
+    assert small is not None
+    return small
+
+
+def _matches(truth: list[roi.Box], found: list[roi.FoundObject]) -> tuple[int, int, int]:
+    """(true positives, misses, false positives) at IoU 0.5; a found box over a sliver of
+    an item still outside the frame is neither hit nor false."""
+    used: set[int] = set()
+    hits = misses = 0
+    for box in truth:
+        if (box[2] - box[0]) * (box[3] - box[1]) < LARGE_ENOUGH:
+            continue
+        best = max(range(len(found)), key=lambda k: roi.iou(box, found[k].box), default=None)
+        if best is not None and best not in used and roi.iou(box, found[best].box) >= 0.5:
+            hits += 1
+            used.add(best)
+        else:
+            misses += 1
+    false = sum(
+        1
+        for k, item in enumerate(found)
+        if k not in used and not any(roi.iou(item.box, box) > 0.1 for box in truth)
+    )
+    return hits, misses, false
+
+
+@needs_fashion_mnist
+def test_objects_are_found_where_the_scene_rendered_them_including_one_entering() -> None:
+    scene = ObjectScene(load_fashion_mnist("test"), seed=4)
+    finder = roi.ObjectFinder()
+    hits = misses = false = 0
+    counts: set[int] = set()
+    entering_found = 0
+    for index in range(450):
+        frame = scene.render(index)
+        found = finder.update("cam-1", _small(frame.image))
+        if index < 150:  # the model starts on a frame with items in it: let it learn
+            continue
+        counts.add(len(frame.objects))
+        h, m, f = _matches([o.box for o in frame.objects], found)
+        hits, misses, false = hits + h, misses + m, false + f
+        for item in frame.objects:  # an item cut by the frame's left or right edge
+            x0, _, x1, _ = item.box
+            if (x0 == 0 or x1 == 1280) and (x1 - x0) * (
+                item.box[3] - item.box[1]
+            ) > 4 * LARGE_ENOUGH:
+                entering_found += any(roi.iou(item.box, o.box) >= 0.5 for o in found)
+    assert {1, 2, 3} <= counts  # several objects at once, and their number changes
+    assert hits / (hits + misses) >= 0.97, (hits, misses)
+    assert hits / (hits + false) >= 0.95, (hits, false)
+    assert entering_found > 0
+
+
+def test_an_empty_scene_under_a_lighting_ramp_and_noise_has_no_objects() -> None:
+    background = make_background(np.random.default_rng(7))
+    finder = roi.ObjectFinder()
+    found = []
+    for index in range(150):
+        gain = 0.7 + 0.6 * index / 150  # far steeper than any daylight: 0.7 to 1.3 in 10 s
+        light = Lighting(gain=(gain, gain * 1.02, gain * 0.98), offset=-10 + 20 * index / 150)
+        image = compose(
+            background, None, ItemPose(), light, (1.0, 1.0, 1.0), np.random.default_rng([7, index])
+        )
+        found += finder.update("cam-1", _small(image))
+    assert found == []
+
+
+def _two_squares(shift: int) -> np.ndarray:
+    image = make_background(np.random.default_rng(3)).copy()
+    cv2.rectangle(image, (200 + shift, 200), (420 + shift, 460), (40, 40, 40), -1)
+    cv2.rectangle(image, (800, 250 + shift), (1000, 500 + shift), (230, 230, 230), -1)
+    return image
+
+
+def test_two_objects_keep_their_track_ids_and_are_sent_when_they_appear_move_and_settle() -> None:
+    finder = roi.ObjectFinder()
+    empty = make_background(np.random.default_rng(3))
+    assert finder.update("cam-1", _small(empty)) == []
+    first = finder.update("cam-1", _small(_two_squares(0)))
+    assert len(first) == 2 and all(o.reason == "appeared" for o in first)
+    ids = {o.track for o in first}
+    reasons = []
+    for shift in (20, 40, 60, 60, 60, 60):
+        found = finder.update("cam-1", _small(_two_squares(shift)))
+        assert {o.track for o in found} == ids
+        reasons.append(sorted(str(o.reason) for o in found))
+    assert reasons[0] == ["moving", "moving"]
+    assert reasons[3] == ["settled", "settled"]
+    assert reasons[4:] == [["None", "None"], ["None", "None"]]  # still: nothing to send
+    left = min(finder.update("cam-1", _small(_two_squares(60))), key=lambda o: o.box[0])
+    assert abs(left.box[0] - 260) <= 16 and abs(left.box[2] - 481) <= 16  # 1/8-scale boxes
+    # A second camera has its own background and numbering.
+    assert finder.update("cam-2", _small(_two_squares(0))) == []
+
+
+def test_crops_are_square_padded_at_the_edge_and_contrast_normalised() -> None:
+    frame = np.full((180, 320), 100, np.uint8)
+    frame[40:80, 0:20] = 140  # an object cut by the left edge, in a 1/4-scale decode
+    crop = roi.crop(frame, (0, 160, 80, 320), (1280, 720), input_size=32)
+    assert crop.shape == (32, 32, 1) and crop.dtype == np.uint8
+    assert abs(float(crop.mean()) - 128) < 3 and abs(float(crop.std()) - 48) < 6
+    assert roi.crop_square((0, 160, 80, 320)) == (-64, 136, 144, 344)  # 160 px + 15% a side
+    bgr = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), np.uint8)
+    colour = roi.crop(bgr, (0, 160, 80, 320), (1280, 720), 32, 3)
+    assert colour.shape == (32, 32, 3)
+
+
+def test_people_in_the_sample_video_are_objects() -> None:
+    if not VTEST.is_file():
+        pytest.skip("opencv-doc's vtest.avi is not installed")
+    capture = cv2.VideoCapture(str(VTEST))
+    finder = roi.ObjectFinder()
+    per_frame = []
+    try:
+        for _ in range(300):
+            ok, image = capture.read()
+            assert ok
+            per_frame.append(
+                len(
+                    finder.update("vtest", _small(fit_to(np.asarray(image, np.uint8), (1280, 720))))
+                )
+            )
+    finally:
+        capture.release()
+    # People walk through the whole clip: objects are found in nearly every frame, a few at
+    # a time, never the whole frame lit up.
+    assert np.mean([n > 0 for n in per_frame[30:]]) > 0.9
+    assert 1 <= np.median(per_frame[30:]) <= 8
