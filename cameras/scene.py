@@ -349,6 +349,48 @@ def render_item(
     return compose(background, item, pose, lighting, tint, rng)
 
 
+OBJECT_HEIGHTS: Final = (0.28, 0.45)
+"""Range of an item's height, as a fraction of the frame height, in :class:`ObjectScene`."""
+
+
+def random_object_pose(rng: np.random.Generator) -> ItemPose:
+    """Anywhere an :class:`ObjectScene` item stands: across the frame, 28-45% of its height."""
+    return ItemPose(
+        dx=float(rng.uniform(-0.33, 0.33)),
+        dy=float(rng.uniform(-0.15, 0.15)),
+        height=float(rng.uniform(*OBJECT_HEIGHTS)),
+        angle=float(rng.uniform(-6.0, 6.0)),
+    )
+
+
+@dataclass(frozen=True)
+class RenderedObject:
+    """One item as an :class:`ObjectScene` shows it: the frame, the box of the item's
+    visible pixels, and the same frame without the item (what a background model learns)."""
+
+    image: Image
+    box: Box
+    empty: Image
+
+
+def render_object(
+    item: npt.NDArray[np.uint8], rng: np.random.Generator, size: tuple[int, int] = HD_720P
+) -> RenderedObject:
+    """One item at a random place, size, background, light, tint and noise from ``rng``:
+    the cloud's training renders, which it crops with :mod:`edgelearn.roi` as the gateways
+    crop their objects."""
+    background = make_background(rng, size)
+    pose = random_object_pose(rng)
+    lighting = random_lighting(rng)
+    tint = random_tint(rng) if item.ndim == 2 else (1.0, 1.0, 1.0)
+    image, boxes = compose_many(background, [(item, pose, tint)], lighting, rng)
+    box = boxes[0]
+    if box is None:  # cannot happen for a pose inside the frame; be explicit if it does
+        raise ValueError(f"item rendered outside the frame at {pose}")
+    empty, _ = compose_many(background, [], lighting, rng)
+    return RenderedObject(image, box, empty)
+
+
 class LabeledScene(RenderedSource):
     """A static camera watching items of a labeled data set pass one at a time.
 
@@ -474,7 +516,7 @@ class ObjectScene(LabeledScene):
     walk in through its own edge (the left lane's from the left, the right lane's from the
     right, the middle's from the bottom), stand a while with a little sway, and walk out
     the way it came; then the lane stays empty a while. Items differ in place and size
-    (30-50% of the frame height), and lanes are out of step, so 0 to 3 items are in view.
+    (28-45% of the frame height), and lanes are out of step, so 0 to 3 items are in view.
 
     Every frame lists what is in view in ``objects`` (label and visible box); ``label`` is
     None. Same background, lighting drift and noise as :class:`LabeledScene`; items walk
@@ -507,8 +549,10 @@ class ObjectScene(LabeledScene):
         episode, step = divmod(shifted, period)
         rng = np.random.default_rng([self.seed, 5, lane, episode])
         gap = int(rng.integers(0, int(0.4 * period) + 1))
-        height = float(rng.uniform(0.3, 0.5))
-        home_dx = (lane + 0.5) / self.LANES - 0.5 + float(rng.uniform(-0.03, 0.03))
+        height = float(rng.uniform(*OBJECT_HEIGHTS))
+        # Lanes are a third of the frame wide and items at most 45% of its height: a
+        # little room is left between neighbours, as between people walking past.
+        home_dx = (lane + 0.5) / self.LANES - 0.5 + float(rng.uniform(-0.015, 0.015))
         home_dy = float(rng.uniform(-0.15, 0.15))
         base_angle = float(rng.uniform(-6.0, 6.0))
         tint = random_tint(rng)

@@ -331,6 +331,35 @@ def pipeline_overview() -> dict[str, Any]:
             "between the two is frames lost between camera and gateway.",
         ),
         Panel(
+            "Objects in view per camera",
+            COUNT,
+            [
+                Query(
+                    "sum by (camera) (rate(edgelearn_gateway_objects_seen_total"
+                    f"{{{GW}, {CAM}}}[{RATE}])) / sum by (camera) "
+                    f"(rate(edgelearn_gateway_frames_looked_at_total{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{camera}}",
+                ),
+            ],
+            "Objects the gateway's background model finds in a camera's view, on average over "
+            "its frames: people in a video, items in a labeled scene. Zero for an empty scene, "
+            "whatever the light does.",
+            min=0,
+        ),
+        Panel(
+            "Objects entering per minute",
+            COUNT,
+            [
+                Query(
+                    "60 * sum by (camera) (rate(edgelearn_gateway_objects_entered_total"
+                    f"{{{GW}, {CAM}}}[{RATE}]))",
+                    "{{camera}}",
+                ),
+            ],
+            "New objects (new tracks) per minute in each camera's view.",
+            min=0,
+        ),
+        Panel(
             "Keyframe ratio",
             RATIO,
             [Query(f"edgelearn:keyframe:ratio{{{GW}, {CAM}}}", "{{gateway}} {{camera}}")],

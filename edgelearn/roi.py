@@ -39,7 +39,7 @@ numpy + OpenCV only (the gateway imports it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import cv2
 import numpy as np
@@ -53,7 +53,10 @@ Box = tuple[int, int, int, int]
 
 Reason = Literal["appeared", "moving", "settled", "refresh"]
 
-_CLOSE: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+SMALL_720P: Final = (HD_720P[0] // 8, HD_720P[1] // 8)
+"""(width, height) of the background model's frame: :func:`small_grey` of a 720p JPEG."""
+
+_CLOSE: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 _OPEN: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 
 
@@ -108,6 +111,7 @@ class CameraObjects:
     tracks: list[_Track] = field(default_factory=list)
     next_track: int = 1
     frames: int = 0
+    mask: npt.NDArray[np.uint8] | None = None  # the last frame's foreground, small scale
 
 
 def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
@@ -119,13 +123,13 @@ def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
     return np.asarray(cv2.GaussianBlur(image, (5, 5), 0), np.uint8)
 
 
-def reduce_frame(frame: Image) -> npt.NDArray[np.uint8]:
-    """What :func:`small_grey` makes of a decoded full frame (BGR or grey): for renders."""
+def reduce_frame(frame: Image, size: tuple[int, int] | None = None) -> npt.NDArray[np.uint8]:
+    """What :func:`small_grey` makes of a decoded frame (BGR or grey): 1/8 of its size, or
+    ``size`` (width, height) for a render already smaller than 720p."""
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
     height, width = grey.shape[:2]
-    small = cv2.resize(
-        grey, (max(1, width // 8), max(1, height // 8)), interpolation=cv2.INTER_AREA
-    )
+    size = size or (max(1, width // 8), max(1, height // 8))
+    small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
     return np.asarray(cv2.GaussianBlur(small, (5, 5), 0), np.uint8)
 
 
@@ -162,6 +166,19 @@ def _fit_light(
             gain = float(np.dot(xs - mean_x, ys - mean_y)) / spread
             offset = mean_y - gain * mean_x
     return gain, offset
+
+
+def foreground(
+    frame: npt.NDArray[np.float32], background: npt.NDArray[np.float32], pixel_delta: float
+) -> npt.NDArray[np.uint8]:
+    """Where ``frame`` differs from ``background`` by more than ``pixel_delta`` grey levels
+    once the frame's global light is fitted to the background; closed, then opened. Both
+    at small scale (:func:`small_grey`). 1 = object, 0 = background."""
+    gain, offset = _fit_light(frame, background)
+    difference = np.abs(frame - (gain * background + offset))
+    mask = np.asarray(difference > pixel_delta, np.uint8)
+    mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _CLOSE), np.uint8)
+    return np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _OPEN), np.uint8)
 
 
 def _edges(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -236,6 +253,12 @@ class ObjectFinder:
     def cameras(self) -> dict[str, CameraObjects]:
         return self._cameras
 
+    def mask(self, camera_id: str) -> npt.NDArray[np.uint8] | None:
+        """The foreground of ``camera_id``'s last frame (small scale, 1 = object): what
+        :func:`crop` keeps of an object's square."""
+        state = self._cameras.get(camera_id)
+        return None if state is None else state.mask
+
     def update(
         self,
         camera_id: str,
@@ -264,11 +287,7 @@ class ObjectFinder:
         self, state: CameraObjects, frame: npt.NDArray[np.float32]
     ) -> tuple[list[Box], npt.NDArray[np.uint8]]:
         settings = self.settings
-        gain, offset = _fit_light(frame, state.background)
-        difference = np.abs(frame - (gain * state.background + offset))
-        mask = np.asarray(difference > settings.pixel_delta, np.uint8)
-        mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _CLOSE), np.uint8)
-        mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _OPEN), np.uint8)
+        mask = foreground(frame, state.background, settings.pixel_delta)
         count, found, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         labels = np.asarray(found, np.int32)
         height, width = frame.shape
@@ -289,6 +308,7 @@ class ObjectFinder:
         if ghosts.any():
             state.background[ghosts > 0] = frame[ghosts > 0]  # what was there has gone
             mask[ghosts > 0] = 0
+        state.mask = mask
         boxes = _merge(boxes, max(1, round(settings.merge_gap * width)))
         sx, sy = state.scale
         full_w, full_h = state.frame_size
@@ -415,6 +435,25 @@ def crop_square(box: Box, margin: float = CROP_MARGIN) -> Box:
     return (left, top, left + side, top + side)
 
 
+def _square_of(
+    image: npt.NDArray[Any], square: Box, scale: tuple[float, float]
+) -> npt.NDArray[Any]:
+    """The pixels of ``square`` (full-frame pixels) in ``image`` (``scale`` = its pixels per
+    full-frame pixel), edge-padded where the square leaves the image."""
+    height, width = image.shape[:2]
+    left, top, right, bottom = square
+    x0, y0 = int(np.floor(left * scale[0])), int(np.floor(top * scale[1]))
+    x1 = max(x0 + 1, int(np.ceil(right * scale[0])))
+    y1 = max(y0 + 1, int(np.ceil(bottom * scale[1])))
+    inside = image[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)]
+    if inside.size == 0:
+        raise PreprocessError("bad_shape", f"square {square} is outside the frame")
+    pad = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
+    if any(pad):
+        inside = cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE)
+    return np.asarray(inside)
+
+
 def crop(
     frame: Image,
     box: Box,
@@ -422,11 +461,17 @@ def crop(
     input_size: int,
     channels: int = 1,
     margin: float = CROP_MARGIN,
+    mask: npt.NDArray[np.uint8] | None = None,
 ) -> Image:
     """The model input of one object: the square around ``box`` (given in ``frame_size``
     pixels; ``frame`` may be a reduced decode of that frame) with ``margin``, edge-padded
-    where it leaves the frame, resized to ``input_size`` and contrast normalised (mean 128,
-    standard deviation 48 grey levels, per channel), ``uint8 (input_size, input_size, C)``."""
+    where it leaves the frame, resized to ``input_size``, ``uint8 (input_size, input_size, C)``.
+
+    With ``mask`` (the foreground of the whole frame at any scale, :meth:`ObjectFinder.mask`)
+    the object is cut out: its pixels are contrast normalised (mean 128, standard deviation
+    48 grey levels, per channel, over the object) and the background around it is black, as
+    items are drawn in their data set. Without, the whole square is normalised.
+    """
     if channels not in (1, 3):
         raise PreprocessError("bad_channels", f"{channels} (1 = grayscale, 3 = BGR)")
     if frame.ndim == 3 and frame.shape[2] == 1:
@@ -435,20 +480,25 @@ def crop(
         frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), np.uint8)
     elif frame.ndim == 2 and channels == 3:
         frame = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), np.uint8)
+    square = crop_square(box, margin)
     height, width = frame.shape[:2]
-    fx, fy = width / frame_size[0], height / frame_size[1]
-    left, top, right, bottom = crop_square(box, margin)
-    x0, y0 = int(np.floor(left * fx)), int(np.floor(top * fy))
-    x1, y1 = max(x0 + 1, int(np.ceil(right * fx))), max(y0 + 1, int(np.ceil(bottom * fy)))
-    pad = (max(0, -y0), max(0, y1 - height), max(0, -x0), max(0, x1 - width))
-    inside = frame[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)]
-    if inside.size == 0:
-        raise PreprocessError("bad_shape", f"box {box} is outside the frame")
-    if any(pad):
-        inside = np.asarray(cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE), np.uint8)
+    inside = _square_of(frame, square, (width / frame_size[0], height / frame_size[1]))
     resized = cv2.resize(inside, (input_size, input_size), interpolation=cv2.INTER_AREA)
     values = resized.reshape(input_size, input_size, channels).astype(np.float32)
-    mean = values.mean(axis=(0, 1), keepdims=True)
-    std = np.maximum(values.std(axis=(0, 1), keepdims=True), 4.0)
-    normalised = np.clip((values - mean) * (48.0 / std) + 128.0, 0, 255)
-    return np.ascontiguousarray(normalised, np.uint8)
+    if mask is None:
+        weight = np.ones((input_size, input_size, 1), np.float32)
+    else:
+        rows, cols = mask.shape[:2]
+        cut = _square_of(mask, square, (cols / frame_size[0], rows / frame_size[1]))
+        soft = cv2.resize(
+            cut.astype(np.float32), (input_size, input_size), interpolation=cv2.INTER_LINEAR
+        )
+        weight = np.asarray(soft, np.float32).reshape(input_size, input_size, 1)
+        if float(weight.sum()) < 1.0:  # no foreground in the square: keep all of it
+            weight = np.ones_like(weight)
+    total = float(weight.sum())
+    mean = (values * weight).sum(axis=(0, 1), keepdims=True) / total
+    spread = ((values - mean) ** 2 * weight).sum(axis=(0, 1), keepdims=True) / total
+    std = np.maximum(np.sqrt(spread), 4.0)
+    normalised = ((values - mean) * (48.0 / std) + 128.0) * weight
+    return np.ascontiguousarray(np.clip(normalised, 0, 255), np.uint8)

@@ -86,6 +86,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="extract every frame instead of keyframes only",
     )
     parser.add_argument(
+        "--no-objects",
+        dest="objects",
+        action="store_false",
+        default=None,
+        help="do not look for objects in view (no background model, no object metrics)",
+    )
+    parser.add_argument(
         "--keyframe-threshold",
         type=float,
         default=None,
@@ -191,6 +198,7 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "secrets",
             "group",
             "keyframes",
+            "objects",
             "keyframe_threshold",
             "keyframe_max_interval",
             "keyframe_motion_interval",

@@ -28,6 +28,7 @@ class GatewayConfig:
     tls: bool = False
     secrets: Path | None = None
     keyframes: bool = True
+    objects: bool = True  # a background model per camera: objects in view (edgelearn.roi)
     keyframe_threshold: float = 0.02
     keyframe_max_interval: int = 45
     keyframe_motion_interval: int = 1

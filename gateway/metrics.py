@@ -11,7 +11,11 @@
 * ``edgelearn_gateway_raw_equivalent_bytes_total{camera}`` - JPEG bytes of the forwarded
   frames *and* the held-back ones: what cloud-only would have sent upstream
 * ``edgelearn_gateway_uplink_bytes_total{camera,mode}`` - envelope bytes sent upstream
-* ``edgelearn_gateway_stage_seconds{stage}`` - keyframe, decode, extract, encode, publish
+* ``edgelearn_gateway_stage_seconds{stage}`` - decode_small, objects, keyframe, decode,
+  extract, encode, publish
+* ``edgelearn_gateway_objects_seen_total{camera}``, ``..._frames_looked_at_total{camera}``
+  (their rates' ratio: objects in view) and ``..._objects_entered_total{camera}`` (new
+  tracks), from the per-camera background model (:mod:`edgelearn.roi`)
 * ``edgelearn_gateway_queue_depth{camera}`` - frames waiting, read at scrape time
 * ``edgelearn_gateway_capacity_frames_per_second{mode}`` - measured, see the status message
 * ``edgelearn_gateway_outbox_items``, ``..._outbox_bytes``, ``..._outbox_oldest_seconds`` -
@@ -35,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from edgelearn.roi import FoundObject
 from gateway.outbox import Outbox
 
 # Frames. An envelope that does not decode keeps the exact reason of its
@@ -205,6 +210,33 @@ class GatewayMetrics:
             "Outbox writes the disk refused",
             registry=registry,
         )
+        # Counters, not a gauge of "in view": a camera may move to another worker of the
+        # pool, and a gauge left behind would be counted twice. In view = the rate of
+        # objects_seen over the rate of frames looked at (frames_looked_at).
+        self.objects_seen = Counter(
+            "edgelearn_gateway_objects_seen",
+            "Objects in view, summed over the frames looked at (divide by frames_looked_at)",
+            ["camera"],
+            registry=registry,
+        )
+        self.object_frames = Counter(
+            "edgelearn_gateway_frames_looked_at",
+            "Frames the background model looked at for objects",
+            ["camera"],
+            registry=registry,
+        )
+        self.objects_entered = Counter(
+            "edgelearn_gateway_objects_entered",
+            "Objects that came into view (new tracks)",
+            ["camera"],
+            registry=registry,
+        )
+
+    def observe_objects(self, camera: str, objects: tuple[FoundObject, ...]) -> None:
+        self.object_frames.labels(camera).inc()
+        self.objects_seen.labels(camera).inc(len(objects))
+        entered = sum(1 for item in objects if item.reason == "appeared")
+        self.objects_entered.labels(camera).inc(entered)
 
     def watch_queues(self, depths: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_QueueDepthCollector(depths))

@@ -35,21 +35,21 @@ view; ``motion_interval=1`` keeps about a quarter of frames at the accuracy of s
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edgelearn import codec, preprocess, wire
+from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import LoadedDeployment
 from edgelearn.modes import FULL, RAW, Mode
 
-STAGES = ("keyframe", "decode", "extract", "encode")
+STAGES = ("decode_small", "objects", "keyframe", "decode", "extract", "encode")
 
 
 # --- the keyframe filter -------------------------------------------------------------
@@ -73,11 +73,10 @@ class KeyframeSettings:
 
 
 def decode_small(jpeg: bytes) -> SmallFrame | None:
-    """1/8-scale grayscale decode, blurred; ``None`` if the JPEG does not decode."""
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-    if image is None or image.size == 0:
-        return None
-    return cv2.GaussianBlur(image, (5, 5), 0).astype(np.int16)
+    """1/8-scale grayscale decode, blurred (:func:`edgelearn.roi.small_grey`), as the
+    keyframe filter's int16; ``None`` if the JPEG does not decode."""
+    small = roi.small_grey(jpeg)
+    return None if small is None else small.astype(np.int16)
 
 
 def change_score(frame: SmallFrame, reference: SmallFrame, pixel_delta: int) -> float:
@@ -154,6 +153,7 @@ class Dropped:
 @dataclass(frozen=True)
 class HeldBack:
     score: float
+    objects: tuple[roi.FoundObject, ...] = ()  # what is in view in this frame
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,7 @@ class Forward:
     envelope: wire.Feature | wire.Result
     mode: Mode
     data: bytes  # the encoded envelope, encoded once, published as is
+    objects: tuple[roi.FoundObject, ...] = ()
 
 
 Outcome = Dropped | HeldBack | Forward
@@ -176,12 +177,15 @@ class FramePipeline:
     keyframes: KeyframeSettings = field(default_factory=KeyframeSettings)
     feature_codec: wire.Codec = wire.Codec.ZSTD
     on_stage: Callable[[str, float], None] = lambda stage, seconds: None
+    objects: roi.RoiSettings | None = field(default_factory=roi.RoiSettings)  # None: off
     _filter: KeyframeFilter = field(init=False)
+    _finder: roi.ObjectFinder = field(init=False)
     _deployments: dict[Mode, LoadedDeployment] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._filter = KeyframeFilter(self.keyframes)
+        self._finder = roi.ObjectFinder(self.objects)
 
     # --- live changes (another thread) ------------------------------------------------
 
@@ -219,14 +223,21 @@ class FramePipeline:
             return Dropped("undecodable")  # not a JPEG, or truncated in transit
         started = time.perf_counter()
         held_back = held_mismatched = 0
-        if self.keyframes.enabled:
-            small = decode_small(jpeg)
-            if small is None:
+        found: tuple[roi.FoundObject, ...] = ()
+        small = None
+        if self.keyframes.enabled or self.objects is not None:
+            small = roi.small_grey(jpeg)
+            if small is None:  # before any state is touched: the camera's state is unharmed
                 return Dropped("undecodable")
-            decision = self._filter.decide(frame.camera_id, small, frame.label)
+            started = self._timed("decode_small", started)
+            if self.objects is not None:
+                found = tuple(self._finder.update(frame.camera_id, small))
+                started = self._timed("objects", started)
+        if self.keyframes.enabled and small is not None:
+            decision = self._filter.decide(frame.camera_id, small.astype(np.int16), frame.label)
             started = self._timed("keyframe", started)
             if not decision.keyframe:
-                return HeldBack(decision.score)
+                return HeldBack(decision.score, found)
             held_back, held_mismatched = decision.held_back, decision.held_mismatched
 
         mode = self.mode
@@ -235,7 +246,8 @@ class FramePipeline:
             mode = Mode(RAW)
         if mode.kind == RAW:
             jpeg_as_is = codec.EncodedArray.jpeg(jpeg)
-            return self._forward(frame, mode, "none", jpeg_as_is, held_back, held_mismatched)
+            forward = self._forward(frame, mode, "none", jpeg_as_is, held_back, held_mismatched)
+            return dataclasses.replace(forward, objects=found)
         assert deployment is not None
         model_input = self._model_input(jpeg, deployment)
         if model_input is None:
@@ -244,13 +256,14 @@ class FramePipeline:
         output = deployment.extractor.run(model_input)
         started = self._timed("extract", started)
         if mode.kind == FULL:
-            return self._forward_result(frame, output, deployment, held_back, held_mismatched)
+            result = self._forward_result(frame, output, deployment, held_back, held_mismatched)
+            return dataclasses.replace(result, objects=found)
         encoded = deployment.extractor.output.encode(output, self.feature_codec)
         forward = self._forward(
             frame, mode, deployment.version, encoded, held_back, held_mismatched
         )
         self._timed("encode", started)
-        return forward
+        return dataclasses.replace(forward, objects=found)
 
     def _model_input(self, jpeg: bytes, deployment: LoadedDeployment) -> Any:
         size, _, channels = deployment.extractor.input_shape

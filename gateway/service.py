@@ -49,7 +49,7 @@ import aiomqtt
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from edgelearn import signing, wire
+from edgelearn import roi, signing, wire
 from edgelearn.artifacts import ArtifactError, LoadedDeployment, load_deployment, measure_latency
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
@@ -218,6 +218,7 @@ class GatewayWorker:
             on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(
                 seconds
             ),
+            objects=roi.RoiSettings() if config.objects else None,
         )
         self.queue: LatestFrames[_Arrival] = LatestFrames(
             depth=config.queue_depth, stale_after=config.stale_after, on_drop=self._count_drop
@@ -431,6 +432,8 @@ class GatewayWorker:
                 self._count_drop(camera, outcome.reason)
                 continue
             self.metrics.raw_equivalent_bytes.labels(camera).inc(len(frame.payload))
+            if self.pipeline.objects is not None:
+                self.metrics.observe_objects(camera, outcome.objects)
             if isinstance(outcome, HeldBack):
                 self.metrics.processed.labels(camera, "held_back").inc()
                 self.held_back_total += 1

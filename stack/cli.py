@@ -133,6 +133,7 @@ BENCHMARKS: dict[str, str] = {
     "cameras": "bench.cameras",
     "schedule": "bench.schedule",
     "faults": "bench.faults",
+    "objects": "bench.objects",
 }
 
 

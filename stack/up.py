@@ -63,7 +63,21 @@ def summarize(samples: Samples) -> dict[str, Any]:
     accuracy: dict[str, dict[str, float]] = {}
     for labels, value in samples.values("edgelearn_cloud_accuracy_ratio"):
         accuracy.setdefault(labels["camera"], {})[labels["mode"]] = value
+    looked = samples.by_label("edgelearn_gateway_frames_looked_at_total", "camera")
+    seen = samples.by_label("edgelearn_gateway_objects_seen_total", "camera")
+    entered = samples.by_label("edgelearn_gateway_objects_entered_total", "camera")
     cameras = sorted(set(published) | set(forwarded), key=lambda c: (len(c), c))
+
+    def objects(camera: str) -> dict[str, Any]:
+        """Objects in view (mean over the frames looked at) and coming into view."""
+        frames = looked.get(camera, 0)
+        minutes = frames / fps[camera] / 60 if frames and fps.get(camera) else None
+        return {
+            "in_view": round(seen.get(camera, 0) / frames, 2) if frames else None,
+            "entered": int(entered.get(camera, 0)),
+            "entered_per_minute": (round(entered.get(camera, 0) / minutes, 1) if minutes else None),
+        }
+
     per_camera = {
         camera: {
             "frames": int(published.get(camera, 0)),
@@ -76,6 +90,7 @@ def summarize(samples: Samples) -> dict[str, Any]:
             "raw_bytes": int(raw.get(camera, 0)),
             "sent_bytes": int(sent.get(camera, 0)),
             "accuracy": accuracy.get(camera, {}),
+            "objects": objects(camera),
         }
         for camera in cameras
     }
@@ -140,14 +155,19 @@ def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") ->
         f"edgelearn stack, {elapsed:.0f} s: {summary['results']} results"
         + (f"; {health}" if health else ""),
         f"{'camera':<10}{'fps':>6}{'frames':>8}{'keyframes':>11}{'raw':>11}{'sent':>11}"
-        f"{'accuracy':>10}",
+        f"{'objects':>9}{'in/min':>8}  accuracy",
     ]
     for camera, row in summary["cameras"].items():
         accuracy = ", ".join(f"{mode} {_fmt(value)}" for mode, value in row["accuracy"].items())
+        seen = row.get("objects") or {}
+        in_view = "-" if seen.get("in_view") is None else f"{seen['in_view']:.1f}"
+        per_minute = (
+            "-" if seen.get("entered_per_minute") is None else f"{seen['entered_per_minute']:.0f}"
+        )
         lines.append(
             f"{camera:<10}{row['fps']:>6}{row['frames']:>8}"
             f"{_fmt(row['keyframe_ratio']):>11}{_fmt_bytes(row['raw_bytes']):>11}"
-            f"{_fmt_bytes(row['sent_bytes']):>11}  {accuracy or '-'}"
+            f"{_fmt_bytes(row['sent_bytes']):>11}{in_view:>9}{per_minute:>8}  {accuracy or '-'}"
         )
     for mode, row in sorted(summary["modes"].items()):
         lines.append(

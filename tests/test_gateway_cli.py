@@ -181,6 +181,41 @@ def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
         held = owners()
         # Load spreads evenly: two cameras each.
         assert sorted(sum(1 for o in held.values() if s in o) for s in (0, 1)) == [2, 2], held
+
+        def counts() -> list[dict[str, dict[str, float]]]:
+            samples = [scrape([f"http://127.0.0.1:{port + s}/metrics"]) for s in (0, 1)]
+            return [
+                {
+                    name: x.by_label(f"edgelearn_gateway_{name}_total", "camera")
+                    for name in ("frames_looked_at", "frames_received", "frames_dropped")
+                }
+                for x in samples
+            ]
+
+        def one_background_model_sees_every_frame() -> bool:
+            """Over half a second, per camera: one worker's background model looked at every
+            frame of it that reached the pool and was not dropped, the other's at none."""
+            before = counts()
+            stop.wait(0.5)
+            after = counts()
+            seen[:] = [before, after]
+
+            def grew(slot: int, camera: str) -> tuple[bool, bool]:
+                looked, got, lost = (
+                    after[slot][n].get(camera, 0) - before[slot][n].get(camera, 0)
+                    for n in after[slot]
+                )
+                return looked > 0, looked + lost == got
+
+            return all(
+                sorted(grew(s, c) for s in (0, 1)) == [(False, True), (True, True)] for c in cameras
+            )
+
+        seen: list[object] = []
+        try:
+            wait_for(one_background_model_sees_every_frame, 20, "one background model per camera")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {seen}") from None
         victim = pool_workers(pool.pid)[0]  # the older pid is worker 0
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: all(o == {1} for o in owners().values()), 5, "cameras moved to worker 1")

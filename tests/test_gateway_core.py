@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from bench.common import scene_frames
-from cameras.scene import LabeledScene
-from edgelearn import codec, signing, wire
+from cameras.scene import LabeledScene, make_background
+from edgelearn import codec, preprocess, signing, wire
 from edgelearn.artifacts import load_deployment
 from edgelearn.datasets import load_fashion_mnist
 from edgelearn.modes import Mode, ModeError
@@ -150,3 +152,34 @@ def test_truncated_and_garbage_jpegs_are_dropped_with_a_reason() -> None:
     assert isinstance(pipeline.process(frame), Forward)
     held = pipeline.process(frame)
     assert isinstance(held, HeldBack)
+
+
+def _squares_frame(seq: int, shift: int) -> wire.Frame:
+    """Two objects on a fixed background, the left one moved ``shift`` pixels right."""
+    image = make_background(np.random.default_rng(3)).copy()
+    if shift >= 0:
+        cv2.rectangle(image, (200 + shift, 200), (420 + shift, 460), (40, 40, 40), -1)
+        cv2.rectangle(image, (800, 250), (1000, 500), (230, 230, 230), -1)
+    jpeg = preprocess.encode_jpeg(image, 80)
+    return wire.Frame("cam-1", seq, seq, 1280, 720, wire.Encoding.JPEG, None, jpeg)
+
+
+def test_objects_keep_their_tracks_and_a_corrupt_jpeg_leaves_the_camera_unharmed() -> None:
+    pipeline = FramePipeline("gw-1")
+    assert pipeline.process(_squares_frame(0, -1)).objects == ()  # empty: the background
+    first = pipeline.process(_squares_frame(1, 0))
+    assert len(first.objects) == 2 and {o.reason for o in first.objects} == {"appeared"}
+    tracks = {o.track for o in first.objects}
+    good = _squares_frame(2, 20)
+    # Cut short in transit, or its header gone: counted, and nothing of the camera changes.
+    # (A JPEG whose entropy-coded data is damaged but whose markers are intact decodes with
+    # a libjpeg warning OpenCV cannot report: such a frame is looked at like any other.)
+    corrupt = [
+        dataclasses.replace(good, seq=3, payload=good.payload[: len(good.payload) // 2]),
+        dataclasses.replace(good, seq=4, payload=b"\xff\xd8" + good.payload[600:]),
+    ]
+    assert [pipeline.process(frame) for frame in corrupt] == [Dropped("undecodable")] * 2
+    after = pipeline.process(good)
+    assert {o.track for o in after.objects} == tracks  # same tracks, nothing new
+    moved = next(o for o in after.objects if o.box[0] < 640)
+    assert moved.reason == "moving" and abs(moved.box[0] - 220) <= 16

@@ -115,6 +115,8 @@ def test_up_runs_the_stack_shows_a_reduction_and_stops_everything(
     assert summary["results"] > 0
     assert summary["uplink_reduction"] is not None and summary["uplink_reduction"] > 0.9
     assert "reduction" in output and "cam-4" in output  # three labeled cameras + the video
+    people = summary["cameras"]["cam-4"]["objects"]  # vtest.avi: people walk through it
+    assert people["in_view"] > 0.5 and people["entered"] > 0, people
     with lock:
         assert crossed["features"] > 0  # the bridge carries features up...
         assert crossed["frames"] == 0  # ...and never a raw frame

@@ -26,8 +26,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from cameras.scene import LabeledScene, render_item
-from edgelearn import preprocess
+from cameras.scene import LabeledScene, RenderedObject, render_item, render_object
+from edgelearn import preprocess, roi
 from edgelearn.datasets import LabeledImages, load_fashion_mnist
 
 _TRAIN_STREAM: Final = 1
@@ -48,6 +48,7 @@ class RenderSettings:
     render_size: tuple[int, int] = preprocess.REDUCED_720P
     reduced_decode: bool = False
     jpeg_quality: int = 85
+    objects: bool = False  # items placed as ObjectScene does, cropped by edgelearn.roi
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -60,11 +61,58 @@ class RenderSettings:
         """The real camera path: 720p frames, reduced decode."""
         return cls(input_size, channels, preprocess.HD_720P, True, jpeg_quality)
 
-    def jpeg_to_input(self, jpeg: bytes) -> npt.NDArray[np.uint8]:
+    def _decode(self, jpeg: bytes) -> npt.NDArray[np.uint8]:
         if self.reduced_decode:
-            return preprocess.frame_to_input(jpeg, self.input_size, self.channels)
-        decoded = preprocess.decode_full(jpeg, self.channels)
-        return preprocess.to_model_input(decoded, self.input_size, self.channels)
+            return preprocess.decode_reduced(jpeg, self.channels)
+        return preprocess.decode_full(jpeg, self.channels)
+
+    def jpeg_to_input(self, jpeg: bytes) -> npt.NDArray[np.uint8]:
+        """The model input of a rendered frame's centre square (the whole-frame path)."""
+        return preprocess.to_model_input(self._decode(jpeg), self.input_size, self.channels)
+
+    def object_input(
+        self, jpeg: bytes, rendered: RenderedObject, rng: np.random.Generator
+    ) -> npt.NDArray[np.uint8]:
+        """The model input of a rendered object, cut as a gateway cuts it: the foreground
+        against the empty scene at the background model's scale (:func:`edgelearn.roi.
+        foreground`), its box, and :func:`edgelearn.roi.crop` with that mask. An item the
+        mask misses (its colour is the wall's) is cut at its true box, moved a little as
+        the detector's boxes are."""
+        decoded = self._decode(jpeg)
+        small = roi.reduce_frame(decoded, roi.SMALL_720P).astype(np.float32)
+        empty = roi.reduce_frame(rendered.empty, roi.SMALL_720P).astype(np.float32)
+        mask = roi.foreground(small, empty, roi.RoiSettings().pixel_delta)
+        rows, cols = np.nonzero(mask)
+        if rows.size:
+            sx = self.render_size[0] / mask.shape[1]
+            sy = self.render_size[1] / mask.shape[0]
+            box = (
+                int(cols.min() * sx),
+                int(rows.min() * sy),
+                int(np.ceil((cols.max() + 1) * sx)),
+                int(np.ceil((rows.max() + 1) * sy)),
+            )
+        else:
+            box = detector_like(rendered.box, rng)
+        return roi.crop(decoded, box, self.render_size, self.input_size, self.channels, mask=mask)
+
+
+BOX_JITTER: Final = 0.04
+"""How far (fraction of the box's size, each side) a training box strays from the true one,
+as the detector's boxes do: it works at 1/8 scale, so its edges are 8 pixels coarse at 720p."""
+
+
+def detector_like(box: roi.Box, rng: np.random.Generator) -> roi.Box:
+    """``box`` with each side moved by up to :data:`BOX_JITTER` of the box's size."""
+    x0, y0, x1, y1 = box
+    dx, dy = BOX_JITTER * (x1 - x0), BOX_JITTER * (y1 - y0)
+    shift = rng.uniform(-1.0, 1.0, 4)
+    return (
+        round(x0 + shift[0] * dx),
+        round(y0 + shift[1] * dy),
+        max(round(x1 + shift[2] * dx), round(x0 + shift[0] * dx) + 1),
+        max(round(y1 + shift[3] * dy), round(y0 + shift[1] * dy) + 1),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +183,7 @@ class RenderedDataset:
                     *self.settings.render_size,
                     int(self.settings.reduced_decode),
                     self.settings.jpeg_quality,
+                    int(self.settings.objects),
                 ]
             ),
             seed=np.int64(self.seed),
@@ -155,12 +204,21 @@ class RenderedDataset:
                 )
                 for name in ("train", "held_out")
             ]
-            size, channels, width, height, reduced, quality = (int(v) for v in archive["settings"])
+            size, channels, width, height, reduced, quality, *objects = (
+                int(v) for v in archive["settings"]
+            )
             return cls(
                 train=splits[0],
                 held_out=splits[1],
                 class_names=tuple(str(name) for name in archive["class_names"]),
-                settings=RenderSettings(size, channels, (width, height), bool(reduced), quality),
+                settings=RenderSettings(
+                    size,
+                    channels,
+                    (width, height),
+                    bool(reduced),
+                    quality,
+                    bool(objects[:1] == [1]),
+                ),
                 seed=int(archive["seed"]),
                 task=str(archive["task"]),
             )
@@ -190,9 +248,15 @@ def render_inputs(
         for position in range(start, min(start + _CHUNK, count)):
             index = int(chosen[position])
             rng = np.random.default_rng([seed, stream, index])
-            frame = render_item(images[index], rng, settings.render_size)
-            jpeg = preprocess.encode_jpeg(frame, settings.jpeg_quality)
-            inputs[position] = settings.jpeg_to_input(jpeg)
+            if settings.objects:
+                rendered = render_object(images[index], rng, settings.render_size)
+                jpeg = preprocess.encode_jpeg(rendered.image, settings.jpeg_quality)
+                inputs[position] = settings.object_input(jpeg, rendered, rng)
+            else:
+                jpeg = preprocess.encode_jpeg(
+                    render_item(images[index], rng, settings.render_size), settings.jpeg_quality
+                )
+                inputs[position] = settings.jpeg_to_input(jpeg)
             jpeg_bytes[position] = len(jpeg)
 
     starts = range(0, count, _CHUNK)
