@@ -17,6 +17,14 @@ is a short, bounded string fit for a metric label (``truncated``, ``bad_magic``,
 Nothing else in the project parses bytes off the wire: the roles call :func:`decode` (or the
 ``decode_*`` helpers that also check the kind) and :func:`encode`.
 
+**Versioning.** ``VERSION`` is the layout of every body. A change to any body (a field
+added, removed or retyped) is a new ``VERSION``; a reader takes only its own version and
+rejects any other as ``unknown_version``, counted, so two builds never misread each other's
+bytes. Version 2 added the objects of a frame: the ground truth of a labeled scene's items
+on :class:`Frame` (``truth_labels``, ``truth_boxes``), and on :class:`Feature` and
+:class:`Result` the track id, box and label of each object the gateway found (its tensors
+stacked along the payload's first axis). The topic layout has its own version (``v1``).
+
 Topics live under ``edgelearn/v1/<site>/...``; ``site`` lets several camera sites share one
 cloud broker and gives each test its own namespace. Per-role access rules in
 ``stack/mosquitto/`` are written against the same layout (see :mod:`stack.broker`).
@@ -34,7 +42,7 @@ from typing import Any, ClassVar, Final, TypeVar
 from edgelearn.modes import Mode, ModeError
 
 MAGIC: Final = b"EL"
-VERSION: Final = 1
+VERSION: Final = 2
 HEADER = struct.Struct("<2sBB")
 
 # Bounds that keep a hostile message from making us allocate or loop without limit.
@@ -45,6 +53,10 @@ MAX_DIMENSIONS: Final = 8
 MAX_MAP_ENTRIES: Final = 1024
 MAX_ACK_ENTRIES: Final = 1024
 MAX_FRAME_SIDE: Final = 8192
+MAX_OBJECTS: Final = 64  # objects in one frame
+
+Box = tuple[int, int, int, int]
+"""(x0, y0, x1, y1) in pixels of the camera's frame, x1 and y1 exclusive."""
 
 
 class WireError(ValueError):
@@ -219,6 +231,19 @@ def _shape() -> _FieldType:
     return _FieldType(write, read)
 
 
+def _box() -> _FieldType:
+    fmt = struct.Struct("<4H")
+
+    def write(out: bytearray, value: Box) -> None:
+        out += fmt.pack(*value)
+
+    def read(reader: _Reader) -> Box:
+        x0, y0, x1, y1 = reader.unpack(fmt)
+        return (int(x0), int(y0), int(x1), int(y1))
+
+    return _FieldType(write, read)
+
+
 def _sequence(item: _FieldType, limit: int) -> _FieldType:
     """A tuple of items of one type: a count, then the items."""
 
@@ -290,6 +315,11 @@ TEXT = _text(_U16, MAX_TEXT_LENGTH)
 PAYLOAD = _blob(MAX_PAYLOAD_BYTES)
 LABEL = _optional_u16()
 SHAPE = _shape()
+BOXES = _sequence(_box(), MAX_OBJECTS)
+LABELS = _sequence(LABEL, MAX_OBJECTS)
+CLASSES = _sequence(U16, MAX_OBJECTS)
+TRACKS = _sequence(U32, MAX_OBJECTS)
+SCORES = _sequence(F32, MAX_OBJECTS)
 SHA256 = _fixed_bytes(32)
 SIGNATURE = _fixed_bytes(64)
 
@@ -326,6 +356,26 @@ def _check_mode(name: str, value: str) -> None:
         raise WireError("bad_mode", f"{name}: {exc}") from exc
 
 
+def _check_boxes(
+    boxes: tuple[Box, ...], width: int | None = None, height: int | None = None
+) -> None:
+    for x0, y0, x1, y1 in boxes:
+        _check(x0 < x1 and y0 < y1, "bad_box", f"box {(x0, y0, x1, y1)}")
+        if width is not None and height is not None:
+            _check(x1 <= width and y1 <= height, "bad_box", f"box {(x0, y0, x1, y1)} outside")
+
+
+def _check_objects(
+    tracks: tuple[int, ...], boxes: tuple[Box, ...], *others: tuple[Any, ...]
+) -> None:
+    _check(
+        all(len(other) == len(tracks) for other in (boxes, *others)),
+        "bad_count",
+        "objects' tracks, boxes and labels differ in length",
+    )
+    _check_boxes(boxes)
+
+
 def _check_finite(name: str, value: float) -> None:
     _check(math.isfinite(value), "not_finite", f"{name}={value}")
 
@@ -349,12 +399,22 @@ class Frame(Envelope):
     encoding: Encoding = _wire(_enum(Encoding))
     label: int | None = _wire(LABEL)
     payload: bytes = _wire(PAYLOAD)
+    # A labeled scene of several items: each item's class and box (ground truth, scored
+    # per object); ``label`` is then None.
+    truth_labels: tuple[int, ...] = _wire(CLASSES, default=())
+    truth_boxes: tuple[Box, ...] = _wire(BOXES, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check(0 < self.width <= MAX_FRAME_SIDE, "bad_size", f"width {self.width}")
         _check(0 < self.height <= MAX_FRAME_SIDE, "bad_size", f"height {self.height}")
         _check(len(self.payload) > 0, "empty_payload", "frame has no pixels")
+        _check(
+            len(self.truth_labels) == len(self.truth_boxes),
+            "bad_count",
+            "truth labels and boxes differ in length",
+        )
+        _check_boxes(self.truth_boxes, self.width, self.height)
 
 
 @dataclass(frozen=True)
@@ -386,10 +446,23 @@ class Feature(Envelope):
     held_back: int = _wire(U16)
     held_mismatched: int = _wire(U16)
     payload: bytes = _wire(PAYLOAD)
+    # The objects of this frame (none: the whole frame's centre square was extracted).
+    # Their tensors are stacked: ``shape[0] == len(tracks)``, except for a JPEG payload
+    # (``raw``), whose objects the cloud cuts out of the JPEG itself.
+    tracks: tuple[int, ...] = _wire(TRACKS, default=())
+    boxes: tuple[Box, ...] = _wire(BOXES, default=())
+    labels: tuple[int | None, ...] = _wire(LABELS, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
+        _check_objects(self.tracks, self.boxes, self.labels)
+        if self.tracks and self.codec is not Codec.JPEG:
+            _check(
+                self.shape[:1] == (len(self.tracks),),
+                "bad_shape",
+                f"shape {self.shape} for {len(self.tracks)} objects",
+            )
         _check_mode("extractor", self.extractor)
         _check_ident("model_version", self.model_version)
         _check_finite("scale", self.scale)
@@ -432,10 +505,21 @@ class Result(Envelope):
     computed_at: ComputedAt = _wire(_enum(ComputedAt))
     held_back: int = _wire(U16)
     held_mismatched: int = _wire(U16)
+    # Per object, when the frame's objects were classified (``predicted``/``score``/``label``
+    # then describe the first): track, box, true label (None: unlabeled), class, score.
+    tracks: tuple[int, ...] = _wire(TRACKS, default=())
+    boxes: tuple[Box, ...] = _wire(BOXES, default=())
+    labels: tuple[int | None, ...] = _wire(LABELS, default=())
+    classes: tuple[int, ...] = _wire(CLASSES, default=())
+    scores: tuple[float, ...] = _wire(SCORES, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
+        _check_objects(self.tracks, self.boxes, self.labels, self.classes, self.scores)
+        for value in self.scores:
+            _check_finite("score", value)
+            _check(0.0 <= value <= 1.0, "bad_score", f"score {value}")
         _check_mode("extractor", self.extractor)
         _check_ident("model_version", self.model_version)
         _check_finite("score", self.score)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 
@@ -26,17 +27,35 @@ blob = st.binary(min_size=1, max_size=2048)
 f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 text = st.text(max_size=200)
 
-frames = st.builds(
-    wire.Frame,
-    camera_id=ident,
-    seq=u64,
-    capture_ns=u64,
-    width=st.integers(1, wire.MAX_FRAME_SIDE),
-    height=st.integers(1, wire.MAX_FRAME_SIDE),
-    encoding=st.sampled_from(wire.Encoding),
-    label=label,
-    payload=blob,
-)
+
+@st.composite
+def boxes(
+    draw: st.DrawFn, count: int, width: int = 2**16 - 1, height: int = 2**16 - 1
+) -> tuple[wire.Box, ...]:
+    out = []
+    for _ in range(count):
+        x0, y0 = draw(st.integers(0, width - 1)), draw(st.integers(0, height - 1))
+        out.append((x0, y0, draw(st.integers(x0 + 1, width)), draw(st.integers(y0 + 1, height))))
+    return tuple(out)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> wire.Frame:
+    width = draw(st.integers(1, wire.MAX_FRAME_SIDE))
+    height = draw(st.integers(1, wire.MAX_FRAME_SIDE))
+    count = draw(st.integers(0, 4))
+    return wire.Frame(
+        camera_id=draw(ident),
+        seq=draw(u64),
+        capture_ns=draw(u64),
+        width=width,
+        height=height,
+        encoding=draw(st.sampled_from(wire.Encoding)),
+        label=draw(label),
+        payload=draw(blob),
+        truth_labels=tuple(draw(st.lists(u16, min_size=count, max_size=count))),
+        truth_boxes=draw(boxes(count, width, height)),
+    )
 
 
 @st.composite
@@ -44,6 +63,9 @@ def features(draw: st.DrawFn) -> wire.Feature:
     dtype = draw(st.sampled_from(wire.DType))
     codec = draw(st.sampled_from(wire.Codec))
     shape = tuple(draw(st.lists(st.integers(1, 16), min_size=1, max_size=4)))
+    count = draw(st.integers(0, 3))
+    if count and codec is not wire.Codec.JPEG:
+        shape = (count, *shape[1:])
     size = 1
     for dim in shape:
         size *= dim
@@ -69,25 +91,41 @@ def features(draw: st.DrawFn) -> wire.Feature:
         held_back=(held := draw(u16)),
         held_mismatched=draw(st.integers(0, held)),
         payload=payload,
+        tracks=tuple(draw(st.lists(u32, min_size=count, max_size=count))),
+        boxes=draw(boxes(count)),
+        labels=tuple(draw(st.lists(label, min_size=count, max_size=count))),
     )
 
 
-results = st.builds(
-    wire.Result,
-    camera_id=ident,
-    seq=u64,
-    capture_ns=u64,
-    result_ns=u64,
-    gateway_id=ident,
-    extractor=mode,
-    label=label,
-    predicted=u16,
-    score=st.floats(0, 1, width=32),
-    model_version=ident,
-    computed_at=st.sampled_from(wire.ComputedAt),
-    held_back=st.just(7),
-    held_mismatched=st.integers(0, 7),
-)
+@st.composite
+def results(draw: st.DrawFn) -> wire.Result:
+    count = draw(st.integers(0, 3))
+
+    def several(strategy: st.SearchStrategy[object]) -> tuple[object, ...]:
+        return tuple(draw(st.lists(strategy, min_size=count, max_size=count)))
+
+    return wire.Result(
+        camera_id=draw(ident),
+        seq=draw(u64),
+        capture_ns=draw(u64),
+        result_ns=draw(u64),
+        gateway_id=draw(ident),
+        extractor=draw(mode),
+        label=draw(label),
+        predicted=draw(u16),
+        score=draw(st.floats(0, 1, width=32)),
+        model_version=draw(ident),
+        computed_at=draw(st.sampled_from(wire.ComputedAt)),
+        held_back=7,
+        held_mismatched=draw(st.integers(0, 7)),
+        tracks=several(u32),  # type: ignore[arg-type]
+        boxes=draw(boxes(count)),
+        labels=several(label),  # type: ignore[arg-type]
+        classes=several(u16),  # type: ignore[arg-type]
+        scores=several(st.floats(0, 1, width=32)),  # type: ignore[arg-type]
+    )
+
+
 models = st.builds(
     wire.Model,
     name=ident,
@@ -127,7 +165,7 @@ plans = st.builds(
     keyframe_threshold=st.floats(0, 1000, width=32),
     keyframe_max_interval=u16,
 )
-any_envelope = frames | features() | results | models | statuses | plans
+any_envelope = frames() | features() | results() | models | statuses | plans
 
 
 @given(any_envelope)
@@ -198,8 +236,9 @@ def test_random_and_mutated_bytes_raise_only_wire_error() -> None:
     [
         (b"", "truncated"),
         (b"XX\x01\x01", "bad_magic"),
-        (b"EL\x02\x01", "unknown_version"),
-        (b"EL\x01\x63", "unknown_kind"),
+        (b"EL\x01\x01", "unknown_version"),  # version 1: before objects were on the wire
+        (b"EL\x03\x01", "unknown_version"),
+        (b"EL\x02\x63", "unknown_kind"),
     ],
 )
 def test_header_errors_carry_their_reason(data: bytes, reason: str) -> None:
@@ -240,6 +279,25 @@ def test_construction_validates() -> None:
         )
     with pytest.raises(wire.WireError, match="bad_score"):
         wire.Result("c", 1, 2, 3, "g", "full", None, 1, 1.5, "v", wire.ComputedAt.EDGE, 0, 0)
+
+
+def test_objects_are_validated() -> None:
+    frame = wire.Frame("c", 1, 2, 1280, 720, wire.Encoding.JPEG, None, b"x")
+    with pytest.raises(wire.WireError, match="bad_box"):  # past the frame's edge
+        dataclasses.replace(frame, truth_labels=(3,), truth_boxes=((0, 0, 1281, 10),))
+    with pytest.raises(wire.WireError, match="bad_count"):
+        dataclasses.replace(frame, truth_labels=(3, 4), truth_boxes=((0, 0, 10, 10),))
+    feature = wire.Feature(
+        "c", 1, 2, "g", None, "pca", "v", wire.DType.INT8, (2, 4), 0.5, 0, wire.Codec.NONE,
+        10, 0, 0, bytes(8), tracks=(1, 2), boxes=((0, 0, 5, 5), (5, 5, 9, 9)), labels=(1, None),
+    )  # fmt: skip
+    assert wire.decode(wire.encode(feature)) == feature
+    with pytest.raises(wire.WireError, match="bad_shape"):  # two objects, one tensor
+        dataclasses.replace(feature, shape=(1, 8))
+    with pytest.raises(wire.WireError, match="bad_box"):
+        dataclasses.replace(feature, boxes=((0, 0, 5, 5), (9, 9, 5, 5)))
+    with pytest.raises(wire.WireError, match="bad_count"):
+        dataclasses.replace(feature, labels=(1,))
 
 
 def test_decode_as_rejects_the_wrong_kind() -> None:
