@@ -131,7 +131,7 @@ def _bars(
     # A log axis cannot show zero: fall back to linear rather than drop a bar.
     log = log and all(v > 0 for values in groups.values() for v in values.values())
     modes = sorted({mode for values in groups.values() for mode in values}, key=_mode_key)
-    figure = Figure(figsize=(max(7.0, 1.2 * len(modes) * max(1, len(groups)) + 2), 4.2))
+    figure = Figure(figsize=(max(7.0, 0.75 * len(modes) * max(1, len(groups)) + 2), 4.2))
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(groups))
     for index, (series, values) in enumerate(groups.items()):
@@ -292,6 +292,74 @@ def _figure_per_mode(
     return found
 
 
+KEYFRAMES_SUFFIX: Final = " keyframes"
+EVERY_FRAME: Final = "every frame"
+KEYFRAMES_ON: Final = "keyframes on"
+
+
+def _by_keyframes(values: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{"pca": a, "pca keyframes": b}`` as bar groups ``{"every frame": {"pca": a},
+    "keyframes on": {"pca": b}}``: one slot per mode, keyframes off and on side by side.
+    Names without the suffix stay as they are; an empty group is left out."""
+    every = {m: v for m, v in values.items() if not m.endswith(KEYFRAMES_SUFFIX)}
+    keyed = {
+        m.removesuffix(KEYFRAMES_SUFFIX): v
+        for m, v in values.items()
+        if m.endswith(KEYFRAMES_SUFFIX)
+    }
+    groups = {EVERY_FRAME: every, KEYFRAMES_ON: keyed}
+    return {name: group for name, group in groups.items() if group} or {"value": dict(values)}
+
+
+def _trade_off(
+    path: Path, title: str, uplink: Mapping[str, float], accuracy: Mapping[str, float]
+) -> Path:
+    """Accuracy against uplink bytes per frame (log scale), one point per mode: colour for
+    the mode, a circle with every frame sent and a triangle with keyframes on; cloud-only
+    (``raw``, every frame) ringed, with its accuracy as a dashed reference line. Legends,
+    not labels, name the points, so nothing collides."""
+    from matplotlib.lines import Line2D
+
+    figure = Figure(figsize=(9.5, 5.2))
+    axes = figure.add_subplot()
+    names = sorted(set(uplink) & set(accuracy), key=_mode_key)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    colours: dict[str, str] = {}
+    for name in names:
+        base = name.removesuffix(KEYFRAMES_SUFFIX)
+        colour = colours.setdefault(base, palette[len(colours) % len(palette)])
+        axes.scatter(
+            [uplink[name]], [100 * accuracy[name]], s=80, color=colour, zorder=3,
+            marker="^" if name.endswith(KEYFRAMES_SUFFIX) else "o",
+            edgecolors="black" if name == "raw" else "none", linewidths=1.5,
+        )  # fmt: skip
+    if "raw" in names:
+        level = 100 * accuracy["raw"]
+        axes.axhline(level, color="grey", linestyle="--", lw=1)
+        axes.annotate(
+            "cloud-only accuracy", (0, level), xycoords=("axes fraction", "data"),
+            fontsize=8, color="grey", xytext=(4, 4), textcoords="offset points",
+        )  # fmt: skip
+    modes = [
+        Line2D([], [], marker="s", linestyle="", color=colour, markersize=9, label=base)
+        for base, colour in colours.items()
+    ]
+    markers = [
+        Line2D([], [], marker="o", linestyle="", color="black", label=EVERY_FRAME),
+        Line2D([], [], marker="^", linestyle="", color="black", label=KEYFRAMES_ON),
+    ]
+    first = axes.legend(handles=modes, title="mode", fontsize=8, loc="upper left",
+                        bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+    axes.add_artist(first)
+    axes.legend(handles=markers, fontsize=8, loc="lower left", bbox_to_anchor=(1.01, 0.0))
+    axes.set_xscale("log")
+    axes.set_xlabel("uplink bytes per camera frame (log scale)")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(title, wrap=True)
+    axes.grid(alpha=0.3, which="both")
+    return _save(figure, path)
+
+
 def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
     modes = _modes_of(data)
     done = Rendered()
@@ -312,7 +380,7 @@ def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
             out_dir / "uplink_bytes_per_mode.png",
             f"Uplink bytes per camera frame ({title})",
             "bytes per frame",
-            {"uplink": values},
+            _by_keyframes(values),
             label=_human_bytes,
             log=max(values.values()) > 20 * max(min(values.values()), 1e-9),
         ),
@@ -324,7 +392,7 @@ def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
             out_dir / "reduction_ratio.png",
             f"Uplink reduction against cloud-only ({title})",
             "reduction (%)",
-            {"reduction": values},
+            _by_keyframes(values),
             label=_percent,
             percent=True,
         ),
@@ -332,7 +400,12 @@ def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
     p50 = _figure_per_mode(modes, "latency_p50_seconds", done.notes)
     p99 = _figure_per_mode(modes, "latency_p99_seconds", done.notes)
     if p50 or p99:
-        latency = {name: values for name, values in (("p50", p50), ("p99", p99)) if values}
+        latency = {
+            f"{name} {group}": values
+            for name, quantile in (("p50", p50), ("p99", p99))
+            if quantile
+            for group, values in _by_keyframes(quantile).items()
+        }
         done.files.append(
             _bars(
                 out_dir / "latency.png",
@@ -354,11 +427,25 @@ def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
             out_dir / "accuracy.png",
             f"Per-frame accuracy ({title})",
             "accuracy (%)",
-            {"accuracy": values},
+            _by_keyframes(values),
             label=_percent,
             percent=True,
         ),
     )
+    uplink = _figure_per_mode(modes, "uplink_bytes_per_frame", [])
+    accuracy = _figure_per_mode(modes, "accuracy", [])
+    if len(set(uplink) & set(accuracy)) >= 2 and all(v > 0 for v in uplink.values()):
+        done.files.append(
+            _trade_off(
+                out_dir / "accuracy_vs_uplink.png",
+                f"Accuracy against uplink per frame ({title})",
+                uplink,
+                accuracy,
+            )
+        )
+        done.notes.append("drew accuracy against uplink bytes per frame")
+    else:
+        done.notes.append("skipped accuracy against uplink: fewer than two modes have both")
     chart(
         "keyframe_ratio",
         "keyframe ratio",
@@ -366,7 +453,7 @@ def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
             out_dir / "keyframe_ratio.png",
             f"Keyframe ratio, forwarded / processed ({title})",
             "keyframes (%)",
-            {"keyframes": values},
+            _by_keyframes(values),
             label=_percent,
             percent=True,
         ),
@@ -379,7 +466,7 @@ def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
                 out_dir / "training_seconds.png",
                 f"Training time ({title})",
                 "seconds",
-                {"training": values},
+                _by_keyframes(values),
                 label=lambda v: f"{v:.1f} s",
             ),
         )

@@ -83,12 +83,23 @@ def test_render_from_json_draws_every_chart(tmp_path: Path) -> None:
         "reduction_ratio.png",
         "latency.png",
         "accuracy.png",
+        "accuracy_vs_uplink.png",
         "keyframe_ratio.png",
         "training_seconds.png",
     ]
     for path in files:
         assert path.parent == tmp_path
         assert_real_png(path)
+
+
+def test_modes_are_grouped_with_keyframes_on_and_off_side_by_side() -> None:
+    values = {"split:8 keyframes": 0.9, "raw": 0.8, "split:8": 0.91, "pca keyframes": 0.7}
+    groups = report._by_keyframes(values)
+    assert groups == {
+        "every frame": {"raw": 0.8, "split:8": 0.91},
+        "keyframes on": {"split:8": 0.9, "pca": 0.7},
+    }
+    assert report._by_keyframes({"raw": 1.0}) == {"every frame": {"raw": 1.0}}
 
 
 def test_missing_figures_are_skipped_and_said(
