@@ -144,6 +144,37 @@ def scene_frames(
     return frames
 
 
+def object_frames(
+    camera_id: str, count: int, *, seed: int = 0, quality: int = 80, first: int = 0
+) -> list[wire.Frame]:
+    """``count`` 720p JPEG frames of an :class:`cameras.scene.ObjectScene` of Fashion-MNIST
+    *test* items (0-3 in view, walking in and out), from frame ``first``, with each item's
+    label and box, as ``edgelearn camera --source fashion-mnist:test`` sends them."""
+    from cameras.scene import ObjectScene
+    from edgelearn.datasets import load_fashion_mnist
+
+    scene = ObjectScene(load_fashion_mnist("test"), seed=seed)
+    frames = []
+    for number in range(first, first + count):
+        rendered = scene.render(number)
+        height, width = rendered.image.shape[:2]
+        frames.append(
+            wire.Frame(
+                camera_id,
+                number,
+                time.time_ns(),
+                width,
+                height,
+                wire.Encoding.JPEG,
+                None,
+                preprocess.encode_jpeg(rendered.image, quality),
+                truth_labels=tuple(item.label for item in rendered.objects),
+                truth_boxes=tuple(item.box for item in rendered.objects),
+            )
+        )
+    return frames
+
+
 def render_cameras(
     cameras: int,
     frames_per_camera: int,
@@ -163,6 +194,23 @@ def render_cameras(
                     seed=first_seed + index,
                     dwell=dwell_frames,
                     quality=quality,
+                ),
+                range(cameras),
+            )
+        )
+    return {frames[0].camera_id: frames for frames in rendered}
+
+
+def render_object_cameras(
+    cameras: int, frames_per_camera: int, *, quality: int = 80, first_seed: int = 1
+) -> dict[str, list[wire.Frame]]:
+    """:func:`object_frames` of ``cam-1``...``cam-N`` (seeds ``first_seed``...), rendered
+    in two threads."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="render") as pool:
+        rendered = list(
+            pool.map(
+                lambda index: object_frames(
+                    f"cam-{index + 1}", frames_per_camera, seed=first_seed + index, quality=quality
                 ),
                 range(cameras),
             )

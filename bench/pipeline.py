@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from bench.common import (
     GATEWAY_ID,
@@ -46,10 +46,10 @@ from bench.common import (
     poll_until,
     publish_retained,
     quantile,
-    render_cameras,
+    render_object_cameras,
     wait_until,
 )
-from edgelearn import wire
+from edgelearn import roi, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import machine_info, scrape
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
@@ -111,6 +111,7 @@ class CloudWatch:
         self.frame_messages = 0
         self.latencies: list[float] = []
         self.results = 0
+        self.boxes: dict[tuple[str, int], tuple[wire.Box, ...]] = {}  # results' objects
         self.client = mqtt_client(config, "bench-watch")
         self.client.on_message = self._on_message
         topics = wire.Topics(SITE)
@@ -135,6 +136,7 @@ class CloudWatch:
                 result = wire.decode_as(message.payload, wire.Result)
                 self.results += 1
                 self.latencies.append((result.result_ns - result.capture_ns) / 1e9)
+                self.boxes[(result.camera_id, result.seq)] = result.boxes
 
     def reset(self) -> dict[str, Any]:
         with self.lock:
@@ -144,10 +146,12 @@ class CloudWatch:
                 "frame_messages": self.frame_messages,
                 "results": self.results,
                 "latencies": self.latencies,
+                "boxes": self.boxes,
             }
             self.feature_bytes = self.feature_messages = self.frame_messages = 0
             self.results = 0
             self.latencies = []
+            self.boxes = {}
         return snapshot
 
 
@@ -210,9 +214,7 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
     cloud_port, edge_port = stack.cloud_broker.port, stack.edge_broker.port
     watch = CloudWatch(BrokerConfig.for_user("observer", port=cloud_port, secrets_dir=secrets_dir))
     clients.append(watch.client)
-    frames = render_cameras(
-        budget.cameras, budget.frames_per_camera, dwell_frames=budget.dwell, first_seed=1000
-    )
+    frames = render_object_cameras(budget.cameras, budget.frames_per_camera, first_seed=1000)
     # One connection per camera: each publishes as its own broker user (the ACL holds).
     cameras = {}
     for camera in frames:
@@ -222,6 +224,13 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
     cloud_config = BrokerConfig.for_user("cloud", port=cloud_port, secrets_dir=secrets_dir)
     rows: dict[str, Any] = {}
     plan_version = int(time.time())
+    # One unmeasured pass first: the gateway's background models learn each camera's empty
+    # scene (they start from a frame with items in it), as a running gateway has.
+    plan = wire.Plan(GATEWAY_ID, plan_version, str(Mode(RAW)), 0, 0.02, 45)
+    publish_retained(cloud_config, wire.Topics(SITE).plan(GATEWAY_ID), wire.encode(plan))
+    wait_until(functools.partial(_gateway_runs, gateway_url, Mode(RAW)), 30, "raw for warm-up")
+    _measure(Mode(RAW), False, frames, budget, cameras, watch, gateway_url, cloud_url)
+    detection: dict[str, Any] = {}
     for mode in budget.modes():
         for keyframes in (False, True):
             plan_version += 1
@@ -235,6 +244,9 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
             rows[_key(mode, keyframes)] = _measure(
                 mode, keyframes, frames, budget, cameras, watch, gateway_url, cloud_url
             )
+            if mode.kind == RAW and not keyframes:  # every frame, every object found
+                detection = _detection(frames, rows[_key(mode, keyframes)].pop("boxes"))
+            rows[_key(mode, keyframes)].pop("boxes", None)
     baseline = rows[_key(Mode(RAW), False)]
     for row in rows.values():
         row["reduction"] = (
@@ -246,10 +258,52 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
         "machine": machine_info(),
         "budget": budget.__dict__,
         "modes": rows,
+        "detection": detection,
         "raw_frames_on_cloud_broker": watch.frame_messages,
         "camera_jpeg_bytes_per_frame": statistics.mean(
             len(f.payload) for sequence in frames.values() for f in sequence
         ),
+    }
+
+
+IN_VIEW: Final = 0.01  # of the frame: smaller true items are stepping in or out
+
+
+def _detection(
+    frames: dict[str, list[wire.Frame]], found: dict[tuple[str, int], tuple[wire.Box, ...]]
+) -> dict[str, Any]:
+    """The gateway's boxes (as the cloud-only run's results carry them, every frame) against
+    the rendered ground truth, at IoU 0.5: recall over the true items at least
+    :data:`IN_VIEW` in view, precision over the boxes (one over a smaller item stepping in
+    or out is neither hit nor false)."""
+    hits = misses = false = 0
+    for camera, sequence in frames.items():
+        for frame in sequence:
+            # No result: no object was found in it (delivery loses nothing).
+            boxes = list(found.get((camera, frame.seq), ()))
+            small = []
+            used: set[int] = set()
+            for truth in frame.truth_boxes:
+                if (truth[2] - truth[0]) * (
+                    truth[3] - truth[1]
+                ) < IN_VIEW * frame.width * frame.height:
+                    small.append(truth)
+                    continue
+                best = max(range(len(boxes)), key=lambda k: roi.iou(truth, boxes[k]), default=None)
+                if best is not None and best not in used and roi.iou(truth, boxes[best]) >= 0.5:
+                    hits += 1
+                    used.add(best)
+                else:
+                    misses += 1
+            false += sum(
+                1
+                for k, box in enumerate(boxes)
+                if k not in used and not any(roi.iou(box, item) > 0.1 for item in small)
+            )
+    return {
+        "true_objects": hits + misses,
+        "recall": hits / (hits + misses) if hits + misses else None,
+        "precision": hits / (hits + false) if hits + false else None,
     }
 
 
@@ -323,6 +377,8 @@ def _measure(
         "results": seen["results"],
         "accuracy": delta["correct"] / scored if scored else None,
         "frames_scored": int(scored),
+        "objects_scored": int(scored),
+        "boxes": seen["boxes"],
         "latency_p50_seconds": quantile(seen["latencies"], 0.5),
         "latency_p99_seconds": quantile(seen["latencies"], 0.99),
         "gateway_cpu_seconds_per_frame": delta["gateway_cpu"] / sent,

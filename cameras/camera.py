@@ -151,6 +151,8 @@ class Camera:
                 encoding=Encoding.JPEG,
                 label=frame.label,
                 payload=payload,
+                truth_labels=tuple(item.label for item in frame.objects),
+                truth_boxes=tuple(item.box for item in frame.objects),
             )
         )
         return _Encoded(envelope, seq, quality, time.thread_time() - started)

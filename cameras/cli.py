@@ -105,6 +105,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="labeled sources: frames each item stays in view (default 30)",
     )
     what.add_argument(
+        "--scene",
+        choices=("objects", "single"),
+        default="objects",
+        help="labeled sources: 'objects' shows 0-3 items at once walking in and out, each "
+        "scored on its own; 'single' one item at a time in the middle (default objects)",
+    )
+    what.add_argument(
         "--start",
         type=float,
         default=0.0,
@@ -295,6 +302,7 @@ async def run(args: argparse.Namespace, registry: CollectorRegistry) -> list[Cam
             dwell_frames=args.dwell,
             start_seconds=args.start,
             data=data,
+            scene=args.scene,
         )
 
     links = _link_factory(args)

@@ -524,6 +524,7 @@ class ObjectScene(LabeledScene):
     """
 
     LANES: Final = 3
+    WALK_FRAMES: Final = 12
 
     def __init__(
         self,
@@ -531,7 +532,7 @@ class ObjectScene(LabeledScene):
         *,
         seed: int = 0,
         period_frames: int = 150,
-        walk_frames: int = 12,
+        walk_frames: int = WALK_FRAMES,
         size: tuple[int, int] = HD_720P,
     ) -> None:
         if period_frames < 4 * walk_frames or walk_frames < 1:

@@ -25,7 +25,14 @@ import cv2
 import numpy as np
 
 from cameras.errors import SourceError
-from cameras.scene import FrameSource, Image, LabeledScene, RenderedSource, SourceFrame
+from cameras.scene import (
+    FrameSource,
+    Image,
+    LabeledScene,
+    ObjectScene,
+    RenderedSource,
+    SourceFrame,
+)
 from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, load_image_folder
 from edgelearn.preprocess import HD_720P
 
@@ -235,10 +242,13 @@ class SourceSpec:
         start_seconds: float = 0.0,
         data: LabeledImages | None = None,
         size: tuple[int, int] = HD_720P,
+        scene: str = "objects",
     ) -> FrameSource:
         """Camera ``camera_index``'s source. Cameras of one run see different pictures:
         labeled and synthetic scenes get seed ``seed + camera_index``; video cameras start
-        ``camera_index / cameras`` of the way into the file (plus ``start_seconds``)."""
+        ``camera_index / cameras`` of the way into the file (plus ``start_seconds``).
+        A labeled source is an :class:`ObjectScene` (items walk in and out; a lane's cycle
+        is ``5 * dwell_frames``) or, with ``scene="single"``, a :class:`LabeledScene`."""
         if self.kind == "video":
             assert self.path is not None
             probe = VideoSource(self.path, size=size)
@@ -252,7 +262,12 @@ class SourceSpec:
             return SyntheticScene(seed=seed + camera_index, size=size)
         data = data if data is not None else self.load_data()
         assert data is not None
-        return LabeledScene(data, seed=seed + camera_index, dwell_frames=dwell_frames, size=size)
+        if scene == "single":
+            return LabeledScene(
+                data, seed=seed + camera_index, dwell_frames=dwell_frames, size=size
+            )
+        period = max(5 * dwell_frames, 4 * ObjectScene.WALK_FRAMES)
+        return ObjectScene(data, seed=seed + camera_index, period_frames=period, size=size)
 
 
 def parse_source(text: str) -> SourceSpec:

@@ -74,8 +74,11 @@ def missing_modes(registry: Registry, split_ks: Sequence[int]) -> list[Mode]:
     missing = []
     for mode in [Mode(RAW), *edge_modes(split_ks)]:
         try:
-            registry.serving(mode)
+            entry = registry.serving(mode)
         except ModelNotFound:
+            missing.append(mode)
+            continue
+        if entry.model_input != "objects":  # trained on whole frames, before objects
             missing.append(mode)
     return missing
 

@@ -57,7 +57,7 @@ from cloud.feature_store import Arrival, FeatureStore
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.registry import ModelEntry, Registry
-from edgelearn import codec, preprocess, wire
+from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
@@ -75,6 +75,7 @@ class Classifier(Protocol):
     takes_frames: bool
     input_size: int
     channels: int
+    objects: bool  # trained on object crops; else on the whole frame's centre square
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]: ...
 
@@ -160,6 +161,7 @@ class KerasClassifier:
     input_size: int
     channels: int
     version: str
+    objects: bool = False
     _call: Any = None
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
@@ -207,6 +209,7 @@ class RegistryModels:
                 input_size=int(size),
                 channels=int(channels),
                 version=entry.version,
+                objects=entry.model_input == "objects",
             )
             log.info("serving %s with %s %s", extractor, entry.name, entry.version)
             self._cache[key] = classifier
@@ -236,6 +239,50 @@ class RegistryModels:
             classifier.predict(np.zeros((1, *shape), np.float32))
             warmed.append(f"{mode} ({entry.version})")
         return warmed
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def _per_object(feature: wire.Feature, classifier: Classifier) -> bool:
+    """Whether ``feature`` was classified object by object (its rows are its objects)."""
+    return bool(feature.tracks) and (not classifier.takes_frames or classifier.objects)
+
+
+def _result_of(
+    feature: wire.Feature, rows: npt.NDArray[np.float32], *, per_object: bool
+) -> wire.Result:
+    """The Result of one feature: per object (tracks, boxes, labels, classes, scores; the
+    first object's answer in ``predicted``/``score``/``label``) or for the whole frame."""
+    classes = tuple(int(np.argmax(row)) for row in rows)
+    scores = tuple(float(np.clip(row[c], 0.0, 1.0)) for row, c in zip(rows, classes, strict=True))
+    objects: dict[str, Any] = {}
+    label = feature.label
+    if per_object:
+        objects = {
+            "tracks": feature.tracks,
+            "boxes": feature.boxes,
+            "labels": feature.labels,
+            "classes": classes,
+            "scores": scores,
+        }
+        label = feature.labels[0]
+    return wire.Result(
+        camera_id=feature.camera_id,
+        seq=feature.seq,
+        capture_ns=feature.capture_ns,
+        result_ns=time.time_ns(),
+        gateway_id=feature.gateway_id,
+        extractor=feature.extractor,
+        label=label,
+        predicted=classes[0],
+        score=scores[0],
+        model_version=feature.model_version,
+        computed_at=wire.ComputedAt.CLOUD,
+        held_back=0 if per_object else feature.held_back,
+        held_mismatched=0 if per_object else feature.held_mismatched,
+        **objects,
+    )
 
 
 # --- the consumer ------------------------------------------------------------------------
@@ -268,6 +315,7 @@ class _Answer:
     result: wire.Result | None = None  # None: not answered (a drop, counted)
     values: npt.NDArray[Any] | None = None  # a feature's decoded array, to store
     final: bool = True  # False: may succeed later (a model not loaded yet): not acked
+    rows: int = 1  # model inputs it gave: one per object (one for a whole frame)
 
 
 class CloudConsumer:
@@ -301,6 +349,8 @@ class CloudConsumer:
         self._peers = PeerLog(log)
         self.metrics_server: MetricsServer | None = None
         self.results_published = 0
+        # raw only: the background model of each camera whose JPEGs this consumer gets
+        self._finder = roi.ObjectFinder()
 
     # --- ingest (event loop) -------------------------------------------------------------
 
@@ -405,24 +455,14 @@ class CloudConsumer:
             started = time.perf_counter()
             probabilities = classifier.predict(inputs)
             self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
-            for answer, row in zip(kept, probabilities, strict=True):
+            position = 0
+            for answer in kept:
                 feature = answer.incoming.envelope
                 assert isinstance(feature, wire.Feature)
-                predicted = int(np.argmax(row))
-                answer.result = wire.Result(
-                    camera_id=feature.camera_id,
-                    seq=feature.seq,
-                    capture_ns=feature.capture_ns,
-                    result_ns=time.time_ns(),
-                    gateway_id=feature.gateway_id,
-                    extractor=feature.extractor,
-                    label=feature.label,
-                    predicted=predicted,
-                    score=float(np.clip(row[predicted], 0.0, 1.0)),
-                    model_version=feature.model_version,
-                    computed_at=wire.ComputedAt.CLOUD,
-                    held_back=feature.held_back,
-                    held_mismatched=feature.held_mismatched,
+                rows = probabilities[position : position + answer.rows]
+                position += answer.rows
+                answer.result = _result_of(
+                    feature, rows, per_object=_per_object(feature, classifier)
                 )
         return answers
 
@@ -437,14 +477,13 @@ class CloudConsumer:
             feature = answer.incoming.envelope
             assert isinstance(feature, wire.Feature)
             try:
-                row: npt.NDArray[Any]
+                given: list[npt.NDArray[Any]]
                 if classifier.takes_frames:
-                    row = preprocess.frame_to_input(
-                        feature.payload, classifier.input_size, classifier.channels
-                    )
+                    given = self._frame_inputs(feature, classifier)
                 else:
                     answer.values = codec.unpack_feature(feature)
-                    row = codec.dequantize(answer.values, feature.scale, feature.zero_point)
+                    values = codec.dequantize(answer.values, feature.scale, feature.zero_point)
+                    given = list(values) if feature.tracks else [values]
             except (codec.CodecError, preprocess.PreprocessError) as exc:
                 self.metrics.dropped.labels(exc.reason).inc()
                 self._peers.warning(
@@ -452,9 +491,35 @@ class CloudConsumer:
                     feature.gateway_id, exc,
                 )  # fmt: skip
                 continue
-            rows.append(row)
+            if not given:  # a raw frame with no object in view, for an objects model
+                answer.result = None
+                continue
+            answer.rows = len(given)
+            rows.extend(given)
             kept.append(answer)
         return (np.stack(rows) if rows else np.empty(0)), kept
+
+    def _frame_inputs(
+        self, feature: wire.Feature, classifier: Classifier
+    ) -> list[npt.NDArray[Any]]:
+        """``raw``: the camera's JPEG as model input, the way the gateway would have cut it:
+        each object the gateway found, cropped with this consumer's own background model of
+        the camera (the same :mod:`edgelearn.roi`), for a classifier trained on crops; the
+        centre square for one trained on whole frames."""
+        if not classifier.objects:
+            jpeg = feature.payload
+            return [preprocess.frame_to_input(jpeg, classifier.input_size, classifier.channels)]
+        small = roi.small_grey(feature.payload)
+        if small is None:
+            raise preprocess.PreprocessError("undecodable", "raw JPEG")
+        self._finder.update(feature.camera_id, small)  # keeps the background model current
+        decoded = preprocess.decode_reduced(feature.payload, classifier.channels)
+        mask = self._finder.mask(feature.camera_id)
+        size = (decoded.shape[1] * preprocess.REDUCTION, decoded.shape[0] * preprocess.REDUCTION)
+        return [
+            roi.crop(decoded, box, size, classifier.input_size, classifier.channels, mask=mask)
+            for box in feature.boxes
+        ]
 
     def _emit(self, site: str, result: wire.Result) -> None:
         mode = result.extractor
@@ -463,14 +528,22 @@ class CloudConsumer:
         self.metrics.latency.labels(mode).observe(
             max(0, result.result_ns - result.capture_ns) / 1e9
         )
-        score = self.scoreboard.record(
-            result.camera_id,
-            mode,
-            result.label,
-            result.predicted,
-            result.held_back,
-            result.held_mismatched,
-        )
+        if result.tracks:  # each object on its own, as the frame's keyframe
+            scores = [
+                self.scoreboard.record(result.camera_id, mode, label, predicted, 0, 0)
+                for label, predicted in zip(result.labels, result.classes, strict=True)
+            ]
+            score = Score(sum(s.frames for s in scores), sum(s.correct for s in scores))
+            self.metrics.objects_classified.labels(mode).inc(len(result.tracks))
+        else:
+            score = self.scoreboard.record(
+                result.camera_id,
+                mode,
+                result.label,
+                result.predicted,
+                result.held_back,
+                result.held_mismatched,
+            )
         if score.frames:
             self.metrics.frames_scored.labels(mode, "correct").inc(score.correct)
             self.metrics.frames_scored.labels(mode, "wrong").inc(score.frames - score.correct)

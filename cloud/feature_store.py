@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS features (
     zero_point INTEGER NOT NULL,
     wire_bytes INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    UNIQUE (site, camera, seq, capture_ns)
+    track INTEGER NOT NULL DEFAULT -1,
+    UNIQUE (site, camera, seq, capture_ns, track)
 );
 CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
 """
@@ -123,8 +124,27 @@ class FeatureStore:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
         self._db.executescript(_SCHEMA)
         self._since_prune = 0
+
+    def _migrate(self) -> None:
+        """A file from before objects (one feature row per frame, no ``track``): its rows
+        move to the new table as whole-frame rows (track -1), in one transaction."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(features)")]
+        if not columns or "track" in columns:
+            return
+        with self._db:
+            self._db.execute("ALTER TABLE features RENAME TO features_before_objects")
+            self._db.execute("DROP INDEX IF EXISTS features_kind")
+            for statement in _SCHEMA.split(";"):  # not executescript: it would commit
+                if statement.strip():
+                    self._db.execute(statement)
+            names = ", ".join(columns)
+            self._db.execute(
+                f"INSERT INTO features ({names}) SELECT {names} FROM features_before_objects"
+            )
+            self._db.execute("DROP TABLE features_before_objects")
 
     def record(self, arrivals: Sequence[Arrival]) -> list[bool]:
         """Insert each arrival once; which ones were new. Labeled new features are kept
@@ -175,31 +195,49 @@ class FeatureStore:
             ]
 
     def _keep(self, arrival: Arrival, feature: wire.Feature) -> None:
-        if feature.label is None:
-            return  # an unlabeled feature teaches nothing
-        if arrival.values is None:  # raw: the JPEG as it came
-            dtype, shape, payload = feature.dtype, feature.shape, feature.payload
-        else:
-            values = np.ascontiguousarray(arrival.values)
-            dtype, shape, payload = feature.dtype, tuple(values.shape), values.tobytes()
-        self._db.execute(
-            "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
-            " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                arrival.site,
-                *wire.capture_of(feature),
-                feature.extractor,
-                feature.model_version,
-                feature.label,
-                int(dtype),
-                json.dumps(list(shape)),
-                feature.scale,
-                feature.zero_point,
-                arrival.wire_bytes,
-                payload,
-            ),
-        )
+        """A labeled feature as training rows: one per labeled object (its slice of the
+        stacked values, its share of the wire bytes), or one for a whole-frame feature. An
+        unlabeled one teaches nothing; nor, for now, a raw JPEG of objects (its crops need
+        the background model of the moment)."""
+        rows: list[tuple[int, int, npt.NDArray[np.generic] | bytes]] = []  # track, label, data
+        if feature.tracks:
+            if arrival.values is not None:
+                values = np.ascontiguousarray(arrival.values)
+                rows = [
+                    (track, label, values[index])
+                    for index, (track, label) in enumerate(
+                        zip(feature.tracks, feature.labels, strict=True)
+                    )
+                    if label is not None
+                ]
+        elif feature.label is not None:
+            data = feature.payload if arrival.values is None else arrival.values
+            rows = [(-1, feature.label, data)]
+        for track, label, data in rows:
+            if isinstance(data, bytes):  # raw: the JPEG as it came
+                shape, payload = feature.shape, data
+            else:
+                array = np.ascontiguousarray(data)
+                shape, payload = tuple(array.shape), array.tobytes()
+            self._db.execute(
+                "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
+                " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload,"
+                " track) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    arrival.site,
+                    *wire.capture_of(feature),
+                    feature.extractor,
+                    feature.model_version,
+                    label,
+                    int(feature.dtype),
+                    json.dumps(list(shape)),
+                    feature.scale,
+                    feature.zero_point,
+                    arrival.wire_bytes // max(1, len(rows)),
+                    payload,
+                    track,
+                ),
+            )
 
     def _prune(self) -> None:
         for table, bound, order in (

@@ -94,6 +94,12 @@ class CloudMetrics:
             ["mode", "computed_at"],
             registry=registry,
         )
+        self.objects_classified = Counter(
+            "edgelearn_cloud_objects_classified",
+            "Objects classified one by one (a frame's objects, each with its own result)",
+            ["mode"],
+            registry=registry,
+        )
         self.frames_scored = Counter(
             "edgelearn_cloud_frames_scored",
             "Camera frames scored against ground truth (held-back frames included)",

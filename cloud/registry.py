@@ -131,6 +131,12 @@ class ModelEntry:
         return Mode.of(self.kind, self.split_k)
 
     @property
+    def model_input(self) -> str:
+        """``objects``: trained on object crops (:func:`edgelearn.roi.crop`); ``frame``: on
+        the whole frame's centre square (every entry saved before objects existed)."""
+        return str((self.metadata.get("extra") or {}).get("preprocessing", "frame"))
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.metadata["input_shape"])
 
@@ -421,6 +427,7 @@ def deployment_metadata(entry: ModelEntry) -> str:
     4 KiB text limit. The per-boundary profile and ``extra`` stay in the registry."""
     metadata = {key: entry.metadata.get(key) for key in _DEPLOYMENT_FIELDS}
     metadata["format"] = FORMAT
+    metadata["preprocessing"] = entry.model_input  # the edge half takes object crops or frames
     quantization = entry.metadata.get("quantization") or {}
     if "output" in quantization:
         metadata["output"] = quantization["output"]

@@ -142,6 +142,42 @@ class KeyframeFilter:
         return Decision(keyframe=False, score=score)
 
 
+# --- objects --------------------------------------------------------------------------
+
+
+def takes_objects(deployment: LoadedDeployment) -> bool:
+    """Whether ``deployment`` was trained on object crops (its metadata's
+    ``preprocessing``), not on the whole frame's centre square."""
+    return deployment.metadata.get("preprocessing") == "objects"
+
+
+def true_labels(frame: wire.Frame, boxes: tuple[wire.Box, ...]) -> tuple[int | None, ...]:
+    """The ground-truth label of each found box: the frame's true item it overlaps best at
+    IoU 0.5 or more, each item at most once (a labeled scene of several items); with one
+    box and a frame-level label (one item in view), that label; otherwise None."""
+    if not frame.truth_boxes:
+        if frame.label is not None and len(boxes) == 1:
+            return (frame.label,)
+        return (None,) * len(boxes)
+    pairs = sorted(
+        (
+            (roi.iou(box, truth), b, t)
+            for b, box in enumerate(boxes)
+            for t, truth in enumerate(frame.truth_boxes)
+        ),
+        reverse=True,
+    )
+    labels: list[int | None] = [None] * len(boxes)
+    used: set[int] = set()
+    for overlap, b, t in pairs:
+        if overlap < 0.5:
+            break
+        if labels[b] is None and t not in used:
+            labels[b] = frame.truth_labels[t]
+            used.add(t)
+    return tuple(labels)
+
+
 # --- the pipeline --------------------------------------------------------------------
 
 
@@ -233,6 +269,12 @@ class FramePipeline:
             if self.objects is not None:
                 found = tuple(self._finder.update(frame.camera_id, small))
                 started = self._timed("objects", started)
+        mode = self.mode
+        deployment = self.deployment_for(mode)
+        if deployment is None:
+            mode = Mode(RAW)
+        if self.objects is not None and deployment is not None and takes_objects(deployment):
+            return self._process_objects(frame, mode, deployment, found, started)
         if self.keyframes.enabled and small is not None:
             decision = self._filter.decide(frame.camera_id, small.astype(np.int16), frame.label)
             started = self._timed("keyframe", started)
@@ -240,14 +282,21 @@ class FramePipeline:
                 return HeldBack(decision.score, found)
             held_back, held_mismatched = decision.held_back, decision.held_mismatched
 
-        mode = self.mode
-        deployment = self.deployment_for(mode)
-        if deployment is None:
-            mode = Mode(RAW)
         if mode.kind == RAW:
+            # Cloud-only: the JPEG as it is, frame by frame (every frame, or the frame-level
+            # keyframes). The objects in view travel with it, so the cloud classifies each.
             jpeg_as_is = codec.EncodedArray.jpeg(jpeg)
             forward = self._forward(frame, mode, "none", jpeg_as_is, held_back, held_mismatched)
-            return dataclasses.replace(forward, objects=found)
+            if not found:
+                return dataclasses.replace(forward, objects=found)
+            boxes = tuple(item.box for item in found)
+            feature = dataclasses.replace(
+                forward.envelope,
+                tracks=tuple(item.track for item in found),
+                boxes=boxes,
+                labels=true_labels(frame, boxes),
+            )
+            return Forward(feature, mode, wire.encode(feature), found)
         assert deployment is not None
         model_input = self._model_input(jpeg, deployment)
         if model_input is None:
@@ -264,6 +313,82 @@ class FramePipeline:
         )
         self._timed("encode", started)
         return dataclasses.replace(forward, objects=found)
+
+    def _process_objects(
+        self,
+        frame: wire.Frame,
+        mode: Mode,
+        deployment: LoadedDeployment,
+        found: tuple[roi.FoundObject, ...],
+        started: float,
+    ) -> Outcome:
+        """The objects path, for a deployment trained on object crops: the objects the
+        keyframe rule picked (all of them with keyframes off) each go through the extractor
+        as their crop (:func:`edgelearn.roi.crop`, with the background model's mask), and
+        their outputs are stacked into one Feature (or one Result for ``full``) with their
+        tracks, boxes and ground-truth labels. A frame with none to send is held back."""
+        chosen = [item for item in found if item.send or not self.keyframes.enabled]
+        if not chosen:
+            return HeldBack(0.0, found)
+        tracks = tuple(item.track for item in chosen)
+        boxes = tuple(item.box for item in chosen)
+        labels = true_labels(frame, boxes)
+        size, _, channels = deployment.extractor.input_shape
+        try:
+            decoded = preprocess.decode_reduced(frame.payload, channels)
+            mask = self._finder.mask(frame.camera_id)
+            frame_size = (frame.width, frame.height)
+            crops = [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
+        except preprocess.PreprocessError:
+            return Dropped("undecodable")
+        started = self._timed("decode", started)
+        outputs = np.stack([deployment.extractor.run(crop) for crop in crops])
+        started = self._timed("extract", started)
+        if mode.kind == FULL:
+            result = self._objects_result(frame, outputs, deployment, tracks, boxes, labels)
+            return Forward(result, Mode(FULL), wire.encode(result), found)
+        encoded = deployment.extractor.output.encode(outputs, self.feature_codec)
+        forward = self._forward(frame, mode, deployment.version, encoded, 0, 0)
+        feature = dataclasses.replace(
+            forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels
+        )
+        self._timed("encode", started)
+        return Forward(feature, mode, wire.encode(feature), found)
+
+    def _objects_result(
+        self,
+        frame: wire.Frame,
+        outputs: Any,
+        deployment: LoadedDeployment,
+        tracks: tuple[int, ...],
+        boxes: tuple[wire.Box, ...],
+        labels: tuple[int | None, ...],
+    ) -> wire.Result:
+        rows = deployment.extractor.output.dequantize(np.asarray(outputs)).reshape(len(tracks), -1)
+        classes = tuple(int(np.argmax(row)) for row in rows)
+        scores = tuple(
+            float(np.clip(row[c], 0.0, 1.0)) for row, c in zip(rows, classes, strict=True)
+        )
+        return wire.Result(
+            camera_id=frame.camera_id,
+            seq=frame.seq,
+            capture_ns=frame.capture_ns,
+            result_ns=time.time_ns(),
+            gateway_id=self.gateway_id,
+            extractor=FULL,
+            label=labels[0],
+            predicted=classes[0],
+            score=scores[0],
+            model_version=deployment.version,
+            computed_at=wire.ComputedAt.EDGE,
+            held_back=0,
+            held_mismatched=0,
+            tracks=tracks,
+            boxes=boxes,
+            labels=labels,
+            classes=classes,
+            scores=scores,
+        )
 
     def _model_input(self, jpeg: bytes, deployment: LoadedDeployment) -> Any:
         size, _, channels = deployment.extractor.input_shape

@@ -23,9 +23,15 @@ from tests.conftest import BrokerUnderTest
 
 
 def pca_deployment(
-    secrets_dir: Path, *, dim: int = 32, version: str = "pca-test-1", seed: int = 0
+    secrets_dir: Path,
+    *,
+    dim: int = 32,
+    version: str = "pca-test-1",
+    seed: int = 0,
+    model_input: str = "frame",
 ) -> wire.Model:
-    """A PCA projection with random orthonormal components: real math, untrained."""
+    """A PCA projection with random orthonormal components: real math, untrained;
+    ``model_input`` "objects" says it takes object crops, as the cloud's models do."""
     rng = np.random.default_rng(seed)
     size = 96 * 96
     components, _ = np.linalg.qr(rng.normal(size=(size, dim)).astype(np.float32))
@@ -43,7 +49,9 @@ def pca_deployment(
         kind="pca",
         split_k=0,
         input_shape=(96, 96, 1),
-        metadata_json=json.dumps({"output": projection.output.to_dict()}),
+        metadata_json=json.dumps(
+            {"output": projection.output.to_dict(), "preprocessing": model_input}
+        ),
         artifact=projection.to_bytes(),
     )
 

@@ -14,7 +14,7 @@ from cameras.scene import LabeledScene, make_background
 from edgelearn import codec, preprocess, signing, wire
 from edgelearn.artifacts import load_deployment
 from edgelearn.datasets import load_fashion_mnist
-from edgelearn.modes import Mode, ModeError
+from edgelearn.modes import PCA, Mode, ModeError
 from gateway.pipeline import (
     Dropped,
     Forward,
@@ -183,3 +183,39 @@ def test_objects_keep_their_tracks_and_a_corrupt_jpeg_leaves_the_camera_unharmed
     assert {o.track for o in after.objects} == tracks  # same tracks, nothing new
     moved = next(o for o in after.objects if o.box[0] < 640)
     assert moved.reason == "moving" and abs(moved.box[0] - 220) <= 16
+
+
+def test_two_objects_in_a_frame_give_one_feature_with_both_boxes_tracks_and_labels(
+    secrets_dir: Path,
+) -> None:
+    key = signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
+    deployment = load_deployment(pca_deployment(secrets_dir, model_input="objects"), key)
+    pipeline = FramePipeline("gw-1", mode=Mode(PCA))
+    pipeline.deploy(deployment)
+    truth = ((7, (200, 200, 421, 461)), (2, (800, 250, 1001, 501)))  # the squares' boxes
+
+    def labeled(seq: int, shift: int) -> wire.Frame:
+        frame = _squares_frame(seq, shift)
+        if shift < 0:
+            return frame
+        return dataclasses.replace(
+            frame,
+            truth_labels=tuple(label for label, _ in truth),
+            truth_boxes=((200 + shift, 200, 421 + shift, 461), truth[1][1]),
+        )
+
+    assert isinstance(pipeline.process(labeled(0, -1)), HeldBack)  # empty: nothing sent
+    first = pipeline.process(labeled(1, 0))
+    assert isinstance(first, Forward)
+    feature = first.envelope
+    assert isinstance(feature, wire.Feature)
+    assert feature.shape == (2, 32) and len(feature.tracks) == 2
+    assert sorted(feature.labels) == [2, 7]  # each object took its own true label
+    assert codec.unpack_feature(feature).shape == (2, 32)
+    settled = pipeline.process(labeled(2, 0))  # it stands: its settled view goes up once
+    assert isinstance(settled, Forward) and {o.reason for o in settled.objects} == {"settled"}
+    assert isinstance(pipeline.process(labeled(3, 0)), HeldBack)  # still: nothing new
+    moved = pipeline.process(labeled(4, 40))
+    assert isinstance(moved, Forward) and isinstance(moved.envelope, wire.Feature)
+    assert len(moved.envelope.tracks) == 1  # only the one that moved goes up
+    assert moved.envelope.tracks[0] in feature.tracks and moved.envelope.labels == (7,)

@@ -28,7 +28,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from cloud.models import cnn, evaluation, features, profile, release, training
-from cloud.models.data import RenderedDataset, build_dataset, camera_frames, render_inputs
+from cloud.models.data import (
+    RenderedDataset,
+    RenderSettings,
+    build_dataset,
+    camera_frames,
+    render_inputs,
+)
 from cloud.models.errors import SplitError
 from cloud.models.export import LiteRtExport, export_int8
 from cloud.registry import Registry
@@ -306,7 +312,10 @@ def test_edge_artifacts_run_on_the_gateway_without_tensorflow(
     for kind, (artifact, output) in edge.items():
         (tmp_path / kind).write_bytes(artifact)
         (tmp_path / f"{kind}.json").write_text(json.dumps({"output": output.to_dict()}))
-    frame = camera_frames(load_fashion_mnist("test"), 1, seed=SEED)
+    # The whole-frame path (one item in the middle): the JPEG's model input is a pure
+    # function of the JPEG, which the gateway script below can recompute on its own.
+    whole_frame = dataclasses.replace(RenderSettings.camera(), objects=False)
+    frame = camera_frames(load_fashion_mnist("test"), 1, seed=SEED, settings=whole_frame)
     # camera_frames keeps only the model input; render the JPEG the camera would send.
     from cameras.scene import LabeledScene
 

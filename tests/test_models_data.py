@@ -77,7 +77,11 @@ def test_camera_frames_are_the_same_scenes_at_both_sizes() -> None:
     np.testing.assert_array_equal(camera.labels, reduced.labels)
     np.testing.assert_array_equal(camera.source_index, reduced.source_index)
     np.testing.assert_array_equal(camera.labels, test.labels[camera.source_index])
-    # Same picture, two resolutions and JPEGs: close, not equal.
+    # Same picture, two resolutions and JPEGs: close, not equal. Object crops differ more
+    # than centre squares did (about 7 grey levels against 1 on average): the mask and box
+    # come from a 1/8-scale foreground, whose edge moves by a pixel (8 at 720p) between the
+    # two JPEGs. What that costs is measured where it matters, in predictions
+    # (test_models.py::test_reduced_renders_predict_like_real_720p_camera_frames).
     difference = np.abs(camera.inputs.astype(int) - reduced.inputs.astype(int)).mean()
-    assert 0 < difference < 6
+    assert 0 < difference < 10
     assert camera.jpeg_bytes.mean() > 5 * reduced.jpeg_bytes.mean()

@@ -125,6 +125,7 @@ class SklearnClassifier:
     input_size: int
     classes: int
     channels: int = 1
+    objects: bool = False  # fitted on whole frames' centre squares (train_models)
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         rows = batch.reshape(batch.shape[0], -1).astype(np.float32)
@@ -151,6 +152,11 @@ class Models:
         return None
 
 
+def whole_frame(input_size: int) -> RenderSettings:
+    """The whole-frame render path (the scene's centre square), which these models use."""
+    return RenderSettings(input_size=input_size, objects=False)
+
+
 def train_models(data: LabeledImages, model: wire.Model, count: int = 300) -> Models:
     """Fit on ``count`` items rendered through the camera path (cloud.models.data renders
     at the gateway's reduced size, which its docstring shows equals the 720p path)."""
@@ -158,10 +164,10 @@ def train_models(data: LabeledImages, model: wire.Model, count: int = 300) -> Mo
     labels = data.labels[indices]
     classes = int(data.labels.max()) + 1
     small, _ = render_inputs(
-        data.images, seed=11, indices=indices, settings=RenderSettings(input_size=32), workers=1
+        data.images, seed=11, indices=indices, settings=whole_frame(input_size=32), workers=1
     )
     full, _ = render_inputs(
-        data.images, seed=11, indices=indices, settings=RenderSettings(input_size=96), workers=1
+        data.images, seed=11, indices=indices, settings=whole_frame(input_size=96), workers=1
     )
     projection = PcaProjection.from_bytes(model.artifact)
     features = projection.output.dequantize(projection.output.quantize(projection.project(full)))
@@ -266,7 +272,10 @@ class CameraThread:
         data = spec.load_data()
 
         def sources(index: int) -> FrameSource:
-            return spec.open(index, cameras=len(CAMERAS), seed=7, dwell_frames=5, data=data)
+            # One item at a time in the middle: these cameras feed whole-frame models.
+            return spec.open(
+                index, cameras=len(CAMERAS), seed=7, dwell_frames=5, data=data, scene="single"
+            )
 
         def links(camera_id: str) -> FrameLink:
             return MqttLink(camera_id, broker.config_for(camera_id), topics.frame(camera_id))

@@ -48,7 +48,8 @@ class RenderSettings:
     render_size: tuple[int, int] = preprocess.REDUCED_720P
     reduced_decode: bool = False
     jpeg_quality: int = 85
-    objects: bool = False  # items placed as ObjectScene does, cropped by edgelearn.roi
+    objects: bool = True  # items placed as ObjectScene does, cropped by edgelearn.roi;
+    # False: one item in the middle, the centre square (the whole-frame models)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -343,11 +344,13 @@ def camera_frames(
     cameras: int = 4,
     settings: RenderSettings | None = None,
 ) -> RenderedSplit:
-    """``count`` camera frames from :class:`LabeledScene` (``cameras`` scenes, each with its
-    own background and lighting drift, one new item per frame), JPEG, decoded per
-    ``settings``: by default 720p and the gateway's reduced decode (real camera frames);
-    with reduced-size settings the *same* frames rendered small (scenes are
-    resolution-independent), for a paired comparison of the two paths."""
+    """``count`` camera frames of ``cameras`` cameras' items (in the order of a
+    :class:`LabeledScene` of each, one new item per frame), JPEG, decoded per ``settings``:
+    by default 720p and the gateway's reduced decode (real camera frames); with
+    reduced-size settings the *same* frames rendered small (scenes are
+    resolution-independent), for a paired comparison of the two paths. With
+    ``settings.objects`` each item is an object (:func:`render_object`) cut as the gateway
+    cuts it; otherwise the scene's frame and its centre square."""
     settings = settings or RenderSettings.camera()
     scenes = [
         LabeledScene(source, seed=seed * 1000 + camera, dwell_frames=1, size=settings.render_size)
@@ -360,10 +363,17 @@ def camera_frames(
     for position in range(count):
         scene = scenes[position % cameras]
         frame_index = position // cameras
-        frame = scene.render(frame_index)
-        jpeg = preprocess.encode_jpeg(frame.image, settings.jpeg_quality)
-        inputs[position] = settings.jpeg_to_input(jpeg)
-        labels[position] = -1 if frame.label is None else frame.label
+        item = scene.item_index(frame_index)
+        if settings.objects:  # the item as an object, the same scene at either size
+            rng = np.random.default_rng([seed, position % cameras, frame_index])
+            rendered = render_object(source.images[item], rng, settings.render_size)
+            jpeg = preprocess.encode_jpeg(rendered.image, settings.jpeg_quality)
+            inputs[position] = settings.object_input(jpeg, rendered, rng)
+        else:
+            frame = scene.render(frame_index)
+            jpeg = preprocess.encode_jpeg(frame.image, settings.jpeg_quality)
+            inputs[position] = settings.jpeg_to_input(jpeg)
+        labels[position] = int(source.labels[item])
         jpeg_bytes[position] = len(jpeg)
-        index[position] = scene.item_index(frame_index)
+        index[position] = item
     return RenderedSplit(inputs, labels, jpeg_bytes, index)

@@ -12,6 +12,7 @@ and the benchmark need.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from cloud.models import cnn
 from cloud.models.data import RenderedSplit, RenderSettings, camera_frames
 from cloud.models.export import LiteRtExport, export_int8
 from cloud.models.training import StoredFeatures, accuracy
+from edgelearn import preprocess
 from edgelearn.artifacts import EdgeExtractor, LiteRtExtractor, measure_latency
 from edgelearn.datasets import LabeledImages
 
@@ -81,8 +83,8 @@ def compare_render_paths(
     """Score ``model`` on ``items`` frames of ``cameras`` labeled scenes, at 720p through the
     gateway's path and at the reduced size through the training path (paired by frame)."""
     settings = settings or RenderSettings()
-    camera_settings = RenderSettings.camera(
-        settings.input_size, settings.channels, settings.jpeg_quality
+    camera_settings = dataclasses.replace(
+        settings, render_size=preprocess.HD_720P, reduced_decode=True
     )
     camera = camera_frames(source, items, seed=seed, cameras=cameras, settings=camera_settings)
     reduced = camera_frames(source, items, seed=seed, cameras=cameras, settings=settings)

@@ -59,7 +59,11 @@ def _save(
         input_shape=data.input_shape,
         cloud_artifact=keras_to_bytes(cloud_model),
         class_names=data.class_names,
-        extra={"held_out_items": len(data.held_out), **extra},
+        extra={
+            "held_out_items": len(data.held_out),
+            "preprocessing": "objects" if data.settings.objects else "frame",
+            **extra,
+        },
         **fields,
     )
 
@@ -138,7 +142,7 @@ def release_cloud_classifier(
         name=name,
         kind=KIND_CLOUD_CLASSIFIER,
         cloud_model=model,
-        extra={"input": "frame", **(extra or {})},
+        extra=dict(extra or {}),
         accuracy=accuracy(model, data.held_out.inputs, data.held_out.labels),
         profile=profile_as_dicts(profile_cnn(model)),
     )
