@@ -49,7 +49,7 @@ from bench.common import (
     percentiles_ms,
     poll_until,
     registry_run,
-    render_cameras,
+    render_object_cameras,
     serve_in_thread,
 )
 from bench.gateway import DeploymentSource, registry_deployments
@@ -61,7 +61,7 @@ from edgelearn.artifacts import TensorQuantization, load_deployment
 from edgelearn.config import BrokerConfig
 from edgelearn.modes import RAW, Mode
 from edgelearn.secrets import Secrets
-from gateway.pipeline import Forward, FramePipeline, KeyframeSettings
+from gateway.pipeline import Forward, FramePipeline, HeldBack, KeyframeSettings
 from stack import broker as broker_module
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,9 @@ def feature_envelope_bytes(
 # --- feature templates: the gateway's pipeline on real frames ------------------------------
 
 
+WARMUP = 150  # frames: a lane's cycle, so every lane has been empty once
+
+
 def feature_templates(
     modes: Sequence[str],
     deployments: DeploymentSource,
@@ -175,10 +178,12 @@ def feature_templates(
     cameras: int,
     frames_per_camera: int,
 ) -> dict[str, list[wire.Feature]]:
-    """Per mode, the Feature envelopes a gateway (keyframe filter off: every frame) sends
-    for 720p labeled-scene frames, one new item per frame; ``deployments`` signs the model
-    of each mode (see :func:`bench.gateway.registry_deployments`)."""
-    frames = render_cameras(cameras, frames_per_camera, dwell_frames=1, quality=80)
+    """Per mode, the Feature envelopes a gateway (keyframe filter off: every object of every
+    frame) sends for 720p object scenes (0-3 items; frames with none send nothing);
+    ``deployments`` signs the model of each mode (see
+    :func:`bench.gateway.registry_deployments`)."""
+    # The first WARMUP frames teach the gateway's background models each empty scene.
+    frames = render_object_cameras(cameras, WARMUP + frames_per_camera, quality=80)
     trusted = signing.load_public_key(secrets.signing_public_key)
     templates: dict[str, list[wire.Feature]] = {}
     for mode_text in modes:
@@ -190,8 +195,10 @@ def feature_templates(
             pipeline.deploy(load_deployment(deployments(mode, secrets), trusted))
         made = []
         for sequence in frames.values():
-            for frame in sequence:
+            for number, frame in enumerate(sequence):
                 outcome = pipeline.process(frame)
+                if number < WARMUP or (isinstance(outcome, HeldBack) and not outcome.objects):
+                    continue  # learning the scene; or an empty scene, which sends nothing
                 if not isinstance(outcome, Forward) or not isinstance(
                     outcome.envelope, wire.Feature
                 ):

@@ -202,15 +202,24 @@ def render_cameras(
 
 
 def render_object_cameras(
-    cameras: int, frames_per_camera: int, *, quality: int = 80, first_seed: int = 1
+    cameras: int,
+    frames_per_camera: int,
+    *,
+    quality: int = 80,
+    first_seed: int = 1,
+    first: int = 0,
 ) -> dict[str, list[wire.Frame]]:
-    """:func:`object_frames` of ``cam-1``...``cam-N`` (seeds ``first_seed``...), rendered
-    in two threads."""
+    """:func:`object_frames` of ``cam-1``...``cam-N`` (seeds ``first_seed``...) from frame
+    ``first``, rendered in two threads."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="render") as pool:
         rendered = list(
             pool.map(
                 lambda index: object_frames(
-                    f"cam-{index + 1}", frames_per_camera, seed=first_seed + index, quality=quality
+                    f"cam-{index + 1}",
+                    frames_per_camera,
+                    seed=first_seed + index,
+                    quality=quality,
+                    first=first,
                 ),
                 range(cameras),
             )

@@ -16,8 +16,9 @@ Four measurements, in one run:
   shows it (720p): objects in view per frame and objects entering per minute.
 * **Accuracy on crops** (``--quick``: small and short, a smoke test only): the CNN and
   PCA + classifier trained and tested on (a) the whole frame's centre square, as the gateway
-  fed its models until now, (b) crops cut by :func:`edgelearn.roi.crop` around the item, and
-  (c) the bare 28x28 items (the ceiling the rendering allows), on the same items.
+  fed its models before objects, (b) object crops as the gateway cuts them (box and mask
+  from the 1/8-scale foreground, :func:`edgelearn.roi.crop`), (c) crops at the rendered
+  (true) box, unmasked, and (d) the bare 28x28 items upscaled: the ceilings.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def accuracy(n_train: int, n_held_out: int, epochs: int, pca_dim: int) -> dict[s
 
     size = preprocess.DEFAULT_INPUT_SIZE
     results: dict[str, Any] = {"n_train": n_train, "n_held_out": n_held_out, "cnn_epochs": epochs}
-    for name in ("centre_square", "object_crops", "bare_items"):
+    for name in ("centre_square", "object_crops", "true_box_crops", "bare_items"):
         started = time.perf_counter()
         if name == "bare_items":
             classes = load_fashion_mnist("test").class_names
@@ -202,7 +203,11 @@ def accuracy(n_train: int, n_held_out: int, epochs: int, pca_dim: int) -> dict[s
                 bare("train", n_train, 0, size), bare("test", n_held_out, 1, size), classes
             )
         else:
-            settings = RenderSettings(input_size=size, objects=name == "object_crops")
+            settings = RenderSettings(
+                input_size=size,
+                objects=name != "centre_square",
+                true_boxes=name == "true_box_crops",
+            )
             data = build_dataset(n_train, n_held_out, settings=settings)
         render = time.perf_counter() - started
         cnn = training.train_cnn(data, epochs=epochs)

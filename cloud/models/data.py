@@ -50,6 +50,7 @@ class RenderSettings:
     jpeg_quality: int = 85
     objects: bool = True  # items placed as ObjectScene does, cropped by edgelearn.roi;
     # False: one item in the middle, the centre square (the whole-frame models)
+    true_boxes: bool = False  # objects cut at their rendered box, unmasked (a ceiling)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -80,6 +81,8 @@ class RenderSettings:
         mask misses (its colour is the wall's) is cut at its true box, moved a little as
         the detector's boxes are."""
         decoded = self._decode(jpeg)
+        if self.true_boxes:
+            return roi.crop(decoded, rendered.box, self.render_size, self.input_size, self.channels)
         small = roi.reduce_frame(decoded, roi.SMALL_720P).astype(np.float32)
         empty = roi.reduce_frame(rendered.empty, roi.SMALL_720P).astype(np.float32)
         mask = roi.foreground(small, empty, roi.RoiSettings().pixel_delta)
