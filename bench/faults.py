@@ -222,11 +222,12 @@ class Ledger:
         return self.arrived
 
     def double_counted(self) -> int:
-        """Features kept for training more than once (must be 0)."""
+        """Training rows kept more than once (must be 0): a row is one object of one capture
+        (``track``; -1 for a whole-frame feature)."""
         with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
             (total, distinct) = db.execute(
                 "SELECT count(*), count(DISTINCT site || '/' || camera || '/' || seq || '/' || "
-                "capture_ns) FROM features"
+                "capture_ns || '/' || track) FROM features"
             ).fetchone()
         return int(total - distinct)
 

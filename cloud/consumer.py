@@ -316,6 +316,7 @@ class _Answer:
     values: npt.NDArray[Any] | None = None  # a feature's decoded array, to store
     final: bool = True  # False: may succeed later (a model not loaded yet): not acked
     rows: int = 1  # model inputs it gave: one per object (one for a whole frame)
+    empty: bool = False  # a raw frame with no object in view: recorded and acked, no result
 
 
 class CloudConsumer:
@@ -409,7 +410,7 @@ class CloudConsumer:
         for item in repeats:  # a retry of what is recorded: no inference, acked again
             self.metrics.duplicates.labels(item.envelope.extractor).inc()
         answers = self._answer([item for item, known in zip(batch, seen, strict=True) if not known])
-        answered = [answer for answer in answers if answer.result is not None]
+        answered = [answer for answer in answers if answer.result is not None or answer.empty]
         new = self.store.record(
             [
                 Arrival(a.incoming.site, a.incoming.envelope, a.incoming.size, a.values)
@@ -425,7 +426,9 @@ class CloudConsumer:
                 self.metrics.raw_equivalent_bytes.labels(envelope.extractor).inc(
                     envelope.raw_bytes * (1 + envelope.held_back)
                 )
-            assert answer.result is not None
+            if answer.result is None:  # nothing in view: every capture is answered or this
+                self.metrics.frames_without_objects.labels(envelope.extractor).inc()
+                continue
             self._emit(answer.incoming.site, answer.result)
         self._acknowledge(repeats + [answer.incoming for answer in answers if answer.final])
 
@@ -492,7 +495,7 @@ class CloudConsumer:
                 )  # fmt: skip
                 continue
             if not given:  # a raw frame with no object in view, for an objects model
-                answer.result = None
+                answer.empty = True
                 continue
             answer.rows = len(given)
             rows.extend(given)

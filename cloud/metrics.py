@@ -100,6 +100,12 @@ class CloudMetrics:
             ["mode"],
             registry=registry,
         )
+        self.frames_without_objects = Counter(
+            "edgelearn_cloud_frames_without_objects",
+            "Cloud-only frames with no object in view: recorded and acknowledged, no result",
+            ["mode"],
+            registry=registry,
+        )
         self.frames_scored = Counter(
             "edgelearn_cloud_frames_scored",
             "Camera frames scored against ground truth (held-back frames included)",

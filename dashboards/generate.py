@@ -457,11 +457,19 @@ def pipeline_overview() -> dict[str, Any]:
                 Query(
                     f"sum by (mode, outcome) (rate(edgelearn_cloud_frames_scored_total[{RATE}]))",
                     "{{mode}} {{outcome}}",
-                )
+                ),
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_objects_classified_total[{RATE}]))",
+                    "{{mode}} objects classified",
+                ),
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_frames_without_objects_total[{RATE}]))",
+                    "{{mode}} frames with nothing in view",
+                ),
             ],
-            "Camera frames scored against ground truth per second, correct or wrong "
-            "(held-back frames count with their keyframe's answer).",
-            stacked=True,
+            "Frames, or objects, scored against ground truth per second, correct or wrong "
+            "(with objects each is scored on its own; a whole-frame feature's held-back "
+            "frames count with their keyframe's answer), and the objects classified.",
             min=0,
         ),
         Panel(

@@ -82,7 +82,7 @@ def test_coap_endpoint_rejects_a_bad_envelope_with_a_reason() -> None:
         async with CoapEndpoint(counter) as endpoint:
             async with CoapLink("cam-1", endpoint.uri("coap+tcp")) as link:
                 with pytest.raises(TransportError) as caught:
-                    await link.send(b"EL\x01\x01 truncated")
+                    await link.send(b"EL\x02\x01 truncated")
             assert caught.value.reason == "refused"
             assert "truncated" in str(caught.value)
             assert counter.rejected["truncated"] == 1
