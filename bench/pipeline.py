@@ -274,8 +274,9 @@ def _detection(
 ) -> dict[str, Any]:
     """The gateway's boxes (as the cloud-only run's results carry them, every frame) against
     the rendered ground truth, at IoU 0.5: recall over the true items at least
-    :data:`IN_VIEW` in view, precision over the boxes (one over a smaller item stepping in
-    or out is neither hit nor false)."""
+    :data:`IN_VIEW` in view and clear of the frame's edge (the gateway attaches no box for
+    an object cut by the edge), precision over the boxes (one over such an item is neither
+    hit nor false)."""
     hits = misses = false = 0
     for camera, sequence in frames.items():
         for frame in sequence:
@@ -284,10 +285,10 @@ def _detection(
             small = []
             used: set[int] = set()
             for truth in frame.truth_boxes:
-                if (truth[2] - truth[0]) * (
-                    truth[3] - truth[1]
-                ) < IN_VIEW * frame.width * frame.height:
-                    small.append(truth)
+                area = (truth[2] - truth[0]) * (truth[3] - truth[1])
+                cut = min(truth[:2]) <= 0 or truth[2] >= frame.width or truth[3] >= frame.height
+                if cut or area < IN_VIEW * frame.width * frame.height:
+                    small.append(truth)  # the gateway attaches no box for it
                     continue
                 best = max(range(len(boxes)), key=lambda k: roi.iou(truth, boxes[k]), default=None)
                 if best is not None and best not in used and roi.iou(truth, boxes[best]) >= 0.5:

@@ -393,23 +393,37 @@ class ObjectFinder:
                 reason = "settled"
             elif track.since_sent >= settings.max_interval:
                 reason = "refresh"
-            found.append(self._found(track, reason))
+            if track.sent_box is None and reason is not None:
+                reason = "appeared"  # its first whole view
+            found.append(self._found(track, reason, state.frame_size))
             kept.append(track)
         for bi, box in enumerate(boxes):
             if bi in matched_boxes:
                 continue
             track = _Track(state.next_track, box)
             state.next_track += 1
-            found.append(self._found(track, "appeared"))
+            found.append(self._found(track, "appeared", state.frame_size))
             kept.append(track)
         state.tracks = kept
         return found
 
     @staticmethod
-    def _found(track: _Track, reason: Reason | None) -> FoundObject:
+    def _found(track: _Track, reason: Reason | None, frame_size: tuple[int, int]) -> FoundObject:
+        """The object of ``track`` this frame, sent when ``reason`` says so, but never while
+        it touches the frame's edge: part of it is out of view (it is walking in or out),
+        and a part is no view to classify. Its first whole view is its ``appeared``."""
+        x0, y0, x1, y1 = track.box
+        if x0 <= 0 or y0 <= 0 or x1 >= frame_size[0] or y1 >= frame_size[1]:
+            reason = None
         if reason is not None:
             track.sent_box, track.since_sent = track.box, 0
         return FoundObject(track.track, track.box, reason is not None, reason)
+
+    @staticmethod
+    def at_edge(item: FoundObject, frame_size: tuple[int, int]) -> bool:
+        """Whether ``item`` touches the frame's edge (partly out of view)."""
+        x0, y0, x1, y1 = item.box
+        return x0 <= 0 or y0 <= 0 or x1 >= frame_size[0] or y1 >= frame_size[1]
 
 
 def _shift(a: Box, b: Box) -> float:

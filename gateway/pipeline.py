@@ -287,12 +287,14 @@ class FramePipeline:
             # keyframes). The objects in view travel with it, so the cloud classifies each.
             jpeg_as_is = codec.EncodedArray.jpeg(jpeg)
             forward = self._forward(frame, mode, "none", jpeg_as_is, held_back, held_mismatched)
-            if not found:
+            size = (frame.width, frame.height)
+            whole = [item for item in found if not roi.ObjectFinder.at_edge(item, size)]
+            if not whole:  # none wholly in view (one walking in is no view to classify)
                 return dataclasses.replace(forward, objects=found)
-            boxes = tuple(item.box for item in found)
+            boxes = tuple(item.box for item in whole)
             feature = dataclasses.replace(
                 forward.envelope,
-                tracks=tuple(item.track for item in found),
+                tracks=tuple(item.track for item in whole),
                 boxes=boxes,
                 labels=true_labels(frame, boxes),
             )
@@ -327,7 +329,13 @@ class FramePipeline:
         as their crop (:func:`edgelearn.roi.crop`, with the background model's mask), and
         their outputs are stacked into one Feature (or one Result for ``full``) with their
         tracks, boxes and ground-truth labels. A frame with none to send is held back."""
-        chosen = [item for item in found if item.send or not self.keyframes.enabled]
+        frame_size = (frame.width, frame.height)
+        chosen = [  # keyframes off: every object wholly in view, every frame
+            item
+            for item in found
+            if item.send
+            or not (self.keyframes.enabled or roi.ObjectFinder.at_edge(item, frame_size))
+        ]
         if not chosen:
             return HeldBack(0.0, found)
         tracks = tuple(item.track for item in chosen)
@@ -337,7 +345,6 @@ class FramePipeline:
         try:
             decoded = preprocess.decode_reduced(frame.payload, channels)
             mask = self._finder.mask(frame.camera_id)
-            frame_size = (frame.width, frame.height)
             crops = [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
         except preprocess.PreprocessError:
             return Dropped("undecodable")
