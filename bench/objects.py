@@ -30,14 +30,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bench.common import BoxScore, score_boxes
 from cameras.scene import ItemPose, Lighting, ObjectScene, compose, make_background
 from cameras.sources import fit_to
 from edgelearn import preprocess, roi
 from edgelearn.datasets import load_fashion_mnist
+from edgelearn.preprocess import HD_720P
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
-IOU = 0.5
-IN_VIEW = 0.01  # of the frame: smaller true items are stepping in or out
 
 
 def _small(image: np.ndarray) -> np.ndarray:
@@ -48,58 +48,37 @@ def _small(image: np.ndarray) -> np.ndarray:
 
 def detection(cameras: int, frames: int, warmup: int) -> dict[str, Any]:
     data = load_fashion_mnist("test")
-    hits = misses = false = ignored = 0
-    per_camera: dict[str, dict[str, float]] = {}
+    total = BoxScore()
+    per_camera: dict[str, dict[str, float | None]] = {}
     for camera in range(cameras):
         scene = ObjectScene(data, seed=100 + camera)
         finder = roi.ObjectFinder()
-        c_hits = c_misses = c_false = 0
+        score = BoxScore()
         for index in range(frames):
             frame = scene.render(index)
             found = finder.update("cam", _small(frame.image))
-            if index < warmup:
-                continue
-            used: set[int] = set()
-            small_items = []
-            for item in frame.objects:
-                x0, y0, x1, y1 = item.box
-                if (x1 - x0) * (y1 - y0) < IN_VIEW * 1280 * 720:
-                    small_items.append(item.box)
-                    continue
-                best = max(
-                    range(len(found)), key=lambda k: roi.iou(item.box, found[k].box), default=None
-                )
-                if (
-                    best is not None
-                    and best not in used
-                    and roi.iou(item.box, found[best].box) >= IOU
-                ):
-                    c_hits += 1
-                    used.add(best)
-                else:
-                    c_misses += 1
-            for k, spotted in enumerate(found):
-                if k in used:
-                    continue
-                if any(roi.iou(spotted.box, box) > 0.1 for box in small_items):
-                    ignored += 1  # over an item stepping in or out: neither hit nor false
-                else:
-                    c_false += 1
+            if index >= warmup:
+                truth = [item.box for item in frame.objects]
+                score += score_boxes(truth, [item.box for item in found], HD_720P)
         per_camera[f"cam-{camera + 1}"] = {
-            "recall": round(c_hits / max(1, c_hits + c_misses), 4),
-            "precision": round(c_hits / max(1, c_hits + c_false), 4),
+            "recall": _round(score.recall()),
+            "precision": _round(score.precision()),
         }
-        hits, misses, false = hits + c_hits, misses + c_misses, false + c_false
+        total += score
     return {
         "cameras": cameras,
         "frames_per_camera": frames,
         "warmup_frames": warmup,
-        "true_objects": hits + misses,
-        "recall": round(hits / max(1, hits + misses), 4),
-        "precision": round(hits / max(1, hits + false), 4),
-        "boxes_over_items_partly_in_view": ignored,
+        "true_objects": total.hits + total.misses,
+        "recall": _round(total.recall()),
+        "precision": _round(total.precision()),
+        "boxes_over_items_partly_in_view": total.ignored,
         "per_camera": per_camera,
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def lighting_ramp(scenes: int, frames: int) -> dict[str, Any]:
@@ -229,21 +208,26 @@ def accuracy(n_train: int, n_held_out: int, epochs: int, pca_dim: int) -> dict[s
     return results
 
 
+SIZES = {  # quick, full
+    True: {"cameras": 2, "frames": 300, "scenes": 2, "ramp": 100, "cost": 100, "video": 200,
+           "n_train": 1500, "n_held_out": 400, "epochs": 4},
+    False: {"cameras": 8, "frames": 900, "scenes": 8, "ramp": 150, "cost": 400, "video": 10_000,
+            "n_train": 6000, "n_held_out": 1000, "epochs": 6},
+}  # fmt: skip
+
+
 def run(quick: bool = False) -> dict[str, Any]:
-    if quick:
-        return {
-            "quick": True,
-            "detection": detection(cameras=2, frames=300, warmup=150),
-            "lighting_ramp": lighting_ramp(scenes=2, frames=100),
-            "cost": cost(frames=100),
-            "video": video(frames=200),
-            "accuracy": accuracy(n_train=1500, n_held_out=400, epochs=4, pca_dim=32),
-        }
+    size = SIZES[quick]
     return {
-        "quick": False,
-        "detection": detection(cameras=8, frames=900, warmup=150),
-        "lighting_ramp": lighting_ramp(scenes=8, frames=150),
-        "cost": cost(frames=400),
-        "video": video(frames=10_000),
-        "accuracy": accuracy(n_train=6000, n_held_out=1000, epochs=6, pca_dim=32),
+        "quick": quick,
+        "detection": detection(cameras=size["cameras"], frames=size["frames"], warmup=150),
+        "lighting_ramp": lighting_ramp(scenes=size["scenes"], frames=size["ramp"]),
+        "cost": cost(frames=size["cost"]),
+        "video": video(frames=size["video"]),
+        "accuracy": accuracy(
+            n_train=size["n_train"],
+            n_held_out=size["n_held_out"],
+            epochs=size["epochs"],
+            pca_dim=32,
+        ),
     }

@@ -36,10 +36,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from bench.common import (
     GATEWAY_ID,
+    BoxScore,
     close_client,
     mqtt_client,
     paced,
@@ -47,9 +48,10 @@ from bench.common import (
     publish_retained,
     quantile,
     render_object_cameras,
+    score_boxes,
     wait_until,
 )
-from edgelearn import roi, wire
+from edgelearn import wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import machine_info, scrape
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
@@ -266,45 +268,23 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
     }
 
 
-IN_VIEW: Final = 0.01  # of the frame: smaller true items are stepping in or out
-
-
 def _detection(
     frames: dict[str, list[wire.Frame]], found: dict[tuple[str, int], tuple[wire.Box, ...]]
 ) -> dict[str, Any]:
     """The gateway's boxes (as the cloud-only run's results carry them, every frame) against
-    the rendered ground truth, at IoU 0.5: recall over the true items at least
-    :data:`IN_VIEW` in view and clear of the frame's edge (the gateway attaches no box for
-    an object cut by the edge), precision over the boxes (one over such an item is neither
-    hit nor false)."""
-    hits = misses = false = 0
+    the rendered ground truth (:func:`bench.common.score_boxes`); true items cut by the
+    frame's edge are ignored: the gateway attaches no box for them. A frame without a
+    result had no object found in it (delivery loses nothing)."""
+    score = BoxScore()
     for camera, sequence in frames.items():
         for frame in sequence:
-            # No result: no object was found in it (delivery loses nothing).
-            boxes = list(found.get((camera, frame.seq), ()))
-            small = []
-            used: set[int] = set()
-            for truth in frame.truth_boxes:
-                area = (truth[2] - truth[0]) * (truth[3] - truth[1])
-                cut = min(truth[:2]) <= 0 or truth[2] >= frame.width or truth[3] >= frame.height
-                if cut or area < IN_VIEW * frame.width * frame.height:
-                    small.append(truth)  # the gateway attaches no box for it
-                    continue
-                best = max(range(len(boxes)), key=lambda k: roi.iou(truth, boxes[k]), default=None)
-                if best is not None and best not in used and roi.iou(truth, boxes[best]) >= 0.5:
-                    hits += 1
-                    used.add(best)
-                else:
-                    misses += 1
-            false += sum(
-                1
-                for k, box in enumerate(boxes)
-                if k not in used and not any(roi.iou(box, item) > 0.1 for item in small)
-            )
+            boxes = found.get((camera, frame.seq), ())
+            size = (frame.width, frame.height)
+            score += score_boxes(frame.truth_boxes, boxes, size, ignore_cut=True)
     return {
-        "true_objects": hits + misses,
-        "recall": hits / (hits + misses) if hits + misses else None,
-        "precision": hits / (hits + false) if hits + false else None,
+        "true_objects": score.hits + score.misses,
+        "recall": score.recall(),
+        "precision": score.precision(),
     }
 
 

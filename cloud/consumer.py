@@ -58,7 +58,7 @@ from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.registry import ModelEntry, Registry
 from edgelearn import codec, preprocess, roi, wire
-from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER
+from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER, top_classes
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.modes import FULL, RAW, Mode
@@ -254,8 +254,7 @@ def _result_of(
 ) -> wire.Result:
     """The Result of one feature: per object (tracks, boxes, labels, classes, scores; the
     first object's answer in ``predicted``/``score``/``label``) or for the whole frame."""
-    classes = tuple(int(np.argmax(row)) for row in rows)
-    scores = tuple(float(np.clip(row[c], 0.0, 1.0)) for row, c in zip(rows, classes, strict=True))
+    classes, scores = top_classes(rows)
     objects: dict[str, Any] = {}
     label = feature.label
     if per_object:

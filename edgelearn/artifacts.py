@@ -461,6 +461,18 @@ def load_deployment(
     )
 
 
+def top_classes(
+    probabilities: npt.NDArray[Any],
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Each row's most likely class and its probability (clipped to 0..1): what a Result
+    carries, at the edge (``full``) and in the cloud."""
+    classes = tuple(int(np.argmax(row)) for row in probabilities)
+    scores = tuple(
+        float(np.clip(row[c], 0.0, 1.0)) for row, c in zip(probabilities, classes, strict=True)
+    )
+    return classes, scores
+
+
 def measure_latency(extractor: EdgeExtractor, frames: Pixels, *, repeats: int = 3) -> float:
     """Median seconds per frame of :meth:`EdgeExtractor.run` over ``frames`` (after one
     warm-up run): what a gateway reports as its per-frame cost."""

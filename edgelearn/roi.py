@@ -38,6 +38,7 @@ numpy + OpenCV only (the gateway imports it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -110,7 +111,6 @@ class CameraObjects:
     frame_size: tuple[int, int]
     tracks: list[_Track] = field(default_factory=list)
     next_track: int = 1
-    frames: int = 0
     mask: npt.NDArray[np.uint8] | None = None  # the last frame's foreground, small scale
 
 
@@ -123,14 +123,29 @@ def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
     return np.asarray(cv2.GaussianBlur(image, (5, 5), 0), np.uint8)
 
 
-def reduce_frame(frame: Image, size: tuple[int, int] | None = None) -> npt.NDArray[np.uint8]:
-    """What :func:`small_grey` makes of a decoded frame (BGR or grey): 1/8 of its size, or
-    ``size`` (width, height) for a render already smaller than 720p."""
+def reduce_frame(frame: Image, size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """What :func:`small_grey` makes of a 720p frame, from a render of it at any size (BGR
+    or grey): grey, resized to ``size`` (width, height; :data:`SMALL_720P`), blurred."""
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-    height, width = grey.shape[:2]
-    size = size or (max(1, width // 8), max(1, height // 8))
     small = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
     return np.asarray(cv2.GaussianBlur(small, (5, 5), 0), np.uint8)
+
+
+def match(a: Sequence[Box], b: Sequence[Box], min_iou: float) -> dict[int, int]:
+    """Greedy one-to-one matching by IoU, best pairs first: ``{index in a: index in b}`` for
+    the pairs overlapping by ``min_iou`` or more."""
+    pairs = sorted(
+        ((iou(x, y), i, j) for i, x in enumerate(a) for j, y in enumerate(b)), reverse=True
+    )
+    matched: dict[int, int] = {}
+    taken: set[int] = set()
+    for overlap, i, j in pairs:
+        if overlap < min_iou:
+            break
+        if i not in matched and j not in taken:
+            matched[i] = j
+            taken.add(j)
+    return matched
 
 
 def iou(a: Box, b: Box) -> float:
@@ -246,13 +261,6 @@ class ObjectFinder:
         self.settings = settings or RoiSettings()
         self._cameras: dict[str, CameraObjects] = {}
 
-    def forget(self, camera_id: str) -> None:
-        """Drop a camera's state (it moved to another worker, or went away)."""
-        self._cameras.pop(camera_id, None)
-
-    def cameras(self) -> dict[str, CameraObjects]:
-        return self._cameras
-
     def mask(self, camera_id: str) -> npt.NDArray[np.uint8] | None:
         """The foreground of ``camera_id``'s last frame (small scale, 1 = object): what
         :func:`crop` keeps of an object's square."""
@@ -275,7 +283,6 @@ class ObjectFinder:
             scale = (frame_size[0] / frame.shape[1], frame_size[1] / frame.shape[0])
             self._cameras[camera_id] = CameraObjects(frame.copy(), scale, frame_size)
             return []  # the first frame is the background: nothing to compare with yet
-        state.frames += 1
         boxes, mask = self._boxes(state, frame)
         found = self._track(state, boxes)
         self._learn(state, frame, mask)
@@ -341,22 +348,8 @@ class ObjectFinder:
 
     def _track(self, state: CameraObjects, boxes: list[Box]) -> list[FoundObject]:
         settings = self.settings
-        pairs = sorted(
-            (
-                (iou(t.box, b), ti, bi)
-                for ti, t in enumerate(state.tracks)
-                for bi, b in enumerate(boxes)
-            ),
-            reverse=True,
-        )
-        matched_tracks: dict[int, int] = {}
-        matched_boxes: set[int] = set()
-        for overlap, ti, bi in pairs:
-            if overlap < settings.match_iou:
-                break
-            if ti not in matched_tracks and bi not in matched_boxes:
-                matched_tracks[ti] = bi
-                matched_boxes.add(bi)
+        matched_tracks = match([t.box for t in state.tracks], boxes, settings.match_iou)
+        matched_boxes = set(matched_tracks.values())
         # A fast mover overlaps little with where it was: match on centre distance.
         for ti, track in enumerate(state.tracks):
             if ti in matched_tracks:

@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgelearn import codec, preprocess, roi, wire
-from edgelearn.artifacts import LoadedDeployment
+from edgelearn.artifacts import LoadedDeployment, top_classes
 from edgelearn.modes import FULL, RAW, Mode
 
 STAGES = ("decode_small", "objects", "keyframe", "decode", "extract", "encode")
@@ -159,23 +159,10 @@ def true_labels(frame: wire.Frame, boxes: tuple[wire.Box, ...]) -> tuple[int | N
         if frame.label is not None and len(boxes) == 1:
             return (frame.label,)
         return (None,) * len(boxes)
-    pairs = sorted(
-        (
-            (roi.iou(box, truth), b, t)
-            for b, box in enumerate(boxes)
-            for t, truth in enumerate(frame.truth_boxes)
-        ),
-        reverse=True,
+    matched = roi.match(boxes, frame.truth_boxes, 0.5)
+    return tuple(
+        frame.truth_labels[matched[b]] if b in matched else None for b in range(len(boxes))
     )
-    labels: list[int | None] = [None] * len(boxes)
-    used: set[int] = set()
-    for overlap, b, t in pairs:
-        if overlap < 0.5:
-            break
-        if labels[b] is None and t not in used:
-            labels[b] = frame.truth_labels[t]
-            used.add(t)
-    return tuple(labels)
 
 
 # --- the pipeline --------------------------------------------------------------------
@@ -307,8 +294,8 @@ class FramePipeline:
         output = deployment.extractor.run(model_input)
         started = self._timed("extract", started)
         if mode.kind == FULL:
-            result = self._forward_result(frame, output, deployment, held_back, held_mismatched)
-            return dataclasses.replace(result, objects=found)
+            result = self._edge_result(frame, output, deployment, (held_back, held_mismatched))
+            return Forward(result, Mode(FULL), wire.encode(result), found)
         encoded = deployment.extractor.output.encode(output, self.feature_codec)
         forward = self._forward(
             frame, mode, deployment.version, encoded, held_back, held_mismatched
@@ -352,7 +339,7 @@ class FramePipeline:
         outputs = np.stack([deployment.extractor.run(crop) for crop in crops])
         started = self._timed("extract", started)
         if mode.kind == FULL:
-            result = self._objects_result(frame, outputs, deployment, tracks, boxes, labels)
+            result = self._edge_result(frame, outputs, deployment, objects=(tracks, boxes, labels))
             return Forward(result, Mode(FULL), wire.encode(result), found)
         encoded = deployment.extractor.output.encode(outputs, self.feature_codec)
         forward = self._forward(frame, mode, deployment.version, encoded, 0, 0)
@@ -361,41 +348,6 @@ class FramePipeline:
         )
         self._timed("encode", started)
         return Forward(feature, mode, wire.encode(feature), found)
-
-    def _objects_result(
-        self,
-        frame: wire.Frame,
-        outputs: Any,
-        deployment: LoadedDeployment,
-        tracks: tuple[int, ...],
-        boxes: tuple[wire.Box, ...],
-        labels: tuple[int | None, ...],
-    ) -> wire.Result:
-        rows = deployment.extractor.output.dequantize(np.asarray(outputs)).reshape(len(tracks), -1)
-        classes = tuple(int(np.argmax(row)) for row in rows)
-        scores = tuple(
-            float(np.clip(row[c], 0.0, 1.0)) for row, c in zip(rows, classes, strict=True)
-        )
-        return wire.Result(
-            camera_id=frame.camera_id,
-            seq=frame.seq,
-            capture_ns=frame.capture_ns,
-            result_ns=time.time_ns(),
-            gateway_id=self.gateway_id,
-            extractor=FULL,
-            label=labels[0],
-            predicted=classes[0],
-            score=scores[0],
-            model_version=deployment.version,
-            computed_at=wire.ComputedAt.EDGE,
-            held_back=0,
-            held_mismatched=0,
-            tracks=tracks,
-            boxes=boxes,
-            labels=labels,
-            classes=classes,
-            scores=scores,
-        )
 
     def _model_input(self, jpeg: bytes, deployment: LoadedDeployment) -> Any:
         size, _, channels = deployment.extractor.input_shape
@@ -429,29 +381,40 @@ class FramePipeline:
         )
         return Forward(feature, mode, wire.encode(feature))
 
-    def _forward_result(
+    def _edge_result(
         self,
         frame: wire.Frame,
-        output: Any,
+        outputs: Any,
         deployment: LoadedDeployment,
-        held_back: int,
-        held_mismatched: int,
-    ) -> Forward:
-        probabilities = deployment.extractor.output.dequantize(np.asarray(output)).reshape(-1)
-        predicted = int(np.argmax(probabilities))
-        result = wire.Result(
+        held: tuple[int, int] = (0, 0),
+        objects: tuple[tuple[int, ...], tuple[wire.Box, ...], tuple[int | None, ...]] | None = None,
+    ) -> wire.Result:
+        """``full``'s answer at the edge: for the whole frame (``held``: its held-back
+        counts), or per object (``objects``: tracks, boxes, labels; ``outputs`` stacked)."""
+        count = 1 if objects is None else len(objects[0])
+        rows = deployment.extractor.output.dequantize(np.asarray(outputs)).reshape(count, -1)
+        classes, scores = top_classes(rows)
+        per_object: dict[str, Any] = {}
+        label = frame.label
+        if objects is not None:
+            tracks, boxes, labels = objects
+            per_object = dict(
+                tracks=tracks, boxes=boxes, labels=labels, classes=classes, scores=scores
+            )
+            label = labels[0]
+        return wire.Result(
             camera_id=frame.camera_id,
             seq=frame.seq,
             capture_ns=frame.capture_ns,
             result_ns=time.time_ns(),
             gateway_id=self.gateway_id,
             extractor=FULL,
-            label=frame.label,
-            predicted=predicted,
-            score=float(np.clip(probabilities[predicted], 0.0, 1.0)),
+            label=label,
+            predicted=classes[0],
+            score=scores[0],
             model_version=deployment.version,
             computed_at=wire.ComputedAt.EDGE,
-            held_back=held_back,
-            held_mismatched=held_mismatched,
+            held_back=held[0],
+            held_mismatched=held[1],
+            **per_object,
         )
-        return Forward(result, Mode(FULL), wire.encode(result))
