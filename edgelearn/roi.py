@@ -29,9 +29,11 @@ previous frames, falling back to centre distance for a fast mover; an unmatched 
 a track with the camera's next id, and a track unseen for ``max_missed`` frames ends.
 
 **Which objects to send** (:meth:`ObjectFinder.update` marks them ``send``): an object is sent
-when it *appears*, every ``motion_interval`` frames while it *moves* (its box shifted by more
-than ``move_fraction`` of its size since it was last sent), once when it *settles*, and every
-``max_interval`` frames while it stays. An empty scene sends nothing.
+when it *appears*, every ``motion_interval`` frames while it *moves*, once when it *settles*,
+and every ``max_interval`` frames while it stays. It moves when its box has shifted by more
+than ``move_fraction`` of its size from where it last moved (so the box's jitter of one
+1/8-scale pixel, or an item swaying in place, is no move), and it has settled once it has
+not moved for ``settle_frames``. An empty scene sends nothing.
 
 numpy + OpenCV only (the gateway imports it).
 """
@@ -57,6 +59,10 @@ Reason = Literal["appeared", "moving", "settled", "refresh"]
 SMALL_720P: Final = (HD_720P[0] // 8, HD_720P[1] // 8)
 """(width, height) of the background model's frame: :func:`small_grey` of a 720p JPEG."""
 
+GHOST_CHECK_EVERY: Final = 8
+"""A region where a track already is is checked for being a ghost on every 8th frame only
+(a new region, on every frame): the check is a third of the finder's cost."""
+
 _CLOSE: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 _OPEN: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 
@@ -70,14 +76,21 @@ class RoiSettings:
     merge_gap: float = 0.01  # of the frame width; boxes this close are one object
     match_iou: float = 0.3
     max_missed: int = 5  # frames a track survives without a box
-    move_fraction: float = 0.05  # of the box's size: a shift that counts as moving
-    motion_interval: int = 1  # frames between two sends of a moving object
+    move_fraction: float = 0.1  # of the box's size, from where it last moved: a move
+    motion_interval: int = 5  # frames between two sends of a moving object (a third of a
+    # second at 15 fps: a walking person is classified three times a second, not 15)
+    settle_frames: int = 3  # frames without a move before a moving object has settled
     max_interval: int = 45  # frames between two sends of an object that stays
 
     def __post_init__(self) -> None:
         if self.pixel_delta <= 0 or not 0 < self.learning_rate <= 1:
             raise ValueError("roi pixel_delta must be > 0 and learning_rate in (0, 1]")
-        if self.motion_interval < 1 or self.max_interval < 1 or self.max_missed < 0:
+        if (
+            self.motion_interval < 1
+            or self.max_interval < 1
+            or self.max_missed < 0
+            or self.settle_frames < 1
+        ):
             raise ValueError("roi intervals must be >= 1 and max_missed >= 0")
 
 
@@ -98,6 +111,7 @@ class _Track:
     missed: int = 0
     still: int = 0  # consecutive frames without moving
     moving: bool = True
+    anchor: Box | None = None  # the box where it last moved (None: where it appeared)
     sent_box: Box | None = None
     since_sent: int = 0
 
@@ -112,6 +126,7 @@ class CameraObjects:
     tracks: list[_Track] = field(default_factory=list)
     next_track: int = 1
     mask: npt.NDArray[np.uint8] | None = None  # the last frame's foreground, small scale
+    frames: int = 0  # frames compared with the background so far
 
 
 def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
@@ -161,26 +176,26 @@ def iou(a: Box, b: Box) -> float:
 def _fit_light(
     frame: npt.NDArray[np.float32], background: npt.NDArray[np.float32]
 ) -> tuple[float, float]:
-    """gain, offset with ``frame ~ gain * background + offset``, fitted on every other
-    pixel of every other row, then again without the pixels that fit worst (the objects)."""
-    x = background[::2, ::2].ravel()
-    y = frame[::2, ::2].ravel()
-    gain, offset = 1.0, float(np.mean(y - x))
-    for _ in range(2):
-        residual = np.abs(y - (gain * x + offset))
-        middle = residual.size // 2
-        keep = residual <= max(3.0, 2.5 * float(np.partition(residual, middle)[middle]))
-        xs, ys = x[keep], y[keep]
-        if xs.size < 16:
-            break
-        mean_x, mean_y = float(xs.mean()), float(ys.mean())
-        spread = float(np.dot(xs - mean_x, xs - mean_x))
-        if spread < 16.0 * xs.size:  # a flat background: an offset is all one can fit
-            gain, offset = 1.0, mean_y - mean_x
-        else:
-            gain = float(np.dot(xs - mean_x, ys - mean_y)) / spread
-            offset = mean_y - gain * mean_x
-    return gain, offset
+    """gain, offset with ``frame ~ gain * background + offset``: least squares on every third
+    pixel of every third row, leaving out those off the median offset by more than 2.5
+    times their median distance (the objects)."""
+    x = background[::3, ::3].ravel()
+    y = frame[::3, ::3].ravel()
+    difference = y - x
+    middle = difference.size // 2
+    offset = float(np.partition(difference, middle)[middle])
+    residual = np.abs(difference - offset)
+    keep = residual <= max(3.0, 2.5 * float(np.partition(residual, middle)[middle]))
+    xs, ys = x[keep], y[keep]
+    if xs.size < 16:
+        return 1.0, offset
+    mean_x, mean_y = float(xs.mean()), float(ys.mean())
+    centred = xs - mean_x
+    spread = float(np.dot(centred, centred))
+    if spread < 16.0 * xs.size:  # a flat background: an offset is all one can fit
+        return 1.0, mean_y - mean_x
+    gain = float(np.dot(centred, ys - mean_y)) / spread
+    return gain, mean_y - gain * mean_x
 
 
 def foreground(
@@ -306,12 +321,16 @@ class ObjectFinder:
             x, y, w, h, area = (int(v) for v in stats[index])
             if area < min_pixels:
                 continue
+            if self._tracked((x, y, x + w, y + h), state) and state.frames % GHOST_CHECK_EVERY:
+                boxes.append((x, y, x + w, y + h))  # a tracked object: checked now and then
+                continue
             if edges is None:
                 edges = (_edges(frame), _edges(state.background), _outline(mask))
             if _is_ghost(labels, index, (x, y, w, h), *edges):
                 ghosts[labels == index] = 1
                 continue
             boxes.append((x, y, x + w, y + h))
+        state.frames += 1
         if ghosts.any():
             state.background[ghosts > 0] = frame[ghosts > 0]  # what was there has gone
             mask[ghosts > 0] = 0
@@ -329,6 +348,13 @@ class ObjectFinder:
             for x0, y0, x1, y1 in boxes
         ]
         return scaled, mask
+
+    def _tracked(self, small_box: Box, state: CameraObjects) -> bool:
+        """Whether a region (small-scale box) lies where one of the camera's tracks is."""
+        sx, sy = state.scale
+        x0, y0, x1, y1 = small_box
+        box = (int(x0 * sx), int(y0 * sy), int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy)))
+        return any(iou(box, track.box) >= self.settings.match_iou for track in state.tracks)
 
     def _learn(
         self, state: CameraObjects, frame: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8]
@@ -372,18 +398,18 @@ class ObjectFinder:
                     kept.append(track)
                 continue
             box = boxes[matched_tracks[ti]]
-            moved = _shift(track.box, box) > settings.move_fraction
+            moved = _shift(track.anchor or track.box, box) > settings.move_fraction
+            if moved:
+                track.anchor, track.moving = box, True
             track.box, track.missed = box, 0
             track.since_sent += 1
             track.still = 0 if moved else track.still + 1
             reason: Reason | None = None
-            if moved:
-                track.moving = True
-                if track.since_sent >= settings.motion_interval:
-                    reason = "moving"
-            elif track.moving:
+            if track.moving and track.still >= settings.settle_frames:
                 track.moving = False
                 reason = "settled"
+            elif track.moving and track.since_sent >= settings.motion_interval:
+                reason = "moving"
             elif track.since_sent >= settings.max_interval:
                 reason = "refresh"
             if track.sent_box is None and reason is not None:
@@ -393,7 +419,7 @@ class ObjectFinder:
         for bi, box in enumerate(boxes):
             if bi in matched_boxes:
                 continue
-            track = _Track(state.next_track, box)
+            track = _Track(state.next_track, box, anchor=box)
             state.next_track += 1
             found.append(self._found(track, "appeared", state.frame_size))
             kept.append(track)

@@ -77,24 +77,39 @@ def _two_squares(shift: int) -> np.ndarray:
 
 
 def test_two_objects_keep_their_track_ids_and_are_sent_when_they_appear_move_and_settle() -> None:
-    finder = roi.ObjectFinder()
+    finder = roi.ObjectFinder(roi.RoiSettings(motion_interval=1))
     empty = make_background(np.random.default_rng(3))
     assert finder.update("cam-1", _small(empty)) == []
     first = finder.update("cam-1", _small(_two_squares(0)))
     assert len(first) == 2 and all(o.reason == "appeared" for o in first)
     ids = {o.track for o in first}
     reasons = []
-    for shift in (20, 40, 60, 60, 60, 60):
+    settle = finder.settings.settle_frames
+    for shift in (30, 60, 90, *[90] * (settle + 2)):
         found = finder.update("cam-1", _small(_two_squares(shift)))
         assert {o.track for o in found} == ids
         reasons.append(sorted(str(o.reason) for o in found))
     assert reasons[0] == ["moving", "moving"]
-    assert reasons[3] == ["settled", "settled"]
-    assert reasons[4:] == [["None", "None"], ["None", "None"]]  # still: nothing to send
-    left = min(finder.update("cam-1", _small(_two_squares(60))), key=lambda o: o.box[0])
-    assert abs(left.box[0] - 260) <= 16 and abs(left.box[2] - 481) <= 16  # 1/8-scale boxes
+    assert reasons[2 + settle] == ["settled", "settled"]  # no move for settle_frames
+    assert reasons[3 + settle :] == [["None", "None"], ["None", "None"]]  # still: nothing sent
+    left = min(finder.update("cam-1", _small(_two_squares(90))), key=lambda o: o.box[0])
+    assert abs(left.box[0] - 290) <= 16 and abs(left.box[2] - 511) <= 16  # 1/8-scale boxes
     # A second camera has its own background and numbering.
     assert finder.update("cam-2", _small(_two_squares(0))) == []
+
+
+def test_a_moving_object_is_sent_once_every_motion_interval_frames() -> None:
+    settings = roi.RoiSettings()
+    finder = roi.ObjectFinder(settings)
+    finder.update("cam-1", _small(make_background(np.random.default_rng(3))))
+    sent = []
+    for step in range(4 * settings.motion_interval + 1):
+        (square, _) = sorted(  # the left one, moving right
+            finder.update("cam-1", _small(_two_squares(12 * step))), key=lambda o: o.box[0]
+        )
+        sent.append(square.reason)
+    assert sent[0] == "appeared"
+    assert sent[1:] == ([None] * (settings.motion_interval - 1) + ["moving"]) * 4
 
 
 def test_crops_are_square_padded_at_the_edge_and_contrast_normalised() -> None:
