@@ -47,10 +47,12 @@ Box = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class TrueObject:
-    """One item in view, as rendered: its class and the box of its visible pixels."""
+    """One item in view, as rendered: its class, the box of its visible pixels and its
+    index in the data set (which tells one item from another of its class)."""
 
     label: int
     box: Box
+    item: int = -1
 
 
 @dataclass(frozen=True)
@@ -597,7 +599,7 @@ class ObjectScene(LabeledScene):
             index, pose, tint = in_view
             item = self.data.images[index]
             placed.append((item, pose, (1.0, 1.0, 1.0) if item.ndim == 3 else tint))
-            labels.append(int(self.data.labels[index]))
+            labels.append((int(self.data.labels[index]), index))
         image, boxes = compose_many(
             self._background,
             placed,
@@ -605,6 +607,8 @@ class ObjectScene(LabeledScene):
             np.random.default_rng([self.seed, 3, frame_index]),
         )
         objects = tuple(
-            TrueObject(label, box) for label, box in zip(labels, boxes, strict=True) if box
+            TrueObject(label, box, index)
+            for (label, index), box in zip(labels, boxes, strict=True)
+            if box
         )
         return SourceFrame(image=image, label=None, objects=objects)

@@ -34,10 +34,14 @@ def test_objects_are_found_where_the_scene_rendered_them_including_one_entering(
     finder = roi.ObjectFinder()
     score = BoxScore()
     counts: set[int] = set()
+    items: set[int] = set()
     entering_found = 0
     for index in range(450):
         frame = scene.render(index)
         found = finder.update("cam-1", _small(frame.image))
+        for item in frame.objects:  # each true object names its data-set item
+            assert scene.data.labels[item.item] == item.label
+            items.add(item.item)
         if index < 150:  # the model starts on a frame with items in it: let it learn
             continue
         counts.add(len(frame.objects))
@@ -50,6 +54,7 @@ def test_objects_are_found_where_the_scene_rendered_them_including_one_entering(
             ) > 4 * LARGE_ENOUGH:
                 entering_found += any(roi.iou(item.box, o.box) >= 0.5 for o in found)
     assert {1, 2, 3} <= counts  # several objects at once, and their number changes
+    assert len(items) >= 9  # three lanes, a new item each cycle of 150 frames
     assert (score.recall() or 0) >= 0.97, score
     assert (score.precision() or 0) >= 0.95, score
     assert entering_found > 0
