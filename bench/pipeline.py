@@ -181,10 +181,11 @@ def run(
         budget=budget.training,
         feature_store=work / "features",
         gateway_queue_depth=8,
+        workers=2,  # one per core: every object of every frame (keyframes off) needs both
         labeled_cameras=0,  # the benchmark plays the cameras itself
         video=None,
         camera_users=budget.cameras,
-        consumers=1,  # one /metrics endpoint for the cloud's counts
+        consumers=1,  # one /metrics endpoint, and one background model per raw camera
         echo=False,
     )
     clients: list[Any] = []
@@ -208,11 +209,12 @@ def run(
 
 def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[str, Any]:
     (cloud_url,) = stack.cloud.metrics_urls
-    (gateway_url,) = stack.gateway.metrics_urls
+    gateway_urls = list(stack.gateway.metrics_urls)  # one per worker
     slots = [mode.slot for mode in budget.modes() if mode.needs_model]
     wait_until(
         lambda: all(
-            scrape([gateway_url]).total("edgelearn_gateway_model_swaps_total", slot=slot) >= 1
+            scrape([url]).total("edgelearn_gateway_model_swaps_total", slot=slot) >= 1
+            for url in gateway_urls
             for slot in slots
         ),
         180,
@@ -236,8 +238,8 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
     # scene (they start from a frame with items in it), as a running gateway has.
     plan = wire.Plan(GATEWAY_ID, plan_version, str(Mode(RAW)), 0, 0.02, 45)
     publish_retained(cloud_config, wire.Topics(SITE).plan(GATEWAY_ID), wire.encode(plan))
-    wait_until(functools.partial(_gateway_runs, gateway_url, Mode(RAW)), 30, "raw for warm-up")
-    _measure(Mode(RAW), False, frames, budget, cameras, watch, gateway_url, cloud_url)
+    wait_until(functools.partial(_gateway_runs, gateway_urls, Mode(RAW)), 30, "raw for warm-up")
+    _measure(Mode(RAW), False, frames, budget, cameras, watch, gateway_urls, cloud_url)
     detection: dict[str, Any] = {}
     for mode in budget.modes():
         for keyframes in (False, True):
@@ -245,12 +247,12 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
             plan = wire.Plan(GATEWAY_ID, plan_version, str(mode), int(keyframes), 0.02, 45)
             publish_retained(cloud_config, wire.Topics(SITE).plan(GATEWAY_ID), wire.encode(plan))
             wait_until(
-                functools.partial(_gateway_runs, gateway_url, mode),
+                functools.partial(_gateway_runs, gateway_urls, mode),
                 30,
                 f"the gateway to switch to {mode}",
             )
             rows[_key(mode, keyframes)] = _measure(
-                mode, keyframes, frames, budget, cameras, watch, gateway_url, cloud_url
+                mode, keyframes, frames, budget, cameras, watch, gateway_urls, cloud_url
             )
             if mode.kind == RAW and not keyframes:  # every frame, every object found
                 detection = _detection(frames, rows[_key(mode, keyframes)].pop("boxes"))
@@ -294,9 +296,11 @@ def _detection(
     }
 
 
-def _gateway_runs(gateway_url: str, mode: Mode) -> bool:
+def _gateway_runs(gateway_urls: list[str], mode: Mode) -> bool:
     labels = {"mode": str(mode), "effective": str(mode)}
-    return scrape([gateway_url]).total("edgelearn_gateway_mode_info", **labels) == 1
+    return all(
+        scrape([url]).total("edgelearn_gateway_mode_info", **labels) == 1 for url in gateway_urls
+    )
 
 
 def _key(mode: Mode, keyframes: bool) -> str:
@@ -310,11 +314,11 @@ def _measure(
     budget: Budget,
     cameras: dict[str, Any],
     watch: CloudWatch,
-    gateway_url: str,
+    gateway_urls: list[str],
     cloud_url: str,
 ) -> dict[str, Any]:
     def counters() -> dict[str, float]:
-        gateway, cloud = scrape([gateway_url]), scrape([cloud_url])
+        gateway, cloud = scrape(gateway_urls), scrape([cloud_url])
         processed = "edgelearn_gateway_frames_processed_total"
         scored = "edgelearn_cloud_frames_scored_total"
         return {

@@ -482,6 +482,8 @@ class CloudConsumer:
                 given: list[npt.NDArray[Any]]
                 if classifier.takes_frames:
                     given = self._frame_inputs(feature, classifier)
+                    if given and feature.tracks:  # the crops, kept as training rows
+                        answer.values = np.stack(given)
                 else:
                     answer.values = codec.unpack_feature(feature)
                     values = codec.dequantize(answer.values, feature.scale, feature.zero_point)

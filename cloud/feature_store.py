@@ -91,8 +91,8 @@ class Arrival:
 class LoadedFeatures:
     extractor: str
     model_version: str
-    values: npt.NDArray[np.generic]  # (N, *shape) for features; empty for raw
-    jpegs: list[bytes]  # raw mode only
+    values: npt.NDArray[np.generic]  # (N, *shape): features, or raw objects' crops
+    jpegs: list[bytes]  # raw whole frames only
     labels: npt.NDArray[np.int64]
     scale: float
     zero_point: int
@@ -196,9 +196,9 @@ class FeatureStore:
 
     def _keep(self, arrival: Arrival, feature: wire.Feature) -> None:
         """A labeled feature as training rows: one per labeled object (its slice of the
-        stacked values, its share of the wire bytes), or one for a whole-frame feature. An
-        unlabeled one teaches nothing; nor, for now, a raw JPEG of objects (its crops need
-        the background model of the moment)."""
+        stacked values, its share of the wire bytes; for a raw JPEG of objects, the crop the
+        consumer cut of it with the camera's background model of the moment), or one for a
+        whole-frame feature. An unlabeled one teaches nothing."""
         rows: list[tuple[int, int, npt.NDArray[np.generic] | bytes]] = []  # track, label, data
         if feature.tracks:
             if arrival.values is not None:
@@ -214,11 +214,14 @@ class FeatureStore:
             data = feature.payload if arrival.values is None else arrival.values
             rows = [(-1, feature.label, data)]
         for track, label, data in rows:
+            dtype = int(feature.dtype)
             if isinstance(data, bytes):  # raw: the JPEG as it came
                 shape, payload = feature.shape, data
             else:
                 array = np.ascontiguousarray(data)
                 shape, payload = tuple(array.shape), array.tobytes()
+                if feature.extractor == RAW:  # an object's crop: model input, uint8
+                    dtype = int(wire.DType.UINT8)
             self._db.execute(
                 "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
                 " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload,"
@@ -229,7 +232,7 @@ class FeatureStore:
                     feature.extractor,
                     feature.model_version,
                     label,
-                    int(feature.dtype),
+                    dtype,
                     json.dumps(list(shape)),
                     feature.scale,
                     feature.zero_point,
@@ -279,8 +282,8 @@ class FeatureStore:
     def load(self, extractor: str, model_version: str, limit: int | None = None) -> LoadedFeatures:
         with self._lock:
             rows = self._db.execute(
-                "SELECT label, dtype, shape, scale, zero_point, wire_bytes, payload FROM features"
-                " WHERE mode = ? AND model_version = ? ORDER BY id LIMIT ?",
+                "SELECT label, dtype, shape, scale, zero_point, wire_bytes, payload, track"
+                " FROM features WHERE mode = ? AND model_version = ? ORDER BY id LIMIT ?",
                 (extractor, model_version, -1 if limit is None else limit),
             ).fetchall()
         if not rows:
@@ -290,11 +293,15 @@ class FeatureStore:
         labels = np.asarray([row[0] for row in rows], np.int64)
         uplink = sum(int(row[5]) for row in rows)
         scale, zero_point = float(rows[-1][3]), int(rows[-1][4])
-        if extractor == RAW:
+        if extractor == RAW and all(row[7] < 0 for row in rows):  # whole frames
             jpegs = [bytes(row[6]) for row in rows]
             return LoadedFeatures(
                 extractor, model_version, np.empty(0, np.uint8), jpegs, labels, 1.0, 0, uplink
             )
+        if extractor == RAW:  # objects' crops (a store of both kinds: the crops)
+            rows = [row for row in rows if row[7] >= 0]
+            labels = np.asarray([row[0] for row in rows], np.int64)
+            uplink = sum(int(row[5]) for row in rows)
         values = np.stack(
             [
                 np.frombuffer(row[6], codec.numpy_dtype(wire.DType(row[1]))).reshape(

@@ -6,7 +6,8 @@ reads one kind of stored feature and trains on it:
 * ``pca`` / ``autoencoder``: a fresh feature classifier on the stored int8 features;
 * ``split:k``: the deployed upper blocks fine-tuned on stored block-k activations, while the
   gateways' int8 lower part stays exactly as deployed;
-* ``raw``: the cloud-only baseline, the whole CNN trained on the stored camera JPEGs.
+* ``raw``: the cloud-only baseline, the whole CNN trained on the crops of the objects the
+  consumers cut of the camera JPEGs (or on the JPEGs' centre squares, for whole frames).
 
 Every run is scored on the same rendered held-out items (Fashion-MNIST's test split, through
 the gateway's own preprocessing and, for feature modes, the deployed edge artifact), and
@@ -29,12 +30,14 @@ from edgelearn.datasets import load_fashion_mnist
 from edgelearn.modes import RAW, SPLIT
 
 
-def _held_out_inputs(count: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def _held_out_inputs(
+    count: int, size: int, channels: int, objects: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     from cloud.models.data import RenderSettings, render_inputs
 
     test = load_fashion_mnist("test")
     count = min(count, len(test.labels))
-    settings = RenderSettings(input_size=size, channels=channels)
+    settings = RenderSettings(input_size=size, channels=channels, objects=objects)
     inputs, _ = render_inputs(
         test.images, seed=7, stream=3, indices=np.arange(count), settings=settings
     )
@@ -70,9 +73,15 @@ def train_from_store(
         from cloud.models.data import RenderedDataset, RenderedSplit
         from cloud.models.training import train_cnn
 
-        inputs = np.stack([preprocess.frame_to_input(jpeg) for jpeg in loaded.jpegs])
-        held_inputs, held_labels = _held_out_inputs(n_held_out, inputs.shape[1], inputs.shape[3])
-        sizes = np.asarray([len(jpeg) for jpeg in loaded.jpegs], np.int64)
+        if loaded.jpegs:  # whole frames: their centre squares
+            inputs = np.stack([preprocess.frame_to_input(jpeg) for jpeg in loaded.jpegs])
+            sizes = np.asarray([len(jpeg) for jpeg in loaded.jpegs], np.int64)
+        else:  # objects: the crops the consumer cut, and each one's share of its JPEG
+            inputs = np.asarray(loaded.values, np.uint8)
+            sizes = np.full(len(inputs), loaded.uplink_bytes // max(1, len(inputs)), np.int64)
+        held_inputs, held_labels = _held_out_inputs(
+            n_held_out, inputs.shape[1], inputs.shape[3], objects=not loaded.jpegs
+        )
         data = RenderedDataset(
             train=RenderedSplit(inputs, loaded.labels, sizes, np.arange(len(sizes))),
             held_out=RenderedSplit(

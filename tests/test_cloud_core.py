@@ -85,3 +85,21 @@ def test_a_ledger_only_store_keeps_no_features() -> None:
     arrival = Arrival("site", _feature(1, 3, values), 100, values)
     assert store.record([arrival, arrival]) == [True, False]
     assert store.kinds() == []
+
+
+def test_a_raw_frame_of_objects_is_kept_as_the_crops_the_consumer_cut(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    jpeg = b"\xff\xd8" + bytes(300) + b"\xff\xd9"  # what crossed the uplink
+    crops = np.random.default_rng(1).integers(0, 255, (3, 8, 8, 1), dtype=np.uint8)
+    frame = wire.Feature(
+        camera_id="cam-1", seq=1, capture_ns=1, gateway_id="gw-1", label=None,
+        extractor="raw", model_version="none", dtype=wire.DType.UINT8, shape=(len(jpeg),),
+        scale=1.0, zero_point=0, codec=wire.Codec.JPEG, raw_bytes=len(jpeg), held_back=0,
+        held_mismatched=0, payload=jpeg, tracks=(4, 5, 6),
+        boxes=((0, 0, 9, 9), (20, 0, 29, 9), (40, 0, 49, 9)), labels=(2, None, 7),
+    )  # fmt: skip
+    assert store.record([Arrival("site-1", frame, 302, crops)]) == [True]
+    loaded = store.load("raw", "none")
+    assert loaded.jpegs == []  # the objects, not the frame
+    assert np.array_equal(loaded.values, crops[[0, 2]])  # the unlabeled one teaches nothing
+    assert loaded.labels.tolist() == [2, 7] and loaded.uplink_bytes == 2 * (302 // 2)
