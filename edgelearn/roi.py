@@ -59,10 +59,6 @@ Reason = Literal["appeared", "moving", "settled", "refresh"]
 SMALL_720P: Final = (HD_720P[0] // 8, HD_720P[1] // 8)
 """(width, height) of the background model's frame: :func:`small_grey` of a 720p JPEG."""
 
-GHOST_CHECK_EVERY: Final = 8
-"""A region where a track already is is checked for being a ghost on every 8th frame only
-(a new region, on every frame): the check is a third of the finder's cost."""
-
 _CLOSE: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 _OPEN: Final = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 
@@ -126,7 +122,6 @@ class CameraObjects:
     tracks: list[_Track] = field(default_factory=list)
     next_track: int = 1
     mask: npt.NDArray[np.uint8] | None = None  # the last frame's foreground, small scale
-    frames: int = 0  # frames compared with the background so far
 
 
 def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
@@ -321,16 +316,12 @@ class ObjectFinder:
             x, y, w, h, area = (int(v) for v in stats[index])
             if area < min_pixels:
                 continue
-            if self._tracked((x, y, x + w, y + h), state) and state.frames % GHOST_CHECK_EVERY:
-                boxes.append((x, y, x + w, y + h))  # a tracked object: checked now and then
-                continue
             if edges is None:
                 edges = (_edges(frame), _edges(state.background), _outline(mask))
             if _is_ghost(labels, index, (x, y, w, h), *edges):
                 ghosts[labels == index] = 1
                 continue
             boxes.append((x, y, x + w, y + h))
-        state.frames += 1
         if ghosts.any():
             state.background[ghosts > 0] = frame[ghosts > 0]  # what was there has gone
             mask[ghosts > 0] = 0
@@ -348,13 +339,6 @@ class ObjectFinder:
             for x0, y0, x1, y1 in boxes
         ]
         return scaled, mask
-
-    def _tracked(self, small_box: Box, state: CameraObjects) -> bool:
-        """Whether a region (small-scale box) lies where one of the camera's tracks is."""
-        sx, sy = state.scale
-        x0, y0, x1, y1 = small_box
-        box = (int(x0 * sx), int(y0 * sy), int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy)))
-        return any(iou(box, track.box) >= self.settings.match_iou for track in state.tracks)
 
     def _learn(
         self, state: CameraObjects, frame: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8]
