@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -188,19 +189,23 @@ class Supervisor:
 
 
 class CounterTotals:
-    """Every endpoint's samples, counters kept monotonic across restarts of its process."""
+    """Every endpoint's samples, counters kept monotonic across restarts of its process.
+    Thread-safe: the supervisor marks restarts while readers (the summary, a benchmark)
+    read."""
 
     def __init__(self, fetch: Callable[[str], str | None]) -> None:
         self._fetch = fetch
+        self._lock = threading.Lock()
         self._last: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
         self._offset: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
 
     def restarted(self, url: str) -> None:
         """The process behind ``url`` started again: what it counted so far is kept."""
-        for key, value in self._last.items():
-            if key[0] == url:
-                self._offset[key] = self._offset.get(key, 0.0) + value
-                self._last[key] = 0.0
+        with self._lock:
+            for key, value in self._last.items():
+                if key[0] == url:
+                    self._offset[key] = self._offset.get(key, 0.0) + value
+                    self._last[key] = 0.0
 
     def read(self, urls: Iterable[str]) -> tuple[dict[str, Samples], Samples]:
         """Per URL and merged: the samples, counters with their offsets added."""
@@ -209,14 +214,18 @@ class CounterTotals:
         unreachable = []
         for url in urls:
             text = self._fetch(url)
-            if text is None:
-                unreachable.append(url)
-                kept = self._kept(url)
-            else:
-                fresh = tuple(self._adjust(url, row) for row in parse_samples(text).rows)
-                # A series a restarted process has not counted yet still holds what it had.
-                present = {(url, name, tuple(sorted(labels.items()))) for name, labels, _ in fresh}
-                kept = fresh + self._kept(url, skip=present)
+            parsed = None if text is None else parse_samples(text).rows
+            with self._lock:
+                if parsed is None:
+                    unreachable.append(url)
+                    kept = self._kept(url)
+                else:
+                    fresh = tuple(self._adjust(url, row) for row in parsed)
+                    # A series a restarted process has not counted yet still holds what it had.
+                    present = {
+                        (url, name, tuple(sorted(labels.items()))) for name, labels, _ in fresh
+                    }
+                    kept = fresh + self._kept(url, skip=present)
             per_url[url] = Samples(kept, () if text is not None else (url,))
             rows += kept
         return per_url, Samples(tuple(rows), tuple(unreachable))
