@@ -214,14 +214,11 @@ class FeatureStore:
             data = feature.payload if arrival.values is None else arrival.values
             rows = [(-1, feature.label, data)]
         for track, label, data in rows:
-            dtype = int(feature.dtype)
             if isinstance(data, bytes):  # raw: the JPEG as it came
                 shape, payload = feature.shape, data
-            else:
+            else:  # a feature's values, or (raw, uint8 like its JPEG) an object's crop
                 array = np.ascontiguousarray(data)
                 shape, payload = tuple(array.shape), array.tobytes()
-                if feature.extractor == RAW:  # an object's crop: model input, uint8
-                    dtype = int(wire.DType.UINT8)
             self._db.execute(
                 "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
                 " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload,"
@@ -232,7 +229,7 @@ class FeatureStore:
                     feature.extractor,
                     feature.model_version,
                     label,
-                    dtype,
+                    int(feature.dtype),
                     json.dumps(list(shape)),
                     feature.scale,
                     feature.zero_point,
@@ -290,18 +287,17 @@ class FeatureStore:
             raise FileNotFoundError(
                 f"no stored features for {extractor} {model_version} in {self.root}"
             )
+        crops = [row for row in rows if row[7] >= 0]  # raw: objects' crops (track >= 0)
+        if extractor == RAW and crops:  # a store of both kinds trains on the crops
+            rows = crops
         labels = np.asarray([row[0] for row in rows], np.int64)
         uplink = sum(int(row[5]) for row in rows)
         scale, zero_point = float(rows[-1][3]), int(rows[-1][4])
-        if extractor == RAW and all(row[7] < 0 for row in rows):  # whole frames
+        if extractor == RAW and not crops:  # whole frames: the JPEGs
             jpegs = [bytes(row[6]) for row in rows]
             return LoadedFeatures(
                 extractor, model_version, np.empty(0, np.uint8), jpegs, labels, 1.0, 0, uplink
             )
-        if extractor == RAW:  # objects' crops (a store of both kinds: the crops)
-            rows = [row for row in rows if row[7] >= 0]
-            labels = np.asarray([row[0] for row in rows], np.int64)
-            uplink = sum(int(row[5]) for row in rows)
         values = np.stack(
             [
                 np.frombuffer(row[6], codec.numpy_dtype(wire.DType(row[1]))).reshape(
