@@ -3,7 +3,8 @@
 ``edgelearn cloud`` is the cloud role in one process: it trains a first model set when the
 registry lacks one (with a progress bar), pushes the newest signed deployment of every edge
 mode to the retained model topics, and runs consumers that answer features, score them and
-store them for training. ``edgelearn model list|show|push`` reads the registry and publishes
+store them for training, and the continuous trainer that learns from them (``--no-learn``:
+off). ``edgelearn model list|show|push`` reads the registry and publishes
 deployments; ``edgelearn train --from-features`` trains a cloud half from stored features
 (and ``--raw`` the cloud-only baseline from stored frames) and reports time, bytes and
 accuracy side by side.
@@ -14,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from edgelearn import config as config_module
 from edgelearn import signing, wire
@@ -147,7 +150,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.2,
         help="the planner's latency bound Q in seconds (default 0.2, paper 003's)",
     )
+    parser.add_argument(
+        "--no-learn",
+        dest="learn",
+        action="store_false",
+        help="no continuous trainer: the cloud halves stay as trained",
+    )
+    parser.add_argument(
+        "--learn-every",
+        type=int,
+        default=None,
+        help="labeled objects of a mode that start a continuous-training run (default 1500; "
+        "300 with --budget quick)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="stop after seconds")
+
+
+def _trainer_settings(args: argparse.Namespace) -> Any:
+    from cloud.trainer import TrainerSettings
+
+    if not args.learn:
+        return None
+    settings = TrainerSettings.quick() if args.budget == "quick" else TrainerSettings()
+    if args.learn_every is not None:
+        if args.learn_every < 1:
+            raise config_module.ConfigError("--learn-every needs a positive count")
+        settings = dataclasses.replace(settings, every=args.learn_every)
+    return settings
 
 
 def _split_ks(text: str) -> tuple[int, ...]:
@@ -187,6 +216,7 @@ async def _serve(args: argparse.Namespace) -> int:
         plan=PlannerSettings(hold_seconds=args.plan_hold, latency_bound=args.plan_latency_bound)
         if args.plan
         else None,
+        trainer=_trainer_settings(args),
     )
     async with CloudService(
         settings, progress=_progress_bar, announce=lambda line: print(line, flush=True)

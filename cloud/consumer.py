@@ -76,6 +76,7 @@ class Classifier(Protocol):
     input_size: int
     channels: int
     objects: bool  # trained on object crops; else on the whole frame's centre square
+    version: str  # of the model: live accuracy is kept per version ("" : not tracked)
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]: ...
 
@@ -100,11 +101,14 @@ class Score:
 
 @dataclass
 class Scoreboard:
-    """Rolling per-frame accuracy per (camera, mode) over the last ``window`` frames."""
+    """Rolling per-frame accuracy per (camera, mode) over the last ``window`` frames, and per
+    (mode, serving cloud half) over the last ``window`` scored objects or frames: what the
+    continuous trainer watches to roll back a promotion."""
 
     window: int = 2000
     _last: dict[tuple[str, str], _Last] = field(default_factory=dict)
     _recent: dict[tuple[str, str], collections.deque[bool]] = field(default_factory=dict)
+    _served: dict[tuple[str, str], collections.deque[bool]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # consumers share one
 
     def record(
@@ -115,13 +119,22 @@ class Scoreboard:
         predicted: int,
         held_back: int,
         held_mismatched: int,
+        served: str = "",
     ) -> Score:
-        """Score one answered keyframe and the held-back frames it settles. Unlabeled
-        frames are not scored (a real video has no ground truth)."""
+        """Score one answered keyframe and the held-back frames it settles; ``served`` is
+        the version of the model that answered. Unlabeled frames are not scored (a real
+        video has no ground truth)."""
         if label is None:
             return Score(0, 0)
         with self._lock:
-            return self._record((camera_id, mode), label, predicted, held_back, held_mismatched)
+            score, outcomes = self._record(
+                (camera_id, mode), label, predicted, held_back, held_mismatched
+            )
+            if served:
+                self._served.setdefault(
+                    (mode, served), collections.deque(maxlen=self.window)
+                ).extend(outcomes)
+            return score
 
     def _record(
         self,
@@ -130,25 +143,38 @@ class Scoreboard:
         predicted: int,
         held_back: int,
         held_mismatched: int,
-    ) -> Score:
+    ) -> tuple[Score, list[bool]]:
         recent = self._recent.setdefault(key, collections.deque(maxlen=self.window))
-        frames = correct = 0
+        outcomes: list[bool] = []
         previous = self._last.get(key)
         if previous is not None and held_back:
             same = held_back - held_mismatched
-            settled = [previous.correct] * same + [False] * held_mismatched
-            recent.extend(settled)
-            frames += held_back
-            correct += same if previous.correct else 0
+            outcomes = [previous.correct] * same + [False] * held_mismatched
         this_correct = predicted == label
-        recent.append(this_correct)
+        outcomes.append(this_correct)
+        recent.extend(outcomes)
         self._last[key] = _Last(this_correct)
-        return Score(frames + 1, correct + int(this_correct))
+        return Score(len(outcomes), sum(outcomes)), outcomes
 
-    def accuracy(self, camera_id: str, mode: str) -> float | None:
+    def accuracy(self, camera_id: str, mode: str, last: int | None = None) -> float | None:
+        """Over the camera's last ``last`` scored frames (default: the whole window)."""
         with self._lock:
             recent = self._recent.get((camera_id, mode))
-            return sum(recent) / len(recent) if recent else None
+            if not recent:
+                return None
+            outcomes = list(recent)[-last:] if last else recent
+            return sum(outcomes) / len(outcomes)
+
+    def cameras(self, mode: str) -> list[str]:
+        with self._lock:
+            return sorted(camera for camera, of_mode in self._recent if of_mode == mode)
+
+    def served_accuracy(self, mode: str, version: str, last: int) -> tuple[float | None, int]:
+        """Accuracy of what ``version`` answered for ``mode``, over its last ``last`` scored
+        objects (or frames), and how many that was."""
+        with self._lock:
+            outcomes = list(self._served.get((mode, version), ()))[-last:]
+        return (sum(outcomes) / len(outcomes) if outcomes else None), len(outcomes)
 
 
 # --- the cloud halves, from the registry ----------------------------------------------
@@ -179,41 +205,70 @@ class KerasClassifier:
 
 
 class RegistryModels:
-    """A :class:`ClassifierSource` backed by a :class:`Registry`."""
+    """A :class:`ClassifierSource` backed by a :class:`Registry`.
+
+    A feature's ``model_version`` names the edge half that made it; the cloud half that
+    answers is the registry's serving entry of that edge artifact (a promotion by the
+    continuous trainer changes it without the gateways changing anything), else the
+    version's own. :meth:`refresh` makes the next batch resolve again: a swap between two
+    batches, no feature waits or is dropped.
+    """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._cache: dict[tuple[str, str], KerasClassifier] = {}
+        self._loaded: dict[str, KerasClassifier] = {}  # by the cloud half's version
+        self._resolved: dict[tuple[str, str], KerasClassifier] = {}
         self._lock = threading.Lock()
 
     def _entry(self, extractor: str, version: str) -> ModelEntry | None:
         try:
             if extractor == RAW:
                 return self.registry.serving(Mode(RAW))
-            return self.registry.by_version(version)
+            entry = self.registry.by_version(version)
+            serving = self.registry.serving(entry.mode)
+            return serving if serving.sha256 == entry.sha256 else entry
         except RegistryError:
             return None
+
+    def load(self, entry: ModelEntry) -> KerasClassifier:
+        """The cloud half of ``entry``, loaded once (the trainer loads a candidate here
+        before it is promoted, so the swap costs nothing)."""
+        with self._lock:
+            if entry.version in self._loaded:
+                return self._loaded[entry.version]
+        size, _, channels = entry.input_shape[:3]
+        classifier = KerasClassifier(
+            model=self.registry.load_cloud_model(entry),
+            takes_frames=entry.kind == KIND_CLOUD_CLASSIFIER,
+            input_size=int(size),
+            channels=int(channels),
+            version=entry.version,
+            objects=entry.model_input == "objects",
+        )
+        with self._lock:
+            return self._loaded.setdefault(entry.version, classifier)
 
     def classifier_for(self, extractor: str, model_version: str) -> KerasClassifier | None:
         key = (extractor, "" if extractor == RAW else model_version)
         with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-            entry = self._entry(extractor, model_version)
-            if entry is None:
-                return None  # not cached: the model may be trained or pushed later
-            size, _, channels = entry.input_shape[:3]
-            classifier = KerasClassifier(
-                model=self.registry.load_cloud_model(entry),
-                takes_frames=entry.kind == KIND_CLOUD_CLASSIFIER,
-                input_size=int(size),
-                channels=int(channels),
-                version=entry.version,
-                objects=entry.model_input == "objects",
-            )
-            log.info("serving %s with %s %s", extractor, entry.name, entry.version)
-            self._cache[key] = classifier
-            return classifier
+            if key in self._resolved:
+                return self._resolved[key]
+        entry = self._entry(extractor, model_version)
+        if entry is None:
+            return None  # not cached: the model may be trained or pushed later
+        classifier = self.load(entry)
+        with self._lock:
+            if self._resolved.get(key) is not classifier:
+                log.info("serving %s %s with %s %s", extractor, model_version, entry.name,
+                         entry.version)  # fmt: skip
+            self._resolved[key] = classifier
+        return classifier
+
+    def refresh(self) -> None:
+        """Resolve every feature version again on its next batch (after a promotion or a
+        rollback changed what the registry serves)."""
+        with self._lock:
+            self._resolved.clear()
 
     def warm_up(self, split_ks: Sequence[int]) -> list[str]:
         """Load and run once the cloud half of every mode the registry can serve, so the
@@ -315,6 +370,7 @@ class _Answer:
     values: npt.NDArray[Any] | None = None  # a feature's decoded array, to store
     final: bool = True  # False: may succeed later (a model not loaded yet): not acked
     rows: int = 1  # model inputs it gave: one per object (one for a whole frame)
+    served: str = ""  # the version of the cloud half that answered
     empty: bool = False  # a raw frame with no object in view: recorded and acked, no result
 
 
@@ -428,7 +484,7 @@ class CloudConsumer:
             if answer.result is None:  # nothing in view: every capture is answered or this
                 self.metrics.frames_without_objects.labels(envelope.extractor).inc()
                 continue
-            self._emit(answer.incoming.site, answer.result)
+            self._emit(answer.incoming.site, answer.result, answer.served)
         self._acknowledge(repeats + [answer.incoming for answer in answers if answer.final])
 
     def _answer(self, batch: list[_Incoming]) -> list[_Answer]:
@@ -438,6 +494,7 @@ class CloudConsumer:
             envelope = answer.incoming.envelope
             if isinstance(envelope, wire.Result):
                 answer.result = envelope  # the edge answered ("full")
+                answer.served = envelope.model_version
             else:
                 groups[(envelope.extractor, envelope.model_version)].append(answer)
         for (extractor, version), group in groups.items():
@@ -463,6 +520,7 @@ class CloudConsumer:
                 assert isinstance(feature, wire.Feature)
                 rows = probabilities[position : position + answer.rows]
                 position += answer.rows
+                answer.served = classifier.version
                 answer.result = _result_of(
                     feature, rows, per_object=_per_object(feature, classifier)
                 )
@@ -525,7 +583,7 @@ class CloudConsumer:
             for box in feature.boxes
         ]
 
-    def _emit(self, site: str, result: wire.Result) -> None:
+    def _emit(self, site: str, result: wire.Result, served: str = "") -> None:
         mode = result.extractor
         computed_at = result.computed_at.name.lower()
         self.metrics.results.labels(mode, computed_at).inc()
@@ -534,7 +592,7 @@ class CloudConsumer:
         )
         if result.tracks:  # each object on its own, as the frame's keyframe
             scores = [
-                self.scoreboard.record(result.camera_id, mode, label, predicted, 0, 0)
+                self.scoreboard.record(result.camera_id, mode, label, predicted, 0, 0, served)
                 for label, predicted in zip(result.labels, result.classes, strict=True)
             ]
             score = Score(sum(s.frames for s in scores), sum(s.correct for s in scores))
@@ -547,6 +605,7 @@ class CloudConsumer:
                 result.predicted,
                 result.held_back,
                 result.held_mismatched,
+                served,
             )
         if score.frames:
             self.metrics.frames_scored.labels(mode, "correct").inc(score.correct)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +85,30 @@ class Arrival:
     envelope: wire.Feature | wire.Result
     wire_bytes: int
     values: npt.NDArray[np.generic] | None = None  # a feature's decoded array (None: raw)
+
+
+@dataclass(frozen=True, eq=False)
+class LabeledRows:
+    """Stored labeled rows in arrival order (``ids`` ascending): what the continuous trainer
+    reads. ``values`` (N, *shape) as the gateways quantised them."""
+
+    ids: npt.NDArray[np.int64]
+    cameras: tuple[str, ...]
+    tracks: npt.NDArray[np.int64]
+    labels: npt.NDArray[np.int64]
+    values: npt.NDArray[np.generic]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: npt.NDArray[np.int64]) -> LabeledRows:
+        return LabeledRows(
+            self.ids[index],
+            tuple(self.cameras[i] for i in index),
+            self.tracks[index],
+            self.labels[index],
+            self.values[index],
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,6 +299,79 @@ class FeatureStore:
                 "SELECT DISTINCT mode, model_version FROM features ORDER BY mode, model_version"
             ).fetchall()
         return [(str(mode), str(version)) for mode, version in rows]
+
+    def count(self, extractor: str, versions: Sequence[str], after_id: int = 0) -> tuple[int, int]:
+        """How many labeled rows of ``extractor`` from these model versions came after row
+        ``after_id``, and the newest row's id (0: none)."""
+        marks = ", ".join("?" * len(versions))
+        with self._lock:
+            count, newest = self._db.execute(
+                f"SELECT COUNT(*), MAX(id) FROM features WHERE mode = ? AND id > ?"
+                f" AND model_version IN ({marks})",
+                (extractor, after_id, *versions),
+            ).fetchone()
+        return int(count), int(newest or 0)
+
+    def labeled_rows(
+        self,
+        extractor: str,
+        versions: Sequence[str],
+        *,
+        newest: int,
+        replay: int = 0,
+        up_to_id: int | None = None,
+        seed: int = 0,
+    ) -> LabeledRows:
+        """The ``newest`` rows (up to row ``up_to_id``) of ``extractor`` from these model
+        versions (one feature space: same edge artifact), plus ``replay`` rows drawn at
+        random from the older ones, all in arrival order."""
+        marks = ", ".join("?" * len(versions))
+        where = f"mode = ? AND model_version IN ({marks}) AND id <= ?"
+        bound = (extractor, *versions, up_to_id if up_to_id is not None else 2**62)
+        columns = "id, camera, track, label, dtype, shape, payload"
+        with self._lock:
+            recent = self._db.execute(
+                f"SELECT {columns} FROM features WHERE {where} ORDER BY id DESC LIMIT ?",
+                (*bound, newest),
+            ).fetchall()
+            older: list[Any] = []
+            if replay and recent:
+                oldest = min(row[0] for row in recent)
+                ids = [
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT id FROM features WHERE {where} AND id < ?", (*bound, oldest)
+                    )
+                ]
+                if ids:
+                    rng = np.random.default_rng(seed)
+                    chosen = rng.choice(ids, min(replay, len(ids)), replace=False)
+                    older = self._db.execute(
+                        f"SELECT {columns} FROM features WHERE id IN"
+                        f" ({', '.join('?' * len(chosen))})",
+                        [int(i) for i in chosen],
+                    ).fetchall()
+        rows = sorted([*older, *recent], key=lambda row: row[0])
+        if not rows:
+            return LabeledRows(
+                np.empty(0, np.int64), (), np.empty(0, np.int64), np.empty(0, np.int64),
+                np.empty(0, np.int8),
+            )  # fmt: skip
+        values = np.stack(
+            [
+                np.frombuffer(row[6], codec.numpy_dtype(wire.DType(row[4]))).reshape(
+                    json.loads(row[5])
+                )
+                for row in rows
+            ]
+        )
+        return LabeledRows(
+            np.asarray([row[0] for row in rows], np.int64),
+            tuple(str(row[1]) for row in rows),
+            np.asarray([row[2] for row in rows], np.int64),
+            np.asarray([row[3] for row in rows], np.int64),
+            values,
+        )
 
     def load(self, extractor: str, model_version: str, limit: int | None = None) -> LoadedFeatures:
         with self._lock:

@@ -17,6 +17,13 @@
 * ``edgelearn_cloud_end_to_end_latency_seconds{mode}`` - capture to result
 * ``edgelearn_cloud_model_info{mode,version}``, ``edgelearn_cloud_queue_depth``
 * ``edgelearn_cloud_training_runs_total{kind}``, ``edgelearn_cloud_training_seconds{kind}``
+  (``bootstrap``: the first model set; a mode: the continuous trainer's runs)
+* the continuous trainer (:mod:`cloud.trainer`): ``edgelearn_cloud_trainer_triggers_total
+  {mode,trigger}``, ``..._heldout_accuracy_ratio{mode,model}`` (candidate and serving on the
+  last run's held-out arrivals), ``..._promotions_total{mode}``, ``..._rejections_total
+  {mode,reason}``, ``..._rollbacks_total{mode}``, ``..._live_accuracy_ratio{mode,model}``
+  (serving and, after a promotion, the one it replaced)
+* ``edgelearn_cloud_model_pushed_bytes_total{mode}`` - signed models published to gateways
 """
 
 from __future__ import annotations
@@ -155,6 +162,49 @@ class CloudMetrics:
             "Wall time of a training run",
             ["kind"],
             buckets=TRAINING_BUCKETS,
+            registry=registry,
+        )
+
+        self.trainer_triggers = Counter(
+            "edgelearn_cloud_trainer_triggers",
+            "Continuous-trainer runs started, by what started them",
+            ["mode", "trigger"],
+            registry=registry,
+        )
+        self.trainer_heldout_accuracy = Gauge(
+            "edgelearn_cloud_trainer_heldout_accuracy_ratio",
+            "Accuracy on the last run's held-out arrivals, of the candidate and the serving model",
+            ["mode", "model"],
+            registry=registry,
+        )
+        self.trainer_promotions = Counter(
+            "edgelearn_cloud_trainer_promotions",
+            "Candidates promoted to serve",
+            ["mode"],
+            registry=registry,
+        )
+        self.trainer_rejections = Counter(
+            "edgelearn_cloud_trainer_rejections",
+            "Candidates not promoted, by reason",
+            ["mode", "reason"],
+            registry=registry,
+        )
+        self.trainer_rollbacks = Counter(
+            "edgelearn_cloud_trainer_rollbacks",
+            "Promotions undone because live accuracy fell",
+            ["mode"],
+            registry=registry,
+        )
+        self.trainer_live_accuracy = Gauge(
+            "edgelearn_cloud_trainer_live_accuracy_ratio",
+            "Live accuracy of the serving model and of the one it replaced (while on watch)",
+            ["mode", "model"],
+            registry=registry,
+        )
+        self.model_pushed_bytes = Counter(
+            "edgelearn_cloud_model_pushed_bytes",
+            "Bytes of signed model envelopes published to gateways",
+            ["mode"],
             registry=registry,
         )
 

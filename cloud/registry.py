@@ -31,6 +31,12 @@ is refused (:class:`~cloud.models.errors.VersionExists`).
      "quantization": {"input": {...}, "output": {dtype, shape, scale, zero_point}},
      "profile": per-boundary rows (CNNs, see cloud.models.profile), "extra": {...}}
 
+Which version serves a mode is the newest entry, unless ``serving.json`` (written by the
+continuous trainer, :meth:`Registry.set_serving`) names an entry of the same edge artifact:
+a promotion (a new cloud half for features the gateways already make) or a rollback to an
+older one points there. An entry with new edge bytes (a new first training) wins over the
+pointer.
+
 Every read of an artifact re-checks its sha256 (:class:`~cloud.models.errors.CorruptEntry`):
 the registry never signs or serves bytes that changed on disk.
 """
@@ -61,6 +67,7 @@ log = logging.getLogger(__name__)
 
 FORMAT: Final = 1
 METADATA_FILE: Final = "metadata.json"
+SERVING_FILE: Final = "serving.json"
 CLOUD_FILE: Final = "cloud.keras"
 EDGE: Final = "edge"
 CLOUD: Final = "cloud"
@@ -372,11 +379,54 @@ class Registry:
         return matches[-1]
 
     def serving(self, mode: Mode) -> ModelEntry:
-        """The newest entry that serves ``mode`` (``raw``: the cloud-only CNN)."""
+        """The entry that serves ``mode`` (``raw``: the cloud-only CNN): the newest, or the
+        one ``serving.json`` names if it shares the newest one's edge artifact."""
         if mode.kind == RAW:
-            return self.latest(kind=KIND_CLOUD_CLASSIFIER)
-        # A full model records its block count as split_k; only a split's k names the mode.
-        return self.latest(kind=mode.kind, split_k=mode.split_k if mode.kind == SPLIT else None)
+            newest = self.latest(kind=KIND_CLOUD_CLASSIFIER)
+        else:  # a full model records its block count as split_k; only a split's k names it
+            newest = self.latest(
+                kind=mode.kind, split_k=mode.split_k if mode.kind == SPLIT else None
+            )
+        pointed = self._serving_pointer().get(str(mode))
+        if pointed is None or pointed == newest.version:
+            return newest
+        try:
+            entry = self.by_version(pointed)
+        except RegistryError:
+            return newest
+        return entry if entry.sha256 == newest.sha256 and entry.kind == newest.kind else newest
+
+    def lineage(self, entry: ModelEntry) -> tuple[ModelEntry, ...]:
+        """Every entry with ``entry``'s edge artifact (same kind and split), oldest first:
+        gateways running any of them send features of one space, one training set."""
+        return tuple(
+            other
+            for other in self.list()
+            if other.kind == entry.kind
+            and other.split_k == entry.split_k
+            and other.sha256 == entry.sha256
+        )
+
+    def _serving_pointer(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.root / SERVING_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("ignoring %s: %s", self.root / SERVING_FILE, exc)
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def set_serving(self, mode: Mode, version: str) -> None:
+        """Serve ``version`` for ``mode`` from now on (a promotion or a rollback); written
+        atomically, so a reader sees the old pointer or the new one."""
+        self.by_version(version)  # it must exist
+        pointer = self._serving_pointer()
+        pointer[str(mode)] = version
+        handle, temporary = tempfile.mkstemp(prefix=".serving-", dir=self.root)
+        with os.fdopen(handle, "w") as file:
+            json.dump(pointer, file, indent=2, sort_keys=True)
+        os.replace(temporary, self.root / SERVING_FILE)
 
     # -- deploying -------------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ entering, the service
 3. loads and runs once the cloud half of every mode it serves (the warm-up), so the first
    features do not wait seconds for TensorFlow;
 4. pushes the newest signed deployment of every edge mode to the retained model topics;
-5. with ``plan``, runs the :class:`~cloud.planner.Planner` beside the consumers.
+5. with ``plan``, runs the :class:`~cloud.planner.Planner` beside the consumers;
+6. with ``trainer``, runs the :class:`~cloud.trainer.ContinuousTrainer` in its own thread:
+   it fine-tunes the cloud halves on what arrives and promotes what beats the serving one.
 
 Leaving it drains and stops them all.
 """
@@ -27,11 +29,19 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from cloud.bootstrap import Progress, TrainingBudget, deployable, ensure_models, log_progress
+from cloud.bootstrap import (
+    Progress,
+    TrainingBudget,
+    deployable,
+    edge_modes,
+    ensure_models,
+    log_progress,
+)
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import Registry
+from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.mqtt import MqttSession
@@ -61,6 +71,7 @@ class CloudSettings:
     keep_features: bool = True
     metrics_port: int = 0  # of consumer 0, the others on the next ports; 0: free ports
     plan: PlannerSettings | None = None  # None: no planner
+    trainer: TrainerSettings | None = None  # None: the models stay as trained
 
 
 async def push_deployments(
@@ -69,14 +80,17 @@ async def push_deployments(
     deployments: list[wire.Model],
     gateway: str = wire.ALL_GATEWAYS,
     client_id: str = "cloud-push",
-) -> None:
-    """Publish ``deployments`` retained, each on its mode's model topic for ``gateway``."""
+) -> dict[str, int]:
+    """Publish ``deployments`` retained, each on its mode's model topic for ``gateway``;
+    the bytes published per mode."""
     topics = wire.Topics(site)
+    published: dict[str, int] = {}
     async with MqttSession(broker, client_id) as session:
         for model in deployments:
-            await session.publish(
-                topics.model(gateway, model.mode), wire.encode(model), qos=1, retain=True
-            )
+            payload = wire.encode(model)
+            await session.publish(topics.model(gateway, model.mode), payload, qos=1, retain=True)
+            published[str(model.mode)] = published.get(str(model.mode), 0) + len(payload)
+    return published
 
 
 class CloudService:
@@ -113,6 +127,7 @@ class CloudService:
             for index in range(settings.consumers)
         ]
         self._stack = contextlib.AsyncExitStack()
+        self.trainer: ContinuousTrainer | None = None
 
     async def __aenter__(self) -> CloudService:
         try:
@@ -145,9 +160,11 @@ class CloudService:
             if wire.ANY_SITE in sites:
                 raise ValueError("a cloud serving every site (+) pushes to named sites only")
             for site in sites:
-                await push_deployments(
+                published = await push_deployments(
                     settings.broker, site, deployments, client_id=f"{settings.cloud_id}-push"
                 )
+                for mode, size in published.items():
+                    self.consumers[0].metrics.model_pushed_bytes.labels(mode).inc(size)
             self._announce(
                 "pushed " + ", ".join(f"{model.mode} {model.version}" for model in deployments)
             )
@@ -163,6 +180,22 @@ class CloudService:
             )
             await self._stack.enter_async_context(planner)
             self._announce("planning gateway modes from their status")
+        if settings.trainer is not None:
+            self.trainer = ContinuousTrainer(
+                self.registry,
+                self.models,
+                self.store,
+                self.scoreboard,
+                self.consumers[0].metrics,
+                edge_modes(settings.split_ks),
+                settings.trainer,
+                announce=self._announce,
+            )
+            self._stack.enter_context(self.trainer)
+            self._announce(
+                f"continuous trainer on: every {settings.trainer.every} labeled objects, or a "
+                f"camera {settings.trainer.accuracy_drop:.0%} under its level"
+            )
 
     async def _train_first_models(self, budget: TrainingBudget) -> None:
         outcome = await asyncio.to_thread(ensure_models, self.registry, budget, self._progress)

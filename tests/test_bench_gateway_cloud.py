@@ -246,6 +246,7 @@ class _Uniform:
     input_size: int = 96
     channels: int = 1
     objects: bool = False  # raw frames' centre squares
+    version: str = ""
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         return np.full((len(batch), 10), 0.1, np.float32)

@@ -129,6 +129,7 @@ class SklearnClassifier:
     classes: int
     channels: int = 1
     objects: bool = False  # fitted on whole frames' centre squares (train_models)
+    version: str = ""
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         rows = batch.reshape(batch.shape[0], -1).astype(np.float32)

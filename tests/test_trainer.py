@@ -1,0 +1,327 @@
+"""The continuous trainer: trigger, train, judge, promote, serve, roll back.
+
+The loop runs in a real cloud service against a real mosquitto: labeled PCA features (the
+deployed projection run on rendered held-out items, as a gateway computes them) are published
+on the features topic and answered by the consumers; the trainer reads what the consumers
+stored. The world changes by the labels: after the change, the items of class ``c`` are
+called ``c + 1`` (a camera network relabeled), which the serving model cannot know and a
+model tuned on the arrivals can learn, so whether a run promotes is clear-cut."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.common import serve_in_thread
+from cloud.feature_store import FeatureStore, LabeledRows
+from cloud.registry import Registry
+from cloud.service import CloudService, CloudSettings
+from cloud.trainer import CameraScores, TrainerSettings, judge, time_split
+from edgelearn import wire
+from edgelearn.artifacts import load_edge_artifact
+from edgelearn.modes import PCA, Mode
+from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
+
+GATEWAY = "gw-1"
+CAMERAS = ("cam-1", "cam-2")
+
+
+# --- the pure part -------------------------------------------------------------------------
+
+
+def _rows(cameras: list[str], tracks: list[int]) -> LabeledRows:
+    n = len(cameras)
+    return LabeledRows(
+        np.arange(1, n + 1, dtype=np.int64),
+        tuple(cameras),
+        np.asarray(tracks, np.int64),
+        np.zeros(n, np.int64),
+        np.zeros((n, 2), np.int8),
+    )
+
+
+def test_the_time_split_holds_out_each_cameras_newest_rows_and_their_objects() -> None:
+    cameras = ["a"] * 8 + ["b"] * 4
+    tracks = [1, 1, 2, 2, 3, 3, 4, 4, -1, -1, -1, -1]
+    train, held = time_split(_rows(cameras, tracks), 0.25, recent_from=1)
+    assert held.tolist() == [6, 7, 11]  # a's newest two (track 4), b's newest one
+    assert train.tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10]
+    # an object seen before and after the split is not trained on either
+    train, held = time_split(_rows(cameras, [1, 1, 2, 2, 3, 4, 4, 3] + [-1] * 4), 0.25, 1)
+    assert held.tolist() == [6, 7, 11]
+    assert 4 not in train.tolist() and 5 not in train.tolist()  # tracks 3 and 4
+
+
+def test_the_judge_wants_an_overall_gain_and_no_camera_much_worse() -> None:
+    settings = TrainerSettings(margin=0.01, camera_bound=0.05, min_camera_items=10)
+    serving = CameraScores({"a": (70, 100), "b": (70, 100)})
+    assert judge(serving, CameraScores({"a": (90, 100), "b": (68, 100)}), settings) == (
+        True,
+        "better",
+    )
+    assert judge(serving, CameraScores({"a": (71, 100), "b": (69, 100)}), settings)[1] == (
+        "not_better"
+    )
+    assert judge(serving, CameraScores({"a": (99, 100), "b": (60, 100)}), settings)[1] == (
+        "camera_worse"
+    )
+    # a camera with too few held-out items is judged only in the overall figure
+    few = CameraScores({"a": (95, 100), "b": (0, 5)})
+    assert judge(CameraScores({"a": (70, 100), "b": (5, 5)}), few, settings)[0]
+
+
+# --- the loop, through a real broker -------------------------------------------------------
+
+
+class FeatureSource:
+    """PCA features of rendered Fashion-MNIST test items, made with the deployed projection
+    (what the gateway would send), labeled as the world currently names them."""
+
+    def __init__(self, registry: Registry) -> None:
+        from cloud.training_jobs import _held_out_inputs
+
+        self.entry = registry.serving(Mode(PCA))
+        extractor = load_edge_artifact(
+            self.entry.kind, self.entry.read("edge"), self.entry.metadata.get("quantization")
+        )
+        size, _, channels = self.entry.input_shape[:3]
+        inputs, self.labels = _held_out_inputs(2400, size, channels)
+        self.values = extractor.run_batch(inputs)
+        self.output = extractor.output
+        self.position = 0
+        self.seq = 0
+
+    def envelopes(self, count: int, shift: int) -> Iterator[tuple[str, bytes, int]]:
+        for _ in range(count):
+            index = self.position % len(self.labels)
+            self.position += 1
+            self.seq += 1
+            camera = CAMERAS[self.seq % len(CAMERAS)]
+            label = int((self.labels[index] + shift) % 10)
+            feature = self.output.encode(self.values[index]).feature(
+                camera_id=camera,
+                seq=self.seq,
+                capture_ns=self.seq,
+                gateway_id=GATEWAY,
+                label=label,
+                extractor=str(Mode(PCA)),
+                model_version=self.entry.version,
+                raw_bytes=80_000,
+                held_back=0,
+                held_mismatched=0,
+            )
+            yield camera, wire.encode(feature), label
+
+
+def _publish(gateway: MqttProbe, site: str, source: FeatureSource, count: int, shift: int) -> None:
+    topics = wire.Topics(site)
+    for camera, payload, _ in source.envelopes(count, shift):
+        gateway.publish(topics.feature(GATEWAY, camera), payload, qos=1)
+
+
+@pytest.fixture
+def registry_copy(trained_registry: Path, tmp_path: Path) -> Path:
+    """The session's quick registry, copied: promotions write to it."""
+    target = tmp_path / "registry"
+    shutil.copytree(trained_registry, target)
+    return target
+
+
+def _settings(
+    broker: BrokerUnderTest, site: str, registry: Path, store: Path, trainer: TrainerSettings
+) -> CloudSettings:
+    return CloudSettings(
+        broker=broker.config_for("cloud"),
+        registry=registry,
+        secrets=broker.secrets,
+        site=site,
+        group=site,
+        cloud_id=f"{site}-cloud",
+        split_ks=(2,),
+        budget=None,
+        push=False,
+        feature_store=store,
+        trainer=trainer,
+    )
+
+
+def _running(settings: CloudSettings) -> Any:
+    @asynccontextmanager
+    async def enter() -> Any:
+        async with CloudService(settings) as service:
+            yield service
+
+    return serve_in_thread(enter, "cloud", start_timeout=120)
+
+
+def _sample(service: CloudService, name: str, **labels: str) -> float:
+    value = service.metric_registries[0].get_sample_value(name, labels)
+    return value or 0.0
+
+
+@pytest.mark.slow
+def test_new_arrivals_trigger_a_run_whose_promoted_version_serves(
+    broker: BrokerUnderTest,
+    site: str,
+    registry_copy: Path,
+    tmp_path: Path,
+    mqtt_probe: Any,
+) -> None:
+    registry = Registry(registry_copy)
+    source = FeatureSource(registry)
+    before = registry.serving(Mode(PCA)).version
+    trainer = TrainerSettings(
+        every=600, window=900, replay=300, epochs=8, learning_rate=3e-3, poll_seconds=0.5
+    )
+    gateway = mqtt_probe(GATEWAY)
+    settings = _settings(broker, site, registry_copy, tmp_path / "store", trainer)
+    with _running(settings) as (service, _):
+        assert service.trainer is not None
+        _publish(gateway, site, source, 700, shift=1)  # the world renamed its classes
+        wait_for(lambda: service.trainer.reports, 180, "a continuous-training run")
+        report = service.trainer.reports[0]
+        assert report.trigger == "new_objects"
+        assert report.serving == before
+        assert report.promoted is not None, report
+        assert report.candidate_scores["overall"] > report.serving_scores["overall"] + 0.3
+        assert set(report.candidate_scores["cameras"]) == set(CAMERAS)
+        promoted = registry.by_version(report.promoted)
+        assert registry.serving(Mode(PCA)).version == promoted.version
+        assert promoted.sha256 == registry.by_version(before).sha256  # same edge half
+        assert promoted.metadata["extra"]["parent"] == before
+        assert _sample(service, "edgelearn_cloud_trainer_promotions_total", mode="pca") == 1
+        # the gateways still stamp the old version; the new cloud half answers them
+        _publish(gateway, site, source, 200, shift=1)
+        wait_for(
+            lambda: service.scoreboard.served_accuracy("pca", promoted.version, 200)[1] >= 150,
+            60,
+            "answers from the promoted version",
+        )
+        live, _ = service.scoreboard.served_accuracy("pca", promoted.version, 200)
+        assert live is not None and live > 0.5
+    # a restarted cloud serves the promoted version too
+    assert Registry(registry_copy).serving(Mode(PCA)).version == promoted.version
+
+
+@pytest.mark.slow
+def test_a_worse_candidate_is_not_promoted(
+    broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
+) -> None:
+    from cloud.models.training import train_feature_classifier
+
+    def worse(serving: Any, train: Any, held_out: Any, settings: TrainerSettings) -> Any:
+        """Trained on the arrivals with their labels shuffled: deliberately worse."""
+        shuffled = type(train)(
+            train.values, np.random.default_rng(0).permutation(train.labels), train.quantization
+        )
+        return train_feature_classifier(shuffled, held_out, classes=10, epochs=3).model
+
+    registry = Registry(registry_copy)
+    source = FeatureSource(registry)
+    before = registry.serving(Mode(PCA)).version
+    versions = {entry.version for entry in registry.list()}
+    trainer = TrainerSettings(every=500, poll_seconds=0.5)
+    settings = _settings(broker, site, registry_copy, tmp_path / "store", trainer)
+    gateway = mqtt_probe(GATEWAY)
+    with _running(settings) as (service, _):
+        assert service.trainer is not None
+        service.trainer._fit = worse
+        _publish(gateway, site, source, 600, shift=0)
+        wait_for(lambda: service.trainer.reports, 180, "a continuous-training run")
+        report = service.trainer.reports[0]
+        assert report.promoted is None and report.reason in ("not_better", "camera_worse")
+        assert report.candidate_scores["overall"] < report.serving_scores["overall"]
+        assert (
+            _sample(
+                service, "edgelearn_cloud_trainer_rejections_total", mode="pca",
+                reason=report.reason,
+            )
+            == 1
+        )  # fmt: skip
+        assert registry.serving(Mode(PCA)).version == before
+        assert {entry.version for entry in registry.list()} == versions  # nothing saved
+
+
+@pytest.mark.slow
+def test_a_promotion_that_hurts_live_accuracy_is_rolled_back(
+    broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
+) -> None:
+    from cloud.models import cnn
+    from cloud.registry import keras_to_bytes
+
+    registry = Registry(registry_copy)
+    source = FeatureSource(registry)
+    parent = registry.serving(Mode(PCA))
+    # A cloud half that names every class one off: it passed no held-out judge (an
+    # operator's manual promotion, say); live accuracy must undo it.
+    model = cnn.clone_with_weights(registry.load_cloud_model(parent))
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    bad = registry.save(
+        name=parent.name,
+        kind=parent.kind,
+        task=parent.task,
+        input_shape=parent.input_shape,
+        edge_artifact=parent.read("edge"),
+        cloud_artifact=keras_to_bytes(model),
+        quantization=parent.metadata["quantization"],
+        class_names=parent.metadata["class_names"],
+        extra={**parent.metadata["extra"], "parent": parent.version},
+    )
+    registry.set_serving(Mode(PCA), parent.version)  # the newest entry is not what serves
+    trainer = TrainerSettings(every=10**6, rollback_window=150, poll_seconds=0.3)
+    settings = _settings(broker, site, registry_copy, tmp_path / "store", trainer)
+    gateway = mqtt_probe(GATEWAY)
+    with _running(settings) as (service, _):
+        assert service.trainer is not None
+        _publish(gateway, site, source, 200, shift=0)
+        wait_for(
+            lambda: service.scoreboard.served_accuracy("pca", parent.version, 150)[1] >= 150,
+            60,
+            "live scores of the parent",
+        )
+        parent_live, _ = service.scoreboard.served_accuracy("pca", parent.version, 150)
+        service.trainer.promote(Mode(PCA), bad, parent=parent)
+        assert registry.serving(Mode(PCA)).version == bad.version
+        _publish(gateway, site, source, 300, shift=0)
+        wait_for(lambda: service.trainer.rollbacks, 60, "a rollback")
+        rollback = service.trainer.rollbacks[0]
+        assert rollback["from"] == bad.version and rollback["to"] == parent.version
+        assert rollback["live"] < parent_live - 0.2
+        assert registry.serving(Mode(PCA)).version == parent.version
+        assert _sample(service, "edgelearn_cloud_trainer_rollbacks_total", mode="pca") == 1
+
+
+def test_labeled_rows_read_the_newest_and_replay_older_ones(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    from edgelearn.artifacts import TensorQuantization
+
+    output = TensorQuantization("int8", (4,), 0.1, 0)
+    from cloud.feature_store import Arrival
+
+    arrivals = []
+    for seq in range(1, 41):
+        feature = output.encode(np.full(4, seq % 100, np.int8)).feature(
+            camera_id=CAMERAS[seq % 2], seq=seq, capture_ns=seq, gateway_id=GATEWAY,
+            label=seq % 10, extractor="pca", model_version="v1", raw_bytes=1,
+            held_back=0, held_mismatched=0,
+        )  # fmt: skip
+        arrivals.append(Arrival("s", feature, 10, np.full(4, seq % 100, np.int8)))
+    store.record(arrivals)
+    assert store.count("pca", ["v1"]) == (40, 40)
+    assert store.count("pca", ["v1"], after_id=30)[0] == 10
+    assert store.count("pca", ["v2"]) == (0, 0)
+    rows = store.labeled_rows("pca", ["v1"], newest=10, replay=5, seed=1)
+    assert len(rows) == 15
+    assert rows.ids.tolist() == sorted(rows.ids.tolist())
+    assert rows.ids[-10:].tolist() == list(range(31, 41))
+    assert set(rows.ids[:5].tolist()) <= set(range(1, 31))
+    assert rows.values[-1].tolist() == [40] * 4 and rows.labels[-1] == 0
+    store.close()
