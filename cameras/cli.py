@@ -78,7 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="synthetic",
         help="video:PATH (any file OpenCV reads, looped, scaled to 720p), "
         "fashion-mnist[:train|test] (labeled; default split train), folder:PATH "
-        "(labeled: one sub-folder of images per class) or synthetic (moving shapes; "
+        "(labeled: one sub-folder of images per class; folder-test:PATH: only the part "
+        "a cloud trained on that folder held out) or synthetic (moving shapes; "
         "default)",
     )
     what.add_argument(

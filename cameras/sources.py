@@ -33,7 +33,14 @@ from cameras.scene import (
     RenderedSource,
     SourceFrame,
 )
-from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist, load_image_folder
+from edgelearn.datasets import (
+    DEFAULT_ROOT,
+    LabeledImages,
+    folder_split,
+    load_fashion_mnist,
+    load_image_folder,
+    subset,
+)
 from edgelearn.preprocess import HD_720P
 
 log = logging.getLogger(__name__)
@@ -223,7 +230,10 @@ class SourceSpec:
             return load_fashion_mnist(self.split, self.path or DEFAULT_ROOT)
         if self.kind == "folder":
             assert self.path is not None
-            return load_image_folder(self.path)
+            data = load_image_folder(self.path)
+            if self.split == "test":  # the part the cloud's first training held out
+                return subset(data, folder_split(len(data))[1])
+            return data
         return None
 
     def check(self) -> None:
@@ -271,17 +281,20 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``video:PATH`` | ``fashion-mnist[:train|test]`` | ``folder:PATH`` | ``synthetic``."""
+    """``video:PATH`` | ``fashion-mnist[:train|test]`` | ``folder:PATH`` (every item) |
+    ``folder-test:PATH`` (the items a cloud trained on the folder held out) | ``synthetic``."""
     kind, _, rest = text.partition(":")
     if kind == "video" and rest:
         return SourceSpec("video", Path(rest).expanduser())
-    if kind == "folder" and rest:
-        return SourceSpec("folder", Path(rest).expanduser())
+    if kind in ("folder", "folder-test") and rest:
+        return SourceSpec(
+            "folder", Path(rest).expanduser(), "test" if kind == "folder-test" else "all"
+        )
     if kind == "fashion-mnist" and rest in ("", "train", "test"):
         return SourceSpec("fashion-mnist", None, rest or "train")
     if kind == "synthetic" and not rest:
         return SourceSpec("synthetic")
     raise ValueError(
-        f"unknown source {text!r}: use video:PATH, fashion-mnist[:train|test], folder:PATH "
-        "or synthetic"
+        f"unknown source {text!r}: use video:PATH, fashion-mnist[:train|test], folder:PATH, "
+        "folder-test:PATH or synthetic"
     )

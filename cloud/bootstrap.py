@@ -15,6 +15,11 @@ registry name             edge half (gateway)                   cloud half
 ``autoencoder``           int8 encoder                           feature classifier
 ========================= ===================================== ==========================
 
+Models are trained on the stack's data set (:class:`edgelearn.datasets.DatasetSpec`):
+Fashion-MNIST by default, or a user's folder of class folders, split into training and
+held-out items by :func:`edgelearn.datasets.folder_split`. A registry whose models were
+trained for another data set (its entries' ``task``) is trained again.
+
 The budget is sized for 2 cores: the default (``TrainingBudget.default``) renders 6,000
 training items and trains for about two to four minutes in all; ``quick`` is for tests.
 """
@@ -27,9 +32,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cloud.models.errors import ModelNotFound
 from cloud.registry import ModelEntry, Registry
 from edgelearn.artifacts import EdgeExtractor, LiteRtExtractor, PcaExtractor
+from edgelearn.datasets import FASHION_MNIST, DatasetSpec
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
 
 log = logging.getLogger(__name__)
@@ -70,7 +78,10 @@ def edge_modes(split_ks: Sequence[int]) -> list[Mode]:
     return [Mode(FULL), Mode(PCA), Mode(AUTOENCODER), *(Mode.split(k) for k in split_ks)]
 
 
-def missing_modes(registry: Registry, split_ks: Sequence[int]) -> list[Mode]:
+def missing_modes(
+    registry: Registry, split_ks: Sequence[int], dataset: DatasetSpec | None = None
+) -> list[Mode]:
+    task = (dataset or DatasetSpec(FASHION_MNIST)).task
     missing = []
     for mode in [Mode(RAW), *edge_modes(split_ks)]:
         try:
@@ -78,8 +89,8 @@ def missing_modes(registry: Registry, split_ks: Sequence[int]) -> list[Mode]:
         except ModelNotFound:
             missing.append(mode)
             continue
-        if entry.model_input != "objects":  # trained on whole frames, before objects
-            missing.append(mode)
+        if entry.model_input != "objects" or entry.task != task:
+            missing.append(mode)  # trained on whole frames (before objects), or other data
     return missing
 
 
@@ -87,16 +98,25 @@ def ensure_models(
     registry: Registry,
     budget: TrainingBudget | None = None,
     progress: Progress = log_progress,
+    dataset: DatasetSpec | None = None,
 ) -> dict[str, Any]:
-    """Train everything when any mode lacks a model; returns what was done and how long."""
+    """Train everything when any mode lacks a model for ``dataset`` (default
+    Fashion-MNIST); returns what was done and how long. An unusable folder raises
+    :class:`edgelearn.datasets.DatasetError` before anything is trained."""
     budget = budget or TrainingBudget()
-    missing = missing_modes(registry, budget.split_ks)
+    dataset = dataset or DatasetSpec(FASHION_MNIST)
+    missing = missing_modes(registry, budget.split_ks, dataset)
     if not missing:
         return {"trained": False}
-    return train_all(registry, budget, progress)
+    return train_all(registry, budget, progress, dataset)
 
 
-def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) -> dict[str, Any]:
+def train_all(
+    registry: Registry,
+    budget: TrainingBudget,
+    progress: Progress,
+    dataset: DatasetSpec | None = None,
+) -> dict[str, Any]:
     from cloud.models.data import build_dataset
     from cloud.models.evaluation import features_from
     from cloud.models.export import export_int8
@@ -121,8 +141,12 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
         progress(description, step, total)
 
     started = time.perf_counter()
-    advance(f"rendering {budget.n_train} + {budget.n_held_out} labeled camera frames")
-    data = build_dataset(budget.n_train, budget.n_held_out, seed=budget.seed)
+    dataset = dataset or DatasetSpec(FASHION_MNIST)
+    source = None if dataset.path is None else dataset.load()  # DatasetError: before training
+    advance(f"rendering {budget.n_train} + {budget.n_held_out} labeled camera frames of {dataset}")
+    data = build_dataset(
+        budget.n_train, budget.n_held_out, seed=budget.seed, train_source=source, task=dataset.task
+    )
     timings["render"] = time.perf_counter() - started
 
     advance(f"training the CNN ({budget.cnn_epochs} epochs)")
@@ -170,6 +194,12 @@ def train_all(registry: Registry, budget: TrainingBudget, progress: Progress) ->
         "seconds": round(time.perf_counter() - started, 1),
         "timings": {key: round(value, 1) for key, value in timings.items()},
         "accuracy": {str(mode): entry.accuracy for mode, entry in entries.items()},
+        "dataset": {
+            "name": str(dataset),
+            "classes": list(data.class_names),
+            "train_items": len(np.unique(data.train.source_index)),
+            "held_out_items": len(data.held_out),
+        },
         "versions": {str(mode): entry.version for mode, entry in entries.items()},
     }
 

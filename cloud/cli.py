@@ -151,6 +151,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the planner's latency bound Q in seconds (default 0.2, paper 003's)",
     )
     parser.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        help="what the first model set learns: fashion-mnist (default) or folder:PATH (one "
+        "sub-folder of images per class; a fifth of it is held out, never trained on)",
+    )
+    parser.add_argument(
         "--no-learn",
         dest="learn",
         action="store_false",
@@ -177,6 +183,18 @@ def _trainer_settings(args: argparse.Namespace) -> Any:
             raise config_module.ConfigError("--learn-every needs a positive count")
         settings = dataclasses.replace(settings, every=args.learn_every)
     return settings
+
+
+def _dataset(text: str) -> Any:
+    from edgelearn.datasets import parse_dataset
+
+    try:
+        spec = parse_dataset(text)
+    except ValueError as exc:
+        raise config_module.ConfigError(f"--dataset: {exc}") from exc
+    if spec.path is not None:
+        spec.load()  # an unusable folder fails here, before any broker is touched
+    return spec
 
 
 def _split_ks(text: str) -> tuple[int, ...]:
@@ -217,6 +235,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.plan
         else None,
         trainer=_trainer_settings(args),
+        dataset=_dataset(args.dataset),
     )
     async with CloudService(
         settings, progress=_progress_bar, announce=lambda line: print(line, flush=True)
@@ -232,11 +251,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from edgelearn.datasets import DatasetError
     from edgelearn.mqtt import BrokerUnavailable
 
     try:
         return asyncio.run(_serve(args))
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, DatasetError) as exc:
         print(f"edgelearn cloud: {exc}", file=sys.stderr)
         return 2
 

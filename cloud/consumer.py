@@ -84,6 +84,10 @@ class Classifier(Protocol):
 class ClassifierSource(Protocol):
     def classifier_for(self, extractor: str, model_version: str) -> Classifier | None: ...
 
+    def class_names(self, model_version: str) -> tuple[str, ...]:
+        """The names of a model's classes (results count predictions by name); () unknown."""
+        ...
+
 
 # --- scoring ---------------------------------------------------------------------------
 
@@ -218,6 +222,7 @@ class RegistryModels:
         self.registry = registry
         self._loaded: dict[str, KerasClassifier] = {}  # by the cloud half's version
         self._resolved: dict[tuple[str, str], KerasClassifier] = {}
+        self._names: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def _entry(self, extractor: str, version: str) -> ModelEntry | None:
@@ -263,6 +268,18 @@ class RegistryModels:
                          entry.version)  # fmt: skip
             self._resolved[key] = classifier
         return classifier
+
+    def class_names(self, model_version: str) -> tuple[str, ...]:
+        with self._lock:
+            if model_version in self._names:
+                return self._names[model_version]
+        try:
+            names = tuple(self.registry.by_version(model_version).metadata.get("class_names") or ())
+        except RegistryError:
+            names = ()
+        with self._lock:
+            self._names[model_version] = names
+        return names
 
     def refresh(self) -> None:
         """Resolve every feature version again on its next batch (after a promotion or a
@@ -590,6 +607,10 @@ class CloudConsumer:
         self.metrics.latency.labels(mode).observe(
             max(0, result.result_ns - result.capture_ns) / 1e9
         )
+        names = self.models.class_names(served) if served else ()
+        for predicted in result.classes or [result.predicted]:
+            name = names[predicted] if 0 <= predicted < len(names) else str(predicted)
+            self.metrics.predictions.labels(mode, name).inc()
         if result.tracks:  # each object on its own, as the frame's keyframe
             scores = [
                 self.scoreboard.record(result.camera_id, mode, label, predicted, 0, 0, served)

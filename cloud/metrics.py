@@ -11,6 +11,8 @@
 * ``edgelearn_cloud_acked_total``, ``edgelearn_cloud_ack_failures_total`` - captures
   receipts sent back to the gateways, and acks that could not be published
 * ``edgelearn_cloud_results_total{mode,computed_at}``
+* ``edgelearn_cloud_predictions_total{mode,class_name}`` - by the model's class names (a
+  user's data set: theirs)
 * ``edgelearn_cloud_frames_scored_total{mode,outcome}`` - per camera frame, held-back ones
   included (see :class:`cloud.consumer.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
 * ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
@@ -111,6 +113,12 @@ class CloudMetrics:
             "edgelearn_cloud_frames_without_objects",
             "Cloud-only frames with no object in view: recorded and acknowledged, no result",
             ["mode"],
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "edgelearn_cloud_predictions",
+            "Objects (or frames) classified, by the class name the model gave",
+            ["mode", "class_name"],
             registry=registry,
         )
         self.frames_scored = Counter(

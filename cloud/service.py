@@ -44,6 +44,7 @@ from cloud.registry import Registry
 from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
+from edgelearn.datasets import FASHION_MNIST, DatasetSpec
 from edgelearn.mqtt import MqttSession
 from edgelearn.secrets import Secrets
 
@@ -72,6 +73,7 @@ class CloudSettings:
     metrics_port: int = 0  # of consumer 0, the others on the next ports; 0: free ports
     plan: PlannerSettings | None = None  # None: no planner
     trainer: TrainerSettings | None = None  # None: the models stay as trained
+    dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(FASHION_MNIST))
 
 
 async def push_deployments(
@@ -198,14 +200,20 @@ class CloudService:
             )
 
     async def _train_first_models(self, budget: TrainingBudget) -> None:
-        outcome = await asyncio.to_thread(ensure_models, self.registry, budget, self._progress)
+        outcome = await asyncio.to_thread(
+            ensure_models, self.registry, budget, self._progress, self.settings.dataset
+        )
         if outcome["trained"]:
             metrics = self.consumers[0].metrics
             metrics.training_runs.labels("bootstrap").inc()
             metrics.training_seconds.labels("bootstrap").observe(outcome["seconds"])
+            dataset = outcome["dataset"]
             self._announce(
-                f"trained a first model set in {outcome['seconds']} s; held-out "
-                f"accuracy {json.dumps(outcome['accuracy'])}"
+                f"trained a first model set on {dataset['name']} ({len(dataset['classes'])} "
+                f"classes: {', '.join(dataset['classes'][:12])}"
+                f"{', ...' if len(dataset['classes']) > 12 else ''}; {dataset['train_items']} "
+                f"items, {dataset['held_out_items']} held out) in {outcome['seconds']} s; "
+                f"held-out accuracy {json.dumps(outcome['accuracy'])}"
             )
 
     async def drain(self, timeout: float = 5.0) -> None:

@@ -13,6 +13,13 @@ Cameras show their items (:class:`cameras.scene.LabeledScene`); the cloud's trai
 training data from the same :class:`LabeledImages`, so what it trains on looks like what the
 cameras send. A folder or file that cannot be used raises :class:`DatasetError`. Arrays are
 returned read-only: loaders cache them and several scenes share one copy.
+
+:func:`parse_dataset` reads the ``--dataset`` of ``edgelearn up`` and ``edgelearn cloud``
+(``fashion-mnist``, the default, or ``folder:PATH``). A folder is split once, by a seeded
+permutation (:func:`folder_split`): the cloud trains on one part and holds out the other,
+and the stack's cameras show only the held-out part (``folder-test:PATH``), as they show
+Fashion-MNIST's test split. Training needs at least two classes of
+:data:`MIN_IMAGES_PER_CLASS` readable images each (:func:`check_trainable`).
 """
 
 from __future__ import annotations
@@ -55,13 +62,18 @@ IMAGE_SUFFIXES: Final = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
 
+MIN_IMAGES_PER_CLASS: Final = 10  # a class with fewer cannot be split into train and held-out
+HELD_OUT_FRACTION: Final = 0.2  # of a folder's items, never trained on
+FASHION_MNIST: Final = "fashion-mnist"
+
 # IDX type code 0x08 is unsigned byte, the only element type Fashion-MNIST uses.
 _IDX_UBYTE: Final = 0x08
 
 
 class DatasetError(Exception):
     """A data set that cannot be loaded; ``source`` names the file or folder, ``reason`` is
-    bounded (``missing``, ``unreadable``, ``empty``)."""
+    bounded (``missing``, ``unreadable``, ``empty``, ``no_classes``, ``one_class``,
+    ``too_few``)."""
 
     def __init__(self, message: str, *, source: str, reason: str = "unreadable") -> None:
         super().__init__(message)
@@ -164,12 +176,13 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def load_image_folder(
-    path: Path | str, *, size: tuple[int, int] = (128, 128), grayscale: bool = False
+    path: Path | str, *, size: tuple[int, int] = (128, 128), grayscale: bool | None = None
 ) -> LabeledImages:
     """A folder of class sub-folders of images; sorted class names give label ids 0..K-1.
 
     Every image is resized to ``size`` (width, height) so the set is one array; ``grayscale``
-    loads single-channel images (N, H, W) like Fashion-MNIST's, else BGR (N, H, W, 3).
+    loads single-channel images (N, H, W) like Fashion-MNIST's, else BGR (N, H, W, 3); None
+    decides by the images: grayscale when no image has colour.
     Files OpenCV cannot decode are skipped with a WARNING. Raises :class:`DatasetError` if the
     folder does not exist or holds no readable image in any class sub-folder.
     """
@@ -177,13 +190,22 @@ def load_image_folder(
     if not root.is_dir():
         raise DatasetError(f"data set folder not found: {root}", source=str(root), reason="missing")
     class_dirs = sorted(
-        (entry for entry in _entries(root) if entry.is_dir()), key=lambda entry: entry.name
+        (entry for entry in _entries(root) if entry.is_dir() and not entry.name.startswith(".")),
+        key=lambda entry: entry.name,
     )
+    if not class_dirs:
+        raise DatasetError(
+            f"data set folder {root} has no class folders: put each class's images in a "
+            "sub-folder named after the class",
+            source=str(root),
+            reason="no_classes",
+        )
     flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
     images: list[npt.NDArray[np.uint8]] = []
     labels: list[int] = []
     class_names: list[str] = []
     empty: list[str] = []
+    unreadable: list[Path] = []
     for class_dir in class_dirs:
         files = sorted(
             f for f in _entries(class_dir) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
@@ -192,7 +214,7 @@ def load_image_folder(
         for file in files:
             image = cv2.imread(str(file), flag)
             if image is None:
-                log.warning("skipping %s: not an image OpenCV can read", file)
+                unreadable.append(file)
                 continue
             images.append(
                 np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
@@ -203,16 +225,119 @@ def load_image_folder(
             class_names.append(class_dir.name)
         else:
             empty.append(class_dir.name)
+    if unreadable:
+        shown = ", ".join(str(file.relative_to(root)) for file in unreadable[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        log.warning(
+            "skipped %d files of %s that are not images OpenCV can read: %s%s",
+            len(unreadable), root, shown, more,
+        )  # fmt: skip
     if not images:
+        reason = "unreadable" if unreadable else "empty"
         raise DatasetError(
-            f"data set folder {root} has no readable images in class sub-folders",
+            f"data set folder {root} has no readable images in its class folders"
+            + (f" ({len(unreadable)} files could not be read as images)" if unreadable else ""),
             source=str(root),
-            reason="empty",
+            reason=reason,
         )
     if empty:
         log.warning("class folders without readable images get no label: %s", ", ".join(empty))
     stacked = np.stack(images).astype(np.uint8, copy=False)
+    if grayscale is None and _no_colour(stacked):
+        stacked = np.ascontiguousarray(stacked[..., 0])  # (N, H, W), drawn as Fashion-MNIST's
     stacked.flags.writeable = False
     label_array = np.asarray(labels, dtype=np.int64)
     label_array.flags.writeable = False
     return LabeledImages(images=stacked, labels=label_array, class_names=tuple(class_names))
+
+
+def _no_colour(images: npt.NDArray[np.uint8]) -> bool:
+    """Whether BGR ``images`` are grey (every pixel's channels equal, within JPEG's noise)."""
+    spread = images.max(axis=3).astype(np.int16) - images.min(axis=3).astype(np.int16)
+    return bool(np.percentile(spread, 99) <= 8)
+
+
+def check_trainable(
+    data: LabeledImages, source: str, min_per_class: int = MIN_IMAGES_PER_CLASS
+) -> None:
+    """Raise :class:`DatasetError` unless ``data`` can train a classifier and hold some of
+    every class out: two classes at least, ``min_per_class`` images in each."""
+    if len(data.class_names) < 2:
+        raise DatasetError(
+            f"data set {source} has one class ({data.class_names[0]}): a classifier needs "
+            "at least two class folders",
+            source=source,
+            reason="one_class",
+        )
+    counts = np.bincount(data.labels, minlength=len(data.class_names))
+    few = [
+        (name, int(n))
+        for name, n in zip(data.class_names, counts, strict=True)
+        if n < min_per_class
+    ]
+    if few:
+        listed = ", ".join(f"{name} ({n})" for name, n in few[:5])
+        raise DatasetError(
+            f"data set {source}: {len(few)} classes have fewer than {min_per_class} readable "
+            f"images: {listed}",
+            source=source,
+            reason="too_few",
+        )
+
+
+def folder_split(
+    count: int, seed: int = 0, fraction: float = HELD_OUT_FRACTION
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(train, held-out) item indices of a one-folder data set: a seeded permutation, the
+    same wherever it is computed (the cloud's trainer and the cameras agree)."""
+    order = np.random.default_rng([seed, 0]).permutation(count)
+    held = max(1, round(count * fraction))
+    return np.sort(order[held:]).astype(np.int64), np.sort(order[:held]).astype(np.int64)
+
+
+def subset(data: LabeledImages, index: npt.NDArray[np.int64]) -> LabeledImages:
+    images = data.images[index]
+    labels = data.labels[index]
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return LabeledImages(images=images, labels=labels, class_names=data.class_names)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the cloud trains its first models on: Fashion-MNIST or a user's folder."""
+
+    kind: str  # FASHION_MNIST or "folder"
+    path: Path | None = None
+
+    @property
+    def task(self) -> str:
+        """The registry's ``task`` of models trained on it: a registry of another task is
+        trained again."""
+        return FASHION_MNIST if self.path is None else f"folder:{self.path.resolve()}"
+
+    @property
+    def camera_source(self) -> str:
+        """The ``edgelearn camera --source`` that shows this set's held-out items."""
+        return "fashion-mnist:test" if self.path is None else f"folder-test:{self.path}"
+
+    def __str__(self) -> str:
+        return FASHION_MNIST if self.path is None else f"folder:{self.path}"
+
+    def load(self) -> LabeledImages:
+        """The whole set (a folder: checked for training, see :func:`check_trainable`)."""
+        if self.path is None:
+            return load_fashion_mnist("train")
+        data = load_image_folder(self.path)
+        check_trainable(data, str(self.path))
+        return data
+
+
+def parse_dataset(text: str) -> DatasetSpec:
+    """``fashion-mnist`` or ``folder:PATH``; ``ValueError`` with the choices otherwise."""
+    if text == FASHION_MNIST:
+        return DatasetSpec(FASHION_MNIST)
+    kind, _, rest = text.partition(":")
+    if kind == "folder" and rest:
+        return DatasetSpec("folder", Path(rest).expanduser())
+    raise ValueError(f"unknown data set {text!r}: use fashion-mnist or folder:PATH")

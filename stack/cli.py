@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from edgelearn.config import ConfigError, parse_address
+from edgelearn.datasets import DatasetError
 from edgelearn.metrics import machine_info
 from edgelearn.secrets import ROLES, Secrets, SecretsError, default_secrets_dir
 from stack import broker
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     broker.BrokerError,
+    DatasetError,
     ConfigError,
     SecretsError,
     FileNotFoundError,

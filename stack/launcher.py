@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgelearn import wire
+from edgelearn.datasets import parse_dataset
 from edgelearn.metrics import fetch
 from edgelearn.modes import Mode
 from edgelearn.ports import free_port, port_in_use
@@ -200,6 +201,8 @@ class StackSettings:
     mode: str = AUTO_MODE  # auto: the cloud's planner picks each gateway's mode
     split_ks: tuple[int, ...] = (2, 4, 6, 8)
     budget: str = "default"  # training budget of a first model set
+    dataset: str = "fashion-mnist"  # what it learns and the labeled cameras show (folder:PATH)
+    learn: bool = True  # the cloud's continuous trainer
     feature_store: Path | None = None  # default: <run_dir>/features
     workers: int = 1
     gateway_queue_depth: int | None = None  # None: the gateway's default
@@ -493,6 +496,9 @@ def _start_cloud(
         str(store),
         *(["--registry", str(settings.registry)] if settings.registry else []),
         *(["--plan"] if settings.plans else []),
+        "--dataset",
+        settings.dataset,
+        *([] if settings.learn else ["--no-learn"]),
     )
     cloud = children.start("cloud", command, env)
     cloud.metrics_urls += [_metrics_url(metrics_port + n) for n in range(settings.consumers)]
@@ -567,7 +573,9 @@ def _start_cameras(
     suffix = "" if settings.sites == 1 else f"-{site.name}"
     fleets: list[tuple[str, str, int, int]] = []  # name, source, cameras, first camera
     if settings.labeled_cameras:
-        fleets.append(("cameras", "fashion-mnist:test", settings.labeled_cameras, first_camera))
+        # the items the cloud's first training held out
+        source = parse_dataset(settings.dataset).camera_source
+        fleets.append(("cameras", source, settings.labeled_cameras, first_camera))
     if settings.video is not None:
         video_camera = first_camera + settings.labeled_cameras
         fleets.append(("video", f"video:{settings.video}", 1, video_camera))

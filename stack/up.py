@@ -24,6 +24,7 @@ from typing import Any
 
 from edgelearn import wire
 from edgelearn.config import ConfigError
+from edgelearn.datasets import DatasetError, parse_dataset
 from edgelearn.metrics import Samples, fetch
 from edgelearn.modes import ModeError
 from stack import broker
@@ -113,7 +114,16 @@ def summarize(samples: Samples) -> dict[str, Any]:
             correct.get(mode, 0) / total_scored if total_scored else None
         )
     total_raw, total_sent = sum(raw.values()), sum(sent.values())
+    predicted = samples.by_label("edgelearn_cloud_predictions_total", "class_name")
     return {
+        # by the model's class names: a user's data set shows theirs
+        "predicted": dict(sorted(predicted.items(), key=lambda item: -item[1])),
+        "trainer": {
+            "runs": int(samples.total("edgelearn_cloud_trainer_triggers_total")),
+            "promotions": int(samples.total("edgelearn_cloud_trainer_promotions_total")),
+            "rejections": int(samples.total("edgelearn_cloud_trainer_rejections_total")),
+            "rollbacks": int(samples.total("edgelearn_cloud_trainer_rollbacks_total")),
+        },
         "cameras": per_camera,
         "modes": modes,
         "results": int(samples.total("edgelearn_cloud_results_total")),
@@ -187,6 +197,19 @@ def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") ->
         f"{delivery['duplicates_at_cloud']} duplicates ignored by the cloud"
         + "".join(f", {n} given up ({reason})" for reason, n in delivery["given_up"].items())
     )
+    if summary.get("predicted"):
+        top = list(summary["predicted"].items())[:8]
+        lines.append(
+            "classes predicted: "
+            + ", ".join(f"{name} {int(n)}" for name, n in top)
+            + (", ..." if len(summary["predicted"]) > len(top) else "")
+        )
+    trainer = summary.get("trainer") or {}
+    if trainer.get("runs"):
+        lines.append(
+            f"continuous trainer: {trainer['runs']} runs, {trainer['promotions']} promoted, "
+            f"{trainer['rejections']} kept the serving model, {trainer['rollbacks']} rolled back"
+        )
     if summary["dropped"]:
         lines.append(
             "gateway drops: " + ", ".join(f"{k} {v}" for k, v in summary["dropped"].items())
@@ -235,6 +258,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "low accuracy; default: a few minutes on 2 cores)",
     )
     parser.add_argument(
+        "--dataset",
+        default=defaults.dataset,
+        help="what the cloud learns and the labeled cameras show: fashion-mnist (default) or "
+        "folder:PATH (one sub-folder of images per class; the cameras show the fifth the "
+        "cloud holds out)",
+    )
+    parser.add_argument(
+        "--no-learn",
+        dest="learn",
+        action="store_false",
+        help="no continuous trainer: the cloud's models stay as first trained",
+    )
+    parser.add_argument(
         "--uplink-kbps",
         type=float,
         default=defaults.uplink_kbps,
@@ -261,7 +297,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--cameras",
         type=int,
         default=defaults.labeled_cameras,
-        help="labeled-scene cameras (Fashion-MNIST)",
+        help="labeled-scene cameras (of --dataset)",
     )
     parser.add_argument(
         "--video", default=str(SAMPLE_VIDEO), help="video file for one more camera, or 'none'"
@@ -350,6 +386,12 @@ def _watch_progress(
 
 def _settings(args: argparse.Namespace) -> StackSettings:
     try:
+        dataset = parse_dataset(args.dataset)
+    except ValueError as exc:
+        raise ConfigError(f"--dataset: {exc}") from exc
+    if dataset.path is not None:
+        dataset.load()  # an unusable folder fails now, in one line, before anything starts
+    try:
         return StackSettings(
             run_dir=args.run_dir,
             secrets=args.secrets,
@@ -362,6 +404,8 @@ def _settings(args: argparse.Namespace) -> StackSettings:
             mode=args.mode,
             split_ks=_split_ks(args.split_ks),
             budget=args.budget,
+            dataset=str(dataset),
+            learn=args.learn,
             workers=args.workers,
             sites=args.sites,
             consumers=args.consumers,
@@ -443,7 +487,14 @@ def main(args: argparse.Namespace) -> int:
     status, error = 2, None
     try:
         status = _run(args, stop, summary)
-    except (StackError, broker.BrokerError, ConfigError, ModeError, wire.WireError) as exc:
+    except (
+        StackError,
+        broker.BrokerError,
+        ConfigError,
+        DatasetError,
+        ModeError,
+        wire.WireError,
+    ) as exc:
         error = str(exc)
         print(f"edgelearn up: {exc}", file=sys.stderr)
     except BaseException as exc:  # a bug: still say what happened in summary.json

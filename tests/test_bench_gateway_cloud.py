@@ -253,6 +253,9 @@ class _Uniform:
 
 
 class _UniformModels:
+    def class_names(self, model_version: str) -> tuple[str, ...]:
+        return ()
+
     def classifier_for(self, extractor: str, model_version: str) -> _Uniform:
         return _Uniform(takes_frames=extractor == "raw")
 

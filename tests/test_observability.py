@@ -148,6 +148,9 @@ class Models:
     pca: Classifier
     pca_version: str
 
+    def class_names(self, model_version: str) -> tuple[str, ...]:
+        return ()
+
     def classifier_for(self, extractor: str, model_version: str) -> Classifier | None:
         if extractor == "raw":
             return self.raw

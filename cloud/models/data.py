@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from cameras.scene import LabeledScene, RenderedObject, render_item, render_object
 from edgelearn import preprocess, roi
-from edgelearn.datasets import LabeledImages, load_fashion_mnist
+from edgelearn.datasets import LabeledImages, folder_split, load_fashion_mnist
 
 _TRAIN_STREAM: Final = 1
 _HELD_OUT_STREAM: Final = 2
@@ -279,6 +279,24 @@ def _sample(count: int, available: int, rng: np.random.Generator) -> npt.NDArray
     return np.sort(rng.permutation(available)[:count]).astype(np.int64)
 
 
+def _held_out_split(
+    source: LabeledImages,
+    index: npt.NDArray[np.int64],
+    seed: int,
+    settings: RenderSettings,
+    workers: int,
+) -> RenderedSplit:
+    inputs, jpeg_bytes = render_inputs(
+        source.images,
+        seed=seed,
+        stream=_HELD_OUT_STREAM,
+        indices=index,
+        settings=settings,
+        workers=workers,
+    )
+    return RenderedSplit(inputs, np.asarray(source.labels[index], np.int64), jpeg_bytes, index)
+
+
 def build_dataset(
     n_train: int,
     n_held_out: int,
@@ -293,9 +311,12 @@ def build_dataset(
     """Render ``n_train`` training and ``n_held_out`` held-out items.
 
     Defaults to Fashion-MNIST (``train`` split for training, ``test`` split held out). With a
-    ``train_source`` and no ``held_out_source`` (e.g. :func:`edgelearn.datasets.load_image_folder`),
-    the held-out items are a seeded disjoint sample of the same set. Items are sampled without
-    replacement by a seeded permutation.
+    ``train_source`` and no ``held_out_source`` (a user's folder,
+    :func:`edgelearn.datasets.load_image_folder`), the set is split by
+    :func:`edgelearn.datasets.folder_split` (the cameras show the same held-out part): at most
+    ``n_held_out`` of its held-out items, and ``n_train`` renders of its training items, each
+    item rendered again in other scenes when there are fewer items than ``n_train``. Items
+    are otherwise sampled without replacement by a seeded permutation.
     """
     settings = settings or RenderSettings()
     if train_source is None:
@@ -303,13 +324,15 @@ def build_dataset(
         held_out_source = held_out_source or load_fashion_mnist("test")
         task = task or "fashion-mnist"
     rng = np.random.default_rng([seed, 0])
+    repeats = 1
     if held_out_source is None:
         # One set, split in two: the held-out items never appear in training.
-        order = rng.permutation(len(train_source))
-        if n_train + n_held_out > len(train_source):
-            raise ValueError(f"{n_train} + {n_held_out} items, the source has {len(train_source)}")
-        train_index = np.sort(order[:n_train]).astype(np.int64)
-        held_index = np.sort(order[n_train : n_train + n_held_out]).astype(np.int64)
+        train_all, held_all = folder_split(len(train_source), seed)
+        held_index = held_all[:n_held_out]
+        repeats = -(-n_train // len(train_all))  # ceil
+        train_index = np.tile(train_all, repeats)[:n_train] if repeats > 1 else (
+            np.sort(rng.permutation(train_all)[:n_train]).astype(np.int64)
+        )  # fmt: skip
         held_out_source = train_source
     else:
         train_index = _sample(n_train, len(train_source), rng)
@@ -318,20 +341,28 @@ def build_dataset(
         raise ValueError("training and held-out sets have different classes")
 
     def split(source: LabeledImages, index: npt.NDArray[np.int64], stream: int) -> RenderedSplit:
-        inputs, jpeg_bytes = render_inputs(
-            source.images,
-            seed=seed,
-            stream=stream,
-            indices=index,
-            settings=settings,
-            workers=workers,
-        )
+        parts = []
+        per_pass = -(-len(index) // repeats)
+        for number in range(repeats):  # each pass draws its scenes from a stream of its own
+            chosen = index[number * per_pass : (number + 1) * per_pass]
+            parts.append(
+                render_inputs(
+                    source.images,
+                    seed=seed,
+                    stream=stream + 16 * number,
+                    indices=chosen,
+                    settings=settings,
+                    workers=workers,
+                )
+            )
+        inputs = np.concatenate([part[0] for part in parts])
+        jpeg_bytes = np.concatenate([part[1] for part in parts])
         labels = np.asarray(source.labels[index], dtype=np.int64)
         return RenderedSplit(inputs, labels, jpeg_bytes, index)
 
     return RenderedDataset(
         train=split(train_source, train_index, _TRAIN_STREAM),
-        held_out=split(held_out_source, held_index, _HELD_OUT_STREAM),
+        held_out=_held_out_split(held_out_source, held_index, seed, settings, workers),
         class_names=train_source.class_names,
         settings=settings,
         seed=seed,
