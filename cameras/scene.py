@@ -536,12 +536,18 @@ class ObjectScene(LabeledScene):
         period_frames: int = 150,
         walk_frames: int = WALK_FRAMES,
         size: tuple[int, int] = HD_720P,
+        heights: tuple[float, float] = OBJECT_HEIGHTS,
     ) -> None:
+        """``heights``: the range of item heights, as fractions of the frame's (a camera
+        further away sees smaller items)."""
         if period_frames < 4 * walk_frames or walk_frames < 1:
             raise ValueError(f"period_frames {period_frames} must be >= 4 * walk_frames >= 4")
+        if not 0 < heights[0] <= heights[1] <= OBJECT_HEIGHTS[1]:
+            raise ValueError(f"item heights {heights}: within (0, {OBJECT_HEIGHTS[1]}]")
         super().__init__(data, seed=seed, dwell_frames=period_frames, size=size, entry_frames=0)
         self.period_frames = period_frames
         self.walk_frames = walk_frames
+        self.heights = heights
 
     def _lane_pose(
         self, lane: int, frame_index: int
@@ -552,7 +558,7 @@ class ObjectScene(LabeledScene):
         episode, step = divmod(shifted, period)
         rng = np.random.default_rng([self.seed, 5, lane, episode])
         gap = int(rng.integers(0, int(0.4 * period) + 1))
-        height = float(rng.uniform(*OBJECT_HEIGHTS))
+        height = float(rng.uniform(*self.heights))
         # Lanes are a third of the frame wide and items at most 45% of its height: a
         # little room is left between neighbours, as between people walking past.
         home_dx = (lane + 0.5) / self.LANES - 0.5 + float(rng.uniform(-0.015, 0.015))

@@ -422,6 +422,7 @@ class CloudConsumer:
         self._peers = PeerLog(log)
         self.metrics_server: MetricsServer | None = None
         self.results_published = 0
+        self._serving: dict[str, str] = {}  # mode -> the cloud half's version last used
         # raw only: the background model of each camera whose JPEGs this consumer gets
         self._finder = roi.ObjectFinder()
 
@@ -524,7 +525,12 @@ class CloudConsumer:
                 for answer in group:
                     answer.final = False
                 continue
-            self.metrics.model_info.labels(extractor, version).set(1)
+            previous = self._serving.get(extractor)
+            if previous != classifier.version:
+                if previous is not None:  # a promotion or a rollback: the old one serves no more
+                    self.metrics.model_info.labels(extractor, previous).set(0)
+                self.metrics.model_info.labels(extractor, classifier.version).set(1)
+                self._serving[extractor] = classifier.version
             inputs, kept = self._inputs(classifier, group)
             if not kept:
                 continue
@@ -629,8 +635,9 @@ class CloudConsumer:
                 served,
             )
         if score.frames:
-            self.metrics.frames_scored.labels(mode, "correct").inc(score.correct)
-            self.metrics.frames_scored.labels(mode, "wrong").inc(score.frames - score.correct)
+            scored = self.metrics.frames_scored
+            scored.labels(result.camera_id, mode, "correct").inc(score.correct)
+            scored.labels(result.camera_id, mode, "wrong").inc(score.frames - score.correct)
             accuracy = self.scoreboard.accuracy(result.camera_id, mode)
             if accuracy is not None:
                 self.metrics.accuracy.labels(result.camera_id, mode).set(accuracy)

@@ -13,7 +13,7 @@
 * ``edgelearn_cloud_results_total{mode,computed_at}``
 * ``edgelearn_cloud_predictions_total{mode,class_name}`` - by the model's class names (a
   user's data set: theirs)
-* ``edgelearn_cloud_frames_scored_total{mode,outcome}`` - per camera frame, held-back ones
+* ``edgelearn_cloud_frames_scored_total{camera,mode,outcome}`` - per camera frame, held-back ones
   included (see :class:`cloud.consumer.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
 * ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
 * ``edgelearn_cloud_end_to_end_latency_seconds{mode}`` - capture to result
@@ -124,7 +124,7 @@ class CloudMetrics:
         self.frames_scored = Counter(
             "edgelearn_cloud_frames_scored",
             "Camera frames scored against ground truth (held-back frames included)",
-            ["mode", "outcome"],
+            ["camera", "mode", "outcome"],
             registry=registry,
         )
         self.accuracy = Gauge(

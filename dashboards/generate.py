@@ -1001,8 +1001,8 @@ def cloud_detail() -> dict[str, Any]:
                     "{{kind}}",
                 )
             ],
-            "Training runs finished in the dashboard's time range, per kind (pca, "
-            "autoencoder, cnn).",
+            "Training runs finished in the dashboard's time range, per kind (bootstrap: the "
+            "first model set; a mode: a continuous-training run of it).",
             kind="stat",
             width=6,
         ),
@@ -1022,10 +1022,100 @@ def cloud_detail() -> dict[str, Any]:
             width=6,
         ),
         Panel(
+            "Continuous trainer: candidate vs serving",
+            RATIO,
+            [
+                Query(
+                    "max by (mode, model) (edgelearn_cloud_trainer_heldout_accuracy_ratio)",
+                    "{{mode}} {{model}}",
+                )
+            ],
+            "Accuracy of the last run's candidate and of the serving model on the same "
+            "held-out arrivals (each camera's newest labeled objects, never trained on). A "
+            "candidate is promoted only when it is better overall by the margin and worse on "
+            "no camera beyond the bound.",
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Continuous trainer: runs, promotions, rejections, rollbacks",
+            COUNT,
+            [
+                Query(
+                    "sum by (mode, trigger) "
+                    "(increase(edgelearn_cloud_trainer_triggers_total[$__range]))",
+                    "runs {{mode}} ({{trigger}})",
+                ),
+                Query(
+                    "sum by (mode) (increase(edgelearn_cloud_trainer_promotions_total[$__range]))",
+                    "promoted {{mode}}",
+                ),
+                Query(
+                    "sum by (mode, reason) "
+                    "(increase(edgelearn_cloud_trainer_rejections_total[$__range]))",
+                    "kept {{mode}} ({{reason}})",
+                ),
+                Query(
+                    "sum by (mode) (increase(edgelearn_cloud_trainer_rollbacks_total[$__range]))",
+                    "rolled back {{mode}}",
+                ),
+            ],
+            "Over the dashboard's time range: runs by what started them (new_objects, "
+            "accuracy_drop), candidates promoted, candidates not promoted "
+            "(not_better, camera_worse, too_few) and promotions undone because live accuracy "
+            "fell below the replaced model's.",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Predictions by class",
+            PER_SECOND,
+            [
+                Query(
+                    f"sum by (class_name) (rate(edgelearn_cloud_predictions_total[{RATE}]))",
+                    "{{class_name}}",
+                )
+            ],
+            "Objects classified per second by the class the model named, in the data set's "
+            "own class names (a user's folder: its sub-folder names).",
+            stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Model bytes pushed to gateways",
+            BYTES,
+            [
+                Query(
+                    "sum by (mode) (increase(edgelearn_cloud_model_pushed_bytes_total[$__range]))",
+                    "{{mode}}",
+                )
+            ],
+            "Signed model envelopes the cloud published to the gateways' retained model "
+            "topics, over the dashboard's time range (a promoted cloud half pushes nothing: "
+            "the gateways' part is unchanged).",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Live accuracy of a promotion on watch",
+            RATIO,
+            [
+                Query(
+                    "max by (mode, model) (edgelearn_cloud_trainer_live_accuracy_ratio)",
+                    "{{mode}} {{model}}",
+                )
+            ],
+            "After a promotion: the live accuracy of the new model and of the one it "
+            "replaced; the trainer rolls back when the new one falls below by the bound.",
+            min=0,
+            max=1,
+        ),
+        Panel(
             "Model serving each mode",
             NONE,
             [Query("max by (mode, version) (edgelearn_cloud_model_info)", table=True)],
-            "The upper-layer model version the consumers answer each mode with.",
+            "The cloud-half version the consumers answer each mode with (a promotion or a "
+            "rollback changes it without the gateways changing theirs).",
             kind="table",
         ),
         _mode_table(),

@@ -136,6 +136,7 @@ BENCHMARKS: dict[str, str] = {
     "schedule": "bench.schedule",
     "faults": "bench.faults",
     "objects": "bench.objects",
+    "drift": "bench.drift",
 }
 
 

@@ -203,6 +203,7 @@ class StackSettings:
     budget: str = "default"  # training budget of a first model set
     dataset: str = "fashion-mnist"  # what it learns and the labeled cameras show (folder:PATH)
     learn: bool = True  # the cloud's continuous trainer
+    learn_every: int | None = None  # its trigger in labeled objects; None: the cloud's default
     feature_store: Path | None = None  # default: <run_dir>/features
     workers: int = 1
     gateway_queue_depth: int | None = None  # None: the gateway's default
@@ -499,6 +500,7 @@ def _start_cloud(
         "--dataset",
         settings.dataset,
         *([] if settings.learn else ["--no-learn"]),
+        *(["--learn-every", str(settings.learn_every)] if settings.learn_every else []),
     )
     cloud = children.start("cloud", command, env)
     cloud.metrics_urls += [_metrics_url(metrics_port + n) for n in range(settings.consumers)]

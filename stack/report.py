@@ -8,6 +8,9 @@ keyframe ratio):
   ``latency_p99_seconds``, ``keyframe_ratio``, optionally ``training_seconds``). Missing
   figures are skipped and said so; :func:`render_from_json` is the same thing for callers
   (the pipeline benchmark, tests).
+* ``--from-json drift.json`` of ``edgelearn bench drift``: accuracy over time, static model
+  against the continuous trainer, overall (``drift.png``, with the drift and every
+  promotion and rollback marked) and per camera (``drift_per_camera.png``).
 * ``--prometheus http://host:port --since 15m``: the Prometheus that scraped the run, through
   its HTTP API (``query`` and ``query_range``, urllib only). It reads the roles' metrics
   directly, so it works without the recording rules of ``dashboards/prometheus``.
@@ -360,7 +363,75 @@ def _trade_off(
     return _save(figure, path)
 
 
+def _drift_series(
+    data: Mapping[str, Any], arm: str, camera: str | None
+) -> tuple[list[float], list[float]]:
+    xs: list[float] = []
+    ys: list[float] = []
+    for row in data.get("series") or []:
+        figures = row.get(arm) or {}
+        value = (
+            figures.get("overall") if camera is None else (figures.get("cameras") or {}).get(camera)
+        )
+        if value is not None:
+            xs.append(float(row["t"]))
+            ys.append(float(value) * 100)
+    return xs, ys
+
+
+def _render_drift(data: Mapping[str, Any], out_dir: Path) -> Rendered:
+    """``bench drift``: accuracy over time of the static model and the continuous trainer."""
+    done = Rendered()
+    drift_at = float((data.get("drift") or {}).get("at_seconds") or 0.0)
+    window = data.get("window_seconds")
+    figure = Figure(figsize=(8.0, 4.2))
+    axes = figure.add_subplot()
+    for arm, style in (("learning", "-"), ("static", "--")):
+        xs, ys = _drift_series(data, arm, None)
+        axes.plot(xs, ys, style, lw=1.6, label=f"{arm} ({data.get('mode', '')})")
+    axes.axvline(drift_at, color="red", lw=1, label="the world changes")
+    previous = {"promotions": 0.0, "rollbacks": 0.0}
+    for row in data.get("series") or []:
+        for key, colour in (("promotions", "green"), ("rollbacks", "orange")):
+            if float(row.get(key) or 0) > previous[key]:
+                axes.axvline(float(row["t"]), color=colour, lw=0.8, linestyle=":")
+            previous[key] = float(row.get(key) or 0)
+    axes.plot([], [], color="green", lw=0.8, linestyle=":", label="promotion")
+    axes.plot([], [], color="orange", lw=0.8, linestyle=":", label="rollback")
+    axes.set_title(f"Accuracy over time ({window:.0f} s windows): static vs continuous trainer")
+    axes.set_xlabel("seconds since the cameras started")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    done.files.append(_save(figure, out_dir / "drift.png"))
+    cameras = sorted(
+        {c for row in data.get("series") or [] for c in ((row.get("learning") or {}).get(
+            "cameras") or {})},
+        key=lambda c: (len(c), c),
+    )  # fmt: skip
+    if cameras:
+        figure = Figure(figsize=(8.0, 2.2 * math.ceil(len(cameras) / 2) + 0.6))
+        for index, camera in enumerate(cameras):
+            axes = figure.add_subplot(math.ceil(len(cameras) / 2), 2, index + 1)
+            for arm, style in (("learning", "-"), ("static", "--")):
+                xs, ys = _drift_series(data, arm, camera)
+                axes.plot(xs, ys, style, lw=1.2, label=arm)
+            axes.axvline(drift_at, color="red", lw=1)
+            axes.set_title(camera, fontsize=9)
+            axes.set_ylim(0, 100)
+            axes.grid(alpha=0.3)
+            if index == 0:
+                axes.legend(fontsize=7)
+        figure.suptitle("Accuracy per camera (%), seconds since the start", fontsize=10)
+        done.files.append(_save(figure, out_dir / "drift_per_camera.png"))
+    done.notes.append(f"drew accuracy over time for {len(cameras)} cameras")
+    return done
+
+
 def _render_json(data: Mapping[str, Any], out_dir: Path) -> Rendered:
+    if data.get("benchmark") == "drift":
+        return _render_drift(data, out_dir)
     modes = _modes_of(data)
     done = Rendered()
     title = str(data.get("title") or data.get("name") or "benchmark")

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from bench.common import object_frames, serve_in_thread
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
@@ -20,6 +21,16 @@ from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
 from tests.gateway_harness import run_gateway
 
 Probe = Callable[..., MqttProbe]
+
+
+def _total(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A counter summed over the labels not given (each camera's, here)."""
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 @contextmanager
@@ -92,9 +103,11 @@ def test_labeled_cameras_through_gateway_and_cloud_are_scored(
         acked = consumer.metrics.acked
         wait_for(lambda: acked._value.get() >= forwarded, 60, "every frame answered")
         wait_for(lambda: len(listener.payloads()) >= consumer.results_published, 10, "results")
-        scored = consumer.metrics.frames_scored
-        correct = scored.labels(mode, "correct")._value.get()
-        wrong = scored.labels(mode, "wrong")._value.get()
+        scored = consumer.registry
+        correct = _total(
+            scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="correct"
+        )
+        wrong = _total(scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="wrong")
     results = [wire.decode_as(p, wire.Result) for p in listener.payloads()]
     assert {r.extractor for r in results} == {mode}
     expected_at = wire.ComputedAt.EDGE if mode == "full" else wire.ComputedAt.CLOUD
