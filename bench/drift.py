@@ -265,8 +265,33 @@ def summarize(readings: list[dict[str, Any]], budget: Budget) -> dict[str, Any]:
     gap = None
     if final["learning"] and final["static"] and final["learning"]["overall"] is not None:
         gap = round(final["learning"]["overall"] - (final["static"]["overall"] or 0.0), 4)
+    promoted_at = next(
+        (
+            r["t"]
+            for r in readings
+            if r["t"] > drift and r["promotions"] > readings[0]["promotions"]
+        ),
+        None,
+    )
+    # Whole stretches, thousands of objects: far less noisy than one window
+    stretches = {
+        "after_drift": (drift, end),
+        "since_first_promotion": (promoted_at, end) if promoted_at is not None else None,
+    }
+    compared: dict[str, Any] = {}
+    for name, span in stretches.items():
+        if span is None:
+            compared[name] = None
+            continue
+        arms = {arm: _windowed(readings, arm, span[0], span[1]) for arm in ("learning", "static")}
+        learning, static = arms["learning"] or {}, arms["static"] or {}
+        gain = None
+        if learning.get("overall") is not None and static.get("overall") is not None:
+            gain = round(learning["overall"] - static["overall"], 4)
+        compared[name] = {"from_seconds": span[0], **arms, "learning_minus_static": gain}
     return {
         "window_seconds": window,
+        "compared": compared,
         "before_drift": before,
         "after_drift_low": min((v for v in lows if v is not None), default=None),
         "final": final,

@@ -82,7 +82,11 @@ class Classifier(Protocol):
 
 
 class ClassifierSource(Protocol):
-    def classifier_for(self, extractor: str, model_version: str) -> Classifier | None: ...
+    def classifier_for(
+        self, extractor: str, model_version: str, camera: str = ""
+    ) -> Classifier | None:
+        """The cloud half answering ``camera``'s features of this extractor and version."""
+        ...
 
     def class_names(self, model_version: str) -> tuple[str, ...]:
         """The names of a model's classes (results count predictions by name); () unknown."""
@@ -221,16 +225,20 @@ class RegistryModels:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._loaded: dict[str, KerasClassifier] = {}  # by the cloud half's version
-        self._resolved: dict[tuple[str, str], KerasClassifier] = {}
+        self._resolved: dict[tuple[str, str, str], KerasClassifier] = {}
         self._names: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
-    def _entry(self, extractor: str, version: str) -> ModelEntry | None:
+    def _entry(self, extractor: str, version: str, camera: str) -> ModelEntry | None:
         try:
             if extractor == RAW:
                 return self.registry.serving(Mode(RAW))
             entry = self.registry.by_version(version)
-            serving = self.registry.serving(entry.mode)
+            serving = (
+                self.registry.serving_for(entry.mode, camera)
+                if camera
+                else self.registry.serving(entry.mode)
+            )
             return serving if serving.sha256 == entry.sha256 else entry
         except RegistryError:
             return None
@@ -253,12 +261,14 @@ class RegistryModels:
         with self._lock:
             return self._loaded.setdefault(entry.version, classifier)
 
-    def classifier_for(self, extractor: str, model_version: str) -> KerasClassifier | None:
-        key = (extractor, "" if extractor == RAW else model_version)
+    def classifier_for(
+        self, extractor: str, model_version: str, camera: str = ""
+    ) -> KerasClassifier | None:
+        key = (extractor, "" if extractor == RAW else model_version, camera)
         with self._lock:
             if key in self._resolved:
                 return self._resolved[key]
-        entry = self._entry(extractor, model_version)
+        entry = self._entry(extractor, model_version, camera)
         if entry is None:
             return None  # not cached: the model may be trained or pushed later
         classifier = self.load(entry)
@@ -298,12 +308,11 @@ class RegistryModels:
         warmed = []
         for entry in entries:
             mode = entry.mode
-            if mode.kind == FULL:
-                continue  # the edge answers; nothing runs here
             classifier = self.classifier_for(str(mode), entry.version)
             if classifier is None:
                 continue
-            if classifier.takes_frames:
+            # full: the edge answers; the cloud answers the crops of its learning samples
+            if classifier.takes_frames or mode.kind == FULL:
                 shape = tuple(entry.input_shape)
             else:
                 output = (entry.metadata.get("quantization") or {}).get("output", {})
@@ -516,38 +525,55 @@ class CloudConsumer:
             else:
                 groups[(envelope.extractor, envelope.model_version)].append(answer)
         for (extractor, version), group in groups.items():
-            classifier = self.models.classifier_for(extractor, version)
-            if classifier is None:  # the registry may get it (a training still running)
-                self.metrics.dropped.labels("no_model").inc(len(group))
-                self._peers.warning(
-                    version, "no_model", "no cloud model for %s %s yet", extractor, version
+            # Usually one cloud half for every camera; a camera with a specialised one
+            # (the continuous trainer's) gets its own batch.
+            by_classifier: dict[int, tuple[Classifier | None, list[_Answer]]] = {}
+            for answer in group:
+                classifier = self.models.classifier_for(
+                    extractor, version, answer.incoming.envelope.camera_id
                 )
-                for answer in group:
-                    answer.final = False
-                continue
-            previous = self._serving.get(extractor)
-            if previous != classifier.version:
-                if previous is not None:  # a promotion or a rollback: the old one serves no more
-                    self.metrics.model_info.labels(extractor, previous).set(0)
-                self.metrics.model_info.labels(extractor, classifier.version).set(1)
-                self._serving[extractor] = classifier.version
-            inputs, kept = self._inputs(classifier, group)
-            if not kept:
-                continue
-            started = time.perf_counter()
-            probabilities = classifier.predict(inputs)
-            self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
-            position = 0
-            for answer in kept:
-                feature = answer.incoming.envelope
-                assert isinstance(feature, wire.Feature)
-                rows = probabilities[position : position + answer.rows]
-                position += answer.rows
-                answer.served = classifier.version
-                answer.result = _result_of(
-                    feature, rows, per_object=_per_object(feature, classifier)
-                )
+                by_classifier.setdefault(id(classifier), (classifier, []))[1].append(answer)
+            for classifier, part in by_classifier.values():
+                self._answer_with(classifier, extractor, version, part)
+            self._note_serving(extractor, self.models.classifier_for(extractor, version))
         return answers
+
+    def _note_serving(self, extractor: str, classifier: Classifier | None) -> None:
+        """``model_info``: the global cloud half now answering ``extractor``."""
+        if classifier is None:
+            return
+        previous = self._serving.get(extractor)
+        if previous != classifier.version:
+            if previous is not None:  # a promotion or a rollback: the old one serves no more
+                self.metrics.model_info.labels(extractor, previous).set(0)
+            self.metrics.model_info.labels(extractor, classifier.version).set(1)
+            self._serving[extractor] = classifier.version
+
+    def _answer_with(
+        self, classifier: Classifier | None, extractor: str, version: str, group: list[_Answer]
+    ) -> None:
+        if classifier is None:  # the registry may get it (a training still running)
+            self.metrics.dropped.labels("no_model").inc(len(group))
+            self._peers.warning(
+                version, "no_model", "no cloud model for %s %s yet", extractor, version
+            )
+            for answer in group:
+                answer.final = False
+            return
+        inputs, kept = self._inputs(classifier, group)
+        if not kept:
+            return
+        started = time.perf_counter()
+        probabilities = classifier.predict(inputs)
+        self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
+        position = 0
+        for answer in kept:
+            feature = answer.incoming.envelope
+            assert isinstance(feature, wire.Feature)
+            rows = probabilities[position : position + answer.rows]
+            position += answer.rows
+            answer.served = classifier.version
+            answer.result = _result_of(feature, rows, per_object=_per_object(feature, classifier))
 
     def _inputs(
         self, classifier: Classifier, answers: list[_Answer]

@@ -24,7 +24,7 @@
   {mode,trigger}``, ``..._heldout_accuracy_ratio{mode,model}`` (candidate and serving on the
   last run's held-out arrivals), ``..._promotions_total{mode}``, ``..._rejections_total
   {mode,reason}``, ``..._rollbacks_total{mode}``, ``..._live_accuracy_ratio{mode,model}``
-  (serving and, after a promotion, the one it replaced)
+  (serving and, after a promotion, the one it replaced), ``..._specialised_cameras{mode}``
 * ``edgelearn_cloud_model_pushed_bytes_total{mode}`` - signed models published to gateways
 """
 
@@ -207,6 +207,12 @@ class CloudMetrics:
             "edgelearn_cloud_trainer_live_accuracy_ratio",
             "Live accuracy of the serving model and of the one it replaced (while on watch)",
             ["mode", "model"],
+            registry=registry,
+        )
+        self.trainer_specialised = Gauge(
+            "edgelearn_cloud_trainer_specialised_cameras",
+            "Cameras answered by a cloud half of their own (the held-out arrivals chose it)",
+            ["mode"],
             registry=registry,
         )
         self.model_pushed_bytes = Counter(

@@ -144,6 +144,12 @@ class ModelEntry:
         return str((self.metadata.get("extra") or {}).get("preprocessing", "frame"))
 
     @property
+    def camera(self) -> str | None:
+        """The camera this cloud half was specialised for (None: every camera)."""
+        value = (self.metadata.get("extra") or {}).get("camera")
+        return None if value is None else str(value)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.metadata["input_shape"])
 
@@ -364,11 +370,13 @@ class Registry:
         task: str | None = None,
         split_k: int | None = None,
     ) -> ModelEntry:
-        """The newest entry matching every given filter."""
+        """The newest entry matching every given filter (a camera's specialised cloud half
+        is never the newest of anything: :meth:`serving_for` finds those)."""
         matches = [
             entry
             for entry in self.list(name)
-            if (kind is None or entry.kind == kind)
+            if entry.camera is None
+            and (kind is None or entry.kind == kind)
             and (task is None or entry.task == task)
             and (split_k is None or entry.split_k == split_k)
         ]
@@ -396,6 +404,20 @@ class Registry:
             return newest
         return entry if entry.sha256 == newest.sha256 and entry.kind == newest.kind else newest
 
+    def serving_for(self, mode: Mode, camera: str) -> ModelEntry:
+        """What serves ``mode`` for ``camera``: its specialised cloud half when
+        ``serving.json`` names one of the serving entry's edge artifact, else the serving
+        entry itself."""
+        serving = self.serving(mode)
+        pointed = self._serving_pointer().get(_camera_key(mode, camera))
+        if pointed is None:
+            return serving
+        try:
+            entry = self.by_version(pointed)
+        except RegistryError:
+            return serving
+        return entry if entry.sha256 == serving.sha256 and entry.camera == camera else serving
+
     def lineage(self, entry: ModelEntry) -> tuple[ModelEntry, ...]:
         """Every entry with ``entry``'s edge artifact (same kind and split), oldest first:
         gateways running any of them send features of one space, one training set."""
@@ -417,12 +439,17 @@ class Registry:
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def set_serving(self, mode: Mode, version: str) -> None:
-        """Serve ``version`` for ``mode`` from now on (a promotion or a rollback); written
-        atomically, so a reader sees the old pointer or the new one."""
-        self.by_version(version)  # it must exist
+    def set_serving(self, mode: Mode, version: str | None, camera: str | None = None) -> None:
+        """Serve ``version`` for ``mode`` (for one ``camera``: its specialised cloud half;
+        None: that camera goes back to the global one) from now on: a promotion or a
+        rollback. Written atomically, so a reader sees the old pointer or the new one."""
+        key = str(mode) if camera is None else _camera_key(mode, camera)
         pointer = self._serving_pointer()
-        pointer[str(mode)] = version
+        if version is None:
+            pointer.pop(key, None)
+        else:
+            self.by_version(version)  # it must exist
+            pointer[key] = version
         handle, temporary = tempfile.mkstemp(prefix=".serving-", dir=self.root)
         with os.fdopen(handle, "w") as file:
             json.dump(pointer, file, indent=2, sort_keys=True)
@@ -441,6 +468,10 @@ class Registry:
     def load_cloud_model(self, entry: ModelEntry) -> Any:
         """The cloud half as a Keras model (imports TensorFlow)."""
         return keras_from_bytes(entry.read(CLOUD))
+
+
+def _camera_key(mode: Mode, camera: str) -> str:
+    return f"{mode}@{camera}"
 
 
 def keras_to_bytes(model: Any) -> bytes:

@@ -40,7 +40,7 @@ from cloud.bootstrap import (
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
-from cloud.registry import Registry
+from cloud.registry import ModelEntry, Registry
 from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
@@ -130,6 +130,7 @@ class CloudService:
         ]
         self._stack = contextlib.AsyncExitStack()
         self.trainer: ContinuousTrainer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> CloudService:
         try:
@@ -152,23 +153,12 @@ class CloudService:
             await self._train_first_models(replace(settings.budget, split_ks=settings.split_ks))
         warmed = await asyncio.to_thread(self.models.warm_up, settings.split_ks)
         self._announce(f"serving {', '.join(warmed)}")
+        self._loop = asyncio.get_running_loop()
         if settings.push:
-            key = signing.load_private_key(settings.secrets.signing_key)
-            deployments = [
-                self.registry.deployment(entry.name, entry.version, key)
-                for entry in deployable(self.registry, settings.split_ks)
-            ]
-            sites = settings.push_sites or (settings.site,)
-            if wire.ANY_SITE in sites:
-                raise ValueError("a cloud serving every site (+) pushes to named sites only")
-            for site in sites:
-                published = await push_deployments(
-                    settings.broker, site, deployments, client_id=f"{settings.cloud_id}-push"
-                )
-                for mode, size in published.items():
-                    self.consumers[0].metrics.model_pushed_bytes.labels(mode).inc(size)
+            deployments = deployable(self.registry, settings.split_ks)
+            await self._push(deployments)
             self._announce(
-                "pushed " + ", ".join(f"{model.mode} {model.version}" for model in deployments)
+                "pushed " + ", ".join(f"{entry.mode} {entry.version}" for entry in deployments)
             )
         if settings.plan is not None:
             planner = Planner(
@@ -192,12 +182,39 @@ class CloudService:
                 edge_modes(settings.split_ks),
                 settings.trainer,
                 announce=self._announce,
+                push=self._push_from_thread if settings.push else None,
             )
             self._stack.enter_context(self.trainer)
             self._announce(
                 f"continuous trainer on: every {settings.trainer.every} labeled objects, or a "
                 f"camera {settings.trainer.accuracy_drop:.0%} under its level"
             )
+
+    async def _push(self, entries: list[ModelEntry]) -> int:
+        """Sign ``entries`` and publish them retained to every site's gateways; bytes sent."""
+        settings = self.settings
+        key = signing.load_private_key(settings.secrets.signing_key)
+        deployments = [self.registry.deployment(e.name, e.version, key) for e in entries]
+        sites = settings.push_sites or (settings.site,)
+        if wire.ANY_SITE in sites:
+            raise ValueError("a cloud serving every site (+) pushes to named sites only")
+        total = 0
+        for site in sites:
+            published = await push_deployments(
+                settings.broker, site, deployments, client_id=f"{settings.cloud_id}-push"
+            )
+            for mode, size in published.items():
+                self.consumers[0].metrics.model_pushed_bytes.labels(mode).inc(size)
+                total += size
+        return total
+
+    def _push_from_thread(self, entry: ModelEntry) -> int:
+        """:meth:`_push` of one entry, from the trainer's thread."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._push([entry]), self._loop)
+        sent = future.result(timeout=60)
+        self._announce(f"pushed {entry.mode} {entry.version} ({sent} bytes)")
+        return sent
 
     async def _train_first_models(self, budget: TrainingBudget) -> None:
         outcome = await asyncio.to_thread(

@@ -19,18 +19,32 @@ Where it sits::
       6. promote: a registry version with the same edge artifact and the new cloud half,
          loaded, then ``serving.json`` points at it and consumers resolve again between
          two batches (no feature waits); the gateways change nothing
+      7. per camera with ``specialise_min_rows`` training rows: a copy of the global cloud
+         half tuned on that camera's rows alone; the same held-out rows of the camera choose
+         between it, the global one and the camera's current one (a specialised cloud half
+         must beat both by ``margin``), and the choice is reported (``RunReport.cameras``)
 
 Features of one edge artifact are one feature space whatever version a gateway stamps
 (:meth:`cloud.registry.Registry.lineage`), so every promotion keeps training on all of them.
-``full`` (the edge answers) and ``raw`` (the cloud-only CNN) are not trained here.
+
+``full`` (the edge runs the whole CNN) learns from the crops its gateways send for a sample
+of keyframes (``GatewayConfig.learning_sample``): crops are model-independent, so every
+``full`` version's are one training set. The candidate is the whole float CNN tuned on them
+and judged as above; promoted, it is exported to int8 (calibrated on the arrivals), saved as
+a new version with that edge artifact, signed and pushed to the gateways (``push``), which
+hot-swap it. A rollback of ``full`` saves the replaced model again as a new version and
+pushes it. ``raw`` (the cloud-only CNN) is not trained here.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,30 +55,33 @@ from cloud.consumer import RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore, LabeledRows
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
-from cloud.registry import EDGE, ModelEntry, Registry, keras_to_bytes
-from edgelearn.artifacts import TensorQuantization
-from edgelearn.modes import AUTOENCODER, PCA, Mode
+from cloud.registry import CLOUD, EDGE, ModelEntry, Registry, keras_to_bytes
+from edgelearn.artifacts import KIND_FULL, TensorQuantization
+from edgelearn.modes import AUTOENCODER, FULL, PCA, Mode
 
 log = logging.getLogger(__name__)
 
 KerasModel = Any
 Announce = Callable[[str], None]
+Push = Callable[[ModelEntry], int]  # sign and publish an entry to the gateways; bytes sent
 
 
 @dataclass(frozen=True)
 class TrainerSettings:
     every: int = 1500  # new labeled objects of a mode that start a run
     accuracy_drop: float = 0.10  # a camera this far under its level at the last run: a run
-    drop_window: int = 200  # scored objects a camera's level is taken over
+    drop_window: int = 100  # scored objects a camera's level is taken over
     min_new: int = 300  # new labeled objects an accuracy-drop run needs at least
     window: int = 3000  # newest rows a run reads
     replay: int = 1500  # older rows drawn at random beside them
     held_out_fraction: float = 0.25  # newest of each camera's rows, held out
-    epochs: int = 3
+    epochs: int = 5
     learning_rate: float = 1e-3
     margin: float = 0.005  # overall held-out gain a candidate needs
     camera_bound: float = 0.02  # largest held-out loss allowed on any camera
     min_camera_items: int = 30  # cameras with fewer held-out rows are not judged alone
+    specialise: bool = True  # also try a cloud half per camera (see ContinuousTrainer)
+    specialise_min_rows: int = 400  # a camera's training rows a specialised one needs
     rollback_window: int = 300  # live scored objects that judge a promotion
     rollback_drop: float = 0.05  # live accuracy this far under the replaced one: roll back
     poll_seconds: float = 2.0
@@ -161,6 +178,62 @@ def fine_tune_cloud_half(
     ).model
 
 
+@dataclass(frozen=True, eq=False)
+class FitJob:
+    """One candidate to train and score, sent to the training process: everything as bytes
+    and arrays (picklable), nothing of the cloud's state."""
+
+    model: bytes  # the cloud half to start from (.keras)
+    train_values: npt.NDArray[Any]
+    train_labels: npt.NDArray[np.int64]
+    held_values: npt.NDArray[Any]
+    held_labels: npt.NDArray[np.int64]
+    quantization: dict[str, Any]  # of a row (TensorQuantization.to_dict)
+    settings: TrainerSettings
+    fit: Fit
+    score: tuple[bytes, ...] = ()  # other models to predict the held-out rows with
+    export_int8: bool = False  # full: the candidate as an int8 edge half too
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    candidate: bytes  # .keras
+    candidate_predicted: npt.NDArray[np.int64]
+    scored_predicted: tuple[npt.NDArray[np.int64], ...]  # of FitJob.score, in order
+    edge: bytes | None = None  # full: the int8 flatbuffer
+    edge_quantization: dict[str, Any] | None = None
+
+
+def fit_job(job: FitJob) -> FitResult:
+    """Train and score one candidate (in the training process; imports TensorFlow)."""
+    from cloud.models.training import StoredFeatures
+    from cloud.registry import keras_from_bytes
+
+    quantization = TensorQuantization.from_dict(job.quantization)
+    train = StoredFeatures(job.train_values, job.train_labels, quantization)
+    held = StoredFeatures(job.held_values, job.held_labels, quantization)
+    candidate = job.fit(keras_from_bytes(job.model), train, held, job.settings)
+    edge = edge_quantization = None
+    if job.export_int8:
+        from cloud.models.export import export_int8
+
+        export = export_int8(candidate, job.train_values)
+        edge = export.flatbuffer
+        edge_quantization = {"input": export.input.to_dict(), "output": export.output.to_dict()}
+    return FitResult(
+        keras_to_bytes(candidate),
+        _predict(candidate, held),
+        tuple(_predict(keras_from_bytes(model), held) for model in job.score),
+        edge,
+        edge_quantization,
+    )
+
+
+def _training_process() -> None:
+    """The training process runs at a lower priority: serving comes first on a busy host."""
+    os.nice(10)
+
+
 @dataclass
 class _Watch:
     """A promotion whose live accuracy is still being judged."""
@@ -189,13 +262,18 @@ class RunReport:
     seconds: float
     serving_scores: dict[str, Any]
     candidate_scores: dict[str, Any]
+    # per camera: held-out accuracy of the global and the specialised cloud half, and which
+    # one serves the camera now
+    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def line(self) -> str:
         outcome = f"promoted {self.promoted}" if self.promoted else f"kept ({self.reason})"
+        special = sorted(c for c, row in self.cameras.items() if row["serving"] == "specialised")
         return (
             f"trainer {self.mode} ({self.trigger}): {self.n_train} rows, {self.seconds:.1f} s, "
             f"held-out {self.candidate_scores['overall']:.3f} vs serving "
             f"{self.serving_scores['overall']:.3f} on {self.n_held_out}: {outcome}"
+            + (f"; specialised for {', '.join(special)}" if special else "")
         )
 
 
@@ -214,13 +292,15 @@ class ContinuousTrainer:
         *,
         fit: Fit = fine_tune_cloud_half,
         announce: Announce = lambda line: None,
+        push: Push | None = None,
     ) -> None:
         self.registry = registry
         self.models = models
         self.store = store
         self.scoreboard = scoreboard
         self.metrics = metrics
-        self.modes = [mode for mode in modes if mode.kind in (PCA, AUTOENCODER, "split")]
+        self.modes = [mode for mode in modes if mode.kind in (PCA, AUTOENCODER, "split", FULL)]
+        self._push = push
         self.settings = settings or TrainerSettings()
         self._fit = fit
         self._announce = announce
@@ -229,16 +309,31 @@ class ContinuousTrainer:
         self.rollbacks: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
     def __enter__(self) -> ContinuousTrainer:
+        # Candidates train in a process of their own, at a lower priority: the consumers'
+        # inference keeps its GIL and its cores (in-thread training took split:6's p99 from
+        # tens of ms to 360 ms in bench drift).
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_training_process,
+        )
         self._thread = threading.Thread(target=self._loop, name="trainer", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
+        if self._pool is not None:  # a run in progress is abandoned, its process stopped
+            processes = list(getattr(self._pool, "_processes", {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+                process.join(10)
         if self._thread is not None:
             self._thread.join(60)
 
@@ -247,7 +342,16 @@ class ContinuousTrainer:
             try:
                 self.step()
             except Exception:  # a failed run must not stop the trainer or the cloud
+                if self._stop.is_set():
+                    return  # stopping: the abandoned run's process was stopped
                 log.exception("continuous trainer step failed")
+
+    def _train(self, job: FitJob) -> FitResult:
+        """``job`` in the training process (in this thread when the trainer runs no pool:
+        a caller driving :meth:`run` itself)."""
+        if self._pool is None:
+            return fit_job(job)
+        return self._pool.submit(fit_job, job).result()
 
     # --- one pass --------------------------------------------------------------------
 
@@ -268,7 +372,21 @@ class ContinuousTrainer:
         return reports
 
     def _versions(self, serving: ModelEntry) -> list[str]:
+        """The model versions whose stored rows are one training set with ``serving``'s."""
+        if serving.kind == KIND_FULL:  # crops: the same for any full model of this input
+            return [
+                entry.version
+                for entry in self.registry.list()
+                if entry.kind == KIND_FULL and entry.input_shape == serving.input_shape
+            ]
         return [entry.version for entry in self.registry.lineage(serving)]
+
+    @staticmethod
+    def _row_quantization(serving: ModelEntry) -> TensorQuantization:
+        """What a stored row is: the edge half's output, or (``full``) a uint8 crop."""
+        if serving.kind == KIND_FULL:
+            return TensorQuantization("uint8", serving.input_shape, 1.0, 0)
+        return TensorQuantization.from_dict(serving.metadata["quantization"]["output"])
 
     def _trigger(self, mode: Mode, serving: ModelEntry) -> str | None:
         state = self._state[str(mode)]
@@ -318,16 +436,18 @@ class ContinuousTrainer:
                           len(train_index), len(held_index), time.perf_counter() - started,
                           {"overall": 0.0}, {"overall": 0.0}),
             )  # fmt: skip
-        from cloud.models.training import StoredFeatures
-
-        output = TensorQuantization.from_dict(serving.metadata["quantization"]["output"])
-        train = StoredFeatures(rows.values[train_index], rows.labels[train_index], output)
+        output = self._row_quantization(serving)
         held_rows = rows.take(held_index)
-        held_out = StoredFeatures(held_rows.values, held_rows.labels, output)
-        serving_model = self.registry.load_cloud_model(serving)
-        candidate = self._fit(serving_model, train, held_out, settings)
-        serving_scores = CameraScores.of(_predict(serving_model, held_out), held_rows)
-        candidate_scores = CameraScores.of(_predict(candidate, held_out), held_rows)
+        serving_bytes = serving.read(CLOUD)
+        result = self._train(
+            FitJob(
+                serving_bytes, rows.values[train_index], rows.labels[train_index],
+                held_rows.values, held_rows.labels, output.to_dict(), settings, self._fit,
+                score=(serving_bytes,), export_int8=mode.kind == FULL,
+            )
+        )  # fmt: skip
+        serving_scores = CameraScores.of(result.scored_predicted[0], held_rows)
+        candidate_scores = CameraScores.of(result.candidate_predicted, held_rows)
         self.metrics.trainer_heldout_accuracy.labels(str(mode), "serving").set(
             serving_scores.overall
         )
@@ -336,12 +456,19 @@ class ContinuousTrainer:
         )
         promote, reason = judge(serving_scores, candidate_scores, settings)
         promoted = None
+        base, base_bytes = serving, serving_bytes
         if promote:
-            entry = self._save(serving, candidate, len(train_index), candidate_scores, trigger)
+            entry = self._save(serving, result, len(train_index), candidate_scores, trigger)
             self.promote(mode, entry, parent=serving)
             promoted = entry.version
+            base, base_bytes = entry, result.candidate
         else:
             self.metrics.trainer_rejections.labels(str(mode), reason).inc()
+        cameras = (  # full: one model at the edge for every camera of a gateway
+            self._specialise(mode, base, base_bytes, rows, train_index, held_index, output)
+            if settings.specialise and mode.kind != FULL
+            else {}
+        )
         seconds = time.perf_counter() - started
         self.metrics.training_runs.labels(str(mode)).inc()
         self.metrics.training_seconds.labels(str(mode)).observe(seconds)
@@ -349,8 +476,75 @@ class ContinuousTrainer:
             RunReport(
                 str(mode), trigger, serving.version, promoted, reason, len(train_index),
                 len(held_index), seconds, serving_scores.as_dict(), candidate_scores.as_dict(),
+                cameras,
             )
         )  # fmt: skip
+
+    def _specialise(
+        self,
+        mode: Mode,
+        base: ModelEntry,
+        base_bytes: bytes,
+        rows: LabeledRows,
+        train_index: npt.NDArray[np.int64],
+        held_index: npt.NDArray[np.int64],
+        output: TensorQuantization,
+    ) -> dict[str, dict[str, Any]]:
+        """Per camera: a cloud half of its own where that pays on its held-out rows."""
+        settings = self.settings
+        cameras = np.asarray(rows.cameras)
+        choices: dict[str, dict[str, Any]] = {}
+        changed = False
+        for camera in sorted(set(cameras[held_index].tolist())):
+            mine_train = train_index[cameras[train_index] == camera]
+            mine_held = held_index[cameras[held_index] == camera]
+            if len(mine_train) < settings.specialise_min_rows or (
+                len(mine_held) < settings.min_camera_items
+            ):
+                continue
+            current = self.registry.serving_for(mode, camera)
+            others = (base_bytes,) if current.camera is None else (base_bytes, current.read(CLOUD))
+            result = self._train(
+                FitJob(
+                    base_bytes, rows.values[mine_train], rows.labels[mine_train],
+                    rows.values[mine_held], rows.labels[mine_held], output.to_dict(), settings,
+                    self._fit, score=others,
+                )
+            )  # fmt: skip
+            labels = rows.labels[mine_held]
+            global_accuracy = float(np.mean(result.scored_predicted[0] == labels))
+            current_accuracy = float(np.mean(result.scored_predicted[-1] == labels))
+            head_accuracy = float(np.mean(result.candidate_predicted == labels))
+            serving = "global" if current.camera is None else "specialised"
+            if head_accuracy >= max(global_accuracy, current_accuracy) + settings.margin:
+                entry = self._save(
+                    base, result, len(mine_train),
+                    CameraScores.of(result.candidate_predicted, rows.take(mine_held)),
+                    "specialise", camera=camera,
+                )  # fmt: skip
+                self.models.load(entry)
+                self.registry.set_serving(mode, entry.version, camera)
+                serving, changed = "specialised", True
+            elif current.camera is not None and global_accuracy >= current_accuracy:
+                self.registry.set_serving(mode, None, camera)  # the global one does as well
+                serving, changed = "global", True
+            choices[camera] = {
+                "global": round(global_accuracy, 4),
+                "specialised": round(head_accuracy, 4),
+                "current": round(current_accuracy, 4),
+                "held_out": len(mine_held),
+                "serving": serving,
+            }
+        if changed:
+            self.models.refresh()
+        self.metrics.trainer_specialised.labels(str(mode)).set(
+            sum(
+                1
+                for camera in self.scoreboard.cameras(str(mode))
+                if self.registry.serving_for(mode, camera).camera is not None
+            )
+        )
+        return choices
 
     def _finish(self, report: RunReport) -> RunReport:
         self.reports.append(report)
@@ -361,27 +555,34 @@ class ContinuousTrainer:
     def _save(
         self,
         serving: ModelEntry,
-        candidate: KerasModel,
+        candidate: FitResult,
         n_train: int,
         scores: CameraScores,
         trigger: str,
+        camera: str | None = None,
     ) -> ModelEntry:
-        """A new version: the serving entry's edge half, the candidate's cloud half."""
+        """A new version: the serving entry's edge half, the candidate's cloud half (for
+        one ``camera`` only, when given); for ``full``, the candidate's int8 export (made
+        in the training process, calibrated on the arrivals' crops) as the edge half."""
         metadata = serving.metadata
+        edge, quantization = serving.read(EDGE), metadata.get("quantization")
+        if candidate.edge is not None:
+            edge, quantization = candidate.edge, candidate.edge_quantization
         return self.registry.save(
             name=serving.name,
             kind=serving.kind,
             task=serving.task,
             input_shape=serving.input_shape,
-            edge_artifact=serving.read(EDGE),
-            cloud_artifact=keras_to_bytes(candidate),
+            edge_artifact=edge,
+            cloud_artifact=candidate.candidate,
             split_k=serving.split_k,
-            accuracy=serving.accuracy,  # the rendered held-out figure of the edge half
-            quantization=metadata.get("quantization"),
+            accuracy=serving.accuracy,  # the rendered held-out figure it started from
+            quantization=quantization,
             profile=metadata.get("profile"),
             class_names=metadata.get("class_names"),
             extra={
-                **(metadata.get("extra") or {}),
+                **{k: v for k, v in (metadata.get("extra") or {}).items() if k != "camera"},
+                **({"camera": camera} if camera is not None else {}),
                 "parent": serving.version,
                 "trained_on_arrivals": n_train,
                 "trigger": trigger,
@@ -398,6 +599,8 @@ class ContinuousTrainer:
         )
         self.registry.set_serving(mode, entry.version)
         self.models.refresh()
+        if mode.kind == FULL and self._push is not None:  # a new edge half: to the gateways
+            self._push(entry)
         self.metrics.trainer_promotions.labels(str(mode)).inc()
         state = self._state[str(mode)]
         state.watch = None  # nothing to compare with: the replaced one was barely scored
@@ -423,20 +626,34 @@ class ContinuousTrainer:
         state.watch = None
         if live >= watch.parent_live - self.settings.rollback_drop:
             return  # it holds up: confirmed
-        self.registry.set_serving(mode, watch.parent)
+        restored = watch.parent
+        if mode.kind == FULL:  # new edge bytes win over the pointer: the old model again
+            parent = self.registry.by_version(watch.parent)
+            restored = self.registry.save(
+                name=parent.name, kind=parent.kind, task=parent.task,
+                input_shape=parent.input_shape, edge_artifact=parent.read(EDGE),
+                cloud_artifact=parent.read(CLOUD), split_k=parent.split_k,
+                accuracy=parent.accuracy, quantization=parent.metadata.get("quantization"),
+                profile=parent.metadata.get("profile"),
+                class_names=parent.metadata.get("class_names"),
+                extra={**(parent.metadata.get("extra") or {}), "restores": parent.version},
+            ).version  # fmt: skip
+        self.registry.set_serving(mode, restored)
         self.models.refresh()
+        if mode.kind == FULL and self._push is not None:
+            self._push(self.registry.by_version(restored))
         self.metrics.trainer_rollbacks.labels(str(mode)).inc()
         rollback = {
             "mode": str(mode),
             "from": watch.candidate,
-            "to": watch.parent,
+            "to": restored,
             "live": round(live, 4),
             "replaced_live": round(watch.parent_live, 4),
             "at": time.time(),
         }
         self.rollbacks.append(rollback)
         line = (
-            f"trainer {mode}: rolled back {watch.candidate} -> {watch.parent} (live "
+            f"trainer {mode}: rolled back {watch.candidate} -> {restored} (live "
             f"{live:.3f}, it replaced one at {watch.parent_live:.3f})"
         )
         log.warning("%s", line)

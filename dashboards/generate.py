@@ -1097,6 +1097,20 @@ def cloud_detail() -> dict[str, Any]:
             width=6,
         ),
         Panel(
+            "Cameras with a cloud half of their own",
+            COUNT,
+            [
+                Query(
+                    "max by (mode) (edgelearn_cloud_trainer_specialised_cameras)",
+                    "{{mode}}",
+                )
+            ],
+            "Cameras whose held-out arrivals chose a cloud half tuned on their own data over "
+            "the global one (the trainer's log line and its report name them).",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
             "Live accuracy of a promotion on watch",
             RATIO,
             [

@@ -112,6 +112,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "frame; larger saves uplink and costs accuracy)",
     )
     parser.add_argument(
+        "--learning-sample",
+        type=int,
+        default=None,
+        help="full mode: every Nth keyframe with labeled objects also sends their crops, "
+        "so the cloud keeps learning (default 10; 0: results only)",
+    )
+    parser.add_argument(
         "--queue-depth",
         type=int,
         default=None,
@@ -202,6 +209,7 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "keyframe_threshold",
             "keyframe_max_interval",
             "keyframe_motion_interval",
+            "learning_sample",
             "queue_depth",
             "outbox",
             "outbox_max_mb",

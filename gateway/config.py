@@ -56,6 +56,9 @@ class GatewayConfig:
     # The uplink's capacity in kb/s as the operator knows it (the link's contract: DSL, LTE,
     # satellite...); reported in the status for the cloud's planner. 0: not configured.
     uplink_kbps: float = 0.0
+    # ``full``: every Nth keyframe with labeled objects goes up as their crops (answered by
+    # the cloud, and training data for the cloud's continuous trainer); 0: results only.
+    learning_sample: int = 10
 
     def __post_init__(self) -> None:
         Mode.parse(self.mode)  # raises ModeError with a clear message
@@ -67,6 +70,8 @@ class GatewayConfig:
             raise ValueError(f"feature codec {self.feature_codec!r}: zstd, zlib or none")
         if self.queue_depth < 1 or self.max_inflight < 1 or self.max_pending < 1:
             raise ValueError("queue_depth, max_inflight and max_pending must be >= 1")
+        if self.learning_sample < 0:
+            raise ValueError(f"learning_sample {self.learning_sample}: 0 (off) or every N")
         if not self.uplink_kbps >= 0:
             raise ValueError(f"uplink_kbps {self.uplink_kbps}: must be >= 0")
         if self.outbox_policy not in POLICIES:

@@ -201,7 +201,11 @@ class FramePipeline:
     feature_codec: wire.Codec = wire.Codec.ZSTD
     on_stage: Callable[[str, float], None] = lambda stage, seconds: None
     objects: roi.RoiSettings | None = field(default_factory=roi.RoiSettings)  # None: off
+    # full: every Nth keyframe with labeled objects sends their crops instead of the answer
+    # (the cloud answers it and learns from it); 0: never
+    learning_sample: int = 10
     _filter: KeyframeFilter = field(init=False)
+    _labeled_keyframes: int = 0
     _finder: roi.ObjectFinder = field(init=False)
     _deployments: dict[Mode, LoadedDeployment] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -336,6 +340,13 @@ class FramePipeline:
         except preprocess.PreprocessError:
             return Dropped("undecodable")
         started = self._timed("decode", started)
+        if mode.kind == FULL and self._is_learning_sample(labels):
+            sample = codec.encode_array(np.stack(crops), codec=self.feature_codec)
+            forward = self._forward(frame, mode, deployment.version, sample, 0, 0)
+            feature = dataclasses.replace(
+                forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels
+            )
+            return Forward(feature, mode, wire.encode(feature), found)
         outputs = np.stack([deployment.extractor.run(crop) for crop in crops])
         started = self._timed("extract", started)
         if mode.kind == FULL:
@@ -348,6 +359,14 @@ class FramePipeline:
         )
         self._timed("encode", started)
         return Forward(feature, mode, wire.encode(feature), found)
+
+    def _is_learning_sample(self, labels: tuple[int | None, ...]) -> bool:
+        """Whether this ``full`` keyframe goes up as its crops: every ``learning_sample``-th
+        one with a labeled object (an unlabeled crop teaches the cloud nothing)."""
+        if not self.learning_sample or all(label is None for label in labels):
+            return False
+        self._labeled_keyframes += 1
+        return self._labeled_keyframes % self.learning_sample == 0
 
     def _model_input(self, jpeg: bytes, deployment: LoadedDeployment) -> Any:
         size, _, channels = deployment.extractor.input_shape

@@ -219,6 +219,7 @@ class GatewayWorker:
                 seconds
             ),
             objects=roi.RoiSettings() if config.objects else None,
+            learning_sample=config.learning_sample,
         )
         self.queue: LatestFrames[_Arrival] = LatestFrames(
             depth=config.queue_depth, stale_after=config.stale_after, on_drop=self._count_drop

@@ -256,7 +256,7 @@ class _UniformModels:
     def class_names(self, model_version: str) -> tuple[str, ...]:
         return ()
 
-    def classifier_for(self, extractor: str, model_version: str) -> _Uniform:
+    def classifier_for(self, extractor: str, model_version: str, camera: str = "") -> _Uniform:
         return _Uniform(takes_frames=extractor == "raw")
 
 

@@ -225,3 +225,35 @@ def test_two_objects_in_a_frame_give_one_feature_with_both_boxes_tracks_and_labe
     assert isinstance(moved.envelope, wire.Feature)
     assert len(moved.envelope.tracks) == 1  # only the one that moved goes up
     assert moved.envelope.tracks[0] in feature.tracks and moved.envelope.labels == (7,)
+
+
+def test_full_mode_sends_the_crops_of_every_nth_labeled_keyframe(
+    secrets_dir: Path, trained_registry: Path
+) -> None:
+    from bench.common import object_frames
+    from cloud.registry import Registry
+    from edgelearn.modes import FULL
+
+    private = signing.load_private_key(secrets_dir / signing.PRIVATE_KEY_FILE)
+    model = Registry(trained_registry).deployment("cnn-full", None, private)
+    deployment = load_deployment(
+        model, signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
+    )
+    pipeline = FramePipeline("gw-1", mode=Mode(FULL), learning_sample=3)
+    pipeline.deploy(deployment)
+    outcomes = [pipeline.process(frame) for frame in object_frames("cam-1", 240, seed=4)]
+    sent = [o.envelope for o in outcomes if isinstance(o, Forward)]
+    samples = [e for e in sent if isinstance(e, wire.Feature)]
+    results = [e for e in sent if isinstance(e, wire.Result)]
+    assert len(sent) >= 9 and len(samples) == len(sent) // 3  # every 3rd, all labeled here
+    for sample in samples:
+        assert sample.extractor == "full" and sample.model_version == deployment.version
+        crops = codec.unpack_feature(sample)
+        assert crops.dtype == np.uint8 and crops.shape == (len(sample.tracks), 96, 96, 1)
+        assert all(label is not None for label in sample.labels)
+    assert all(r.computed_at == wire.ComputedAt.EDGE for r in results)
+    # 0: results only
+    only_results = FramePipeline("gw-1", mode=Mode(FULL), learning_sample=0)
+    only_results.deploy(deployment)
+    outcomes = [only_results.process(frame) for frame in object_frames("cam-1", 120, seed=4)]
+    assert all(isinstance(o.envelope, wire.Result) for o in outcomes if isinstance(o, Forward))

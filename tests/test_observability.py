@@ -100,6 +100,7 @@ NOT_IN_THIS_RUN = {
     "edgelearn_cloud_trainer_heldout_accuracy_ratio": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_trainer_promotions_total": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_trainer_triggers_total": "as edgelearn_cloud_training_runs_total",
+    "edgelearn_cloud_trainer_specialised_cameras": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_trainer_rejections_total": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_trainer_rollbacks_total": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_trainer_live_accuracy_ratio": "as edgelearn_cloud_training_runs_total",
@@ -159,7 +160,9 @@ class Models:
     def class_names(self, model_version: str) -> tuple[str, ...]:
         return ()
 
-    def classifier_for(self, extractor: str, model_version: str) -> Classifier | None:
+    def classifier_for(
+        self, extractor: str, model_version: str, camera: str = ""
+    ) -> Classifier | None:
         if extractor == "raw":
             return self.raw
         if extractor == "pca" and model_version == self.pca_version:

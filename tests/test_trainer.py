@@ -97,13 +97,15 @@ class FeatureSource:
         self.position = 0
         self.seq = 0
 
-    def envelopes(self, count: int, shift: int) -> Iterator[tuple[str, bytes, int]]:
+    def envelopes(
+        self, count: int, shift: int, camera_shift: dict[str, int] | None = None
+    ) -> Iterator[tuple[str, bytes, int]]:
         for _ in range(count):
             index = self.position % len(self.labels)
             self.position += 1
             self.seq += 1
             camera = CAMERAS[self.seq % len(CAMERAS)]
-            label = int((self.labels[index] + shift) % 10)
+            label = int((self.labels[index] + (camera_shift or {}).get(camera, shift)) % 10)
             feature = self.output.encode(self.values[index]).feature(
                 camera_id=camera,
                 seq=self.seq,
@@ -119,9 +121,16 @@ class FeatureSource:
             yield camera, wire.encode(feature), label
 
 
-def _publish(gateway: MqttProbe, site: str, source: FeatureSource, count: int, shift: int) -> None:
+def _publish(
+    gateway: MqttProbe,
+    site: str,
+    source: FeatureSource,
+    count: int,
+    shift: int,
+    camera_shift: dict[str, int] | None = None,
+) -> None:
     topics = wire.Topics(site)
-    for camera, payload, _ in source.envelopes(count, shift):
+    for camera, payload, _ in source.envelopes(count, shift, camera_shift):
         gateway.publish(topics.feature(GATEWAY, camera), payload, qos=1)
 
 
@@ -177,8 +186,9 @@ def test_new_arrivals_trigger_a_run_whose_promoted_version_serves(
     source = FeatureSource(registry)
     before = registry.serving(Mode(PCA)).version
     trainer = TrainerSettings(
-        every=600, window=900, replay=300, epochs=8, learning_rate=3e-3, poll_seconds=0.5
-    )
+        every=600, window=900, replay=300, epochs=8, learning_rate=3e-3, poll_seconds=0.5,
+        specialise=False,
+    )  # fmt: skip
     gateway = mqtt_probe(GATEWAY)
     settings = _settings(broker, site, registry_copy, tmp_path / "store", trainer)
     with _running(settings) as (service, _):
@@ -209,19 +219,21 @@ def test_new_arrivals_trigger_a_run_whose_promoted_version_serves(
     assert Registry(registry_copy).serving(Mode(PCA)).version == promoted.version
 
 
+def shuffled_labels_fit(serving: Any, train: Any, held_out: Any, settings: TrainerSettings) -> Any:
+    """A deliberately worse candidate: trained on the arrivals with their labels shuffled
+    (module-level: the training process imports it)."""
+    from cloud.models.training import train_feature_classifier
+
+    shuffled = type(train)(
+        train.values, np.random.default_rng(0).permutation(train.labels), train.quantization
+    )
+    return train_feature_classifier(shuffled, held_out, classes=10, epochs=3).model
+
+
 @pytest.mark.slow
 def test_a_worse_candidate_is_not_promoted(
     broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
 ) -> None:
-    from cloud.models.training import train_feature_classifier
-
-    def worse(serving: Any, train: Any, held_out: Any, settings: TrainerSettings) -> Any:
-        """Trained on the arrivals with their labels shuffled: deliberately worse."""
-        shuffled = type(train)(
-            train.values, np.random.default_rng(0).permutation(train.labels), train.quantization
-        )
-        return train_feature_classifier(shuffled, held_out, classes=10, epochs=3).model
-
     registry = Registry(registry_copy)
     source = FeatureSource(registry)
     before = registry.serving(Mode(PCA)).version
@@ -231,7 +243,7 @@ def test_a_worse_candidate_is_not_promoted(
     gateway = mqtt_probe(GATEWAY)
     with _running(settings) as (service, _):
         assert service.trainer is not None
-        service.trainer._fit = worse
+        service.trainer._fit = shuffled_labels_fit  # runs in the training process
         _publish(gateway, site, source, 600, shift=0)
         wait_for(lambda: service.trainer.reports, 180, "a continuous-training run")
         report = service.trainer.reports[0]
@@ -325,3 +337,102 @@ def test_labeled_rows_read_the_newest_and_replay_older_ones(tmp_path: Path) -> N
     assert set(rows.ids[:5].tolist()) <= set(range(1, 31))
     assert rows.values[-1].tolist() == [40] * 4 and rows.labels[-1] == 0
     store.close()
+
+
+@pytest.mark.slow
+def test_a_camera_whose_world_differs_gets_a_cloud_half_of_its_own(
+    broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
+) -> None:
+    registry = Registry(registry_copy)
+    source = FeatureSource(registry)
+    trainer = TrainerSettings(
+        every=1400, window=1400, replay=0, epochs=8, learning_rate=3e-3, poll_seconds=0.5,
+        specialise_min_rows=300,
+    )  # fmt: skip
+    settings = _settings(broker, site, registry_copy, tmp_path / "store", trainer)
+    gateway = mqtt_probe(GATEWAY)
+    with _running(settings) as (service, _):
+        assert service.trainer is not None
+        # cam-1 names the classes as the models learned them; cam-2 one off: no single
+        # cloud half can be right on both
+        _publish(gateway, site, source, 1400, shift=0, camera_shift={"cam-2": 1})
+        wait_for(lambda: service.trainer.reports, 240, "a continuous-training run")
+        report = service.trainer.reports[0]
+        assert set(report.cameras) == set(CAMERAS), report
+        chosen = report.cameras["cam-2"]
+        assert chosen["serving"] == "specialised", report.cameras
+        assert chosen["specialised"] > chosen["global"] + 0.2
+        head = registry.serving_for(Mode(PCA), "cam-2")
+        assert head.camera == "cam-2" and head.sha256 == registry.serving(Mode(PCA)).sha256
+        assert registry.serving(Mode(PCA)).camera is None  # the global one is not it
+        assert _sample(service, "edgelearn_cloud_trainer_specialised_cameras", mode="pca") >= 1
+        _publish(gateway, site, source, 200, shift=0, camera_shift={"cam-2": 1})
+        wait_for(
+            lambda: service.scoreboard.served_accuracy("pca", head.version, 100)[1] >= 80,
+            60,
+            "cam-2 answered by its own cloud half",
+        )
+        live, _ = service.scoreboard.served_accuracy("pca", head.version, 100)
+        assert live is not None and live > 0.5
+
+
+@pytest.mark.slow
+def test_full_mode_learns_from_sampled_crops_and_pushes_the_new_edge_model(
+    broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
+) -> None:
+    """Gateways in full mode send the crops of a sample of keyframes; the trainer tunes the
+    whole CNN on them, exports it to int8 and pushes it signed to the gateways."""
+    import dataclasses
+
+    from cloud.training_jobs import _held_out_inputs
+    from edgelearn import codec, signing
+    from edgelearn.artifacts import load_deployment
+    from edgelearn.modes import FULL
+
+    registry = Registry(registry_copy)
+    before = registry.serving(Mode(FULL))
+    crops, labels = _held_out_inputs(700, *before.input_shape[:1], before.input_shape[2])
+    watcher = mqtt_probe("cloud")
+    watcher.subscribe(wire.Topics(site).model(wire.ALL_GATEWAYS, Mode(FULL)))
+    trainer = TrainerSettings(
+        every=600, window=700, replay=0, epochs=4, learning_rate=2e-3, poll_seconds=0.5
+    )
+    settings = dataclasses.replace(
+        _settings(broker, site, registry_copy, tmp_path / "store", trainer), push=True
+    )
+    gateway = mqtt_probe(GATEWAY)
+    topics = wire.Topics(site)
+    with _running(settings) as (service, _):
+        assert service.trainer is not None
+        pushed_at_start = len(watcher.payloads())
+        for seq, (crop, label) in enumerate(zip(crops, labels, strict=True), start=1):
+            camera = CAMERAS[seq % 2]
+            sample = codec.encode_array(crop[None]).feature(
+                camera_id=camera, seq=seq, capture_ns=seq, gateway_id=GATEWAY, label=None,
+                extractor=str(Mode(FULL)), model_version=before.version, raw_bytes=80_000,
+                held_back=0, held_mismatched=0,
+            )  # fmt: skip
+            sample = dataclasses.replace(
+                sample, tracks=(seq,), boxes=((0, 0, 96, 96),), labels=(int((label + 1) % 10),)
+            )
+            gateway.publish(topics.feature(GATEWAY, camera), wire.encode(sample), qos=1)
+        # the cloud answers the samples itself (the edge sent crops, not an answer)
+        wait_for(
+            lambda: service.scoreboard.served_accuracy("full", before.version, 700)[1] >= 600,
+            120,
+            "the samples answered",
+        )
+        wait_for(lambda: service.trainer.reports, 300, "a continuous-training run")
+        report = service.trainer.reports[0]
+        assert report.promoted is not None, report
+        promoted = registry.by_version(report.promoted)
+        assert promoted.kind == "full" and promoted.sha256 != before.sha256  # a new edge half
+        assert registry.serving(Mode(FULL)).version == promoted.version
+        wait_for(lambda: len(watcher.payloads()) > pushed_at_start, 30, "the push")
+        model = wire.decode_as(watcher.payloads()[-1], wire.Model)
+        assert model.version == promoted.version
+        trusted = signing.load_public_key(broker.secrets.signing_public_key)
+        loaded = load_deployment(model, trusted)  # signed: a gateway would load it
+        assert loaded.version == promoted.version
+        pushed = _sample(service, "edgelearn_cloud_model_pushed_bytes_total", mode="full")
+        assert pushed >= len(model.artifact)
