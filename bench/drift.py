@@ -84,8 +84,8 @@ class Budget:
     @classmethod
     def of(cls, quick: bool) -> Budget:
         if quick:
-            return cls(3, 5.0, 30.0, 100.0, 5.0, 2, "quick", 200)
-        return cls(4, 6.0, 150.0, 600.0, 10.0, 6, "default", 600)
+            return cls(3, 5.0, 25.0, 80.0, 5.0, 2, "quick", 150)
+        return cls(4, 6.0, 150.0, 600.0, 10.0, 2, "default", 600)
 
     @property
     def mode(self) -> Mode:
@@ -185,6 +185,13 @@ def _reading(learning_url: str, static_url: str, mode: str, at: float) -> dict[s
         "rejections": learning.total("edgelearn_cloud_trainer_rejections_total"),
         "rollbacks": learning.total("edgelearn_cloud_trainer_rollbacks_total"),
         "pushed_bytes": learning.total("edgelearn_cloud_model_pushed_bytes_total"),
+        "drops": {
+            reason: int(value)
+            for reason, value in learning.by_label(
+                "edgelearn_cloud_features_dropped_total", "reason"
+            ).items()
+            if value
+        },
         "latency_buckets": latency,
     }
 
@@ -413,6 +420,7 @@ def run(
                         world, budget, clients, learning_url, static_url, gateway_urls
                     )
                 stack.children.stop()
+        cloud_log = (settings.run_dir / "cloud.log").read_text(errors="replace").splitlines()
         report = {
             "benchmark": "drift",
             "quick": quick,
@@ -428,6 +436,10 @@ def run(
             "mode": str(budget.mode),
             "gateway": gateway,
             **summarize(readings, budget),
+            # what the learning cloud's trainer said of each run (promotions, specialised
+            # cameras, rollbacks), from its log
+            "trainer_log": [line for line in cloud_log if line.startswith("trainer ")],
+            "learning_cloud_drops": readings[-1]["drops"],
             "first_training": TrainingBudget.quick().__dict__ if quick else "default",
             "elapsed_seconds": round(time.perf_counter() - started, 1),
         }

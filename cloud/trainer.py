@@ -73,7 +73,7 @@ class TrainerSettings:
     drop_window: int = 100  # scored objects a camera's level is taken over
     min_new: int = 300  # new labeled objects an accuracy-drop run needs at least
     window: int = 3000  # newest rows a run reads
-    replay: int = 1500  # older rows drawn at random beside them
+    replay: int = 600  # older rows drawn at random beside them (the model must not forget)
     held_out_fraction: float = 0.25  # newest of each camera's rows, held out
     epochs: int = 5
     learning_rate: float = 1e-3

@@ -4,4 +4,5 @@ import sys
 
 from stack.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned process (the cloud's trainer) imports it
+    sys.exit(main())
