@@ -84,7 +84,7 @@ class Budget:
     @classmethod
     def of(cls, quick: bool) -> Budget:
         if quick:
-            return cls(3, 5.0, 25.0, 80.0, 5.0, 2, "quick", 150)
+            return cls(3, 5.0, 20.0, 65.0, 5.0, 2, "quick", 100)
         return cls(4, 6.0, 150.0, 600.0, 10.0, 2, "default", 600)
 
     @property
@@ -180,6 +180,7 @@ def _reading(learning_url: str, static_url: str, mode: str, at: float) -> dict[s
         "learning": _scored(learning, mode),
         "static": _scored(static, mode),
         "runs": learning.total("edgelearn_cloud_training_seconds_count", kind=mode),
+        "started": learning.total("edgelearn_cloud_trainer_triggers_total", mode=mode),
         "training_seconds": learning.total("edgelearn_cloud_training_seconds_sum", kind=mode),
         "promotions": learning.total("edgelearn_cloud_trainer_promotions_total"),
         "rejections": learning.total("edgelearn_cloud_trainer_rejections_total"),
@@ -305,6 +306,7 @@ def summarize(readings: list[dict[str, Any]], budget: Budget) -> dict[str, Any]:
         "learning_minus_static_final": gap,
         "recovered_within_2_points_after_seconds": recovered_at,
         "trainer": {
+            "started": int(last["started"]),
             "runs": int(last["runs"]),
             "training_seconds": round(last["training_seconds"], 1),
             "promotions": int(last["promotions"]),

@@ -142,7 +142,7 @@ def test_up_trains_serves_and_scores_a_folder_of_three_classes(tmp_path: Path) -
     run_dir = tmp_path / "run"
     command = [
         sys.executable, "-m", "stack", "up", "--dataset", f"folder:{folder}",
-        "--duration", "40", "--budget", "quick", "--split-ks", "2", "--mode", "split:2",
+        "--duration", "25", "--budget", "quick", "--split-ks", "2", "--mode", "split:2",
         "--cameras", "2", "--video", "none", "--secrets", str(secrets),
         "--registry", str(tmp_path / "registry"), "--run-dir", str(run_dir),
         "--edge-port", str(free_port()), "--cloud-port", str(free_port()),

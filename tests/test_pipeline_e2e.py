@@ -110,8 +110,12 @@ def test_labeled_cameras_through_gateway_and_cloud_are_scored(
         wrong = _total(scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="wrong")
     results = [wire.decode_as(p, wire.Result) for p in listener.payloads()]
     assert {r.extractor for r in results} == {mode}
-    expected_at = wire.ComputedAt.EDGE if mode == "full" else wire.ComputedAt.CLOUD
-    assert {r.computed_at for r in results} == {expected_at}
+    if mode == "full":  # the edge answers; the crops of every 10th labeled keyframe go up
+        # instead, for the cloud to learn from, and the cloud answers those
+        at = [r.computed_at for r in results]
+        assert at.count(wire.ComputedAt.EDGE) >= 8 * at.count(wire.ComputedAt.CLOUD) > 0, at
+    else:
+        assert {r.computed_at for r in results} == {wire.ComputedAt.CLOUD}
     # Every object sent is answered on its own, and every labeled one scored once.
     assert all(len(r.tracks) == len(r.classes) == len(r.boxes) >= 1 for r in results), [
         (r.seq, r.tracks, r.classes) for r in results if not r.tracks
