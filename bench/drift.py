@@ -47,6 +47,7 @@ import numpy as np
 from bench.common import (
     BENCH_SPLIT_KS,
     bench_registry,
+    bench_registry_path,
     close_client,
     mqtt_client,
     paced,
@@ -332,9 +333,9 @@ def summarize(readings: list[dict[str, Any]], budget: Budget) -> dict[str, Any]:
 
 
 def _registry(budget: Budget, work: Path, source: Path | None) -> Path:
-    """A copy of the cached first model set (promotions write to the copy): the quick
-    bench registry, or (full) the one ``$EDGELEARN_BENCH_REGISTRY`` names or a default
-    budget's, trained by the stack's cloud on its first run and kept in the cache."""
+    """A copy of the first model set (promotions write to the copy): ``source``, the quick
+    bench registry, or (full) the one ``$EDGELEARN_BENCH_REGISTRY`` names or else a cached
+    default-budget one, trained here the first time."""
     import os
 
     if source is not None:
@@ -342,16 +343,13 @@ def _registry(budget: Budget, work: Path, source: Path | None) -> Path:
     elif budget.training == "quick":
         cached = bench_registry(BENCH_SPLIT_KS)[0].root
     else:
-        explicit = os.environ.get("EDGELEARN_BENCH_REGISTRY")
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        cached = Path(explicit) if explicit else cache / "edgelearn" / "drift-registry"
-        if not any(cached.glob("*/*/metadata.json")):
-            from cloud.bootstrap import TrainingBudget, ensure_models
-            from cloud.registry import Registry
+        from cloud.bootstrap import TrainingBudget, ensure_models
+        from cloud.registry import Registry
 
-            ensure_models(
-                Registry(cached), dataclasses.replace(TrainingBudget(), split_ks=(2, 6, 8))
-            )
+        cached = bench_registry_path()
+        if not os.environ.get("EDGELEARN_BENCH_REGISTRY"):
+            cached = cached.with_name("drift-registry")  # not the quick budget's
+        ensure_models(Registry(cached), dataclasses.replace(TrainingBudget(), split_ks=(2, 6, 8)))
     target = work / "registry"
     shutil.copytree(cached, target, ignore=shutil.ignore_patterns(".staging", "serving.json"))
     return target

@@ -234,11 +234,7 @@ class RegistryModels:
             if extractor == RAW:
                 return self.registry.serving(Mode(RAW))
             entry = self.registry.by_version(version)
-            serving = (
-                self.registry.serving_for(entry.mode, camera)
-                if camera
-                else self.registry.serving(entry.mode)
-            )
+            serving = self.registry.serving_for(entry.mode, camera)  # "": the global one
             return serving if serving.sha256 == entry.sha256 else entry
         except RegistryError:
             return None

@@ -123,6 +123,11 @@ class LoadedFeatures:
     uplink_bytes: int
 
 
+def _row_values(dtype: int, shape: str, payload: bytes) -> npt.NDArray[np.generic]:
+    """A stored row's array: its payload as its dtype and shape columns say."""
+    return np.frombuffer(payload, codec.numpy_dtype(wire.DType(dtype))).reshape(json.loads(shape))
+
+
 class FeatureStore:
     def __init__(
         self,
@@ -357,14 +362,7 @@ class FeatureStore:
                 np.empty(0, np.int64), (), np.empty(0, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.int8),
             )  # fmt: skip
-        values = np.stack(
-            [
-                np.frombuffer(row[6], codec.numpy_dtype(wire.DType(row[4]))).reshape(
-                    json.loads(row[5])
-                )
-                for row in rows
-            ]
-        )
+        values = np.stack([_row_values(row[4], row[5], row[6]) for row in rows])
         return LabeledRows(
             np.asarray([row[0] for row in rows], np.int64),
             tuple(str(row[1]) for row in rows),
@@ -395,14 +393,7 @@ class FeatureStore:
             return LoadedFeatures(
                 extractor, model_version, np.empty(0, np.uint8), jpegs, labels, 1.0, 0, uplink
             )
-        values = np.stack(
-            [
-                np.frombuffer(row[6], codec.numpy_dtype(wire.DType(row[1]))).reshape(
-                    json.loads(row[2])
-                )
-                for row in rows
-            ]
-        )
+        values = np.stack([_row_values(row[1], row[2], row[6]) for row in rows])
         return LoadedFeatures(
             extractor, model_version, values, [], labels, scale, zero_point, uplink
         )

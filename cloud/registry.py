@@ -276,6 +276,36 @@ class Registry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def save_like(
+        self,
+        entry: ModelEntry,
+        *,
+        edge_artifact: bytes | None = None,
+        cloud_artifact: bytes | None = None,
+        quantization: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ModelEntry:
+        """A new version of ``entry``'s model (name, kind, task, shape, split, accuracy,
+        profile, classes) with the parts given replaced; the others are ``entry``'s
+        (``extra``: entirely replaced when given)."""
+        metadata = entry.metadata
+        return self.save(
+            name=entry.name,
+            kind=entry.kind,
+            task=entry.task,
+            input_shape=entry.input_shape,
+            edge_artifact=edge_artifact
+            if edge_artifact is not None
+            else (entry.read(EDGE) if entry.has(EDGE) else None),
+            cloud_artifact=cloud_artifact if cloud_artifact is not None else entry.read(CLOUD),
+            split_k=entry.split_k,
+            accuracy=entry.accuracy,
+            quantization=quantization if quantization is not None else metadata.get("quantization"),
+            profile=metadata.get("profile"),
+            class_names=metadata.get("class_names"),
+            extra=extra if extra is not None else metadata.get("extra"),
+        )
+
     def _publish(
         self, staging: Path, name: str, version: str | None, metadata: dict[str, Any]
     ) -> ModelEntry:

@@ -55,7 +55,7 @@ from cloud.consumer import RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore, LabeledRows
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
-from cloud.registry import CLOUD, EDGE, ModelEntry, Registry, keras_to_bytes
+from cloud.registry import CLOUD, ModelEntry, Registry, keras_to_bytes
 from edgelearn.artifacts import KIND_FULL, TensorQuantization
 from edgelearn.modes import AUTOENCODER, FULL, PCA, Mode
 
@@ -564,24 +564,13 @@ class ContinuousTrainer:
         """A new version: the serving entry's edge half, the candidate's cloud half (for
         one ``camera`` only, when given); for ``full``, the candidate's int8 export (made
         in the training process, calibrated on the arrivals' crops) as the edge half."""
-        metadata = serving.metadata
-        edge, quantization = serving.read(EDGE), metadata.get("quantization")
-        if candidate.edge is not None:
-            edge, quantization = candidate.edge, candidate.edge_quantization
-        return self.registry.save(
-            name=serving.name,
-            kind=serving.kind,
-            task=serving.task,
-            input_shape=serving.input_shape,
-            edge_artifact=edge,
+        return self.registry.save_like(
+            serving,
+            edge_artifact=candidate.edge,  # None: the serving edge half
             cloud_artifact=candidate.candidate,
-            split_k=serving.split_k,
-            accuracy=serving.accuracy,  # the rendered held-out figure it started from
-            quantization=quantization,
-            profile=metadata.get("profile"),
-            class_names=metadata.get("class_names"),
+            quantization=candidate.edge_quantization,
             extra={
-                **{k: v for k, v in (metadata.get("extra") or {}).items() if k != "camera"},
+                **{k: v for k, v in (serving.metadata.get("extra") or {}).items() if k != "camera"},
                 **({"camera": camera} if camera is not None else {}),
                 "parent": serving.version,
                 "trained_on_arrivals": n_train,
@@ -629,15 +618,8 @@ class ContinuousTrainer:
         restored = watch.parent
         if mode.kind == FULL:  # new edge bytes win over the pointer: the old model again
             parent = self.registry.by_version(watch.parent)
-            restored = self.registry.save(
-                name=parent.name, kind=parent.kind, task=parent.task,
-                input_shape=parent.input_shape, edge_artifact=parent.read(EDGE),
-                cloud_artifact=parent.read(CLOUD), split_k=parent.split_k,
-                accuracy=parent.accuracy, quantization=parent.metadata.get("quantization"),
-                profile=parent.metadata.get("profile"),
-                class_names=parent.metadata.get("class_names"),
-                extra={**(parent.metadata.get("extra") or {}), "restores": parent.version},
-            ).version  # fmt: skip
+            extra = {**(parent.metadata.get("extra") or {}), "restores": parent.version}
+            restored = self.registry.save_like(parent, extra=extra).version
         self.registry.set_serving(mode, restored)
         self.models.refresh()
         if mode.kind == FULL and self._push is not None:

@@ -276,15 +276,9 @@ def test_a_promotion_that_hurts_live_accuracy_is_rolled_back(
     last = model.layers[-1]
     kernel, bias = last.get_weights()
     last.set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
-    bad = registry.save(
-        name=parent.name,
-        kind=parent.kind,
-        task=parent.task,
-        input_shape=parent.input_shape,
-        edge_artifact=parent.read("edge"),
+    bad = registry.save_like(
+        parent,
         cloud_artifact=keras_to_bytes(model),
-        quantization=parent.metadata["quantization"],
-        class_names=parent.metadata["class_names"],
         extra={**parent.metadata["extra"], "parent": parent.version},
     )
     registry.set_serving(Mode(PCA), parent.version)  # the newest entry is not what serves

@@ -279,21 +279,33 @@ def _sample(count: int, available: int, rng: np.random.Generator) -> npt.NDArray
     return np.sort(rng.permutation(available)[:count]).astype(np.int64)
 
 
-def _held_out_split(
+def _render_split(
     source: LabeledImages,
     index: npt.NDArray[np.int64],
+    *,
     seed: int,
+    stream: int,
     settings: RenderSettings,
     workers: int,
+    passes: int = 1,
 ) -> RenderedSplit:
-    inputs, jpeg_bytes = render_inputs(
-        source.images,
-        seed=seed,
-        stream=_HELD_OUT_STREAM,
-        indices=index,
-        settings=settings,
-        workers=workers,
-    )
+    """``source``'s items ``index`` rendered as model inputs; an index repeated over
+    ``passes`` draws each pass's scenes from a stream of its own (an item in new scenes)."""
+    parts = []
+    per_pass = -(-len(index) // passes)
+    for number in range(passes):
+        parts.append(
+            render_inputs(
+                source.images,
+                seed=seed,
+                stream=stream + 16 * number,
+                indices=index[number * per_pass : (number + 1) * per_pass],
+                settings=settings,
+                workers=workers,
+            )
+        )
+    inputs = np.concatenate([part[0] for part in parts])
+    jpeg_bytes = np.concatenate([part[1] for part in parts])
     return RenderedSplit(inputs, np.asarray(source.labels[index], np.int64), jpeg_bytes, index)
 
 
@@ -340,29 +352,24 @@ def build_dataset(
     if held_out_source.class_names != train_source.class_names:
         raise ValueError("training and held-out sets have different classes")
 
-    def split(source: LabeledImages, index: npt.NDArray[np.int64], stream: int) -> RenderedSplit:
-        parts = []
-        per_pass = -(-len(index) // repeats)
-        for number in range(repeats):  # each pass draws its scenes from a stream of its own
-            chosen = index[number * per_pass : (number + 1) * per_pass]
-            parts.append(
-                render_inputs(
-                    source.images,
-                    seed=seed,
-                    stream=stream + 16 * number,
-                    indices=chosen,
-                    settings=settings,
-                    workers=workers,
-                )
-            )
-        inputs = np.concatenate([part[0] for part in parts])
-        jpeg_bytes = np.concatenate([part[1] for part in parts])
-        labels = np.asarray(source.labels[index], dtype=np.int64)
-        return RenderedSplit(inputs, labels, jpeg_bytes, index)
-
     return RenderedDataset(
-        train=split(train_source, train_index, _TRAIN_STREAM),
-        held_out=_held_out_split(held_out_source, held_index, seed, settings, workers),
+        train=_render_split(
+            train_source,
+            train_index,
+            seed=seed,
+            stream=_TRAIN_STREAM,
+            settings=settings,
+            workers=workers,
+            passes=repeats,
+        ),
+        held_out=_render_split(
+            held_out_source,
+            held_index,
+            seed=seed,
+            stream=_HELD_OUT_STREAM,
+            settings=settings,
+            workers=workers,
+        ),
         class_names=train_source.class_names,
         settings=settings,
         seed=seed,
