@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS features (
     wire_bytes INTEGER NOT NULL,
     payload BLOB NOT NULL,
     track INTEGER NOT NULL DEFAULT -1,
+    item INTEGER NOT NULL DEFAULT -1,
     UNIQUE (site, camera, seq, capture_ns, track)
 );
 CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
@@ -97,6 +98,7 @@ class LabeledRows:
     tracks: npt.NDArray[np.int64]
     labels: npt.NDArray[np.int64]
     values: npt.NDArray[np.generic]
+    items: npt.NDArray[np.int64]  # the data-set item each row shows (-1: not known)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -108,7 +110,16 @@ class LabeledRows:
             self.tracks[index],
             self.labels[index],
             self.values[index],
+            self.items[index],
         )
+
+    def objects(self) -> list[tuple[str, int]]:
+        """What each row is evidence of: its item (one item on two cameras is one), or,
+        where the item is not known, its object (camera, track)."""
+        return [
+            ("item", int(item)) if item >= 0 else (camera, int(track))
+            for camera, track, item in zip(self.cameras, self.tracks, self.items, strict=True)
+        ]
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,8 +170,13 @@ class FeatureStore:
 
     def _migrate(self) -> None:
         """A file from before objects (one feature row per frame, no ``track``): its rows
-        move to the new table as whole-frame rows (track -1), in one transaction."""
+        move to the new table as whole-frame rows (track -1), in one transaction. A file
+        from before items gets the column (-1: not known)."""
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(features)")]
+        if "track" in columns and "item" not in columns:
+            with self._db:
+                self._db.execute("ALTER TABLE features ADD COLUMN item INTEGER NOT NULL DEFAULT -1")
+            return
         if not columns or "track" in columns:
             return
         with self._db:
@@ -228,21 +244,23 @@ class FeatureStore:
         stacked values, its share of the wire bytes; for a raw JPEG of objects, the crop the
         consumer cut of it with the camera's background model of the moment), or one for a
         whole-frame feature. An unlabeled one teaches nothing."""
-        rows: list[tuple[int, int, npt.NDArray[np.generic] | bytes]] = []  # track, label, data
+        # track, label, item, data
+        rows: list[tuple[int, int, int, npt.NDArray[np.generic] | bytes]] = []
         if feature.tracks:
             if arrival.values is not None:
                 values = np.ascontiguousarray(arrival.values)
+                items = feature.items or (None,) * len(feature.tracks)
                 rows = [
-                    (track, label, values[index])
-                    for index, (track, label) in enumerate(
-                        zip(feature.tracks, feature.labels, strict=True)
+                    (track, label, -1 if item is None else item, values[index])
+                    for index, (track, label, item) in enumerate(
+                        zip(feature.tracks, feature.labels, items, strict=True)
                     )
                     if label is not None
                 ]
         elif feature.label is not None:
             data = feature.payload if arrival.values is None else arrival.values
-            rows = [(-1, feature.label, data)]
-        for track, label, data in rows:
+            rows = [(-1, feature.label, -1, data)]
+        for track, label, item, data in rows:
             if isinstance(data, bytes):  # raw: the JPEG as it came
                 shape, payload = feature.shape, data
             else:  # a feature's values, or (raw, uint8 like its JPEG) an object's crop
@@ -251,7 +269,7 @@ class FeatureStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
                 " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload,"
-                " track) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " track, item) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     arrival.site,
                     *wire.capture_of(feature),
@@ -265,6 +283,7 @@ class FeatureStore:
                     arrival.wire_bytes // max(1, len(rows)),
                     payload,
                     track,
+                    item,
                 ),
             )
 
@@ -333,7 +352,7 @@ class FeatureStore:
         marks = ", ".join("?" * len(versions))
         where = f"mode = ? AND model_version IN ({marks}) AND id <= ?"
         bound = (extractor, *versions, up_to_id if up_to_id is not None else 2**62)
-        columns = "id, camera, track, label, dtype, shape, payload"
+        columns = "id, camera, track, label, dtype, shape, payload, item"
         with self._lock:
             recent = self._db.execute(
                 f"SELECT {columns} FROM features WHERE {where} ORDER BY id DESC LIMIT ?",
@@ -360,7 +379,7 @@ class FeatureStore:
         if not rows:
             return LabeledRows(
                 np.empty(0, np.int64), (), np.empty(0, np.int64), np.empty(0, np.int64),
-                np.empty(0, np.int8),
+                np.empty(0, np.int8), np.empty(0, np.int64),
             )  # fmt: skip
         values = np.stack([_row_values(row[4], row[5], row[6]) for row in rows])
         return LabeledRows(
@@ -369,6 +388,7 @@ class FeatureStore:
             np.asarray([row[2] for row in rows], np.int64),
             np.asarray([row[3] for row in rows], np.int64),
             values,
+            np.asarray([row[7] for row in rows], np.int64),
         )
 
     def load(self, extractor: str, model_version: str, limit: int | None = None) -> LoadedFeatures:

@@ -139,8 +139,9 @@ class ModelEntry:
 
     @property
     def model_input(self) -> str:
-        """``objects``: trained on object crops (:func:`edgelearn.roi.crop`); ``frame``: on
-        the whole frame's centre square (every entry saved before objects existed)."""
+        """How the model's input was cut: :data:`edgelearn.roi.CROP_RULE` (an object's crop,
+        :func:`edgelearn.roi.crop`), an older crop rule, or ``frame`` (the whole frame's
+        centre square: every entry saved before objects existed)."""
         return str((self.metadata.get("extra") or {}).get("preprocessing", "frame"))
 
     @property
@@ -148,6 +149,13 @@ class ModelEntry:
         """The camera this cloud half was specialised for (None: every camera)."""
         value = (self.metadata.get("extra") or {}).get("camera")
         return None if value is None else str(value)
+
+    @property
+    def trained_items(self) -> tuple[int, ...]:
+        """The items of the cameras' data set (arrivals) this cloud half was trained on,
+        its own and its parents' (the continuous trainer records them): no evidence for it."""
+        extra = self.metadata.get("extra") or {}
+        return tuple(int(item) for item in extra.get("trained_items", []))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -201,6 +209,10 @@ class Registry:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # An entry never changes once published (a version is written once, renamed into
+        # place), so each is read once: the trainers ask what serves every few seconds, and
+        # parsing every metadata.json each time cost the cloud a tenth of a core.
+        self._entries: dict[Path, ModelEntry] = {}
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -342,6 +354,14 @@ class Registry:
     # -- reading ---------------------------------------------------------------------------
 
     def _load(self, path: Path) -> ModelEntry:
+        cached = self._entries.get(path)
+        if cached is not None:
+            return cached
+        entry = self._read(path)
+        self._entries[path] = entry
+        return entry
+
+    def _read(self, path: Path) -> ModelEntry:
         try:
             metadata = json.loads((path / METADATA_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -447,6 +467,11 @@ class Registry:
         except RegistryError:
             return serving
         return entry if entry.sha256 == serving.sha256 and entry.camera == camera else serving
+
+    def trained_items(self, task: str) -> set[int]:
+        """Every arrival item a model of ``task`` in this registry was trained on: what a
+        live accuracy of this task must leave out to rest on items no model saw."""
+        return {item for entry in self.list() if entry.task == task for item in entry.trained_items}
 
     def lineage(self, entry: ModelEntry) -> tuple[ModelEntry, ...]:
         """Every entry with ``entry``'s edge artifact (same kind and split), oldest first:

@@ -39,18 +39,16 @@ pushes it. ``raw`` (the cloud-only CNN) is not trained here.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from cloud.background import TrainingProcess
 from cloud.consumer import RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore, LabeledRows
 from cloud.metrics import CloudMetrics
@@ -98,20 +96,18 @@ def time_split(
     rows: LabeledRows, fraction: float, recent_from: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(train, held-out) indices of ``rows``: per camera, the newest ``fraction`` of the
-    rows with id >= ``recent_from`` are held out; rows of an object (camera, track) with a
-    held-out row are trained on by nobody."""
+    rows with id >= ``recent_from`` are held out; rows of an item (or, where the item is not
+    known, of an object: camera, track) with a held-out row are trained on by nobody, so
+    nothing the candidate trained on is evidence for it."""
     held: list[int] = []
     for camera in sorted(set(rows.cameras)):
         mine = [i for i, c in enumerate(rows.cameras) if c == camera and rows.ids[i] >= recent_from]
         count = int(len(mine) * fraction)
         held.extend(mine[len(mine) - count :] if count else [])
     held_set = set(held)
-    held_objects = {(rows.cameras[i], int(rows.tracks[i])) for i in held if rows.tracks[i] >= 0}
-    train = [
-        i
-        for i in range(len(rows))
-        if i not in held_set and (rows.cameras[i], int(rows.tracks[i])) not in held_objects
-    ]
+    objects = rows.objects()
+    held_objects = {objects[i] for i in held if objects[i][1] >= 0}
+    train = [i for i in range(len(rows)) if i not in held_set and objects[i] not in held_objects]
     return np.asarray(train, np.int64), np.asarray(sorted(held), np.int64)
 
 
@@ -229,11 +225,6 @@ def fit_job(job: FitJob) -> FitResult:
     )
 
 
-def _training_process() -> None:
-    """The training process runs at a lower priority: serving comes first on a busy host."""
-    os.nice(10)
-
-
 @dataclass
 class _Watch:
     """A promotion whose live accuracy is still being judged."""
@@ -293,7 +284,10 @@ class ContinuousTrainer:
         fit: Fit = fine_tune_cloud_half,
         announce: Announce = lambda line: None,
         push: Push | None = None,
+        process: TrainingProcess | None = None,
     ) -> None:
+        """Candidates train in ``process`` (the cloud's training process, shared with the
+        model grower); None: in the calling thread (a caller driving :meth:`run` itself)."""
         self.registry = registry
         self.models = models
         self.store = store
@@ -309,31 +303,23 @@ class ContinuousTrainer:
         self.rollbacks: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pool: ProcessPoolExecutor | None = None
+        self._process = process
 
     # --- lifecycle -------------------------------------------------------------------
 
     def __enter__(self) -> ContinuousTrainer:
-        # Candidates train in a process of their own, at a lower priority: the consumers'
-        # inference keeps its GIL and its cores (in-thread training took split:6's p99 from
-        # tens of ms to 360 ms in bench drift).
-        self._pool = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_training_process,
-        )
         self._thread = threading.Thread(target=self._loop, name="trainer", daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def stop(self) -> None:
+        """Start no more runs (one in progress ends when its process is stopped)."""
         self._stop.set()
-        if self._pool is not None:  # a run in progress is abandoned, its process stopped
-            processes = list(getattr(self._pool, "_processes", {}).values())
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for process in processes:
-                process.terminate()
-                process.join(10)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._process is not None:  # a run in progress is abandoned
+            self._process.stop()
         if self._thread is not None:
             self._thread.join(60)
 
@@ -347,11 +333,10 @@ class ContinuousTrainer:
                 log.exception("continuous trainer step failed")
 
     def _train(self, job: FitJob) -> FitResult:
-        """``job`` in the training process (in this thread when the trainer runs no pool:
-        a caller driving :meth:`run` itself)."""
-        if self._pool is None:
+        """``job`` in the training process (in this thread when the trainer has none)."""
+        if self._process is None:
             return fit_job(job)
-        return self._pool.submit(fit_job, job).result()
+        return self._process.run(fit_job, job)
 
     # --- one pass --------------------------------------------------------------------
 
@@ -458,7 +443,7 @@ class ContinuousTrainer:
         promoted = None
         base, base_bytes = serving, serving_bytes
         if promote:
-            entry = self._save(serving, result, len(train_index), candidate_scores, trigger)
+            entry = self._save(serving, result, rows.take(train_index), candidate_scores, trigger)
             self.promote(mode, entry, parent=serving)
             promoted = entry.version
             base, base_bytes = entry, result.candidate
@@ -518,7 +503,7 @@ class ContinuousTrainer:
             serving = "global" if current.camera is None else "specialised"
             if head_accuracy >= max(global_accuracy, current_accuracy) + settings.margin:
                 entry = self._save(
-                    base, result, len(mine_train),
+                    base, result, rows.take(mine_train),
                     CameraScores.of(result.candidate_predicted, rows.take(mine_held)),
                     "specialise", camera=camera,
                 )  # fmt: skip
@@ -556,14 +541,17 @@ class ContinuousTrainer:
         self,
         serving: ModelEntry,
         candidate: FitResult,
-        n_train: int,
+        trained: LabeledRows,
         scores: CameraScores,
         trigger: str,
         camera: str | None = None,
     ) -> ModelEntry:
         """A new version: the serving entry's edge half, the candidate's cloud half (for
         one ``camera`` only, when given); for ``full``, the candidate's int8 export (made
-        in the training process, calibrated on the arrivals' crops) as the edge half."""
+        in the training process, calibrated on the arrivals' crops) as the edge half. It
+        records the items it (and the models it was tuned from) trained on: they are no
+        evidence for it, live or held out."""
+        items = set(serving.trained_items) | {int(i) for i in trained.items if i >= 0}
         return self.registry.save_like(
             serving,
             edge_artifact=candidate.edge,  # None: the serving edge half
@@ -573,7 +561,8 @@ class ContinuousTrainer:
                 **{k: v for k, v in (serving.metadata.get("extra") or {}).items() if k != "camera"},
                 **({"camera": camera} if camera is not None else {}),
                 "parent": serving.version,
-                "trained_on_arrivals": n_train,
+                "trained_on_arrivals": len(trained),
+                "trained_items": sorted(items),
                 "trigger": trigger,
                 "arrivals_held_out": scores.as_dict(),
             },

@@ -23,7 +23,10 @@ rejects any other as ``unknown_version``, counted, so two builds never misread e
 bytes. Version 2 added the objects of a frame: the ground truth of a labeled scene's items
 on :class:`Frame` (``truth_labels``, ``truth_boxes``), and on :class:`Feature` and
 :class:`Result` the track id, box and label of each object the gateway found (its tensors
-stacked along the payload's first axis). The topic layout has its own version (``v1``).
+stacked along the payload's first axis). Version 3 added which data-set item each true
+object is (``Frame.truth_items``, and ``items`` beside the labels of a Feature's and a
+Result's objects): an accuracy says how many distinct items it rests on, and a trainer keeps
+the items it trained on out of its evidence. The topic layout has its own version (``v1``).
 
 Topics live under ``edgelearn/v1/<site>/...``; ``site`` lets several camera sites share one
 cloud broker and gives each test its own namespace. Per-role access rules in
@@ -42,7 +45,7 @@ from typing import Any, ClassVar, Final, TypeVar
 from edgelearn.modes import Mode, ModeError
 
 MAGIC: Final = b"EL"
-VERSION: Final = 2
+VERSION: Final = 3
 HEADER = struct.Struct("<2sBB")
 
 # Bounds that keep a hostile message from making us allocate or loop without limit.
@@ -203,14 +206,19 @@ def _fixed_bytes(size: int) -> _FieldType:
     return _FieldType(write, lambda reader: reader.take(size))
 
 
-def _optional_u16() -> _FieldType:
-    """A label: present flag then value, so 0 stays a valid class."""
+def _optional(fmt: struct.Struct) -> _FieldType:
+    """A label or an item: present flag then value, so 0 stays a valid one."""
+    both = struct.Struct("<B" + fmt.format.lstrip("<"))
+    absent = b"\x00" * both.size
 
     def write(out: bytearray, value: int | None) -> None:
-        out += b"\x00\x00\x00" if value is None else b"\x01" + _U16.pack(value)
+        try:
+            out += absent if value is None else both.pack(1, value)
+        except struct.error as exc:
+            raise WireError("out_of_range", str(exc)) from exc
 
     def read(reader: _Reader) -> int | None:
-        present, value = reader.unpack(struct.Struct("<BH"))
+        present, value = reader.unpack(both)
         if present not in (0, 1) or (present == 0 and value != 0):
             raise WireError("bad_optional", f"flag {present}")
         return int(value) if present else None
@@ -313,10 +321,12 @@ F64 = _number(_F64)
 IDENT = _text(_U8, MAX_ID_LENGTH)
 TEXT = _text(_U16, MAX_TEXT_LENGTH)
 PAYLOAD = _blob(MAX_PAYLOAD_BYTES)
-LABEL = _optional_u16()
+LABEL = _optional(_U16)
+ITEM = _optional(_U32)
 SHAPE = _shape()
 BOXES = _sequence(_box(), MAX_OBJECTS)
 LABELS = _sequence(LABEL, MAX_OBJECTS)
+ITEMS = _sequence(ITEM, MAX_OBJECTS)
 CLASSES = _sequence(U16, MAX_OBJECTS)
 TRACKS = _sequence(U32, MAX_OBJECTS)
 SCORES = _sequence(F32, MAX_OBJECTS)
@@ -376,6 +386,10 @@ def _check_objects(
     _check_boxes(boxes)
 
 
+def _check_items(items: tuple[int | None, ...], tracks: tuple[int, ...]) -> None:
+    _check(len(items) in (0, len(tracks)), "bad_count", "objects' items and tracks differ")
+
+
 def _check_finite(name: str, value: float) -> None:
     _check(math.isfinite(value), "not_finite", f"{name}={value}")
 
@@ -400,9 +414,11 @@ class Frame(Envelope):
     label: int | None = _wire(LABEL)
     payload: bytes = _wire(PAYLOAD)
     # A labeled scene of several items: each item's class and box (ground truth, scored
-    # per object); ``label`` is then None.
+    # per object); ``label`` is then None. ``truth_items``: which item of its data set each
+    # one is (one item seen in many frames is one piece of evidence); () when not known.
     truth_labels: tuple[int, ...] = _wire(CLASSES, default=())
     truth_boxes: tuple[Box, ...] = _wire(BOXES, default=())
+    truth_items: tuple[int | None, ...] = _wire(ITEMS, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
@@ -410,9 +426,10 @@ class Frame(Envelope):
         _check(0 < self.height <= MAX_FRAME_SIDE, "bad_size", f"height {self.height}")
         _check(len(self.payload) > 0, "empty_payload", "frame has no pixels")
         _check(
-            len(self.truth_labels) == len(self.truth_boxes),
+            len(self.truth_labels) == len(self.truth_boxes)
+            and len(self.truth_items) in (0, len(self.truth_labels)),
             "bad_count",
-            "truth labels and boxes differ in length",
+            "truth labels, boxes and items differ in length",
         )
         _check_boxes(self.truth_boxes, self.width, self.height)
 
@@ -452,11 +469,13 @@ class Feature(Envelope):
     tracks: tuple[int, ...] = _wire(TRACKS, default=())
     boxes: tuple[Box, ...] = _wire(BOXES, default=())
     labels: tuple[int | None, ...] = _wire(LABELS, default=())
+    items: tuple[int | None, ...] = _wire(ITEMS, default=())  # () : not known
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
         _check_objects(self.tracks, self.boxes, self.labels)
+        _check_items(self.items, self.tracks)
         if self.tracks and self.codec is not Codec.JPEG:
             _check(
                 self.shape[:1] == (len(self.tracks),),
@@ -506,17 +525,20 @@ class Result(Envelope):
     held_back: int = _wire(U16)
     held_mismatched: int = _wire(U16)
     # Per object, when the frame's objects were classified (``predicted``/``score``/``label``
-    # then describe the first): track, box, true label (None: unlabeled), class, score.
+    # then describe the first): track, box, true label (None: unlabeled), class, score, and
+    # the true item (None: unlabeled; () when not known).
     tracks: tuple[int, ...] = _wire(TRACKS, default=())
     boxes: tuple[Box, ...] = _wire(BOXES, default=())
     labels: tuple[int | None, ...] = _wire(LABELS, default=())
     classes: tuple[int, ...] = _wire(CLASSES, default=())
     scores: tuple[float, ...] = _wire(SCORES, default=())
+    items: tuple[int | None, ...] = _wire(ITEMS, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
         _check_objects(self.tracks, self.boxes, self.labels, self.classes, self.scores)
+        _check_items(self.items, self.tracks)
         for value in self.scores:
             _check_finite("score", value)
             _check(0.0 <= value <= 1.0, "bad_score", f"score {value}")

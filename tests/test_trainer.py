@@ -35,7 +35,7 @@ CAMERAS = ("cam-1", "cam-2")
 # --- the pure part -------------------------------------------------------------------------
 
 
-def _rows(cameras: list[str], tracks: list[int]) -> LabeledRows:
+def _rows(cameras: list[str], tracks: list[int], items: list[int] | None = None) -> LabeledRows:
     n = len(cameras)
     return LabeledRows(
         np.arange(1, n + 1, dtype=np.int64),
@@ -43,6 +43,7 @@ def _rows(cameras: list[str], tracks: list[int]) -> LabeledRows:
         np.asarray(tracks, np.int64),
         np.zeros(n, np.int64),
         np.zeros((n, 2), np.int8),
+        np.asarray(items if items is not None else [-1] * n, np.int64),
     )
 
 
@@ -56,6 +57,17 @@ def test_the_time_split_holds_out_each_cameras_newest_rows_and_their_objects() -
     train, held = time_split(_rows(cameras, [1, 1, 2, 2, 3, 4, 4, 3] + [-1] * 4), 0.25, 1)
     assert held.tolist() == [6, 7, 11]
     assert 4 not in train.tolist() and 5 not in train.tolist()  # tracks 3 and 4
+
+
+def test_an_item_held_out_on_one_camera_is_trained_on_by_no_camera() -> None:
+    # item 9 is held out on camera a (its newest rows) and was shown on b before: one item,
+    # one piece of evidence, so b's rows of it are not trained on either
+    cameras = ["a", "a", "a", "a", "b", "b", "b", "b"]
+    tracks = [1, 1, 2, 2, 5, 5, 6, 6]
+    items = [3, 3, 9, 9, 9, 9, 4, 4]
+    train, held = time_split(_rows(cameras, tracks, items), 0.5, recent_from=1)
+    assert held.tolist() == [2, 3, 6, 7]
+    assert train.tolist() == [0, 1]
 
 
 def test_the_judge_wants_an_overall_gain_and_no_camera_much_worse() -> None:
@@ -153,7 +165,7 @@ def _settings(
         group=site,
         cloud_id=f"{site}-cloud",
         split_ks=(2,),
-        budget=None,
+        training=None,
         push=False,
         feature_store=store,
         trainer=trainer,

@@ -23,6 +23,7 @@ u16 = st.integers(0, 2**16 - 1)
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 label = st.none() | u16
+item = st.none() | u32
 blob = st.binary(min_size=1, max_size=2048)
 f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 text = st.text(max_size=200)
@@ -55,6 +56,7 @@ def frames(draw: st.DrawFn) -> wire.Frame:
         payload=draw(blob),
         truth_labels=tuple(draw(st.lists(u16, min_size=count, max_size=count))),
         truth_boxes=draw(boxes(count, width, height)),
+        truth_items=tuple(draw(st.lists(item, min_size=count, max_size=count))),
     )
 
 
@@ -94,6 +96,7 @@ def features(draw: st.DrawFn) -> wire.Feature:
         tracks=tuple(draw(st.lists(u32, min_size=count, max_size=count))),
         boxes=draw(boxes(count)),
         labels=tuple(draw(st.lists(label, min_size=count, max_size=count))),
+        items=tuple(draw(st.lists(item, min_size=count, max_size=count))),
     )
 
 
@@ -123,6 +126,7 @@ def results(draw: st.DrawFn) -> wire.Result:
         labels=several(label),  # type: ignore[arg-type]
         classes=several(u16),  # type: ignore[arg-type]
         scores=several(st.floats(0, 1, width=32)),  # type: ignore[arg-type]
+        items=several(item),  # type: ignore[arg-type]
     )
 
 
@@ -237,8 +241,9 @@ def test_random_and_mutated_bytes_raise_only_wire_error() -> None:
         (b"", "truncated"),
         (b"XX\x01\x01", "bad_magic"),
         (b"EL\x01\x01", "unknown_version"),  # version 1: before objects were on the wire
-        (b"EL\x03\x01", "unknown_version"),
-        (b"EL\x02\x63", "unknown_kind"),
+        (b"EL\x02\x01", "unknown_version"),  # version 2: before items were on the wire
+        (b"EL\x04\x01", "unknown_version"),
+        (b"EL\x03\x63", "unknown_kind"),
     ],
 )
 def test_header_errors_carry_their_reason(data: bytes, reason: str) -> None:

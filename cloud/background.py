@@ -1,0 +1,70 @@
+"""The cloud's training process: where every background training runs, one at a time.
+
+Where it sits: ``edgelearn cloud`` starts one :class:`TrainingProcess` when it trains in the
+background (the model grower's generations, :mod:`cloud.grower`; the continuous trainer's
+runs, :mod:`cloud.trainer`). Jobs go to a process of its own, spawned (no copy of the
+serving process's threads or TensorFlow state) and niced, so the consumers' inference keeps
+its cores and its GIL: in-thread training took split:6's latency p99 from tens of ms to 360
+ms in bench drift. One worker: jobs run in the order they were submitted, so the two
+trainers never train at once on two cores the stack needs.
+
+Leaving the context stops the process; a job in progress is abandoned.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Niced, and TensorFlow on one thread: the process gets what the stack leaves of the
+    cores, and two threads that wait on each other there trained 14% slower than one
+    (measured beside the stack's cameras: 3.07 against 2.65 ms a crop)."""
+    os.nice(NICENESS)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+class TrainingProcess:
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> TrainingProcess:
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_lower_priority,
+        )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the process now; a job in progress raises in the thread waiting for it."""
+        if self._pool is None:
+            return
+        processes = list(getattr(self._pool, "_processes", {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+            process.join(10)
+        self._pool = None
+
+    def run(self, function: Callable[[Job], Result], job: Job) -> Result:
+        """``function(job)`` in the training process (``function`` a module-level function,
+        ``job`` picklable); blocks the calling thread until it returns or raises."""
+        if self._pool is None:
+            raise RuntimeError("the training process is not running")
+        return self._pool.submit(function, job).result()

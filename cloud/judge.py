@@ -1,0 +1,134 @@
+"""The judge: does a candidate model beat the serving one, on evidence with error bars?
+
+Where it sits: every decision that changes what serves goes through :func:`paired`: the
+model grower's promotions of a new generation (:mod:`cloud.grower`), and the continuous
+trainer's. Both models answer the *same* held-out objects, none of whose items the
+candidate trained on; the comparison is paired and counted per distinct item (an item seen
+in eight frames is one piece of evidence, not eight):
+
+* per item, each model's share of its objects answered right; the items where the two
+  differ are the evidence (where both are right or both wrong, they agree);
+* an exact one-sided sign test on those items (McNemar's test when every item has one
+  object): the chance that a candidate no better than the serving model wins at least as
+  many of them as it did;
+* the gain in per-object accuracy, with a 95% interval from resampling items (paired: an
+  item's objects are drawn together, for both models).
+
+The candidate is promoted when the test says so at ``level`` (5% by default) and the gain is
+positive. numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgelearn.evidence import LEVEL, RESAMPLES, per_item
+
+SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One paired comparison of a candidate against the serving model."""
+
+    better: bool
+    reason: str  # better | not_significant | no_evidence
+    candidate: float  # per-object accuracy on the held-out objects
+    serving: float
+    gain: float  # candidate - serving
+    low: float  # LEVEL interval of the gain, resampled by item
+    high: float
+    p_value: float  # one-sided sign test over the items where the two differ
+    wins: int  # items the candidate answers better than the serving model
+    losses: int  # ... worse
+    items: int
+    objects: int
+
+    def line(self) -> str:
+        return (
+            f"{self.candidate:.1%} vs {self.serving:.1%} on {self.items} items: "
+            f"{self.gain * 100:+.1f} points ({self.low * 100:+.1f} to {self.high * 100:+.1f}), "
+            f"{self.wins} items better, {self.losses} worse, p={self.p_value:.3g}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "better": self.better,
+            "reason": self.reason,
+            "candidate": round(self.candidate, 4),
+            "serving": round(self.serving, 4),
+            "gain": round(self.gain, 4),
+            "low": round(self.low, 4),
+            "high": round(self.high, 4),
+            "p_value": round(self.p_value, 6),
+            "wins": self.wins,
+            "losses": self.losses,
+            "items": self.items,
+            "objects": self.objects,
+        }
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """P(at least ``wins`` of ``wins + losses`` fair coin flips): the one-sided p-value of
+    ``wins`` under the hypothesis that the candidate is no better."""
+    trials = wins + losses
+    if trials == 0:
+        return 1.0
+    # Sum of binomial(trials, k) / 2^trials for k >= wins, in logs (trials may be thousands).
+    logs = [
+        math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+        for k in range(wins, trials + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top - trials * math.log(2)) * sum(math.exp(v - top) for v in logs))
+
+
+def paired(
+    candidate_correct: Sequence[bool] | npt.NDArray[np.bool_],
+    serving_correct: Sequence[bool] | npt.NDArray[np.bool_],
+    items: Sequence[Hashable],
+    *,
+    level: float = SIGNIFICANCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Verdict:
+    """Compare the two models' outcomes on the same objects, object ``i`` showing item
+    ``items[i]``; see the module docstring."""
+    candidate_hits, totals = per_item(candidate_correct, items)
+    serving_hits, _ = per_item(serving_correct, items)
+    count, objects = len(totals), int(totals.sum())
+    if count == 0:
+        return Verdict(False, "no_evidence", 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0, 0, 0)
+    difference = candidate_hits / totals - serving_hits / totals
+    wins, losses = int((difference > 0).sum()), int((difference < 0).sum())
+    candidate = float(candidate_hits.sum()) / objects
+    serving = float(serving_hits.sum()) / objects
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, count, size=(resamples, count))
+    gains = (candidate_hits[drawn].sum(axis=1) - serving_hits[drawn].sum(axis=1)) / totals[
+        drawn
+    ].sum(axis=1)
+    tail = (1 - LEVEL) / 2
+    low, high = (float(v) for v in np.quantile(gains, [tail, 1 - tail]))
+    p_value = sign_test(wins, losses)
+    better = p_value < level and candidate > serving
+    return Verdict(
+        better,
+        "better" if better else "not_significant",
+        candidate,
+        serving,
+        candidate - serving,
+        low,
+        high,
+        p_value,
+        wins,
+        losses,
+        count,
+        objects,
+    )
