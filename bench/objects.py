@@ -199,7 +199,7 @@ def gateway_crops(
                         HD_720P,
                         input_size,
                         1,
-                        mask=finder.mask("cam"),
+                        mask=finder.object_mask("cam", decoded),
                     )
                 )
                 labels.append(frame.objects[true_index].label)

@@ -252,7 +252,7 @@ class RegistryModels:
             input_size=int(size),
             channels=int(channels),
             version=entry.version,
-            objects=entry.model_input == "objects",
+            objects=entry.model_input == roi.CROP_RULE,
         )
         with self._lock:
             return self._loaded.setdefault(entry.version, classifier)
@@ -303,19 +303,23 @@ class RegistryModels:
             entries.append(self.registry.serving(Mode(RAW)))
         warmed = []
         for entry in entries:
-            mode = entry.mode
-            classifier = self.classifier_for(str(mode), entry.version)
-            if classifier is None:
-                continue
-            # full: the edge answers; the cloud answers the crops of its learning samples
-            if classifier.takes_frames or mode.kind == FULL:
-                shape = tuple(entry.input_shape)
-            else:
-                output = (entry.metadata.get("quantization") or {}).get("output", {})
-                shape = tuple(output.get("shape", ()))
-            classifier.predict(np.zeros((1, *shape), np.float32))
-            warmed.append(f"{mode} ({entry.version})")
+            if self.classifier_for(str(entry.mode), entry.version) is not None:
+                self.prepare(entry)
+                warmed.append(f"{entry.mode} ({entry.version})")
         return warmed
+
+    def prepare(self, entry: ModelEntry) -> KerasClassifier:
+        """Load ``entry``'s cloud half and run it once (TensorFlow traces its graph on the
+        first call, hundreds of ms): a promoted model then costs its first batch nothing."""
+        classifier = self.load(entry)
+        # full: the edge answers; the cloud answers the crops of its learning samples
+        if classifier.takes_frames or entry.mode.kind == FULL:
+            shape = tuple(entry.input_shape)
+        else:
+            output = (entry.metadata.get("quantization") or {}).get("output", {})
+            shape = tuple(output.get("shape", ()))
+        classifier.predict(np.zeros((1, *shape), np.float32))
+        return classifier
 
 
 # --- results ----------------------------------------------------------------------------
@@ -341,6 +345,7 @@ def _result_of(
             "labels": feature.labels,
             "classes": classes,
             "scores": scores,
+            "items": feature.items,
         }
         label = feature.labels[0]
     return wire.Result(
@@ -621,7 +626,7 @@ class CloudConsumer:
             raise preprocess.PreprocessError("undecodable", "raw JPEG")
         self._finder.update(feature.camera_id, small)  # keeps the background model current
         decoded = preprocess.decode_reduced(feature.payload, classifier.channels)
-        mask = self._finder.mask(feature.camera_id)
+        mask = self._finder.object_mask(feature.camera_id, decoded)
         size = (decoded.shape[1] * preprocess.REDUCTION, decoded.shape[0] * preprocess.REDUCTION)
         return [
             roi.crop(decoded, box, size, classifier.input_size, classifier.channels, mask=mask)

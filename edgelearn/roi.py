@@ -122,6 +122,7 @@ class CameraObjects:
     tracks: list[_Track] = field(default_factory=list)
     next_track: int = 1
     mask: npt.NDArray[np.uint8] | None = None  # the last frame's foreground, small scale
+    light: tuple[float, float] = (1.0, 0.0)  # the last frame's: frame ~ gain * bg + offset
 
 
 def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
@@ -194,16 +195,71 @@ def _fit_light(
 
 
 def foreground(
-    frame: npt.NDArray[np.float32], background: npt.NDArray[np.float32], pixel_delta: float
+    frame: npt.NDArray[np.float32],
+    background: npt.NDArray[np.float32],
+    pixel_delta: float,
+    light: tuple[float, float] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Where ``frame`` differs from ``background`` by more than ``pixel_delta`` grey levels
-    once the frame's global light is fitted to the background; closed, then opened. Both
-    at small scale (:func:`small_grey`). 1 = object, 0 = background."""
-    gain, offset = _fit_light(frame, background)
+    once the frame's global ``light`` (gain, offset: fitted here when not given) is applied
+    to the background; closed, then opened. Both at small scale (:func:`small_grey`).
+    1 = object, 0 = background."""
+    gain, offset = light if light is not None else _fit_light(frame, background)
     difference = np.abs(frame - (gain * background + offset))
     mask = np.asarray(difference > pixel_delta, np.uint8)
     mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _CLOSE), np.uint8)
     return np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _OPEN), np.uint8)
+
+
+OBJECT_DELTA: Final = 10.0
+"""Grey levels, at the finer decode, that set an object's pixel apart from the background."""
+_SPECK: Final = cv2.getStructuringElement(cv2.MORPH_RECT, (2, 2))
+
+
+def object_mask(
+    frame: npt.NDArray[np.uint8],
+    background: npt.NDArray[np.float32],
+    coarse: npt.NDArray[np.uint8],
+    light: tuple[float, float],
+    pixel_delta: float = OBJECT_DELTA,
+) -> npt.NDArray[np.uint8]:
+    """The objects' pixels at ``frame``'s finer scale (the gateway's 1/4 decode, grey or
+    BGR): within the ``coarse`` foreground (:func:`foreground`, small scale) grown by a
+    pixel, where ``frame`` differs from the small-scale ``background`` (scaled up, in this
+    frame's ``light``) by more than ``pixel_delta``; specks removed, holes filled.
+
+    The coarse mask is cut at 1/8 scale after a blur and a closing, so it spills about a
+    fifth beyond the item and fills its gaps (between a trouser's legs, under a bag's
+    handle): a ring of wall around every crop. This one keeps the item's own outline and
+    fills only what the item encloses. Training cuts its crops with it too, against the
+    exact empty scene, so both see an object alike."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+    height, width = grey.shape[:2]
+    gain, offset = light
+    expected = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
+    seen = cv2.GaussianBlur(np.asarray(grey, np.float32), (3, 3), 0)
+    differs = np.abs(seen - (gain * expected + offset)) > pixel_delta
+    near = cv2.resize(cv2.dilate(coarse, _OPEN), (width, height), interpolation=cv2.INTER_NEAREST)
+    mask = np.asarray(differs & (near > 0), np.uint8)
+    mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _SPECK), np.uint8)
+    return _fill_holes(mask)
+
+
+def _fill_holes(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """``mask`` with every region of background it encloses (not reachable from outside
+    the image) filled."""
+    outside = np.pad(1 - mask, 1, constant_values=1)
+    cv2.floodFill(outside, None, (0, 0), (2,))
+    filled = mask.copy()
+    filled[outside[1:-1, 1:-1] == 1] = 1
+    return filled
+
+
+def fit_light(
+    frame: npt.NDArray[np.float32], background: npt.NDArray[np.float32]
+) -> tuple[float, float]:
+    """(gain, offset) with ``frame ~ gain * background + offset`` (see :func:`foreground`)."""
+    return _fit_light(frame, background)
 
 
 def _edges(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -272,10 +328,19 @@ class ObjectFinder:
         self._cameras: dict[str, CameraObjects] = {}
 
     def mask(self, camera_id: str) -> npt.NDArray[np.uint8] | None:
-        """The foreground of ``camera_id``'s last frame (small scale, 1 = object): what
-        :func:`crop` keeps of an object's square."""
+        """The foreground of ``camera_id``'s last frame (small scale, 1 = object)."""
         state = self._cameras.get(camera_id)
         return None if state is None else state.mask
+
+    def object_mask(
+        self, camera_id: str, frame: npt.NDArray[np.uint8]
+    ) -> npt.NDArray[np.uint8] | None:
+        """What :func:`crop` keeps of ``camera_id``'s last frame: :func:`object_mask` of
+        ``frame`` (a finer decode of it, grey or BGR) against this camera's background."""
+        state = self._cameras.get(camera_id)
+        if state is None or state.mask is None:
+            return None
+        return object_mask(frame, state.background, state.mask, state.light)
 
     def update(
         self,
@@ -304,7 +369,8 @@ class ObjectFinder:
         self, state: CameraObjects, frame: npt.NDArray[np.float32]
     ) -> tuple[list[Box], npt.NDArray[np.uint8]]:
         settings = self.settings
-        mask = foreground(frame, state.background, settings.pixel_delta)
+        state.light = _fit_light(frame, state.background)
+        mask = foreground(frame, state.background, settings.pixel_delta, state.light)
         count, found, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         labels = np.asarray(found, np.int32)
         height, width = frame.shape
@@ -322,8 +388,8 @@ class ObjectFinder:
                 ghosts[labels == index] = 1
                 continue
             boxes.append((x, y, x + w, y + h))
-        if ghosts.any():
-            state.background[ghosts > 0] = frame[ghosts > 0]  # what was there has gone
+        if ghosts.any():  # what was there has gone
+            state.background[ghosts > 0] = _in_reference_light(frame, state.light)[ghosts > 0]
             mask[ghosts > 0] = 0
         state.mask = mask
         boxes = _merge(boxes, max(1, round(settings.merge_gap * width)))
@@ -343,16 +409,28 @@ class ObjectFinder:
     def _learn(
         self, state: CameraObjects, frame: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8]
     ) -> None:
+        """Learn the background where no object is: outside the foreground and outside the
+        box of every live track. The box matters: the blur leaves an object's rim under the
+        threshold, and learning there ate a still object from its edge inwards (its mask
+        shrank frame by frame, and its crops with it). A track still for ``absorb_after``
+        frames is taken in at once.
+
+        The model is kept in one reference light: what it learns is the frame with this
+        frame's fitted light undone. Learning the lit frame instead left the part under a
+        still object in the light of when the object arrived, while the rest followed the
+        room's light: after 10 s of drift the two differed by more than the threshold, and
+        the object's fainter parts fell out of its mask."""
         settings = self.settings
         rate = np.where(mask > 0, 0.0, settings.learning_rate).astype(np.float32)
         sx, sy = state.scale
+        height, width = rate.shape
         for track in state.tracks:
-            if track.missed == 0 and track.still >= settings.absorb_after:
-                x0, y0, x1, y1 = track.box
-                rate[int(y0 / sy) : int(np.ceil(y1 / sy)), int(x0 / sx) : int(np.ceil(x1 / sx))] = (
-                    1.0
-                )
-        state.background += rate * (frame - state.background)
+            x0, y0, x1, y1 = track.box
+            rows = slice(max(0, int(y0 / sy) - 1), min(height, int(np.ceil(y1 / sy)) + 1))
+            cols = slice(max(0, int(x0 / sx) - 1), min(width, int(np.ceil(x1 / sx)) + 1))
+            absorbed = track.missed == 0 and track.still >= settings.absorb_after
+            rate[rows, cols] = 1.0 if absorbed else 0.0
+        state.background += rate * (_in_reference_light(frame, state.light) - state.background)
 
     # -- tracks and what to send -------------------------------------------------------
 
@@ -429,6 +507,14 @@ class ObjectFinder:
         return x0 <= 0 or y0 <= 0 or x1 >= frame_size[0] or y1 >= frame_size[1]
 
 
+def _in_reference_light(
+    frame: npt.NDArray[np.float32], light: tuple[float, float]
+) -> npt.NDArray[np.float32]:
+    """``frame`` with its fitted light (``frame ~ gain * background + offset``) undone."""
+    gain, offset = light
+    return np.asarray((frame - offset) / max(gain, 0.25), np.float32)
+
+
 def _shift(a: Box, b: Box) -> float:
     """How far box ``b`` is from ``a``, as a fraction of ``a``'s larger side."""
     size = max(1, a[2] - a[0], a[3] - a[1])
@@ -439,6 +525,12 @@ def _shift(a: Box, b: Box) -> float:
 
 CROP_MARGIN: Final = 0.15
 """Added around a box on every side, as a fraction of its larger side."""
+
+CROP_RULE: Final = "objects/2"
+"""Names how :func:`crop` cuts an object (with :func:`object_mask`, scaled to its peak), in
+the registry's ``preprocessing`` of a model trained on such crops. A model trained on
+another rule's crops (``objects``: a coarse mask, a mean and a spread) would be fed what it
+never saw: the cloud trains such a registry again, and a gateway feeds it whole frames."""
 
 
 def crop_square(box: Box, margin: float = CROP_MARGIN) -> Box:
@@ -484,10 +576,13 @@ def crop(
     pixels; ``frame`` may be a reduced decode of that frame) with ``margin``, edge-padded
     where it leaves the frame, resized to ``input_size``, ``uint8 (input_size, input_size, C)``.
 
-    With ``mask`` (the foreground of the whole frame at any scale, :meth:`ObjectFinder.mask`)
-    the object is cut out: its pixels are contrast normalised (mean 128, standard deviation
-    48 grey levels, per channel, over the object) and the background around it is black, as
-    items are drawn in their data set. Without, the whole square is normalised.
+    With ``mask`` (the objects of the whole frame at any scale, :func:`object_mask`) the
+    object is cut out: the background around it is black, as items are drawn in their data
+    set, and its pixels are scaled so that its brightest (the 98th percentile over the
+    object) is 230: light and a tint multiply an item's grey, so a scale undoes them and
+    keeps its dark parts dark (a mean and spread per crop made a plain light garment grey
+    with a bright rim; measured on 20,000 items, 48 px: 85.8% held out, against 85.0%).
+    Without a mask, the whole square is scaled alike.
     """
     if channels not in (1, 3):
         raise PreprocessError("bad_channels", f"{channels} (1 = grayscale, 3 = BGR)")
@@ -513,9 +608,7 @@ def crop(
         weight = np.asarray(soft, np.float32).reshape(input_size, input_size, 1)
         if float(weight.sum()) < 1.0:  # no foreground in the square: keep all of it
             weight = np.ones_like(weight)
-    total = float(weight.sum())
-    mean = (values * weight).sum(axis=(0, 1), keepdims=True) / total
-    spread = ((values - mean) ** 2 * weight).sum(axis=(0, 1), keepdims=True) / total
-    std = np.maximum(np.sqrt(spread), 4.0)
-    normalised = ((values - mean) * (48.0 / std) + 128.0) * weight
+    inside = values[weight[:, :, 0] > 0.5]
+    peak = float(np.percentile(inside, 98)) if inside.size else float(values.max())
+    normalised = values * (230.0 / max(peak, 16.0)) * weight
     return np.ascontiguousarray(np.clip(normalised, 0, 255), np.uint8)

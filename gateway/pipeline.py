@@ -148,20 +148,26 @@ class KeyframeFilter:
 def takes_objects(deployment: LoadedDeployment) -> bool:
     """Whether ``deployment`` was trained on object crops (its metadata's
     ``preprocessing``), not on the whole frame's centre square."""
-    return deployment.metadata.get("preprocessing") == "objects"
+    return deployment.metadata.get("preprocessing") == roi.CROP_RULE
 
 
-def true_labels(frame: wire.Frame, boxes: tuple[wire.Box, ...]) -> tuple[int | None, ...]:
-    """The ground-truth label of each found box: the frame's true item it overlaps best at
-    IoU 0.5 or more, each item at most once (a labeled scene of several items); with one
-    box and a frame-level label (one item in view), that label; otherwise None."""
+Truth = tuple[tuple[int | None, ...], tuple[int | None, ...]]
+"""Per found box: its true label and its true item (None: not known)."""
+
+
+def ground_truth(frame: wire.Frame, boxes: tuple[wire.Box, ...]) -> Truth:
+    """The true label and item of each found box: the frame's true object it overlaps best
+    at IoU 0.5 or more, each at most once (a labeled scene of several items); with one box
+    and a frame-level label (one item in view), that label; otherwise None."""
     if not frame.truth_boxes:
         if frame.label is not None and len(boxes) == 1:
-            return (frame.label,)
-        return (None,) * len(boxes)
+            return (frame.label,), (None,)
+        return (None,) * len(boxes), (None,) * len(boxes)
     matched = roi.match(boxes, frame.truth_boxes, 0.5)
-    return tuple(
-        frame.truth_labels[matched[b]] if b in matched else None for b in range(len(boxes))
+    items = frame.truth_items or (None,) * len(frame.truth_boxes)
+    return (
+        tuple(frame.truth_labels[matched[b]] if b in matched else None for b in range(len(boxes))),
+        tuple(items[matched[b]] if b in matched else None for b in range(len(boxes))),
     )
 
 
@@ -283,11 +289,13 @@ class FramePipeline:
             if not whole:  # none wholly in view (one walking in is no view to classify)
                 return dataclasses.replace(forward, objects=found)
             boxes = tuple(item.box for item in whole)
+            labels, items = ground_truth(frame, boxes)
             feature = dataclasses.replace(
                 forward.envelope,
                 tracks=tuple(item.track for item in whole),
                 boxes=boxes,
-                labels=true_labels(frame, boxes),
+                labels=labels,
+                items=items,
             )
             return Forward(feature, mode, wire.encode(feature), found)
         assert deployment is not None
@@ -331,11 +339,11 @@ class FramePipeline:
             return HeldBack(0.0, found)
         tracks = tuple(item.track for item in chosen)
         boxes = tuple(item.box for item in chosen)
-        labels = true_labels(frame, boxes)
+        labels, items = ground_truth(frame, boxes)
         size, _, channels = deployment.extractor.input_shape
         try:
             decoded = preprocess.decode_reduced(frame.payload, channels)
-            mask = self._finder.mask(frame.camera_id)
+            mask = self._finder.object_mask(frame.camera_id, decoded)
             crops = [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
         except preprocess.PreprocessError:
             return Dropped("undecodable")
@@ -344,18 +352,21 @@ class FramePipeline:
             sample = codec.encode_array(np.stack(crops), codec=self.feature_codec)
             forward = self._forward(frame, mode, deployment.version, sample, 0, 0)
             feature = dataclasses.replace(
-                forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels
-            )
+                forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels,
+                items=items,
+            )  # fmt: skip
             return Forward(feature, mode, wire.encode(feature), found)
         outputs = np.stack([deployment.extractor.run(crop) for crop in crops])
         started = self._timed("extract", started)
         if mode.kind == FULL:
-            result = self._edge_result(frame, outputs, deployment, objects=(tracks, boxes, labels))
+            result = self._edge_result(
+                frame, outputs, deployment, objects=(tracks, boxes, (labels, items))
+            )
             return Forward(result, Mode(FULL), wire.encode(result), found)
         encoded = deployment.extractor.output.encode(outputs, self.feature_codec)
         forward = self._forward(frame, mode, deployment.version, encoded, 0, 0)
         feature = dataclasses.replace(
-            forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels
+            forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels, items=items
         )
         self._timed("encode", started)
         return Forward(feature, mode, wire.encode(feature), found)
@@ -406,20 +417,21 @@ class FramePipeline:
         outputs: Any,
         deployment: LoadedDeployment,
         held: tuple[int, int] = (0, 0),
-        objects: tuple[tuple[int, ...], tuple[wire.Box, ...], tuple[int | None, ...]] | None = None,
+        objects: tuple[tuple[int, ...], tuple[wire.Box, ...], Truth] | None = None,
     ) -> wire.Result:
         """``full``'s answer at the edge: for the whole frame (``held``: its held-back
-        counts), or per object (``objects``: tracks, boxes, labels; ``outputs`` stacked)."""
+        counts), or per object (``objects``: tracks, boxes, the truth; ``outputs`` stacked)."""
         count = 1 if objects is None else len(objects[0])
         rows = deployment.extractor.output.dequantize(np.asarray(outputs)).reshape(count, -1)
         classes, scores = top_classes(rows)
         per_object: dict[str, Any] = {}
         label = frame.label
         if objects is not None:
-            tracks, boxes, labels = objects
+            tracks, boxes, (labels, items) = objects
             per_object = dict(
-                tracks=tracks, boxes=boxes, labels=labels, classes=classes, scores=scores
-            )
+                tracks=tracks, boxes=boxes, labels=labels, classes=classes, scores=scores,
+                items=items,
+            )  # fmt: skip
             label = labels[0]
         return wire.Result(
             camera_id=frame.camera_id,

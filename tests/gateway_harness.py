@@ -31,7 +31,8 @@ def pca_deployment(
     model_input: str = "frame",
 ) -> wire.Model:
     """A PCA projection with random orthonormal components: real math, untrained;
-    ``model_input`` "objects" says it takes object crops, as the cloud's models do."""
+    ``model_input`` :data:`edgelearn.roi.CROP_RULE` says it takes object crops, as the
+    cloud's models do."""
     rng = np.random.default_rng(seed)
     size = 96 * 96
     components, _ = np.linalg.qr(rng.normal(size=(size, dim)).astype(np.float32))

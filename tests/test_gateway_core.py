@@ -189,7 +189,7 @@ def test_two_objects_in_a_frame_give_one_feature_with_both_boxes_tracks_and_labe
     secrets_dir: Path,
 ) -> None:
     key = signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
-    deployment = load_deployment(pca_deployment(secrets_dir, model_input="objects"), key)
+    deployment = load_deployment(pca_deployment(secrets_dir, model_input=roi.CROP_RULE), key)
     pipeline = FramePipeline("gw-1", mode=Mode(PCA))
     pipeline.deploy(deployment)
     truth = ((7, (200, 200, 421, 461)), (2, (800, 250, 1001, 501)))  # the squares' boxes
@@ -249,7 +249,7 @@ def test_full_mode_sends_the_crops_of_every_nth_labeled_keyframe(
     for sample in samples:
         assert sample.extractor == "full" and sample.model_version == deployment.version
         crops = codec.unpack_feature(sample)
-        assert crops.dtype == np.uint8 and crops.shape == (len(sample.tracks), 96, 96, 1)
+        assert crops.dtype == np.uint8 and crops.shape == (len(sample.tracks), *model.input_shape)
         assert all(label is not None for label in sample.labels)
     assert all(r.computed_at == wire.ComputedAt.EDGE for r in results)
     # 0: results only

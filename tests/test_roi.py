@@ -117,12 +117,19 @@ def test_a_moving_object_is_sent_once_every_motion_interval_frames() -> None:
     assert sent[1:] == ([None] * (settings.motion_interval - 1) + ["moving"]) * 4
 
 
-def test_crops_are_square_padded_at_the_edge_and_contrast_normalised() -> None:
+def test_crops_are_square_padded_at_the_edge_and_scaled_to_the_objects_peak() -> None:
     frame = np.full((180, 320), 100, np.uint8)
     frame[40:80, 0:20] = 140  # an object cut by the left edge, in a 1/4-scale decode
+    frame[50:60, 0:20] = 70  # with a dark band
     crop = roi.crop(frame, (0, 160, 80, 320), (1280, 720), input_size=32)
     assert crop.shape == (32, 32, 1) and crop.dtype == np.uint8
-    assert abs(float(crop.mean()) - 128) < 3 and abs(float(crop.std()) - 48) < 6
+    assert int(crop.max()) == 230  # unmasked: the whole square, its brightest at 230
+    mask = np.zeros((180, 320), np.uint8)
+    mask[40:80, 0:20] = 1
+    cut = roi.crop(frame, (0, 160, 80, 320), (1280, 720), input_size=32, mask=mask)[:, :, 0]
+    assert cut[0, 31] == 0 and cut[31, 31] == 0  # around the object: black, as in a data set
+    # light and tint scale an item's grey: its brightest is at 230, its dark band stays dark
+    assert int(cut.max()) == 230 and int(cut[13, 0]) == 115  # 70 / 140 of the peak
     assert roi.crop_square((0, 160, 80, 320)) == (-64, 136, 144, 344)  # 160 px + 15% a side
     bgr = np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), np.uint8)
     colour = roi.crop(bgr, (0, 160, 80, 320), (1280, 720), 32, 3)
@@ -150,3 +157,70 @@ def test_people_in_the_sample_video_are_objects() -> None:
     # a time, never the whole frame lit up.
     assert np.mean([n > 0 for n in per_frame[30:]]) > 0.9
     assert 1 <= np.median(per_frame[30:]) <= 8
+
+
+@pytest.fixture(scope="module")
+def standing_items() -> dict[int, list[tuple[float, float]]]:
+    """Items of a camera whose lanes cycle every 400 frames (each item stands for 200 or
+    more), through the gateway's finder: per item that came into view after the first
+    frame, for each of its first 150 frames standing (after its 12-frame walk in), how much
+    of its ideal object mask (against the exact empty scene, the training's rule) the
+    gateway's object mask holds, and the two masks' IoU; both at the 1/4 decode."""
+    scene = ObjectScene(load_fashion_mnist("test"), seed=1, period_frames=400)
+    finder = roi.ObjectFinder()
+    first: dict[int, int] = {}
+    at_start: set[int] = set()
+    found: dict[int, list[tuple[float, float]]] = {}
+    for index in range(560):
+        frame = scene.render(index)
+        jpeg = preprocess.encode_jpeg(frame.image, 80)
+        small = roi.small_grey(jpeg)
+        assert small is not None
+        finder.update("cam", small)
+        quarter = preprocess.decode_reduced(jpeg, 1)
+        empty = _small(scene.empty(index)).astype(np.float32)
+        light = roi.fit_light(small.astype(np.float32), empty)
+        coarse = roi.foreground(small.astype(np.float32), empty, 8.0, light)
+        ideal = roi.object_mask(quarter, empty, coarse, light) > 0
+        gateway = finder.object_mask("cam", quarter)
+        for item in frame.objects:
+            if index == 0:
+                at_start.add(item.item)  # the background model starts with it: not seen
+            x0, y0, x1, y1 = item.box
+            if x0 <= 0 or y0 <= 0 or x1 >= 1280 or y1 >= 720 or item.item in at_start:
+                continue
+            stood = index - first.setdefault(item.item, index)
+            if gateway is None or not 12 <= stood < 162:
+                continue
+            box = (slice(y0 // 4, -(-y1 // 4)), slice(x0 // 4, -(-x1 // 4)))
+            mine, theirs = gateway[box] > 0, ideal[box]
+            cover = float(mine[theirs].mean())
+            overlap = float((mine & theirs).sum() / max(1, (mine | theirs).sum()))
+            found.setdefault(item.item, []).append((cover, overlap))
+    return {item: values for item, values in found.items() if len(values) == 150}
+
+
+@needs_fashion_mnist
+def test_an_item_standing_150_frames_keeps_its_foreground_in_the_gateways_mask(
+    standing_items: dict[int, list[tuple[float, float]]],
+) -> None:
+    # A model learning the lit frame under a still item ate it from its rim inwards, and
+    # one frozen under it fell out of the room's light: after 60 frames the old finder held
+    # 6-90% of such an item. Both stay true now: at least 95% on average over its stay,
+    # never under 90% (the rest are pixels within a few grey levels of the threshold).
+    assert len(standing_items) >= 3
+    for item, values in standing_items.items():
+        cover = np.asarray([value[0] for value in values])
+        assert cover.mean() >= 0.95 and cover.min() >= 0.9, (item, cover.min(), cover.mean())
+
+
+@needs_fashion_mnist
+def test_the_training_and_gateway_masks_of_a_standing_item_agree(
+    standing_items: dict[int, list[tuple[float, float]]],
+) -> None:
+    # The same rule, two backgrounds: the exact empty scene (training) and a running model
+    # (gateway). IoU 0.95 on average, 0.9 at worst: the pixels they disagree on are those
+    # whose difference from the wall is within JPEG's noise of the threshold.
+    for item, values in standing_items.items():
+        overlap = np.asarray([value[1] for value in values])
+        assert overlap.mean() >= 0.95 and overlap.min() >= 0.9, (item, overlap.min())

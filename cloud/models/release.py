@@ -20,6 +20,7 @@ from cloud.models.export import LiteRtExport, export_int8
 from cloud.models.profile import profile_as_dicts, profile_cnn
 from cloud.models.training import accuracy
 from cloud.registry import ModelEntry, Registry, keras_to_bytes
+from edgelearn import roi
 from edgelearn.artifacts import (
     KIND_AUTOENCODER,
     KIND_CLOUD_CLASSIFIER,
@@ -61,7 +62,7 @@ def _save(
         class_names=data.class_names,
         extra={
             "held_out_items": len(data.held_out),
-            "preprocessing": "objects" if data.settings.objects else "frame",
+            "preprocessing": roi.CROP_RULE if data.settings.objects else "frame",
             **extra,
         },
         **fields,

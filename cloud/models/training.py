@@ -161,9 +161,11 @@ def train_cnn(
     learning_rate: float = 1e-2,
     seed: int = 0,
     mirror: bool = True,
+    start_from: KerasModel | None = None,
 ) -> TrainReport:
-    """The cloud-only baseline: the full CNN trained on preprocessed frames (``mirror``:
-    random left-right flips, a free doubling of a small training set)."""
+    """The full CNN trained on preprocessed frames (``mirror``: random left-right flips, a
+    free doubling of a small training set); from scratch, or on from a copy of
+    ``start_from`` (a model of the same architecture: the previous generation)."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -172,7 +174,7 @@ def train_cnn(
         channels=data.settings.channels,
         classes=data.num_classes,
     )
-    model = cnn.build_cnn(config)
+    model = cnn.build_cnn(config) if start_from is None else cnn.clone_with_weights(start_from)
     wall, history = _fit(
         model,
         data.train.inputs,
