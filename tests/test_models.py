@@ -53,6 +53,7 @@ N_HELD_OUT = 1000
 EPOCHS = 6
 FEATURE_DIM = 32
 CLASSES = 10
+SIZE = preprocess.DEFAULT_INPUT_SIZE  # the model's input side
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +113,11 @@ def test_renders_are_a_pure_function_of_seed_and_item(dataset: RenderedDataset) 
     source = load_fashion_mnist("train")
     index = dataset.train.source_index[:5]
     # Training items are stream 1 of build_dataset; rendered alone, they come out the same.
-    rendered, _ = render_inputs(source.images, seed=SEED, stream=1, indices=index, workers=1)
+    rendered = render_inputs(source.images, seed=SEED, stream=1, indices=index, workers=1).inputs
     np.testing.assert_array_equal(rendered, dataset.train.inputs[:5])
-    other, _ = render_inputs(source.images, seed=SEED + 1, stream=1, indices=index, workers=1)
+    other = render_inputs(source.images, seed=SEED + 1, stream=1, indices=index, workers=1).inputs
     assert not np.array_equal(other, rendered)
-    assert dataset.train.inputs.shape == (N_TRAIN, 96, 96, 1)
+    assert dataset.train.inputs.shape == (N_TRAIN, SIZE, SIZE, 1)
     assert dataset.train.inputs.dtype == np.uint8
     assert set(np.unique(dataset.train.labels)) == set(range(CLASSES))
     np.testing.assert_array_equal(dataset.train.labels, source.labels[dataset.train.source_index])
@@ -125,7 +126,7 @@ def test_renders_are_a_pure_function_of_seed_and_item(dataset: RenderedDataset) 
 def test_baseline_learns(raw: training.TrainReport) -> None:
     # Far above chance (10%) after a few epochs; the exact value is not the point.
     assert raw.held_out_accuracy > 0.4
-    assert raw.input_bytes == N_TRAIN * 96 * 96
+    assert raw.input_bytes == N_TRAIN * SIZE * SIZE
     assert raw.wall_seconds > 0
 
 
@@ -213,7 +214,7 @@ def test_profile_describes_the_real_model(raw: training.TrainReport) -> None:
     model = raw.model
     rows = profile.profile_cnn(model)
     assert [row.k for row in rows] == list(range(cnn.num_blocks(model) + 1))
-    assert rows[0].output_shape == (96, 96, 1) and rows[0].lower_flops == 0
+    assert rows[0].output_shape == (SIZE, SIZE, 1) and rows[0].lower_flops == 0
     assert rows[-1].output_shape == (CLASSES,) and rows[-1].upper_flops == 0
     total = rows[0].upper_flops
     for previous, row in itertools.pairwise(rows):
@@ -229,15 +230,19 @@ def test_profile_describes_the_real_model(raw: training.TrainReport) -> None:
 def test_layer_flops_follow_the_layer_configuration(raw: training.TrainReport) -> None:
     stem = raw.model.layers[0]
     conv = stem.get_layer("b1_conv")
-    out_h, out_w, filters = 48, 48, conv.filters
-    assert profile.layer_flops(conv, (96, 96, 1), (out_h, out_w, filters)) == (
-        2 * out_h * out_w * filters * conv.kernel_size[0] * conv.kernel_size[1] * 1
+    half, filters = SIZE // 2, conv.filters
+    assert profile.layer_flops(conv, (SIZE, SIZE, 1), (half, half, filters)) == (
+        2 * half * half * filters * conv.kernel_size[0] * conv.kernel_size[1] * 1
     )
     depthwise = raw.model.layers[1].get_layer("b2_dw")
-    assert profile.layer_flops(depthwise, (48, 48, 16), (24, 24, 16)) == 2 * 24 * 24 * 16 * 9
+    quarter = half // 2
+    assert profile.layer_flops(depthwise, (half, half, filters), (quarter, quarter, filters)) == (
+        2 * quarter * quarter * filters * 9
+    )
     dense = raw.model.layers[-1].get_layer("b9_dense")
+    width = dense.kernel.shape[0]
     # Dense: a multiply-add per weight, a bias add and the softmax per output.
-    assert profile.layer_flops(dense, (128,), (10,)) == 2 * 128 * 10 + 10 + 10
+    assert profile.layer_flops(dense, (width,), (10,)) == 2 * width * 10 + 10 + 10
 
 
 def test_profile_flops_agree_with_tensorflows_own_count(raw: training.TrainReport) -> None:
@@ -253,7 +258,7 @@ def test_profile_flops_agree_with_tensorflows_own_count(raw: training.TrainRepor
     for k in (1, 4, 8):
         lower, _ = cnn.split(raw.model, k)
         function = tf.function(lambda x, lower=lower: lower(x, training=False))
-        concrete = function.get_concrete_function(tf.TensorSpec([1, 96, 96, 1], tf.float32))
+        concrete = function.get_concrete_function(tf.TensorSpec([1, SIZE, SIZE, 1], tf.float32))
         _, graph_def = convert_variables_to_constants_v2_as_graph(concrete)
         with tf.Graph().as_default() as graph:
             tf.graph_util.import_graph_def(graph_def, name="")
@@ -500,7 +505,7 @@ def test_fine_tuning_changes_only_the_upper_part(
     # New items the model has not seen, arriving as features from the deployed lower part.
     source = load_fashion_mnist("train")
     unseen = np.setdiff1d(np.arange(len(source)), dataset.train.source_index)[:1000]
-    new_inputs, _ = render_inputs(source.images, seed=SEED, stream=5, indices=unseen)
+    new_inputs = render_inputs(source.images, seed=SEED, stream=5, indices=unseen).inputs
     new_features = training.StoredFeatures(
         extractor.run_batch(new_inputs), source.labels[unseen].astype(np.int64), extractor.output
     )

@@ -25,15 +25,15 @@ def test_same_seed_same_data_other_seed_other_data() -> None:
     np.testing.assert_array_equal(first.held_out.labels, again.held_out.labels)
     assert not np.array_equal(first.train.source_index, other.train.source_index)
     assert first.task == "fashion-mnist" and first.num_classes == 10
-    assert first.train.inputs.shape == (40, 96, 96, 1)
+    assert first.train.inputs.shape == (40, *RenderSettings().input_shape)
     assert (first.train.jpeg_bytes > 0).all()
 
 
 def test_parallel_rendering_does_not_change_the_renders() -> None:
     images = np.zeros((600, 28, 28), np.uint8)
     images[:, 8:20, 8:20] = np.arange(600, dtype=np.uint8)[:, None, None] | 64
-    serial, serial_bytes = render_inputs(images, seed=1, workers=1)
-    parallel, parallel_bytes = render_inputs(images, seed=1, workers=3)
+    serial, serial_bytes, *_ = render_inputs(images, seed=1, workers=1)
+    parallel, parallel_bytes, *_ = render_inputs(images, seed=1, workers=3)
     np.testing.assert_array_equal(serial, parallel)
     np.testing.assert_array_equal(serial_bytes, parallel_bytes)
 

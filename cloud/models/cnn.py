@@ -10,13 +10,13 @@ The model is a ``keras.Sequential`` of *blocks*, each itself a ``keras.Sequentia
 ``model.layers[k - 1]`` is block ``k`` and a boundary is always between whole blocks:
 
 ====  ==========================  =============================================
-k     block                       output for the default 96x96x1 input
+k     block                       output for the default 48x48x1 input
 ====  ==========================  =============================================
-1     stem: rescale, conv 3x3/2   48x48x16
-2..7  depthwise-separable         24x24x32, 24x24x32, 12x12x64, 12x12x64,
-      (dw 3x3 + BN + ReLU6,       6x6x128, 6x6x128
+1     stem: rescale, conv 3x3/2   24x24x32
+2..7  depthwise-separable         12x12x64, 12x12x64, 6x6x128, 6x6x128,
+      (dw 3x3 + BN + ReLU6,       3x3x256, 3x3x256
       pw 1x1 + BN + ReLU6)
-8     global average pool         128
+8     global average pool         256
 9     classifier: dropout, dense  10 class probabilities
 ====  ==========================  =============================================
 
@@ -53,10 +53,14 @@ class CnnConfig:
     """Architecture of the split CNN. ``widths[0]``/``strides[0]`` are the stem's, the rest
     one depthwise-separable block each."""
 
-    input_size: int = 96
+    input_size: int = 48
     channels: int = 1
     classes: int = 10
-    widths: tuple[int, ...] = (16, 32, 32, 64, 64, 128, 128)
+    # Measured on crops of 20,000 items, 6 epochs, 2,000 held out: half these widths at 64
+    # px 84.0%, at 48 px 82.2%; these at 48 px 84.6%, 1.5x them 84.8%. Twice the narrow
+    # net on a quarter of the pixels of 96 px: 6.3 MFLOPs a crop (7.3 before) and a
+    # training step about 3x faster, which the growing plan spends on more distinct items.
+    widths: tuple[int, ...] = (32, 64, 64, 128, 128, 256, 256)
     strides: tuple[int, ...] = (2, 2, 1, 2, 1, 2, 1)
     dropout: float = 0.2
 

@@ -16,8 +16,6 @@ disagree with the artifact.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -57,10 +55,11 @@ def _converter(model: KerasModel) -> Any:
 
 
 def _convert(converter: Any, model: KerasModel) -> bytes:
-    # from_keras_model exports a SavedModel to a temporary directory and prints where;
-    # that line is noise in a trainer's output.
+    # The converter prints where it saved a temporary SavedModel: noise in a trainer's log,
+    # but not hidden with redirect_stdout, which swaps sys.stdout for the whole process and
+    # swallowed what the cloud's other threads printed meanwhile (its "serving" line).
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # The calibrated input range replaces the "statistics" this warns about.
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return bytes(converter.convert())

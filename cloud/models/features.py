@@ -131,29 +131,64 @@ def train_autoencoder(
     inputs: npt.NDArray[np.uint8],
     dim: int,
     *,
+    labels: npt.NDArray[np.int64] | None = None,
+    classes: int = 0,
+    class_weight: float = 0.5,
     epochs: int = 5,
     batch_size: int = 64,
     learning_rate: float = 2e-3,
     seed: int = 0,
 ) -> AutoencoderFit:
-    """Fit the autoencoder to reconstruct ``inputs / 255`` (mean squared error)."""
+    """Fit the autoencoder to reconstruct ``inputs / 255`` (mean squared error). With
+    ``labels``, a small classifier head on the code learns the ``classes`` beside it
+    (cross-entropy, weighted ``class_weight``): the code then keeps what tells the classes
+    apart, which pixels alone do not ask for (on crops, a pixel-only code of 32 numbers
+    left the cloud's classifier 10 points under the CNN). Only the encoder goes to the
+    gateways; the head is dropped, the cloud trains its own on what the gateways send."""
     import keras
     import tensorflow as tf
+    from keras import layers
 
     keras.utils.set_random_seed(seed)
     shape = (int(inputs.shape[1]), int(inputs.shape[2]), int(inputs.shape[3]))
     autoencoder, encoder = build_autoencoder(shape, dim)
-    autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if labels is None:
+        model = autoencoder
+        model.compile(optimizer=optimizer, loss="mse")
+        slices: Any = inputs
+
+        def targets(x: Any) -> Any:
+            return tf.cast(x, tf.float32), tf.cast(x, tf.float32) / 255.0
+    else:
+        if classes < 2 or labels.shape != (len(inputs),):
+            raise ValueError(f"{classes} classes, labels {labels.shape} for {len(inputs)} inputs")
+        pixels = keras.Input(shape)
+        code = encoder(pixels)
+        head = layers.Dense(64, activation="relu", name="head_hidden")(code)
+        head = layers.Dense(classes, activation="softmax", name="head_classes")(head)
+        model = keras.Model(pixels, {"pixels": autoencoder.layers[-1](code), "classes": head})
+        model.compile(
+            optimizer=optimizer,
+            loss={"pixels": "mse", "classes": "sparse_categorical_crossentropy"},
+            loss_weights={"pixels": 1.0, "classes": class_weight},
+        )
+        slices = (inputs, labels)
+
+        def targets(x: Any, y: Any) -> Any:  # type: ignore[misc]
+            x = tf.cast(x, tf.float32)
+            return x, {"pixels": x / 255.0, "classes": y}
+
     # Targets are made per batch: a float copy of 60,000 frames would be 2 GB.
     dataset = (
-        tf.data.Dataset.from_tensor_slices(inputs)
+        tf.data.Dataset.from_tensor_slices(slices)
         .shuffle(min(len(inputs), 10_000), seed=seed)
         .batch(batch_size)
-        .map(lambda x: (tf.cast(x, tf.float32), tf.cast(x, tf.float32) / 255.0))
+        .map(targets)
         .prefetch(2)
     )
     start = time.perf_counter()
-    history = autoencoder.fit(dataset, epochs=epochs, shuffle=False, verbose=0)  # shuffled above
+    history = model.fit(dataset, epochs=epochs, shuffle=False, verbose=0)  # shuffled above
     wall = time.perf_counter() - start
     return AutoencoderFit(autoencoder, encoder, wall, float(history.history["loss"][-1]))
 
