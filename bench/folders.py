@@ -1,8 +1,9 @@
 """Two class-folder data sets built from images installed on this machine, to try
 ``--dataset folder:PATH`` as a user with their own labeled images would.
 
-    python -m bench.folders digits OUT   # grayscale: OpenCV's digits.png, 10 classes
-    python -m bench.folders photos OUT   # colour: patches of 6 of OpenCV's sample photos
+    python -m bench.folders digits OUT       # grayscale: OpenCV's digits.png, 10 classes
+    python -m bench.folders photos OUT       # colour: patches of 6 of OpenCV's sample photos
+    python -m bench.folders grey-photos OUT  # grayscale photos, small, a quarter dark
 
 * ``digits``: the 5,000 handwritten digits (20x20, white on black, 500 per digit) of
   OpenCV's ``samples/data/digits.png`` (Debian's opencv-doc), one PNG per digit in
@@ -10,6 +11,10 @@
 * ``photos``: 120 square patches (64-160 pixels, resized to 96) cut at random places of each
   of six colour photos among OpenCV's samples; a patch's class is the photo it comes from (a
   texture and scene classification: fruit, a baboon's fur, a building, ...).
+* ``grey-photos``: the same kind of patches in grey, 24 to 64 pixels and not resized, one
+  in four darkened to a fifth of its light: a grayscale photo set (as scikit-image's
+  ``lfw_subset`` of faces is), every image full-bleed, some dark. No image is a bright item
+  on black, so the whole picture is each item.
 
 Nothing is downloaded. The same seed gives the same folders.
 """
@@ -67,11 +72,38 @@ def photos(out: Path, per_class: int = 120, seed: int = 0) -> Path:
     return out
 
 
+def grey_photos(
+    out: Path,
+    per_class: int = 60,
+    seed: int = 0,
+    names: tuple[str, ...] = ("baboon", "building", "fruits"),
+) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        image = cv2.imread(str(SAMPLES / PHOTOS[name]), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise SystemExit(f"cannot read {SAMPLES / PHOTOS[name]} (apt install opencv-doc)")
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        height, width = image.shape[:2]
+        for index in range(per_class):
+            side = int(rng.integers(40, min(200, height, width) + 1))
+            y = int(rng.integers(0, height - side + 1))
+            x = int(rng.integers(0, width - side + 1))
+            small = int(rng.integers(24, 65))
+            patch = cv2.resize(image[y : y + side, x : x + side], (small, small))
+            if index % 4 == 0:  # a dark one
+                patch = (patch.astype(np.float32) * rng.uniform(0.12, 0.25)).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{index:03d}.png"), patch)
+    return out
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("digits", "photos"):
+    makers = {"digits": digits, "photos": photos, "grey-photos": grey_photos}
+    if len(argv) != 2 or argv[0] not in makers:
         print(__doc__, file=sys.stderr)
         return 2
-    made = {"digits": digits, "photos": photos}[argv[0]](Path(argv[1]))
+    made = makers[argv[0]](Path(argv[1]))
     print(made)
     return 0
 

@@ -204,16 +204,16 @@ def camera_jpeg_bytes(
     on ``items`` training items, with the same items rendered at the training size for the
     ratio between the two (the same scenes at both sizes: renders are size-independent)."""
     index = np.random.default_rng([seed, 9]).choice(len(source), items, replace=False)
-    _, camera = render_inputs(
+    camera = render_inputs(
         source.images,
         seed=seed,
         stream=_CAMERA_SAMPLE_STREAM,
         indices=index,
         settings=RenderSettings.camera(jpeg_quality=quality),
-    )
-    _, reduced = render_inputs(
+    ).jpeg_bytes
+    reduced = render_inputs(
         source.images, seed=seed, stream=_CAMERA_SAMPLE_STREAM, indices=index
-    )
+    ).jpeg_bytes
     return {
         "items": items,
         "quality": quality,
@@ -235,10 +235,13 @@ def pretrain_lower(
     if items > len(free):
         raise ValueError(f"{items} pre-training items, {len(free)} test items are free")
     chosen = np.sort(np.random.default_rng([seed, 10]).choice(free, items, replace=False))
-    inputs, jpeg_bytes = render_inputs(
+    renders = render_inputs(
         test.images, seed=seed, stream=_PRETRAIN_STREAM, indices=chosen, settings=data.settings
     )
-    split = RenderedSplit(inputs, test.labels[chosen].astype(np.int64), jpeg_bytes, chosen)
+    split = RenderedSplit(
+        renders.inputs, test.labels[renders.shown].astype(np.int64), renders.jpeg_bytes,
+        renders.shown,
+    )  # fmt: skip
     report = training.train_cnn(dataclasses.replace(data, train=split), epochs=epochs, seed=seed)
     info = {
         "items": items,

@@ -38,10 +38,10 @@ def _held_out_inputs(
     test = load_fashion_mnist("test")
     count = min(count, len(test.labels))
     settings = RenderSettings(input_size=size, channels=channels, objects=objects)
-    inputs, _ = render_inputs(
+    renders = render_inputs(
         test.images, seed=7, stream=3, indices=np.arange(count), settings=settings
     )
-    return inputs, test.labels[:count].astype(np.int64)
+    return renders.inputs, test.labels[renders.shown].astype(np.int64)
 
 
 def train_from_store(

@@ -6,8 +6,17 @@ Two loaders return the same :class:`LabeledImages`:
   ``dataset-fashion-mnist`` puts them in ``/usr/share/datasets/fashion-mnist``): 28x28
   grayscale images, labels 0..9, ``train`` (60,000) and ``test`` (10,000) splits.
 * :func:`load_image_folder` reads a user's own data: one sub-folder per class, class names
-  sorted give the label ids, every readable image in a class folder becomes one item (resized
-  to one common size so the set fits one array).
+  sorted give the label ids, every readable image in a class folder becomes one item (scaled
+  to fit one common square, its aspect kept, so the set fits one array).
+
+**What is the object in an image.** A camera shows an item over a scene, so every item needs
+an opacity per pixel. It follows the data: a PNG's own alpha channel where the images have
+one; Fashion-MNIST's convention of a bright item on black (a *sprite*: its brightness is its
+opacity) where the data set is made of such images; otherwise the whole image is the
+object. A folder is a sprite set when nine images in ten have a dark frame (the ring of
+pixels along their edge averages under :data:`SPRITE_EDGE` grey levels) around brighter
+content: a photo's edge is the scene it was taken in, a sprite's is the black it was drawn
+on. :attr:`LabeledImages.alpha` holds the opacity (None: sprites).
 
 Cameras show their items (:class:`cameras.scene.LabeledScene`); the cloud's trainer renders
 training data from the same :class:`LabeledImages`, so what it trains on looks like what the
@@ -62,6 +71,7 @@ IMAGE_SUFFIXES: Final = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
 
+SPRITE_EDGE: Final = 20.0  # grey levels: a sprite's edge ring is darker than this
 MIN_IMAGES_PER_CLASS: Final = 10  # a class with fewer cannot be split into train and held-out
 HELD_OUT_FRACTION: Final = 0.2  # of a folder's items, never trained on
 FASHION_MNIST: Final = "fashion-mnist"
@@ -86,12 +96,15 @@ class LabeledImages:
     """Images and their class labels.
 
     ``images`` is ``uint8`` of shape (N, H, W) for grayscale or (N, H, W, 3) for BGR colour;
-    ``labels`` is ``int64`` of shape (N,) with values in ``range(len(class_names))``.
+    ``labels`` is ``int64`` of shape (N,) with values in ``range(len(class_names))``;
+    ``alpha`` (N, H, W) ``uint8`` is each pixel's opacity (255: the item), or None for
+    sprites: bright items drawn on black, their brightness their opacity (Fashion-MNIST).
     """
 
     images: npt.NDArray[np.uint8]
     labels: npt.NDArray[np.int64]
     class_names: tuple[str, ...]
+    alpha: npt.NDArray[np.uint8] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim not in (3, 4):
@@ -106,9 +119,15 @@ class LabeledImages:
             raise ValueError("a labeled data set needs at least one image")
         if int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names):
             raise ValueError(f"labels outside 0..{len(self.class_names) - 1}")
+        if self.alpha is not None and self.alpha.shape != self.images.shape[:3]:
+            raise ValueError(f"alpha {self.alpha.shape} for images {self.images.shape}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def opacity(self, index: int) -> npt.NDArray[np.uint8] | None:
+        """Item ``index``'s opacity (None: a sprite, its brightness is its opacity)."""
+        return None if self.alpha is None else self.alpha[index]
 
 
 def _read_idx(path: Path, expected_ndim: int) -> npt.NDArray[np.uint8]:
@@ -180,11 +199,13 @@ def load_image_folder(
 ) -> LabeledImages:
     """A folder of class sub-folders of images; sorted class names give label ids 0..K-1.
 
-    Every image is resized to ``size`` (width, height) so the set is one array; ``grayscale``
-    loads single-channel images (N, H, W) like Fashion-MNIST's, else BGR (N, H, W, 3); None
-    decides by the images: grayscale when no image has colour.
-    Files OpenCV cannot decode are skipped with a WARNING. Raises :class:`DatasetError` if the
-    folder does not exist or holds no readable image in any class sub-folder.
+    Every image is scaled to fit ``size`` (width, height), its aspect kept, and centred on a
+    transparent ground, so the set is one array; ``grayscale`` loads single-channel images
+    (N, H, W) like Fashion-MNIST's, else BGR (N, H, W, 3); None decides by the images:
+    grayscale when no image has colour. Each item's opacity follows the data (the module
+    docstring says how). Files OpenCV cannot decode are skipped with a WARNING. Raises
+    :class:`DatasetError` if the folder does not exist or holds no readable image in any
+    class sub-folder.
     """
     root = Path(path)
     if not root.is_dir():
@@ -200,8 +221,9 @@ def load_image_folder(
             source=str(root),
             reason="no_classes",
         )
-    flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
     images: list[npt.NDArray[np.uint8]] = []
+    opacities: list[npt.NDArray[np.uint8]] = []
+    own_alpha = False  # some image has an alpha channel of its own
     labels: list[int] = []
     class_names: list[str] = []
     empty: list[str] = []
@@ -212,13 +234,14 @@ def load_image_folder(
         )
         loaded = 0
         for file in files:
-            image = cv2.imread(str(file), flag)
-            if image is None:
+            read = _read_image(file)
+            if read is None:
                 unreadable.append(file)
                 continue
-            images.append(
-                np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
-            )
+            image, opaque = _letterbox(*read, size)
+            own_alpha = own_alpha or read[1] is not None
+            images.append(image)
+            opacities.append(opaque)
             labels.append(len(class_names))
             loaded += 1
         if loaded:
@@ -243,12 +266,93 @@ def load_image_folder(
     if empty:
         log.warning("class folders without readable images get no label: %s", ", ".join(empty))
     stacked = np.stack(images).astype(np.uint8, copy=False)
-    if grayscale is None and _no_colour(stacked):
-        stacked = np.ascontiguousarray(stacked[..., 0])  # (N, H, W), drawn as Fashion-MNIST's
+    if grayscale or (grayscale is None and _no_colour(stacked)):
+        # (N, H, W), drawn as Fashion-MNIST's
+        flat = cv2.cvtColor(stacked.reshape(-1, size[0], 3), cv2.COLOR_BGR2GRAY)
+        stacked = np.ascontiguousarray(flat.reshape(stacked.shape[:3]))
     stacked.flags.writeable = False
     label_array = np.asarray(labels, dtype=np.int64)
     label_array.flags.writeable = False
-    return LabeledImages(images=stacked, labels=label_array, class_names=tuple(class_names))
+    opacity = np.stack(opacities)
+    alpha: npt.NDArray[np.uint8] | None = (
+        opacity if own_alpha else _sprite_opacity(stacked, opacity)
+    )
+    if alpha is not None:
+        alpha.flags.writeable = False
+    return LabeledImages(stacked, label_array, tuple(class_names), alpha)
+
+
+def _read_image(file: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None] | None:
+    """A file's BGR pixels and its own alpha channel (None: it has none, or all of it is
+    opaque); None if OpenCV cannot read it. 16-bit images are brought to 8 bits."""
+    read = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+    if read is None or read.size == 0:
+        return None
+    raw = np.asarray(read)
+    if raw.dtype == np.uint16:
+        raw = np.right_shift(raw, 8)
+    elif raw.dtype != np.uint8:
+        low, high = float(raw.min()), float(raw.max())
+        raw = (raw.astype(np.float64) - low) * (255.0 / max(high - low, 1e-12))
+    image = np.ascontiguousarray(raw, np.uint8)
+    if image.ndim == 2:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), np.uint8), None
+    if image.shape[2] == 4:
+        alpha = np.ascontiguousarray(image[:, :, 3])
+        return np.ascontiguousarray(image[:, :, :3]), None if alpha.min() == 255 else alpha
+    if image.shape[2] == 3:
+        return image, None
+    return np.asarray(cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR), np.uint8), None
+
+
+def _letterbox(
+    image: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8] | None, size: tuple[int, int]
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """``image`` scaled to fit ``size`` (width, height) with its aspect kept, centred on
+    black; and its opacity there: its own alpha, or 255 over the image, 0 around it."""
+    height, width = image.shape[:2]
+    scale = min(size[0] / width, size[1] / height)
+    fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+    shrink = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    left, top = (size[0] - fitted[0]) // 2, (size[1] - fitted[1]) // 2
+    canvas = np.zeros((size[1], size[0], 3), np.uint8)
+    canvas[top : top + fitted[1], left : left + fitted[0]] = cv2.resize(
+        image, fitted, interpolation=shrink
+    )
+    opacity = np.zeros((size[1], size[0]), np.uint8)
+    opacity[top : top + fitted[1], left : left + fitted[0]] = (
+        255 if alpha is None else cv2.resize(alpha, fitted, interpolation=shrink)
+    )
+    return canvas, opacity
+
+
+def _sprite_opacity(
+    images: npt.NDArray[np.uint8], letterboxed: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8] | None:
+    """A data set without alpha channels: its opacity where it is a sprite set (None for
+    grayscale sprites, whose opacity the renderer keys to brightness; colour sprites keyed
+    here alike), else ``letterboxed`` (the whole image is the object)."""
+    grey = images if images.ndim == 3 else images.max(axis=3)
+    sprites = sum(_is_sprite(image, alpha) for image, alpha in zip(grey, letterboxed, strict=True))
+    if sprites < 0.9 * len(images):
+        return letterboxed
+    if images.ndim == 3:
+        return None
+    keyed = np.minimum(grey.astype(np.float32) * (255.0 / 24.0), 255.0) * (letterboxed / 255.0)
+    return np.asarray(keyed, np.uint8)
+
+
+def _is_sprite(grey: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8]) -> bool:
+    """Bright content inside a dark edge ring (the ring of the image itself, not of the
+    ground it was centred on)."""
+    rows = np.flatnonzero(alpha.max(axis=1) > 0)
+    cols = np.flatnonzero(alpha.max(axis=0) > 0)
+    if rows.size < 3 or cols.size < 3:
+        return False
+    content = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32)
+    ring = np.concatenate([content[0], content[-1], content[1:-1, 0], content[1:-1, -1]])
+    edge = float(ring.mean())
+    return edge < SPRITE_EDGE and float(np.percentile(content, 95)) > edge + 40.0
 
 
 def _no_colour(images: npt.NDArray[np.uint8]) -> bool:
@@ -298,9 +402,11 @@ def folder_split(
 def subset(data: LabeledImages, index: npt.NDArray[np.int64]) -> LabeledImages:
     images = data.images[index]
     labels = data.labels[index]
-    images.flags.writeable = False
-    labels.flags.writeable = False
-    return LabeledImages(images=images, labels=labels, class_names=data.class_names)
+    alpha = None if data.alpha is None else data.alpha[index]
+    for array in (images, labels, alpha):
+        if array is not None:
+            array.flags.writeable = False
+    return LabeledImages(images, labels, data.class_names, alpha)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.folders import grey_photos
 from edgelearn.datasets import DatasetError, folder_split, parse_dataset
 from edgelearn.ports import free_port
 from stack import broker as broker_module
@@ -135,15 +136,17 @@ def test_a_folder_is_split_the_same_way_for_the_cloud_and_the_cameras(tmp_path: 
 
 
 @pytest.mark.slow
-def test_up_trains_serves_and_scores_a_folder_of_three_classes(tmp_path: Path) -> None:
-    folder = make_shapes(tmp_path / "shapes")
+def test_up_trains_serves_and_scores_a_folder_of_grayscale_photos(tmp_path: Path) -> None:
+    # Small grey photos, a quarter of them dark, all full-bleed: the kind of folder that once
+    # crashed the first training (its dark half keyed transparent, as if a bright sprite).
+    folder = grey_photos(tmp_path / "grey-photos", per_class=40)
     secrets = tmp_path / "secrets"
     broker_module.init_secrets(secrets, cameras=4, gateways=2)
     run_dir = tmp_path / "run"
     command = [
         sys.executable, "-m", "stack", "up", "--dataset", f"folder:{folder}",
-        "--duration", "25", "--budget", "quick", "--split-ks", "2", "--mode", "split:2",
-        "--cameras", "2", "--video", "none", "--secrets", str(secrets),
+        "--duration", "25", "--budget", "quick", "--no-grow", "--split-ks", "2",
+        "--mode", "split:2", "--cameras", "2", "--video", "none", "--secrets", str(secrets),
         "--registry", str(tmp_path / "registry"), "--run-dir", str(run_dir),
         "--edge-port", str(free_port()), "--cloud-port", str(free_port()),
         "--prometheus-port", "0", "--no-prometheus", "--interval", "5",
@@ -153,13 +156,15 @@ def test_up_trains_serves_and_scores_a_folder_of_three_classes(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stdout[-3000:]
     cloud_log = (run_dir / "cloud.log").read_text()
-    assert f"trained a first model set on folder:{folder} (3 classes: circle, square, triangle" in (
+    classes = ("baboon", "building", "fruits")
+    assert f"trained generation 1 of 2 on folder:{folder} (3 classes: {', '.join(classes)}" in (
         cloud_log
     )
+    assert "skipped" not in cloud_log.split("trained generation 1")[1].split("\n")[0]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["predicted"], summary
-    assert set(summary["predicted"]) <= set(SHAPES)  # results name the user's classes
-    assert summary["modes"]["split:2"]["accuracy"] is not None
+    assert summary["predicted"] and set(summary["predicted"]) <= set(classes)  # its names
+    scored = summary["accuracy"]["split:2"]["run"]
+    assert scored["objects"] > 0 and scored["items"] >= 3, scored
     for camera in ("cam-1", "cam-2"):
-        assert "split:2" in summary["cameras"][camera]["accuracy"]
+        assert camera in scored["cameras"], scored
     assert "classes predicted: " in done.stdout

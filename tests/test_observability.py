@@ -181,12 +181,12 @@ def train_models(data: LabeledImages, model: wire.Model, count: int = 300) -> Mo
     indices = np.arange(count)
     labels = data.labels[indices]
     classes = int(data.labels.max()) + 1
-    small, _ = render_inputs(
+    small = render_inputs(
         data.images, seed=11, indices=indices, settings=whole_frame(input_size=32), workers=1
-    )
-    full, _ = render_inputs(
+    ).inputs
+    full = render_inputs(
         data.images, seed=11, indices=indices, settings=whole_frame(input_size=96), workers=1
-    )
+    ).inputs
     projection = PcaProjection.from_bytes(model.artifact)
     features = projection.output.dequantize(projection.output.quantize(projection.project(full)))
     # One BLAS thread: on a shared 2-core machine more threads only fight each other.

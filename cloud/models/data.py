@@ -17,18 +17,21 @@ numpy + OpenCV only (no TensorFlow).
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from cameras.scene import LabeledScene, RenderedObject, render_item, render_object
+from cameras.scene import LabeledScene, RenderedObject, Unrenderable, render_item, render_object
 from edgelearn import preprocess, roi
 from edgelearn.datasets import LabeledImages, folder_split, load_fashion_mnist
+
+log = logging.getLogger(__name__)
 
 _TRAIN_STREAM: Final = 1
 _HELD_OUT_STREAM: Final = 2
@@ -77,19 +80,21 @@ class RenderSettings:
     ) -> npt.NDArray[np.uint8]:
         """The model input of a rendered object, cut as a gateway cuts it: the foreground
         against the empty scene at the background model's scale (:func:`edgelearn.roi.
-        foreground`), its box, and :func:`edgelearn.roi.crop` with that mask. An item the
-        mask misses (its colour is the wall's) is cut at its true box, moved a little as
-        the detector's boxes are."""
+        foreground`) gives its box, :func:`edgelearn.roi.object_mask` its pixels, and
+        :func:`edgelearn.roi.crop` cuts it out. An item the mask misses (its colour is the
+        wall's) is cut at its true box, moved a little as the detector's boxes are."""
         decoded = self._decode(jpeg)
         if self.true_boxes:
             return roi.crop(decoded, rendered.box, self.render_size, self.input_size, self.channels)
         small = roi.reduce_frame(decoded, roi.SMALL_720P).astype(np.float32)
         empty = roi.reduce_frame(rendered.empty, roi.SMALL_720P).astype(np.float32)
-        mask = roi.foreground(small, empty, roi.RoiSettings().pixel_delta)
-        rows, cols = np.nonzero(mask)
+        light = roi.fit_light(small, empty)
+        coarse = roi.foreground(small, empty, roi.RoiSettings().pixel_delta, light)
+        mask = roi.object_mask(decoded, empty, coarse, light)
+        rows, cols = np.nonzero(coarse)
         if rows.size:
-            sx = self.render_size[0] / mask.shape[1]
-            sy = self.render_size[1] / mask.shape[0]
+            sx = self.render_size[0] / coarse.shape[1]
+            sy = self.render_size[1] / coarse.shape[0]
             box = (
                 int(cols.min() * sx),
                 int(rows.min() * sy),
@@ -122,12 +127,16 @@ def detector_like(box: roi.Box, rng: np.random.Generator) -> roi.Box:
 @dataclass(frozen=True, eq=False)
 class RenderedSplit:
     """Model inputs and labels; ``jpeg_bytes`` is each rendered frame's JPEG size (what a
-    camera would have sent at ``render_size``) and ``source_index`` the item it shows."""
+    camera would have sent at ``render_size``), ``source_index`` the item it shows and
+    ``render_pass`` which of its renders it is (an item shown again is in new scenes).
+    ``skipped``: items that could not be rendered and are not here."""
 
     inputs: npt.NDArray[np.uint8]
     labels: npt.NDArray[np.int64]
     jpeg_bytes: npt.NDArray[np.int64]
     source_index: npt.NDArray[np.int64]
+    render_pass: npt.NDArray[np.int64] | None = None  # None: every row is a first render
+    skipped: int = 0
 
     def __post_init__(self) -> None:
         count = self.inputs.shape[0]
@@ -138,6 +147,8 @@ class RenderedSplit:
         for name in ("labels", "jpeg_bytes", "source_index"):
             if getattr(self, name).shape != (count,):
                 raise ValueError(f"{name} shape {getattr(self, name).shape}, expected ({count},)")
+        if self.render_pass is not None and self.render_pass.shape != (count,):
+            raise ValueError(f"render_pass shape {self.render_pass.shape}, expected ({count},)")
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -149,7 +160,18 @@ class RenderedSplit:
             self.labels[:count],
             self.jpeg_bytes[:count],
             self.source_index[:count],
+            None if self.render_pass is None else self.render_pass[:count],
         )
+
+    def rows_of(self, items: npt.NDArray[np.int64], render_pass: int = 0) -> dict[int, int]:
+        """Which row holds render ``render_pass`` of each of ``items`` that this split has."""
+        passes = self.render_pass if self.render_pass is not None else np.zeros(len(self), int)
+        wanted = set(items.tolist())
+        return {
+            int(item): row
+            for row, (item, number) in enumerate(zip(self.source_index, passes, strict=True))
+            if number == render_pass and int(item) in wanted
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,10 +223,10 @@ class RenderedDataset:
         with np.load(path, allow_pickle=False) as archive:
             splits = [
                 RenderedSplit(
-                    *(
-                        np.asarray(archive[f"{name}_{part}"])
-                        for part in ("inputs", "labels", "jpeg_bytes", "source_index")
-                    )
+                    np.asarray(archive[f"{name}_inputs"]),
+                    np.asarray(archive[f"{name}_labels"]),
+                    np.asarray(archive[f"{name}_jpeg_bytes"]),
+                    np.asarray(archive[f"{name}_source_index"]),
                 )
                 for name in ("train", "held_out")
             ]
@@ -228,6 +250,16 @@ class RenderedDataset:
             )
 
 
+class Renders(NamedTuple):
+    """Rendered items as model inputs: ``inputs[j]`` shows item ``shown[j]``, its frame was
+    ``jpeg_bytes[j]`` bytes. Items with nothing to show are left out (``skipped``)."""
+
+    inputs: npt.NDArray[np.uint8]
+    jpeg_bytes: npt.NDArray[np.int64]
+    shown: npt.NDArray[np.int64]
+    skipped: int
+
+
 def render_inputs(
     images: npt.NDArray[np.uint8],
     *,
@@ -236,31 +268,39 @@ def render_inputs(
     indices: Sequence[int] | npt.NDArray[np.int64] | None = None,
     settings: RenderSettings | None = None,
     workers: int = 2,
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    """Render ``images[indices]`` and run the camera path: ``(inputs, jpeg_bytes)``.
+    opacity: npt.NDArray[np.uint8] | None = None,
+) -> Renders:
+    """Render ``images[indices]`` (with ``opacity[indices]``, see
+    :attr:`edgelearn.datasets.LabeledImages.alpha`) and run the camera path.
 
     Item ``indices[j]`` is drawn from ``rng([seed, stream, indices[j]])``. OpenCV releases
-    the GIL, so ``workers`` threads render in parallel.
+    the GIL, so ``workers`` threads render in parallel. An item none of which is opaque
+    cannot be rendered: it is skipped, counted and logged, and the rest go on.
     """
     settings = settings or RenderSettings()
     chosen = np.arange(images.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
     count = int(chosen.shape[0])
     inputs = np.empty((count, *settings.input_shape), dtype=np.uint8)
     jpeg_bytes = np.empty(count, dtype=np.int64)
+    shown = np.ones(count, dtype=bool)
 
     def render_chunk(start: int) -> None:
         for position in range(start, min(start + _CHUNK, count)):
             index = int(chosen[position])
             rng = np.random.default_rng([seed, stream, index])
-            if settings.objects:
-                rendered = render_object(images[index], rng, settings.render_size)
-                jpeg = preprocess.encode_jpeg(rendered.image, settings.jpeg_quality)
-                inputs[position] = settings.object_input(jpeg, rendered, rng)
-            else:
-                jpeg = preprocess.encode_jpeg(
-                    render_item(images[index], rng, settings.render_size), settings.jpeg_quality
-                )
-                inputs[position] = settings.jpeg_to_input(jpeg)
+            alpha = None if opacity is None else opacity[index]
+            try:
+                if settings.objects:
+                    rendered = render_object(images[index], rng, settings.render_size, alpha)
+                    jpeg = preprocess.encode_jpeg(rendered.image, settings.jpeg_quality)
+                    inputs[position] = settings.object_input(jpeg, rendered, rng)
+                else:
+                    frame = render_item(images[index], rng, settings.render_size, opacity=alpha)
+                    jpeg = preprocess.encode_jpeg(frame, settings.jpeg_quality)
+                    inputs[position] = settings.jpeg_to_input(jpeg)
+            except Unrenderable:
+                shown[position] = False
+                continue
             jpeg_bytes[position] = len(jpeg)
 
     starts = range(0, count, _CHUNK)
@@ -270,7 +310,13 @@ def render_inputs(
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render") as pool:
             list(pool.map(render_chunk, starts))
-    return inputs, jpeg_bytes
+    skipped = int(count - shown.sum())
+    if skipped:
+        log.warning(
+            "skipped %d of %d items that cannot be rendered (nothing of them is opaque): %s",
+            skipped, count, ", ".join(str(int(i)) for i in chosen[~shown][:10]),
+        )  # fmt: skip
+    return Renders(inputs[shown], jpeg_bytes[shown], chosen[shown], skipped)
 
 
 def _sample(count: int, available: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
@@ -288,25 +334,49 @@ def _render_split(
     settings: RenderSettings,
     workers: int,
     passes: int = 1,
+    reuse: RenderedSplit | None = None,
 ) -> RenderedSplit:
     """``source``'s items ``index`` rendered as model inputs; an index repeated over
-    ``passes`` draws each pass's scenes from a stream of its own (an item in new scenes)."""
-    parts = []
+    ``passes`` draws each pass's scenes from a stream of its own (an item in new scenes).
+    Rows of ``reuse`` (a split rendered before with the same seed, stream and settings) are
+    taken as they are: an item's render is a pure function of its index."""
+    inputs, labels, jpeg_bytes, shown = [], [], [], []
+    skipped = 0
     per_pass = -(-len(index) // passes)
     for number in range(passes):
-        parts.append(
-            render_inputs(
-                source.images,
-                seed=seed,
-                stream=stream + 16 * number,
-                indices=index[number * per_pass : (number + 1) * per_pass],
-                settings=settings,
-                workers=workers,
-            )
+        wanted = index[number * per_pass : (number + 1) * per_pass]
+        done = reuse.rows_of(wanted, number) if reuse is not None else {}
+        fresh = render_inputs(
+            source.images,
+            seed=seed,
+            stream=stream + 16 * number,
+            indices=np.asarray([i for i in wanted if int(i) not in done], np.int64),
+            settings=settings,
+            workers=workers,
+            opacity=source.alpha,
         )
-    inputs = np.concatenate([part[0] for part in parts])
-    jpeg_bytes = np.concatenate([part[1] for part in parts])
-    return RenderedSplit(inputs, np.asarray(source.labels[index], np.int64), jpeg_bytes, index)
+        skipped += fresh.skipped
+        made = {int(item): row for row, item in enumerate(fresh.shown)}
+        for item in wanted.tolist():
+            if item in done:
+                assert reuse is not None
+                inputs.append(reuse.inputs[done[item]])
+                jpeg_bytes.append(reuse.jpeg_bytes[done[item]])
+            elif item in made:
+                inputs.append(fresh.inputs[made[item]])
+                jpeg_bytes.append(fresh.jpeg_bytes[made[item]])
+            else:
+                continue
+            labels.append(int(source.labels[item]))
+            shown.append((item, number))
+    return RenderedSplit(
+        np.stack(inputs) if inputs else np.empty((0, *settings.input_shape), np.uint8),
+        np.asarray(labels, np.int64),
+        np.asarray(jpeg_bytes, np.int64),
+        np.asarray([item for item, _ in shown], np.int64),
+        np.asarray([number for _, number in shown], np.int64),
+        skipped,
+    )
 
 
 def build_dataset(
@@ -319,8 +389,10 @@ def build_dataset(
     held_out_source: LabeledImages | None = None,
     task: str | None = None,
     workers: int = 2,
+    reuse: RenderedDataset | None = None,
 ) -> RenderedDataset:
-    """Render ``n_train`` training and ``n_held_out`` held-out items.
+    """Render ``n_train`` training and ``n_held_out`` held-out items (taking the renders of
+    ``reuse``, a data set built before with the same seed and settings, as they are).
 
     Defaults to Fashion-MNIST (``train`` split for training, ``test`` split held out). With a
     ``train_source`` and no ``held_out_source`` (a user's folder,
@@ -361,6 +433,7 @@ def build_dataset(
             settings=settings,
             workers=workers,
             passes=repeats,
+            reuse=None if reuse is None else reuse.train,
         ),
         held_out=_render_split(
             held_out_source,
@@ -369,6 +442,7 @@ def build_dataset(
             stream=_HELD_OUT_STREAM,
             settings=settings,
             workers=workers,
+            reuse=None if reuse is None else reuse.held_out,
         ),
         class_names=train_source.class_names,
         settings=settings,
