@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
@@ -27,12 +26,11 @@ from typing import Any
 from edgelearn import config as config_module
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
-from edgelearn.secrets import Secrets, default_secrets_dir, default_state_dir
+from edgelearn.secrets import Secrets, default_secrets_dir, default_state_dir, registry_dir
 
 
 def _registry_path(args: argparse.Namespace) -> Path:
-    explicit = getattr(args, "registry", None) or os.environ.get("EDGELEARN_REGISTRY")
-    return Path(explicit) if explicit else default_state_dir() / "registry"
+    return registry_dir(getattr(args, "registry", None))
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +58,11 @@ def _broker(args: argparse.Namespace, user: str = "cloud") -> BrokerConfig:
 
 
 def _progress_bar(step: str, number: int, total: int) -> None:
+    """A training's progress on stderr: a bar redrawn in place on a terminal, one line a
+    step anywhere else (a log file, ``edgelearn up``'s console, which shows these lines)."""
+    if not sys.stderr.isatty():
+        print(f"edgelearn cloud: [{number}/{total}] {step}", file=sys.stderr, flush=True)
+        return
     width = 24
     filled = width * number // max(total, 1)
     print(
@@ -101,7 +104,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--budget",
         choices=("default", "quick"),
         default="default",
-        help="training budget when the registry is empty (quick: for tests)",
+        help="the model generations to train (cloud.bootstrap.TrainingPlan): default, a "
+        "first generation in seconds and four bigger ones in the background; quick: two small "
+        "ones, for tests",
     )
     parser.add_argument(
         "--split-ks", default="1,2,3", help="split points to train and push (comma-separated)"
@@ -111,6 +116,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="train",
         action="store_false",
         help="never train; serve what the registry has",
+    )
+    parser.add_argument(
+        "--no-grow",
+        dest="grow",
+        action="store_false",
+        help="train the first generation only (if the registry lacks one), not the later ones "
+        "in the background",
     )
     parser.add_argument(
         "--no-push",
@@ -208,14 +220,13 @@ def _split_ks(text: str) -> tuple[int, ...]:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from cloud.bootstrap import TrainingBudget
+    from cloud.bootstrap import TrainingPlan
     from cloud.planner import PlannerSettings
     from cloud.service import CloudService, CloudSettings
 
     keep_features = str(args.feature_store) != "none"
     store = args.feature_store if keep_features and args.feature_store else None
     store = store or default_state_dir() / "features"
-    budget = TrainingBudget.quick() if args.budget == "quick" else TrainingBudget()
     settings = CloudSettings(
         broker=_broker(args),
         registry=_registry_path(args),
@@ -226,7 +237,8 @@ async def _serve(args: argparse.Namespace) -> int:
         cloud_id=args.cloud_id,
         consumers=args.consumers,
         split_ks=_split_ks(args.split_ks),
-        budget=budget if args.train else None,
+        training=TrainingPlan.named(args.budget) if args.train else None,
+        grow=args.grow,
         push=args.push,
         feature_store=store,
         keep_features=keep_features,

@@ -26,6 +26,11 @@
   {mode,reason}``, ``..._rollbacks_total{mode}``, ``..._live_accuracy_ratio{mode,model}``
   (serving and, after a promotion, the one it replaced), ``..._specialised_cameras{mode}``
 * ``edgelearn_cloud_model_pushed_bytes_total{mode}`` - signed models published to gateways
+* the model grower (:mod:`cloud.grower`): ``edgelearn_cloud_model_generation{family}`` (the
+  generation serving: ``cnn``, ``pca``, ``autoencoder``), ``..._model_heldout_accuracy_ratio
+  {mode}`` (the serving entry's, on the held-out items), ``..._model_heldout_items{mode}``,
+  ``..._generations_total{family,outcome}`` (``promoted``, ``kept``: the judge found no
+  significant gain), ``..._generation_training`` (the generation in training; 0: none)
 """
 
 from __future__ import annotations
@@ -213,6 +218,35 @@ class CloudMetrics:
             "edgelearn_cloud_trainer_specialised_cameras",
             "Cameras answered by a cloud half of their own (the held-out arrivals chose it)",
             ["mode"],
+            registry=registry,
+        )
+        self.model_generation = Gauge(
+            "edgelearn_cloud_model_generation",
+            "Generation of the models serving each family (cnn, pca, autoencoder)",
+            ["family"],
+            registry=registry,
+        )
+        self.model_heldout_accuracy = Gauge(
+            "edgelearn_cloud_model_heldout_accuracy_ratio",
+            "Held-out accuracy of the model serving each mode, on its served path",
+            ["mode"],
+            registry=registry,
+        )
+        self.model_heldout_items = Gauge(
+            "edgelearn_cloud_model_heldout_items",
+            "Distinct held-out items that accuracy rests on",
+            ["mode"],
+            registry=registry,
+        )
+        self.generations = Counter(
+            "edgelearn_cloud_generations",
+            "Model generations trained in the background, by outcome",
+            ["family", "outcome"],
+            registry=registry,
+        )
+        self.generation_training = Gauge(
+            "edgelearn_cloud_generation_training",
+            "Generation being trained in the background (0: none)",
             registry=registry,
         )
         self.model_pushed_bytes = Counter(

@@ -1,4 +1,4 @@
-"""The cloud role in one process: consumers, a first model set, deployments, the planner.
+"""The cloud role in one process: consumers, model generations, deployments, the planner.
 
 Where it sits: ``edgelearn cloud`` (:mod:`cloud.cli`) builds a :class:`CloudSettings` from
 its flags and runs a :class:`CloudService`; tests and benchmarks run one in-process. On
@@ -7,15 +7,20 @@ entering, the service
 1. starts ``consumers`` :class:`~cloud.consumer.CloudConsumer` in one shared-subscription
    group, every one answering from the same :class:`~cloud.consumer.RegistryModels`, so a
    model loaded (or warmed up) once serves every consumer;
-2. trains a first model set when the registry lacks one (``budget``; with a progress bar);
+2. trains the first generation of models when the registry lacks one (``training``, with
+   its progress); the cloud-only CNN serves (``serving raw``) as soon as it is saved, while
+   the edge halves are exported;
 3. loads and runs once the cloud half of every mode it serves (the warm-up), so the first
    features do not wait seconds for TensorFlow;
 4. pushes the newest signed deployment of every edge mode to the retained model topics;
 5. with ``plan``, runs the :class:`~cloud.planner.Planner` beside the consumers;
-6. with ``trainer``, runs the :class:`~cloud.trainer.ContinuousTrainer` in its own thread:
-   it fine-tunes the cloud halves on what arrives and promotes what beats the serving one.
+6. with ``grow``, runs the :class:`~cloud.grower.ModelGrower`: the training plan's next
+   generations, trained in the background and promoted through the judge;
+7. with ``trainer``, runs the :class:`~cloud.trainer.ContinuousTrainer`: it fine-tunes the
+   cloud halves on what arrives and promotes what beats the serving one.
 
-Leaving it drains and stops them all.
+Both trainers share one niced training process (:mod:`cloud.background`). Leaving the
+service drains and stops them all.
 """
 
 from __future__ import annotations
@@ -24,27 +29,31 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from cloud.background import TrainingProcess
 from cloud.bootstrap import (
     Progress,
-    TrainingBudget,
+    TrainingPlan,
     deployable,
     edge_modes,
-    ensure_models,
+    ensure_first_generation,
     log_progress,
+    with_splits,
 )
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore
+from cloud.grower import ModelGrower
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import ModelEntry, Registry
 from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.datasets import FASHION_MNIST, DatasetSpec
+from edgelearn.modes import RAW
 from edgelearn.mqtt import MqttSession
 from edgelearn.secrets import Secrets
 
@@ -64,7 +73,9 @@ class CloudSettings:
     cloud_id: str = "cloud"
     consumers: int = 1
     split_ks: tuple[int, ...] = (1, 2, 3)
-    budget: TrainingBudget | None = field(default_factory=TrainingBudget)  # None: never train
+    # The model generations to train (None: never train, serve what the registry has).
+    training: TrainingPlan | None = field(default_factory=TrainingPlan.default)
+    grow: bool = True  # train the plan's later generations in the background
     push: bool = True
     # Where what arrived is recorded (arrivals.sqlite: the de-duplication ledger, and the
     # labeled features when keep_features); None: in memory, forgotten on a restart.
@@ -130,6 +141,7 @@ class CloudService:
         ]
         self._stack = contextlib.AsyncExitStack()
         self.trainer: ContinuousTrainer | None = None
+        self.grower: ModelGrower | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> CloudService:
@@ -149,11 +161,14 @@ class CloudService:
                 f"cloud consumer {consumer.config.consumer_id}: metrics "
                 f"{consumer.metrics_server.url}"
             )
-        if settings.budget is not None:
-            await self._train_first_models(replace(settings.budget, split_ks=settings.split_ks))
+        self._loop = asyncio.get_running_loop()
+        plan = (
+            None if settings.training is None else with_splits(settings.training, settings.split_ks)
+        )
+        if plan is not None:
+            await self._first_generation(plan)
         warmed = await asyncio.to_thread(self.models.warm_up, settings.split_ks)
         self._announce(f"serving {', '.join(warmed)}")
-        self._loop = asyncio.get_running_loop()
         if settings.push:
             deployments = deployable(self.registry, settings.split_ks)
             await self._push(deployments)
@@ -172,6 +187,22 @@ class CloudService:
             )
             await self._stack.enter_async_context(planner)
             self._announce("planning gateway modes from their status")
+        grows = plan is not None and settings.grow
+        if grows or settings.trainer is not None:
+            process = self._stack.enter_context(TrainingProcess())
+        if grows:
+            assert plan is not None
+            self.grower = ModelGrower(
+                self.registry,
+                self.models,
+                plan,
+                settings.dataset,
+                process,
+                self.consumers[0].metrics,
+                announce=self._announce,
+                push=self._push_from_thread if settings.push else None,
+            )
+            self._stack.enter_context(self.grower)
         if settings.trainer is not None:
             self.trainer = ContinuousTrainer(
                 self.registry,
@@ -182,13 +213,16 @@ class CloudService:
                 edge_modes(settings.split_ks),
                 settings.trainer,
                 announce=self._announce,
-                push=self._push_from_thread if settings.push else None,
+                push=(lambda entry: self._push_from_thread([entry])) if settings.push else None,
+                process=process,
             )
             self._stack.enter_context(self.trainer)
             self._announce(
                 f"continuous trainer on: every {settings.trainer.every} labeled objects, or a "
                 f"camera {settings.trainer.accuracy_drop:.0%} under its level"
             )
+        # On the way out, both trainers stop taking work before anything is joined.
+        self._stack.callback(self._stop_training)
 
     async def _push(self, entries: list[ModelEntry]) -> int:
         """Sign ``entries`` and publish them retained to every site's gateways; bytes sent."""
@@ -208,29 +242,70 @@ class CloudService:
                 total += size
         return total
 
-    def _push_from_thread(self, entry: ModelEntry) -> int:
-        """:meth:`_push` of one entry, from the trainer's thread."""
+    def _push_from_thread(self, entries: list[ModelEntry]) -> int:
+        """:meth:`_push` of ``entries``, from a trainer's thread."""
         assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._push([entry]), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._push(entries), self._loop)
         sent = future.result(timeout=60)
-        self._announce(f"pushed {entry.mode} {entry.version} ({sent} bytes)")
+        pushed = ", ".join(f"{entry.mode} {entry.version}" for entry in entries)
+        self._announce(f"pushed {pushed} ({sent} bytes)")
         return sent
 
-    async def _train_first_models(self, budget: TrainingBudget) -> None:
-        outcome = await asyncio.to_thread(
-            ensure_models, self.registry, budget, self._progress, self.settings.dataset
+    def _stop_training(self) -> None:
+        for trainer in (self.grower, self.trainer):
+            if trainer is not None:
+                trainer.stop()
+
+    async def _first_generation(self, plan: TrainingPlan) -> None:
+        """The plan's first generation, when the registry has none. The cloud-only CNN and
+        the deepest split (the mode a gateway starts in) serve, and the split is pushed, as
+        soon as they are saved (``serving``); the other edge halves follow."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Queue[list[ModelEntry]] = asyncio.Queue()
+
+        def first_ready(entries: list[ModelEntry]) -> None:
+            loop.call_soon_threadsafe(ready.put_nowait, entries)
+
+        training = asyncio.ensure_future(
+            asyncio.to_thread(
+                ensure_first_generation,
+                self.registry,
+                plan,
+                self._progress,
+                self.settings.dataset,
+                first_ready,
+            )
         )
+        training.add_done_callback(lambda _: ready.put_nowait([]))
+        try:
+            entries = await ready.get()
+            if entries and not training.done():
+                for entry in entries:
+                    await asyncio.to_thread(self.models.prepare, entry)
+                if self.settings.push:
+                    await self._push([e for e in entries if e.mode.kind != RAW])
+                serving = ", ".join(f"{e.mode} ({e.version})" for e in entries)
+                self._announce(f"serving {serving} while the other edge halves are exported")
+            outcome = await training
+        finally:
+            training.cancel()  # leaving early: nobody waits for it (its thread runs out)
         if outcome["trained"]:
             metrics = self.consumers[0].metrics
             metrics.training_runs.labels("bootstrap").inc()
             metrics.training_seconds.labels("bootstrap").observe(outcome["seconds"])
             dataset = outcome["dataset"]
             self._announce(
-                f"trained a first model set on {dataset['name']} ({len(dataset['classes'])} "
-                f"classes: {', '.join(dataset['classes'][:12])}"
+                f"trained generation 1 of {len(plan)} on {dataset['name']} "
+                f"({len(dataset['classes'])} classes: {', '.join(dataset['classes'][:12])}"
                 f"{', ...' if len(dataset['classes']) > 12 else ''}; {dataset['train_items']} "
-                f"items, {dataset['held_out_items']} held out) in {outcome['seconds']} s; "
-                f"held-out accuracy {json.dumps(outcome['accuracy'])}"
+                f"items, {dataset['held_out_items']} held out"
+                + (
+                    f", {dataset['skipped_items']} items skipped: nothing of them is opaque"
+                    if dataset["skipped_items"]
+                    else ""
+                )
+                + f") in {outcome['seconds']} s; held-out accuracy "
+                f"{json.dumps(outcome['accuracy'])}"
             )
 
     async def drain(self, timeout: float = 5.0) -> None:

@@ -1022,6 +1022,57 @@ def cloud_detail() -> dict[str, Any]:
             width=6,
         ),
         Panel(
+            "Models: generation serving",
+            COUNT,
+            [Query("max by (family) (edgelearn_cloud_model_generation)", "{{family}}")],
+            "The generation of the models serving each family (cnn: raw, split and full; pca; "
+            "autoencoder). The first is trained in seconds when the registry is empty; the "
+            "grower trains the next ones in the background, each on more distinct items, "
+            "and a family moves on only when the judge finds the new one significantly "
+            "better on the same held-out items.",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Models: generation in training",
+            COUNT,
+            [Query("max(edgelearn_cloud_generation_training)", "generation")],
+            "The generation the grower is training in the background now (0: none; the plan "
+            "is done, or the cloud grows nothing).",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
+            "Models: held-out accuracy of what serves",
+            RATIO,
+            [
+                Query(
+                    "max by (mode) (edgelearn_cloud_model_heldout_accuracy_ratio)", "{{mode}}"
+                )
+            ],
+            "Accuracy of the model serving each mode on the held-out items (never trained "
+            "on; edgelearn_cloud_model_heldout_items says how many), on the path that serves: "
+            "the int8 edge half, then the cloud half. It climbs as generations are promoted.",
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Models: generations promoted and kept",
+            COUNT,
+            [
+                Query(
+                    "sum by (family, outcome) "
+                    "(increase(edgelearn_cloud_generations_total[$__range]))",
+                    "{{family}} {{outcome}}",
+                )
+            ],
+            "Background generations over the dashboard's time range, per family: promoted "
+            "(the judge found it significantly better, or nothing of the family served), "
+            "kept (no significant gain: the serving one stays).",
+            kind="stat",
+            width=6,
+        ),
+        Panel(
             "Continuous trainer: candidate vs serving",
             RATIO,
             [

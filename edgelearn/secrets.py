@@ -40,6 +40,12 @@ def default_state_dir() -> Path:
     return default_secrets_dir().parent
 
 
+def registry_dir(explicit: Path | None = None) -> Path:
+    """The model registry: ``explicit``, else ``$EDGELEARN_REGISTRY``, else the state's."""
+    chosen = explicit or os.environ.get("EDGELEARN_REGISTRY")
+    return Path(chosen) if chosen else default_state_dir() / "registry"
+
+
 @dataclass(frozen=True)
 class User:
     name: str

@@ -42,7 +42,7 @@ def test_every_consumer_answers_from_the_models_the_warm_up_loaded(
         group=site,
         consumers=2,
         split_ks=(2,),
-        budget=None,
+        training=None,
         push=False,
     )
 
