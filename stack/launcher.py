@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets as random_source
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgelearn import wire
+from edgelearn.config import BrokerConfig
 from edgelearn.datasets import parse_dataset
 from edgelearn.metrics import fetch
 from edgelearn.modes import Mode
@@ -52,6 +54,7 @@ PROMETHEUS_CONFIG = Path(__file__).resolve().parent.parent / "dashboards" / "pro
 AUTO_MODE = "auto"
 GATEWAY_ID = "gw-1"
 KEPT_LINES = 200  # of each child's output, for error messages and waits
+SEED_LIMIT = 2**31  # cameras' seeds: camera i of a run uses seed + i
 
 
 class StackError(RuntimeError):
@@ -203,12 +206,16 @@ class StackSettings:
     budget: str = "default"  # training budget of a first model set
     dataset: str = "fashion-mnist"  # what it learns and the labeled cameras show (folder:PATH)
     learn: bool = True  # the cloud's continuous trainer
+    grow: bool = True  # the cloud's later model generations, in the background
     learn_every: int | None = None  # its trigger in labeled objects; None: the cloud's default
     feature_store: Path | None = None  # default: <run_dir>/features
     workers: int = 1
     gateway_queue_depth: int | None = None  # None: the gateway's default
     uplink_kbps: float = 0.0  # the gateway's uplink as the planner sees it; 0: not configured
     labeled_cameras: int = 4
+    # The labeled cameras' scenes (which items, where, in what light); None: a fresh one
+    # each run, so two runs are two independent samples of items.
+    seed: int | None = None
     video: Path | None = SAMPLE_VIDEO
     fps: float = 15.0
     camera_users: int = 0  # camera users to ensure beyond the stack's own cameras
@@ -225,6 +232,8 @@ class StackSettings:
             Mode.parse(self.mode)  # ModeError (a ValueError) with a clear message
         if self.sites < 1 or self.consumers < 1 or self.workers < 1:
             raise ValueError("sites, consumers and workers must be at least 1")
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"the cameras' seed must be in 0..{SEED_LIMIT - 1}")
 
     def site_names(self) -> list[str]:
         """One site keeps ``site``; several are ``<site>-1``, ``<site>-2``..."""
@@ -300,6 +309,7 @@ class RunningStack:
     sites: list[Site]
     cloud: Child
     prometheus: str | None
+    seed: int  # the labeled cameras' (camera n of the stack: seed + n - 1)
 
     @property
     def edge_broker(self) -> broker.RunningBroker:
@@ -329,6 +339,13 @@ class RunningStack:
     def metrics_urls(self) -> list[str]:
         return [url for child in self.children.children for url in child.metrics_urls]
 
+    def observer_config(self) -> BrokerConfig:
+        """How an observer of the whole stack (dashboards, summaries) reaches the cloud
+        broker, where every site's features and results arrive."""
+        return BrokerConfig.for_user(
+            "observer", port=self.cloud_broker.port, secrets_dir=self.secrets.directory
+        )
+
     def info(self) -> dict[str, str]:
         found = {"cloud_broker": f"127.0.0.1:{self.cloud_broker.port}"}
         for site in self.sites:
@@ -336,6 +353,7 @@ class RunningStack:
             found[key] = f"127.0.0.1:{site.broker.port}"
         if self.prometheus:
             found["prometheus"] = self.prometheus
+        found["seed"] = f"{self.seed} (the cameras' items; --seed {self.seed} shows them again)"
         return found
 
 
@@ -397,6 +415,7 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
         )
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    seed = random_source.randbelow(SEED_LIMIT - 1000) if settings.seed is None else settings.seed
     own_cameras = settings.cameras_per_site * settings.sites
     secrets = _secrets(settings, max(own_cameras, settings.camera_users), settings.sites)
     cloud_port = _port(settings.cloud_port, "cloud broker", "--cloud-port")
@@ -456,13 +475,13 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
                 gateway_id=site.gateway_id,
             )
             first_camera = 1 + number * settings.cameras_per_site
-            site.cameras = _start_cameras(children, settings, site, first_camera, env)
+            site.cameras = _start_cameras(children, settings, site, first_camera, seed, env)
         prometheus = None
         if prometheus_binary:
             prometheus = _start_prometheus(
                 children, prometheus_binary, run_dir, prometheus_port, sites, env
             )
-        yield RunningStack(children, secrets, cloud_broker, sites, cloud, prometheus)
+        yield RunningStack(children, secrets, cloud_broker, sites, cloud, prometheus, seed)
     finally:
         children.stop()
         for part in reversed(brokers):
@@ -500,11 +519,14 @@ def _start_cloud(
         "--dataset",
         settings.dataset,
         *([] if settings.learn else ["--no-learn"]),
+        *([] if settings.grow else ["--no-grow"]),
         *(["--learn-every", str(settings.learn_every)] if settings.learn_every else []),
     )
     cloud = children.start("cloud", command, env)
     cloud.metrics_urls += [_metrics_url(metrics_port + n) for n in range(settings.consumers)]
-    children.wait_for_line(cloud, "pushed", timeout=3600)  # a first training takes minutes
+    # A first generation takes tens of seconds: the cloud says "serving" as soon as one of
+    # its models answers (the gateway runs raw until the model of its mode arrives).
+    children.wait_for_line(cloud, "serving", timeout=3600)
     return cloud
 
 
@@ -568,10 +590,11 @@ def _start_cameras(
     settings: StackSettings,
     site: Site,
     first_camera: int,
+    seed: int,
     env: dict[str, str],
 ) -> list[Child]:
     """The site's cameras; numbered on from ``first_camera`` so every camera of the stack
-    has its own id (and credential)."""
+    has its own id (and credential) and its own scene (camera n: ``seed + n - 1``)."""
     suffix = "" if settings.sites == 1 else f"-{site.name}"
     fleets: list[tuple[str, str, int, int]] = []  # name, source, cameras, first camera
     if settings.labeled_cameras:
@@ -592,6 +615,8 @@ def _start_cameras(
             str(count),
             "--first-camera",
             str(first),
+            "--seed",
+            str(seed + first - 1),
             "--fps",
             str(settings.fps),
             "--broker",

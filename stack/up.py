@@ -22,13 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloud.registry import Registry
 from edgelearn import wire
 from edgelearn.config import ConfigError
 from edgelearn.datasets import DatasetError, parse_dataset
+from edgelearn.evidence import Evidence
 from edgelearn.metrics import Samples, fetch
 from edgelearn.modes import ModeError
+from edgelearn.secrets import registry_dir
 from stack import broker
 from stack.launcher import SAMPLE_VIDEO, RunningStack, StackError, StackSettings, launch
+from stack.observer import ResultsObserver
 from stack.supervisor import CounterTotals, Progress, Supervisor
 
 
@@ -115,7 +119,26 @@ def summarize(samples: Samples) -> dict[str, Any]:
         )
     total_raw, total_sent = sum(raw.values()), sum(sent.values())
     predicted = samples.by_label("edgelearn_cloud_predictions_total", "class_name")
+    training = samples.total("edgelearn_cloud_generation_training")
     return {
+        "models": {
+            "generation": {
+                family: int(value)
+                for family, value in samples.by_label(
+                    "edgelearn_cloud_model_generation", "family"
+                ).items()
+            },
+            "held_out_accuracy": samples.by_label(
+                "edgelearn_cloud_model_heldout_accuracy_ratio", "mode"
+            ),
+            "held_out_items": {
+                mode: int(value)
+                for mode, value in samples.by_label(
+                    "edgelearn_cloud_model_heldout_items", "mode"
+                ).items()
+            },
+            "training_generation": int(training) or None,
+        },
         # by the model's class names: a user's data set shows theirs
         "predicted": dict(sorted(predicted.items(), key=lambda item: -item[1])),
         "trainer": {
@@ -160,15 +183,26 @@ def _fmt(value: float | None, scale: float = 100, suffix: str = "%") -> str:
     return "-" if value is None else f"{value * scale:.1f}{suffix}"
 
 
+def _evidence(figure: dict[str, Any], interval: bool = False) -> str:
+    return Evidence.from_dict(figure).text(interval)
+
+
 def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") -> str:
+    first = summary.get("first_result_seconds")
     lines = [
         f"edgelearn stack, {elapsed:.0f} s: {summary['results']} results"
+        + (f" (the first {first:.0f} s after the command started)" if first else "")
         + (f"; {health}" if health else ""),
         f"{'camera':<10}{'fps':>6}{'frames':>8}{'keyframes':>11}{'raw':>11}{'sent':>11}"
-        f"{'objects':>9}{'in/min':>8}  accuracy",
+        f"{'objects':>9}{'in/min':>8}  accuracy per object (run, items)",
     ]
+    observed = summary.get("accuracy") or {}
     for camera, row in summary["cameras"].items():
-        accuracy = ", ".join(f"{mode} {_fmt(value)}" for mode, value in row["accuracy"].items())
+        accuracy = ", ".join(
+            f"{mode} {_evidence(of_mode['run']['cameras'][camera])}"
+            for mode, of_mode in observed.items()
+            if camera in of_mode["run"]["cameras"]
+        )
         seen = row.get("objects") or {}
         in_view = "-" if seen.get("in_view") is None else f"{seen['in_view']:.1f}"
         per_minute = (
@@ -183,8 +217,13 @@ def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") ->
         lines.append(
             f"mode {mode:<12} latency p50 {_fmt(row.get('latency_p50_seconds'), 1000, ' ms')}"
             f"  p99 {_fmt(row.get('latency_p99_seconds'), 1000, ' ms')}"
-            f"  accuracy {_fmt(row.get('accuracy'))}"
         )
+        if mode in observed:
+            recent = next(key for key in observed[mode] if key.startswith("last_"))
+            lines.append(
+                f"  accuracy per object: run {_evidence(observed[mode]['run'], True)}; "
+                f"last {int(recent[5:-1]) // 60} min {_evidence(observed[mode][recent], True)}"
+            )
     lines.append(
         f"uplink: {_fmt_bytes(summary['sent_bytes'])} sent for "
         f"{_fmt_bytes(summary['raw_bytes'])} of camera JPEGs: "
@@ -203,6 +242,22 @@ def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") ->
             "classes predicted: "
             + ", ".join(f"{name} {int(n)}" for name, n in top)
             + (", ..." if len(summary["predicted"]) > len(top) else "")
+        )
+    models = summary.get("models") or {}
+    if models.get("generation"):
+        held_out = ", ".join(
+            f"{mode} {value:.1%}" for mode, value in sorted(models["held_out_accuracy"].items())
+        )
+        items = max(models["held_out_items"].values(), default=0)
+        lines.append(
+            "models: generation "
+            + ", ".join(f"{family} {n}" for family, n in models["generation"].items() if n)
+            + (f"; held-out {held_out} ({items} items)" if held_out else "")
+            + (
+                f"; training generation {models['training_generation']} in the background"
+                if models.get("training_generation")
+                else ""
+            )
         )
     trainer = summary.get("trainer") or {}
     if trainer.get("runs"):
@@ -254,8 +309,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--budget",
         choices=("default", "quick"),
         default=defaults.budget,
-        help="training budget if the registry is empty (quick: ~1 min, "
-        "low accuracy; default: a few minutes on 2 cores)",
+        help="the model generations the cloud trains: default, a first one in seconds, then "
+        "bigger ones in the background for some minutes; quick: two small ones (tests)",
     )
     parser.add_argument(
         "--dataset",
@@ -268,7 +323,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-learn",
         dest="learn",
         action="store_false",
-        help="no continuous trainer: the cloud's models stay as first trained",
+        help="no continuous trainer: the cloud does not tune its models on what arrives",
+    )
+    parser.add_argument(
+        "--no-grow",
+        dest="grow",
+        action="store_false",
+        help="train the first model generation only, not the bigger ones in the background",
     )
     parser.add_argument(
         "--uplink-kbps",
@@ -303,6 +364,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--video", default=str(SAMPLE_VIDEO), help="video file for one more camera, or 'none'"
     )
     parser.add_argument("--fps", type=float, default=defaults.fps, help="camera frame rate")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the labeled cameras' scenes: which items they show, where and in what light "
+        "(default: a fresh one each run, printed and in summary.json; the same seed shows "
+        "the same items again)",
+    )
     parser.add_argument("--site", default=defaults.site, help="topic namespace")
     parser.add_argument(
         "--edge-port", type=int, default=defaults.edge_port, help="edge broker port (0: free)"
@@ -406,11 +475,13 @@ def _settings(args: argparse.Namespace) -> StackSettings:
             budget=args.budget,
             dataset=str(dataset),
             learn=args.learn,
+            grow=args.grow,
             workers=args.workers,
             sites=args.sites,
             consumers=args.consumers,
             uplink_kbps=args.uplink_kbps,
             labeled_cameras=args.cameras,
+            seed=args.seed,
             video=None if args.video == "none" else Path(args.video),
             fps=args.fps,
             echo=not args.quiet,
@@ -422,8 +493,11 @@ def _settings(args: argparse.Namespace) -> StackSettings:
 def _run(args: argparse.Namespace, stop: _StopRequest, summary: dict[str, Any]) -> int:
     """Start the stack, supervise it and keep ``summary`` current until the end; returns
     the exit status (1: a part failed for good)."""
+    began = time.monotonic()  # the command's start: how long the first result took
     settings = _settings(args)
-    with launch(settings) as stack:
+    registry = Registry(registry_dir(settings.registry))
+    task = parse_dataset(settings.dataset).task
+    with launch(settings) as stack, ResultsObserver(stack.observer_config()) as observer:
         print("\nedgelearn stack is up:", flush=True)
         for key, value in stack.info().items():
             print(f"  {key:<13} {value}")
@@ -453,6 +527,11 @@ def _run(args: argparse.Namespace, stop: _StopRequest, summary: dict[str, Any]) 
                 latest.update(per_url)
                 summary.clear()
                 summary.update(summarize(merged))
+                summary["seed"] = stack.seed
+                # What a subscriber of the results saw, on items no serving model trained on
+                summary["accuracy"] = observer.report(registry.trained_items(task))
+                if observer.first_at is not None:
+                    summary["first_result_seconds"] = round(observer.first_at - began, 1)
                 summary["health"] = supervisor.report()
                 summary["elapsed_seconds"] = round(elapsed, 1)
                 print("\n" + render_summary(summary, elapsed, supervisor.line()), flush=True)

@@ -6,10 +6,21 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from stack.launcher import KEPT_LINES, ChildProcesses, StackError
+from edgelearn import wire
+from stack.launcher import (
+    KEPT_LINES,
+    ChildProcesses,
+    Site,
+    StackError,
+    StackSettings,
+    _start_cameras,
+    child_env,
+)
+from tests.conftest import BrokerUnderTest, open_probe, wait_for
 
 
 def _talker(tmp_path: Path, lines: int) -> list[str]:
@@ -57,3 +68,45 @@ def test_a_wait_for_a_child_that_exits_says_so_with_its_last_lines(tmp_path: Pat
         assert "no models here" in str(caught.value)
     finally:
         children.stop()
+
+
+def _items_per_frame(
+    broker: BrokerUnderTest, tmp_path: Path, site: str, seed: int, frames: int = 45
+) -> dict[tuple[str, int], tuple[int | None, ...]]:
+    """Start the stack's labeled cameras as ``edgelearn up --seed seed`` starts them (the
+    launcher's own command) and read, per (camera, frame), which items it showed."""
+    settings = StackSettings(
+        run_dir=tmp_path / f"run-{site}", labeled_cameras=2, video=None, site=site, echo=False
+    )
+    settings.run_dir.mkdir(parents=True)
+    probe = open_probe(broker, "observer")
+    probe.subscribe(wire.Topics(site).all_frames(), qos=0)
+    children = ChildProcesses(settings.run_dir, echo=False)
+    edge = SimpleNamespace(port=broker.port)  # the session's broker is the site's
+    env = child_env(broker.secrets_dir)
+    try:
+        _start_cameras(children, settings, Site(site, "gw-1", edge), 1, seed, env)  # type: ignore[arg-type]
+
+        def shown() -> dict[tuple[str, int], tuple[int | None, ...]]:
+            decoded = [wire.decode_as(payload, wire.Frame) for payload in probe.payloads()]
+            return {(f.camera_id, f.seq): f.truth_items for f in decoded if f.seq < frames}
+
+        wait_for(lambda: len(shown()) >= 2 * frames * 0.8, 60, f"{frames} frames a camera")
+        return shown()
+    finally:
+        children.stop()
+        probe.close()
+
+
+def test_the_same_seed_shows_the_same_items_and_another_seed_others(
+    broker: BrokerUnderTest, tmp_path: Path, site: str
+) -> None:
+    first = _items_per_frame(broker, tmp_path, f"{site}a", seed=41)
+    again = _items_per_frame(broker, tmp_path, f"{site}b", seed=41)
+    other = _items_per_frame(broker, tmp_path, f"{site}c", seed=977)
+    both = first.keys() & again.keys()
+    assert len(both) > 40  # frames both runs sent (a camera may skip one it was late for)
+    assert all(first[frame] == again[frame] for frame in both)
+    items = {item for shown in first.values() for item in shown}
+    assert len(items) >= 3  # 0-3 items a camera at a time, walking in and out
+    assert not items & {item for shown in other.values() for item in shown}

@@ -1,0 +1,156 @@
+"""What a user of the stack sees: every result on the cloud broker, scored per object.
+
+``edgelearn up`` runs one :class:`ResultsObserver`: an MQTT client of its own, the
+``observer`` user, subscribed to every site's ``results/+`` on the cloud broker, outside the
+pipeline (it trusts no counter of the cloud's). Each result's objects carry their true label
+and item (a labeled camera's ground truth) and the class the pipeline answered, so the
+observer scores them as a downstream subscriber would and keeps, per object: when it was
+answered, its camera, its mode, its item, right or wrong.
+
+:meth:`ResultsObserver.report` turns that into the summary's accuracies: per mode, overall
+and per camera, over the whole run and over the last ``recent_seconds``, each an
+:class:`edgelearn.evidence.Evidence` (objects, distinct items, a 95% interval by
+resampling items). Items a serving model was trained on (``trained_items``: what the
+continuous trainer recorded in the registry) are left out, and counted, so every figure
+rests on items the models never saw.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from edgelearn import wire
+from edgelearn.config import BrokerConfig
+from edgelearn.evidence import Evidence, item_accuracy
+
+RECENT_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One labeled object of one result, as the observer saw it."""
+
+    at: float  # monotonic seconds when it arrived
+    camera: str
+    mode: str
+    item: int | None
+    correct: bool
+
+    def key(self) -> tuple[str, int]:
+        """The evidence it belongs to: its item (None: a labeled frame of no known item,
+        counted on its own)."""
+        return ("item", self.item) if self.item is not None else (self.camera, id(self))
+
+
+def scored_objects(result: wire.Result, at: float) -> list[Scored]:
+    """The labeled objects of ``result`` (a whole-frame result: the frame, if labeled)."""
+    if result.tracks:
+        items = result.items or (None,) * len(result.tracks)
+        return [
+            Scored(at, result.camera_id, result.extractor, item, label == predicted)
+            for label, predicted, item in zip(result.labels, result.classes, items, strict=True)
+            if label is not None
+        ]
+    if result.label is None:
+        return []
+    return [Scored(at, result.camera_id, result.extractor, None, result.label == result.predicted)]
+
+
+class ResultsObserver:
+    """Subscribes to ``results`` of every site on the broker of ``config`` (as a context
+    manager); thread-safe."""
+
+    def __init__(self, config: BrokerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._scored: list[Scored] = []
+        self.results = 0
+        self.undecodable = 0
+        self.first_at: float | None = None  # when the first result arrived (the clock's)
+        self._client: Any = None
+
+    def __enter__(self) -> ResultsObserver:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"up-observer-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.config.apply_to_paho(client)
+        topic = wire.Topics(wire.ANY_SITE).all_results()
+
+        def on_connect(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
+            if not code.is_failure:
+                client.subscribe(topic, qos=0)  # again after every reconnect
+
+        client.on_connect = on_connect
+        client.on_message = lambda client, userdata, message: self.add(bytes(message.payload))
+        client.connect_async(self.config.host, self.config.port)
+        client.loop_start()
+        self._client = client
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def add(self, payload: bytes) -> None:
+        try:
+            result = wire.decode_as(payload, wire.Result)
+        except wire.WireError:
+            with self._lock:
+                self.undecodable += 1
+            return
+        now = self._clock()
+        scored = scored_objects(result, now)
+        with self._lock:
+            self.results += 1
+            if self.first_at is None:
+                self.first_at = now
+            self._scored.extend(scored)
+
+    def report(
+        self, trained_items: Iterable[int] = (), recent_seconds: float = RECENT_SECONDS
+    ) -> dict[str, Any]:
+        """Per mode: ``run`` and ``last_<n>s`` accuracies (overall and per camera) over the
+        objects of items no serving model trained on, and how many objects were left out."""
+        with self._lock:
+            scored = list(self._scored)
+        trained = set(trained_items)
+        kept = [s for s in scored if s.item is None or s.item not in trained]
+        since = self._clock() - recent_seconds
+        report: dict[str, Any] = {}
+        for mode in sorted({s.mode for s in scored}):
+            mine = [s for s in kept if s.mode == mode]
+            recent = [s for s in mine if s.at >= since]
+            report[mode] = {
+                "run": _accuracies(mine),
+                f"last_{recent_seconds:.0f}s": _accuracies(recent),
+                "objects_of_trained_items_left_out": sum(1 for s in scored if s.mode == mode)
+                - len(mine),
+            }
+        return report
+
+
+def _accuracies(scored: list[Scored]) -> dict[str, Any]:
+    cameras = sorted({s.camera for s in scored}, key=lambda c: (len(c), c))
+    return {
+        **_evidence(scored).as_dict(),
+        "cameras": {
+            camera: _evidence([s for s in scored if s.camera == camera]).as_dict()
+            for camera in cameras
+        },
+    }
+
+
+def _evidence(scored: list[Scored]) -> Evidence:
+    return item_accuracy([s.correct for s in scored], [s.key() for s in scored])
