@@ -63,23 +63,22 @@ def bench_registry_path() -> Path:
 
 
 def bench_registry(split_ks: Sequence[int] = BENCH_SPLIT_KS) -> tuple[Registry, dict[str, Any]]:
-    """A registry with every mode, trained once on the quick budget and then reused from a
-    cache directory (``$EDGELEARN_BENCH_REGISTRY``, else ``~/.cache/edgelearn/
-    bench-registry``), and what it holds."""
-    from cloud.bootstrap import TrainingBudget, ensure_models
+    """A registry with every mode, trained once on the quick plan (every generation) and
+    then reused from a cache directory (``$EDGELEARN_BENCH_REGISTRY``, else
+    ``~/.cache/edgelearn/bench-registry``), and what it holds."""
+    from cloud.bootstrap import TrainingPlan, train_plan, with_splits
 
     root = bench_registry_path()
     root.mkdir(parents=True, exist_ok=True)
     registry = Registry(root)
-    budget = TrainingBudget(**{**TrainingBudget.quick().__dict__, "split_ks": tuple(split_ks)})
     started = time.perf_counter()
-    outcome = ensure_models(registry, budget)
+    outcomes = train_plan(registry, with_splits(TrainingPlan.quick(), split_ks))
     return registry, {
         "registry": str(root),
-        "budget": "TrainingBudget.quick()",
+        "budget": "TrainingPlan.quick()",
         "split_ks": list(split_ks),
-        "trained_now": outcome["trained"],
-        "training_seconds": round(time.perf_counter() - started, 1) if outcome["trained"] else 0,
+        "trained_now": bool(outcomes),
+        "training_seconds": round(time.perf_counter() - started, 1) if outcomes else 0,
         "entries": {
             f"{entry.name}/{entry.version}": {
                 "kind": entry.kind,
@@ -142,6 +141,7 @@ def _frame(camera_id: str, number: int, rendered: Any, quality: int) -> wire.Fra
         preprocess.encode_jpeg(rendered.image, quality),
         truth_labels=tuple(item.label for item in rendered.objects),
         truth_boxes=tuple(item.box for item in rendered.objects),
+        truth_items=tuple(item.item for item in rendered.objects),
     )
 
 

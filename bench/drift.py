@@ -29,7 +29,6 @@ ended. ``edgelearn report`` draws the accuracy over time (``drift.png``).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import shutil
@@ -343,13 +342,13 @@ def _registry(budget: Budget, work: Path, source: Path | None) -> Path:
     elif budget.training == "quick":
         cached = bench_registry(BENCH_SPLIT_KS)[0].root
     else:
-        from cloud.bootstrap import TrainingBudget, ensure_models
+        from cloud.bootstrap import TrainingPlan, train_plan, with_splits
         from cloud.registry import Registry
 
         cached = bench_registry_path()
         if not os.environ.get("EDGELEARN_BENCH_REGISTRY"):
             cached = cached.with_name("drift-registry")  # not the quick budget's
-        ensure_models(Registry(cached), dataclasses.replace(TrainingBudget(), split_ks=(2, 6, 8)))
+        train_plan(Registry(cached), with_splits(TrainingPlan.default(), (2, 6, 8)))
     target = work / "registry"
     shutil.copytree(cached, target, ignore=shutil.ignore_patterns(".staging", "serving.json"))
     return target
@@ -359,7 +358,6 @@ def run(
     quick: bool, output_dir: Path | None = None, registry: Path | None = None
 ) -> dict[str, Any]:
     """``registry``: the first model set to start from (copied; default the cache)."""
-    from cloud.bootstrap import TrainingBudget
     from cloud.service import CloudService, CloudSettings
 
     budget = Budget.of(quick)
@@ -378,7 +376,7 @@ def run(
                 edge_port=0, cloud_port=0, prometheus=False, mode=str(budget.mode),
                 split_ks=(budget.split_k,), budget=budget.training, labeled_cameras=0,
                 video=None, camera_users=budget.cameras + 1, consumers=1, echo=False,
-                learn_every=budget.learn_every,
+                learn_every=budget.learn_every, grow=False,  # adaptation alone is measured
             )  # fmt: skip
             with launch(settings) as stack:
                 secrets_dir = stack.secrets.directory
@@ -386,7 +384,7 @@ def run(
                 static_settings = CloudSettings(
                     broker=BrokerConfig.for_user("cloud", port=cloud_port, secrets_dir=secrets_dir),
                     registry=static_registry, secrets=stack.secrets, site=SITE, group="static",
-                    cloud_id="static", split_ks=(budget.split_k,), budget=None, push=False,
+                    cloud_id="static", split_ks=(budget.split_k,), training=None, push=False,
                     feature_store=None, keep_features=False, trainer=None,
                 )  # fmt: skip
 
@@ -440,7 +438,7 @@ def run(
             # cameras, rollbacks), from its log
             "trainer_log": [line for line in cloud_log if line.startswith("trainer ")],
             "learning_cloud_drops": readings[-1]["drops"],
-            "first_training": TrainingBudget.quick().__dict__ if quick else "default",
+            "first_training": "TrainingPlan.quick()" if quick else "TrainingPlan.default()",
             "elapsed_seconds": round(time.perf_counter() - started, 1),
         }
         output_dir.mkdir(parents=True, exist_ok=True)

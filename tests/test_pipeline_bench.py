@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from bench import pipeline as pipeline_bench
 
 
@@ -22,10 +24,20 @@ def test_quick_pipeline_benchmark_covers_every_mode(tmp_path: Path, trained_regi
     rows = result["modes"]
     cloud_only = rows["raw"]
     assert cloud_only["reduction"] == 0.0 and cloud_only["results"] > 0
-    for key, row in rows.items():
-        assert row["frames_published"] == cloud_only["frames_published"], key  # same frames
+    for key, row in rows.items():  # the same frames for every mode, keyframes on and off
+        same = rows["raw keyframes" if row["keyframes"] else "raw"]["frames_published"]
+        assert row["frames_published"] == same, key
         assert row["results"] > 0, key
-        assert row["accuracy"] is not None, key
+        assert row["accuracy"] is not None and row["evidence"]["items"] >= 5, key
+        evidence = row["evidence"]
+        assert evidence["low"] <= evidence["accuracy"] <= evidence["high"], key
+    assert rows["raw keyframes"]["frames_published"] > cloud_only["frames_published"]
+    # where the accuracy goes, on the same scenes, offline: the stages add up
+    for mode, account in result["losses"].items():
+        figures = account["accuracy"]
+        assert figures["ideal"]["accuracy"] - sum(account["losses"].values()) == pytest.approx(
+            figures["sent"]["accuracy"], abs=1e-3
+        ), mode
     # The edge modes send far less than cloud-only over the bridge, and no raw frame crossed.
     for mode in ("pca", "autoencoder", "full"):
         assert rows[f"{mode} keyframes"]["reduction"] > 0.99, mode
