@@ -120,8 +120,9 @@ class Budget:
 class CloudWatch:
     """A subscriber on the cloud broker: what crossed the bridge, and every result."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, trained_items: frozenset[int] = frozenset()) -> None:
         self.lock = threading.Lock()
+        self.trained_items = trained_items  # no evidence: a model trained on them
         self.feature_bytes = 0
         self.feature_messages = 0
         self.frame_messages = 0
@@ -154,7 +155,11 @@ class CloudWatch:
                 self.results += 1
                 self.latencies.append((result.result_ns - result.capture_ns) / 1e9)
                 self.boxes[(result.camera_id, result.seq)] = result.boxes
-                self.scored += scored_objects(result, time.monotonic())
+                self.scored += [
+                    scored
+                    for scored in scored_objects(result, time.monotonic())
+                    if scored.item not in self.trained_items
+                ]
 
     def reset(self) -> dict[str, Any]:
         with self.lock:
@@ -183,10 +188,13 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="edgelearn-bench-"))
-    registry = registry or Path(os.environ.get("EDGELEARN_BENCH_REGISTRY", work / "registry"))
-    # Every mode runs the plan's last generation, the same models from first to last frame:
-    # trained here when the registry lacks them, and nothing trains while it is measured.
-    training_seconds = _train_the_plan(registry, budget)
+    brought = registry or os.environ.get("EDGELEARN_BENCH_REGISTRY")
+    registry = Path(brought) if brought else work / "registry"
+    # Every mode runs the same models from first to last frame, and nothing trains while
+    # it is measured: a fresh registry gets the plan's every generation; a registry you
+    # bring (one an ``up`` run grew) is measured as it is, its missing modes trained.
+    training_seconds = _train_the_plan(registry, budget, whole_plan=not brought)
+    trained_items = _trained_items(registry)
     settings = StackSettings(
         run_dir=work,
         secrets=work / "secrets",
@@ -212,13 +220,15 @@ def run(
     clients: list[Any] = []
     try:
         with launch(settings) as stack:
-            result = _run_modes(stack, budget, clients)
+            result = _run_modes(stack, budget, clients, trained_items)
             stack.children.stop()  # the consumers flush the feature store as they stop
         # Each item is scored in many frames: the accuracies rest on the items shown.
         result["distinct_items"] = items_shown(
             budget.cameras, budget.frames_per_camera, first_seed=FIRST_SEED
         )
         result["models_trained_seconds"] = training_seconds
+        result["models"] = _models(registry, budget)
+        result["trained_items_left_out"] = len(trained_items)
         result["losses"] = _losses(registry, budget)
         result["training_on_what_arrived"] = _retrain(registry, work / "features", budget)
         result["elapsed_seconds"] = round(time.perf_counter() - started, 1)
@@ -230,7 +240,9 @@ def run(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[str, Any]:
+def _run_modes(
+    stack: RunningStack, budget: Budget, clients: list[Any], trained_items: set[int]
+) -> dict[str, Any]:
     (cloud_url,) = stack.cloud.metrics_urls
     gateway_urls = list(stack.gateway.metrics_urls)  # one per worker
     slots = [mode.slot for mode in budget.modes() if mode.needs_model]
@@ -245,7 +257,10 @@ def _run_modes(stack: RunningStack, budget: Budget, clients: list[Any]) -> dict[
     )
     secrets_dir = stack.secrets.directory
     cloud_port, edge_port = stack.cloud_broker.port, stack.edge_broker.port
-    watch = CloudWatch(BrokerConfig.for_user("observer", port=cloud_port, secrets_dir=secrets_dir))
+    watch = CloudWatch(
+        BrokerConfig.for_user("observer", port=cloud_port, secrets_dir=secrets_dir),
+        frozenset(trained_items),
+    )
     clients.append(watch.client)
     frames = render_object_cameras(budget.cameras, budget.frames_per_camera, first_seed=FIRST_SEED)
     # One connection per camera: each publishes as its own broker user (the ACL holds).
@@ -417,17 +432,45 @@ def _measure(
     }
 
 
-def _train_the_plan(registry: Path, budget: Budget) -> float:
+def _train_the_plan(registry: Path, budget: Budget, whole_plan: bool) -> float:
     """Every generation of the budget's training plan, as the cloud's grower would train
-    them (promoted through the judge); the seconds it took (0: the registry had them)."""
-    from cloud.bootstrap import TrainingPlan, train_plan, with_splits
+    them (promoted through the judge), or with ``whole_plan`` False only the first where
+    a mode is missing; the seconds it took (0: the registry had them)."""
+    from cloud.bootstrap import TrainingPlan, ensure_first_generation, train_plan, with_splits
     from cloud.registry import Registry
 
     started = time.perf_counter()
-    trained = train_plan(
-        Registry(registry), with_splits(TrainingPlan.named(budget.training), budget.split_ks)
-    )
+    plan = with_splits(TrainingPlan.named(budget.training), budget.split_ks)
+    if whole_plan:
+        trained = bool(train_plan(Registry(registry), plan))
+    else:
+        trained = bool(ensure_first_generation(Registry(registry), plan)["trained"])
     return round(time.perf_counter() - started, 1) if trained else 0.0
+
+
+def _trained_items(registry: Path) -> set[int]:
+    """The camera items (Fashion-MNIST test items) a model of this registry trained on, as
+    the continuous trainer of an ``up`` run records them: no evidence, left out."""
+    from cloud.registry import Registry
+    from edgelearn.datasets import FASHION_MNIST, DatasetSpec
+
+    return Registry(registry).trained_items(DatasetSpec(FASHION_MNIST).task)
+
+
+def _models(registry: Path, budget: Budget) -> dict[str, Any]:
+    """What each mode ran: its generation and its held-out accuracy."""
+    from cloud.bootstrap import generation_of, serving_entries
+    from cloud.registry import Registry
+
+    serving = serving_entries(Registry(registry), budget.split_ks)
+    return {
+        str(mode): {
+            "version": entry.version,
+            "generation": generation_of(entry),
+            "held_out_accuracy": entry.accuracy,
+        }
+        for mode, entry in serving.items()
+    }
 
 
 def _losses(registry: Path, budget: Budget) -> dict[str, Any]:
@@ -476,14 +519,14 @@ def _write_outputs(result: dict[str, Any], output_dir: Path) -> None:
         "accuracy | latency p50 / p99 ms | gateway / cloud CPU ms/frame |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f}"
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
     for row in result["modes"].values():
-
-        def ms(value: float | None) -> str:
-            return "-" if value is None else f"{value * 1000:.0f}"
-
-        def pct(value: float | None) -> str:
-            return "-" if value is None else f"{value * 100:.1f}%"
-
         accuracy = Evidence.from_dict(row["evidence"]).text() if row.get("evidence") else "-"
         lines.append(
             f"| {row['mode']} | {'on' if row['keyframes'] else 'off'} | "
@@ -506,6 +549,13 @@ def _write_outputs(result: dict[str, Any], output_dir: Path) -> None:
             f"| {mode} | {row['training_seconds']} | {row['uplink_bytes']} | "
             f"{row['held_out_accuracy'] * 100:.1f}% (n={row['n_train']}) |"
         )
+    if result.get("models"):
+        lines += ["", "| mode | model | generation | held-out accuracy |", "|---|---|---|---|"]
+        for mode, model in result["models"].items():
+            lines.append(
+                f"| {mode} | {model['version']} | {model['generation']} | "
+                f"{pct(model['held_out_accuracy'])} |"
+            )
     lines += [
         "",
         "Accuracy is per object as a subscriber of the results scores it, with its 95% "
