@@ -12,10 +12,12 @@ its crops with :func:`crop`, so every mode sees its objects alike.
 **Background model.** A running average of the blurred 1/8-scale grey frame, updated only
 where no object is (``learning_rate``), so an item that stops in view stays an object; an
 object that stays still for ``absorb_after`` frames is taken into the background (a parked
-car, a moved chair). Before comparing, each frame's global light is fitted to the background
-(``frame ~ gain * background + offset``, least squares on the pixels that look like
-background, refitted once without the outliers), so a lighting ramp or the camera's
-auto-exposure does not light up the whole frame. Sensor noise is washed out by the 1/8
+car, a moved chair). When most of the view differs from the model for ``scene_frames``
+frames on end (the camera was moved, the scene or its lights were changed), no object is that
+big for that long: the model starts again from the frame. Before comparing, each frame's
+global light is fitted to the background (``frame ~ gain * background + offset``, least
+squares on the pixels that look like background, refitted once without the outliers), so a
+lighting ramp or the camera's auto-exposure does not light up the whole frame. Sensor noise is washed out by the 1/8
 decode (libjpeg averages 8x8 blocks) and a 5x5 blur; what remains is cut by
 ``pixel_delta`` grey levels.
 
@@ -40,6 +42,7 @@ numpy + OpenCV only (the gateway imports it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -56,6 +59,8 @@ Box = tuple[int, int, int, int]
 
 Reason = Literal["appeared", "moving", "settled", "refresh"]
 
+log = logging.getLogger(__name__)
+
 SMALL_720P: Final = (HD_720P[0] // 8, HD_720P[1] // 8)
 """(width, height) of the background model's frame: :func:`small_grey` of a 720p JPEG."""
 
@@ -68,6 +73,8 @@ class RoiSettings:
     pixel_delta: float = 8.0  # grey levels (after the light fit) that count as foreground
     learning_rate: float = 0.05  # background update per frame, where no object is
     absorb_after: int = 450  # frames an object may stay still before it becomes background
+    scene_change: float = 0.5  # of the view in the foreground: the scene itself changed...
+    scene_frames: int = 10  # ...when it stays so for this many frames on end
     min_area: float = 0.002  # of the frame; smaller regions are noise
     merge_gap: float = 0.01  # of the frame width; boxes this close are one object
     match_iou: float = 0.3
@@ -123,6 +130,8 @@ class CameraObjects:
     next_track: int = 1
     mask: npt.NDArray[np.uint8] | None = None  # the last frame's foreground, small scale
     light: tuple[float, float] = (1.0, 0.0)  # the last frame's: frame ~ gain * bg + offset
+    changed: int = 0  # frames on end in which most of the view differed from the model
+    restarts: int = 0  # times the model started again from a frame (the scene changed)
 
 
 def small_grey(jpeg: bytes) -> npt.NDArray[np.uint8] | None:
@@ -327,6 +336,11 @@ class ObjectFinder:
         self.settings = settings or RoiSettings()
         self._cameras: dict[str, CameraObjects] = {}
 
+    def restarts(self, camera_id: str) -> int:
+        """How often ``camera_id``'s background model started again (its scene changed)."""
+        state = self._cameras.get(camera_id)
+        return 0 if state is None else state.restarts
+
     def mask(self, camera_id: str) -> npt.NDArray[np.uint8] | None:
         """The foreground of ``camera_id``'s last frame (small scale, 1 = object)."""
         state = self._cameras.get(camera_id)
@@ -359,6 +373,14 @@ class ObjectFinder:
             self._cameras[camera_id] = CameraObjects(frame.copy(), scale, frame_size)
             return []  # the first frame is the background: nothing to compare with yet
         boxes, mask = self._boxes(state, frame)
+        state.changed = state.changed + 1 if mask.mean() > self.settings.scene_change else 0
+        if state.changed >= self.settings.scene_frames:
+            restarted = CameraObjects(frame.copy(), state.scale, frame_size)
+            restarted.next_track, restarted.restarts = state.next_track, state.restarts + 1
+            self._cameras[camera_id] = restarted
+            log.info("%s: most of the view changed for %d frames: its background model starts "
+                     "again from this frame", camera_id, state.changed)  # fmt: skip
+            return []  # a new scene: this frame is its background
         found = self._track(state, boxes)
         self._learn(state, frame, mask)
         return found

@@ -60,6 +60,27 @@ def test_objects_are_found_where_the_scene_rendered_them_including_one_entering(
     assert entering_found > 0
 
 
+@needs_fashion_mnist
+def test_a_camera_moved_to_another_scene_finds_its_objects_again() -> None:
+    """The whole view changes at once (bench drift's cameras; a camera turned or moved):
+    the background model must not stay the old scene, with every pixel an object forever."""
+    data = load_fashion_mnist("test")
+    before, after = ObjectScene(data, seed=4), ObjectScene(data, seed=40)
+    finder = roi.ObjectFinder()
+    for index in range(150):
+        finder.update("cam-1", _small(before.render(index).image))
+    score = BoxScore()
+    for index in range(300):
+        frame = after.render(index)
+        found = finder.update("cam-1", _small(frame.image))
+        if index >= 150:  # a new scene starts like a new camera: with items in its first frame
+            score += score_boxes([o.box for o in frame.objects], [o.box for o in found],
+                                 (1280, 720))  # fmt: skip
+    assert finder.restarts("cam-1") == 1
+    assert (score.recall() or 0) >= 0.95, score
+    assert (score.precision() or 0) >= 0.95, score
+
+
 def test_an_empty_scene_under_a_lighting_ramp_and_noise_has_no_objects() -> None:
     background = make_background(np.random.default_rng(7))
     finder = roi.ObjectFinder()
