@@ -73,7 +73,11 @@ def test_image_folder_sorts_classes_and_skips_unreadable_files(tmp_path: Path) -
     assert data.class_names == ("apple", "zebra")
     assert data.images.shape == (6, 32, 32)  # grey pictures load as grayscale items
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert int(data.images[0].mean()) == 200 and int(data.images[5].mean()) == 50
+    assert data.images[0][16, 16] == 200 and data.images[5][16, 16] == 50
+    # Letterboxed keeping the aspect: a 40x30 picture fills the height and leaves black bars
+    # at the sides, never stretched.
+    assert (data.images[0][:, :3] == 0).all() and (data.images[0][:, 29:] == 0).all()
+    assert (data.images[0][:, 5:27] == 200).all()
 
 
 def test_empty_image_folder_is_a_dataset_error(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from cameras.errors import TransportError
 from cameras.metrics import CameraMetrics
 from cameras.sources import SyntheticScene
 from cameras.transport import FrameLink, MemoryLink, memory_links
+from edgelearn import wire
 from edgelearn.ports import free_port
 from edgelearn.wire import Frame, decode_as
 from gateway.coap import CoapEndpoint, FrameCounter
@@ -82,7 +83,7 @@ def test_coap_endpoint_rejects_a_bad_envelope_with_a_reason() -> None:
         async with CoapEndpoint(counter) as endpoint:
             async with CoapLink("cam-1", endpoint.uri("coap+tcp")) as link:
                 with pytest.raises(TransportError) as caught:
-                    await link.send(b"EL\x02\x01 truncated")
+                    await link.send(b"EL" + bytes([wire.VERSION]) + b"\x01 truncated")
             assert caught.value.reason == "refused"
             assert "truncated" in str(caught.value)
             assert counter.rejected["truncated"] == 1

@@ -3,6 +3,7 @@ background, and a promotion loses no feature and answers none twice."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud.bootstrap import TrainingPlan, family_of
 from cloud.judge import paired, sign_test
 from edgelearn import wire
+from edgelearn.metrics import scrape
 from edgelearn.modes import Mode
 from edgelearn.ports import free_port, port_in_use
 from edgelearn.secrets import Secrets
@@ -124,9 +126,10 @@ def test_an_empty_registry_answers_first_then_promotes_a_better_generation_losin
         assert up.poll() is None, console.read_text()[-3000:]
         first = watch.first_result()
         assert first is not None
-        log = cloud_log.read_text()
-        assert "training generation 2 in the background" in log
-        assert "generation 2 cnn" not in log  # answered while generation 2 still trains
+        # answered before generation 2 was judged (generation 1 may still export the rest)
+        assert "generation 2 cnn" not in cloud_log.read_text()
+        wait_for(lambda: "training generation 2 in the background" in cloud_log.read_text()
+                 or up.poll() is not None, 240, "generation 2 to start")  # fmt: skip
 
         def promoted() -> bool:
             return "generation 2 cnn" in cloud_log.read_text() or up.poll() is not None
@@ -135,6 +138,13 @@ def test_an_empty_registry_answers_first_then_promotes_a_better_generation_losin
         promoted_at = time.monotonic()
         log = cloud_log.read_text()
         assert "generation 2 cnn" in log and "promoted" in log.split("generation 2 cnn")[1], log
+        # the dashboards see the climb: generation 2 serves, a promotion counted
+        (url,) = re.findall(r"cloud consumer cloud-c0: metrics (\S+)", log)
+        metrics = scrape([url])
+        assert metrics.total("edgelearn_cloud_model_generation", family="cnn") == 2
+        assert metrics.total("edgelearn_cloud_generations_total", family="cnn",
+                             outcome="promoted") == 1  # fmt: skip
+        assert metrics.total("edgelearn_cloud_model_heldout_items", mode="split:2") >= 300
         # the gateways run the new edge half: results of its features arrive
         new_split = serving_generation_version(registry)
         wait_for(

@@ -435,7 +435,8 @@ def test_upper_trained_from_stored_features_matches_raw_training(
     assert report.held_out_accuracy >= raw.held_out_accuracy - FEATURE_BOUND
     row = profile.profile_cnn(raw.model)[k]
     assert report.input_bytes == N_TRAIN * row.output_bytes_int8
-    assert report.input_bytes <= raw.input_bytes / 2
+    # On the 48x48 crop, block 6's 3x3x256 is the crop's own size; the pool (k=8) is 9x less.
+    assert report.input_bytes <= raw.input_bytes / (1 if k < 8 else 8)
     # Fewer FLOPs per item and smaller inputs: training the upper part is faster.
     assert report.wall_seconds < raw.wall_seconds
 
@@ -447,7 +448,7 @@ def test_feature_modes_train_a_cloud_classifier_on_tiny_inputs(
     pca: artifacts.PcaProjection,
     autoencoder: tuple[features.AutoencoderFit, LiteRtExport],
 ) -> None:
-    """PCA and autoencoder features are 288x smaller than a frame. On these scenes (items
+    """PCA and autoencoder features are 72x smaller than the 48x48 crop. On these scenes (items
     move, backgrounds vary) they lose accuracy against the CNN, unlike on centred MNIST
     digits in papers 000/001: the bound is twice chance, and the gap is reported."""
     registry = Registry(tmp_path / "registry")
@@ -464,7 +465,7 @@ def test_feature_modes_train_a_cloud_classifier_on_tiny_inputs(
         )
         assert report.held_out_accuracy > 2 / CLASSES, kind
         assert report.input_bytes == N_TRAIN * FEATURE_DIM
-        assert report.input_bytes * 100 < raw.input_bytes
+        assert report.input_bytes * 70 < raw.input_bytes
         if kind == "pca":
             entry = release.release_pca(registry, pca, report.model, dataset, name="garments-pca")
         else:

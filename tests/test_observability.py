@@ -119,6 +119,11 @@ NOT_IN_THIS_RUN = {
     "edgelearn_cloud_objects_classified_total": "this run's models take whole frames (one "
     "item in the middle); tests/test_pipeline_e2e.py classifies objects one by one",
     "edgelearn_cloud_frames_without_objects_total": "as edgelearn_cloud_objects_classified_total",
+    "edgelearn_cloud_model_generation": "this run's consumers serve a ClassifierSource: no "
+    "registry, no training plan (tests/test_generations.py grows generations)",
+    "edgelearn_cloud_model_heldout_accuracy_ratio": "as edgelearn_cloud_model_generation",
+    "edgelearn_cloud_model_heldout_items": "as edgelearn_cloud_model_generation",
+    "edgelearn_cloud_generations_total": "as edgelearn_cloud_model_generation",
 }
 # Label values this run cannot produce: a split mode needs a TensorFlow-trained int8 LiteRT
 # model, too heavy for this test. Such selectors are checked widened to every mode instead.

@@ -61,7 +61,10 @@ class RenderSettings:
 
     @classmethod
     def camera(
-        cls, input_size: int = 96, channels: int = 1, jpeg_quality: int = 85
+        cls,
+        input_size: int = preprocess.DEFAULT_INPUT_SIZE,
+        channels: int = 1,
+        jpeg_quality: int = 85,
     ) -> RenderSettings:
         """The real camera path: 720p frames, reduced decode."""
         return cls(input_size, channels, preprocess.HD_720P, True, jpeg_quality)
