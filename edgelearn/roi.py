@@ -17,9 +17,9 @@ frames on end (the camera was moved, the scene or its lights were changed), no o
 big for that long: the model starts again from the frame. Before comparing, each frame's
 global light is fitted to the background (``frame ~ gain * background + offset``, least
 squares on the pixels that look like background, refitted once without the outliers), so a
-lighting ramp or the camera's auto-exposure does not light up the whole frame. Sensor noise is washed out by the 1/8
-decode (libjpeg averages 8x8 blocks) and a 5x5 blur; what remains is cut by
-``pixel_delta`` grey levels.
+lighting ramp or the camera's auto-exposure does not light up the whole frame. Sensor noise
+is washed out by the 1/8 decode (libjpeg averages 8x8 blocks) and a 5x5 blur; what remains is
+cut by ``pixel_delta`` grey levels.
 
 **Boxes.** The foreground mask is closed (fills holes inside an item), opened (removes
 specks), split into connected regions (``cv2.connectedComponentsWithStats``), regions under
