@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 SAMPLES: Final = Path("/usr/share/doc/opencv-doc/examples/data")
 PHOTOS: Final = {
@@ -54,6 +55,17 @@ def digits(out: Path) -> Path:
     return out
 
 
+def _square(
+    rng: np.random.Generator, image: npt.NDArray[Any], smallest: int, largest: int
+) -> npt.NDArray[Any]:
+    """A random square patch of ``image``, ``smallest`` to ``largest`` pixels a side."""
+    height, width = image.shape[:2]
+    side = int(rng.integers(smallest, min(largest, height, width) + 1))
+    y = int(rng.integers(0, height - side + 1))
+    x = int(rng.integers(0, width - side + 1))
+    return image[y : y + side, x : x + side]
+
+
 def photos(out: Path, per_class: int = 120, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for name, file in PHOTOS.items():
@@ -62,12 +74,8 @@ def photos(out: Path, per_class: int = 120, seed: int = 0) -> Path:
             raise SystemExit(f"cannot read {SAMPLES / file} (apt install opencv-doc)")
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        height, width = image.shape[:2]
         for index in range(per_class):
-            side = int(rng.integers(64, min(160, height, width) + 1))
-            y = int(rng.integers(0, height - side + 1))
-            x = int(rng.integers(0, width - side + 1))
-            patch = cv2.resize(image[y : y + side, x : x + side], (96, 96))
+            patch = cv2.resize(_square(rng, image, 64, 160), (96, 96))
             cv2.imwrite(str(folder / f"{index:03d}.png"), patch)
     return out
 
@@ -85,13 +93,10 @@ def grey_photos(
             raise SystemExit(f"cannot read {SAMPLES / PHOTOS[name]} (apt install opencv-doc)")
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        height, width = image.shape[:2]
         for index in range(per_class):
-            side = int(rng.integers(40, min(200, height, width) + 1))
-            y = int(rng.integers(0, height - side + 1))
-            x = int(rng.integers(0, width - side + 1))
+            square = _square(rng, image, 40, 200)
             small = int(rng.integers(24, 65))
-            patch = cv2.resize(image[y : y + side, x : x + side], (small, small))
+            patch = cv2.resize(square, (small, small))
             if index % 4 == 0:  # a dark one
                 patch = (patch.astype(np.float32) * rng.uniform(0.12, 0.25)).astype(np.uint8)
             cv2.imwrite(str(folder / f"{index:03d}.png"), patch)

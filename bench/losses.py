@@ -37,7 +37,7 @@ import numpy.typing as npt
 from cameras.scene import ObjectScene
 from edgelearn import preprocess, roi
 from edgelearn.datasets import LabeledImages, load_fashion_mnist
-from edgelearn.evidence import Evidence, item_accuracy
+from edgelearn.evidence import item_accuracy
 from edgelearn.preprocess import HD_720P
 
 CROPS: Final = ("ideal", "ideal_mask", "sent")
@@ -208,10 +208,6 @@ def replay(
     return merged
 
 
-def _evidence(correct: npt.NDArray[np.bool_], keys: Sequence[tuple[str, int]]) -> Evidence:
-    return item_accuracy(correct, keys)
-
-
 def account(replay: Replay, classify: Classify) -> dict[str, Any]:
     """Each crop's accuracy (overall, per camera, by time stood), the stages' losses, and
     what the finder lost; every accuracy with its distinct items and interval."""
@@ -225,7 +221,7 @@ def account(replay: Replay, classify: Classify) -> dict[str, Any]:
         name: np.asarray(classify(replay.inputs(name)) == labels) if len(labels) else labels > 0
         for name in CROPS
     }
-    overall = {name: _evidence(correct[name], keys) for name in CROPS}
+    overall = {name: item_accuracy(correct[name], keys) for name in CROPS}
 
     def accuracy(name: str) -> float:
         value = overall[name].accuracy
@@ -233,7 +229,7 @@ def account(replay: Replay, classify: Classify) -> dict[str, Any]:
 
     by_camera = {
         camera: {
-            name: _evidence(
+            name: item_accuracy(
                 correct[name][cameras == camera], _select(keys, cameras == camera)
             ).as_dict()
             for name in CROPS
@@ -246,7 +242,7 @@ def account(replay: Replay, classify: Classify) -> dict[str, Any]:
         label = f"{low}-{high - 1}" if high < 10_000 else f"{low}+"
         by_stood[label] = {
             **{
-                name: _evidence(correct[name][chosen], _select(keys, chosen)).as_dict()
+                name: item_accuracy(correct[name][chosen], _select(keys, chosen)).as_dict()
                 for name in CROPS
             },
             "box_iou_mean": _mean([float(v) for v in box_iou[chosen]]),

@@ -62,11 +62,11 @@ from bench.common import (
 )
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
-from edgelearn.evidence import Evidence, item_accuracy
+from edgelearn.evidence import Evidence
 from edgelearn.metrics import machine_info, scrape
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
 from stack.launcher import RunningStack, StackSettings, launch
-from stack.observer import Scored, scored_objects
+from stack.observer import Scored, accuracies, scored_objects
 
 SITE = "bench"
 FIRST_SEED = 1000  # of the cameras' scenes
@@ -399,7 +399,8 @@ def _measure(
     frames_handled = delta["forwarded"] + delta["held"]
     scored = delta["correct"] + delta["wrong"]
     objects: list[Scored] = seen["scored"]
-    evidence = item_accuracy([s.correct for s in objects], [s.key() for s in objects])
+    figures = accuracies(objects)
+    evidence = Evidence.from_dict(figures)
     return {
         "mode": str(mode),
         "keyframes": keyframes,
@@ -415,13 +416,7 @@ def _measure(
         # of the same objects beside it
         "accuracy": evidence.accuracy,
         "evidence": evidence.as_dict(),
-        "cameras": {
-            camera: item_accuracy(
-                [s.correct for s in objects if s.camera == camera],
-                [s.key() for s in objects if s.camera == camera],
-            ).as_dict()
-            for camera in sorted({s.camera for s in objects})
-        },
+        "cameras": figures["cameras"],
         "consumer_accuracy": delta["correct"] / scored if scored else None,
         "objects_scored": int(scored),
         "boxes": seen["boxes"],

@@ -8,16 +8,18 @@ its cores and its GIL: in-thread training took split:6's latency p99 from tens o
 ms in bench drift. One worker: jobs run in the order they were submitted, so the two
 trainers never train at once on two cores the stack needs.
 
-Leaving the context stops the process; a job in progress is abandoned.
+Leaving the context stops the process; a job in progress is abandoned. Both trainers are a
+:class:`BackgroundLoop`: a loop in a thread of its own that sends its jobs here.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import TypeVar
+from typing import Self, TypeVar
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -68,3 +70,39 @@ class TrainingProcess:
         if self._pool is None:
             raise RuntimeError("the training process is not running")
         return self._pool.submit(function, job).result()
+
+
+class BackgroundLoop:
+    """A loop (:meth:`_loop`) in a daemon thread of its own beside the consumers, whose jobs
+    run in ``process`` (None: in the calling thread, for a caller driving the steps itself).
+    :meth:`stop` starts nothing more; leaving also stops the process, abandoning a job in
+    progress, and joins the thread."""
+
+    thread_name = "background"
+
+    def __init__(self, process: TrainingProcess | None) -> None:
+        self._process = process
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._process is not None:
+            self._process.stop()
+        if self._thread is not None:
+            self._thread.join(60)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _run_job(self, function: Callable[[Job], Result], job: Job) -> Result:
+        """``function(job)`` in the training process, or here when there is none."""
+        return function(job) if self._process is None else self._process.run(function, job)

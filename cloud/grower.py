@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud.background import TrainingProcess
+from cloud.background import BackgroundLoop, TrainingProcess
 from cloud.bootstrap import (
     FAMILIES,
     JUDGED,
@@ -69,9 +68,11 @@ class Outcome:
     versions: dict[str, str]  # mode -> the registry version now serving (promoted only)
 
 
-class ModelGrower:
+class ModelGrower(BackgroundLoop):
     """Trains ``plan``'s generations after the first and promotes each family that the
     judge finds better."""
+
+    thread_name = "grower"
 
     def __init__(
         self,
@@ -90,31 +91,14 @@ class ModelGrower:
         self.plan = plan
         self.dataset = dataset
         self.metrics = metrics
-        self._process = process
         self._announce = announce
         self._push = push
         self.outcomes: list[Outcome] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(process)
         self._start_from: bytes | None = None  # the last candidate CNN, kept or not
         self.show_serving()
 
-    # --- lifecycle -------------------------------------------------------------------
-
-    def __enter__(self) -> ModelGrower:
-        self._thread = threading.Thread(target=self._loop, name="grower", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        if self._process is not None:  # a generation in progress is abandoned
-            self._process.stop()
-        if self._thread is not None:
-            self._thread.join(60)
+    # --- lifecycle (BackgroundLoop: leaving abandons a generation in progress) ---------
 
     @property
     def done(self) -> bool:
@@ -159,11 +143,7 @@ class ModelGrower:
         job = GenerationJob(
             self.registry.root, self.plan, number, self.dataset, start_from, judged_against
         )
-        report = (
-            run_generation_job(job)
-            if self._process is None
-            else self._process.run(run_generation_job, job)
-        )
+        report = self._run_job(run_generation_job, job)
         steps = ", ".join(f"{name} {seconds:.0f}" for name, seconds in report.timings.items())
         self._announce(
             f"models: generation {number} trained in {report.seconds:.0f} s ({steps}; "

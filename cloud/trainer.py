@@ -39,7 +39,6 @@ pushes it. ``raw`` (the cloud-only CNN) is not trained here.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cloud.background import TrainingProcess
+from cloud.background import BackgroundLoop, TrainingProcess
 from cloud.consumer import RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore, LabeledRows
 from cloud.metrics import CloudMetrics
@@ -268,8 +267,10 @@ class RunReport:
         )
 
 
-class ContinuousTrainer:
+class ContinuousTrainer(BackgroundLoop):
     """Trains, judges, promotes and rolls back the cloud halves of ``modes``."""
+
+    thread_name = "trainer"
 
     def __init__(
         self,
@@ -301,27 +302,9 @@ class ContinuousTrainer:
         self._state = {str(mode): _ModeState() for mode in self.modes}
         self.reports: list[RunReport] = []
         self.rollbacks: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._process = process
+        super().__init__(process)
 
-    # --- lifecycle -------------------------------------------------------------------
-
-    def __enter__(self) -> ContinuousTrainer:
-        self._thread = threading.Thread(target=self._loop, name="trainer", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Start no more runs (one in progress ends when its process is stopped)."""
-        self._stop.set()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        if self._process is not None:  # a run in progress is abandoned
-            self._process.stop()
-        if self._thread is not None:
-            self._thread.join(60)
+    # --- lifecycle (BackgroundLoop: leaving abandons a run in progress) ---------------
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):
@@ -333,10 +316,7 @@ class ContinuousTrainer:
                 log.exception("continuous trainer step failed")
 
     def _train(self, job: FitJob) -> FitResult:
-        """``job`` in the training process (in this thread when the trainer has none)."""
-        if self._process is None:
-            return fit_job(job)
-        return self._process.run(fit_job, job)
+        return self._run_job(fit_job, job)
 
     # --- one pass --------------------------------------------------------------------
 

@@ -133,24 +133,26 @@ class ResultsObserver:
             mine = [s for s in kept if s.mode == mode]
             recent = [s for s in mine if s.at >= since]
             report[mode] = {
-                "run": _accuracies(mine),
-                f"last_{recent_seconds:.0f}s": _accuracies(recent),
+                "run": accuracies(mine),
+                f"last_{recent_seconds:.0f}s": accuracies(recent),
                 "objects_of_trained_items_left_out": sum(1 for s in scored if s.mode == mode)
                 - len(mine),
             }
         return report
 
 
-def _accuracies(scored: list[Scored]) -> dict[str, Any]:
+def accuracies(scored: list[Scored]) -> dict[str, Any]:
+    """:func:`evidence_of` ``scored``, overall and per camera ("cameras")."""
     cameras = sorted({s.camera for s in scored}, key=lambda c: (len(c), c))
     return {
-        **_evidence(scored).as_dict(),
+        **evidence_of(scored).as_dict(),
         "cameras": {
-            camera: _evidence([s for s in scored if s.camera == camera]).as_dict()
+            camera: evidence_of([s for s in scored if s.camera == camera]).as_dict()
             for camera in cameras
         },
     }
 
 
-def _evidence(scored: list[Scored]) -> Evidence:
+def evidence_of(scored: list[Scored]) -> Evidence:
+    """The accuracy of ``scored`` objects, by the distinct items they show."""
     return item_accuracy([s.correct for s in scored], [s.key() for s in scored])
