@@ -373,6 +373,7 @@ def _result_of(
 class ConsumerConfig:
     consumer_id: str = "cloud-0"
     site: str = wire.DEFAULT_SITE
+    results_site: str | None = None  # None: the site each feature came from
     group: str = "cloud"
     batch_max: int = 32
     queue_max: int = 20_000  # about a minute at the rated 300 features/s
@@ -669,7 +670,8 @@ class CloudConsumer:
             if accuracy is not None:
                 self.metrics.accuracy.labels(result.camera_id, mode).set(accuracy)
         # QoS 0: a result is news, not a record (the ack is the record).
-        future = self._publish(wire.Topics(site).result(result.camera_id), wire.encode(result), 0)
+        topics = wire.Topics(self.config.results_site or site)
+        future = self._publish(topics.result(result.camera_id), wire.encode(result), 0)
         future.add_done_callback(self._published)
 
     def _acknowledge(self, handled: list[_Incoming]) -> None:

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS features (
     payload BLOB NOT NULL,
     track INTEGER NOT NULL DEFAULT -1,
     item INTEGER NOT NULL DEFAULT -1,
+    height INTEGER NOT NULL DEFAULT -1,
     UNIQUE (site, camera, seq, capture_ns, track)
 );
 CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
@@ -99,6 +100,12 @@ class LabeledRows:
     labels: npt.NDArray[np.int64]
     values: npt.NDArray[np.generic]
     items: npt.NDArray[np.int64]  # the data-set item each row shows (-1: not known)
+    # the object's box height in the camera frame's pixels (-1: a whole frame, or not known)
+    heights: npt.NDArray[np.int64] | None = None
+
+    def __post_init__(self) -> None:
+        if self.heights is None:
+            object.__setattr__(self, "heights", np.full(len(self.ids), -1, np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -111,7 +118,13 @@ class LabeledRows:
             self.labels[index],
             self.values[index],
             self.items[index],
+            self.box_heights[index],
         )
+
+    @property
+    def box_heights(self) -> npt.NDArray[np.int64]:
+        assert self.heights is not None
+        return self.heights
 
     def objects(self) -> list[tuple[str, int]]:
         """What each row is evidence of: its item (one item on two cameras is one), or,
@@ -171,11 +184,15 @@ class FeatureStore:
     def _migrate(self) -> None:
         """A file from before objects (one feature row per frame, no ``track``): its rows
         move to the new table as whole-frame rows (track -1), in one transaction. A file
-        from before items gets the column (-1: not known)."""
+        from before items or box heights gets the column (-1: not known)."""
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(features)")]
-        if "track" in columns and "item" not in columns:
+        if "track" in columns:
             with self._db:
-                self._db.execute("ALTER TABLE features ADD COLUMN item INTEGER NOT NULL DEFAULT -1")
+                for column in ("item", "height"):
+                    if column not in columns:
+                        self._db.execute(
+                            f"ALTER TABLE features ADD COLUMN {column} INTEGER NOT NULL DEFAULT -1"
+                        )
             return
         if not columns or "track" in columns:
             return
@@ -244,23 +261,23 @@ class FeatureStore:
         stacked values, its share of the wire bytes; for a raw JPEG of objects, the crop the
         consumer cut of it with the camera's background model of the moment), or one for a
         whole-frame feature. An unlabeled one teaches nothing."""
-        # track, label, item, data
-        rows: list[tuple[int, int, int, npt.NDArray[np.generic] | bytes]] = []
+        # track, label, item, box height, data
+        rows: list[tuple[int, int, int, int, npt.NDArray[np.generic] | bytes]] = []
         if feature.tracks:
             if arrival.values is not None:
                 values = np.ascontiguousarray(arrival.values)
                 items = feature.items or (None,) * len(feature.tracks)
                 rows = [
-                    (track, label, -1 if item is None else item, values[index])
-                    for index, (track, label, item) in enumerate(
-                        zip(feature.tracks, feature.labels, items, strict=True)
+                    (track, label, -1 if item is None else item, box[3] - box[1], values[index])
+                    for index, (track, label, item, box) in enumerate(
+                        zip(feature.tracks, feature.labels, items, feature.boxes, strict=True)
                     )
                     if label is not None
                 ]
         elif feature.label is not None:
             data = feature.payload if arrival.values is None else arrival.values
-            rows = [(-1, feature.label, -1, data)]
-        for track, label, item, data in rows:
+            rows = [(-1, feature.label, -1, -1, data)]
+        for track, label, item, height, data in rows:
             if isinstance(data, bytes):  # raw: the JPEG as it came
                 shape, payload = feature.shape, data
             else:  # a feature's values, or (raw, uint8 like its JPEG) an object's crop
@@ -269,7 +286,7 @@ class FeatureStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
                 " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload,"
-                " track, item) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " track, item, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     arrival.site,
                     *wire.capture_of(feature),
@@ -284,6 +301,7 @@ class FeatureStore:
                     payload,
                     track,
                     item,
+                    height,
                 ),
             )
 
@@ -352,7 +370,7 @@ class FeatureStore:
         marks = ", ".join("?" * len(versions))
         where = f"mode = ? AND model_version IN ({marks}) AND id <= ?"
         bound = (extractor, *versions, up_to_id if up_to_id is not None else 2**62)
-        columns = "id, camera, track, label, dtype, shape, payload, item"
+        columns = "id, camera, track, label, dtype, shape, payload, item, height"
         with self._lock:
             recent = self._db.execute(
                 f"SELECT {columns} FROM features WHERE {where} ORDER BY id DESC LIMIT ?",
@@ -389,6 +407,7 @@ class FeatureStore:
             np.asarray([row[3] for row in rows], np.int64),
             values,
             np.asarray([row[7] for row in rows], np.int64),
+            np.asarray([row[8] for row in rows], np.int64),
         )
 
     def load(self, extractor: str, model_version: str, limit: int | None = None) -> LoadedFeatures:

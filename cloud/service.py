@@ -66,6 +66,9 @@ class CloudSettings:
     registry: Path
     secrets: Secrets
     site: str = wire.DEFAULT_SITE  # "+": every site on the broker
+    # Where results go: None, the site each feature came from; else this site's results
+    # topics (a second cloud judged beside the first, as bench drift's static one is).
+    results_site: str | None = None
     push_sites: tuple[str, ...] = ()  # where the models go; () with one site: that site
     group: str = "cloud"
     # This process's name in the group: its MQTT client ids derive from it (never the pid),
@@ -128,6 +131,7 @@ class CloudService:
                     # One id per slot, never the pid: a restarted slot resumes its session.
                     consumer_id=f"{settings.cloud_id}-c{index}",
                     site=settings.site,
+                    results_site=settings.results_site,
                     group=settings.group,
                     metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
                 ),
