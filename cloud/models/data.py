@@ -27,7 +27,14 @@ from typing import Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from cameras.scene import LabeledScene, RenderedObject, Unrenderable, render_item, render_object
+from cameras.scene import (
+    OBJECT_HEIGHTS,
+    LabeledScene,
+    RenderedObject,
+    Unrenderable,
+    render_item,
+    render_object,
+)
 from edgelearn import preprocess, roi
 from edgelearn.datasets import LabeledImages, folder_split, load_fashion_mnist
 
@@ -272,9 +279,12 @@ def render_inputs(
     settings: RenderSettings | None = None,
     workers: int = 2,
     opacity: npt.NDArray[np.uint8] | None = None,
+    heights: tuple[float, float] = OBJECT_HEIGHTS,
 ) -> Renders:
     """Render ``images[indices]`` (with ``opacity[indices]``, see
-    :attr:`edgelearn.datasets.LabeledImages.alpha`) and run the camera path.
+    :attr:`edgelearn.datasets.LabeledImages.alpha`) and run the camera path; objects
+    (``settings.objects``) stand ``heights`` of the frame height tall (the cameras' range
+    by default; :mod:`cloud.conditions` renders at the sizes it estimates from arrivals).
 
     Item ``indices[j]`` is drawn from ``rng([seed, stream, indices[j]])``. OpenCV releases
     the GIL, so ``workers`` threads render in parallel. An item none of which is opaque
@@ -294,7 +304,9 @@ def render_inputs(
             alpha = None if opacity is None else opacity[index]
             try:
                 if settings.objects:
-                    rendered = render_object(images[index], rng, settings.render_size, alpha)
+                    rendered = render_object(
+                        images[index], rng, settings.render_size, alpha, heights
+                    )
                     jpeg = preprocess.encode_jpeg(rendered.image, settings.jpeg_quality)
                     inputs[position] = settings.object_input(jpeg, rendered, rng)
                 else:
