@@ -44,7 +44,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,10 +53,12 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
+from cloud.adaptation import ClassMix
 from cloud.feature_store import Arrival, FeatureStore
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.registry import ModelEntry, Registry
+from cloud.shadow import Shadow, ShadowBoard
 from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER, top_classes
 from edgelearn.config import BrokerConfig
@@ -366,6 +368,31 @@ def _result_of(
     )
 
 
+def _evidence(feature: wire.Feature, per_object: bool) -> tuple[list[Hashable], list[int | None]]:
+    """What each model input of ``feature`` shows (its item; else its object: camera and
+    track; else the frame) and its true label (None: unlabeled)."""
+    if per_object:
+        items = feature.items or (None,) * len(feature.tracks)
+        keys: list[Hashable] = [
+            ("item", item) if item is not None else (feature.camera_id, track)
+            for track, item in zip(feature.tracks, items, strict=True)
+        ]
+        return keys, list(feature.labels)
+    return [("frame", feature.camera_id, feature.seq)], [feature.label]
+
+
+@dataclass(frozen=True, eq=False)
+class _ShadowJob:
+    """A batch the promoted model answered, for its replaced one to answer in shadow."""
+
+    shadow: Shadow
+    inputs: npt.NDArray[Any]
+    keys: list[Hashable]
+    cameras: list[str]
+    labels: list[int | None]
+    predicted: npt.NDArray[np.int64]  # the promoted model's classes
+
+
 # --- the consumer ------------------------------------------------------------------------
 
 
@@ -412,9 +439,13 @@ class CloudConsumer:
         store: FeatureStore | None = None,
         scoreboard: Scoreboard | None = None,
         registry: CollectorRegistry | None = None,
+        class_mix: ClassMix | None = None,
+        shadows: ShadowBoard | None = None,
     ) -> None:
         """``store`` is the de-duplication ledger (and, with ``keep_features``, the
-        training data); consumers of one cloud share it and the ``scoreboard``."""
+        training data); consumers of one cloud share it, the ``scoreboard``, the cameras'
+        ``class_mix`` (None: answers as the model gives them) and the ``shadows`` (the
+        replaced models a promotion is watched against)."""
         self.config = config
         self.broker = broker
         self.models = models
@@ -424,6 +455,9 @@ class CloudConsumer:
         register_build_info(self.registry, "cloud")
         self.metrics = CloudMetrics(self.registry)
         self.scoreboard = scoreboard or Scoreboard()
+        self.class_mix = class_mix
+        self.shadows = shadows
+        self._shadow_jobs: list[_ShadowJob] = []  # of the batch in hand, run after its results
         self._queue: queue.Queue[_Incoming] = queue.Queue(config.queue_max)
         self.metrics.watch_queue(self._queue.qsize)
         self._stopping = threading.Event()
@@ -515,6 +549,28 @@ class CloudConsumer:
                 continue
             self._emit(answer.incoming.site, answer.result, answer.served)
         self._acknowledge(repeats + [answer.incoming for answer in answers if answer.final])
+        self._run_shadows()
+
+    def _run_shadows(self) -> None:
+        """The replaced models answer what the promoted ones did, after the results are out
+        (:mod:`cloud.shadow`)."""
+        jobs, self._shadow_jobs = self._shadow_jobs, []
+        for job in jobs:
+            assert self.shadows is not None
+            try:
+                probabilities = job.shadow.classifier.predict(job.inputs)
+            except Exception:  # the shadow must never cost an answer
+                log.exception("the shadow model of %s failed", job.shadow.mode)
+                continue
+            if self.class_mix is not None:
+                probabilities = self.class_mix.reweighted(
+                    job.shadow.mode, job.cameras, probabilities
+                )
+            self.shadows.record(
+                job.shadow, job.keys, job.cameras, job.labels, job.predicted,
+                np.argmax(probabilities, axis=1),
+            )  # fmt: skip
+            self.metrics.shadow_objects.labels(job.shadow.mode).inc(len(job.keys))
 
     def _answer(self, batch: list[_Incoming]) -> list[_Answer]:
         answers = [_Answer(item) for item in batch]
@@ -568,6 +624,22 @@ class CloudConsumer:
         started = time.perf_counter()
         probabilities = classifier.predict(inputs)
         self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
+        keys: list[Hashable] = []
+        labels: list[int | None] = []
+        cameras: list[str] = []
+        for answer in kept:
+            feature = answer.incoming.envelope
+            assert isinstance(feature, wire.Feature)
+            mine, truth = _evidence(feature, _per_object(feature, classifier))
+            keys.extend(mine)
+            labels.extend(truth)
+            cameras.extend([feature.camera_id] * len(mine))
+        if self.class_mix is not None and len(keys) == len(probabilities):
+            probabilities = self.class_mix.answer(extractor, cameras, keys, probabilities)
+        shadow = self.shadows.shadow_for(extractor, classifier.version) if self.shadows else None
+        if shadow is not None and len(keys) == len(probabilities):
+            predicted = np.argmax(probabilities, axis=1)
+            self._shadow_jobs.append(_ShadowJob(shadow, inputs, keys, cameras, labels, predicted))
         position = 0
         for answer in kept:
             feature = answer.incoming.envelope

@@ -128,10 +128,17 @@ class LabeledRows:
 
     def objects(self) -> list[tuple[str, int]]:
         """What each row is evidence of: its item (one item on two cameras is one), or,
-        where the item is not known, its object (camera, track)."""
+        where the item is not known, its object (camera, track), or, for a whole frame
+        (track -1), the row itself."""
         return [
-            ("item", int(item)) if item >= 0 else (camera, int(track))
-            for camera, track, item in zip(self.cameras, self.tracks, self.items, strict=True)
+            ("item", int(item))
+            if item >= 0
+            else (camera, int(track))
+            if track >= 0
+            else ("row", int(row))
+            for row, camera, track, item in zip(
+                self.ids, self.cameras, self.tracks, self.items, strict=True
+            )
         ]
 
 

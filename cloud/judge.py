@@ -15,7 +15,16 @@ in eight frames is one piece of evidence, not eight):
   item's objects are drawn together, for both models).
 
 The candidate is promoted when the test says so at ``level`` (5% by default) and the gain is
-positive. numpy only.
+positive. Its false-promotion rate, measured (``tests/test_judge.py``, 400 simulated trials
+of 120 items seen in 1-8 frames each): a copy of the serving model 0 (no item differs),
+an equally good model trained apart 5.0%. A candidate tuned from the serving model that
+fixes 40% of its wrong items and breaks 5% of its right ones (about +7 points) is promoted
+in 98.8% of trials; an independently trained one 11 points better in 51% (a paired
+randomisation test on the per-item differences did 77% there, but 92% on the tuned one:
+the sign test stays, as the trainer's candidates are tuned).
+
+:func:`judge_by_camera` is the continuous trainer's: the same test overall, and the other
+way on each camera (a camera where the serving model is significantly better refuses).
 """
 
 from __future__ import annotations
@@ -132,3 +141,63 @@ def paired(
         count,
         objects,
     )
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The continuous trainer's decision on a candidate: significantly better overall
+    (:func:`paired`), and significantly worse on no camera (the same test, the other way,
+    on each camera's own items)."""
+
+    overall: Verdict
+    worse_on: tuple[str, ...]  # cameras where the serving model is significantly better
+    cameras: dict[str, Verdict]  # per camera judged: serving (as candidate) vs candidate
+
+    @property
+    def promote(self) -> bool:
+        return self.overall.better and not self.worse_on
+
+    @property
+    def reason(self) -> str:
+        if not self.overall.better:
+            return self.overall.reason
+        return "camera_worse" if self.worse_on else "better"
+
+    def line(self) -> str:
+        worse = f"; significantly worse on {', '.join(self.worse_on)}" if self.worse_on else ""
+        return self.overall.line() + worse
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.overall.as_dict(),
+            "worse_on": list(self.worse_on),
+            "cameras": {camera: v.as_dict() for camera, v in sorted(self.cameras.items())},
+        }
+
+
+def judge_by_camera(
+    candidate_correct: npt.NDArray[np.bool_],
+    serving_correct: npt.NDArray[np.bool_],
+    items: Sequence[Hashable],
+    cameras: Sequence[str],
+    *,
+    level: float = SIGNIFICANCE,
+    min_items: int = 10,
+) -> Judgement:
+    """:func:`paired` overall, and on each camera with at least ``min_items`` items: a
+    camera where the *serving* model wins significantly refuses the candidate."""
+    overall = paired(candidate_correct, serving_correct, items, level=level)
+    verdicts: dict[str, Verdict] = {}
+    worse: list[str] = []
+    names = np.asarray(cameras)
+    keys = list(items)
+    for camera in sorted(set(cameras)):
+        mine = np.flatnonzero(names == camera)
+        mine_items = [keys[i] for i in mine]
+        if len(set(mine_items)) < min_items:
+            continue
+        reverse = paired(serving_correct[mine], candidate_correct[mine], mine_items, level=level)
+        verdicts[camera] = reverse
+        if reverse.better:
+            worse.append(camera)
+    return Judgement(overall, tuple(worse), verdicts)

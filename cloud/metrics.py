@@ -210,8 +210,21 @@ class CloudMetrics:
         )
         self.trainer_live_accuracy = Gauge(
             "edgelearn_cloud_trainer_live_accuracy_ratio",
-            "Live accuracy of the serving model and of the one it replaced (while on watch)",
+            "Live accuracy of a promoted model and of the one it replaced, answering in "
+            "shadow, on the same objects (while on watch)",
             ["mode", "model"],
+            registry=registry,
+        )
+        self.shadow_objects = Counter(
+            "edgelearn_cloud_shadow_objects",
+            "Objects a replaced model answered in shadow beside the promoted one",
+            ["mode"],
+            registry=registry,
+        )
+        self.class_prior = Gauge(
+            "edgelearn_cloud_class_prior_ratio",
+            "Each camera's class mix, estimated from its recent answers (the re-weighting prior)",
+            ["mode", "camera", "class"],
             registry=registry,
         )
         self.trainer_specialised = Gauge(

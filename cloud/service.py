@@ -31,9 +31,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from cloud.adaptation import ClassMix
 from cloud.background import TrainingProcess
 from cloud.bootstrap import (
     Progress,
@@ -49,6 +51,7 @@ from cloud.feature_store import FeatureStore
 from cloud.grower import ModelGrower
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import ModelEntry, Registry
+from cloud.shadow import ShadowBoard
 from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
@@ -125,6 +128,15 @@ class CloudService:
         self._progress = progress
         self._announce = announce
         self.metric_registries = [CollectorRegistry() for _ in range(settings.consumers)]
+        learns = settings.trainer is not None
+        # A learning cloud watches its promotions in shadow and re-weights answers to each
+        # camera's class mix; a static one answers as its models do.
+        self.shadows = ShadowBoard() if learns else None
+        self.class_mix = (
+            ClassMix(on_fit=self._note_prior)
+            if settings.trainer is not None and settings.trainer.class_prior
+            else None
+        )
         self.consumers = [
             CloudConsumer(
                 ConsumerConfig(
@@ -140,6 +152,8 @@ class CloudService:
                 store=self.store,
                 scoreboard=self.scoreboard,
                 registry=self.metric_registries[index],
+                class_mix=self.class_mix,
+                shadows=self.shadows,
             )
             for index in range(settings.consumers)
         ]
@@ -219,6 +233,7 @@ class CloudService:
                 announce=self._announce,
                 push=(lambda entry: self._push_from_thread([entry])) if settings.push else None,
                 process=process,
+                shadows=self.shadows,
             )
             self._stack.enter_context(self.trainer)
             self._announce(
@@ -245,6 +260,12 @@ class CloudService:
                 self.consumers[0].metrics.model_pushed_bytes.labels(mode).inc(size)
                 total += size
         return total
+
+    def _note_prior(self, mode: str, camera: str, prior: Any) -> None:
+        """A camera's class mix, as the dashboards show it (on consumer 0's metrics)."""
+        gauge = self.consumers[0].metrics.class_prior
+        for index, value in enumerate(prior):
+            gauge.labels(mode, camera, str(index)).set(float(value))
 
     def _push_from_thread(self, entries: list[ModelEntry]) -> int:
         """:meth:`_push` of ``entries``, from a trainer's thread."""

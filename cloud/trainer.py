@@ -2,27 +2,53 @@
 
 Where it sits::
 
-    consumers --> FeatureStore (labeled rows per mode, camera, model version)
-                     |                      Scoreboard (rolling accuracy per camera, and
-                     v                                  live accuracy per serving version)
+    consumers --> FeatureStore (labeled rows per mode, camera, model version, item)
+                     |                      Scoreboard (rolling accuracy per camera)
+                     v                      ShadowBoard (a replaced model's answers beside
+                                                         the promoted one's: cloud.shadow)
     ContinuousTrainer.step(), every poll_seconds, in its own thread:
-      1. a promotion on watch whose live accuracy fell -> roll back (registry pointer)
+      1. a watched promotion with enough shadow evidence -> settle it (roll back if the
+         replaced model is significantly better on the same objects)
       2. trigger: ``every`` new labeled objects of a mode, or a camera's rolling accuracy
          ``accuracy_drop`` under its level at the last run
       3. rows: the newest ``window`` + ``replay`` older ones drawn at random (so the model
          does not forget); per camera, the newest ``held_out_fraction`` are held out (a
-         time split), and no object (camera, track) held out is trained on
+         time split); no item held out is trained on, and no item the serving model
+         trained on is held out (it is no evidence for the serving model nor for anything
+         tuned from it). Too few held-out items: the run stops and its rows stay new.
       4. candidate: the serving cloud half fine-tuned on the rest (upper blocks of
-         ``split:k``; the feature classifier of ``pca``/``autoencoder``)
-      5. judge on the held-out rows, per camera: promote if better overall by ``margin``
-         and worse on no camera (with ``min_camera_items``) by more than ``camera_bound``
+         ``split:k``; the feature classifier of ``pca``/``autoencoder``), each item
+         weighing one however many crops of it arrived, replay at most ``replay_weight``
+      5. judge (:func:`cloud.judge.judge_by_camera`): paired per distinct held-out item,
+         a sign test at ``significance``; promote only if significantly better overall
+         and significantly worse on no camera
       6. promote: a registry version with the same edge artifact and the new cloud half,
          loaded, then ``serving.json`` points at it and consumers resolve again between
-         two batches (no feature waits); the gateways change nothing
+         two batches (no feature waits); the gateways change nothing. The replaced model
+         answers in shadow (1.) until ``rollback_items`` distinct items are in.
       7. per camera with ``specialise_min_rows`` training rows: a copy of the global cloud
-         half tuned on that camera's rows alone; the same held-out rows of the camera choose
-         between it, the global one and the camera's current one (a specialised cloud half
-         must beat both by ``margin``), and the choice is reported (``RunReport.cameras``)
+         half tuned on that camera's rows alone; the same paired judge on the camera's
+         held-out items chooses it only if it beats the global one (and the camera's
+         current one) significantly; after a global promotion every specialised camera is
+         judged again against the new global model (``RunReport.cameras``)
+
+Beside it the consumers re-weight every answer to the class mix each camera now shows
+(:mod:`cloud.adaptation`, ``class_prior``): no training, every few seconds.
+
+A run trains on more than the arrivals: ``render`` items of the base data set rendered by
+the cloud's own renderer under the conditions the arrivals show (:mod:`cloud.conditions`:
+item sizes from the boxes that arrived, the class mix of their labels), ``render_share`` of
+the training weight. Never the scene settings a camera was configured with.
+
+What is tuned, per mode, and why:
+
+* ``split:k``: the cloud half (the upper blocks). The gateways keep their int8 lower part,
+  so nothing goes down the link, and the stored rows are exactly that part's output.
+* ``pca`` / ``autoencoder``: the feature classifier. The projection is the edge's; a new one
+  would make every stored row and every gateway's artifact stale at once.
+* ``full``: the whole CNN, exported to int8 and pushed signed (the edge answers: only a new
+  edge model changes what it says); bytes pushed are counted (bench drift's ``model_pushes``).
+* every mode the cloud answers: the class prior (free, per camera, in the consumers).
 
 Features of one edge artifact are one feature space whatever version a gateway stamps
 (:meth:`cloud.registry.Registry.lineage`), so every promotion keeps training on all of them.
@@ -38,9 +64,10 @@ pushes it. ``raw`` (the cloud-only CNN) is not trained here.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,9 +77,12 @@ import numpy.typing as npt
 from cloud.background import BackgroundLoop, TrainingProcess
 from cloud.consumer import RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore, LabeledRows
+from cloud.judge import Judgement, Verdict, judge_by_camera, paired
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.registry import CLOUD, ModelEntry, Registry, keras_to_bytes
+from cloud.shadow import Shadow, ShadowBoard
+from edgelearn import roi
 from edgelearn.artifacts import KIND_FULL, TensorQuantization
 from edgelearn.modes import AUTOENCODER, FULL, PCA, Mode
 
@@ -71,24 +101,29 @@ class TrainerSettings:
     min_new: int = 300  # new labeled objects an accuracy-drop run needs at least
     window: int = 3000  # newest rows a run reads
     replay: int = 600  # older rows drawn at random beside them (the model must not forget)
+    replay_weight: float = 0.3  # at most this share of the training weight is replay
     held_out_fraction: float = 0.25  # newest of each camera's rows, held out
     epochs: int = 5
     learning_rate: float = 1e-3
-    margin: float = 0.005  # overall held-out gain a candidate needs
-    camera_bound: float = 0.02  # largest held-out loss allowed on any camera
-    min_camera_items: int = 30  # cameras with fewer held-out rows are not judged alone
+    significance: float = 0.05  # the judge's level: promotions, cameras, rollbacks
+    min_items: int = 20  # distinct held-out items a run needs to judge at all
+    min_camera_items: int = 10  # a camera with fewer distinct held-out items is not judged alone
     specialise: bool = True  # also try a cloud half per camera (see ContinuousTrainer)
     specialise_min_rows: int = 400  # a camera's training rows a specialised one needs
-    rollback_window: int = 300  # live scored objects that judge a promotion
-    rollback_drop: float = 0.05  # live accuracy this far under the replaced one: roll back
+    rollback_items: int = 100  # distinct items answered in shadow that settle a watch
+    # items of the base data set rendered per run under the conditions estimated from the
+    # arrivals (cloud.conditions), and their share of the training weight; 0: none
+    render: int = 2000
+    render_share: float = 0.5
+    class_prior: bool = True  # answers re-weighted to each camera's class mix
     poll_seconds: float = 2.0
 
     @classmethod
     def quick(cls) -> TrainerSettings:
-        return cls(every=300, min_new=100, window=1200, replay=400, rollback_window=100)
+        return cls(every=300, min_new=100, window=1200, replay=400, rollback_items=40)
 
 
-# --- the pure part: splitting, scoring, judging ------------------------------------------
+# --- the pure part: splitting, weighting ------------------------------------------------
 
 
 def time_split(
@@ -105,55 +140,40 @@ def time_split(
         held.extend(mine[len(mine) - count :] if count else [])
     held_set = set(held)
     objects = rows.objects()
-    held_objects = {objects[i] for i in held if objects[i][1] >= 0}
+    held_objects = {objects[i] for i in held}
     train = [i for i in range(len(rows)) if i not in held_set and objects[i] not in held_objects]
     return np.asarray(train, np.int64), np.asarray(sorted(held), np.int64)
 
 
-@dataclass(frozen=True)
-class CameraScores:
-    """Held-out (correct, items) per camera of one model."""
-
-    counts: dict[str, tuple[int, int]]
-
-    @classmethod
-    def of(cls, predicted: npt.NDArray[np.int64], rows: LabeledRows) -> CameraScores:
-        counts: dict[str, tuple[int, int]] = {}
-        for camera, label, guess in zip(rows.cameras, rows.labels, predicted, strict=True):
-            correct, total = counts.get(camera, (0, 0))
-            counts[camera] = (correct + int(label == guess), total + 1)
-        return cls(counts)
-
-    @property
-    def overall(self) -> float:
-        correct = sum(c for c, _ in self.counts.values())
-        total = sum(n for _, n in self.counts.values())
-        return correct / total if total else 0.0
-
-    def camera(self, camera: str) -> float:
-        correct, total = self.counts[camera]
-        return correct / total
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "overall": round(self.overall, 4),
-            "cameras": {camera: round(self.camera(camera), 4) for camera in sorted(self.counts)},
-            "items": sum(n for _, n in self.counts.values()),
-        }
+def never_trained(
+    rows: LabeledRows, index: npt.NDArray[np.int64], trained: Collection[int]
+) -> npt.NDArray[np.int64]:
+    """``index`` without the rows of items in ``trained`` (what the serving model, and so
+    any candidate tuned from it, trained on: no evidence for either)."""
+    return np.asarray([i for i in index if int(rows.items[i]) not in trained], np.int64)
 
 
-def judge(
-    serving: CameraScores, candidate: CameraScores, settings: TrainerSettings
-) -> tuple[bool, str]:
-    """Whether ``candidate`` may replace ``serving``, and why (a metric label)."""
-    if candidate.overall < serving.overall + settings.margin:
-        return False, "not_better"
-    for camera, (_, total) in candidate.counts.items():
-        if total >= settings.min_camera_items and (
-            candidate.camera(camera) < serving.camera(camera) - settings.camera_bound
-        ):
-            return False, "camera_worse"
-    return True, "better"
+def item_weights(
+    rows: LabeledRows, recent_from: int, replay_weight: float
+) -> npt.NDArray[np.float32]:
+    """Each row's training weight: an item (or object) counts once however many near-
+    identical crops of it arrived, and the replayed older rows together weigh at most
+    ``replay_weight`` of the whole. Mean 1 (the learning rate means what it says)."""
+    keys = rows.objects()
+    counts = collections.Counter(keys)
+    weights = np.asarray([1.0 / counts[key] for key in keys], np.float64)
+    old = rows.ids < recent_from
+    if old.any() and (~old).any():
+        share = weights[old].sum() / weights.sum()
+        if share > replay_weight:
+            scale = replay_weight * weights[~old].sum() / ((1 - replay_weight) * weights[old].sum())
+            weights[old] *= scale
+    result: npt.NDArray[np.float32] = (weights / weights.mean()).astype(np.float32)
+    return result
+
+
+def outcomes(rows: LabeledRows, predicted: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    return np.asarray(predicted == rows.labels, bool)
 
 
 # --- the trainer ------------------------------------------------------------------------
@@ -188,6 +208,73 @@ class FitJob:
     fit: Fit
     score: tuple[bytes, ...] = ()  # other models to predict the held-out rows with
     export_int8: bool = False  # full: the candidate as an int8 edge half too
+    train_weights: npt.NDArray[np.float32] | None = None  # per row (item_weights)
+    render: RenderJob | None = None  # more rows to render and train on beside these
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """Items of the base data set to render under the arrivals' conditions
+    (:func:`cloud.conditions.render_rows`)."""
+
+    entry: ModelEntry  # whose edge half makes the rows
+    heights: tuple[float, float]  # pose heights, estimated from the arrivals' boxes
+    class_mix: tuple[float, ...]  # of the arrivals' items
+    count: int
+    share: float  # of the training weight
+    seed: int
+
+
+def render_job(
+    serving: ModelEntry, rows: LabeledRows, settings: TrainerSettings, seed: int
+) -> RenderJob | None:
+    """What to render beside ``rows`` (the recent training rows): their items' sizes and
+    class mix, as the boxes and labels that arrived show them; None when they cannot say
+    (too few boxes, whole frames) or the run renders nothing."""
+    from cloud.conditions import estimate_heights
+
+    if settings.render <= 0 or serving.model_input != roi.CROP_RULE:
+        return None
+    heights = estimate_heights(rows.box_heights, labels=rows.labels)
+    classes = len(serving.metadata.get("class_names") or ())
+    if heights is None or not classes:
+        return None
+    first = {key: i for i, key in reversed(list(enumerate(rows.objects())))}
+    counts = np.bincount(rows.labels[sorted(first.values())], minlength=classes)[:classes]
+    mix = (counts + 0.5) / (counts + 0.5).sum()  # a class that stopped arriving keeps a little
+    return RenderJob(
+        serving, heights, tuple(float(v) for v in mix), settings.render, settings.render_share,
+        seed,
+    )  # fmt: skip
+
+
+def _with_renders(job: FitJob, train: Any) -> Any:
+    """``train`` and the rows ``job.render`` asks for, weighted to their share."""
+    from cloud.conditions import render_rows
+    from cloud.models.training import StoredFeatures
+
+    spec = job.render
+    assert spec is not None
+    try:
+        values, labels = render_rows(
+            spec.entry, spec.heights, spec.count, class_mix=spec.class_mix, seed=spec.seed
+        )
+    except ValueError as exc:  # a data set the renderer does not know: the arrivals alone
+        log.warning("no renders under the arrivals' conditions: %s", exc)
+        return train
+    if not len(labels):
+        return train
+    arrivals = np.ones(len(train.labels), np.float32) if train.weights is None else train.weights
+    rendered = np.full(
+        len(labels), spec.share * arrivals.sum() / ((1 - spec.share) * len(labels)), np.float32
+    )
+    weights = np.concatenate([arrivals, rendered])
+    return StoredFeatures(
+        np.concatenate([train.values, values.astype(train.values.dtype)]),
+        np.concatenate([train.labels, labels]),
+        train.quantization,
+        (weights / weights.mean()).astype(np.float32),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,14 +292,16 @@ def fit_job(job: FitJob) -> FitResult:
     from cloud.registry import keras_from_bytes
 
     quantization = TensorQuantization.from_dict(job.quantization)
-    train = StoredFeatures(job.train_values, job.train_labels, quantization)
+    train = StoredFeatures(job.train_values, job.train_labels, quantization, job.train_weights)
+    if job.render is not None:
+        train = _with_renders(job, train)
     held = StoredFeatures(job.held_values, job.held_labels, quantization)
     candidate = job.fit(keras_from_bytes(job.model), train, held, job.settings)
     edge = edge_quantization = None
     if job.export_int8:
         from cloud.models.export import export_int8
 
-        export = export_int8(candidate, job.train_values)
+        export = export_int8(candidate, job.train_values)  # calibrated on arrivals alone
         edge = export.flatbuffer
         edge_quantization = {"input": export.input.to_dict(), "output": export.output.to_dict()}
     return FitResult(
@@ -225,19 +314,9 @@ def fit_job(job: FitJob) -> FitResult:
 
 
 @dataclass
-class _Watch:
-    """A promotion whose live accuracy is still being judged."""
-
-    candidate: str
-    parent: str
-    parent_live: float
-
-
-@dataclass
 class _ModeState:
-    trained_up_to: int = 0  # the newest row id the last run saw
+    trained_up_to: int = 0  # the newest row id the last run that trained saw
     levels: dict[str, float] = field(default_factory=dict)  # camera -> accuracy at last run
-    watch: _Watch | None = None
 
 
 @dataclass(frozen=True)
@@ -248,21 +327,20 @@ class RunReport:
     promoted: str | None
     reason: str
     n_train: int
-    n_held_out: int
+    n_held_out: int  # objects; judgement["items"]: the distinct items they show
     seconds: float
-    serving_scores: dict[str, Any]
-    candidate_scores: dict[str, Any]
-    # per camera: held-out accuracy of the global and the specialised cloud half, and which
-    # one serves the camera now
+    judgement: dict[str, Any]  # cloud.judge.Judgement.as_dict(): the evidence
+    # per camera: held-out accuracy of the global and the specialised cloud half, the
+    # paired verdict, and which one serves the camera now
     cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def line(self) -> str:
         outcome = f"promoted {self.promoted}" if self.promoted else f"kept ({self.reason})"
         special = sorted(c for c, row in self.cameras.items() if row["serving"] == "specialised")
+        evidence = self.judgement.get("line", "no evidence")
         return (
             f"trainer {self.mode} ({self.trigger}): {self.n_train} rows, {self.seconds:.1f} s, "
-            f"held-out {self.candidate_scores['overall']:.3f} vs serving "
-            f"{self.serving_scores['overall']:.3f} on {self.n_held_out}: {outcome}"
+            f"candidate vs serving {evidence}: {outcome}"
             + (f"; specialised for {', '.join(special)}" if special else "")
         )
 
@@ -286,9 +364,12 @@ class ContinuousTrainer(BackgroundLoop):
         announce: Announce = lambda line: None,
         push: Push | None = None,
         process: TrainingProcess | None = None,
+        shadows: ShadowBoard | None = None,
     ) -> None:
         """Candidates train in ``process`` (the cloud's training process, shared with the
-        model grower); None: in the calling thread (a caller driving :meth:`run` itself)."""
+        model grower); None: in the calling thread (a caller driving :meth:`run` itself).
+        ``shadows``: where the consumers answer with a replaced model beside a promoted one
+        (None: promotions are not watched)."""
         self.registry = registry
         self.models = models
         self.store = store
@@ -299,9 +380,11 @@ class ContinuousTrainer(BackgroundLoop):
         self.settings = settings or TrainerSettings()
         self._fit = fit
         self._announce = announce
+        self.shadows = shadows
         self._state = {str(mode): _ModeState() for mode in self.modes}
         self.reports: list[RunReport] = []
         self.rollbacks: list[dict[str, Any]] = []
+        self.watches: list[dict[str, Any]] = []  # every watch that ended, and how
         super().__init__(process)
 
     # --- lifecycle (BackgroundLoop: leaving abandons a run in progress) ---------------
@@ -321,7 +404,7 @@ class ContinuousTrainer(BackgroundLoop):
     # --- one pass --------------------------------------------------------------------
 
     def step(self) -> list[RunReport]:
-        """Check every mode once: roll back, then train if triggered."""
+        """Check every mode once: settle a watched promotion, then train if triggered."""
         reports = []
         for mode in self.modes:
             if self._stop.is_set():
@@ -330,7 +413,7 @@ class ContinuousTrainer(BackgroundLoop):
                 serving = self.registry.serving(mode)
             except RegistryError:
                 continue
-            self._check_watch(mode, serving)
+            self.check_watch(mode)
             trigger = self._trigger(mode, serving)
             if trigger is not None:
                 reports.append(self.run(mode, trigger))
@@ -388,6 +471,16 @@ class ContinuousTrainer(BackgroundLoop):
         )
         recent_from = int(rows.ids[-min(len(rows), settings.window)]) if len(rows) else 0
         train_index, held_index = time_split(rows, settings.held_out_fraction, recent_from)
+        held_index = never_trained(rows, held_index, set(serving.trained_items))
+        held_rows = rows.take(held_index)
+        held_items = len(set(held_rows.objects()))
+        if held_items < settings.min_items or len(train_index) < settings.min_new:
+            # the rows stay new: they count toward the next run
+            return self._finish(
+                RunReport(str(mode), trigger, serving.version, None, "too_few",
+                          len(train_index), len(held_index), time.perf_counter() - started,
+                          {"items": held_items}),
+            )  # fmt: skip
         state.trained_up_to = newest_id
         state.levels = {
             camera: level
@@ -395,53 +488,65 @@ class ContinuousTrainer(BackgroundLoop):
             if (level := self.scoreboard.accuracy(camera, str(mode), settings.drop_window))
             is not None
         }
-        if len(held_index) < settings.min_camera_items or len(train_index) < settings.min_new:
-            return self._finish(
-                RunReport(str(mode), trigger, serving.version, None, "too_few",
-                          len(train_index), len(held_index), time.perf_counter() - started,
-                          {"overall": 0.0}, {"overall": 0.0}),
-            )  # fmt: skip
         output = self._row_quantization(serving)
-        held_rows = rows.take(held_index)
+        train_rows = rows.take(train_index)
         serving_bytes = serving.read(CLOUD)
         result = self._train(
             FitJob(
-                serving_bytes, rows.values[train_index], rows.labels[train_index],
-                held_rows.values, held_rows.labels, output.to_dict(), settings, self._fit,
+                serving_bytes, train_rows.values, train_rows.labels, held_rows.values,
+                held_rows.labels, output.to_dict(), settings, self._fit,
                 score=(serving_bytes,), export_int8=mode.kind == FULL,
+                train_weights=item_weights(train_rows, recent_from, settings.replay_weight),
+                render=render_job(
+                    serving, train_rows.take(np.flatnonzero(train_rows.ids >= recent_from)),
+                    settings, newest_id,
+                ),
             )
         )  # fmt: skip
-        serving_scores = CameraScores.of(result.scored_predicted[0], held_rows)
-        candidate_scores = CameraScores.of(result.candidate_predicted, held_rows)
+        judgement = judge_by_camera(
+            outcomes(held_rows, result.candidate_predicted),
+            outcomes(held_rows, result.scored_predicted[0]),
+            held_rows.objects(), held_rows.cameras,
+            level=settings.significance, min_items=settings.min_camera_items,
+        )  # fmt: skip
         self.metrics.trainer_heldout_accuracy.labels(str(mode), "serving").set(
-            serving_scores.overall
+            judgement.overall.serving
         )
         self.metrics.trainer_heldout_accuracy.labels(str(mode), "candidate").set(
-            candidate_scores.overall
+            judgement.overall.candidate
         )
-        promote, reason = judge(serving_scores, candidate_scores, settings)
         promoted = None
         base, base_bytes = serving, serving_bytes
-        if promote:
-            entry = self._save(serving, result, rows.take(train_index), candidate_scores, trigger)
+        reason = judgement.reason
+        if judgement.promote:
+            # an earlier promotion still on watch is settled first, on what it has; if
+            # that (or anything else) changed what serves, this candidate's base is gone
+            self.check_watch(mode, final=True)
+            if self.registry.serving(mode).version != serving.version:
+                reason = "serving_changed"
+        if reason == "better":
+            entry = self._save(serving, result, train_rows, judgement, trigger)
             self.promote(mode, entry, parent=serving)
             promoted = entry.version
             base, base_bytes = entry, result.candidate
         else:
             self.metrics.trainer_rejections.labels(str(mode), reason).inc()
         cameras = (  # full: one model at the edge for every camera of a gateway
-            self._specialise(mode, base, base_bytes, rows, train_index, held_index, output)
+            self._specialise(
+                mode, base, base_bytes, rows, train_index, held_index, output, recent_from,
+                revisit=promoted is not None,
+            )
             if settings.specialise and mode.kind != FULL
             else {}
-        )
+        )  # fmt: skip
         seconds = time.perf_counter() - started
         self.metrics.training_runs.labels(str(mode)).inc()
         self.metrics.training_seconds.labels(str(mode)).observe(seconds)
         return self._finish(
             RunReport(
-                str(mode), trigger, serving.version, promoted, reason, len(train_index),
-                len(held_index), seconds, serving_scores.as_dict(), candidate_scores.as_dict(),
-                cameras,
+                str(mode), trigger, serving.version, promoted, reason,
+                len(train_index), len(held_index), seconds,
+                {**judgement.as_dict(), "line": judgement.line()}, cameras,
             )
         )  # fmt: skip
 
@@ -454,8 +559,15 @@ class ContinuousTrainer(BackgroundLoop):
         train_index: npt.NDArray[np.int64],
         held_index: npt.NDArray[np.int64],
         output: TensorQuantization,
+        recent_from: int,
+        *,
+        revisit: bool,
     ) -> dict[str, dict[str, Any]]:
-        """Per camera: a cloud half of its own where that pays on its held-out rows."""
+        """Per camera: a cloud half of its own where that pays on its held-out items, by
+        the same paired judge. A specialised one must beat the global model significantly
+        (and the camera's current one, if it has one); a global promotion (``revisit``)
+        sends every specialised camera back to the global one unless its own still beats
+        the new global one significantly."""
         settings = self.settings
         cameras = np.asarray(rows.cameras)
         choices: dict[str, dict[str, Any]] = {}
@@ -463,41 +575,54 @@ class ContinuousTrainer(BackgroundLoop):
         for camera in sorted(set(cameras[held_index].tolist())):
             mine_train = train_index[cameras[train_index] == camera]
             mine_held = held_index[cameras[held_index] == camera]
-            if len(mine_train) < settings.specialise_min_rows or (
-                len(mine_held) < settings.min_camera_items
+            held = rows.take(mine_held)
+            answering = self.registry.serving_for(mode, camera)
+            current = answering if answering.camera is not None else None
+            if (
+                len(mine_train) < settings.specialise_min_rows
+                or len(set(held.objects())) < settings.min_camera_items
             ):
+                if current is not None and revisit:  # too little to say it still pays
+                    self.registry.set_serving(mode, None, camera)
+                    changed = True
                 continue
-            current = self.registry.serving_for(mode, camera)
-            others = (base_bytes,) if current.camera is None else (base_bytes, current.read(CLOUD))
+            others = (base_bytes,) if current is None else (base_bytes, current.read(CLOUD))
+            train = rows.take(mine_train)
             result = self._train(
                 FitJob(
-                    base_bytes, rows.values[mine_train], rows.labels[mine_train],
-                    rows.values[mine_held], rows.labels[mine_held], output.to_dict(), settings,
-                    self._fit, score=others,
+                    base_bytes, train.values, train.labels, held.values, held.labels,
+                    output.to_dict(), settings, self._fit, score=others,
+                    train_weights=item_weights(train, recent_from, settings.replay_weight),
                 )
             )  # fmt: skip
-            labels = rows.labels[mine_held]
-            global_accuracy = float(np.mean(result.scored_predicted[0] == labels))
-            current_accuracy = float(np.mean(result.scored_predicted[-1] == labels))
-            head_accuracy = float(np.mean(result.candidate_predicted == labels))
-            serving = "global" if current.camera is None else "specialised"
-            if head_accuracy >= max(global_accuracy, current_accuracy) + settings.margin:
+            head = outcomes(held, result.candidate_predicted)
+            global_ = outcomes(held, result.scored_predicted[0])
+            kept = outcomes(held, result.scored_predicted[-1])
+            keys = held.objects()
+            level = settings.significance
+            over_global = paired(head, global_, keys, level=level)
+            over_current = paired(head, kept, keys, level=level) if current else over_global
+            current_over_global = paired(kept, global_, keys, level=level) if current else None
+            serving = "global" if current is None else "specialised"
+            if over_global.better and over_current.better:
                 entry = self._save(
-                    base, result, rows.take(mine_train),
-                    CameraScores.of(result.candidate_predicted, rows.take(mine_held)),
+                    base, result, train,
+                    judge_by_camera(head, global_, keys, held.cameras, level=level),
                     "specialise", camera=camera,
                 )  # fmt: skip
                 self.models.load(entry)
                 self.registry.set_serving(mode, entry.version, camera)
                 serving, changed = "specialised", True
-            elif current.camera is not None and global_accuracy >= current_accuracy:
-                self.registry.set_serving(mode, None, camera)  # the global one does as well
+            elif current is not None and not (current_over_global and current_over_global.better):
+                self.registry.set_serving(mode, None, camera)  # its own no longer pays
                 serving, changed = "global", True
             choices[camera] = {
-                "global": round(global_accuracy, 4),
-                "specialised": round(head_accuracy, 4),
-                "current": round(current_accuracy, 4),
+                "global": round(over_global.serving, 4),
+                "specialised": round(over_global.candidate, 4),
+                "current": round(float(np.mean(kept)), 4),
                 "held_out": len(mine_held),
+                "items": over_global.items,
+                "verdict": over_global.as_dict(),
                 "serving": serving,
             }
         if changed:
@@ -522,7 +647,7 @@ class ContinuousTrainer(BackgroundLoop):
         serving: ModelEntry,
         candidate: FitResult,
         trained: LabeledRows,
-        scores: CameraScores,
+        judgement: Judgement,
         trigger: str,
         camera: str | None = None,
     ) -> ModelEntry:
@@ -544,49 +669,73 @@ class ContinuousTrainer(BackgroundLoop):
                 "trained_on_arrivals": len(trained),
                 "trained_items": sorted(items),
                 "trigger": trigger,
-                "arrivals_held_out": scores.as_dict(),
+                "arrivals_held_out": judgement.as_dict(),
             },
         )
 
+    # --- promotion and its watch ----------------------------------------------------------
+
     def promote(self, mode: Mode, entry: ModelEntry, parent: ModelEntry) -> None:
-        """Serve ``entry`` for ``mode`` from the next batch on, and watch its live
-        accuracy against ``parent``'s."""
+        """Serve ``entry`` for ``mode`` from the next batch on; ``parent``, the model it
+        replaces (what serves now), answers beside it in shadow until :meth:`check_watch`
+        settles the watch (a watch still open is replaced: :meth:`run` settles it first)."""
         self.models.load(entry)  # loaded before the switch: the swap itself costs nothing
-        parent_live, seen = self.scoreboard.served_accuracy(
-            str(mode), parent.version, self.settings.rollback_window
-        )
+        if self.shadows is not None:
+            self.shadows.start(
+                Shadow(str(mode), entry.version, parent.version, self.models.prepare(parent),
+                       frozenset(entry.trained_items))
+            )  # fmt: skip
         self.registry.set_serving(mode, entry.version)
         self.models.refresh()
         if mode.kind == FULL and self._push is not None:  # a new edge half: to the gateways
             self._push(entry)
         self.metrics.trainer_promotions.labels(str(mode)).inc()
-        state = self._state[str(mode)]
-        state.watch = None  # nothing to compare with: the replaced one was barely scored
-        if parent_live is not None and seen >= self.settings.rollback_window // 2:
-            state.watch = _Watch(entry.version, parent.version, parent_live)
-            self.metrics.trainer_live_accuracy.labels(str(mode), "replaced").set(parent_live)
 
-    def _check_watch(self, mode: Mode, serving: ModelEntry) -> None:
-        state = self._state[str(mode)]
-        watch = state.watch
-        if watch is None:
-            return
-        if serving.version != watch.candidate:  # something else changed what serves
-            state.watch = None
-            return
-        live, seen = self.scoreboard.served_accuracy(
-            str(mode), watch.candidate, self.settings.rollback_window
-        )
-        if live is not None:
-            self.metrics.trainer_live_accuracy.labels(str(mode), "serving").set(live)
-        if live is None or seen < self.settings.rollback_window:
-            return
-        state.watch = None
-        if live >= watch.parent_live - self.settings.rollback_drop:
-            return  # it holds up: confirmed
-        restored = watch.parent
+    def check_watch(self, mode: Mode, *, final: bool = False) -> dict[str, Any] | None:
+        """Settle ``mode``'s watched promotion once ``rollback_items`` distinct items were
+        answered by both models (or now, when ``final``): roll back if the replaced model
+        is significantly better on them. One look per watch, so equal models roll back at
+        the test's level at most. What ended the watch, or None while it goes on."""
+        if self.shadows is None:
+            return None
+        pairs = self.shadows.pairs(str(mode))
+        if pairs is None:
+            return None
+        shadow = self.shadows.shadow_for(str(mode), self.registry.serving(mode).version)
+        if shadow is None:  # something else changed what serves: the watch is moot
+            self.shadows.stop(str(mode))
+            return None
+        if len(pairs.keys):
+            self.metrics.trainer_live_accuracy.labels(str(mode), "serving").set(
+                float(pairs.candidate_correct.mean())
+            )
+            self.metrics.trainer_live_accuracy.labels(str(mode), "replaced").set(
+                float(pairs.replaced_correct.mean())
+            )
+        if pairs.items < self.settings.rollback_items and not final:
+            return None
+        self.shadows.stop(str(mode))
+        verdict = paired(
+            pairs.replaced_correct, pairs.candidate_correct, pairs.keys,
+            level=self.settings.significance,
+        )  # fmt: skip
+        ended = {
+            "mode": str(mode),
+            "promoted": shadow.candidate,
+            "replaced": shadow.replaced,
+            "rolled_back": verdict.better,
+            "replaced_minus_promoted": verdict.as_dict(),
+            "at": time.time(),
+        }
+        self.watches.append(ended)
+        if verdict.better:
+            self._roll_back(mode, shadow, verdict)
+        return ended
+
+    def _roll_back(self, mode: Mode, shadow: Shadow, verdict: Verdict) -> None:
+        restored = shadow.replaced
         if mode.kind == FULL:  # new edge bytes win over the pointer: the old model again
-            parent = self.registry.by_version(watch.parent)
+            parent = self.registry.by_version(shadow.replaced)
             extra = {**(parent.metadata.get("extra") or {}), "restores": parent.version}
             restored = self.registry.save_like(parent, extra=extra).version
         self.registry.set_serving(mode, restored)
@@ -594,18 +743,20 @@ class ContinuousTrainer(BackgroundLoop):
         if mode.kind == FULL and self._push is not None:
             self._push(self.registry.by_version(restored))
         self.metrics.trainer_rollbacks.labels(str(mode)).inc()
-        rollback = {
-            "mode": str(mode),
-            "from": watch.candidate,
-            "to": restored,
-            "live": round(live, 4),
-            "replaced_live": round(watch.parent_live, 4),
-            "at": time.time(),
-        }
-        self.rollbacks.append(rollback)
+        self.rollbacks.append(
+            {
+                "mode": str(mode),
+                "from": shadow.candidate,
+                "to": restored,
+                "live": round(verdict.serving, 4),
+                "replaced_live": round(verdict.candidate, 4),
+                "evidence": verdict.as_dict(),
+                "at": time.time(),
+            }
+        )
         line = (
-            f"trainer {mode}: rolled back {watch.candidate} -> {restored} (live "
-            f"{live:.3f}, it replaced one at {watch.parent_live:.3f})"
+            f"trainer {mode}: rolled back {shadow.candidate} -> {restored} (in shadow on the "
+            f"same objects, the replaced model vs the promoted one: {verdict.line()})"
         )
         log.warning("%s", line)
         self._announce(line)

@@ -74,6 +74,9 @@ class StoredFeatures:
     values: npt.NDArray[Any]
     labels: npt.NDArray[np.int64]
     quantization: TensorQuantization
+    # per row, its weight in the loss (None: 1 each): the continuous trainer gives an item
+    # seen in eight near-identical crops the weight of one
+    weights: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         if tuple(self.values.shape[1:]) != self.quantization.shape:
@@ -86,6 +89,8 @@ class StoredFeatures:
             )
         if self.labels.shape != (self.values.shape[0],):
             raise ValueError(f"{self.values.shape[0]} features, labels {self.labels.shape}")
+        if self.weights is not None and self.weights.shape != self.labels.shape:
+            raise ValueError(f"{self.values.shape[0]} features, weights {self.weights.shape}")
 
     @property
     def nbytes(self) -> int:
@@ -115,9 +120,11 @@ def _fit(
     learning_rate: float,
     seed: int,
     mirror: bool = False,
+    weights: npt.NDArray[np.float32] | None = None,
 ) -> tuple[float, dict[str, list[float]]]:
     """Compile and fit; ``mirror`` flips half of each batch left-right (frames only: a
-    mirrored garment is the same garment, a mirrored activation map is not a valid feature)."""
+    mirrored garment is the same garment, a mirrored activation map is not a valid feature);
+    ``weights``: each row's weight in the loss."""
     import keras
     import tensorflow as tf
 
@@ -132,15 +139,16 @@ def _fit(
         jit_compile=False,  # XLA compiles for minutes on CPU for no gain at these sizes
     )
 
-    def prepare(x: Any, y: Any) -> tuple[Any, Any]:
+    def prepare(x: Any, y: Any, *w: Any) -> tuple[Any, ...]:
         x = tf.cast(x, tf.float32)
         if mirror:
             flip = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], seed=seed) < 0.5
             x = tf.where(flip, tf.reverse(x, axis=[2]), x)
-        return x, y
+        return (x, y, *w)
 
+    tensors = (inputs, labels) if weights is None else (inputs, labels, weights)
     dataset = (
-        tf.data.Dataset.from_tensor_slices((inputs, labels))
+        tf.data.Dataset.from_tensor_slices(tensors)
         .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
         .map(prepare)
@@ -216,6 +224,7 @@ def _fit_features(
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
+        weights=train.weights,
     )
     return TrainReport(
         model=model,
