@@ -161,6 +161,12 @@ def random_lighting(rng: np.random.Generator) -> Lighting:
     )
 
 
+def dimmed(lighting: Lighting, gain: float) -> Lighting:
+    """``lighting`` with every channel's gain times ``gain`` (below 1: a darker scene)."""
+    blue, green, red = lighting.gain
+    return replace(lighting, gain=(blue * gain, green * gain, red * gain))
+
+
 def random_tint(rng: np.random.Generator) -> tuple[float, float, float]:
     """The colour of a grayscale item (clothes come in colours): a muted multiplier."""
     base = rng.uniform(0.55, 1.0, 3)
@@ -210,20 +216,20 @@ _RAMP: Final = np.repeat(np.arange(256, dtype=np.uint8).reshape(256, 1, 1), 3, a
 NoiseBank = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]
 
 
-def _noise_bank(width: int, height: int) -> NoiseBank:
+def _noise_bank(width: int, height: int, sigma_720p: float = NOISE_SIGMA_720P) -> NoiseBank:
     # Cameras render in worker threads; build each size's field once, not once per thread.
     with _noise_lock:
-        return _make_noise_bank(width, height)
+        return _make_noise_bank(width, height, sigma_720p)
 
 
 @functools.lru_cache(maxsize=8)
-def _make_noise_bank(width: int, height: int) -> NoiseBank:
+def _make_noise_bank(width: int, height: int, sigma_720p: float = NOISE_SIGMA_720P) -> NoiseBank:
     """A fixed field of Gaussian sensor noise for this frame size, a little larger than the
     frame; frames add a slice at a random offset, which is far cheaper than drawing fresh
-    noise per pixel. Its sigma is :data:`NOISE_SIGMA_720P` scaled by ``height / 720`` (a
-    smaller render looks like a downscaled 720p frame, whose noise averages out). Kept as
-    its upward and its downward part, each in bytes."""
-    sigma = NOISE_SIGMA_720P * height / 720.0
+    noise per pixel. Its sigma is ``sigma_720p`` (by default :data:`NOISE_SIGMA_720P`)
+    scaled by ``height / 720`` (a smaller render looks like a downscaled 720p frame, whose
+    noise averages out). Kept as its upward and its downward part, each in bytes."""
+    sigma = sigma_720p * height / 720.0
     rng = np.random.default_rng(0x5EED)
     field = rng.normal(0.0, sigma, (height + _NOISE_PAD, width + _NOISE_PAD, 3))
     noise = np.rint(field).astype(np.int16)
@@ -322,9 +328,11 @@ def compose_many(
     items: list[Placed],
     lighting: Lighting,
     noise_rng: np.random.Generator,
+    noise_sigma_720p: float = NOISE_SIGMA_720P,
 ) -> tuple[Image, list[Box | None]]:
     """:func:`compose` for any number of items, painted in order; also returns each item's
-    visible box (None when none of it shows: outside the frame, or transparent)."""
+    visible box (None when none of it shows: outside the frame, or transparent). The sensor
+    noise has ``noise_sigma_720p`` grey levels at 720 rows (scaled with the height)."""
     scene = background.copy()
     boxes = [_paste_item(scene, *placed) for placed in items]
     height, width = scene.shape[:2]
@@ -341,8 +349,8 @@ def compose_many(
     # made by the very transform it replaces (so every pixel comes out the same), applied
     # in one lookup pass: a quarter of the cost of transforming 720p pixels one by one.
     frame = cv2.LUT(scene, cv2.transform(_RAMP, light))
-    if NOISE_SIGMA_720P * height / 720.0 >= 0.25:
-        brighter, darker = _noise_bank(width, height)
+    if noise_sigma_720p * height / 720.0 >= 0.25:
+        brighter, darker = _noise_bank(width, height, noise_sigma_720p)
         off_y, off_x = (int(v) for v in noise_rng.integers(0, _NOISE_PAD, 2))
         window = (slice(off_y, off_y + height), slice(off_x, off_x + width))
         # A pixel's noise is either up or down: two saturating passes of bytes give what one
@@ -384,12 +392,16 @@ OBJECT_HEIGHTS: Final = (0.28, 0.45)
 """Range of an item's height, as a fraction of the frame height, in :class:`ObjectScene`."""
 
 
-def random_object_pose(rng: np.random.Generator) -> ItemPose:
-    """Anywhere an :class:`ObjectScene` item stands: across the frame, 28-45% of its height."""
+def random_object_pose(
+    rng: np.random.Generator, heights: tuple[float, float] = OBJECT_HEIGHTS
+) -> ItemPose:
+    """Anywhere an :class:`ObjectScene` item stands: across the frame, ``heights`` of its
+    height (by default 28-45%: :data:`OBJECT_HEIGHTS`). The draws are the same whatever
+    ``heights`` is, so only the item's size changes with it."""
     return ItemPose(
         dx=float(rng.uniform(-0.33, 0.33)),
         dy=float(rng.uniform(-0.15, 0.15)),
-        height=float(rng.uniform(*OBJECT_HEIGHTS)),
+        height=float(rng.uniform(*heights)),
         angle=float(rng.uniform(-6.0, 6.0)),
     )
 
@@ -413,12 +425,14 @@ def render_object(
     rng: np.random.Generator,
     size: tuple[int, int] = HD_720P,
     opacity: Opacity = None,
+    heights: tuple[float, float] = OBJECT_HEIGHTS,
 ) -> RenderedObject:
-    """One item at a random place, size, background, light, tint and noise from ``rng``:
-    the cloud's training renders, which it crops with :mod:`edgelearn.roi` as the gateways
-    crop their objects. Raises :class:`Unrenderable` for an item none of which shows."""
+    """One item at a random place, size (within ``heights``, fractions of the frame
+    height), background, light, tint and noise from ``rng``: the cloud's training renders,
+    which it crops with :mod:`edgelearn.roi` as the gateways crop their objects. Raises
+    :class:`Unrenderable` for an item none of which shows."""
     background = make_background(rng, size)
-    pose = random_object_pose(rng)
+    pose = random_object_pose(rng, heights)
     lighting = random_lighting(rng)
     tint = random_tint(rng) if item.ndim == 2 else (1.0, 1.0, 1.0)
     image, boxes = compose_many(background, [(item, pose, tint, opacity)], lighting, rng)
@@ -574,17 +588,33 @@ class ObjectScene(LabeledScene):
         walk_frames: int = WALK_FRAMES,
         size: tuple[int, int] = HD_720P,
         heights: tuple[float, float] = OBJECT_HEIGHTS,
+        light_gain: float = 1.0,
+        noise_sigma: float = NOISE_SIGMA_720P,
     ) -> None:
         """``heights``: the range of item heights, as fractions of the frame's (a camera
-        further away sees smaller items)."""
+        further away sees smaller items). ``light_gain`` multiplies the scene's light (0.6:
+        a darker room); ``noise_sigma``: the sensor noise, in grey levels at 720 rows (a
+        worse sensor, a higher gain). The defaults render what the scene always rendered."""
         if period_frames < 4 * walk_frames or walk_frames < 1:
             raise ValueError(f"period_frames {period_frames} must be >= 4 * walk_frames >= 4")
         if not 0 < heights[0] <= heights[1] <= OBJECT_HEIGHTS[1]:
             raise ValueError(f"item heights {heights}: within (0, {OBJECT_HEIGHTS[1]}]")
+        if not (math.isfinite(light_gain) and light_gain > 0):
+            raise ValueError(f"light_gain must be a positive number, got {light_gain}")
+        if not (math.isfinite(noise_sigma) and noise_sigma >= 0):
+            raise ValueError(f"noise_sigma must be a number >= 0, got {noise_sigma}")
         super().__init__(data, seed=seed, dwell_frames=period_frames, size=size, entry_frames=0)
         self.period_frames = period_frames
         self.walk_frames = walk_frames
         self.heights = heights
+        self.light_gain = light_gain
+        self.noise_sigma = noise_sigma
+
+    def _lighting(self, frame_index: int) -> Lighting:
+        lighting = super()._lighting(frame_index)
+        if self.light_gain == 1.0:
+            return lighting
+        return dimmed(lighting, self.light_gain)
 
     def _lane_pose(
         self, lane: int, frame_index: int
@@ -638,6 +668,7 @@ class ObjectScene(LabeledScene):
             [],
             self._lighting(frame_index),
             np.random.default_rng([self.seed, 3, frame_index]),
+            self.noise_sigma,
         )
         return image
 
@@ -660,6 +691,7 @@ class ObjectScene(LabeledScene):
             placed,
             self._lighting(frame_index),
             np.random.default_rng([self.seed, 3, frame_index]),
+            self.noise_sigma,
         )
         objects = tuple(
             TrueObject(label, box, index)

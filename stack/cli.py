@@ -339,6 +339,19 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="faults only: repeat the faults this long and report the RSS growth",
     )
+    parser.add_argument(
+        "--drift",
+        metavar="SPEC",
+        default=None,
+        help="drift only: what changes, changes joined by + (backgrounds, light=F, noise=F, "
+        "size=LO-HI, classes=I,J,..., new-camera) or none; default "
+        "backgrounds+size=0.16-0.26+classes=0,2,4,6,5,7,9+new-camera",
+    )
+    parser.add_argument(
+        "--mode",
+        default=None,
+        help="drift only: the gateway's mode, split:K or full (default split:2)",
+    )
 
 
 def main_bench(args: argparse.Namespace) -> int:
@@ -346,7 +359,12 @@ def main_bench(args: argparse.Namespace) -> int:
         raise ConfigError("--soak-minutes is for `bench faults` only")
     module = importlib.import_module(BENCHMARKS[args.part])
     started = time.perf_counter()
-    extra = {"soak_minutes": args.soak_minutes} if args.soak_minutes else {}
+    extra: dict[str, Any] = {"soak_minutes": args.soak_minutes} if args.soak_minutes else {}
+    for option in ("drift", "mode"):
+        if getattr(args, option) is not None:
+            if args.part != "drift":
+                raise ConfigError(f"--{option} is for `bench drift` only")
+            extra[option] = getattr(args, option)  # checked by bench.drift.run, first thing
     results: dict[str, Any] = module.run(quick=args.quick, **extra)
     results.setdefault("elapsed_seconds", round(time.perf_counter() - started, 2))
     results.setdefault("machine", machine_info())

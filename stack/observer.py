@@ -13,6 +13,10 @@ and per camera, over the whole run and over the last ``recent_seconds``, each an
 resampling items). Items a serving model was trained on (``trained_items``: what the
 continuous trainer recorded in the registry) are left out, and counted, so every figure
 rests on items the models never saw.
+
+An observer can watch one site alone (``site=``), and each :class:`Scored` also says which
+object of which frame it was (``seq``, ``track``) and what was answered: ``bench drift``
+watches its two clouds' results apart and compares them object by object.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ class Scored:
     mode: str
     item: int | None
     correct: bool
+    # Which object of which frame it was and what was answered: two clouds answering the
+    # same frames (bench drift's two arms) are compared object by object.
+    seq: int = -1
+    track: int | None = None  # None: a whole-frame result
+    label: int | None = None
+    predicted: int | None = None
+    capture_ns: int = 0
 
     def key(self) -> tuple[str, int]:
         """The evidence it belongs to: its item (None: a labeled frame of no known item,
@@ -49,24 +60,48 @@ class Scored:
 
 def scored_objects(result: wire.Result, at: float) -> list[Scored]:
     """The labeled objects of ``result`` (a whole-frame result: the frame, if labeled)."""
+
+    def scored(item: int | None, track: int | None, label: int, predicted: int) -> Scored:
+        return Scored(
+            at,
+            result.camera_id,
+            result.extractor,
+            item,
+            label == predicted,
+            seq=result.seq,
+            track=track,
+            label=label,
+            predicted=predicted,
+            capture_ns=result.capture_ns,
+        )
+
     if result.tracks:
         items = result.items or (None,) * len(result.tracks)
         return [
-            Scored(at, result.camera_id, result.extractor, item, label == predicted)
-            for label, predicted, item in zip(result.labels, result.classes, items, strict=True)
+            scored(item, track, label, predicted)
+            for label, predicted, item, track in zip(
+                result.labels, result.classes, items, result.tracks, strict=True
+            )
             if label is not None
         ]
     if result.label is None:
         return []
-    return [Scored(at, result.camera_id, result.extractor, None, result.label == result.predicted)]
+    return [scored(None, None, result.label, result.predicted)]
 
 
 class ResultsObserver:
-    """Subscribes to ``results`` of every site on the broker of ``config`` (as a context
-    manager); thread-safe."""
+    """Subscribes to ``results`` of ``site`` (by default every site) on the broker of
+    ``config`` (as a context manager); thread-safe."""
 
-    def __init__(self, config: BrokerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        site: str = wire.ANY_SITE,
+    ) -> None:
         self.config = config
+        self.site = site
         self._clock = clock
         self._lock = threading.Lock()
         self._scored: list[Scored] = []
@@ -85,7 +120,7 @@ class ResultsObserver:
             protocol=mqtt.MQTTv5,
         )
         self.config.apply_to_paho(client)
-        topic = wire.Topics(wire.ANY_SITE).all_results()
+        topic = wire.Topics(self.site).all_results()
 
         def on_connect(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
             if not code.is_failure:
@@ -117,6 +152,11 @@ class ResultsObserver:
             if self.first_at is None:
                 self.first_at = now
             self._scored.extend(scored)
+
+    def scored(self) -> list[Scored]:
+        """Every labeled object seen so far, in arrival order (a copy)."""
+        with self._lock:
+            return list(self._scored)
 
     def report(
         self, trained_items: Iterable[int] = (), recent_seconds: float = RECENT_SECONDS

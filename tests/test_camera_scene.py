@@ -12,7 +12,14 @@ import pytest
 from cameras.encoding import BitrateController, FixedQuality, encode_jpeg
 from cameras.errors import SourceError
 from cameras.pacing import Pacer
-from cameras.scene import LabeledScene, compose, make_background, render_item
+from cameras.scene import (
+    NOISE_SIGMA_720P,
+    LabeledScene,
+    ObjectScene,
+    compose,
+    make_background,
+    render_item,
+)
 from cameras.sources import SyntheticScene, VideoSource, fit_to, parse_source
 from edgelearn.datasets import (
     DEFAULT_ROOT,
@@ -166,6 +173,29 @@ def test_render_item_handles_colour_items_and_checks_background_size() -> None:
 
 
 # --- other sources ------------------------------------------------------------------------
+
+
+def test_object_scene_light_and_noise_change_only_when_asked() -> None:
+    data = unique_label_items()
+    plain = ObjectScene(data, seed=5).render(40)
+    assert plain.objects  # something in view
+    same = ObjectScene(data, seed=5, light_gain=1.0, noise_sigma=NOISE_SIGMA_720P).render(40)
+    assert np.array_equal(plain.image, same.image) and plain.objects == same.objects
+    dark = ObjectScene(data, seed=5, light_gain=0.6).render(40)
+    assert dark.image.mean() < 0.75 * plain.image.mean()
+    assert dark.objects == plain.objects  # the same items in the same places
+
+    def grain(image: np.ndarray) -> float:
+        return float(np.std(image.astype(np.int16) - cv2.GaussianBlur(image, (5, 5), 0)))
+
+    clean = ObjectScene(data, seed=5, noise_sigma=0.0).render(40)
+    noisy = ObjectScene(data, seed=5, noise_sigma=9.0).render(40)
+    assert grain(clean.image) < grain(plain.image) < grain(noisy.image)
+    assert noisy.objects == plain.objects
+    with pytest.raises(ValueError, match="light_gain"):
+        ObjectScene(data, light_gain=0.0)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        ObjectScene(data, noise_sigma=-1.0)
 
 
 @pytest.mark.skipif(not VTEST.exists(), reason="opencv-doc sample videos not installed")
