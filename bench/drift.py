@@ -103,6 +103,9 @@ DEFAULT_MODE = Mode.split(2)
 RECENT_SECONDS = 300.0  # "the last five minutes" of a full run
 RECOVERY_MIN_ITEMS = 10  # a rolling window on fewer items says nothing either way
 CLASS_COUNT = 10  # Fashion-MNIST's
+# full: every 3rd labeled keyframe goes up as its crops (the gateway's default, 10, sends
+# about 220 crops in the 7.5 minutes after the drift: too few for a run)
+FULL_LEARNING_SAMPLE = 3
 
 
 class DriftSpecError(ConfigError):
@@ -245,13 +248,21 @@ class Budget:
     learn_every: int
     recent: float  # seconds at the end the "recent" accuracies are over
     mode: Mode = DEFAULT_MODE  # the gateway's
+    # full: every Nth labeled keyframe goes up as crops (the cloud learns from those alone);
+    # the trigger is scaled to match
+    learning_sample: int | None = None
 
     @classmethod
     def of(cls, quick: bool, mode: Mode = DEFAULT_MODE) -> Budget:
         split_k = mode.split_k or DEFAULT_MODE.split_k  # full: a split is served, unused
+        sample = FULL_LEARNING_SAMPLE if mode.kind == FULL else None
+        every = 100 if quick else 600
+        every = every // FULL_LEARNING_SAMPLE if sample else every
         if quick:
-            return cls(3, 5.0, 20.0, 65.0, 5.0, split_k, "quick", 100, (65.0 - 20.0) / 3, mode)
-        return cls(4, 6.0, 150.0, 600.0, 10.0, split_k, "default", 600, RECENT_SECONDS, mode)
+            return cls(3, 5.0, 20.0, 65.0, 5.0, split_k, "quick", every, (65.0 - 20.0) / 3, mode,
+                       sample)  # fmt: skip
+        return cls(4, 6.0, 150.0, 600.0, 10.0, split_k, "default", every, RECENT_SECONDS, mode,
+                   sample)  # fmt: skip
 
     @property
     def window(self) -> float:
@@ -737,11 +748,16 @@ class _LogTail:
 
 
 def _registry(budget: Budget, work: Path, source: Path | None) -> Path:
-    """A copy of the first model set (promotions write to the copy): ``source``, the quick
-    bench registry, or (full) the one ``$EDGELEARN_BENCH_REGISTRY`` names or else a cached
-    default-budget one, trained here the first time."""
+    """A copy of the first model set (promotions write to the copy): ``source`` or the one
+    ``$EDGELEARN_BENCH_REGISTRY`` names, as they are; else the quick bench registry, or
+    (full) a cached default-budget one, trained here the first time."""
     import os
 
+    source = source or (
+        Path(os.environ["EDGELEARN_BENCH_REGISTRY"])
+        if os.environ.get("EDGELEARN_BENCH_REGISTRY")
+        else None
+    )
     if source is not None:
         cached = source
     elif budget.training == "quick":
@@ -750,9 +766,7 @@ def _registry(budget: Budget, work: Path, source: Path | None) -> Path:
         from cloud.bootstrap import TrainingPlan, train_plan, with_splits
         from cloud.registry import Registry
 
-        cached = bench_registry_path()
-        if not os.environ.get("EDGELEARN_BENCH_REGISTRY"):
-            cached = cached.with_name("drift-registry")  # not the quick budget's
+        cached = bench_registry_path().with_name("drift-registry")  # not the quick budget's
         train_plan(Registry(cached), with_splits(TrainingPlan.default(), (2, 6, 8)))
     target = work / "registry"
     shutil.copytree(cached, target, ignore=shutil.ignore_patterns(".staging", "serving.json"))
@@ -793,6 +807,7 @@ def run(
                 split_ks=(budget.split_k,), budget=budget.training, labeled_cameras=0,
                 video=None, camera_users=budget.cameras + 1, consumers=1, echo=False,
                 learn_every=budget.learn_every, grow=False,  # adaptation alone is measured
+                learning_sample=budget.learning_sample,
             )  # fmt: skip
             with launch(settings) as stack:
                 secrets_dir = stack.secrets.directory

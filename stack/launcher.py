@@ -211,6 +211,9 @@ class StackSettings:
     feature_store: Path | None = None  # default: <run_dir>/features
     workers: int = 1
     gateway_queue_depth: int | None = None  # None: the gateway's default
+    # full: every Nth labeled keyframe goes up as its crops, for the cloud to learn from
+    # (and answer); None: the gateway's default
+    learning_sample: int | None = None
     uplink_kbps: float = 0.0  # the gateway's uplink as the planner sees it; 0: not configured
     labeled_cameras: int = 4
     # The labeled cameras' scenes (which items, where, in what light); None: a fresh one
@@ -565,6 +568,11 @@ def start_gateway(
         *(
             ["--queue-depth", str(settings.gateway_queue_depth)]
             if settings.gateway_queue_depth
+            else []
+        ),
+        *(
+            ["--learning-sample", str(settings.learning_sample)]
+            if settings.learning_sample is not None
             else []
         ),
         *(
