@@ -1175,8 +1175,35 @@ def cloud_detail() -> dict[str, Any]:
                     "{{mode}} {{model}}",
                 )
             ],
-            "After a promotion: the live accuracy of the new model and of the one it "
-            "replaced; the trainer rolls back when the new one falls below by the bound.",
+            "After a promotion the replaced model answers the same objects in shadow: the "
+            "accuracy of both on them. Once enough distinct items are in, the trainer rolls "
+            "back if the replaced one is significantly better (paired, per item).",
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Objects answered in shadow",
+            PER_SECOND,
+            [
+                Query(
+                    f"sum by (mode) (rate(edgelearn_cloud_shadow_objects_total[{RATE}]))",
+                    "{{mode}}",
+                )
+            ],
+            "Objects a replaced model answered beside the promoted one (after the results "
+            "went out): the evidence a watch settles on.",
+        ),
+        Panel(
+            "Class mix each camera shows",
+            RATIO,
+            [
+                Query(
+                    f"max by (mode, camera, class) (edgelearn_cloud_class_prior_ratio{{{CAM}}})",
+                    "{{camera}} {{mode}} class {{class}}",
+                )
+            ],
+            "Each camera's class prior, estimated every few seconds from its recent answers "
+            "(no labels, no training); the consumers re-weight answers to it.",
             min=0,
             max=1,
         ),

@@ -104,6 +104,8 @@ NOT_IN_THIS_RUN = {
     "edgelearn_cloud_trainer_rejections_total": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_trainer_rollbacks_total": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_trainer_live_accuracy_ratio": "as edgelearn_cloud_training_runs_total",
+    "edgelearn_cloud_shadow_objects_total": "as edgelearn_cloud_training_runs_total",
+    "edgelearn_cloud_class_prior_ratio": "as edgelearn_cloud_training_runs_total",
     "edgelearn_cloud_model_pushed_bytes_total": "this run's consumers serve a ClassifierSource "
     "and push no model (edgelearn cloud counts its pushes)",
     "edgelearn_cloud_training_seconds_sum": "as edgelearn_cloud_training_runs_total",
