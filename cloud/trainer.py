@@ -316,6 +316,7 @@ def fit_job(job: FitJob) -> FitResult:
 @dataclass
 class _ModeState:
     trained_up_to: int = 0  # the newest row id the last run that trained saw
+    skipped_at: int = 0  # the newest row id when a run last found too few items
     levels: dict[str, float] = field(default_factory=dict)  # camera -> accuracy at last run
 
 
@@ -438,7 +439,12 @@ class ContinuousTrainer(BackgroundLoop):
 
     def _trigger(self, mode: Mode, serving: ModelEntry) -> str | None:
         state = self._state[str(mode)]
-        new, _ = self.store.count(str(mode), self._versions(serving), state.trained_up_to)
+        versions = self._versions(serving)
+        if state.skipped_at > state.trained_up_to:  # too few items then: wait for more
+            since, _ = self.store.count(str(mode), versions, state.skipped_at)
+            if since < self.settings.min_new // 3:
+                return None
+        new, _ = self.store.count(str(mode), versions, state.trained_up_to)
         if new >= self.settings.every:
             return "new_objects"
         if new < self.settings.min_new:
@@ -475,7 +481,8 @@ class ContinuousTrainer(BackgroundLoop):
         held_rows = rows.take(held_index)
         held_items = len(set(held_rows.objects()))
         if held_items < settings.min_items or len(train_index) < settings.min_new:
-            # the rows stay new: they count toward the next run
+            # the rows stay new: they count toward the next run, once more have come
+            state.skipped_at = newest_id
             return self._finish(
                 RunReport(str(mode), trigger, serving.version, None, "too_few",
                           len(train_index), len(held_index), time.perf_counter() - started,

@@ -72,17 +72,17 @@ def test_the_judge_refuses_copies_and_equal_models_and_promotes_a_better_one() -
     assert copies == 0  # no item differs: no evidence
     # equal models: at most the level (2 standard errors of 400 trials of slack)
     assert equal / TRIALS <= SIGNIFICANCE + 2 * np.sqrt(SIGNIFICANCE * 0.95 / TRIALS)
-    assert better / TRIALS >= 0.9
+    assert better / TRIALS >= 0.8
 
 
 def test_a_candidate_significantly_worse_on_one_camera_is_refused() -> None:
     rng = np.random.default_rng(3)
     keys, cameras, p = _world(rng)
     serving = _answers(rng, keys, p)
-    # right on every object of cam-0 and cam-2; on cam-1, wrong on every other item
+    # right on every object of cam-0 and cam-2; on cam-1, wrong on every fourth item
     candidate = np.asarray(
         [
-            camera != "cam-1" or (right and item % 2 == 1)
+            camera != "cam-1" or (right and item % 4 != 0)
             for (_, item), camera, right in zip(keys, cameras, serving, strict=True)
         ]
     )
