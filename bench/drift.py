@@ -644,9 +644,12 @@ def recovery(
     items it never trained on. The loss: the learning arm's accuracy before the drift (all
     of it) minus the static arm's after it. Won half back: the end of the first rolling
     window (on at least :data:`RECOVERY_MIN_ITEMS` items) in which the learning arm beat the
-    static one on the same objects by half the loss or more, in minutes after the drift
+    static one on the same objects by half the loss or more, its 95% interval (resampled
+    by item) above zero, in minutes after the drift
     (None: never, or nothing was lost). Against the static arm on the same objects, not
     against a fixed mark, so that a window of easier items is no recovery."""
+    from cloud.judge import paired
+
     drift, end, window = budget.drift_at, budget.duration, budget.window
 
     def picked(
@@ -671,7 +674,11 @@ def recovery(
             if loss <= 0 or len({mine[key].key() for key in both}) < RECOVERY_MIN_ITEMS:
                 continue
             gain = sum(mine[key].correct - theirs[key].correct for key in both) / len(both)
-            if gain >= loss / 2:
+            verdict = paired(
+                [mine[key].correct for key in both], [theirs[key].correct for key in both],
+                [mine[key].key() for key in both],
+            )  # fmt: skip
+            if gain >= loss / 2 and verdict.low > 0:  # and not a lucky window
                 recovered = round((until - drift) / 60, 2)
                 at = {
                     "to_seconds": round(until, 1),
