@@ -65,12 +65,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -92,6 +92,9 @@ from edgelearn.metrics import Samples, machine_info, scrape
 from edgelearn.modes import FULL, Mode, ModeError
 from stack.launcher import StackSettings, launch
 from stack.observer import ResultsObserver, Scored, accuracies, evidence_of
+
+if TYPE_CHECKING:
+    from cloud.judge import Verdict
 
 SITE = "drift"
 STATIC_SITE = f"{SITE}-static"  # where the static cloud's results go
@@ -600,18 +603,11 @@ def compare(
     each arm's accuracy overall and per camera (objects, items, 95% interval by item),
     whether the two counted the same objects, and learning minus static paired on the
     objects both answered (interval resampling items)."""
-    from cloud.judge import paired
-
     mine = _picked(learning, fps, span, trained)
     theirs = _picked(static, fps, span, trained)
-    both = sorted(mine.keys() & theirs.keys())
-    verdict = paired(
-        [mine[key].correct for key in both],
-        [theirs[key].correct for key in both],
-        [mine[key].key() for key in both],
-    )
+    verdict = _paired_on(mine, theirs)
     difference = None
-    if both:
+    if verdict.objects:
         difference = {
             "gain": round(verdict.gain, 4),
             "low": round(verdict.low, 4),
@@ -634,6 +630,18 @@ def compare(
     }
 
 
+def _paired_on(mine: dict[ObjectKey, Scored], theirs: dict[ObjectKey, Scored]) -> Verdict:
+    """Learning (``mine``) against static (``theirs``) on the objects both answered."""
+    from cloud.judge import paired
+
+    both = sorted(mine.keys() & theirs.keys())
+    return paired(
+        [mine[key].correct for key in both],
+        [theirs[key].correct for key in both],
+        [mine[key].key() for key in both],
+    )
+
+
 def recovery(
     learning: dict[ObjectKey, Scored],
     static: dict[ObjectKey, Scored],
@@ -648,8 +656,6 @@ def recovery(
     by item) above zero, in minutes after the drift
     (None: never, or nothing was lost). Against the static arm on the same objects, not
     against a fixed mark, so that a window of easier items is no recovery."""
-    from cloud.judge import paired
-
     drift, end, window = budget.drift_at, budget.duration, budget.window
 
     def picked(
@@ -670,21 +676,19 @@ def recovery(
                 picked(learning, (until - window, until)),
                 picked(static, (until - window, until)),
             )
-            both = sorted(mine.keys() & theirs.keys())
-            if loss <= 0 or len({mine[key].key() for key in both}) < RECOVERY_MIN_ITEMS:
+            if loss <= 0:
+                break
+            verdict = _paired_on(mine, theirs)
+            if verdict.items < RECOVERY_MIN_ITEMS:
                 continue
-            gain = sum(mine[key].correct - theirs[key].correct for key in both) / len(both)
-            verdict = paired(
-                [mine[key].correct for key in both], [theirs[key].correct for key in both],
-                [mine[key].key() for key in both],
-            )  # fmt: skip
-            if gain >= loss / 2 and verdict.low > 0:  # and not a lucky window
+            if verdict.gain >= loss / 2 and verdict.low > 0:  # and not a lucky window
+                both = sorted(mine.keys() & theirs.keys())
                 recovered = round((until - drift) / 60, 2)
                 at = {
                     "to_seconds": round(until, 1),
                     "learning": evidence_of([mine[key] for key in both]).as_dict(),
                     "static": evidence_of([theirs[key] for key in both]).as_dict(),
-                    "learning_minus_static": round(gain, 4),
+                    "learning_minus_static": round(verdict.gain, 4),
                 }
                 break
     return {
@@ -859,12 +863,18 @@ def run(
                         )
                         clients[camera] = mqtt_client(config, f"bench-{camera}")
                     arms = {"learning": learning_results, "static": static_results}
+                    log = _LogTail(settings.run_dir / "cloud.log")
                     measured = _measure(
                         world, budget, clients, (learning_url, static_url, gateway_urls), arms,
-                        _LogTail(settings.run_dir / "cloud.log"),
+                        log,
                     )  # fmt: skip
                 stack.children.stop()
-        cloud_log = (settings.run_dir / "cloud.log").read_text(errors="replace").splitlines()
+        # what the learning cloud logged after the last reading, until it stopped
+        trainer_lines = measured.trainer_lines + [
+            (measured.readings[-1]["t"], line)
+            for line in log.lines()
+            if line.startswith("trainer ")
+        ]
         # No evidence: every item any version of the learning cloud trained on.
         trained = {item for entry in Registry(registry).list() for item in entry.trained_items}
         mode_text = str(budget.mode)
@@ -894,12 +904,12 @@ def run(
             "objects": objects_report(learning_objects, static_objects, budget, trained),
             # what the learning cloud's trainer said of each run (promotions, specialised
             # cameras, rollbacks), from its log
-            "trainer_log": [line for line in cloud_log if line.startswith("trainer ")],
+            "trainer_log": [line for _, line in trainer_lines],
             # each promotion's line (the judge's evidence), by when it was in the log: the
             # reading at ``seen_by_seconds`` was the first to find it
             "promotions_log": [
                 {"seen_by_seconds": at, "line": line}
-                for at, line in measured.trainer_lines
+                for at, line in trainer_lines
                 if "promoted" in line
             ],
             "learning_cloud_drops": readings[-1]["drops"],
@@ -920,6 +930,21 @@ class Measured:
     readings: list[dict[str, Any]]
     gateway: dict[str, Any]
     trainer_lines: list[tuple[float, str]]  # (seconds by which it was logged, line)
+
+
+def _agreed_and_still(read: Callable[[], list[Any]]) -> Callable[[], bool]:
+    """A condition to poll: true once every value ``read`` gives (one per arm) is the same
+    and none has changed for a second."""
+    last: list[Any] = [None, 0.0]  # the values, since when
+
+    def check() -> bool:
+        values, now = read(), time.monotonic()
+        if any(value != values[0] for value in values) or values != last[0]:
+            last[:] = [values, now]
+            return False
+        return now - float(last[1]) >= 1.0
+
+    return check
 
 
 def _measure(
@@ -957,32 +982,18 @@ def _measure(
         player.join(10)
 
     # Both clouds answer what is still queued: wait until they have scored the same objects
-    # and their counts stood still for a second.
-    last_counts: list[Any] = [None, 0.0]
-
-    def settled() -> bool:
+    # and their counts stood still for a second ...
+    def scored_counts() -> list[Any]:
         reading = _reading(learning_url, static_url, mode, 0.0)
-        counts = [{c: n for c, (_, n) in reading[arm].items()} for arm in ("learning", "static")]
-        now = time.monotonic()
-        if counts[0] != counts[1] or counts[0] != last_counts[0]:
-            last_counts[:] = [counts[0], now]
-            return False
-        return bool(now - float(last_counts[1]) >= 1.0)
+        return [{c: n for c, (_, n) in reading[arm].items()} for arm in ("learning", "static")]
 
-    poll_until(settled, 60)
+    poll_until(_agreed_and_still(scored_counts), 60)
     # ... and until both observers have seen as many objects, still for a second (a result
     # the broker never delivered shows as objects of one arm only).
-    last_seen: list[Any] = [None, 0.0]
-
-    def observed() -> bool:
-        seen = [len(by_object(arm.scored(), mode)) for arm in arms.values()]
-        now = time.monotonic()
-        if len(set(seen)) > 1 or seen != last_seen[0]:
-            last_seen[:] = [seen, now]
-            return False
-        return bool(now - float(last_seen[1]) >= 1.0)
-
-    poll_until(observed, 30)
+    poll_until(
+        _agreed_and_still(lambda: [len(by_object(arm.scored(), mode)) for arm in arms.values()]),
+        30,
+    )
     readings[-1] = _reading(learning_url, static_url, mode, readings[-1]["t"])
     note_log(time.monotonic() - started)
     gateway = scrape(gateway_urls)

@@ -81,7 +81,6 @@ class _Camera:
     )
     weights: npt.NDArray[np.float64] | None = None  # None: the training prior (no change)
     fitted_at: float = float("-inf")
-    new_since_fit: int = 0
 
 
 class ClassMix:
@@ -110,27 +109,23 @@ class ClassMix:
         """Note each row's raw answer (row ``i`` is object ``objects[i]`` of camera
         ``cameras[i]``) and return the rows re-weighted to their camera's prior."""
         settings = self.settings
-        adjusted = np.array(probabilities, np.float32, copy=True)
         now = self._clock()
         with self._lock:
-            for camera in set(cameras):
+            for camera, key, row in zip(cameras, objects, probabilities, strict=True):
                 state = self._cameras.setdefault((mode, camera), _Camera())
-                mine = [i for i, c in enumerate(cameras) if c == camera]
-                for i in mine:
-                    state.answers[objects[i]] = probabilities[i]
-                    state.answers.move_to_end(objects[i])
-                    state.new_since_fit += 1
+                state.answers[key] = row
+                state.answers.move_to_end(key)
+            for camera in set(cameras):
+                state = self._cameras[(mode, camera)]
                 while len(state.answers) > settings.window:
                     state.answers.popitem(last=False)
-                if now - state.fitted_at >= settings.refit_seconds and state.new_since_fit:
+                if now - state.fitted_at >= settings.refit_seconds:
                     self._fit(mode, camera, state, now)
-                if state.weights is not None:
-                    adjusted[mine] = reweight(probabilities[mine], state.weights)
-        return adjusted
+        return self.reweighted(mode, cameras, probabilities)
 
     def _fit(self, mode: str, camera: str, state: _Camera, now: float) -> None:
         settings = self.settings
-        state.fitted_at, state.new_since_fit = now, 0
+        state.fitted_at = now
         if len(state.answers) < settings.min_objects:
             return
         rows = np.stack(list(state.answers.values()))

@@ -381,6 +381,23 @@ def _evidence(feature: wire.Feature, per_object: bool) -> tuple[list[Hashable], 
     return [("frame", feature.camera_id, feature.seq)], [feature.label]
 
 
+def _batch_evidence(
+    answers: list[_Answer], classifier: Classifier
+) -> tuple[list[Hashable], list[int | None], list[str]]:
+    """:func:`_evidence` of each model input of a batch, with its camera."""
+    keys: list[Hashable] = []
+    labels: list[int | None] = []
+    cameras: list[str] = []
+    for answer in answers:
+        feature = answer.incoming.envelope
+        assert isinstance(feature, wire.Feature)
+        mine, truth = _evidence(feature, _per_object(feature, classifier))
+        keys.extend(mine)
+        labels.extend(truth)
+        cameras.extend([feature.camera_id] * len(mine))
+    return keys, labels, cameras
+
+
 @dataclass(frozen=True, eq=False)
 class _ShadowJob:
     """A batch the promoted model answered, for its replaced one to answer in shadow."""
@@ -624,22 +641,19 @@ class CloudConsumer:
         started = time.perf_counter()
         probabilities = classifier.predict(inputs)
         self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
-        keys: list[Hashable] = []
-        labels: list[int | None] = []
-        cameras: list[str] = []
-        for answer in kept:
-            feature = answer.incoming.envelope
-            assert isinstance(feature, wire.Feature)
-            mine, truth = _evidence(feature, _per_object(feature, classifier))
-            keys.extend(mine)
-            labels.extend(truth)
-            cameras.extend([feature.camera_id] * len(mine))
-        if self.class_mix is not None and len(keys) == len(probabilities):
-            probabilities = self.class_mix.answer(extractor, cameras, keys, probabilities)
+        mix = self.class_mix
         shadow = self.shadows.shadow_for(extractor, classifier.version) if self.shadows else None
-        if shadow is not None and len(keys) == len(probabilities):
-            predicted = np.argmax(probabilities, axis=1)
-            self._shadow_jobs.append(_ShadowJob(shadow, inputs, keys, cameras, labels, predicted))
+        if mix is not None or shadow is not None:  # a static cloud skips all of this
+            keys, labels, cameras = _batch_evidence(kept, classifier)
+            if len(keys) != len(probabilities):  # not one per input: nothing to adapt by
+                mix = shadow = None
+            if mix is not None:
+                probabilities = mix.answer(extractor, cameras, keys, probabilities)
+            if shadow is not None:
+                predicted = np.argmax(probabilities, axis=1)
+                self._shadow_jobs.append(
+                    _ShadowJob(shadow, inputs, keys, cameras, labels, predicted)
+                )
         position = 0
         for answer in kept:
             feature = answer.incoming.envelope

@@ -101,11 +101,7 @@ class LabeledRows:
     values: npt.NDArray[np.generic]
     items: npt.NDArray[np.int64]  # the data-set item each row shows (-1: not known)
     # the object's box height in the camera frame's pixels (-1: a whole frame, or not known)
-    heights: npt.NDArray[np.int64] | None = None
-
-    def __post_init__(self) -> None:
-        if self.heights is None:
-            object.__setattr__(self, "heights", np.full(len(self.ids), -1, np.int64))
+    heights: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -118,13 +114,8 @@ class LabeledRows:
             self.labels[index],
             self.values[index],
             self.items[index],
-            self.box_heights[index],
+            self.heights[index],
         )
-
-    @property
-    def box_heights(self) -> npt.NDArray[np.int64]:
-        assert self.heights is not None
-        return self.heights
 
     def objects(self) -> list[tuple[str, int]]:
         """What each row is evidence of: its item (one item on two cameras is one), or,
@@ -404,7 +395,7 @@ class FeatureStore:
         if not rows:
             return LabeledRows(
                 np.empty(0, np.int64), (), np.empty(0, np.int64), np.empty(0, np.int64),
-                np.empty(0, np.int8), np.empty(0, np.int64),
+                np.empty(0, np.int8), np.empty(0, np.int64), np.empty(0, np.int64),
             )  # fmt: skip
         values = np.stack([_row_values(row[4], row[5], row[6]) for row in rows])
         return LabeledRows(

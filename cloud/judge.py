@@ -12,12 +12,12 @@ in eight frames is one piece of evidence, not eight):
 * a one-sided paired randomisation test on those differences, each item weighing one: were
   the two models equally good, each item's difference would be as likely to have the other
   sign, so the test flips the signs at random (``resamples`` times) and counts how often
-  the sum comes out at least as large as it did. The items won and lost (an exact sign
-  test over them, :func:`sign_test`, McNemar's test when every item has one object) are
-  reported beside it. The sign test counts an item where one crop of eight changed as one
-  where all eight did; tuned candidates mostly change some crops of an item: on bench
-  drift's arrivals a candidate +4.6 points better on 102 held-out items had p = 0.29 by
-  signs and 0.03 by this test (+7.5 on 59 items: 0.19 and 0.03);
+  the sum comes out at least as large as it did. The items won and lost are reported
+  beside it (:func:`sign_test` is their exact sign test, McNemar's when every item has one
+  object: the rule before, kept to compare). The sign test counts an item where one crop
+  of eight changed as one where all eight did; tuned candidates mostly change some crops
+  of an item: on bench drift's arrivals a candidate +4.6 points better on 102 held-out
+  items had p = 0.29 by signs and 0.03 by this test (+7.5 on 59 items: 0.19 and 0.03);
 * the gain in per-object accuracy, with a 95% interval from resampling items (paired: an
   item's objects are drawn together, for both models).
 

@@ -128,10 +128,9 @@ class CloudService:
         self._progress = progress
         self._announce = announce
         self.metric_registries = [CollectorRegistry() for _ in range(settings.consumers)]
-        learns = settings.trainer is not None
         # A learning cloud watches its promotions in shadow and re-weights answers to each
         # camera's class mix; a static one answers as its models do.
-        self.shadows = ShadowBoard() if learns else None
+        self.shadows = ShadowBoard() if settings.trainer is not None else None
         self.class_mix = (
             ClassMix(on_fit=self._note_prior)
             if settings.trainer is not None and settings.trainer.class_prior

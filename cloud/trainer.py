@@ -20,7 +20,7 @@ Where it sits::
          ``split:k``; the feature classifier of ``pca``/``autoencoder``), each item
          weighing one however many crops of it arrived, replay at most ``replay_weight``
       5. judge (:func:`cloud.judge.judge_by_camera`): paired per distinct held-out item,
-         a sign test at ``significance``; promote only if significantly better overall
+         a randomisation test at ``significance``; promote only if significantly better overall
          and significantly worse on no camera
       6. promote: a registry version with the same edge artifact and the new cloud half,
          loaded, then ``serving.json`` points at it and consumers resolve again between
@@ -235,7 +235,7 @@ def render_job(
 
     if settings.render <= 0 or serving.model_input != roi.CROP_RULE:
         return None
-    heights = estimate_heights(rows.box_heights, labels=rows.labels)
+    heights = estimate_heights(rows.heights, labels=rows.labels)
     classes = len(serving.metadata.get("class_names") or ())
     if heights is None or not classes:
         return None
@@ -706,7 +706,7 @@ class ContinuousTrainer(BackgroundLoop):
         if self.shadows is None:
             return None
         pairs = self.shadows.pairs(str(mode))
-        if pairs is None:
+        if pairs is None:  # nothing on watch
             return None
         shadow = self.shadows.shadow_for(str(mode), self.registry.serving(mode).version)
         if shadow is None:  # something else changed what serves: the watch is moot

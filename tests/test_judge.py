@@ -113,6 +113,7 @@ def _rows(items: list[int], ids: list[int]) -> LabeledRows:
         np.zeros(n, np.int64),
         np.zeros((n, 2), np.int8),
         np.asarray(items, np.int64),
+        np.full(n, -1, np.int64),  # box heights: not known
     )
 
 

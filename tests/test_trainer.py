@@ -44,6 +44,7 @@ def _rows(cameras: list[str], tracks: list[int], items: list[int] | None = None)
         np.zeros(n, np.int64),
         np.zeros((n, 2), np.int8),
         np.asarray(items if items is not None else [-1] * n, np.int64),
+        np.full(n, -1, np.int64),  # box heights: not known
     )
 
 
