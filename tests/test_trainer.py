@@ -307,6 +307,89 @@ def test_a_promotion_worse_in_shadow_is_rolled_back_and_an_equal_one_is_not(
         assert _sample(service, "edgelearn_cloud_shadow_objects_total", mode="pca") >= 120
 
 
+def names_one_class_on_fit(
+    serving: Any, train: Any, held_out: Any, settings: TrainerSettings
+) -> Any:
+    """A candidate with nothing learned: the serving cloud half naming every class one on,
+    right in the relabeled world and wrong in the old one (module-level: picklable)."""
+    from cloud.models import cnn
+
+    model = cnn.clone_with_weights(serving)
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    return model
+
+
+def _record(store: FeatureStore, site: str, source: FeatureSource, count: int, shift: int) -> None:
+    from cloud.feature_store import Arrival
+    from edgelearn import codec
+
+    arrivals = []
+    for _, payload, _ in source.envelopes(count, shift):
+        feature = wire.decode(payload)
+        assert isinstance(feature, wire.Feature)
+        arrivals.append(Arrival(site, feature, len(payload), codec.unpack_feature(feature)))
+    store.record(arrivals)
+
+
+@pytest.mark.parametrize(("shift_after", "promoted"), [(1, True), (0, False)])
+def test_a_near_miss_is_judged_once_more_on_the_items_that_arrive_after_its_run(
+    registry_copy: Path, tmp_path: Path, shift_after: int, promoted: bool
+) -> None:
+    """Four held-out items cannot prove anything at half the 5% level (four wins of four:
+    p = 1/16), so a candidate ahead on them waits for fresh items and is judged once more
+    on both. If the world stays relabeled it is promoted; if it changed back meanwhile,
+    the fresh items refuse it. The trainer runs here, on a real store and registry."""
+    from prometheus_client import CollectorRegistry
+
+    from cloud.consumer import RegistryModels, Scoreboard
+    from cloud.metrics import CloudMetrics
+    from cloud.trainer import ContinuousTrainer
+
+    registry = Registry(registry_copy)
+    mode = Mode(PCA)
+    before = registry.serving(mode).version
+    source = FeatureSource(registry)
+    store = FeatureStore(tmp_path / "store")
+    settings = TrainerSettings(
+        every=10**6, min_new=50, window=120, replay=0, held_out_fraction=0.04, min_items=4,
+        fresh_items=20, specialise=False,
+    )  # fmt: skip
+    metrics = CloudMetrics(CollectorRegistry())
+    trainer = ContinuousTrainer(
+        registry, RegistryModels(registry), store, Scoreboard(), metrics, [mode], settings,
+        fit=names_one_class_on_fit,
+    )  # fmt: skip
+    _record(store, "s", source, 120, shift=1)  # the world renamed its classes
+    first = trainer.run(mode)
+    assert first.reason == "near_miss" and first.promoted is None, first.line()
+    assert first.judgement["items"] == 4 and first.judgement["gain"] > 0
+    assert trainer.check_near_miss(mode) is None  # nothing fresh yet
+    assert trainer._trigger(mode, registry.serving(mode)) is None  # no run meanwhile
+
+    _record(store, "s", source, 30, shift=shift_after)
+    second = trainer.check_near_miss(mode)
+    assert second is not None and second.trigger == "manual, fresh items"
+    evidence = second.judgement
+    assert evidence["items"] == 4 + 30
+    if promoted:
+        assert second.promoted is not None and evidence["p_value"] < settings.look_level
+        assert registry.serving(mode).version == second.promoted
+        saved = registry.by_version(second.promoted).metadata["extra"]
+        assert saved["parent"] == before and saved["arrivals_held_out"]["items"] == 34
+    else:
+        assert second.promoted is None and second.reason == "not_significant"
+        assert evidence["gain"] < 0 and registry.serving(mode).version == before
+        rejected = metrics.registry.get_sample_value(
+            "edgelearn_cloud_trainer_rejections_total",
+            {"mode": "pca", "reason": "not_significant"},
+        )
+        assert rejected == 1
+    assert trainer.check_near_miss(mode) is None  # judged once, never again
+    store.close()
+
+
 def test_labeled_rows_read_the_newest_and_replay_older_ones(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
     from edgelearn.artifacts import TensorQuantization
