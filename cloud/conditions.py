@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from cloud.models.data import RenderSettings, render_inputs
 from cloud.registry import EDGE, ModelEntry
-from edgelearn import roi
+from edgelearn import preprocess, roi
 from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER, KIND_FULL, load_edge_artifact
 from edgelearn.datasets import LabeledImages, load_fashion_mnist
 
@@ -180,13 +180,24 @@ def render_rows(
         seed=seed,
         stream=CONDITIONS_STREAM,
         indices=indices,
-        settings=RenderSettings(input_size=size, channels=channels),
+        settings=RenderSettings(
+            input_size=size, channels=channels, render_size=render_size(heights, size)
+        ),
         workers=workers,
         opacity=source.alpha,
         heights=heights,
     )
     labels = np.asarray(source.labels[renders.shown], np.int64)
     return edge_rows(entry, renders.inputs), labels
+
+
+def render_size(heights: tuple[float, float], input_size: int) -> tuple[int, int]:
+    """The frame size renders at these pose heights are drawn at, decoded in full: what a
+    gateway's decode of a 720p frame is for objects of that size (1/4, or 1/2 for small
+    ones: :func:`edgelearn.roi.crop_reduction`)."""
+    tall = round(sum(heights) / 2 * preprocess.HD_720P[1])
+    reduction = roi.crop_reduction([(0, 0, tall, tall)], input_size)
+    return (preprocess.HD_720P[0] // reduction, preprocess.HD_720P[1] // reduction)
 
 
 def _choose_items(

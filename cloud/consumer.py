@@ -712,9 +712,10 @@ class CloudConsumer:
         if small is None:
             raise preprocess.PreprocessError("undecodable", "raw JPEG")
         self._finder.update(feature.camera_id, small)  # keeps the background model current
-        decoded = preprocess.decode_reduced(feature.payload, classifier.channels)
+        reduction = roi.crop_reduction(feature.boxes, classifier.input_size)
+        decoded = preprocess.decode_reduced(feature.payload, classifier.channels, reduction)
         mask = self._finder.object_mask(feature.camera_id, decoded)
-        size = (decoded.shape[1] * preprocess.REDUCTION, decoded.shape[0] * preprocess.REDUCTION)
+        size = (decoded.shape[1] * reduction, decoded.shape[0] * reduction)
         return [
             roi.crop(decoded, box, size, classifier.input_size, classifier.channels, mask=mask)
             for box in feature.boxes

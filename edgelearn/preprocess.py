@@ -43,7 +43,11 @@ REDUCTION: Final = 4
 REDUCED_720P: Final = (HD_720P[0] // REDUCTION, HD_720P[1] // REDUCTION)
 """What :func:`decode_reduced` makes of a 720p frame: (320, 180)."""
 
+FINE_REDUCTION: Final = 2
+"""The finer decode small objects' crops are cut from (:func:`edgelearn.roi.crop_reduction`)."""
+
 _REDUCED_FLAGS: Final = {1: cv2.IMREAD_REDUCED_GRAYSCALE_4, 3: cv2.IMREAD_REDUCED_COLOR_4}
+_FINE_FLAGS: Final = {1: cv2.IMREAD_REDUCED_GRAYSCALE_2, 3: cv2.IMREAD_REDUCED_COLOR_2}
 _FULL_FLAGS: Final = {1: cv2.IMREAD_GRAYSCALE, 3: cv2.IMREAD_COLOR}
 
 Image = npt.NDArray[np.uint8]
@@ -73,10 +77,19 @@ def _decode(jpeg: bytes, flag: int) -> Image:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_reduced(jpeg: bytes, channels: int = DEFAULT_CHANNELS) -> Image:
-    """Decode at 1/4 scale (720p -> 320x180): ``HxW`` for grayscale, ``HxWx3`` BGR for colour."""
+def decode_reduced(
+    jpeg: bytes, channels: int = DEFAULT_CHANNELS, reduction: int = REDUCTION
+) -> Image:
+    """Decode at 1/4 scale (720p -> 320x180), or 1/2 (``reduction`` :data:`FINE_REDUCTION`,
+    640x360): ``HxW`` for grayscale, ``HxWx3`` BGR for colour. libjpeg scales in the DCT,
+    so 1/2 costs little more than 1/4 (1.00 against 0.93 ms for a 720p frame here)."""
     _check_channels(channels)
-    return _decode(jpeg, _REDUCED_FLAGS[channels])
+    if reduction not in (REDUCTION, FINE_REDUCTION):
+        raise PreprocessError(
+            "bad_size", f"reduction 1/{reduction}: 1/{REDUCTION} or 1/{FINE_REDUCTION}"
+        )
+    flags = _REDUCED_FLAGS if reduction == REDUCTION else _FINE_FLAGS
+    return _decode(jpeg, flags[channels])
 
 
 def decode_full(jpeg: bytes, channels: int = DEFAULT_CHANNELS) -> Image:

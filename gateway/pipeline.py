@@ -342,7 +342,8 @@ class FramePipeline:
         labels, items = ground_truth(frame, boxes)
         size, _, channels = deployment.extractor.input_shape
         try:
-            decoded = preprocess.decode_reduced(frame.payload, channels)
+            reduction = roi.crop_reduction(boxes, size)  # a small object: a finer decode
+            decoded = preprocess.decode_reduced(frame.payload, channels, reduction)
             mask = self._finder.object_mask(frame.camera_id, decoded)
             crops = [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
         except preprocess.PreprocessError:

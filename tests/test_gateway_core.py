@@ -227,6 +227,44 @@ def test_two_objects_in_a_frame_give_one_feature_with_both_boxes_tracks_and_labe
     assert moved.envelope.tracks[0] in feature.tracks and moved.envelope.labels == (7,)
 
 
+def test_a_small_object_is_cut_from_the_finer_decode(secrets_dir: Path) -> None:
+    """An item a camera sees small (here 120 px of 720) is cut from the 1/2-scale decode,
+    not the 1/4 one, which would scale it up into the model's input: the feature is the
+    extractor's output on that crop (the same background model's mask, at that scale)."""
+    key = signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
+    deployment = load_deployment(pca_deployment(secrets_dir, model_input=roi.CROP_RULE), key)
+    pipeline = FramePipeline("gw-1", mode=Mode(PCA))
+    pipeline.deploy(deployment)
+    background = make_background(np.random.default_rng(3))
+    with_item = background.copy()
+    for x in range(600, 680, 8):  # a striped item: detail a 1/4 decode averages away
+        cv2.rectangle(with_item, (x, 300), (x + 3, 420), (30, 30, 30), -1)
+        cv2.rectangle(with_item, (x + 4, 300), (x + 7, 420), (220, 220, 220), -1)
+    frames = [
+        wire.Frame("cam-1", seq, seq, 1280, 720, wire.Encoding.JPEG, None,
+                   preprocess.encode_jpeg(image, 80))
+        for seq, image in enumerate([background, with_item])
+    ]  # fmt: skip
+    finder = roi.ObjectFinder()  # what the pipeline's own background model sees
+    assert isinstance(pipeline.process(frames[0]), HeldBack)
+    finder.update("cam-1", roi.small_grey(frames[0].payload))
+    sent = pipeline.process(frames[1])
+    (found,) = finder.update("cam-1", roi.small_grey(frames[1].payload))
+    assert isinstance(sent, Forward) and isinstance(sent.envelope, wire.Feature)
+    size, _, _ = deployment.extractor.input_shape
+    assert roi.crop_reduction([found.box], size) == preprocess.FINE_REDUCTION
+
+    def feature_at(reduction: int) -> np.ndarray:
+        decoded = preprocess.decode_reduced(frames[1].payload, 1, reduction)
+        mask = finder.object_mask("cam-1", decoded)
+        crop = roi.crop(decoded, found.box, (1280, 720), size, 1, mask=mask)
+        return np.stack([deployment.extractor.run(crop)])  # quantised, as it is sent
+
+    values = codec.unpack_feature(sent.envelope)
+    assert np.array_equal(values, feature_at(preprocess.FINE_REDUCTION))
+    assert not np.array_equal(values, feature_at(preprocess.REDUCTION))
+
+
 def test_full_mode_sends_the_crops_of_every_nth_labeled_keyframe(
     secrets_dir: Path, trained_registry: Path
 ) -> None:

@@ -157,6 +157,19 @@ def test_crops_are_square_padded_at_the_edge_and_scaled_to_the_objects_peak() ->
     assert colour.shape == (32, 32, 3)
 
 
+def test_small_objects_are_cut_from_a_finer_decode() -> None:
+    # at 48 px inputs: a square under 72 px at 1/4 (an item under about 221 px of 720)
+    assert roi.crop_reduction([(600, 300, 680, 420)], 48) == preprocess.FINE_REDUCTION
+    assert roi.crop_reduction([(0, 0, 300, 300), (600, 300, 680, 420)], 48) == 2  # smallest
+    assert roi.crop_reduction([(600, 200, 700, 460)], 48) == preprocess.REDUCTION
+    assert roi.crop_reduction([], 48) == preprocess.REDUCTION
+    jpeg = preprocess.encode_jpeg(np.full((720, 1280), 120, np.uint8), 90)
+    assert preprocess.decode_reduced(jpeg, 1, preprocess.FINE_REDUCTION).shape == (360, 640)
+    assert preprocess.decode_reduced(jpeg, 3).shape == (180, 320, 3)
+    with pytest.raises(preprocess.PreprocessError, match="bad_size"):
+        preprocess.decode_reduced(jpeg, 1, 8)
+
+
 def test_people_in_the_sample_video_are_objects() -> None:
     # setup.sh installs opencv-doc; without the clip this test must fail, not pass unseen.
     assert VTEST.is_file(), f"{VTEST} is missing: install Debian's opencv-doc (setup.sh does)"

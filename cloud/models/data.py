@@ -37,6 +37,7 @@ from cameras.scene import (
 )
 from edgelearn import preprocess, roi
 from edgelearn.datasets import LabeledImages, folder_split, load_fashion_mnist
+from edgelearn.preprocess import FINE_REDUCTION, REDUCTION
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ class RenderSettings:
             )
         else:
             box = detector_like(rendered.box, rng)
+        if self.reduced_decode and roi.crop_reduction([box], self.input_size) != REDUCTION:
+            decoded = preprocess.decode_reduced(jpeg, self.channels, FINE_REDUCTION)
+            mask = roi.object_mask(decoded, empty, coarse, light)  # a small object, as a
+            # gateway cuts it: from the finer decode
         return roi.crop(decoded, box, self.render_size, self.input_size, self.channels, mask=mask)
 
 
