@@ -441,9 +441,8 @@ def start_broker(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            # Its own session: a terminal's Ctrl-C to our group does not stop it before its
-            # clients. Ours unless detached: it ends with us, even if we are killed.
-            start_new_session=True,
+            start_new_session=detach,
+            # Ours unless detached: it ends with us, even if we are killed.
             preexec_fn=None if detach else die_with_parent,
         )
         if _wait_listening(host, concrete.port, process, timeout) and _wait_listening(

@@ -130,10 +130,6 @@ class ChildProcesses:
             text=True,
             bufsize=1,
             env=child.env,
-            # A session of its own: a terminal's Ctrl-C goes to its whole foreground group,
-            # which would stop every child at once (brokers before their clients); here
-            # only ``up`` hears it and stops them in order (:meth:`stop`).
-            start_new_session=True,
             preexec_fn=broker.die_with_parent,
         )
         threading.Thread(
@@ -182,15 +178,12 @@ class ChildProcesses:
                 self._printed.wait(remaining)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the children newest first, each gone before the next is told: cameras, then
-        gateways (their last features out), then the cloud (its last answers out), while the
-        brokers still run. SIGTERM, then SIGKILL for one still running after ``timeout``
-        seconds (shared by all)."""
-        deadline = time.monotonic() + timeout
+        """SIGTERM to every child still running, newest first; SIGKILL after ``timeout``."""
         for child in reversed(self.children):
-            if child.process.poll() is not None:
-                continue
-            child.process.send_signal(signal.SIGTERM)
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
