@@ -372,7 +372,12 @@ class _NearMiss:
 
     @property
     def trained_items(self) -> set[int]:
-        return set(self.serving.trained_items) | {int(i) for i in self.trained.items if i >= 0}
+        return _trained_items(self.serving, self.trained)
+
+
+def _trained_items(serving: ModelEntry, trained: LabeledRows) -> set[int]:
+    """What a candidate tuned from ``serving`` on ``trained`` has seen: no evidence for it."""
+    return set(serving.trained_items) | {int(i) for i in trained.items if i >= 0}
 
 
 @dataclass
@@ -811,7 +816,7 @@ class ContinuousTrainer(BackgroundLoop):
         in the training process, calibrated on the arrivals' crops) as the edge half. It
         records the items it (and the models it was tuned from) trained on: they are no
         evidence for it, live or held out."""
-        items = set(serving.trained_items) | {int(i) for i in trained.items if i >= 0}
+        items = _trained_items(serving, trained)
         return self.registry.save_like(
             serving,
             edge_artifact=candidate.edge,  # None: the serving edge half
