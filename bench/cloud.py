@@ -59,9 +59,10 @@ from cloud.registry import Registry
 from edgelearn import signing, wire
 from edgelearn.artifacts import TensorQuantization, load_deployment
 from edgelearn.config import BrokerConfig
+from edgelearn.keyframes import KeyframeSettings
 from edgelearn.modes import RAW, Mode
 from edgelearn.secrets import Secrets
-from gateway.pipeline import Forward, FramePipeline, HeldBack, KeyframeSettings
+from gateway.pipeline import Forward, FramePipeline, HeldBack
 from stack import broker as broker_module
 
 log = logging.getLogger(__name__)

@@ -61,11 +61,12 @@ from cloud.registry import Registry
 from edgelearn import signing, wire
 from edgelearn.artifacts import load_deployment
 from edgelearn.config import BrokerConfig
+from edgelearn.keyframes import KeyframeSettings
 from edgelearn.metrics import Samples, scrape
 from edgelearn.modes import Mode
 from edgelearn.secrets import Secrets
 from gateway.config import GatewayConfig
-from gateway.pipeline import STAGES, Dropped, Forward, FramePipeline, HeldBack, KeyframeSettings
+from gateway.pipeline import STAGES, Dropped, Forward, FramePipeline, HeldBack
 from stack import broker as broker_module
 from stack.launcher import ChildProcesses, StackSettings, child_env, start_gateway
 

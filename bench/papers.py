@@ -69,10 +69,11 @@ from cloud.models.export import LiteRtExport, export_int8
 from edgelearn import preprocess
 from edgelearn.artifacts import EdgeExtractor, LiteRtExtractor, PcaExtractor
 from edgelearn.datasets import LabeledImages, load_fashion_mnist
+from edgelearn.keyframes import KeyframeFilter
 from edgelearn.metrics import machine_info
 from edgelearn.modes import Mode
 from edgelearn.preprocess import encode_jpeg
-from gateway.pipeline import KeyframeFilter, decode_small
+from gateway.pipeline import decode_small
 from stack.launcher import SAMPLE_VIDEO as VIDEO
 
 log = logging.getLogger(__name__)

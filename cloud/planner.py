@@ -59,6 +59,7 @@ from cloud.scheduling.problem import (
 )
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
+from edgelearn.keyframes import KeyframeSettings
 from edgelearn.modes import FULL, RAW, SPLIT, Mode
 from edgelearn.mqtt import MqttSession, NotConnected
 
@@ -73,9 +74,9 @@ class PlannerSettings:
     default_uplink_bytes_per_second: float = 1e9 / 8  # a gateway that reports none: 1 Gb/s
     hold_seconds: float = 30.0  # least time between two plan changes of one gateway
     status_max_age: float = 60.0  # statuses older than this are ignored
-    keyframes: bool = True  # the keyframe settings every plan carries
-    keyframe_threshold: float = 0.02
-    keyframe_max_interval: int = 45
+    keyframes: bool = True  # the keyframe settings every plan carries (edgelearn.keyframes)
+    keyframe_threshold: float = KeyframeSettings.threshold
+    keyframe_max_interval: int = KeyframeSettings.max_interval
 
     def __post_init__(self) -> None:
         if not (self.latency_bound > 0 and 0 <= self.reserve_fraction < 1):

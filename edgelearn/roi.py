@@ -31,12 +31,9 @@ specks), split into connected regions (``cv2.connectedComponentsWithStats``), re
 previous frames, falling back to centre distance for a fast mover; an unmatched box starts
 a track with the camera's next id, and a track unseen for ``max_missed`` frames ends.
 
-**Which objects to send** (:meth:`ObjectFinder.update` marks them ``send``): an object is sent
-when it *appears*, every ``motion_interval`` frames while it *moves*, once when it *settles*,
-and every ``max_interval`` frames while it stays. It moves when its box has shifted by more
-than ``move_fraction`` of its size from where it last moved (so the box's jitter of one
-1/8-scale pixel, or an item swaying in place, is no move), and it has settled once it has
-not moved for ``settle_frames``. An empty scene sends nothing.
+**Which objects to send** (:meth:`ObjectFinder.update` marks them ``send``): the keyframe
+rule of :mod:`edgelearn.keyframes`, run per track (appeared, moving, settled, refresh), never
+while an object touches the frame's edge. An empty scene sends nothing.
 
 numpy + OpenCV only (the gateway imports it).
 """
@@ -46,20 +43,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edgelearn import preprocess
+from edgelearn.keyframes import Cadence, KeyframeSettings, Reason
 from edgelearn.preprocess import HD_720P, PreprocessError
 
 Image = npt.NDArray[np.uint8]
 Box = tuple[int, int, int, int]
 """(x0, y0, x1, y1) in pixels of the full frame, x1 and y1 exclusive."""
-
-Reason = Literal["appeared", "moving", "settled", "refresh"]
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +77,12 @@ class RoiSettings:
     merge_gap: float = 0.01  # of the frame width; boxes this close are one object
     match_iou: float = 0.3
     max_missed: int = 5  # frames a track survives without a box
-    move_fraction: float = 0.1  # of the box's size, from where it last moved: a move
-    motion_interval: int = 5  # frames between two sends of a moving object (a third of a
-    # second at 15 fps: a walking person is classified three times a second, not 15)
-    settle_frames: int = 3  # frames without a move before a moving object has settled
-    max_interval: int = 45  # frames between two sends of an object that stays
 
     def __post_init__(self) -> None:
         if self.pixel_delta <= 0 or not 0 < self.learning_rate <= 1:
             raise ValueError("roi pixel_delta must be > 0 and learning_rate in (0, 1]")
-        if (
-            self.motion_interval < 1
-            or self.max_interval < 1
-            or self.max_missed < 0
-            or self.settle_frames < 1
-        ):
-            raise ValueError("roi intervals must be >= 1 and max_missed >= 0")
+        if self.max_missed < 0:
+            raise ValueError("roi max_missed must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -114,11 +100,8 @@ class _Track:
     track: int
     box: Box
     missed: int = 0
-    still: int = 0  # consecutive frames without moving
-    moving: bool = True
     anchor: Box | None = None  # the box where it last moved (None: where it appeared)
-    sent_box: Box | None = None
-    since_sent: int = 0
+    cadence: Cadence = field(default_factory=Cadence)
 
 
 @dataclass
@@ -334,8 +317,11 @@ def _centre_distance(a: Box, b: Box) -> float:
 class ObjectFinder:
     """Per-camera background models and trackers. Not thread-safe: one per worker."""
 
-    def __init__(self, settings: RoiSettings | None = None) -> None:
+    def __init__(
+        self, settings: RoiSettings | None = None, keyframes: KeyframeSettings | None = None
+    ) -> None:
         self.settings = settings or RoiSettings()
+        self.keyframes = keyframes or KeyframeSettings()  # which objects to send
         self._cameras: dict[str, CameraObjects] = {}
 
     def restarts(self, camera_id: str) -> int:
@@ -452,7 +438,7 @@ class ObjectFinder:
             x0, y0, x1, y1 = track.box
             rows = slice(max(0, int(y0 / sy) - 1), min(height, int(np.ceil(y1 / sy)) + 1))
             cols = slice(max(0, int(x0 / sx) - 1), min(width, int(np.ceil(x1 / sx)) + 1))
-            absorbed = track.missed == 0 and track.still >= settings.absorb_after
+            absorbed = track.missed == 0 and track.cadence.still >= settings.absorb_after
             rate[rows, cols] = 1.0 if absorbed else 0.0
         state.background += rate * (_in_reference_light(frame, state.light) - state.background)
 
@@ -484,45 +470,34 @@ class ObjectFinder:
                     kept.append(track)
                 continue
             box = boxes[matched_tracks[ti]]
-            moved = _shift(track.anchor or track.box, box) > settings.move_fraction
+            moved = _shift(track.anchor or track.box, box) > self.keyframes.move_fraction
             if moved:
-                track.anchor, track.moving = box, True
+                track.anchor = box
             track.box, track.missed = box, 0
-            track.since_sent += 1
-            track.still = 0 if moved else track.still + 1
-            reason: Reason | None = None
-            if track.moving and track.still >= settings.settle_frames:
-                track.moving = False
-                reason = "settled"
-            elif track.moving and track.since_sent >= settings.motion_interval:
-                reason = "moving"
-            elif track.since_sent >= settings.max_interval:
-                reason = "refresh"
-            if track.sent_box is None and reason is not None:
-                reason = "appeared"  # its first whole view
-            found.append(self._found(track, reason, state.frame_size))
+            found.append(self._found(track, moved, state.frame_size))
             kept.append(track)
         for bi, box in enumerate(boxes):
             if bi in matched_boxes:
                 continue
             track = _Track(state.next_track, box, anchor=box)
             state.next_track += 1
-            found.append(self._found(track, "appeared", state.frame_size))
+            found.append(self._found(track, True, state.frame_size))
             kept.append(track)
         state.tracks = kept
         return found
 
-    @staticmethod
-    def _found(track: _Track, reason: Reason | None, frame_size: tuple[int, int]) -> FoundObject:
-        """The object of ``track`` this frame, sent when ``reason`` says so, but never while
-        it touches the frame's edge: part of it is out of view (it is walking in or out),
-        and a part is no view to classify. Its first whole view is its ``appeared``."""
+    def _found(self, track: _Track, moved: bool, frame_size: tuple[int, int]) -> FoundObject:
+        """The object of ``track`` this frame, with its keyframe reason, sent when the
+        reason says so (every frame with keyframes off), but never while it touches the
+        frame's edge: part of it is out of view (it is walking in or out), and a part is no
+        view to classify. Its first whole view is its ``appeared``."""
+        reason = track.cadence.step(moved, self.keyframes)
         x0, y0, x1, y1 = track.box
-        if x0 <= 0 or y0 <= 0 or x1 >= frame_size[0] or y1 >= frame_size[1]:
-            reason = None
-        if reason is not None:
-            track.sent_box, track.since_sent = track.box, 0
-        return FoundObject(track.track, track.box, reason is not None, reason)
+        at_edge = x0 <= 0 or y0 <= 0 or x1 >= frame_size[0] or y1 >= frame_size[1]
+        send = not at_edge and (reason is not None or not self.keyframes.enabled)
+        if send:
+            track.cadence.sent()
+        return FoundObject(track.track, track.box, send, reason if send else None)
 
     @staticmethod
     def at_edge(item: FoundObject, frame_size: tuple[int, int]) -> bool:

@@ -83,7 +83,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="keyframes",
         action="store_false",
         default=None,
-        help="extract every frame instead of keyframes only",
+        help="send every object in full view, every frame (without objects: every frame), "
+        "instead of keyframes only",
     )
     parser.add_argument(
         "--no-objects",
@@ -96,20 +97,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--keyframe-threshold",
         type=float,
         default=None,
-        help="fraction of pixels changed between frames that counts as motion (default 0.02)",
+        help="whole frames (no objects, or a model of whole frames): the fraction of pixels "
+        "changed since the previous frame that counts as motion (default 0.02)",
     )
     parser.add_argument(
         "--keyframe-max-interval",
         type=int,
         default=None,
-        help="frames without a keyframe before one is forced (default 45)",
+        help="an object (or the scene) that stays is sent again every N frames (default 45)",
     )
     parser.add_argument(
         "--keyframe-motion-interval",
         type=int,
         default=None,
-        help="while the scene moves, a keyframe every N frames (default 1: every moving "
-        "frame; larger saves uplink and costs accuracy)",
+        help="while an object (or the scene) moves, send it every N frames (default 5; "
+        "smaller costs uplink, larger misses views)",
+    )
+    parser.add_argument(
+        "--keyframe-settle-frames",
+        type=int,
+        default=None,
+        help="frames without a move before a moving object has settled and is sent once "
+        "more (default 3)",
+    )
+    parser.add_argument(
+        "--keyframe-move-fraction",
+        type=float,
+        default=None,
+        help="an object moved when its box shifted by this fraction of its size (default 0.1)",
     )
     parser.add_argument(
         "--learning-sample",
@@ -209,6 +224,8 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "keyframe_threshold",
             "keyframe_max_interval",
             "keyframe_motion_interval",
+            "keyframe_settle_frames",
+            "keyframe_move_fraction",
             "learning_sample",
             "queue_depth",
             "outbox",

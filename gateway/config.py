@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
+from edgelearn.keyframes import KeyframeSettings
 from edgelearn.modes import Mode
 from edgelearn.secrets import default_state_dir
 from gateway.outbox import POLICIES
-from gateway.pipeline import KeyframeSettings
 
 OUTBOX_IN_MEMORY = "memory"
 
@@ -29,9 +30,13 @@ class GatewayConfig:
     secrets: Path | None = None
     keyframes: bool = True
     objects: bool = True  # a background model per camera: objects in view (edgelearn.roi)
-    keyframe_threshold: float = 0.02
-    keyframe_max_interval: int = 45
-    keyframe_motion_interval: int = 1
+    # The keyframe rule (edgelearn.keyframes), for objects and whole frames alike; the
+    # defaults are KeyframeSettings'.
+    keyframe_motion_interval: int = KeyframeSettings.motion_interval
+    keyframe_settle_frames: int = KeyframeSettings.settle_frames
+    keyframe_max_interval: int = KeyframeSettings.max_interval
+    keyframe_move_fraction: float = KeyframeSettings.move_fraction
+    keyframe_threshold: float = KeyframeSettings.threshold
     queue_depth: int = 2  # frames per camera; the newest wins
     max_frame_mb: float = 4.0  # a larger frame envelope is refused (oversize), undecoded
     stale_after: float = 2.0  # seconds a frame may wait for a worker
@@ -84,9 +89,22 @@ class GatewayConfig:
     def keyframe_settings(self) -> KeyframeSettings:
         return KeyframeSettings(
             enabled=self.keyframes,
-            threshold=self.keyframe_threshold,
-            max_interval=self.keyframe_max_interval,
             motion_interval=self.keyframe_motion_interval,
+            settle_frames=self.keyframe_settle_frames,
+            max_interval=self.keyframe_max_interval,
+            move_fraction=self.keyframe_move_fraction,
+            threshold=self.keyframe_threshold,
+        )
+
+    def keyframes_under(self, plan: wire.Plan) -> KeyframeSettings:
+        """The keyframe rule once the planner's ``plan`` applies: it sets whether keyframes
+        are on, the threshold and the max interval, but keyframes the operator turned off
+        (``keyframes = false``, ``--no-keyframes``) stay off."""
+        return dataclasses.replace(
+            self.keyframe_settings(),
+            enabled=self.keyframes and bool(plan.keyframes),
+            threshold=plan.keyframe_threshold,
+            max_interval=max(1, plan.keyframe_max_interval),
         )
 
     def broker_config(self) -> BrokerConfig:

@@ -3,34 +3,17 @@
 Where it sits: queue -> **FramePipeline.process** -> forwarder (MQTT, QoS 1).
 
 For each frame: reject what is not a JPEG (a truncated one lacks its end-of-image marker),
-run the keyframe filter on a 1/8-scale decode, and for keyframes only run the current mode's
-(:mod:`edgelearn.modes`) extractor (:mod:`edgelearn.artifacts`) on the model input
-(:mod:`edgelearn.preprocess`) and pack its output with :mod:`edgelearn.codec` into a
-``wire.Feature``; ``raw`` forwards the camera's JPEG unchanged (no decode needed) and
-``full`` a ``wire.Result`` (the whole CNN ran here, only its answer goes up).
+decode it at 1/8 scale for the background model (:mod:`edgelearn.roi`), which finds the
+objects in view and marks those the keyframe rule (:mod:`edgelearn.keyframes`) picks. Those
+go up together: ``raw`` (cloud-only) as the camera's JPEG unchanged with their boxes, an
+edge mode (:mod:`edgelearn.modes`) as its extractor's output (:mod:`edgelearn.artifacts`)
+on each one's crop, packed with :mod:`edgelearn.codec` into a ``wire.Feature``, and
+``full`` as a ``wire.Result`` (the whole CNN ran here, only its answer goes up). Without
+objects (``--no-objects``) or for a model of whole frames, the same rule runs on whole
+frames (:class:`edgelearn.keyframes.KeyframeFilter`) and the frame's model input is used.
 
 Until the deployment a mode needs has arrived, the pipeline runs ``raw`` and says so
 (``effective_mode``), so no frame is lost while waiting for a model.
-
-**The keyframe filter** decides, per camera, which frames are worth extracting and
-forwarding. The score is cheap on purpose. OpenCV decodes the camera's JPEG at 1/8 scale
-(``IMREAD_REDUCED_GRAYSCALE_8``: libjpeg skips most of the inverse DCT, 160x90 for 720p,
-about 1 ms), blurs it to wash out sensor noise, and counts the fraction of pixels that
-changed by more than ``pixel_delta`` grey levels (after removing the median difference, so a
-uniform brightness change does not count).
-
-What the score compares against matters. Measured on the labeled camera scene, a frame vs
-*the last keyframe* scores about 0.09 on a still item (slow sway and lighting drift add up)
-and about 0.10 on a new item: no threshold separates them. A frame vs *the previous frame*
-scores 0.00 on a still item and 0.08-0.19 while an item enters. So the filter tracks motion
-between consecutive frames and takes a keyframe when a change **starts** (the first frame of
-a new item is never missed), every ``motion_interval``-th frame **while** it moves, and when
-it **settles** (the clearest view of what arrived), plus every ``max_interval`` frames
-without one, so a camera is never silent for long. Held-back frames are then only still
-ones, which their keyframe describes. Measured on 10 labeled cameras (``bench pipeline``),
-keyframes at start and settle only kept 10% of frames but cost 11 points of per-frame
-accuracy, because the frames of an item sliding in took the answer of its first, partial
-view; ``motion_interval=1`` keeps about a quarter of frames at the accuracy of sending all.
 """
 
 from __future__ import annotations
@@ -43,33 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import LoadedDeployment, top_classes
+from edgelearn.keyframes import KeyframeFilter, KeyframeSettings, SmallFrame
 from edgelearn.modes import FULL, RAW, Mode
 
 STAGES = ("decode_small", "objects", "keyframe", "decode", "extract", "encode")
-
-
-# --- the keyframe filter -------------------------------------------------------------
-
-SmallFrame = npt.NDArray[np.int16]
-
-
-@dataclass(frozen=True)
-class KeyframeSettings:
-    enabled: bool = True
-    threshold: float = 0.02  # fraction of pixels changed since the previous frame (0..1)
-    pixel_delta: int = 12  # grey levels that count as a change after blur
-    max_interval: int = 45  # frames; a keyframe at least this often
-    motion_interval: int = 1  # while the scene moves, a keyframe every this many frames
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"keyframe threshold {self.threshold} is not a fraction in 0..1")
-        if self.max_interval < 1 or self.motion_interval < 1:
-            raise ValueError("keyframe max and motion intervals must be >= 1")
 
 
 def decode_small(jpeg: bytes) -> SmallFrame | None:
@@ -77,69 +40,6 @@ def decode_small(jpeg: bytes) -> SmallFrame | None:
     keyframe filter's int16; ``None`` if the JPEG does not decode."""
     small = roi.small_grey(jpeg)
     return None if small is None else small.astype(np.int16)
-
-
-def change_score(frame: SmallFrame, reference: SmallFrame, pixel_delta: int) -> float:
-    if frame.shape != reference.shape:
-        return 1.0  # the camera changed resolution: everything changed
-    difference = frame - reference
-    difference = np.abs(difference - np.median(difference))
-    return float(np.count_nonzero(difference > pixel_delta) / difference.size)
-
-
-@dataclass
-class _CameraState:
-    previous: SmallFrame
-    moving: bool = False
-    since_keyframe: int = 0
-    keyframe_label: int | None = None
-    held_back: int = 0
-    held_mismatched: int = 0
-
-
-@dataclass(frozen=True)
-class Decision:
-    keyframe: bool
-    score: float
-    # For a keyframe: the frames held back since the previous keyframe (they take the
-    # previous keyframe's result) and how many of them had another ground-truth label.
-    held_back: int = 0
-    held_mismatched: int = 0
-
-
-@dataclass
-class KeyframeFilter:
-    """Per-camera keyframe state. Not thread-safe: one per worker."""
-
-    settings: KeyframeSettings = field(default_factory=KeyframeSettings)
-    _cameras: dict[str, _CameraState] = field(default_factory=dict)
-
-    def decide(self, camera_id: str, small: SmallFrame, label: int | None = None) -> Decision:
-        state = self._cameras.get(camera_id)
-        if state is None:
-            self._cameras[camera_id] = _CameraState(previous=small, keyframe_label=label)
-            return Decision(keyframe=True, score=1.0)
-        state.since_keyframe += 1
-        score = change_score(small, state.previous, self.settings.pixel_delta)
-        state.previous = small
-        moving = score > self.settings.threshold
-        started_or_settled = moving != state.moving
-        state.moving = moving
-        if (
-            not self.settings.enabled
-            or started_or_settled
-            or (moving and state.since_keyframe >= self.settings.motion_interval)
-            or state.since_keyframe >= self.settings.max_interval
-        ):
-            decision = Decision(True, score, state.held_back, state.held_mismatched)
-            state.since_keyframe = 0
-            state.keyframe_label = label
-            state.held_back = state.held_mismatched = 0
-            return decision
-        state.held_back += 1
-        if label is not None and label != state.keyframe_label:
-            state.held_mismatched += 1
-        return Decision(keyframe=False, score=score)
 
 
 # --- objects --------------------------------------------------------------------------
@@ -218,7 +118,7 @@ class FramePipeline:
 
     def __post_init__(self) -> None:
         self._filter = KeyframeFilter(self.keyframes)
-        self._finder = roi.ObjectFinder(self.objects)
+        self._finder = roi.ObjectFinder(self.objects, self.keyframes)
 
     # --- live changes (another thread) ------------------------------------------------
 
@@ -232,6 +132,7 @@ class FramePipeline:
     def set_keyframes(self, settings: KeyframeSettings) -> None:
         self.keyframes = settings
         self._filter.settings = settings
+        self._finder.keyframes = settings
 
     def deployment_for(self, mode: Mode) -> LoadedDeployment | None:
         return self._deployments.get(mode)
@@ -270,34 +171,19 @@ class FramePipeline:
         deployment = self.deployment_for(mode)
         if deployment is None:
             mode = Mode(RAW)
-        if self.objects is not None and deployment is not None and takes_objects(deployment):
+        if self.objects is not None and (
+            mode.kind == RAW or (deployment is not None and takes_objects(deployment))
+        ):
             return self._process_objects(frame, mode, deployment, found, started)
-        if self.keyframes.enabled and small is not None:
+        if small is not None:  # whole frames: no objects, or a model of whole frames
             decision = self._filter.decide(frame.camera_id, small.astype(np.int16), frame.label)
             started = self._timed("keyframe", started)
             if not decision.keyframe:
                 return HeldBack(decision.score, found)
             held_back, held_mismatched = decision.held_back, decision.held_mismatched
-
-        if mode.kind == RAW:
-            # Cloud-only: the JPEG as it is, frame by frame (every frame, or the frame-level
-            # keyframes). The objects in view travel with it, so the cloud classifies each.
+        if mode.kind == RAW:  # cloud-only without objects: the JPEG as it is
             jpeg_as_is = codec.EncodedArray.jpeg(jpeg)
-            forward = self._forward(frame, mode, "none", jpeg_as_is, held_back, held_mismatched)
-            size = (frame.width, frame.height)
-            whole = [item for item in found if not roi.ObjectFinder.at_edge(item, size)]
-            if not whole:  # none wholly in view (one walking in is no view to classify)
-                return dataclasses.replace(forward, objects=found)
-            boxes = tuple(item.box for item in whole)
-            labels, items = ground_truth(frame, boxes)
-            feature = dataclasses.replace(
-                forward.envelope,
-                tracks=tuple(item.track for item in whole),
-                boxes=boxes,
-                labels=labels,
-                items=items,
-            )
-            return Forward(feature, mode, wire.encode(feature), found)
+            return self._forward(frame, mode, "none", jpeg_as_is, held_back, held_mismatched)
         assert deployment is not None
         model_input = self._model_input(jpeg, deployment)
         if model_input is None:
@@ -319,27 +205,32 @@ class FramePipeline:
         self,
         frame: wire.Frame,
         mode: Mode,
-        deployment: LoadedDeployment,
+        deployment: LoadedDeployment | None,
         found: tuple[roi.FoundObject, ...],
         started: float,
     ) -> Outcome:
-        """The objects path, for a deployment trained on object crops: the objects the
-        keyframe rule picked (all of them with keyframes off) each go through the extractor
-        as their crop (:func:`edgelearn.roi.crop`, with the background model's mask), and
-        their outputs are stacked into one Feature (or one Result for ``full``) with their
-        tracks, boxes and ground-truth labels. A frame with none to send is held back."""
-        frame_size = (frame.width, frame.height)
-        chosen = [  # keyframes off: every object wholly in view, every frame
-            item
-            for item in found
-            if item.send
-            or not (self.keyframes.enabled or roi.ObjectFinder.at_edge(item, frame_size))
-        ]
-        if not chosen:
+        """The objects path. The objects the keyframe rule picked (every one wholly in
+        view with keyframes off) go up together, as one Feature (or one Result for
+        ``full``) with their tracks, boxes and ground-truth labels. Cloud-only (``raw``)
+        sends the frame's JPEG as it is with their boxes, so the cloud classifies the same
+        objects an edge mode would; a deployment trained on object crops runs each one's
+        crop (:func:`edgelearn.roi.crop`, with the background model's mask) through the
+        extractor. A frame with none to send is held back."""
+        chosen = [item for item in found if item.send]
+        cloud_only = mode.kind == RAW or deployment is None
+        if not chosen and (self.keyframes.enabled or not cloud_only):
             return HeldBack(0.0, found)
         tracks = tuple(item.track for item in chosen)
         boxes = tuple(item.box for item in chosen)
         labels, items = ground_truth(frame, boxes)
+        if cloud_only:  # keyframes off: every frame, as cloud-only without an edge sends
+            jpeg_as_is = codec.EncodedArray.jpeg(frame.payload)
+            forward = self._forward(frame, Mode(RAW), "none", jpeg_as_is, 0, 0)
+            feature = dataclasses.replace(
+                forward.envelope, tracks=tracks, boxes=boxes, labels=labels, items=items
+            )
+            return Forward(feature, Mode(RAW), wire.encode(feature), found)
+        frame_size = (frame.width, frame.height)
         size, _, channels = deployment.extractor.input_shape
         try:
             reduction = roi.crop_reduction(boxes, size)  # a small object: a finer decode

@@ -62,7 +62,7 @@ from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
 from gateway.metrics import UNKNOWN_CAMERA, GatewayMetrics
 from gateway.outbox import Outbox, OutboxError, Pending
-from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack, KeyframeSettings
+from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_SECONDS = 3600
@@ -394,12 +394,7 @@ class GatewayWorker:
         try:
             plan = wire.decode_as(payload, wire.Plan)
             mode = Mode.parse(plan.mode)
-            settings = KeyframeSettings(
-                enabled=bool(plan.keyframes),
-                threshold=plan.keyframe_threshold,
-                max_interval=max(1, plan.keyframe_max_interval),
-                motion_interval=self.config.keyframe_motion_interval,
-            )
+            settings = self.config.keyframes_under(plan)
         except (wire.WireError, ModeError, ValueError) as exc:
             self.metrics.models_rejected.labels("bad_plan").inc()
             log.warning("ignored a plan for %s: %s", self.config.gateway_id, exc)

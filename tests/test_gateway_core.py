@@ -12,16 +12,17 @@ import pytest
 from bench.common import scene_frames
 from cameras.scene import LabeledScene, make_background
 from edgelearn import codec, preprocess, roi, signing, wire
+from edgelearn import config as config_module
 from edgelearn.artifacts import load_deployment
 from edgelearn.datasets import load_fashion_mnist
-from edgelearn.modes import PCA, Mode, ModeError
+from edgelearn.keyframes import KeyframeFilter, KeyframeSettings
+from edgelearn.modes import PCA, RAW, Mode, ModeError
+from gateway.config import GatewayConfig
 from gateway.pipeline import (
     Dropped,
     Forward,
     FramePipeline,
     HeldBack,
-    KeyframeFilter,
-    KeyframeSettings,
     decode_small,
 )
 from gateway.service import LatestFrames
@@ -142,7 +143,7 @@ def test_raw_mode_forwards_the_jpeg_unchanged_and_pca_sends_int8(secrets_dir: Pa
 
 def test_truncated_and_garbage_jpegs_are_dropped_with_a_reason() -> None:
     frame = scene_frames("cam-1", 1)[0]
-    pipeline = FramePipeline("gw-1")
+    pipeline = FramePipeline("gw-1", objects=None)  # the rule on whole frames
     truncated = wire.Frame("cam-1", 1, 0, 1280, 720, wire.Encoding.JPEG, None, frame.payload[:-500])
     garbage = wire.Frame(
         "cam-1", 2, 0, 1280, 720, wire.Encoding.JPEG, None, b"\xff\xd8" + bytes(100) + b"\xff\xd9"
@@ -165,7 +166,7 @@ def _squares_frame(seq: int, shift: int) -> wire.Frame:
 
 
 def test_objects_keep_their_tracks_and_a_corrupt_jpeg_leaves_the_camera_unharmed() -> None:
-    pipeline = FramePipeline("gw-1", objects=roi.RoiSettings(motion_interval=1))
+    pipeline = FramePipeline("gw-1", keyframes=KeyframeSettings(motion_interval=1))
     assert pipeline.process(_squares_frame(0, -1)).objects == ()  # empty: the background
     first = pipeline.process(_squares_frame(1, 0))
     assert len(first.objects) == 2 and {o.reason for o in first.objects} == {"appeared"}
@@ -183,6 +184,41 @@ def test_objects_keep_their_tracks_and_a_corrupt_jpeg_leaves_the_camera_unharmed
     assert {o.track for o in after.objects} == tracks  # same tracks, nothing new
     moved = next(o for o in after.objects if o.box[0] < 640)
     assert moved.reason == "moving" and abs(moved.box[0] - 240) <= 16
+
+
+def test_a_keyframe_knob_in_the_config_file_changes_what_every_mode_sends_alike(
+    secrets_dir: Path, tmp_path: Path
+) -> None:
+    """The keyframe rule is one, fed by the gateway's config: a knob set in its TOML file
+    changes which objects an edge mode sends, and cloud-only sends the same frames' JPEGs
+    with the same objects, so the modes are compared on the same views."""
+    key = signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
+    deployment = load_deployment(pca_deployment(secrets_dir, model_input=roi.CROP_RULE), key)
+    frames = [_squares_frame(0, -1)] + [_squares_frame(1 + i, 12 * i) for i in range(20)]
+    toml = tmp_path / "gateway.toml"
+    toml.write_text("[gateway]\nkeyframe_motion_interval = 2\n")
+
+    def sends(config: GatewayConfig, mode: Mode) -> list[tuple[int, tuple[int, ...]]]:
+        pipeline = FramePipeline("gw-1", mode=mode, keyframes=config.keyframe_settings())
+        pipeline.deploy(deployment)
+        outcomes = [(frame.seq, pipeline.process(frame)) for frame in frames]
+        return [
+            (seq, outcome.envelope.tracks)
+            for seq, outcome in outcomes
+            if isinstance(outcome, Forward) and isinstance(outcome.envelope, wire.Feature)
+        ]
+
+    default = GatewayConfig()
+    tuned = config_module.load(GatewayConfig, path=toml, section="gateway")
+    assert tuned.keyframe_settings().motion_interval == 2
+    assert default.keyframe_settings().motion_interval == 5
+    by_default, by_file = sends(default, Mode(PCA)), sends(tuned, Mode(PCA))
+    assert len(by_file) > len(by_default) >= 4  # appeared, then every 5th moving frame
+    assert sends(tuned, Mode(RAW)) == by_file  # cloud-only: the same frames, the same objects
+    assert sends(default, Mode(RAW)) == by_default
+    toml.write_text("[gateway]\nkeyframe_motion_intreval = 2\n")
+    with pytest.raises(config_module.ConfigError, match="keyframe_motion_intreval"):
+        config_module.load(GatewayConfig, path=toml, section="gateway")
 
 
 def test_two_objects_in_a_frame_give_one_feature_with_both_boxes_tracks_and_labels(
@@ -212,7 +248,7 @@ def test_two_objects_in_a_frame_give_one_feature_with_both_boxes_tracks_and_labe
     assert feature.shape == (2, 32) and len(feature.tracks) == 2
     assert sorted(feature.labels) == [2, 7]  # each object took its own true label
     assert codec.unpack_feature(feature).shape == (2, 32)
-    settle = roi.RoiSettings().settle_frames
+    settle = KeyframeSettings().settle_frames
     standing = [pipeline.process(labeled(2 + i, 0)) for i in range(settle)]
     assert all(isinstance(o, HeldBack) for o in standing[:-1])
     settled = standing[-1]  # it has stood for settle_frames: its settled view goes up once

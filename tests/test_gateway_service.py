@@ -44,7 +44,7 @@ def _accounted(gateway: RunningGateway) -> tuple[float, float, float]:
     return received, processed, dropped
 
 
-def test_pca_features_are_far_smaller_than_raw_and_a_plan_switches_mode(
+def test_pca_features_are_far_smaller_than_raw_and_a_plan_switches_mode_not_keyframes_off(
     broker: BrokerUnderTest, mqtt_probe: Probe, site: str
 ) -> None:
     topics = wire.Topics(site)
@@ -73,12 +73,13 @@ def test_pca_features_are_far_smaller_than_raw_and_a_plan_switches_mode(
             gateway_id="gw-1",
             plan_version=1,
             mode="raw",
-            keyframes=0,
+            keyframes=1,  # the planner's default; this gateway's operator turned them off
             keyframe_threshold=0.02,
             keyframe_max_interval=45,
         )
         assert not cloud.publish_and_wait(topics.plan("gw-1"), wire.encode(plan)).is_failure
         wait_for(lambda: str(gateway.worker.pipeline.mode) == "raw", 10, "the plan")
+        assert not gateway.worker.pipeline.keyframes.enabled  # every frame still goes up
         _publish_frames(camera, topics, frames[12:])
         wait_for(lambda: len(cloud.payloads()) == 24, 30, "12 raw features")
         raw = _features(cloud)[12:]

@@ -13,6 +13,7 @@ from cameras.scene import ItemPose, Lighting, ObjectScene, compose, make_backgro
 from cameras.sources import fit_to
 from edgelearn import preprocess, roi
 from edgelearn.datasets import DEFAULT_ROOT, load_fashion_mnist
+from edgelearn.keyframes import KeyframeSettings
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 needs_fashion_mnist = pytest.mark.skipif(
@@ -103,14 +104,14 @@ def _two_squares(shift: int) -> np.ndarray:
 
 
 def test_two_objects_keep_their_track_ids_and_are_sent_when_they_appear_move_and_settle() -> None:
-    finder = roi.ObjectFinder(roi.RoiSettings(motion_interval=1))
+    finder = roi.ObjectFinder(keyframes=KeyframeSettings(motion_interval=1))
     empty = make_background(np.random.default_rng(3))
     assert finder.update("cam-1", _small(empty)) == []
     first = finder.update("cam-1", _small(_two_squares(0)))
     assert len(first) == 2 and all(o.reason == "appeared" for o in first)
     ids = {o.track for o in first}
     reasons = []
-    settle = finder.settings.settle_frames
+    settle = finder.keyframes.settle_frames
     for shift in (30, 60, 90, *[90] * (settle + 2)):
         found = finder.update("cam-1", _small(_two_squares(shift)))
         assert {o.track for o in found} == ids
@@ -125,8 +126,8 @@ def test_two_objects_keep_their_track_ids_and_are_sent_when_they_appear_move_and
 
 
 def test_a_moving_object_is_sent_once_every_motion_interval_frames() -> None:
-    settings = roi.RoiSettings()
-    finder = roi.ObjectFinder(settings)
+    settings = KeyframeSettings()
+    finder = roi.ObjectFinder(keyframes=settings)
     finder.update("cam-1", _small(make_background(np.random.default_rng(3))))
     sent = []
     for step in range(4 * settings.motion_interval + 1):
