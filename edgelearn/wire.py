@@ -30,7 +30,7 @@ the items it trained on out of its evidence. The topic layout has its own versio
 
 Topics live under ``edgelearn/v1/<site>/...``; ``site`` lets several camera sites share one
 cloud broker and gives each test its own namespace. Per-role access rules in
-``stack/mosquitto/`` are written against the same layout (see :mod:`stack.broker`).
+``mosquitto/`` are written against the same layout (see :mod:`stack.broker`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 - :mod:`stack.up`: ``edgelearn up``, the stack on defaults with a live summary;
 - :mod:`stack.report`: ``edgelearn report``, PNG charts of a run;
 - :mod:`stack.broker`: broker secrets and ACL (``broker init``) and running mosquitto from
-  the templates in ``stack/mosquitto/``.
+  the templates in the top-level ``mosquitto/``.
 
 This package may import every role; no role imports it (see the layer contract in
 ``pyproject.toml``). Benchmarks live beside it, in :mod:`bench`.

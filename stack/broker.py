@@ -16,9 +16,9 @@ All topics are ``edgelearn/v1/<site>/...`` (see :mod:`edgelearn.wire`); the rule
 for the site so one set of credentials serves every site of a deployment. User names are
 unique across roles, so a camera's pattern rule can never match another role's topic.
 
-Mosquitto is started from the templates in ``stack/mosquitto/`` (package data, so every
-install has them, an edge box's included), rendered into a run directory with the chosen
-ports. ``mosquitto`` itself comes from the operating
+Mosquitto is started from the templates in the top-level ``mosquitto/`` folder (package data
+installed beside ``stack``, so every install has them, an edge box's included), rendered into
+a run directory with the chosen ports. ``mosquitto`` itself comes from the operating
 system (Debian: ``apt-get install mosquitto``); version 2.0 or newer is required for MQTT v5
 shared subscriptions and the per-listener settings used here.
 """
@@ -56,7 +56,8 @@ from edgelearn.secrets import ROLES, Secrets, User
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent / "mosquitto"
+# ``mosquitto/`` sits beside ``stack/`` in a checkout and in an install (pyproject.toml).
+TEMPLATES = Path(__file__).resolve().parent.parent / "mosquitto"
 MINIMUM_VERSION = (2, 0)
 
 
