@@ -217,19 +217,15 @@ class FramePipeline:
         crop (:func:`edgelearn.roi.crop`, with the background model's mask) through the
         extractor. A frame with none to send is held back."""
         chosen = [item for item in found if item.send]
-        cloud_only = mode.kind == RAW or deployment is None
-        if not chosen and (self.keyframes.enabled or not cloud_only):
+        if mode.kind == RAW or deployment is None:
+            if not chosen and self.keyframes.enabled:
+                return HeldBack(0.0, found)
+            return self._forward_jpeg(frame, chosen, found)  # keyframes off: every frame
+        if not chosen:
             return HeldBack(0.0, found)
         tracks = tuple(item.track for item in chosen)
         boxes = tuple(item.box for item in chosen)
         labels, items = ground_truth(frame, boxes)
-        if cloud_only:  # keyframes off: every frame, as cloud-only without an edge sends
-            jpeg_as_is = codec.EncodedArray.jpeg(frame.payload)
-            forward = self._forward(frame, Mode(RAW), "none", jpeg_as_is, 0, 0)
-            feature = dataclasses.replace(
-                forward.envelope, tracks=tracks, boxes=boxes, labels=labels, items=items
-            )
-            return Forward(feature, Mode(RAW), wire.encode(feature), found)
         frame_size = (frame.width, frame.height)
         size, _, channels = deployment.extractor.input_shape
         try:
@@ -262,6 +258,27 @@ class FramePipeline:
         )
         self._timed("encode", started)
         return Forward(feature, mode, wire.encode(feature), found)
+
+    def _forward_jpeg(
+        self,
+        frame: wire.Frame,
+        chosen: list[roi.FoundObject],
+        found: tuple[roi.FoundObject, ...],
+    ) -> Forward:
+        """Cloud-only: the frame's JPEG as it is, with the boxes, tracks and truth of the
+        ``chosen`` objects, for the cloud to classify."""
+        boxes = tuple(item.box for item in chosen)
+        labels, items = ground_truth(frame, boxes)
+        jpeg_as_is = codec.EncodedArray.jpeg(frame.payload)
+        forward = self._forward(frame, Mode(RAW), "none", jpeg_as_is, 0, 0)
+        feature = dataclasses.replace(
+            forward.envelope,
+            tracks=tuple(item.track for item in chosen),
+            boxes=boxes,
+            labels=labels,
+            items=items,
+        )
+        return Forward(feature, Mode(RAW), wire.encode(feature), found)
 
     def _is_learning_sample(self, labels: tuple[int | None, ...]) -> bool:
         """Whether this ``full`` keyframe goes up as its crops: every ``learning_sample``-th
