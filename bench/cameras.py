@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bench.common import work_dir
+from bench.runs import work_dir
 from cameras.camera import CameraFleet, CameraSettings
 from cameras.coap_link import CoapLink
 from cameras.encoding import BitrateController

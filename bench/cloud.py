@@ -17,7 +17,7 @@ JSON-able dict, every part measured in the same run on this host:
   lower parts made - with bytes received, training time (``fit`` only) and held-out
   accuracy, and the ratios between them.
 
-The deployed models come from :func:`bench.common.bench_registry` (quick budget, cached;
+The deployed models come from :func:`bench.registry.bench_registry` (quick budget, cached;
 the gateway benchmark uses the same). Numbers are wall-clock on a shared machine:
 ``machine`` says which.
 """
@@ -39,20 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (
-    BENCH_SPLIT_KS,
-    GATEWAY_ID,
-    LoggedWarnings,
-    close_client,
-    mqtt_client,
-    paced,
-    percentiles_ms,
-    poll_until,
-    registry_run,
-    render_object_cameras,
-    serve_in_thread,
-)
+from bench.clients import close_client, mqtt_client
 from bench.gateway import DeploymentSource, registry_deployments
+from bench.registry import BENCH_SPLIT_KS, registry_run
+from bench.runs import LoggedWarnings, percentiles_ms, poll_until
+from bench.workload import GATEWAY_ID, paced, render_object_cameras
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
 from cloud.feature_store import FeatureStore
 from cloud.registry import Registry
@@ -62,6 +53,7 @@ from edgelearn.config import BrokerConfig
 from edgelearn.keyframes import KeyframeSettings
 from edgelearn.modes import RAW, Mode
 from edgelearn.secrets import Secrets
+from edgelearn.service import serve_in_thread
 from gateway.pipeline import Forward, FramePipeline, HeldBack
 from stack import broker as broker_module
 

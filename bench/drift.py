@@ -74,22 +74,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from bench.common import (
-    BENCH_SPLIT_KS,
-    bench_registry,
-    bench_registry_path,
-    close_client,
-    mqtt_client,
-    paced,
-    poll_until,
-    serve_in_thread,
-    wait_until,
-)
+from bench.clients import close_client, mqtt_client
+from bench.registry import BENCH_SPLIT_KS, bench_registry, bench_registry_path
+from bench.runs import poll_until, wait_until
+from bench.workload import paced
 from edgelearn import preprocess, wire
 from edgelearn.config import BrokerConfig, ConfigError
 from edgelearn.datasets import LabeledImages, load_fashion_mnist, subset
 from edgelearn.metrics import Samples, machine_info, scrape
 from edgelearn.modes import FULL, Mode, ModeError
+from edgelearn.service import serve_in_thread
 from stack.launcher import StackSettings, launch
 from stack.observer import ResultsObserver, Scored, accuracies, evidence_of
 

@@ -51,7 +51,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bench.common import bench_registry, close_client, mqtt_client, poll_until, scene_frames
+from bench.clients import close_client, mqtt_client
+from bench.registry import bench_registry
+from bench.runs import poll_until
+from cameras.replay import scene_frames
 from cloud.feature_store import FILE_NAME
 from edgelearn import wire
 from edgelearn.config import BrokerConfig

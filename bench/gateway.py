@@ -22,7 +22,7 @@ enters every ``dwell_frames`` frames):
 
 Throughput depends on the architecture, not on how well a model was trained, so the models
 come from a registry trained once with the quick budget and kept in a cache directory (see
-:func:`bench.common.bench_registry`). Numbers are wall-clock on whatever machine runs this;
+:func:`bench.registry.bench_registry`). Numbers are wall-clock on whatever machine runs this;
 ``machine`` records it, and per-run CPU utilisation shows how much of a core the workers
 actually got on a shared host.
 """
@@ -46,17 +46,10 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
-from bench.common import (
-    GATEWAY_ID,
-    LoggedWarnings,
-    close_client,
-    mqtt_client,
-    paced,
-    publish_retained,
-    registry_run,
-    render_object_cameras,
-    wait_until,
-)
+from bench.clients import close_client, mqtt_client, publish_retained
+from bench.registry import registry_run
+from bench.runs import LoggedWarnings, wait_until
+from bench.workload import GATEWAY_ID, paced, render_object_cameras
 from cloud.registry import Registry
 from edgelearn import signing, wire
 from edgelearn.artifacts import load_deployment

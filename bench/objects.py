@@ -34,11 +34,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bench.common import BoxScore, score_boxes
 from cameras.scene import ItemPose, Lighting, ObjectScene, compose, make_background
 from cameras.sources import fit_to
 from edgelearn import preprocess, roi
 from edgelearn.datasets import load_fashion_mnist
+from edgelearn.detection import BoxScore, score_boxes
 from edgelearn.preprocess import HD_720P
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")

@@ -46,22 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    GATEWAY_ID,
-    BoxScore,
-    close_client,
-    items_shown,
-    mqtt_client,
-    paced,
-    poll_until,
-    publish_retained,
-    quantile,
-    render_object_cameras,
-    score_boxes,
-    wait_until,
-)
+from bench.clients import close_client, mqtt_client, publish_retained
+from bench.runs import poll_until, quantile, wait_until
+from bench.workload import GATEWAY_ID, items_shown, paced, render_object_cameras
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
+from edgelearn.detection import BoxScore, score_boxes
 from edgelearn.evidence import Evidence
 from edgelearn.metrics import machine_info, scrape
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
@@ -322,7 +312,7 @@ def _detection(
     frames: dict[str, list[wire.Frame]], found: dict[tuple[str, int], tuple[wire.Box, ...]]
 ) -> dict[str, Any]:
     """The gateway's boxes (as the cloud-only run's results carry them, every frame) against
-    the rendered ground truth (:func:`bench.common.score_boxes`); true items cut by the
+    the rendered ground truth (:func:`edgelearn.detection.score_boxes`); true items cut by the
     frame's edge are ignored: the gateway attaches no box for them. A frame without a
     result had no object found in it (delivery loses nothing)."""
     score = BoxScore()

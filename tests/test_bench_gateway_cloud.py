@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bench import cloud as cloud_bench
 from bench import gateway as gateway_bench
-from bench.common import percentiles_ms, serve_in_thread
+from bench.runs import percentiles_ms
 from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.registry import Registry
 from edgelearn import codec, wire
@@ -24,10 +24,11 @@ from edgelearn.artifacts import TensorQuantization
 from edgelearn.metrics import Samples, machine_info, parse_samples
 from edgelearn.modes import Mode
 from edgelearn.secrets import Secrets
+from edgelearn.service import serve_in_thread
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Forward, HeldBack
-from tests.conftest import BrokerUnderTest
-from tests.gateway_harness import pca_deployment
+from tests.support.broker import BrokerUnderTest
+from tests.support.gateway import pca_deployment
 
 # --- pure helpers ---------------------------------------------------------------------------
 

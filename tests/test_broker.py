@@ -18,7 +18,9 @@ from edgelearn import wire
 from edgelearn.modes import PCA, Mode
 from edgelearn.secrets import Secrets
 from stack import broker as broker_module
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
+from tests.support.broker import BrokerUnderTest
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 Probe = Callable[..., MqttProbe]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgelearn.ports import free_port
-from tests.conftest import BrokerUnderTest
+from tests.support.broker import BrokerUnderTest
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 

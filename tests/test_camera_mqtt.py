@@ -29,7 +29,8 @@ from edgelearn.datasets import DEFAULT_ROOT, load_fashion_mnist
 from edgelearn.ports import free_port
 from edgelearn.wire import Frame, Topics, decode_as
 from stack import broker as broker_module
-from tests.conftest import BrokerUnderTest, wait_for
+from tests.support.broker import BrokerUnderTest
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto_sub") is None or shutil.which("stdbuf") is None,

@@ -13,7 +13,7 @@ from cloud.bootstrap import deployable
 from cloud.registry import Registry
 from cloud.service import CloudService, CloudSettings
 from edgelearn.modes import RAW, Mode
-from tests.conftest import BrokerUnderTest
+from tests.support.broker import BrokerUnderTest
 
 
 @pytest.mark.slow

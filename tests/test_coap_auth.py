@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import scene_frames
 from cameras.coap_link import CoapLink
 from cameras.errors import TransportError
+from cameras.replay import scene_frames
 from edgelearn import wire
 from edgelearn.coap_security import camera_context
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import RunningGateway, run_gateway
+from tests.support.broker import BrokerUnderTest
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 LIBCOAP = "coap-client-notls"
 Probe = Callable[..., MqttProbe]

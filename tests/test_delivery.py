@@ -17,14 +17,17 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-from bench.common import scene_frames, serve_in_thread
+from cameras.replay import scene_frames
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
 from cloud.feature_store import FILE_NAME, FeatureStore
 from cloud.registry import Registry
 from edgelearn import wire
+from edgelearn.service import serve_in_thread
 from stack.launcher import edgelearn_command
-from tests.conftest import BridgedSite, BrokerUnderTest, MqttProbe, open_probe, wait_for
-from tests.gateway_harness import RunningGateway, run_gateway
+from tests.support.broker import BridgedSite, BrokerUnderTest
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.mqtt import MqttProbe, open_probe
+from tests.support.waiting import wait_for
 
 
 def _total(registry: object, name: str) -> float:

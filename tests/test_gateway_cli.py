@@ -19,15 +19,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import scene_frames
 from bench.faults import pool_workers
 from cameras.coap_link import CoapLink
+from cameras.replay import scene_frames
 from edgelearn import wire
 from edgelearn.coap_security import camera_context
 from edgelearn.metrics import scrape
 from edgelearn.ports import free_port
 from stack.launcher import edgelearn_command
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
+from tests.support.broker import BrokerUnderTest
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 Probe = Callable[..., MqttProbe]
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.common import scene_frames
+from cameras.replay import scene_frames
 from cameras.scene import LabeledScene, make_background
 from edgelearn import codec, preprocess, roi, signing, wire
 from edgelearn import config as config_module
@@ -27,7 +27,7 @@ from gateway.pipeline import (
 )
 from gateway.service import LatestFrames
 from stack import broker as broker_module
-from tests.gateway_harness import pca_deployment
+from tests.support.gateway import pca_deployment
 
 
 def test_keyframes_catch_every_item_change_and_skip_a_static_scene() -> None:
@@ -304,7 +304,7 @@ def test_a_small_object_is_cut_from_the_finer_decode(secrets_dir: Path) -> None:
 def test_full_mode_sends_the_crops_of_every_nth_labeled_keyframe(
     secrets_dir: Path, trained_registry: Path
 ) -> None:
-    from bench.common import object_frames
+    from cameras.replay import object_frames
     from cloud.registry import Registry
     from edgelearn.modes import FULL
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import scene_frames
+from cameras.replay import scene_frames
 from edgelearn import wire
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import RunningGateway, pca_deployment, run_gateway
+from tests.support.broker import BrokerUnderTest
+from tests.support.gateway import RunningGateway, pca_deployment, run_gateway
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 Probe = Callable[..., MqttProbe]
 

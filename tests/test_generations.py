@@ -24,7 +24,7 @@ from edgelearn.modes import Mode
 from edgelearn.ports import free_port, port_in_use
 from edgelearn.secrets import Secrets
 from stack import broker as broker_module
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 # --- the judge ------------------------------------------------------------------------------
 

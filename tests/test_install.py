@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import scene_frames
+from cameras.replay import scene_frames
 from cloud.registry import Registry
 from edgelearn import signing, wire
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
+from tests.support.broker import BrokerUnderTest
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 Probe = Callable[..., MqttProbe]
 REPOSITORY = Path(__file__).resolve().parent.parent

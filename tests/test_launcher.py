@@ -20,7 +20,9 @@ from stack.launcher import (
     _start_cameras,
     child_env,
 )
-from tests.conftest import BrokerUnderTest, open_probe, wait_for
+from tests.support.broker import BrokerUnderTest
+from tests.support.mqtt import open_probe
+from tests.support.waiting import wait_for
 
 
 def _talker(tmp_path: Path, lines: int) -> list[str]:

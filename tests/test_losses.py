@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench import losses
-from bench.common import object_frames
+from cameras.replay import object_frames
 from cloud.registry import Registry
 from edgelearn import codec, signing, wire
 from edgelearn.artifacts import load_deployment

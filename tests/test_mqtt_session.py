@@ -12,7 +12,7 @@ from edgelearn.config import BrokerConfig
 from edgelearn.mqtt import BrokerUnavailable, MqttSession
 from edgelearn.ports import free_port
 from stack import broker as broker_module
-from tests.conftest import BrokerUnderTest
+from tests.support.broker import BrokerUnderTest
 
 
 async def _wait(condition: object, timeout: float = 10.0) -> None:

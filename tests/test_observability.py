@@ -57,8 +57,9 @@ from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.modes import AUTOENCODER, PCA, Mode
 from edgelearn.ports import free_port
 from stack import report
-from tests.conftest import BrokerUnderTest, wait_for
-from tests.gateway_harness import RunningGateway, pca_deployment, run_gateway
+from tests.support.broker import BrokerUnderTest
+from tests.support.gateway import RunningGateway, pca_deployment, run_gateway
+from tests.support.waiting import wait_for
 from tests.test_dashboards import (
     PROMETHEUS,
     RULE_FILES,

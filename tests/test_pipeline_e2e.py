@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.common import object_frames, serve_in_thread
+from cameras.replay import object_frames
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
 from cloud.registry import Registry
 from edgelearn import signing, wire
 from edgelearn.modes import Mode
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import run_gateway
+from edgelearn.service import serve_in_thread
+from tests.support.broker import BrokerUnderTest
+from tests.support.gateway import run_gateway
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 Probe = Callable[..., MqttProbe]
 

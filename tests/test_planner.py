@@ -18,14 +18,17 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.common import scene_frames, serve_in_thread
+from cameras.replay import scene_frames
 from cloud import planner as planner_module
 from cloud.planner import Candidate, GatewayLoad, Planner, PlannerSettings, plan_gateway
 from cloud.registry import Registry
 from edgelearn import signing, wire
 from edgelearn.modes import Mode
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
-from tests.gateway_harness import RunningGateway, run_gateway
+from edgelearn.service import serve_in_thread
+from tests.support.broker import BrokerUnderTest
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 Probe = Callable[..., MqttProbe]
 SPLITS = (2, 4, 6, 8)

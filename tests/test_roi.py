@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.common import IN_VIEW, BoxScore, score_boxes
 from cameras.scene import ItemPose, Lighting, ObjectScene, compose, make_background
 from cameras.sources import fit_to
 from edgelearn import preprocess, roi
 from edgelearn.datasets import DEFAULT_ROOT, load_fashion_mnist
+from edgelearn.detection import IN_VIEW, BoxScore, score_boxes
 from edgelearn.keyframes import KeyframeSettings
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")

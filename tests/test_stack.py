@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgelearn.ports import free_port
 from edgelearn.secrets import Secrets
 from stack import broker as broker_module
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 def _listening(port: int) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stack.launcher import ChildProcesses
 from stack.supervisor import RESTART_BUDGET, CounterTotals, Supervisor
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 URL = "http://gateway/metrics"
 

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.common import serve_in_thread
 from cloud.feature_store import FeatureStore, LabeledRows
 from cloud.registry import Registry
 from cloud.service import CloudService, CloudSettings
@@ -26,7 +25,10 @@ from cloud.trainer import TrainerSettings, time_split
 from edgelearn import wire
 from edgelearn.artifacts import load_edge_artifact
 from edgelearn.modes import PCA, Mode
-from tests.conftest import BrokerUnderTest, MqttProbe, wait_for
+from edgelearn.service import serve_in_thread
+from tests.support.broker import BrokerUnderTest
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 GATEWAY = "gw-1"
 CAMERAS = ("cam-1", "cam-2")

@@ -1,6 +1,6 @@
 """Helpers for gateway tests: a worker run in a background event loop, and a real
 (random-component) PCA deployment signed like the cloud's. Frames come from
-:func:`bench.common.scene_frames` (the camera's own renderer).
+:func:`cameras.replay.scene_frames` (the camera's own renderer).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import serve_in_thread
 from edgelearn import signing, wire
 from edgelearn.artifacts import PcaProjection, TensorQuantization
+from edgelearn.service import serve_in_thread
 from gateway.config import GatewayConfig
 from gateway.service import GatewayWorker
-from tests.conftest import BrokerUnderTest
+from tests.support.broker import BrokerUnderTest
 
 
 def pca_deployment(
