@@ -442,8 +442,9 @@ def start_broker(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=detach,
-            # Ours unless detached: it ends with us, even if we are killed.
+            # Its own session: a terminal's Ctrl-C to our group does not stop it before its
+            # clients. Ours unless detached: it ends with us, even if we are killed.
+            start_new_session=True,
             preexec_fn=None if detach else die_with_parent,
         )
         if _wait_listening(host, concrete.port, process, timeout) and _wait_listening(

@@ -130,6 +130,10 @@ class ChildProcesses:
             text=True,
             bufsize=1,
             env=child.env,
+            # A session of its own: a terminal's Ctrl-C goes to its whole foreground group,
+            # which would stop every child and broker at once (brokers before their
+            # clients); here only ``up`` hears it, and stops them in order (:meth:`stop`).
+            start_new_session=True,
             preexec_fn=broker.die_with_parent,
         )
         threading.Thread(
@@ -178,15 +182,19 @@ class ChildProcesses:
                 self._printed.wait(remaining)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to every child still running, newest first; SIGKILL after ``timeout``."""
+        """Stop the children newest first, each gone before the next is told: cameras,
+        then gateways (their last features out), then the cloud (its last answers out),
+        while the brokers still run. SIGTERM, and SIGKILL for one still running
+        ``timeout`` seconds after its own SIGTERM."""
         for child in reversed(self.children):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in self.children:
+            if child.process.poll() is not None:
+                continue
+            child.process.send_signal(signal.SIGTERM)
             try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
+                child.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                print(f"edgelearn up: {child.name} still running {timeout:.0f} s after "
+                      "SIGTERM: killed", file=sys.stderr, flush=True)  # fmt: skip
                 child.process.kill()
                 child.process.wait()
 

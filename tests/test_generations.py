@@ -127,6 +127,8 @@ def test_an_empty_registry_answers_first_then_promotes_a_better_generation_losin
         assert up.poll() is None, console.read_text()[-3000:]
         first = watch.first_result()
         assert first is not None
+        # the first training's progress reached the console (a file, not a terminal)
+        assert re.search(r"cloud \| edgelearn cloud: \[\d+/\d+\] ", console.read_text())
         # answered before generation 2 was judged (generation 1 may still export the rest)
         assert "generation 2 cnn" not in cloud_log.read_text()
         wait_for(lambda: "training generation 2 in the background" in cloud_log.read_text()

@@ -154,7 +154,10 @@ def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every
         "--registry", str(registry), "--run-dir", str(run_dir), "--edge-port", "0",
         "--cloud-port", "0", "--no-prometheus", "--interval", "2",
     ]  # fmt: skip
-    up = subprocess.Popen(command, stdout=console.open("w"), stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(  # a foreground job of its own, as in a terminal
+        command, stdout=console.open("w"), stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
     try:
         wait_for(
             lambda: (
@@ -171,7 +174,7 @@ def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every
         before = max(_results_lines(console.read_text()))
         wait_for(lambda: max(_results_lines(console.read_text())) > before, 120, "results after it")
         assert "cloud running (restarted after exit -9)" in console.read_text()
-        up.send_signal(signal.SIGTERM)  # the Ctrl-C path
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
         try:
             up.wait(120)
         except subprocess.TimeoutExpired:
@@ -186,9 +189,13 @@ def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every
     assert up.returncode == 0, text[-3000:]
     totals = _results_lines(text)
     assert totals == sorted(totals), totals  # never backwards across the restart
+    # Stopped in order (cameras, gateway, cloud, then the brokers): nobody lost a peer.
+    assert "Traceback" not in text and "Connection reset" not in text, text[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["exit_status"] == 0 and summary["error"] is None
     assert summary["health"]["cloud"]["restarts"] == 1
+    cameras = summary["cameras"]  # the last figures are the run's, not dead cameras'
+    assert len(cameras) == 2 and all(seen["fps"] > 0 for seen in cameras.values()), cameras
     assert summary["results"] == totals[-1]
     # Routine lines stay in the log files; the console has the summaries and the events.
     assert "Listening on" not in text and "cloud consumer" not in text
