@@ -812,7 +812,10 @@ def run(
                 split_ks=(budget.split_k,), budget=budget.training, labeled_cameras=0,
                 video=None, camera_users=budget.cameras + 1, consumers=1, echo=False,
                 learn_every=budget.learn_every, grow=False,  # adaptation alone is measured
-                learning_sample=budget.learning_sample,
+                gateway=(
+                    {} if budget.learning_sample is None
+                    else {"learning_sample": budget.learning_sample}
+                ),
             )  # fmt: skip
             with launch(settings) as stack:
                 secrets_dir = stack.secrets.directory

@@ -199,7 +199,7 @@ def run(
         learn=False,
         grow=False,
         feature_store=work / "features",
-        gateway_queue_depth=8,
+        gateway={"queue_depth": 8},
         workers=2,  # one per core: every object of every frame (keyframes off) needs both
         labeled_cameras=0,  # the benchmark plays the cameras itself
         video=None,

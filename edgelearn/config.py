@@ -9,6 +9,7 @@ that do not convert to the field's type: a typo in a config file must not be sil
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import ssl
 import tomllib
@@ -109,6 +110,34 @@ def load(
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def dump(settings: Any, section: str) -> str:
+    """``settings`` (a dataclass of scalars and paths) as the ``[section]`` TOML table that
+    :func:`load` reads back into the same value; ``None`` fields are left out (their
+    default is ``None``). How one process hands another its settings: a file, not an argv
+    that each hop spells again."""
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        raise TypeError(f"{settings!r} is not a dataclass instance")
+    lines = [f"[{section}]"]
+    for item in dataclasses.fields(settings):
+        if not item.init:
+            continue
+        value = getattr(settings, item.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = repr(value)
+        elif isinstance(value, str | Path):
+            text = json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+        elif isinstance(value, tuple):
+            text = json.dumps([str(v) if isinstance(v, Path) else v for v in value])
+        else:
+            raise TypeError(f"{item.name}: cannot write {type(value).__name__} to TOML")
+        lines.append(f"{item.name} = {text}")
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
+def _settings(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway's settings: defaults < the ``[gateway]`` table of ``--config`` <
+    ``EDGELEARN_*`` < flags; unknown keys are refused with their names."""
     overrides: dict[str, Any] = {
         key: getattr(args, key)
         for key in (
@@ -235,21 +237,26 @@ def _settings(args: argparse.Namespace, worker: int) -> GatewayConfig:
             "coap_insecure",
             "uplink_kbps",
             "status_interval",
+            "metrics_port",
         )
     }
-    overrides["worker"] = worker
     if args.broker:
         overrides["broker_host"], overrides["broker_port"] = config_module.parse_address(
             args.broker
         )
-    if args.metrics_port is not None:
-        overrides["metrics_port"] = args.metrics_port + worker if args.metrics_port else 0
     try:
         return config_module.load(
             GatewayConfig, path=args.config, section="gateway", overrides=overrides
         )
     except ModeError as exc:
         raise config_module.ConfigError(str(exc)) from exc
+
+
+def worker_config(config: GatewayConfig, worker: int) -> GatewayConfig:
+    """Worker ``worker`` of a pool: its slot, and the metrics port after the previous
+    worker's (0 stays 0: a free port each)."""
+    port = config.metrics_port + worker if config.metrics_port else 0
+    return dataclasses.replace(config, worker=worker, metrics_port=port)
 
 
 def _read_models(paths: list[Path], secrets_dir: Path | None) -> list[wire.Model]:
@@ -492,7 +499,8 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise config_module.ConfigError("--workers must be at least 1")
     # Every worker's settings are validated before any process starts.
-    configs = [_settings(args, worker) for worker in range(args.workers)]
+    settings = _settings(args)
+    configs = [worker_config(settings, worker) for worker in range(args.workers)]
     models = _read_models(args.model, configs[0].secrets)
     if args.workers > 1:
         return supervise(configs, models, args.duration)

@@ -36,10 +36,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from edgelearn import config as config_module
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
 from edgelearn.datasets import parse_dataset
@@ -47,6 +49,7 @@ from edgelearn.metrics import fetch
 from edgelearn.modes import Mode
 from edgelearn.ports import free_port, port_in_use
 from edgelearn.secrets import Secrets, default_secrets_dir
+from gateway.config import GatewayConfig
 from stack import broker
 
 SAMPLE_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -218,10 +221,10 @@ class StackSettings:
     learn_every: int | None = None  # its trigger in labeled objects; None: the cloud's default
     feature_store: Path | None = None  # default: <run_dir>/features
     workers: int = 1
-    gateway_queue_depth: int | None = None  # None: the gateway's default
-    # full: every Nth labeled keyframe goes up as its crops, for the cloud to learn from
-    # (and answer); None: the gateway's default
-    learning_sample: int | None = None
+    # The gateways' own settings beyond what the stack decides (their id, site, broker,
+    # mode, uplink, ports, outbox folder): GatewayConfig's fields by name, for example
+    # {"queue_depth": 8, "learning_sample": 5}; each gateway gets them in its config file.
+    gateway: Mapping[str, Any] = field(default_factory=dict)
     uplink_kbps: float = 0.0  # the gateway's uplink as the planner sees it; 0: not configured
     labeled_cameras: int = 4
     # The labeled cameras' scenes (which items, where, in what light); None: a fresh one
@@ -235,7 +238,6 @@ class StackSettings:
     # Where the edge brokers' bridges reach the cloud broker, when not directly (a WAN link,
     # a relay: ``bench faults`` cuts the bridge there). None: the cloud broker itself.
     bridge_address: tuple[str, int] | None = None
-    gateway_outbox_mb: float | None = None  # None: the gateway's default
     echo: bool = True
 
     def __post_init__(self) -> None:
@@ -243,6 +245,9 @@ class StackSettings:
             Mode.parse(self.mode)  # ModeError (a ValueError) with a clear message
         if self.sites < 1 or self.consumers < 1 or self.workers < 1:
             raise ValueError("sites, consumers and workers must be at least 1")
+        unknown = sorted(set(self.gateway) - {f.name for f in dataclasses.fields(GatewayConfig)})
+        if unknown:
+            raise ValueError(f"gateway settings {unknown}: GatewayConfig has no such fields")
         if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"the cameras' seed must be in 0..{SEED_LIMIT - 1}")
 
@@ -555,41 +560,24 @@ def start_gateway(
     connected (it printed its metrics URL)."""
     site = site or settings.site
     metrics_port = free_port(count=settings.workers)
-    command = edgelearn_command(
-        "gateway",
-        "--id",
-        gateway_id,
-        "--broker",
-        f"127.0.0.1:{broker_port}",
-        "--site",
-        site,
-        "--mode",
-        settings.initial_mode(),
-        "--workers",
-        str(settings.workers),
-        "--uplink-kbps",
-        str(settings.uplink_kbps),
-        "--metrics-port",
-        str(metrics_port),
-        "--outbox",
-        str(settings.run_dir / "outbox"),
-        *(
-            ["--queue-depth", str(settings.gateway_queue_depth)]
-            if settings.gateway_queue_depth
-            else []
-        ),
-        *(
-            ["--learning-sample", str(settings.learning_sample)]
-            if settings.learning_sample is not None
-            else []
-        ),
-        *(
-            ["--outbox-max-mb", str(settings.gateway_outbox_mb)]
-            if settings.gateway_outbox_mb
-            else []
-        ),
+    config = GatewayConfig(
+        **{
+            **settings.gateway,
+            "gateway_id": gateway_id,
+            "site": site,
+            "broker_port": broker_port,
+            "mode": settings.initial_mode(),
+            "uplink_kbps": settings.uplink_kbps,
+            "metrics_port": metrics_port,
+            "outbox": str(settings.run_dir / "outbox"),
+        }
     )
     name = "gateway" if settings.sites == 1 else f"gateway-{site}"
+    config_file = settings.run_dir / f"{name}.toml"  # its settings, as it reads them
+    config_file.write_text(config_module.dump(config, "gateway"))
+    command = edgelearn_command(
+        "gateway", "--config", str(config_file), "--workers", str(settings.workers)
+    )
     gateway = children.start(name, command, env)
     gateway.site = site
     gateway.metrics_urls += [

@@ -43,31 +43,23 @@ def _statuses(observer: MqttProbe) -> dict[str, int]:
     return newest
 
 
-def test_a_pool_started_from_python_runs_on_the_callers_broker_and_id(
-    broker: BrokerUnderTest, mqtt_probe: Probe, site: str
+def test_a_pool_started_from_python_runs_on_the_callers_broker_and_id_from_its_config_file(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str, tmp_path: Path
 ) -> None:
+    """The settings reach every worker of the pool from a TOML file (as ``up`` hands them),
+    and a file with a key no setting has is refused with that key's name."""
     topics = wire.Topics(site)
     observer = mqtt_probe("cloud")
     observer.subscribe(topics.all_status())
-    arguments = [
-        "gateway",
-        "--workers",
-        "2",
-        "--id",
-        "gw-3",
-        "--broker",
-        f"{broker.host}:{broker.port}",
-        "--secrets",
-        str(broker.secrets_dir),
-        "--site",
-        site,
-        "--mode",
-        "raw",
-        "--metrics-port",
-        "0",
-        "--status-interval",
-        "0.5",
-    ]
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[gateway]\n"
+        'gateway_id = "gw-3"\n'
+        f'broker_host = "{broker.host}"\nbroker_port = {broker.port}\n'
+        f'secrets = "{broker.secrets_dir}"\nsite = "{site}"\nmode = "raw"\n'
+        "status_interval = 0.5\nkeyframe_motion_interval = 3\n"
+    )
+    arguments = ["gateway", "--workers", "2", "--config", str(config), "--metrics-port", "0"]
     # sys.argv of this child is ["-c"]: nothing of the command line is in it.
     caller = f"import sys; from stack.cli import main; sys.exit(main({arguments!r}))"
     pool = subprocess.Popen(
@@ -98,6 +90,14 @@ def test_a_pool_started_from_python_runs_on_the_callers_broker_and_id(
         20,
         "both workers offline",
     )
+
+    config.write_text(config.read_text() + "keyframe_motion_intreval = 4\n")
+    refused = subprocess.run(
+        edgelearn_command("gateway", "--workers", "2", "--config", str(config)),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "keyframe_motion_intreval" in refused.stderr, refused.stderr
 
 
 def _two_free_ports() -> int:
