@@ -19,6 +19,25 @@ from stack import broker as broker_module
 from tests.support.broker import BridgedSite, BrokerUnderTest
 from tests.support.mqtt import MqttProbe, open_probe
 
+TIERS = ("e2e", "training", "broker")  # heaviest first; a test with none of them is "unit"
+_BROKER_FIXTURES = {"broker", "bridged", "mqtt_probe"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test not marked with a tier gets one: ``training`` when it takes the trained
+    registry, else ``broker`` when it takes a broker fixture, else ``unit``. (Marked by
+    hand: whole stacks, ``e2e``, and tests that train models of their own, ``training``.)"""
+    for item in items:
+        if any(item.get_closest_marker(tier) is not None for tier in TIERS):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "trained_registry" in fixtures:
+            item.add_marker("training")
+        elif fixtures & _BROKER_FIXTURES:
+            item.add_marker("broker")
+        else:
+            item.add_marker("unit")
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest]:

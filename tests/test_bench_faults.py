@@ -13,9 +13,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from stack.launcher import edgelearn_command
 
 
+@pytest.mark.e2e
 def test_bench_faults_quick_loses_nothing_and_recovers(
     tmp_path: Path, trained_registry: Path
 ) -> None:

@@ -190,7 +190,7 @@ def _random_pca(mode: Mode, secrets: Secrets) -> wire.Model:
     return pca_deployment(secrets.directory)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_gateway_benchmark_reduced_run_reports_every_mode_and_the_broker_run(
     tmp_path: Path,
 ) -> None:
@@ -292,7 +292,7 @@ def test_cloud_consumer_throughput_and_latency_through_a_real_broker(
     assert received["p50"] >= summary["p50"]  # the result is published after it is made
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cloud_benchmark_reduced_run_on_a_trained_registry(
     tmp_path: Path, trained_registry: Path
 ) -> None:

@@ -16,7 +16,7 @@ from edgelearn.modes import RAW, Mode
 from tests.support.broker import BrokerUnderTest
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_every_consumer_answers_from_the_models_the_warm_up_loaded(
     broker: BrokerUnderTest,
     site: str,

@@ -58,7 +58,7 @@ def test_estimate_heights_needs_enough_known_boxes() -> None:
     assert estimate_heights(np.full(MIN_OBJECTS, 150)) is not None
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_render_rows_are_stored_rows_of_the_mode_with_the_class_mix(
     trained_registry: Path,
 ) -> None:

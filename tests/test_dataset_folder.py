@@ -135,7 +135,7 @@ def test_a_folder_is_split_the_same_way_for_the_cloud_and_the_cameras(tmp_path: 
 # --- end to end --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_up_trains_serves_and_scores_a_folder_of_grayscale_photos(tmp_path: Path) -> None:
     # Small grey photos, a quarter of them dark, all full-bleed: the kind of folder that once
     # crashed the first training (its dark half keyed transparent, as if a bright sprite).

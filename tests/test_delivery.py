@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import pytest
+
 from cameras.replay import scene_frames
 from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
 from cloud.feature_store import FILE_NAME, FeatureStore
@@ -170,6 +172,7 @@ def _started(
                 process.wait()
 
 
+@pytest.mark.e2e
 def test_a_restarted_cloud_process_takes_back_the_whole_stream(
     bridged: BridgedSite, site: str, trained_registry: Path, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from stack.report import render_from_json
 QUICK_DRIFT = "size=0.16-0.26+classes=0,2,4"
 
 
+@pytest.mark.e2e
 def test_quick_drift_benchmark_compares_static_and_learning_on_the_same_objects(
     tmp_path: Path, trained_registry: Path
 ) -> None:

@@ -95,7 +95,7 @@ class ResultWatch:
         self.client.disconnect()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_an_empty_registry_answers_first_then_promotes_a_better_generation_losing_nothing(
     tmp_path: Path,
 ) -> None:

@@ -57,7 +57,7 @@ def _size(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_gateway_only_install_has_no_cloud_packages_and_fits_an_edge_box(
     edge_box: EdgeBox,
 ) -> None:
@@ -131,7 +131,7 @@ def edge_gateway(
         assert gateway.returncode == 0, output
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_gateway_only_install_runs_a_gateway_on_a_deployed_int8_model(
     edge_gateway: tuple[subprocess.Popen[str], wire.Model], mqtt_probe: Probe, site: str
 ) -> None:

@@ -21,7 +21,7 @@ from stack import broker as broker_module
 SEED, FRAMES, WARMUP = 31, 450, 150
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_the_stage_by_stage_account_adds_up_to_what_the_pipeline_answers(
     tmp_path: Path, trained_registry: Path
 ) -> None:

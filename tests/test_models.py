@@ -42,7 +42,7 @@ from edgelearn import artifacts, preprocess, signing, wire
 from edgelearn.datasets import load_fashion_mnist
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.training,
     # Keras converting its own tensors under numpy 2; not ours to fix.
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
 ]

@@ -78,7 +78,7 @@ PROMETHEUS_BIN = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.e2e,
     pytest.mark.skipif(
         not (DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").exists(),
         reason="Debian's dataset-fashion-mnist is not installed (setup.sh installs it)",

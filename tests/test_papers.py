@@ -22,7 +22,7 @@ import pytest
 from bench import papers
 from cloud.models import cnn
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.training]
 
 TINY = papers.Budget(
     sizes=(200, 400),

@@ -11,6 +11,7 @@ import pytest
 from bench import pipeline as pipeline_bench
 
 
+@pytest.mark.e2e
 def test_quick_pipeline_benchmark_covers_every_mode(tmp_path: Path, trained_registry: Path) -> None:
     registry = tmp_path / "registry"
     shutil.copytree(trained_registry, registry)

@@ -44,7 +44,7 @@ def test_json_round_trip_and_rejection(tmp_path: Path) -> None:
         load_profiles(tmp_path / "missing.json")
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_flop_rules_on_a_hand_checked_model() -> None:
     keras = pytest.importorskip("keras")
     layers = keras.layers
@@ -64,7 +64,7 @@ def test_flop_rules_on_a_hand_checked_model() -> None:
     assert profile.cumulative_flops[-1] == pytest.approx((conv + depthwise + pool + head) / 192)
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_packaged_table_matches_a_fresh_build() -> None:
     pytest.importorskip("keras")
     from cloud.scheduling.profiles import build_profiles

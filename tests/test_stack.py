@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgelearn.ports import free_port
@@ -48,6 +49,7 @@ def _fresh_state(tmp_path: Path, trained_registry: Path) -> tuple[Path, Path, Pa
     return registry, secrets, tmp_path / "run"
 
 
+@pytest.mark.e2e
 def test_up_runs_the_stack_shows_a_reduction_and_stops_everything(
     tmp_path: Path, trained_registry: Path
 ) -> None:
@@ -143,6 +145,7 @@ def _results_lines(text: str) -> list[int]:
     ]
 
 
+@pytest.mark.e2e
 def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every_exit(
     tmp_path: Path, trained_registry: Path
 ) -> None:

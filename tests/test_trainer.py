@@ -171,7 +171,7 @@ def _sample(service: CloudService, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_new_arrivals_trigger_a_run_whose_promoted_version_serves(
     broker: BrokerUnderTest,
     site: str,
@@ -230,7 +230,7 @@ def shuffled_labels_fit(serving: Any, train: Any, held_out: Any, settings: Train
     return train_feature_classifier(shuffled, held_out, classes=10, epochs=3).model
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_a_worse_candidate_is_not_promoted(
     broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
 ) -> None:
@@ -260,7 +260,7 @@ def test_a_worse_candidate_is_not_promoted(
         assert {entry.version for entry in registry.list()} == versions  # nothing saved
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_a_promotion_worse_in_shadow_is_rolled_back_and_an_equal_one_is_not(
     broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
 ) -> None:
@@ -420,7 +420,7 @@ def test_labeled_rows_read_the_newest_and_replay_older_ones(tmp_path: Path) -> N
     store.close()
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_a_camera_whose_world_differs_gets_a_cloud_half_of_its_own(
     broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
 ) -> None:
@@ -457,7 +457,7 @@ def test_a_camera_whose_world_differs_gets_a_cloud_half_of_its_own(
         assert live is not None and live > 0.5
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_full_mode_learns_from_sampled_crops_and_pushes_the_new_edge_model(
     broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
 ) -> None:
