@@ -8,6 +8,7 @@ The broker is started once per session on free ports from the same templates and
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,10 +106,25 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with every mode trained on the quick plan, both its generations (about a
     minute on 2 cores): the CNN split at k=2, full, cloud-only, PCA and autoencoder. Shared
     by the end-to-end tests (a cloud on it has nothing left to grow); its accuracies are
-    far below the default plan's (see the benchmarks)."""
+    far below the default plan's (see the benchmarks). Read it; a test that writes to a
+    registry (a promotion, a grown generation) copies it first.
+
+    Trained once per run: with the suite spread over worker processes (pytest-xdist), the
+    first worker to ask trains it under a file lock in the run's shared temporary folder
+    and the others wait for it and take the same one."""
+    from filelock import FileLock
+
     from cloud.bootstrap import TrainingPlan, train_plan
     from cloud.registry import Registry
 
-    root = tmp_path_factory.mktemp("registry")
-    train_plan(Registry(root), TrainingPlan.quick())
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    root = shared / "trained-registry"
+    with FileLock(str(root) + ".lock"):
+        done = root / ".trained"
+        if not done.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            train_plan(Registry(root), TrainingPlan.quick())
+            done.touch()
     return root

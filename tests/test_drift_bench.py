@@ -5,6 +5,7 @@ parser, camera plan and per-object comparison, without a stack."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ QUICK_DRIFT = "size=0.16-0.26+classes=0,2,4"
 def test_quick_drift_benchmark_compares_static_and_learning_on_the_same_objects(
     tmp_path: Path, trained_registry: Path
 ) -> None:
+    registry = tmp_path / "registry"  # the learning arm promotes into it
+    shutil.copytree(trained_registry, registry)
     result = drift.run(
-        quick=True, output_dir=tmp_path / "out", registry=trained_registry, drift=QUICK_DRIFT
+        quick=True, output_dir=tmp_path / "out", registry=registry, drift=QUICK_DRIFT
     )
     written = json.loads((tmp_path / "out" / "drift.json").read_text())
     assert written["benchmark"] == "drift" and written["mode"] == "split:2"
