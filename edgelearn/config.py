@@ -37,6 +37,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
             return None
         return _convert(value, options[0], where)
+    if isinstance(annotation, type) and hasattr(annotation, "parse"):  # a Mode, say
+        try:
+            return value if isinstance(value, annotation) else annotation.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
     try:
         if annotation is bool:
             if isinstance(value, str):
@@ -130,7 +135,7 @@ def dump(settings: Any, section: str) -> str:
             text = "true" if value else "false"
         elif isinstance(value, int | float):
             text = repr(value)
-        elif isinstance(value, str | Path):
+        elif isinstance(value, str | Path) or hasattr(type(value), "parse"):
             text = json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
         elif isinstance(value, tuple):
             text = json.dumps([str(v) if isinstance(v, Path) else v for v in value])

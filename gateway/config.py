@@ -15,6 +15,7 @@ from edgelearn.secrets import default_state_dir
 from gateway.outbox import POLICIES
 
 OUTBOX_IN_MEMORY = "memory"
+DEFAULT_MODE = Mode.split(3)
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class GatewayConfig:
     gateway_id: str = "gw-1"
     worker: int = 0  # index within the gateway's pool; part of the MQTT client id
     site: str = wire.DEFAULT_SITE
-    mode: str = "split:3"
+    mode: Mode = DEFAULT_MODE  # a text (split:3) is read as its Mode
     group: str = "gateways"  # MQTT v5 shared-subscription group of the pool
     broker_host: str = "127.0.0.1"
     broker_port: int = 1883
@@ -66,7 +67,8 @@ class GatewayConfig:
     learning_sample: int = 10
 
     def __post_init__(self) -> None:
-        Mode.parse(self.mode)  # raises ModeError with a clear message
+        if isinstance(self.mode, str):  # raises ModeError with a clear message
+            object.__setattr__(self, "mode", Mode.parse(self.mode))
         wire.Topics(self.site)
         if self.site == wire.ANY_SITE:
             raise ValueError("a gateway serves one site: name it")

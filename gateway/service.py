@@ -212,7 +212,7 @@ class GatewayWorker:
         self.metrics = GatewayMetrics(self.registry)
         self.pipeline = FramePipeline(
             gateway_id=config.gateway_id,
-            mode=Mode.parse(config.mode),
+            mode=config.mode,
             keyframes=config.keyframe_settings(),
             feature_codec=config.codec,
             on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(
