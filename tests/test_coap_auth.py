@@ -65,7 +65,10 @@ def test_coap_posts_need_the_cameras_own_credentials(
     envelope = tmp_path / "frame.bin"
     envelope.write_bytes(wire.encode(own))
     cam9 = camera_context(broker.secrets, tmp_path / "camera-state", "cam-9")
-    with run_gateway(broker, site=site, gateway_id="gw-1", mode="raw", coap_port=0) as gateway:
+    # keyframes off: every frame goes up (with them, a camera's first frame is its background)
+    with run_gateway(
+        broker, site=site, gateway_id="gw-1", mode="raw", coap_port=0, keyframes=False
+    ) as gateway:
         uri = f"coap://127.0.0.1:{gateway.worker.coap_port}/frames"
         refused = _post_plain(uri, envelope)
         assert b"4.01" in refused.stdout + refused.stderr, refused
@@ -97,7 +100,13 @@ def test_only_an_insecure_gateway_takes_plain_coap(
     envelope = tmp_path / "frame.bin"
     envelope.write_bytes(wire.encode(frame))
     with run_gateway(
-        broker, site=site, gateway_id="gw-1", mode="raw", coap_port=0, coap_insecure=True
+        broker,
+        site=site,
+        gateway_id="gw-1",
+        mode="raw",
+        coap_port=0,
+        coap_insecure=True,
+        keyframes=False,  # every frame goes up
     ) as gateway:
         done = _post_plain(f"coap://127.0.0.1:{gateway.worker.coap_port}/frames", envelope)
         assert done.returncode == 0, done.stderr

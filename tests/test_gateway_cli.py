@@ -219,8 +219,19 @@ def test_each_camera_has_one_worker_and_a_dead_workers_cameras_move(
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {seen}") from None
         victim = pool_workers(pool.pid)[0]  # the older pid is worker 0
+        survivor_before = _received(port + 1)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: all(o == {1} for o in owners().values()), 5, "cameras moved to worker 1")
+        # Every camera's frames now reach worker 1, those of worker 0 too, before worker 0 is
+        # back (it is restarted, and takes its share again below). How fast is the gateway
+        # benchmark's to say, not this test's: under a loaded machine it takes longer.
+        wait_for(
+            lambda: all(_received(port + 1).get(c, 0) > survivor_before.get(c, 0) for c in cameras),
+            30,
+            "every camera's frames on worker 1",
+        )
+        log_text = (tmp_path / "pool.log").read_text()
+        moved = [c for c, o in held.items() if o == {0}]
+        assert all(f"camera {c}: worker 0 is down, moved to worker 1" in log_text for c in moved)
         # Worker 0 comes back and takes its share again; still one worker per camera.
         wait_for(
             lambda: (
