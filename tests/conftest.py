@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     registry, else ``broker`` when it takes a broker fixture, else ``unit``. (Marked by
     hand: whole stacks, ``e2e``, and tests that train models of their own, ``training``.)"""
     for item in items:
+        if _shares_module_state(item):  # its module's fixtures are made once, on one worker
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
         if any(item.get_closest_marker(tier) is not None for tier in TIERS):
             continue
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -38,6 +40,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("broker")
         else:
             item.add_marker("unit")
+
+
+def _shares_module_state(item: pytest.Item) -> bool:
+    """Whether ``item`` takes a module- or class-scoped fixture (a trained model, a run of
+    a benchmark): spread over two workers, each would make it again."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        definition.scope in ("module", "class")
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )
 
 
 @pytest.fixture(scope="session")
