@@ -362,6 +362,8 @@ def _measure(
             "received": gateway.total("edgelearn_gateway_frames_received_total"),
             "correct": cloud.total(scored, mode=str(mode), outcome="correct"),
             "wrong": cloud.total(scored, mode=str(mode), outcome="wrong"),
+            # forwarded with nothing whole in view: answered with no result
+            "empty": cloud.total("edgelearn_cloud_frames_without_objects_total"),
         }
 
     watch.reset()
@@ -380,7 +382,8 @@ def _measure(
     def settled() -> bool:
         now = counters()
         handled = sum(now[key] - before[key] for key in ("forwarded", "held", "dropped"))
-        return handled >= sent and watch.results >= now["forwarded"] - before["forwarded"]
+        answered = watch.results + now["empty"] - before["empty"]
+        return handled >= sent and answered >= now["forwarded"] - before["forwarded"]
 
     poll_until(settled, 60)  # what has not arrived by then is missing from the row
     after = counters()
