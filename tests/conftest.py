@@ -24,6 +24,7 @@ TIERS = ("e2e", "training", "broker")  # heaviest first; a test with none of the
 _BROKER_FIXTURES = {"broker", "bridged", "mqtt_probe"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test not marked with a tier gets one: ``training`` when it takes the trained
     registry, else ``broker`` when it takes a broker fixture, else ``unit``. (Marked by
