@@ -41,19 +41,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("broker")
         else:
             item.add_marker("unit")
-    items.sort(key=_heaviest_first)
-
-
-def _heaviest_first(item: pytest.Item) -> tuple[int, bool]:
-    """The order tests are handed to the workers: whole stacks first, then training, broker
-    and unit tests (the longest first: no worker is left with a long test at the end while
-    the other idles); among the whole stacks, those with a registry of their own first, so
-    one worker runs them while the other trains the session's registry, instead of both
-    waiting on its lock. A stable sort: a module's tests keep their order."""
-    tier = next(
-        (rank for rank, name in enumerate(TIERS) if item.get_closest_marker(name)), len(TIERS)
-    )
-    return tier, "trained_registry" in getattr(item, "fixturenames", ())
 
 
 def _shares_module_state(item: pytest.Item) -> bool:
