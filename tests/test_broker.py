@@ -228,29 +228,36 @@ def test_added_user_can_connect_after_reload(
     )
     with running:
         user = broker_module.add_user(secrets.directory, "lobby-cam", "camera")
-        running.reload()
-        result = subprocess.run(
-            [
-                "mosquitto_pub",
-                "-V",
-                "5",
-                "-p",
-                str(running.port),
-                "-u",
-                user.name,
-                "-P",
-                user.password,
-                "-t",
-                "edgelearn/v1/x/frames/lobby-cam",
-                "-m",
-                "m",
-                "-q",
-                "1",
-            ],
-            capture_output=True,
-            timeout=20,
-        )
-        assert result.returncode == 0, result.stderr
+        running.reload()  # a SIGHUP: mosquitto re-reads its files when it gets to it
+        results: list[subprocess.CompletedProcess[bytes]] = []
+
+        def published() -> bool:
+            results.append(
+                subprocess.run(
+                    [
+                        "mosquitto_pub",
+                        "-V",
+                        "5",
+                        "-p",
+                        str(running.port),
+                        "-u",
+                        user.name,
+                        "-P",
+                        user.password,
+                        "-t",
+                        "edgelearn/v1/x/frames/lobby-cam",
+                        "-m",
+                        "m",
+                        "-q",
+                        "1",
+                    ],
+                    capture_output=True,
+                    timeout=20,
+                )
+            )
+            return results[-1].returncode == 0
+
+        wait_for(published, 20, "the new user's publish accepted")
     assert running.process.poll() is not None
 
 
