@@ -171,14 +171,9 @@ class CloudWatch:
 
 
 def run(
-    quick: bool,
-    output_dir: Path | None = None,
-    registry: Path | None = None,
-    budget: Budget | None = None,
+    quick: bool, output_dir: Path | None = None, registry: Path | None = None
 ) -> dict[str, Any]:
-    """Every mode, keyframes off and on, on the same frames; ``budget`` replaces the one
-    ``quick`` names (a test's shorter run of the same steps)."""
-    budget = budget or Budget.of(quick)
+    budget = Budget.of(quick)
     output_dir = output_dir or Path("out") / "pipeline"
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,12 +15,7 @@ from bench import pipeline as pipeline_bench
 def test_quick_pipeline_benchmark_covers_every_mode(tmp_path: Path, trained_registry: Path) -> None:
     registry = tmp_path / "registry"
     shutil.copytree(trained_registry, registry)
-    # --quick's steps on half its frames: 4 cameras, 120 frames each with keyframes (17
-    # distinct items), the first 60 of them without (11 items); the same checks.
-    budget = dataclasses.replace(
-        pipeline_bench.Budget.of(True), frames_per_camera=120, frames_off=60
-    )
-    result = pipeline_bench.run(True, tmp_path / "out", registry, budget)
+    result = pipeline_bench.run(quick=True, output_dir=tmp_path / "out", registry=registry)
     written = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     expected = {"raw", "pca", "autoencoder", "split:2", "full"}
     assert {row["mode"] for row in written["modes"].values()} == expected
