@@ -455,7 +455,12 @@ def _quantiles(first: dict[str, float], last: dict[str, float]) -> dict[str, flo
 
 
 def summarize(readings: list[dict[str, Any]], budget: Budget) -> dict[str, Any]:
-    """Accuracy over time, recovery, final gap, trainer activity, pushes and latency."""
+    """Accuracy over time, recovery, final gap, trainer activity, pushes and latency.
+
+    These figures come from the clouds' counters, as a dashboard reads them. A window starts
+    at a reading of two processes taken moments apart, so the arms' object counts in it may
+    differ by what was in flight at that moment. The paired figures on the very same objects
+    are ``objects_report``'s."""
     window = budget.window
     drift = budget.drift_at
     series = []
