@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,12 @@ from paho.mqtt.properties import Properties
 from edgelearn.config import BrokerConfig
 
 log = logging.getLogger(__name__)
+
+# Nagle's algorithm holds a small write while an earlier one is unacknowledged, and the
+# broker delays that acknowledgement by up to 40 ms when it has nothing to send back: a
+# feature published just after the PUBACK of an ack, or a result just after a feature's
+# PUBACK, waited 40 ms. Every packet here is a whole message: send it at once.
+SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 MessageHandler = Callable[[aiomqtt.Message], None]
 
@@ -121,6 +128,7 @@ class MqttSession:
             max_inflight_messages=self._max_inflight,
             max_queued_incoming_messages=self._max_queued_incoming,
             logger=logging.getLogger(f"{__name__}.paho"),
+            socket_options=SOCKET_OPTIONS,
         )
 
     async def __aenter__(self) -> MqttSession:
