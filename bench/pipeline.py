@@ -21,7 +21,10 @@ frames of each camera, which is what two cores can carry):
   item travel with it, so each figure says how many distinct items it rests on and has a
   95% interval from resampling items (:mod:`edgelearn.evidence`); per camera too;
 * end-to-end latency p50/p99, capture at the camera to the result published by the cloud
-  (or by the gateway in ``full`` mode), from the results themselves;
+  (or by the gateway in ``full`` mode), from the results themselves; and where it goes, p50
+  and p99 per hop (:func:`hop_figures`): from the gateway's and the cloud's hop histograms,
+  read before and after each run, and the results' own timestamps as the subscriber gets
+  them;
 * gateway and cloud CPU seconds per frame (``process_cpu_seconds_total`` of each process);
 * cloud training time on what arrived: the cloud half retrained on the features stored
   during that run (``edgelearn train``'s code), with its held-out accuracy.
@@ -53,7 +56,7 @@ from edgelearn import wire
 from edgelearn.config import BrokerConfig
 from edgelearn.detection import BoxScore, score_boxes
 from edgelearn.evidence import Evidence
-from edgelearn.metrics import machine_info, scrape
+from edgelearn.metrics import Samples, histogram_quantile, machine_info, scrape
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
 from stack.launcher import RunningStack, StackSettings, launch
 from stack.observer import Scored, accuracies, scored_objects
@@ -117,6 +120,7 @@ class CloudWatch:
         self.feature_messages = 0
         self.frame_messages = 0
         self.latencies: list[float] = []
+        self.deliveries: list[float] = []  # result made -> here
         self.results = 0
         self.boxes: dict[tuple[str, int], tuple[wire.Box, ...]] = {}  # results' objects
         self.scored: list[Scored] = []  # each labeled object, as a subscriber scores it
@@ -144,6 +148,7 @@ class CloudWatch:
                 result = wire.decode_as(message.payload, wire.Result)
                 self.results += 1
                 self.latencies.append((result.result_ns - result.capture_ns) / 1e9)
+                self.deliveries.append((time.time_ns() - result.result_ns) / 1e9)
                 self.boxes[(result.camera_id, result.seq)] = result.boxes
                 self.scored += [
                     scored
@@ -159,12 +164,14 @@ class CloudWatch:
                 "frame_messages": self.frame_messages,
                 "results": self.results,
                 "latencies": self.latencies,
+                "deliveries": self.deliveries,
                 "boxes": self.boxes,
                 "scored": self.scored,
             }
             self.feature_bytes = self.feature_messages = self.frame_messages = 0
             self.results = 0
             self.latencies = []
+            self.deliveries = []
             self.boxes = {}
             self.scored = []
         return snapshot
@@ -349,8 +356,10 @@ def _measure(
     gateway_urls: list[str],
     cloud_url: str,
 ) -> dict[str, Any]:
-    def counters() -> dict[str, float]:
-        gateway, cloud = scrape(gateway_urls), scrape([cloud_url])
+    def read() -> tuple[Samples, Samples]:
+        return scrape(gateway_urls), scrape([cloud_url])
+
+    def counters(gateway: Samples, cloud: Samples) -> dict[str, float]:
         processed = "edgelearn_gateway_frames_processed_total"
         scored = "edgelearn_cloud_frames_scored_total"
         return {
@@ -367,7 +376,8 @@ def _measure(
         }
 
     watch.reset()
-    before = counters()
+    read_before = read()
+    before = counters(*read_before)
     topics = wire.Topics(SITE)
     order = list(frames.items())
     per_camera = len(order[0][1])
@@ -380,13 +390,14 @@ def _measure(
     sent = per_camera * len(frames)
 
     def settled() -> bool:
-        now = counters()
+        now = counters(*read())
         handled = sum(now[key] - before[key] for key in ("forwarded", "held", "dropped"))
         answered = watch.results + now["empty"] - before["empty"]
         return handled >= sent and answered >= now["forwarded"] - before["forwarded"]
 
     poll_until(settled, 60)  # what has not arrived by then is missing from the row
-    after = counters()
+    read_after = read()
+    after = counters(*read_after)
     seen = watch.reset()
     delta = {key: after[key] - before[key] for key in after}
     frames_handled = delta["forwarded"] + delta["held"]
@@ -415,9 +426,94 @@ def _measure(
         "boxes": seen["boxes"],
         "latency_p50_seconds": quantile(seen["latencies"], 0.5),
         "latency_p99_seconds": quantile(seen["latencies"], 0.99),
+        "hops": hop_figures(mode, read_before, read_after, seen["deliveries"]),
         "gateway_cpu_seconds_per_frame": delta["gateway_cpu"] / sent,
         "cloud_cpu_seconds_per_frame": delta["cloud_cpu"] / sent,
     }
+
+
+# The hops of a frame that gets a result, camera to subscriber, in order: (key, role, hop).
+# The gateway's and the cloud's are their ``..._hop_seconds`` histograms (each frame's own
+# time in that hop); ``outbox_and_uplink`` has no histogram of its own, see :func:`hop_figures`.
+HOPS = (
+    ("camera_to_gateway", "gateway", "camera"),
+    ("gateway_queue", "gateway", "queue"),
+    ("gateway_processing", "gateway", "processing"),
+    ("outbox_and_uplink", "", ""),
+    ("cloud_queue", "cloud", "queue"),
+    ("cloud_prepare", "cloud", "prepare"),
+    ("cloud_inference", "cloud", "inference"),
+    ("result", "", ""),
+)
+# Parts of the hops above, reported beside them: the outbox alone (pipeline done -> publish
+# starts), the publish to the edge broker (-> its acknowledgement; the bridge carries the
+# feature meanwhile) and the cloud's share of ``result`` (result made -> published).
+HOP_PARTS = (
+    ("gateway_outbox", "gateway", "outbox"),
+    ("gateway_publish", "gateway", "publish"),
+    ("cloud_publish", "cloud", "publish"),
+)
+
+
+def hop_figures(
+    mode: Mode,
+    before: tuple[Samples, Samples],
+    after: tuple[Samples, Samples],
+    deliveries: list[float],
+) -> dict[str, dict[str, float | int | None]]:
+    """p50 and p99 per hop of one run, in seconds (None: nothing went through it).
+
+    Each process times the hops it holds, frame by frame, into its histograms (what an
+    operator's Prometheus gets too); their bucket counts before and after the run give the
+    run's own distribution, interpolated within buckets of 1-50 ms. Two hops cross a process
+    boundary: ``result`` (the result made -> this subscriber has it) comes exactly from each
+    result's ``result_ns``; ``outbox_and_uplink`` (the gateway's pipeline done -> a consumer
+    received the feature) is the difference of the two ages measured there (time since
+    capture, on one host's clock), quantile by quantile: exact for a hop that adds a steady
+    time, an estimate of its p99 otherwise (``estimated``).
+    """
+    roles = {"gateway": 0, "cloud": 1}
+
+    def delta(role: int, name: str, **match: str) -> dict[float, float]:
+        later = after[role].buckets(name, **match)
+        earlier = before[role].buckets(name, **match)
+        return {bound: later[bound] - earlier.get(bound, 0.0) for bound in later}
+
+    def figures(buckets: dict[float, float]) -> dict[str, float | int | None]:
+        return {
+            "p50_seconds": histogram_quantile(buckets, 0.5),
+            "p99_seconds": histogram_quantile(buckets, 0.99),
+            "count": int(max(buckets.values(), default=0)),
+        }
+
+    def of(role: str, hop: str) -> dict[float, float]:
+        name = f"edgelearn_{role}_hop_seconds"
+        if role == "cloud":
+            return delta(roles[role], name, mode=str(mode), hop=hop)
+        return delta(roles[role], name, hop=hop)
+
+    processed = figures(delta(0, "edgelearn_gateway_processed_age_seconds"))
+    arrival = figures(delta(1, "edgelearn_cloud_arrival_age_seconds", mode=str(mode)))
+    hops: dict[str, dict[str, float | int | None]] = {}
+    for key, role, hop in HOPS + HOP_PARTS:
+        if role:
+            hops[key] = figures(of(role, hop))
+    uplink: dict[str, float | int | None] = {"count": arrival["count"], "estimated": True}
+    for q in ("p50_seconds", "p99_seconds"):
+        at_cloud, done = arrival[q], processed[q]
+        uplink[q] = (
+            max(0.0, float(at_cloud) - float(done))
+            if at_cloud is not None and done is not None
+            else None
+        )
+    hops["outbox_and_uplink"] = uplink
+    hops["result"] = {
+        "p50_seconds": quantile(deliveries, 0.5),
+        "p99_seconds": quantile(deliveries, 0.99),
+        "count": len(deliveries),
+    }
+    ordered = {key: hops[key] for key, _, _ in HOPS + HOP_PARTS}
+    return ordered | {"gateway_processed_age": processed, "cloud_arrival_age": arrival}
 
 
 def _train_the_plan(registry: Path, budget: Budget, whole_plan: bool) -> float:
@@ -498,6 +594,49 @@ def _retrain(registry: Path, store: Path, budget: Budget) -> dict[str, Any]:
     return results
 
 
+def _hop_table(rows: dict[str, Any]) -> list[str]:
+    """Where each mode's time goes: p50 / p99 per hop (:func:`hop_figures`), in ms."""
+    names = {
+        "camera_to_gateway": "camera -> gateway",
+        "gateway_queue": "gateway queue",
+        "gateway_processing": "gateway processing",
+        "outbox_and_uplink": "outbox + uplink ~",
+        "cloud_queue": "cloud queue",
+        "cloud_prepare": "cloud decode",
+        "cloud_inference": "cloud inference",
+        "result": "result",
+    }
+
+    def cell(figures: dict[str, Any] | None) -> str:
+        if not figures or figures.get("p50_seconds") is None:
+            return "-"
+        return f"{figures['p50_seconds'] * 1000:.1f} / {figures['p99_seconds'] * 1000:.1f}"
+
+    lines = [
+        "",
+        "Where the time goes, p50 / p99 ms per hop (each hop's own distribution; `~`: the "
+        "difference of the ages since capture at the gateway's end and the cloud's receipt, "
+        "an estimate at p99; `result`: made -> this subscriber has it, so for `full`, whose "
+        "results the gateway makes, it holds their uplink too; `capture -> result` is the "
+        "latency column above, to the result's making):",
+        "",
+        "| mode | keyframes | " + " | ".join(names.values()) + " | capture -> result |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for row in rows.values():
+        hops = row.get("hops") or {}
+        total = {
+            "p50_seconds": row["latency_p50_seconds"],
+            "p99_seconds": row["latency_p99_seconds"],
+        }
+        lines.append(
+            f"| {row['mode']} | {'on' if row['keyframes'] else 'off'} | "
+            + " | ".join(cell(hops.get(key)) for key in names)
+            + f" | {cell(total)} |"
+        )
+    return lines
+
+
 def _write_outputs(result: dict[str, Any], output_dir: Path) -> None:
     from stack.report import render_from_json
 
@@ -524,6 +663,7 @@ def _write_outputs(result: dict[str, Any], output_dir: Path) -> None:
             f"{row['gateway_cpu_seconds_per_frame'] * 1000:.1f} / "
             f"{row['cloud_cpu_seconds_per_frame'] * 1000:.1f} |"
         )
+    lines += _hop_table(result["modes"])
     lines += [
         "",
         "| mode | cloud training s | uplink bytes of training set | held-out accuracy |",

@@ -18,8 +18,9 @@ so that version alone finds the cloud half that belongs to it. ``raw`` features 
 camera's JPEG and no model version: they are answered by the newest cloud-only CNN (kind
 ``cloud-classifier``). Models load once (TensorFlow is imported on first use) and are called
 directly rather than through ``Model.predict``, whose per-call overhead (tens of ms) would
-dominate small batches. A feature no model can answer is dropped with reason ``no_model``
-and counted.
+dominate small batches: a cloud half of dense layers only in numpy (tens of microseconds a
+batch), one with convolutions through a TensorFlow graph (about 1 ms). A feature no model
+can answer is dropped with reason ``no_model`` and counted.
 
 **Scoring** (:class:`Scoreboard`) counts per-frame accuracy the way a camera user sees it.
 Every frame a camera captured gets an answer: a keyframe gets its own result; the frames the
@@ -39,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -56,6 +58,7 @@ from prometheus_client import CollectorRegistry
 from cloud.adaptation import ClassMix
 from cloud.feature_store import Arrival, FeatureStore
 from cloud.metrics import CloudMetrics
+from cloud.models.dense_head import DenseHead
 from cloud.models.errors import RegistryError
 from cloud.registry import ModelEntry, Registry
 from cloud.shadow import Shadow, ShadowBoard
@@ -192,15 +195,22 @@ class Scoreboard:
 
 @dataclass
 class KerasClassifier:
+    """A registry entry's cloud half: the Keras model, answered by ``head`` (numpy) when it
+    is only dense layers (:class:`cloud.models.dense_head.DenseHead`: ``split:8``'s one
+    dense layer, the ``pca`` and ``autoencoder`` classifiers), else by a TensorFlow graph."""
+
     model: Any
     takes_frames: bool
     input_size: int
     channels: int
     version: str
     objects: bool = False
+    head: DenseHead | None = None
     _call: Any = None
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        if self.head is not None:
+            return self.head.predict(batch)
         if self._call is None:
             import tensorflow as tf
 
@@ -248,13 +258,15 @@ class RegistryModels:
             if entry.version in self._loaded:
                 return self._loaded[entry.version]
         size, _, channels = entry.input_shape[:3]
+        model = self.registry.load_cloud_model(entry)
         classifier = KerasClassifier(
-            model=self.registry.load_cloud_model(entry),
+            model=model,
             takes_frames=entry.kind == KIND_CLOUD_CLASSIFIER,
             input_size=int(size),
             channels=int(channels),
             version=entry.version,
             objects=entry.model_input == roi.CROP_RULE,
+            head=DenseHead.of(model),
         )
         with self._lock:
             return self._loaded.setdefault(entry.version, classifier)
@@ -431,6 +443,7 @@ class _Incoming:
     site: str
     envelope: wire.Feature | wire.Result
     size: int
+    received: float = 0.0  # time.perf_counter(): the queue hop
 
 
 @dataclass
@@ -444,6 +457,7 @@ class _Answer:
     rows: int = 1  # model inputs it gave: one per object (one for a whole frame)
     served: str = ""  # the version of the cloud half that answered
     empty: bool = False  # a raw frame with no object in view: recorded and acked, no result
+    made: float = 0.0  # time.perf_counter() when its result was made: the publish hop
 
 
 class CloudConsumer:
@@ -507,8 +521,14 @@ class CloudConsumer:
         mode = envelope.extractor
         self.metrics.features_received.labels(mode).inc()
         self.metrics.received_bytes.labels(mode).inc(len(payload))
+        self.metrics.arrival_age.labels(mode).observe(
+            max(0, time.time_ns() - envelope.capture_ns) / 1e9
+        )
+        incoming = _Incoming(
+            wire.topic_level(topic, 2), envelope, len(payload), time.perf_counter()
+        )
         try:
-            self._queue.put_nowait(_Incoming(wire.topic_level(topic, 2), envelope, len(payload)))
+            self._queue.put_nowait(incoming)
         except queue.Full:  # not acked: the gateway sends it again
             self.metrics.dropped.labels("queue_full").inc()
 
@@ -539,12 +559,19 @@ class CloudConsumer:
         """Answer what the ledger has not seen, then record once (a duplicate another
         consumer recorded meanwhile is dropped there), then score and publish what was new,
         then acknowledge everything that will not change by trying again."""
+        started = time.perf_counter()
+        for item in batch:
+            self.metrics.hop_seconds.labels(item.envelope.extractor, "queue").observe(
+                max(0.0, started - item.received)
+            )
         self.metrics.batch_size.observe(len(batch))
         seen = self.store.known([(item.site, item.envelope) for item in batch])
         repeats = [item for item, known in zip(batch, seen, strict=True) if known]
         for item in repeats:  # a retry of what is recorded: no inference, acked again
             self.metrics.duplicates.labels(item.envelope.extractor).inc()
-        answers = self._answer([item for item, known in zip(batch, seen, strict=True) if not known])
+        answers = self._answer(
+            [item for item, known in zip(batch, seen, strict=True) if not known], started
+        )
         answered = [answer for answer in answers if answer.result is not None or answer.empty]
         new = self.store.record(
             [
@@ -564,7 +591,7 @@ class CloudConsumer:
             if answer.result is None:  # nothing in view: every capture is answered or this
                 self.metrics.frames_without_objects.labels(envelope.extractor).inc()
                 continue
-            self._emit(answer.incoming.site, answer.result, answer.served)
+            self._emit(answer.incoming.site, answer.result, answer.served, answer.made)
         self._acknowledge(repeats + [answer.incoming for answer in answers if answer.final])
         self._run_shadows()
 
@@ -589,7 +616,8 @@ class CloudConsumer:
             )  # fmt: skip
             self.metrics.shadow_objects.labels(job.shadow.mode).inc(len(job.keys))
 
-    def _answer(self, batch: list[_Incoming]) -> list[_Answer]:
+    def _answer(self, batch: list[_Incoming], started: float) -> list[_Answer]:
+        """The answers of a batch that ``started`` (``time.perf_counter()``) then."""
         answers = [_Answer(item) for item in batch]
         groups: dict[tuple[str, str], list[_Answer]] = defaultdict(list)
         for answer in answers:
@@ -597,6 +625,7 @@ class CloudConsumer:
             if isinstance(envelope, wire.Result):
                 answer.result = envelope  # the edge answered ("full")
                 answer.served = envelope.model_version
+                answer.made = started
             else:
                 groups[(envelope.extractor, envelope.model_version)].append(answer)
         for (extractor, version), group in groups.items():
@@ -609,7 +638,7 @@ class CloudConsumer:
                 )
                 by_classifier.setdefault(id(classifier), (classifier, []))[1].append(answer)
             for classifier, part in by_classifier.values():
-                self._answer_with(classifier, extractor, version, part)
+                self._answer_with(classifier, extractor, version, part, started)
             self._note_serving(extractor, self.models.classifier_for(extractor, version))
         return answers
 
@@ -625,7 +654,12 @@ class CloudConsumer:
             self._serving[extractor] = classifier.version
 
     def _answer_with(
-        self, classifier: Classifier | None, extractor: str, version: str, group: list[_Answer]
+        self,
+        classifier: Classifier | None,
+        extractor: str,
+        version: str,
+        group: list[_Answer],
+        started: float,
     ) -> None:
         if classifier is None:  # the registry may get it (a training still running)
             self.metrics.dropped.labels("no_model").inc(len(group))
@@ -638,9 +672,14 @@ class CloudConsumer:
         inputs, kept = self._inputs(classifier, group)
         if not kept:
             return
-        started = time.perf_counter()
+        called = time.perf_counter()
         probabilities = classifier.predict(inputs)
-        self.metrics.inference_seconds.labels(extractor).observe(time.perf_counter() - started)
+        inferred = time.perf_counter()
+        self.metrics.inference_seconds.labels(extractor).observe(inferred - called)
+        for hop, seconds in (("prepare", called - started), ("inference", inferred - called)):
+            histogram = self.metrics.hop_seconds.labels(extractor, hop)
+            for _ in kept:  # each feature's own hop
+                histogram.observe(seconds)
         mix = self.class_mix
         shadow = self.shadows.shadow_for(extractor, classifier.version) if self.shadows else None
         if mix is not None or shadow is not None:  # a static cloud skips all of this
@@ -662,6 +701,7 @@ class CloudConsumer:
             position += answer.rows
             answer.served = classifier.version
             answer.result = _result_of(feature, rows, per_object=_per_object(feature, classifier))
+            answer.made = time.perf_counter()
 
     def _inputs(
         self, classifier: Classifier, answers: list[_Answer]
@@ -721,7 +761,9 @@ class CloudConsumer:
             for box in feature.boxes
         ]
 
-    def _emit(self, site: str, result: wire.Result, served: str = "") -> None:
+    def _emit(self, site: str, result: wire.Result, served: str, made: float) -> None:
+        """Score ``result`` and publish it; ``made`` (``time.perf_counter()``) is when it
+        was made (an edge result: when its batch started), for the publish hop."""
         mode = result.extractor
         computed_at = result.computed_at.name.lower()
         self.metrics.results.labels(mode, computed_at).inc()
@@ -759,7 +801,7 @@ class CloudConsumer:
         # QoS 0: a result is news, not a record (the ack is the record).
         topics = wire.Topics(self.config.results_site or site)
         future = self._publish(topics.result(result.camera_id), wire.encode(result), 0)
-        future.add_done_callback(self._published)
+        future.add_done_callback(functools.partial(self._published, mode, made))
 
     def _acknowledge(self, handled: list[_Incoming]) -> None:
         """One Ack per (site, gateway) for everything handled for good, new or not."""
@@ -780,10 +822,11 @@ class CloudConsumer:
             self._session.publish(topic, payload, qos=qos, wait_for_connection=1.0), self._loop
         )
 
-    def _published(self, future: Any) -> None:
+    def _published(self, mode: str, made: float, future: Any) -> None:
         if future.cancelled() or isinstance(future.exception(), NotConnected):
             self.metrics.dropped.labels("result_not_published").inc()
         else:
+            self.metrics.hop_seconds.labels(mode, "publish").observe(time.perf_counter() - made)
             self.results_published += 1
 
     def _acked(self, future: Any) -> None:

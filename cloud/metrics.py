@@ -17,6 +17,9 @@
   included (see :class:`cloud.consumer.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
 * ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
 * ``edgelearn_cloud_end_to_end_latency_seconds{mode}`` - capture to result
+* ``edgelearn_cloud_hop_seconds{mode,hop}`` - where a feature's time goes in the cloud
+  (:data:`HOPS`), and ``edgelearn_cloud_arrival_age_seconds{mode}``: its age (since capture
+  at the camera) when a consumer received it
 * ``edgelearn_cloud_model_info{mode,version}``, ``edgelearn_cloud_queue_depth``
 * ``edgelearn_cloud_training_runs_total{kind}``, ``edgelearn_cloud_training_seconds{kind}``
   (``bootstrap``: the first model set; a mode: the continuous trainer's runs)
@@ -41,9 +44,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
-)  # fmt: skip
+from edgelearn.metrics import HOP_BUCKETS
+
+LATENCY_BUCKETS = HOP_BUCKETS  # fine where the targets are: p50 15 ms, p99 50 ms
+# The hops of a feature in a consumer, in order (each feature's own; a batch's share of them
+# is observed once per feature of the batch).
+HOPS = (
+    "queue",  # received -> its batch starts
+    "prepare",  # the batch starts -> the model is called: the ledger's check, decoding
+    "inference",  # the batch's model call (upper layers)
+    "publish",  # result made -> published: ledger record, scoring, the publish itself
+)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 TRAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -156,6 +167,20 @@ class CloudMetrics:
             "From frame capture at the camera to its result at the cloud",
             ["mode"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.hop_seconds = Histogram(
+            "edgelearn_cloud_hop_seconds",
+            "Time a feature spent in each hop at the cloud",
+            ["mode", "hop"],
+            buckets=HOP_BUCKETS,
+            registry=registry,
+        )
+        self.arrival_age = Histogram(
+            "edgelearn_cloud_arrival_age_seconds",
+            "Time since capture when a consumer received a feature (or an edge result)",
+            ["mode"],
+            buckets=HOP_BUCKETS,
             registry=registry,
         )
         self.model_info = Gauge(

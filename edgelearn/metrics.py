@@ -1,5 +1,6 @@
 """Metric helpers shared by every process: build info, the ``/metrics`` HTTP endpoint, and
-reading other processes' ``/metrics`` back.
+reading other processes' ``/metrics`` back, and the buckets shared by the histograms of a
+frame's hops (:data:`HOP_BUCKETS`).
 
 Naming follows ``edgelearn_<role>_<name>_<unit>``; each role defines its own metrics in its
 ``metrics.py`` against a registry passed in (never the global default registry, which
@@ -10,6 +11,7 @@ port 0 asks the OS for a free one and :func:`serve_metrics` returns the port it 
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import urllib.request
@@ -20,6 +22,14 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Info, ProcessCollector, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
+
+# A frame's hops, camera to result (``edgelearn_gateway_hop_seconds``,
+# ``edgelearn_cloud_hop_seconds`` and the ages at the hand-over between them): fine where the
+# latency targets are (p50 15 ms, p99 30-50 ms), up to the seconds of an overloaded run.
+HOP_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
+    0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
 
 
 def package_version() -> str:
@@ -111,6 +121,16 @@ class Samples:
     def total(self, name: str, **match: str) -> float:
         return sum(value for _, value in self.values(name, **match))
 
+    def buckets(self, name: str, **match: str) -> dict[float, float]:
+        """A histogram's cumulative bucket counts by upper bound (``+Inf`` included), summed
+        over every series of ``name`` (``..._bucket`` samples) whose labels hold ``match``:
+        several processes', several label values'."""
+        counts: dict[float, float] = {}
+        for labels, value in self.values(f"{name}_bucket", **match):
+            bound = float(labels["le"])
+            counts[bound] = counts.get(bound, 0.0) + value
+        return counts
+
     def by_label(self, name: str, label: str, **match: str) -> dict[str, float]:
         """Sums of ``name`` per value of ``label`` (samples without it are left out)."""
         sums: dict[str, float] = {}
@@ -118,6 +138,28 @@ class Samples:
             if label in labels:
                 sums[labels[label]] = sums.get(labels[label], 0.0) + value
         return sums
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The ``q`` quantile of cumulative bucket counts (:meth:`Samples.buckets`, or the
+    difference of two of them), interpolated within its bucket as PromQL's
+    ``histogram_quantile`` does; None without observations. A quantile in the ``+Inf``
+    bucket is the largest finite bound (a floor)."""
+    ordered = sorted(buckets.items())
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * (
+                (rank - lower_count) / width if width else 1.0
+            )
+        lower_bound, lower_count = bound, count
+    return None
 
 
 def parse_samples(text: str) -> Samples:

@@ -13,6 +13,10 @@
 * ``edgelearn_gateway_uplink_bytes_total{camera,mode}`` - envelope bytes sent upstream
 * ``edgelearn_gateway_stage_seconds{stage}`` - decode_small, objects, keyframe, decode,
   extract, encode, publish
+* ``edgelearn_gateway_hop_seconds{hop}`` - where a forwarded frame's time goes at the
+  gateway, frame by frame (:data:`HOPS`), and ``edgelearn_gateway_processed_age_seconds``:
+  its age (since capture) when the pipeline is done with it. The cloud's
+  ``edgelearn_cloud_arrival_age_seconds`` against this one is the outbox and the uplink.
 * ``edgelearn_gateway_objects_seen_total{camera}``, ``..._frames_looked_at_total{camera}``
   (their rates' ratio: objects in view) and ``..._objects_entered_total{camera}`` (new
   tracks), from the per-camera background model (:mod:`edgelearn.roi`)
@@ -39,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from edgelearn.metrics import HOP_BUCKETS
 from edgelearn.roi import FoundObject
 from gateway.outbox import Outbox
 
@@ -62,6 +67,17 @@ FEATURE_DROP_REASONS: Final = (
     "outbox_failed",  # the disk refused it and no send slot was free
 )
 UNKNOWN_CAMERA: Final = "unknown"
+
+# The hops of a forwarded frame (one that gets a result), in order. ``camera`` is measured on
+# wall clocks (capture at the camera to receipt here: the camera's JPEG encoding, the edge
+# broker, a pool's dispatcher), the others on this process's monotonic clock.
+HOPS: Final = (
+    "camera",  # captured -> received by this worker
+    "queue",  # received -> taken by the worker thread
+    "processing",  # the pipeline: decode, objects, keyframe rule, extraction, encoding
+    "outbox",  # processed -> its first publish starts: on disk, handed to the event loop
+    "publish",  # publish -> the edge broker's acknowledgement (QoS 1)
+)
 
 # Stage costs run from ~50 us (keyframe score) to tens of ms (a big split on a busy core).
 STAGE_BUCKETS: Final = (
@@ -152,6 +168,19 @@ class GatewayMetrics:
             "Time per pipeline stage",
             ["stage"],
             buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.hop_seconds = Histogram(
+            "edgelearn_gateway_hop_seconds",
+            "Time a forwarded frame spent in each hop at the gateway",
+            ["hop"],
+            buckets=HOP_BUCKETS,
+            registry=registry,
+        )
+        self.processed_age = Histogram(
+            "edgelearn_gateway_processed_age_seconds",
+            "Time since capture when the pipeline was done with a forwarded frame",
+            buckets=HOP_BUCKETS,
             registry=registry,
         )
         self.capacity = Gauge(

@@ -167,6 +167,13 @@ class LatestFrames(Generic[T]):
 class _Arrival:
     frame: wire.Frame
     transport: str
+    received_ns: int  # time.time_ns(): the camera hop is capture (its clock) to here
+
+
+@dataclass(frozen=True)
+class _FirstSend:
+    pending: Pending
+    processed: float  # time.monotonic() when the pipeline was done: the outbox hop
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,7 @@ class GatewayWorker:
         self.metrics.watch_outbox(lambda: self.outbox)
         self._peers = PeerLog(log)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sends: asyncio.Queue[Pending] | None = None  # first sends, straight from work
+        self._sends: asyncio.Queue[_FirstSend] | None = None  # first sends, from work
         self._pending = threading.BoundedSemaphore(config.max_pending)
         self._inflight = asyncio.Semaphore(config.max_inflight)
         self._extract_seconds: dict[str, float] = {}  # by mode, as its text form
@@ -274,7 +281,7 @@ class GatewayWorker:
         self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
         self.frames_in_total += 1
         self.input_bytes_total += len(frame.payload)
-        self.queue.put(frame.camera_id, _Arrival(frame, transport))
+        self.queue.put(frame.camera_id, _Arrival(frame, transport, time.time_ns()))
         return None
 
     def _read_feed(self) -> None:
@@ -418,11 +425,13 @@ class GatewayWorker:
             if entry is None:
                 continue
             frame = entry.item.frame
+            taken = time.monotonic()  # the queue's clock
             try:
                 outcome = self.pipeline.process(frame)
             except Exception:  # a model failing on one frame must not stop the worker
                 log.exception("extraction failed on %s #%d", frame.camera_id, frame.seq)
                 outcome = Dropped("extract_failed")
+            processed = time.monotonic()
             camera = frame.camera_id
             if isinstance(outcome, Dropped):
                 self._count_drop(camera, outcome.reason)
@@ -436,9 +445,19 @@ class GatewayWorker:
                 continue
             self.keyframes_total += 1
             self.metrics.processed.labels(camera, "forwarded").inc()
-            self._keep_and_send(outcome)
+            self._observe_hops(entry, taken, processed)
+            self._keep_and_send(outcome, processed)
 
-    def _keep_and_send(self, item: Forward) -> None:
+    def _observe_hops(self, entry: Queued[_Arrival], taken: float, processed: float) -> None:
+        """The gateway's hops of a forwarded frame (the ones that end in a result)."""
+        capture_ns = entry.item.frame.capture_ns
+        hops = self.metrics.hop_seconds
+        hops.labels("camera").observe(max(0, entry.item.received_ns - capture_ns) / 1e9)
+        hops.labels("queue").observe(max(0.0, taken - entry.enqueued))
+        hops.labels("processing").observe(processed - taken)
+        self.metrics.processed_age.observe(max(0, time.time_ns() - capture_ns) / 1e9)
+
+    def _keep_and_send(self, item: Forward, processed: float) -> None:
         """Into the outbox first (on disk before it is sent), then queue its first send. With
         no send slot free (the uplink is slow or down) it waits in the outbox instead, due at
         once: the worker never blocks on the uplink, and the outbox's bounds and policy
@@ -462,7 +481,7 @@ class GatewayWorker:
             self._pending.release()
             return
         pending = Pending(*capture, topic, item.data, mode, attempts=0)
-        self._loop.call_soon_threadsafe(self._sends.put_nowait, pending)
+        self._loop.call_soon_threadsafe(self._sends.put_nowait, _FirstSend(pending, processed))
 
     def _outbox_failed(self, exc: OutboxError) -> None:
         self.metrics.outbox_failures.inc()
@@ -488,7 +507,7 @@ class GatewayWorker:
         while True:
             item = await self._sends.get()
             await self._inflight.acquire()
-            self._spawn(self._send(item, first=True), "publish")
+            self._spawn(self._send(item.pending, first=True, processed=item.processed), "publish")
 
     async def _resend(self) -> None:
         """Whatever the outbox says is due: unacknowledged after its backoff, a send that
@@ -510,9 +529,13 @@ class GatewayWorker:
                 wait = 0.5 if due is None else due - time.time()
                 await asyncio.sleep(min(0.5, max(0.02, wait)))  # the resend schedule's tick
 
-    async def _send(self, item: Pending, *, first: bool) -> None:
+    async def _send(self, item: Pending, *, first: bool, processed: float | None = None) -> None:
+        """Publish one feature; ``processed`` (a first send's) is when the pipeline was done
+        with it, for the outbox hop."""
         assert self._session is not None and self.outbox is not None
         started = time.perf_counter()
+        if processed is not None:
+            self.metrics.hop_seconds.labels("outbox").observe(time.monotonic() - processed)
         try:
             await self._session.publish(item.topic, item.payload, qos=1, wait_for_connection=1)
         except NotConnected as exc:
@@ -527,7 +550,10 @@ class GatewayWorker:
             self._inflight.release()
             if first:
                 self._pending.release()
-        self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
+        published = time.perf_counter() - started
+        self.metrics.stage_seconds.labels("publish").observe(published)
+        if processed is not None:
+            self.metrics.hop_seconds.labels("publish").observe(published)
         self.metrics.uplink_bytes.labels(item.camera_id, item.mode).inc(len(item.payload))
         self.uplink_bytes_total += len(item.payload)
         if not first:

@@ -111,6 +111,14 @@ def test_labeled_cameras_through_gateway_and_cloud_are_scored(
             scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="correct"
         )
         wrong = _total(scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="wrong")
+        # Where each forwarded frame's time went: its hops at the gateway, then the cloud's.
+        for hop in ("camera", "queue", "processing"):
+            assert gateway.sample("edgelearn_gateway_hop_seconds_count", hop=hop) == forwarded
+        hops = {
+            hop: _total(scored, "edgelearn_cloud_hop_seconds_count", mode=mode, hop=hop)
+            for hop in ("queue", "prepare", "inference", "publish")
+        }
+        assert hops["queue"] >= forwarded and hops["publish"] >= 1 and hops["inference"] >= 1
     results = [wire.decode_as(p, wire.Result) for p in listener.payloads()]
     assert {r.extractor for r in results} == {mode}
     if mode == "full":  # the edge answers; the crops of every 10th labeled keyframe go up

@@ -1,0 +1,121 @@
+"""Where a frame's time goes, and the cloud half that answers in microseconds.
+
+* the histograms' quantiles (:func:`edgelearn.metrics.histogram_quantile`) and the per-hop
+  figures ``bench pipeline`` makes of two scrapes (:func:`bench.pipeline.hop_figures`);
+* a cloud half of dense layers only, answered in numpy, answers what its Keras model
+  answers: the same classes, probabilities to float rounding, whatever the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bench.pipeline import HOP_PARTS, HOPS, hop_figures
+from cloud.metrics import CloudMetrics
+from edgelearn.metrics import HOP_BUCKETS, Samples, histogram_quantile, parse_samples
+from edgelearn.modes import Mode
+from gateway.metrics import GatewayMetrics
+
+
+def test_histogram_quantiles_interpolate_within_buckets_as_promql_does() -> None:
+    buckets = {0.01: 50.0, 0.02: 90.0, 0.05: 100.0, float("inf"): 100.0}
+    assert histogram_quantile(buckets, 0.5) == pytest.approx(0.01)
+    assert histogram_quantile(buckets, 0.7) == pytest.approx(0.015)
+    assert histogram_quantile(buckets, 0.99) == pytest.approx(0.047)
+    assert histogram_quantile({0.01: 0.0, float("inf"): 0.0}, 0.5) is None
+    assert histogram_quantile({0.01: 0.0, float("inf"): 4.0}, 0.5) == 0.01  # a floor
+
+
+def _scrape(gateway: CollectorRegistry, cloud: CollectorRegistry) -> tuple[Samples, Samples]:
+    """Both registries as :func:`edgelearn.metrics.scrape` reads their endpoints."""
+    return (
+        parse_samples(generate_latest(gateway).decode()),
+        parse_samples(generate_latest(cloud).decode()),
+    )
+
+
+def test_the_bench_reports_each_hop_of_its_own_run_only() -> None:
+    gateway_registry, cloud_registry = CollectorRegistry(), CollectorRegistry()
+    gateway, cloud = GatewayMetrics(gateway_registry), CloudMetrics(cloud_registry)
+    mode = Mode.split(8)
+    for _ in range(20):  # an earlier run, slow everywhere: not this run's
+        for hop in ("camera", "queue", "processing", "outbox", "publish"):
+            gateway.hop_seconds.labels(hop).observe(0.9)
+        cloud.hop_seconds.labels(str(mode), "inference").observe(0.9)
+    before = _scrape(gateway_registry, cloud_registry)
+    for index in range(100):
+        gateway.hop_seconds.labels("camera").observe(0.004)
+        gateway.hop_seconds.labels("queue").observe(0.0005)
+        gateway.hop_seconds.labels("processing").observe(0.006 if index < 99 else 0.2)
+        gateway.processed_age.observe(0.011)
+        cloud.arrival_age.labels(str(mode)).observe(0.018)
+        cloud.hop_seconds.labels(str(mode), "inference").observe(0.0001)
+        cloud.hop_seconds.labels("raw", "inference").observe(0.5)  # another mode's
+    after = _scrape(gateway_registry, cloud_registry)
+    hops = hop_figures(mode, before, after, deliveries=[0.001] * 99 + [0.009])
+    assert list(hops)[: len(HOPS + HOP_PARTS)] == [key for key, _, _ in HOPS + HOP_PARTS]
+    camera = hops["camera_to_gateway"]
+    assert camera["count"] == 100
+    assert 0.003 < (camera["p50_seconds"] or 0) <= 0.005  # in its bucket
+    processing = hops["gateway_processing"]
+    assert (processing["p50_seconds"] or 0) <= 0.0075
+    assert (processing["p99_seconds"] or 0) <= 0.0075 < 0.2  # one slow frame in 100: p100
+    inference = hops["cloud_inference"]
+    assert inference["count"] == 100 and (inference["p99_seconds"] or 1) <= 0.001
+    assert hops["cloud_queue"] == {"p50_seconds": None, "p99_seconds": None, "count": 0}
+    uplink = hops["outbox_and_uplink"]  # 18 ms old at the cloud, 11 ms at the gateway's end
+    assert uplink["estimated"] and 0 < (uplink["p50_seconds"] or 0) <= 0.01
+    assert hops["result"]["count"] == 100
+    assert hops["result"]["p50_seconds"] == pytest.approx(0.001)
+
+
+def test_hop_buckets_are_fine_where_the_targets_are() -> None:
+    assert {0.015, 0.03, 0.05} <= set(HOP_BUCKETS)
+    assert sum(1 for bound in HOP_BUCKETS if bound <= 0.05) >= 10
+
+
+@pytest.mark.training
+def test_dense_cloud_halves_answer_in_numpy_what_keras_answers(trained_registry: Path) -> None:
+    from cloud.bootstrap import deployable
+    from cloud.consumer import RegistryModels
+    from cloud.models import cnn
+    from cloud.models.dense_head import DenseHead
+    from cloud.registry import Registry
+
+    registry = Registry(trained_registry)
+    models = RegistryModels(registry)
+    halves = {}
+    for entry in [*deployable(registry, (2,)), registry.serving(Mode("raw"))]:
+        classifier = models.load(entry)
+        halves[str(entry.mode)] = (classifier.model, classifier.head)
+    # split:8's (and 7's) upper part, cut from the full CNN as the trainer cuts it
+    full = registry.load_cloud_model(registry.serving(Mode("full")))
+    for k in (7, 8):
+        upper = cnn.split(full, k)[1]
+        halves[f"split:{k}"] = (upper, DenseHead.of(upper))
+    in_numpy = {mode for mode, (_, head) in halves.items() if head is not None}
+    assert in_numpy == {"pca", "autoencoder", "split:7", "split:8"}, in_numpy
+    rng = np.random.default_rng(7)
+    for mode, (model, head) in halves.items():
+        if head is None:  # convolutions: TensorFlow answers, as before
+            assert any("Conv" in type(layer).__name__ for layer in _layers(model)), mode
+            continue
+        shape = tuple(int(d) for d in model.input_shape[1:])
+        # Inputs in the range each half sees: ReLU6 activations, or features.
+        inputs = (rng.random((40, *shape)) * 6.0).astype(np.float32)
+        expected = np.asarray(model(inputs, training=False), np.float32)
+        for size in (1, 3, 40):  # any batch: each row its own answer
+            answered = head.predict(inputs[:size])
+            assert answered.dtype == np.float32 and answered.shape == expected[:size].shape
+            np.testing.assert_allclose(answered, expected[:size], atol=2e-6, err_msg=mode)
+            assert np.array_equal(answered.argmax(axis=1), expected[:size].argmax(axis=1))
+
+
+def _layers(model: Any) -> list[Any]:
+    inner = getattr(model, "layers", None)
+    return [model] if inner is None else [leaf for layer in inner for leaf in _layers(layer)]
