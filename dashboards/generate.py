@@ -412,6 +412,27 @@ def pipeline_overview() -> dict[str, Any]:
             min=0,
         ),
         Panel(
+            "Where the time goes: p99 per hop",
+            SECONDS,
+            [
+                Query(
+                    "histogram_quantile(0.99, sum by (hop, le) (rate("
+                    f"edgelearn_gateway_hop_seconds_bucket{{{GW}}}[{RATE}])))",
+                    "gateway {{hop}}",
+                ),
+                Query(
+                    "histogram_quantile(0.99, sum by (hop, le) (rate("
+                    f"edgelearn_cloud_hop_seconds_bucket[{RATE}])))",
+                    "cloud {{hop}}",
+                ),
+            ],
+            "Each forwarded frame's own time in each hop, at the gateway (camera -> worker, "
+            "its queue, the pipeline, the outbox, the publish to the edge broker) and at the "
+            "cloud (its queue, decoding, inference, the publish of the result). The bridge "
+            "between them is what the end-to-end latency has beyond their sum.",
+            min=0,
+        ),
+        Panel(
             "Drops by reason",
             PER_SECOND,
             [
