@@ -425,11 +425,22 @@ def pipeline_overview() -> dict[str, Any]:
                     f"edgelearn_cloud_hop_seconds_bucket[{RATE}])))",
                     "cloud {{hop}}",
                 ),
+                Query(
+                    "histogram_quantile(0.99, sum by (le) (rate("
+                    f"edgelearn_gateway_processed_age_seconds_bucket{{{GW}}}[{RATE}])))",
+                    "age when the gateway is done",
+                ),
+                Query(
+                    "histogram_quantile(0.99, sum by (le) (rate("
+                    f"edgelearn_cloud_arrival_age_seconds_bucket[{RATE}])))",
+                    "age on arrival at the cloud",
+                ),
             ],
             "Each forwarded frame's own time in each hop, at the gateway (camera -> worker, "
             "its queue, the pipeline, the outbox, the publish to the edge broker) and at the "
-            "cloud (its queue, decoding, inference, the publish of the result). The bridge "
-            "between them is what the end-to-end latency has beyond their sum.",
+            "cloud (its queue, decoding, inference, the publish of the result). The two ages "
+            "(since capture) bracket the uplink: their difference is the outbox and the "
+            "bridge.",
             min=0,
         ),
         Panel(
