@@ -49,82 +49,6 @@ def _fresh_state(tmp_path: Path, trained_registry: Path) -> tuple[Path, Path, Pa
     return registry, secrets, tmp_path / "run"
 
 
-@pytest.mark.e2e
-def test_up_runs_the_stack_shows_a_reduction_and_stops_everything(
-    tmp_path: Path, trained_registry: Path
-) -> None:
-    registry, secrets, run_dir = _fresh_state(tmp_path, trained_registry)
-    edge_port, cloud_port = free_port(), free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "stack",
-        "up",
-        "--duration",
-        "30",
-        "--budget",
-        "quick",
-        "--split-ks",
-        "2",
-        "--mode",
-        "split:2",
-        "--cameras",
-        "3",
-        "--secrets",
-        str(secrets),
-        "--registry",
-        str(registry),
-        "--run-dir",
-        str(run_dir),
-        "--edge-port",
-        str(edge_port),
-        "--cloud-port",
-        str(cloud_port),
-        "--prometheus-port",
-        "0",
-        "--interval",
-        "5",
-    ]
-    up = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    crossed: dict[str, int] = {"frames": 0, "features": 0}
-    lock = threading.Lock()
-    observer = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="bridge-watch", protocol=mqtt.MQTTv5
-    )
-    try:
-        wait_for(lambda: _listening(cloud_port) or up.poll() is not None, 60, "the cloud broker")
-        observer.username_pw_set("observer", Secrets(secrets).password("observer"))
-
-        def on_message(client: object, userdata: object, message: mqtt.MQTTMessage) -> None:
-            with lock:
-                crossed[message.topic.split("/")[3]] = (
-                    crossed.get(message.topic.split("/")[3], 0) + 1
-                )
-
-        observer.on_message = on_message
-        observer.connect("127.0.0.1", cloud_port)
-        observer.subscribe([("edgelearn/v1/+/frames/#", 0), ("edgelearn/v1/+/features/#", 0)])
-        observer.loop_start()
-        output, _ = up.communicate(timeout=600)
-    finally:
-        observer.loop_stop()
-        observer.disconnect()
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-    assert up.returncode == 0, output[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["results"] > 0
-    assert summary["uplink_reduction"] is not None and summary["uplink_reduction"] > 0.9
-    assert "reduction" in output and "cam-4" in output  # three labeled cameras + the video
-    people = summary["cameras"]["cam-4"]["objects"]  # vtest.avi: people walk through it
-    assert people["in_view"] > 0.5 and people["entered"] > 0, people
-    with lock:
-        assert crossed["features"] > 0  # the bridge carries features up...
-        assert crossed["frames"] == 0  # ...and never a raw frame
-    assert _survivors(str(run_dir), f"127.0.0.1:{edge_port}", f"127.0.0.1:{cloud_port}") == []
-
-
 def _pid_of(*needles: str) -> int | None:
     for proc in Path("/proc").iterdir():
         try:
@@ -146,22 +70,45 @@ def _results_lines(text: str) -> list[int]:
 
 
 @pytest.mark.e2e
-def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every_exit(
+def test_up_runs_the_stack_restarts_a_killed_child_and_stops_in_order_on_ctrl_c(
     tmp_path: Path, trained_registry: Path
 ) -> None:
+    """One run of the main job, as a user has it: cameras (labeled and the video), both
+    brokers, Prometheus, the gateway and the cloud; the cloud killed and restarted by ``up``
+    on its own; Ctrl-C; then a failed start. (``up --duration`` is exercised by
+    tests/test_dataset_folder.py.)"""
     registry, secrets, run_dir = _fresh_state(tmp_path, trained_registry)
+    edge_port, cloud_port = free_port(), free_port()
     console = tmp_path / "console.txt"
     command = [
         sys.executable, "-m", "stack", "up", "--budget", "quick", "--split-ks", "2",
-        "--mode", "split:2", "--cameras", "2", "--video", "none", "--secrets", str(secrets),
-        "--registry", str(registry), "--run-dir", str(run_dir), "--edge-port", "0",
-        "--cloud-port", "0", "--no-prometheus", "--interval", "2",
+        "--mode", "split:2", "--cameras", "3", "--secrets", str(secrets),
+        "--registry", str(registry), "--run-dir", str(run_dir),
+        "--edge-port", str(edge_port), "--cloud-port", str(cloud_port),
+        "--prometheus-port", "0", "--interval", "2",
     ]  # fmt: skip
     up = subprocess.Popen(  # a foreground job of its own, as in a terminal
         command, stdout=console.open("w"), stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
+    crossed: dict[str, int] = {"frames": 0, "features": 0}
+    lock = threading.Lock()
+    observer = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="bridge-watch", protocol=mqtt.MQTTv5
+    )
+
+    def on_message(client: object, userdata: object, message: mqtt.MQTTMessage) -> None:
+        kind = message.topic.split("/")[3]
+        with lock:
+            crossed[kind] = crossed.get(kind, 0) + 1
+
     try:
+        wait_for(lambda: _listening(cloud_port) or up.poll() is not None, 60, "the cloud broker")
+        observer.username_pw_set("observer", Secrets(secrets).password("observer"))
+        observer.on_message = on_message
+        observer.connect("127.0.0.1", cloud_port)
+        observer.subscribe([("edgelearn/v1/+/frames/#", 0), ("edgelearn/v1/+/features/#", 0)])
+        observer.loop_start()
         wait_for(
             lambda: (
                 any(n > 0 for n in _results_lines(console.read_text())) or up.poll() is not None
@@ -185,6 +132,8 @@ def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every
             wait_for(lambda: "Thread 0x" in console.read_text(), 10, "a stack dump")
             raise AssertionError("up did not stop:\n" + console.read_text()[-6000:]) from None
     finally:
+        observer.loop_stop()
+        observer.disconnect()
         if up.poll() is None:
             up.kill()
             up.wait()
@@ -197,13 +146,21 @@ def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["exit_status"] == 0 and summary["error"] is None
     assert summary["health"]["cloud"]["restarts"] == 1
+    assert summary["results"] == totals[-1] > 0
+    assert summary["uplink_reduction"] is not None and summary["uplink_reduction"] > 0.9
+    assert "reduction" in text
     cameras = summary["cameras"]  # the last figures are the run's, not dead cameras'
-    assert len(cameras) == 2 and all(seen["fps"] > 0 for seen in cameras.values()), cameras
-    assert summary["results"] == totals[-1]
+    assert sorted(cameras) == ["cam-1", "cam-2", "cam-3", "cam-4"]  # three labeled + video
+    assert all(seen["fps"] > 0 for seen in cameras.values()), cameras
+    people = cameras["cam-4"]["objects"]  # vtest.avi: people walk through it
+    assert people["in_view"] > 0.5 and people["entered"] > 0, people
+    with lock:
+        assert crossed["features"] > 0  # the bridge carries features up...
+        assert crossed["frames"] == 0  # ...and never a raw frame
     # Routine lines stay in the log files; the console has the summaries and the events.
     assert "Listening on" not in text and "cloud consumer" not in text
     assert (run_dir / "cloud.log").read_text().count("cloud consumer cloud-c0: metrics") == 2
-    assert _survivors(str(run_dir)) == []
+    assert _survivors(str(run_dir), f"127.0.0.1:{edge_port}", f"127.0.0.1:{cloud_port}") == []
 
     # A failure exit writes it too: the cloud broker's port is taken.
     with socket.socket() as taken:
@@ -211,7 +168,7 @@ def test_up_restarts_a_killed_child_keeps_totals_and_writes_the_summary_on_every
         taken.listen()
         busy = taken.getsockname()[1]
         failed = subprocess.run(
-            [*command[:-5], "--cloud-port", str(busy), "--no-prometheus"],
+            [*command[:-8], "--edge-port", "0", "--cloud-port", str(busy), "--no-prometheus"],
             capture_output=True,
             text=True,
             timeout=120,
