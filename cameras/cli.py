@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -30,14 +31,16 @@ from prometheus_client import CollectorRegistry
 
 from cameras.camera import CameraFleet, CameraReport, CameraSettings
 from cameras.coap_link import CoapLink, check_uri
+from cameras.config import CameraConfig
 from cameras.errors import CameraError
 from cameras.metrics import CameraMetrics
 from cameras.mqtt_link import MqttLink
 from cameras.scene import FrameSource
 from cameras.sources import parse_source
 from cameras.transport import FrameLink, LinkFactory
+from edgelearn import config as config_module
 from edgelearn.coap_security import camera_context
-from edgelearn.config import BrokerConfig, ConfigError, parse_address
+from edgelearn.config import ConfigError
 from edgelearn.datasets import DatasetError
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.secrets import Secrets, SecretsError, default_secrets_dir, default_state_dir
@@ -71,11 +74,20 @@ def _quality(text: str) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``camera`` command's options to ``parser``."""
+    """Add the ``camera`` command's options to ``parser``. Each flag is a field of
+    :class:`~cameras.config.CameraConfig` and overrides it only when given."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file whose [camera] table holds these settings (keys: the flags' names "
+        "with underscores); flags given here override it",
+    )
     what = parser.add_argument_group("what the cameras see")
     what.add_argument(
         "--source",
-        default="synthetic",
+        default=None,
         help="video:PATH (any file OpenCV reads, looped, scaled to 720p), "
         "fashion-mnist[:train|test] (labeled; default split train), folder:PATH "
         "(labeled: one sub-folder of images per class; folder-test:PATH: only the part "
@@ -83,39 +95,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "default)",
     )
     what.add_argument(
-        "--cameras", type=int, default=1, help="number of cameras in this process (default 1)"
+        "--cameras", type=int, default=None, help="number of cameras in this process (default 1)"
     )
     what.add_argument(
         "--camera-prefix",
-        default="cam-",
+        default=None,
         help="camera ids are PREFIX1..PREFIXN; each id is also its broker user (default cam-)",
     )
     what.add_argument(
         "--first-camera",
         type=int,
-        default=1,
+        default=None,
         help="number of the first camera, to split cameras over processes (default 1)",
     )
     what.add_argument(
-        "--seed", type=int, default=0, help="seed of the scenes; camera i uses SEED+i (default 0)"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the scenes; camera i uses SEED+i (default 0)",
     )
     what.add_argument(
         "--dwell",
         type=int,
-        default=30,
+        default=None,
         help="labeled sources: frames each item stays in view (default 30)",
     )
     what.add_argument(
         "--scene",
         choices=("objects", "single"),
-        default="objects",
+        default=None,
         help="labeled sources: 'objects' shows 0-3 items at once walking in and out, each "
         "scored on its own; 'single' one item at a time in the middle (default objects)",
     )
     what.add_argument(
         "--start",
         type=float,
-        default=0.0,
+        default=None,
         help="video source: start offset in seconds; cameras are also spread "
         "evenly over the file (default 0)",
     )
@@ -124,18 +139,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     timing.add_argument(
         "--fps",
         type=_positive_float,
-        default=15.0,
+        default=None,
         help="frames per second of each camera (default 15)",
     )
     timing.add_argument(
         "--speed",
         type=_positive_float,
-        default=1.0,
+        default=None,
         help="time multiplier: 2 sends at twice the fps (default 1)",
     )
     timing.add_argument(
         "--fast",
         action="store_true",
+        default=None,
         help="as fast as possible: no pacing, wait for the transport instead of skipping frames",
     )
     timing.add_argument(
@@ -149,7 +165,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     quality = timing.add_mutually_exclusive_group()
     quality.add_argument(
-        "--quality", type=_quality, default=80, help="fixed JPEG quality 1-100 (default 80)"
+        "--quality", type=_quality, default=None, help="fixed JPEG quality 1-100 (default 80)"
     )
     quality.add_argument(
         "--bitrate",
@@ -161,7 +177,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     timing.add_argument(
         "--max-in-flight",
         type=int,
-        default=2,
+        default=None,
         help="frames per camera the transport may hold before new frames are "
         "skipped as transport_busy (default 2)",
     )
@@ -170,25 +186,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     network.add_argument(
         "--transport",
         choices=("mqtt", "coap"),
-        default="mqtt",
+        default=None,
         help="MQTT v5 to a broker, or CoAP POST to a gateway (default mqtt)",
     )
     network.add_argument(
         "--broker",
-        default="127.0.0.1:1883",
+        default=None,
         metavar="HOST:PORT",
         help="MQTT broker (default 127.0.0.1:1883)",
     )
     network.add_argument(
         "--site",
-        default=DEFAULT_SITE,
+        default=None,
         help=f"site name in the topics edgelearn/v1/SITE/frames/ID (default {DEFAULT_SITE})",
     )
     network.add_argument(
         "--qos",
         type=int,
         choices=(0, 1),
-        default=0,
+        default=None,
         help="MQTT QoS of frames (default 0: a late frame is worth little)",
     )
     network.add_argument(
@@ -201,11 +217,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     network.add_argument(
         "--tls",
         action="store_true",
+        default=None,
         help="connect to the broker's TLS listener (CA from the secrets directory)",
     )
     network.add_argument(
         "--coap-uri",
-        default="coap+tcp://127.0.0.1:5683/frames",
+        default=None,
         help="CoAP endpoint: coap+tcp://HOST:PORT/frames (recommended for "
         "720p) or coap://HOST:PORT/frames (UDP block-wise; use --bitrate) "
         "(default coap+tcp://127.0.0.1:5683/frames)",
@@ -213,6 +230,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--coap-insecure",
         action="store_true",
+        default=None,
         help="INSECURE: post plain CoAP, without the camera's OSCORE credentials (only a "
         "gateway started with --coap-insecure accepts it)",
     )
@@ -224,42 +242,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def camera_ids(prefix: str, first: int, count: int) -> list[str]:
-    return [f"{prefix}{number}" for number in range(first, first + count)]
+def settings(args: argparse.Namespace) -> CameraConfig:
+    """The cameras' settings: defaults < the ``[camera]`` table of ``--config`` <
+    ``EDGELEARN_*`` < flags; unknown keys are refused with their names."""
+    names = {item.name for item in dataclasses.fields(CameraConfig)}
+    overrides = {key: value for key, value in vars(args).items() if key in names}
+    return config_module.load(CameraConfig, path=args.config, section="camera", overrides=overrides)
 
 
-def _link_factory(args: argparse.Namespace) -> LinkFactory:
-    if args.transport == "coap":
+def _link_factory(config: CameraConfig) -> LinkFactory:
+    if config.transport == "coap":
         try:
-            uri = check_uri(args.coap_uri)
+            uri = check_uri(config.coap_uri)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
-        secrets = Secrets(args.secrets or default_secrets_dir())
-        state = (args.secrets.parent if args.secrets else default_state_dir()) / "oscore"
-        if not args.coap_insecure:  # a missing user fails before any camera starts
-            for camera_id in camera_ids(args.camera_prefix, args.first_camera, args.cameras):
+        secrets = Secrets(config.secrets or default_secrets_dir())
+        state = (config.secrets.parent if config.secrets else default_state_dir()) / "oscore"
+        if not config.coap_insecure:  # a missing user fails before any camera starts
+            for camera_id in config.camera_ids:
                 secrets.password(camera_id)
 
         def coap(camera_id: str) -> FrameLink:
-            if args.coap_insecure:
+            if config.coap_insecure:
                 return CoapLink(camera_id, uri)
             security = camera_context(secrets, state / "camera", camera_id)
             return CoapLink(camera_id, uri, security=security)
 
         return coap
-    host, port = parse_address(args.broker)
-    topics = Topics(args.site)
+    topics = Topics(config.site)
     # Read every password up front: a missing user fails before any camera starts.
-    configs = {
-        camera_id: BrokerConfig.for_user(
-            camera_id, host=host, port=port, secrets_dir=args.secrets, tls=args.tls
-        )
-        for camera_id in camera_ids(args.camera_prefix, args.first_camera, args.cameras)
-    }
+    brokers = {camera_id: config.broker_config(camera_id) for camera_id in config.camera_ids}
 
     def mqtt(camera_id: str) -> FrameLink:
-        return MqttLink(camera_id, configs[camera_id], topics.frame(camera_id), qos=args.qos)
+        return MqttLink(camera_id, brokers[camera_id], topics.frame(camera_id), qos=config.qos)
 
     return mqtt
 
@@ -273,49 +289,51 @@ def _summary(report: CameraReport) -> str:
     )
 
 
-async def run(args: argparse.Namespace, registry: CollectorRegistry) -> list[CameraReport]:
-    """Run the fleet ``args`` describes until its duration ends or a signal stops it."""
-    if args.cameras < 1:
-        raise ConfigError(f"--cameras must be >= 1, got {args.cameras}")
+async def run(config: CameraConfig, registry: CollectorRegistry) -> list[CameraReport]:
+    """Run the fleet ``config`` describes until its duration ends or a signal stops it."""
     try:
-        spec = parse_source(args.source)
-        settings = CameraSettings(
-            fps=args.fps,
-            speed=args.speed,
-            fast=args.fast,
-            quality=args.quality,
-            bitrate_kbps=args.bitrate,
-            max_in_flight=args.max_in_flight,
-            duration=args.duration,
-            max_frames=args.frames,
+        spec = parse_source(config.source)
+        camera_settings = CameraSettings(
+            fps=config.fps,
+            speed=config.speed,
+            fast=config.fast,
+            quality=config.quality,
+            bitrate_kbps=config.bitrate,
+            max_in_flight=config.max_in_flight,
+            duration=config.duration,
+            max_frames=config.frames,
         )
     except ValueError as exc:  # the options themselves, checked before anything runs
         raise ConfigError(str(exc)) from exc
     spec.check()  # a missing or unreadable video fails before any connection is made
     data = spec.load_data()  # once for all cameras; DatasetError on an unusable folder
-    ids = camera_ids(args.camera_prefix, args.first_camera, args.cameras)
+    ids = config.camera_ids
 
     def open_source(index: int) -> FrameSource:
         return spec.open(
             index,
             cameras=len(ids),
-            seed=args.seed,
-            dwell_frames=args.dwell,
-            start_seconds=args.start,
+            seed=config.seed,
+            dwell_frames=config.dwell,
+            start_seconds=config.start,
             data=data,
-            scene=args.scene,
+            scene=config.scene,
         )
 
-    links = _link_factory(args)
+    links = _link_factory(config)
     fleet = CameraFleet(
-        ids, sources=open_source, links=links, settings=settings, metrics=CameraMetrics(registry)
+        ids,
+        sources=open_source,
+        links=links,
+        settings=camera_settings,
+        metrics=CameraMetrics(registry),
     )
     async with fleet:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, fleet.stop)
         try:
-            log.info("%d cameras publishing %s over %s", len(ids), args.source, args.transport)
+            log.info("%d cameras publishing %s over %s", len(ids), config.source, config.transport)
             return await fleet.wait()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -327,11 +345,12 @@ def main(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     server = None
     try:
-        if args.metrics_port is not None:
+        config = settings(args)
+        if config.metrics_port is not None:
             register_build_info(registry, "camera")
-            server = _serve_metrics(registry, args.metrics_port)
+            server = _serve_metrics(registry, config.metrics_port)
             print(f"metrics on {server.url}", file=sys.stderr, flush=True)
-        reports = asyncio.run(run(args, registry))
+        reports = asyncio.run(run(config, registry))
     except USER_ERRORS as exc:
         print(f"edgelearn camera: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cameras.config import CameraConfig
 from edgelearn import config as config_module
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
@@ -611,25 +612,19 @@ def _start_cameras(
     started = []
     for name, source, count, first in fleets:
         metrics_port = free_port()
-        command = edgelearn_command(
-            "camera",
-            "--source",
-            source,
-            "--cameras",
-            str(count),
-            "--first-camera",
-            str(first),
-            "--seed",
-            str(seed + first - 1),
-            "--fps",
-            str(settings.fps),
-            "--broker",
-            f"127.0.0.1:{site.broker.port}",
-            "--site",
-            site.name,
-            "--metrics-port",
-            str(metrics_port),
+        config = CameraConfig(
+            source=source,
+            cameras=count,
+            first_camera=first,
+            seed=seed + first - 1,
+            fps=settings.fps,
+            broker=f"127.0.0.1:{site.broker.port}",
+            site=site.name,
+            metrics_port=metrics_port,
         )
+        config_file = settings.run_dir / f"{name}{suffix}.toml"  # its settings, as it reads them
+        config_file.write_text(config_module.dump(config, "camera"))
+        command = edgelearn_command("camera", "--config", str(config_file))
         child = children.start(name + suffix, command, env)
         child.site = site.name
         child.metrics_urls.append(_metrics_url(metrics_port))

@@ -157,7 +157,39 @@ def test_a_bug_ends_with_its_traceback_not_as_a_user_error(broker: BrokerUnderTe
 
 
 def test_an_option_out_of_range_is_a_user_error() -> None:
-    assert_one_line_error(camera_command("--cameras", "0"), "--cameras must be >= 1")
+    assert_one_line_error(camera_command("--cameras", "0"), "cameras must be >= 1")
     assert_one_line_error(
         camera_command("--transport", "coap", "--coap-uri", "http://gw/frames"), "CoAP endpoint"
     )
+
+
+def test_settings_from_a_config_file_reach_the_cameras_and_a_flag_overrides_them(
+    broker: BrokerUnderTest, site: str, tmp_path: Path
+) -> None:
+    """``edgelearn up`` hands each camera process a file, not an argv: what the file says
+    is what runs (two cameras, five frames each, on the test's broker and site), a flag
+    given beside it wins, and a misspelt key is refused by its name."""
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        "[camera]\n"
+        'source = "synthetic"\n'
+        "cameras = 2\n"
+        "fast = true\n"
+        "frames = 5\n"
+        f'broker = "{broker.host}:{broker.port}"\n'
+        f'site = "{site}"\n'
+        f'secrets = "{broker.secrets_dir}"\n'
+    )
+    result = camera_command("--config", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["cam-1", "cam-2"]
+    assert all(" 5 frames" in line for line in lines), lines
+    overridden = camera_command("--config", str(config), "--frames", "3", "--cameras", "1")
+    assert overridden.returncode == 0, overridden.stderr
+    assert [line.split(":")[0] for line in overridden.stdout.strip().splitlines()] == ["cam-1"]
+    assert " 3 frames" in overridden.stdout
+    config.write_text(config.read_text() + "frame_rate = 30\n")
+    assert_one_line_error(camera_command("--config", str(config)), "frame_rate")
+    config.write_text("[camera]\nquality = 101\n")
+    assert_one_line_error(camera_command("--config", str(config)), "quality")
