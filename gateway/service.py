@@ -3,8 +3,8 @@
 Where it sits::
 
     MQTT .../frames/+ (or the pool's ingest) --+
-                                               +--> LatestFrames --> worker thread
-    CoAP POST /frames -------------------------+    (per camera,     (pipeline)
+                                               +--> Ingest -----> worker thread
+    CoAP POST /frames -------------------------+    (LatestFrames,   (pipeline)
                                                      newest wins)        |
                           Outbox (SQLite) <-- put, on disk first --------+
                              |  first send now; again after a backoff until acked
@@ -16,26 +16,21 @@ Where it sits::
 
 :class:`GatewayWorker` is an async context manager owning a TaskGroup of named loops
 (``mqtt-connection`` inside the session, ``worker``, ``forwarder``, ``resender``,
-``status``). Per-frame compute runs in the worker thread, off the event loop. Delivery is
+``status``, and ``feed`` in a pool). Per-frame compute runs in the worker thread, off the
+event loop; a pool's pipe is read in a thread too (its reads block). Delivery is
 end to end, at least once: a feature stays in the :class:`gateway.outbox.Outbox` until an
 ``Ack`` from the cloud names it, and the cloud de-duplicates. Features queued for their
 first send are capped (``max_pending``); past that they wait in the outbox, so the worker
 never blocks on a slow uplink and a long outage costs what the outbox policy says, counted.
 
-**The frame queue** (:class:`LatestFrames`) holds each camera's frames between ingest and
-the worker thread. A camera is real time: when the worker falls behind, an old frame is
-worth less than a new one, so a full camera queue drops its *oldest* frame (reason
-``queue_full``), and frames that waited longer than ``stale_after`` seconds are dropped when
-taken (reason ``stale``). Memory is bounded by ``depth`` frames per camera; one busy camera
-cannot starve the others because cameras are served in turn. Every drop goes through
-``on_drop`` exactly once. All the worker's drop reasons are in this module and the
-pipeline's ``Dropped`` outcomes.
+Frames come in through :mod:`gateway.ingest` (checked, counted, queued per camera, newest
+wins), which also holds the worker's drop policy: every frame or feature dropped is counted
+there, with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
@@ -43,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -60,7 +55,8 @@ from edgelearn.secrets import Secrets, default_secrets_dir
 from gateway import dispatch
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
-from gateway.metrics import UNKNOWN_CAMERA, GatewayMetrics
+from gateway.ingest import Arrival, Drops, Ingest, Queued
+from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox, OutboxError, Pending
 from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
 
@@ -68,106 +64,7 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_SECONDS = 3600
 
 
-# --- the frame queue ------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Queued(Generic[T]):
-    camera_id: str
-    item: T
-    enqueued: float  # time.monotonic()
-
-
-class LatestFrames(Generic[T]):
-    def __init__(
-        self,
-        depth: int = 2,
-        stale_after: float = 2.0,
-        on_drop: Callable[[str, str], None] = lambda camera, reason: None,
-    ) -> None:
-        if depth < 1:
-            raise ValueError("queue depth must be >= 1")
-        self.depth = depth
-        self.stale_after = stale_after
-        self._on_drop = on_drop
-        self._queues: dict[str, collections.deque[Queued[T]]] = {}
-        self._turns: collections.deque[str] = collections.deque()  # cameras with frames
-        self._condition = threading.Condition()
-        self._closed = False
-
-    def put(self, camera_id: str, item: T) -> None:
-        dropped = False
-        with self._condition:
-            queue = self._queues.setdefault(camera_id, collections.deque())
-            if len(queue) >= self.depth:
-                queue.popleft()
-                dropped = True
-            if not queue:
-                self._turns.append(camera_id)
-            queue.append(Queued(camera_id, item, time.monotonic()))
-            self._condition.notify()
-        if dropped:
-            self._on_drop(camera_id, "queue_full")
-
-    def get(self, timeout: float | None = None) -> Queued[T] | None:
-        """The next fresh frame (round-robin over cameras), or ``None`` on timeout/close."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        stale: list[str] = []
-        try:
-            with self._condition:
-                while True:
-                    while self._turns:
-                        camera_id = self._turns.popleft()
-                        queue = self._queues[camera_id]
-                        entry = queue.popleft()
-                        if queue:
-                            self._turns.append(camera_id)
-                        if time.monotonic() - entry.enqueued > self.stale_after:
-                            stale.append(camera_id)
-                            continue
-                        return entry
-                    if self._closed:
-                        return None
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return None
-                    self._condition.wait(remaining)
-        finally:
-            for camera_id in stale:
-                self._on_drop(camera_id, "stale")
-
-    def depths(self) -> dict[str, int]:
-        with self._condition:
-            return {camera: len(queue) for camera, queue in self._queues.items()}
-
-    def close(self) -> None:
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
-
-    def drain(self, reason: str = "shutdown") -> int:
-        """Drop (and count) whatever is still queued; returns how many."""
-        with self._condition:
-            leftovers = [(camera, len(queue)) for camera, queue in self._queues.items()]
-            for queue in self._queues.values():
-                queue.clear()
-            self._turns.clear()
-        for camera, count in leftovers:
-            for _ in range(count):
-                self._on_drop(camera, reason)
-        return sum(count for _, count in leftovers)
-
-
 # --- the worker ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Arrival:
-    frame: wire.Frame
-    transport: str
-    received_ns: int  # time.time_ns(): the camera hop is capture (its clock) to here
 
 
 @dataclass(frozen=True)
@@ -228,10 +125,8 @@ class GatewayWorker:
             objects=roi.RoiSettings() if config.objects else None,
             learning_sample=config.learning_sample,
         )
-        self.queue: LatestFrames[_Arrival] = LatestFrames(
-            depth=config.queue_depth, stale_after=config.stale_after, on_drop=self._count_drop
-        )
-        self.metrics.watch_queues(self.queue.depths)
+        self.drops = Drops(self.metrics)
+        self.ingest = Ingest(config, self.metrics, self.drops)
         self.outbox: Outbox | None = None  # opened on entry
         self.metrics.watch_outbox(lambda: self.outbox)
         self._peers = PeerLog(log)
@@ -248,90 +143,19 @@ class GatewayWorker:
         self._coap: CoapEndpoint | None = None
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
-        self.uplink_bytes_total = 0
         # Plain totals for the status message (the metrics hold the labelled ones).
-        self.frames_in_total = 0
-        self.input_bytes_total = 0
+        self.uplink_bytes_total = 0
         self.keyframes_total = 0
         self.held_back_total = 0
-        self._last_capture: dict[str, int] = {}
 
-    # --- ingest (event loop) -------------------------------------------------------------
-
-    def _count_drop(self, camera_id: str, reason: str) -> None:
-        self.metrics.dropped.labels(camera_id, reason).inc()
-        log.debug("dropped a frame of %s: %s", camera_id, reason)
-
-    def ingest(self, payload: bytes, transport: str, topic_camera: str | None) -> str | None:
-        """Take one frame envelope; returns the drop reason if it was rejected."""
-        try:
-            if len(payload) > self.config.max_frame_mb * 2**20:
-                raise wire.WireError("oversize", f"{len(payload)} bytes")
-            frame = wire.decode_as(payload, wire.Frame)
-            if topic_camera is not None and frame.camera_id != topic_camera:
-                raise wire.WireError("camera_mismatch", f"{frame.camera_id} on {topic_camera}")
-        except wire.WireError as exc:
-            self.refused(transport, exc.reason, topic_camera or UNKNOWN_CAMERA, str(exc))
-            return exc.reason
-        self.metrics.received.labels(frame.camera_id, transport).inc()
-        if frame.capture_ns < self._last_capture.get(frame.camera_id, 0):
-            self.metrics.out_of_order.labels(frame.camera_id).inc()
-        else:
-            self._last_capture[frame.camera_id] = frame.capture_ns
-        self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
-        self.frames_in_total += 1
-        self.input_bytes_total += len(frame.payload)
-        self.queue.put(frame.camera_id, _Arrival(frame, transport, time.time_ns()))
-        return None
-
-    def _read_feed(self) -> None:
-        """The pool's pipe (a thread): frames and the dispatcher's drops, onto the loop."""
-        assert self.feed is not None and self._loop is not None
-        try:
-            while not self._stopping.is_set():
-                if not self.feed.poll(0.2):  # wakes to notice a stop
-                    continue
-                message = self.feed.recv()
-                if message[0] == dispatch.FRAME:
-                    _, camera, transport, payload = message
-                    self._loop.call_soon_threadsafe(self.ingest, payload, transport, camera)
-                elif message[0] == dispatch.DROPS:
-                    self._loop.call_soon_threadsafe(self._count_dispatch_drops, message[1])
-        except (EOFError, OSError):
-            if not self._stopping.is_set():
-                log.error("the pool's supervisor is gone; stopping")
-                self._loop.call_soon_threadsafe(self.feed_lost.set)
-
-    def _count_dispatch_drops(self, drops: dict[tuple[str, str, str], int]) -> None:
-        for (camera, transport, reason), count in drops.items():
-            self.refused(transport, reason, camera, "dropped by the pool", count=count)
-
-    def refused(
-        self,
-        transport: str,
-        reason: str,
-        camera: str = UNKNOWN_CAMERA,
-        detail: str = "",
-        *,
-        count: int = 1,
-    ) -> None:
-        """Frames that arrived and were refused (a bad envelope, unauthenticated CoAP, a
-        drop in the pool's dispatcher): counted as received and dropped, and a warning per
-        peer and reason now and then."""
-        self.metrics.received.labels(camera, transport).inc(count)
-        self.metrics.dropped.labels(camera, reason).inc(count)
-        log.debug("dropped %d frames of %s: %s", count, camera, reason)
-        self._peers.warning(
-            camera, reason, "refused %d %s frames from %s: %s %s", count, transport, camera,
-            reason, detail,
-        )  # fmt: skip
+    # --- MQTT messages (event loop) ------------------------------------------------------
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
         kind = wire.topic_level(topic, -2)
         if kind == "frames":
-            self.ingest(payload, "mqtt", wire.topic_level(topic, -1))
+            self.ingest.frame(payload, "mqtt", wire.topic_level(topic, -1))
         elif wire.topic_level(topic, -3) == "models":
             if payload:  # an empty retained message clears a slot; nothing to load
                 self._spawn(self._receive_model(payload, topic), "model-load")
@@ -421,7 +245,7 @@ class GatewayWorker:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            entry = self.queue.get(timeout=0.2)
+            entry = self.ingest.queue.get(timeout=0.2)
             if entry is None:
                 continue
             frame = entry.item.frame
@@ -434,7 +258,7 @@ class GatewayWorker:
             processed = time.monotonic()
             camera = frame.camera_id
             if isinstance(outcome, Dropped):
-                self._count_drop(camera, outcome.reason)
+                self.drops.frame(camera, outcome.reason)
                 continue
             self.metrics.raw_equivalent_bytes.labels(camera).inc(len(frame.payload))
             if self.pipeline.objects is not None:
@@ -448,7 +272,7 @@ class GatewayWorker:
             self._observe_hops(entry, taken, processed)
             self._keep_and_send(outcome, processed)
 
-    def _observe_hops(self, entry: Queued[_Arrival], taken: float, processed: float) -> None:
+    def _observe_hops(self, entry: Queued[Arrival], taken: float, processed: float) -> None:
         """The gateway's hops of a forwarded frame (the ones that end in a result)."""
         capture_ns = entry.item.frame.capture_ns
         hops = self.metrics.hop_seconds
@@ -473,7 +297,7 @@ class GatewayWorker:
         except OutboxError as exc:
             self._outbox_failed(exc)
             if not sending:
-                self._count_feature_drop(camera, "outbox_failed")
+                self.drops.feature(camera, "outbox_failed")
             kept = sending  # sent once, unprotected: better than not at all
         if not sending:
             return
@@ -487,15 +311,17 @@ class GatewayWorker:
         self.metrics.outbox_failures.inc()
         self._peers.warning("outbox", "outbox_failed", "%s", exc)
 
-    def _count_feature_drop(self, camera_id: str, reason: str) -> None:
-        self.metrics.features_dropped.labels(camera_id, reason).inc()
-        self._peers.warning("outbox", reason, "gave up a feature of %s: %s", camera_id, reason)
-
     # --- forwarder and status (event loop) -----------------------------------------------
 
+    async def _read_feed(self) -> None:
+        """The pool's pipe, in a thread: its reads block."""
+        assert self.feed is not None and self._loop is not None
+        if await asyncio.to_thread(self.ingest.read_feed, self.feed, self._loop, self._stopping):
+            self.feed_lost.set()
+
     def _spawn(self, coroutine: Any, name: str) -> None:
-        """A task in our TaskGroup that shutdown cancels (the worker thread is stopped by
-        its flag instead)."""
+        """A task in our TaskGroup that shutdown cancels (the threads are stopped by their
+        flag instead)."""
         assert self._tasks is not None
         task = self._tasks.create_task(coroutine, name=name)
         self._cancellable.add(task)
@@ -579,7 +405,7 @@ class GatewayWorker:
             model_version=versions.get(effective, "none"),
             capacity_fps=capacity,
             uplink_bytes_per_second=uplink_rate,
-            queue_depths=self.queue.depths(),
+            queue_depths=self.ingest.queue.depths(),
             note=note,
             input_fps=rates.fps if rates else 0.0,
             input_bytes_per_second=rates.bytes_per_second if rates else 0.0,
@@ -591,8 +417,8 @@ class GatewayWorker:
         return _Totals(
             time.monotonic(),
             self.uplink_bytes_total,
-            self.frames_in_total,
-            self.input_bytes_total,
+            self.ingest.frames_in_total,
+            self.ingest.input_bytes_total,
             self.keyframes_total,
             self.held_back_total,
         )
@@ -634,7 +460,7 @@ class GatewayWorker:
             policy=self.config.outbox_policy,
             retry_after=self.config.retry_after,
             retry_max=self.config.retry_max,
-            on_drop=self._count_feature_drop,
+            on_drop=self.drops.feature,
         )
         self.metrics_server = serve_metrics(
             self.registry, self.config.metrics_port, self.config.metrics_host
@@ -676,7 +502,7 @@ class GatewayWorker:
             self._spawn(self._resend(), "resender")
             self._spawn(self._publish_status(), "status")
             if self.feed is not None:
-                threading.Thread(target=self._read_feed, name="feed", daemon=True).start()
+                self._tasks.create_task(self._read_feed(), name="feed")
                 self.feed.send((dispatch.READY,))
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -685,11 +511,11 @@ class GatewayWorker:
 
     async def _start_coap(self) -> None:
         endpoint = CoapEndpoint(
-            lambda payload, camera: self.ingest(payload, "coap", camera),
+            lambda payload, camera: self.ingest.frame(payload, "coap", camera),
             self.config.coap_host,
             self.config.coap_port,
             credentials=self.config.coap_credentials(),
-            on_refused=lambda reason: self.refused("coap", reason),
+            on_refused=lambda reason: self.drops.refused("coap", reason),
         )
         self._coap = await endpoint.__aenter__()
         self.coap_port = endpoint.port
@@ -698,7 +524,7 @@ class GatewayWorker:
         """Wait until every queued frame is processed and its feature sent once (the broker
         acknowledged it); False if ``timeout`` came first."""
         return await self._wait_for(
-            lambda: not any(self.queue.depths().values()) and self._pending_count() == 0,
+            lambda: not any(self.ingest.queue.depths().values()) and self._pending_count() == 0,
             timeout,
         )
 
@@ -722,7 +548,7 @@ class GatewayWorker:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._stopping.set()
-        self.queue.close()
+        self.ingest.queue.close()
         if self._coap is not None:
             await self._coap.__aexit__(None, None, None)
             self._coap = None
@@ -730,7 +556,7 @@ class GatewayWorker:
         if tasks is not None:
             await cancel_until_done(list(self._cancellable), patience=0.5)
             await tasks.__aexit__(None, None, None)
-        self.queue.drain("shutdown")
+        self.ingest.queue.drain("shutdown")
         if self._session is not None:
             # A clean disconnect sends no last will: say we are offline ourselves.
             topic = self.topics.status(self.config.gateway_id, self.config.worker)
