@@ -10,8 +10,8 @@ Where it sits::
                              |  first send now; again after a backoff until acked
                              +--> MQTT features/<gw>/<camera>, QoS 1
     MQTT acks/<gw>            --> Outbox.acknowledge: the cloud has it, forget it
-    MQTT models/{all,<gw>}/+  --> verify signature + digest --> load in a thread --> swap
-    MQTT plans/<gw>           --> mode / keyframe thresholds, applied between frames
+    MQTT models/{all,<gw>}/+  --> ModelSlot: verify signature + digest, load in a thread, swap
+    MQTT plans/<gw>           --> ModelSlot: mode / keyframe thresholds, between frames
     every few seconds         --> retained status/<gw>/<worker>; last will marks it offline
 
 :class:`GatewayWorker` is an async context manager owning a TaskGroup of named loops
@@ -41,22 +41,19 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aiomqtt
-import numpy as np
 from prometheus_client import CollectorRegistry
 
-from edgelearn import roi, signing, wire
-from edgelearn.artifacts import ArtifactError, LoadedDeployment, load_deployment, measure_latency
+from edgelearn import roi, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
-from edgelearn.modes import Mode, ModeError
 from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
 from edgelearn.peer_log import PeerLog
-from edgelearn.secrets import Secrets, default_secrets_dir
 from gateway import dispatch
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
 from gateway.ingest import Arrival, Drops, Ingest, Queued
 from gateway.metrics import GatewayMetrics
+from gateway.model_slot import ModelSlot
 from gateway.outbox import Outbox, OutboxError, Pending
 from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
 
@@ -108,9 +105,7 @@ class GatewayWorker:
         self.feed = feed
         self.feed_lost = asyncio.Event()
         self.topics = wire.Topics(config.site)
-        secrets = Secrets(config.secrets or default_secrets_dir())
         self.broker = broker or config.broker_config()
-        self.trusted_key = trusted_key or signing.load_public_key(secrets.signing_public_key)
         self.registry = registry or CollectorRegistry()
         register_build_info(self.registry, "gateway")
         self.metrics = GatewayMetrics(self.registry)
@@ -127,6 +122,7 @@ class GatewayWorker:
         )
         self.drops = Drops(self.metrics)
         self.ingest = Ingest(config, self.metrics, self.drops)
+        self.model_slot = ModelSlot(config, self.pipeline, self.metrics, trusted_key=trusted_key)
         self.outbox: Outbox | None = None  # opened on entry
         self.metrics.watch_outbox(lambda: self.outbox)
         self._peers = PeerLog(log)
@@ -134,8 +130,6 @@ class GatewayWorker:
         self._sends: asyncio.Queue[_FirstSend] | None = None  # first sends, from work
         self._pending = threading.BoundedSemaphore(config.max_pending)
         self._inflight = asyncio.Semaphore(config.max_inflight)
-        self._extract_seconds: dict[str, float] = {}  # by mode, as its text form
-        self._plan_version = -1
         self._stopping = threading.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._cancellable: set[asyncio.Task[Any]] = set()
@@ -158,9 +152,9 @@ class GatewayWorker:
             self.ingest.frame(payload, "mqtt", wire.topic_level(topic, -1))
         elif wire.topic_level(topic, -3) == "models":
             if payload:  # an empty retained message clears a slot; nothing to load
-                self._spawn(self._receive_model(payload, topic), "model-load")
+                self._spawn(self.model_slot.receive(payload, topic), "model-load")
         elif kind == "plans":
-            self._apply_plan(payload)
+            self.model_slot.apply_plan(payload)
         elif kind == "acks":
             self._acknowledged(payload)
 
@@ -177,69 +171,6 @@ class GatewayWorker:
             self.metrics.acked.inc(self.outbox.acknowledge(ack.entries()))
         except OutboxError as exc:
             self._outbox_failed(exc)
-
-    # --- models and plans ----------------------------------------------------------------
-
-    async def _receive_model(self, payload: bytes, topic: str) -> None:
-        try:
-            model = wire.decode_as(payload, wire.Model)
-        except wire.WireError as exc:
-            self.metrics.models_rejected.labels(exc.reason).inc()
-            log.warning("refused the model on %s (%s); keeping the current one", topic, exc)
-            return
-        await self.load_model(model)
-
-    async def load_model(self, model: wire.Model) -> bool:
-        """Verify, load (in a thread) and swap in ``model``; False if it was refused."""
-        try:
-            deployment = await asyncio.to_thread(load_deployment, model, self.trusted_key)
-        except (signing.ModelRejected, ArtifactError) as exc:
-            self.metrics.models_rejected.labels(getattr(exc, "reason", "invalid")).inc()
-            log.warning(
-                "refused model %s %s (%s); keeping the current one", model.name, model.version, exc
-            )
-            return False
-        mode = deployment.mode
-        if self.pipeline.model_versions().get(mode) == deployment.version:
-            return True  # the same deployment again (retained copy for all and for us)
-        extract_seconds = await asyncio.to_thread(self._measure, deployment)
-        self._extract_seconds[str(mode)] = extract_seconds
-        self.pipeline.deploy(deployment)  # takes effect at the next frame; none dropped
-        self.metrics.model_swaps.labels(mode.slot).inc()
-        self.metrics.set_model(mode.slot, deployment.version)
-        self._update_mode_metric()
-        log.info(
-            "loaded %s %s (%.2f ms per frame)", mode, deployment.version, extract_seconds * 1e3
-        )
-        return True
-
-    @staticmethod
-    def _measure(deployment: LoadedDeployment) -> float:
-        shape = deployment.extractor.input_shape
-        frames = np.random.default_rng(0).integers(0, 255, (8, *shape), dtype=np.uint8)
-        return measure_latency(deployment.extractor, frames, repeats=2)
-
-    def _apply_plan(self, payload: bytes) -> None:
-        if not payload:
-            return
-        try:
-            plan = wire.decode_as(payload, wire.Plan)
-            mode = Mode.parse(plan.mode)
-            settings = self.config.keyframes_under(plan)
-        except (wire.WireError, ModeError, ValueError) as exc:
-            self.metrics.models_rejected.labels("bad_plan").inc()
-            log.warning("ignored a plan for %s: %s", self.config.gateway_id, exc)
-            return
-        if plan.gateway_id != self.config.gateway_id or plan.plan_version <= self._plan_version:
-            return
-        self._plan_version = plan.plan_version
-        self.pipeline.set_mode(mode)
-        self.pipeline.set_keyframes(settings)
-        self._update_mode_metric()
-        log.info("plan %d: mode %s, keyframes %s", plan.plan_version, mode, settings)
-
-    def _update_mode_metric(self) -> None:
-        self.metrics.set_mode(str(self.pipeline.mode), str(self.pipeline.effective_mode()))
 
     # --- worker thread -------------------------------------------------------------------
 
@@ -384,7 +315,7 @@ class GatewayWorker:
         self.uplink_bytes_total += len(item.payload)
         if not first:
             self.metrics.resent.inc()
-        if (seconds := self._extract_seconds.get(item.mode)) is not None:
+        if (seconds := self.model_slot.extract_seconds.get(item.mode)) is not None:
             self.metrics.capacity.labels(item.mode).set(1.0 / seconds)
 
     def status(
@@ -393,9 +324,6 @@ class GatewayWorker:
         mode, effective = self.pipeline.mode, self.pipeline.effective_mode()
         note = "" if mode == effective else f"no {mode} model yet: running raw"
         versions = self.pipeline.model_versions()
-        capacity = {
-            loaded: round(1.0 / seconds, 1) for loaded, seconds in self._extract_seconds.items()
-        }
         return wire.Status(
             gateway_id=self.config.gateway_id,
             worker=self.config.worker,
@@ -403,7 +331,7 @@ class GatewayWorker:
             time_ns=time.time_ns(),
             mode=str(effective),
             model_version=versions.get(effective, "none"),
-            capacity_fps=capacity,
+            capacity_fps=self.model_slot.capacity_fps(),
             uplink_bytes_per_second=uplink_rate,
             queue_depths=self.ingest.queue.depths(),
             note=note,
@@ -496,7 +424,7 @@ class GatewayWorker:
             await self._session.__aenter__()
             if self.config.coap_port >= 0:
                 await self._start_coap()
-            self._update_mode_metric()
+            self.model_slot.update_mode_metric()
             self._tasks.create_task(asyncio.to_thread(self._work), name="worker")
             self._spawn(self._forward(), "forwarder")
             self._spawn(self._resend(), "resender")
