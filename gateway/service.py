@@ -6,10 +6,10 @@ Where it sits::
                                                +--> Ingest -----> worker thread
     CoAP POST /frames -------------------------+    (LatestFrames,   (pipeline)
                                                      newest wins)        |
-                          Outbox (SQLite) <-- put, on disk first --------+
+                  Uplink: Outbox (SQLite) <-- put, on disk first --------+
                              |  first send now; again after a backoff until acked
                              +--> MQTT features/<gw>/<camera>, QoS 1
-    MQTT acks/<gw>            --> Outbox.acknowledge: the cloud has it, forget it
+    MQTT acks/<gw>            --> Uplink: the cloud has it, the outbox forgets it
     MQTT models/{all,<gw>}/+  --> ModelSlot: verify signature + digest, load in a thread, swap
     MQTT plans/<gw>           --> ModelSlot: mode / keyframe thresholds, between frames
     every few seconds         --> retained status/<gw>/<worker>; last will marks it offline
@@ -17,11 +17,9 @@ Where it sits::
 :class:`GatewayWorker` is an async context manager owning a TaskGroup of named loops
 (``mqtt-connection`` inside the session, ``worker``, ``forwarder``, ``resender``,
 ``status``, and ``feed`` in a pool). Per-frame compute runs in the worker thread, off the
-event loop; a pool's pipe is read in a thread too (its reads block). Delivery is
-end to end, at least once: a feature stays in the :class:`gateway.outbox.Outbox` until an
-``Ack`` from the cloud names it, and the cloud de-duplicates. Features queued for their
-first send are capped (``max_pending``); past that they wait in the outbox, so the worker
-never blocks on a slow uplink and a long outage costs what the outbox policy says, counted.
+event loop; a pool's pipe is read in a thread too (its reads block). Features go up
+through :mod:`gateway.uplink`: end to end, at least once, and the worker thread never
+blocks on a slow uplink.
 
 Frames come in through :mod:`gateway.ingest` (checked, counted, queued per camera, newest
 wins), which also holds the worker's drop policy: every frame or feature dropped is counted
@@ -47,27 +45,20 @@ from edgelearn import roi, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
-from edgelearn.peer_log import PeerLog
 from gateway import dispatch
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
 from gateway.ingest import Arrival, Drops, Ingest, Queued
 from gateway.metrics import GatewayMetrics
 from gateway.model_slot import ModelSlot
-from gateway.outbox import Outbox, OutboxError, Pending
-from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
+from gateway.pipeline import Dropped, FramePipeline, HeldBack
+from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_SECONDS = 3600
 
 
 # --- the worker ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _FirstSend:
-    pending: Pending
-    processed: float  # time.monotonic() when the pipeline was done: the outbox hop
 
 
 @dataclass(frozen=True)
@@ -123,13 +114,13 @@ class GatewayWorker:
         self.drops = Drops(self.metrics)
         self.ingest = Ingest(config, self.metrics, self.drops)
         self.model_slot = ModelSlot(config, self.pipeline, self.metrics, trusted_key=trusted_key)
-        self.outbox: Outbox | None = None  # opened on entry
-        self.metrics.watch_outbox(lambda: self.outbox)
-        self._peers = PeerLog(log)
+        self.uplink = Uplink(
+            config,
+            self.metrics,
+            on_drop=self.drops.feature,
+            extract_seconds=self.model_slot.extract_seconds,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sends: asyncio.Queue[_FirstSend] | None = None  # first sends, from work
-        self._pending = threading.BoundedSemaphore(config.max_pending)
-        self._inflight = asyncio.Semaphore(config.max_inflight)
         self._stopping = threading.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._cancellable: set[asyncio.Task[Any]] = set()
@@ -138,7 +129,6 @@ class GatewayWorker:
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
         # Plain totals for the status message (the metrics hold the labelled ones).
-        self.uplink_bytes_total = 0
         self.keyframes_total = 0
         self.held_back_total = 0
 
@@ -156,21 +146,7 @@ class GatewayWorker:
         elif kind == "plans":
             self.model_slot.apply_plan(payload)
         elif kind == "acks":
-            self._acknowledged(payload)
-
-    def _acknowledged(self, payload: bytes) -> None:
-        try:
-            ack = wire.decode_as(payload, wire.Ack)
-        except wire.WireError as exc:
-            self._peers.warning("cloud", exc.reason, "ignored an ack: %s", exc)
-            return
-        if ack.gateway_id != self.config.gateway_id or self.outbox is None:
-            return
-        try:
-            # Every worker of the pool reads the gateway's acks; each forgets what it holds.
-            self.metrics.acked.inc(self.outbox.acknowledge(ack.entries()))
-        except OutboxError as exc:
-            self._outbox_failed(exc)
+            self.uplink.acknowledged(payload)
 
     # --- worker thread -------------------------------------------------------------------
 
@@ -201,7 +177,7 @@ class GatewayWorker:
             self.keyframes_total += 1
             self.metrics.processed.labels(camera, "forwarded").inc()
             self._observe_hops(entry, taken, processed)
-            self._keep_and_send(outcome, processed)
+            self.uplink.keep_and_send(outcome, processed)
 
     def _observe_hops(self, entry: Queued[Arrival], taken: float, processed: float) -> None:
         """The gateway's hops of a forwarded frame (the ones that end in a result)."""
@@ -212,37 +188,7 @@ class GatewayWorker:
         hops.labels("processing").observe(processed - taken)
         self.metrics.processed_age.observe(max(0, time.time_ns() - capture_ns) / 1e9)
 
-    def _keep_and_send(self, item: Forward, processed: float) -> None:
-        """Into the outbox first (on disk before it is sent), then queue its first send. With
-        no send slot free (the uplink is slow or down) it waits in the outbox instead, due at
-        once: the worker never blocks on the uplink, and the outbox's bounds and policy
-        decide what a long outage costs."""
-        assert self._loop is not None and self._sends is not None and self.outbox is not None
-        envelope = item.envelope
-        camera, mode = envelope.camera_id, str(item.mode)
-        topic = self.topics.feature(self.config.gateway_id, camera)
-        capture = wire.capture_of(envelope)
-        sending = self._pending.acquire(blocking=False)
-        try:
-            kept = self.outbox.put(capture, topic, item.data, mode, sent=sending)
-        except OutboxError as exc:
-            self._outbox_failed(exc)
-            if not sending:
-                self.drops.feature(camera, "outbox_failed")
-            kept = sending  # sent once, unprotected: better than not at all
-        if not sending:
-            return
-        if not kept:  # the policy refused it (counted)
-            self._pending.release()
-            return
-        pending = Pending(*capture, topic, item.data, mode, attempts=0)
-        self._loop.call_soon_threadsafe(self._sends.put_nowait, _FirstSend(pending, processed))
-
-    def _outbox_failed(self, exc: OutboxError) -> None:
-        self.metrics.outbox_failures.inc()
-        self._peers.warning("outbox", "outbox_failed", "%s", exc)
-
-    # --- forwarder and status (event loop) -----------------------------------------------
+    # --- the pool's feed, tasks, status (event loop) ------------------------------------
 
     async def _read_feed(self) -> None:
         """The pool's pipe, in a thread: its reads block."""
@@ -257,66 +203,6 @@ class GatewayWorker:
         task = self._tasks.create_task(coroutine, name=name)
         self._cancellable.add(task)
         task.add_done_callback(self._cancellable.discard)
-
-    async def _forward(self) -> None:
-        """First sends, in the order the worker made them."""
-        assert self._sends is not None
-        while True:
-            item = await self._sends.get()
-            await self._inflight.acquire()
-            self._spawn(self._send(item.pending, first=True, processed=item.processed), "publish")
-
-    async def _resend(self) -> None:
-        """Whatever the outbox says is due: unacknowledged after its backoff, a send that
-        failed for a lost connection, or what a previous run left behind."""
-        assert self._session is not None and self.outbox is not None
-        while True:
-            await self._session.connected.wait()
-            free = max(1, self._inflight._value)
-            try:
-                batch = self.outbox.take_due(free)
-            except OutboxError as exc:  # a full disk: nothing lost, tried again next tick
-                self._outbox_failed(exc)
-                batch = []
-            for item in batch:
-                await self._inflight.acquire()
-                self._spawn(self._send(item, first=False), "publish")
-            if len(batch) < free:
-                due = self.outbox.next_due()
-                wait = 0.5 if due is None else due - time.time()
-                await asyncio.sleep(min(0.5, max(0.02, wait)))  # the resend schedule's tick
-
-    async def _send(self, item: Pending, *, first: bool, processed: float | None = None) -> None:
-        """Publish one feature; ``processed`` (a first send's) is when the pipeline was done
-        with it, for the outbox hop."""
-        assert self._session is not None and self.outbox is not None
-        started = time.perf_counter()
-        if processed is not None:
-            self.metrics.hop_seconds.labels("outbox").observe(time.monotonic() - processed)
-        try:
-            await self._session.publish(item.topic, item.payload, qos=1, wait_for_connection=1)
-        except NotConnected as exc:
-            self.metrics.forward_failures.inc()
-            log.info("uplink publish failed (%s); sending again once connected", exc)
-            try:
-                self.outbox.retry_now(item.capture)
-            except OutboxError as error:  # sent again at its backoff instead
-                self._outbox_failed(error)
-            return
-        finally:
-            self._inflight.release()
-            if first:
-                self._pending.release()
-        published = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("publish").observe(published)
-        if processed is not None:
-            self.metrics.hop_seconds.labels("publish").observe(published)
-        self.metrics.uplink_bytes.labels(item.camera_id, item.mode).inc(len(item.payload))
-        self.uplink_bytes_total += len(item.payload)
-        if not first:
-            self.metrics.resent.inc()
-        if (seconds := self.model_slot.extract_seconds.get(item.mode)) is not None:
-            self.metrics.capacity.labels(item.mode).set(1.0 / seconds)
 
     def status(
         self, online: bool, uplink_rate: float = 0.0, rates: _InputRates | None = None
@@ -344,7 +230,7 @@ class GatewayWorker:
     def _totals(self) -> _Totals:
         return _Totals(
             time.monotonic(),
-            self.uplink_bytes_total,
+            self.uplink.bytes_total,
             self.ingest.frames_in_total,
             self.ingest.input_bytes_total,
             self.keyframes_total,
@@ -380,19 +266,6 @@ class GatewayWorker:
 
     async def __aenter__(self) -> GatewayWorker:
         self._loop = asyncio.get_running_loop()
-        self._sends = asyncio.Queue()
-        self.outbox = Outbox(
-            self.config.outbox_path,
-            max_items=self.config.outbox_max_items,
-            max_bytes=int(self.config.outbox_max_mb * 2**20),
-            policy=self.config.outbox_policy,
-            retry_after=self.config.retry_after,
-            retry_max=self.config.retry_max,
-            on_drop=self.drops.feature,
-        )
-        self.metrics_server = serve_metrics(
-            self.registry, self.config.metrics_port, self.config.metrics_host
-        )
         topics = self.topics
         will = aiomqtt.Will(
             topics.status(self.config.gateway_id, self.config.worker),
@@ -418,6 +291,10 @@ class GatewayWorker:
             session_expiry_seconds=SESSION_EXPIRY_SECONDS,
             backoff_max=2.0,
         )
+        self.uplink.open(self._session, self._spawn)
+        self.metrics_server = serve_metrics(
+            self.registry, self.config.metrics_port, self.config.metrics_host
+        )
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         try:
@@ -426,8 +303,8 @@ class GatewayWorker:
                 await self._start_coap()
             self.model_slot.update_mode_metric()
             self._tasks.create_task(asyncio.to_thread(self._work), name="worker")
-            self._spawn(self._forward(), "forwarder")
-            self._spawn(self._resend(), "resender")
+            self._spawn(self.uplink.forward(), "forwarder")
+            self._spawn(self.uplink.resend(), "resender")
             self._spawn(self._publish_status(), "status")
             if self.feed is not None:
                 self._tasks.create_task(self._read_feed(), name="feed")
@@ -452,15 +329,13 @@ class GatewayWorker:
         """Wait until every queued frame is processed and its feature sent once (the broker
         acknowledged it); False if ``timeout`` came first."""
         return await self._wait_for(
-            lambda: not any(self.ingest.queue.depths().values()) and self._pending_count() == 0,
+            lambda: not any(self.ingest.queue.depths().values()) and self.uplink.pending() == 0,
             timeout,
         )
 
     async def settle(self, timeout: float = 30.0) -> bool:
         """Wait until the cloud acknowledged every feature; False on timeout."""
-        return await self._wait_for(
-            lambda: self.outbox is not None and not self.outbox.items, timeout
-        )
+        return await self._wait_for(self.uplink.settled, timeout)
 
     @staticmethod
     async def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
@@ -470,9 +345,6 @@ class GatewayWorker:
                 return False
             await asyncio.sleep(0.02)  # polling a condition, bounded by timeout
         return True
-
-    def _pending_count(self) -> int:
-        return self.config.max_pending - self._pending._value
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._stopping.set()
@@ -498,9 +370,7 @@ class GatewayWorker:
                 )
             await self._session.__aexit__(None, None, None)
             self._session = None
-        if self.outbox is not None:
-            self.outbox.close()  # what is still in it goes out at the next start
-            self.outbox = None
+        self.uplink.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
