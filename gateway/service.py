@@ -1,40 +1,51 @@
-"""A gateway worker process: the I/O shell around :class:`gateway.pipeline.FramePipeline`.
+"""A gateway worker process: the I/O shell around :class:`gateway.pipeline.FramePipeline`,
+put together from its parts.
 
-Where it sits::
+Where it sits, and which part does what::
 
-    MQTT .../frames/+ (or the pool's ingest) --+
-                                               +--> Ingest -----> worker thread
-    CoAP POST /frames -------------------------+    (LatestFrames,   (pipeline)
-                                                     newest wins)        |
-                  Uplink: Outbox (SQLite) <-- put, on disk first --------+
+    MQTT .../frames/+ (or the pool's feed) --+
+                                             +--> Ingest --> LatestFrames --> worker thread
+    CoAP POST /frames -----------------------+  (checked,   (per camera,      (the pipeline)
+                                                 counted)     newest wins)          |
+                          Uplink: Outbox (SQLite) <-- put, on disk first -----------+
                              |  first send now; again after a backoff until acked
                              +--> MQTT features/<gw>/<camera>, QoS 1
     MQTT acks/<gw>            --> Uplink: the cloud has it, the outbox forgets it
     MQTT models/{all,<gw>}/+  --> ModelSlot: verify signature + digest, load in a thread, swap
-    MQTT plans/<gw>           --> ModelSlot: mode / keyframe thresholds, between frames
-    every few seconds         --> retained status/<gw>/<worker>; last will marks it offline
+    MQTT plans/<gw>           --> ModelSlot: mode / keyframe thresholds, applied between frames
+    every few seconds         --> StatusReport: retained status/<gw>/<worker>; the last will
+                                  marks it offline
 
-:class:`GatewayWorker` is an async context manager owning a TaskGroup of named loops
-(``mqtt-connection`` inside the session, ``worker``, ``forwarder``, ``resender``,
-``status``, and ``feed`` in a pool). Per-frame compute runs in the worker thread, off the
-event loop; a pool's pipe is read in a thread too (its reads block). Features go up
-through :mod:`gateway.uplink`: end to end, at least once, and the worker thread never
-blocks on a slow uplink.
+=================  =========================  ==============================================
+part               module                     holds
+=================  =========================  ==============================================
+ingest, drops      :mod:`gateway.ingest`      the frame checks and counts, the newest-wins
+                                              queue, the pool's feed, and the drop policy:
+                                              every frame or feature dropped, by reason
+model slot         :mod:`gateway.model_slot`  deployments (verified, loaded, measured), plans,
+                                              the mode metric
+uplink             :mod:`gateway.uplink`      the outbox, first sends, re-sends, acks
+status             :mod:`gateway.status`      the status message, its rates and the last will
+the worker         here                       the composition, the MQTT session and its
+                                              routing, CoAP, the worker thread, the lifecycle
+=================  =========================  ==============================================
 
-Frames come in through :mod:`gateway.ingest` (checked, counted, queued per camera, newest
-wins), which also holds the worker's drop policy: every frame or feature dropped is counted
-there, with its reason.
+:class:`GatewayWorker` is an async context manager owning a TaskGroup of named tasks:
+``worker`` (the pipeline, in a thread: the one place per-frame compute leaves the event
+loop), ``feed`` (a pool's pipe, in a thread: its reads block), ``forwarder``, ``resender``
+and ``status``, and one ``publish`` per send and ``model-load`` per model. The MQTT session
+(``mqtt-connection`` in its own TaskGroup) and the CoAP endpoint are contexts it enters.
+Leaving it stops ingest, then the tasks and threads, counts what is still queued as dropped,
+says the worker is offline, and closes the session, the outbox and the metrics endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -44,7 +55,7 @@ from prometheus_client import CollectorRegistry
 from edgelearn import roi, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
-from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
+from edgelearn.mqtt import MqttSession, cancel_until_done
 from gateway import dispatch
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
@@ -52,32 +63,11 @@ from gateway.ingest import Arrival, Drops, Ingest, Queued
 from gateway.metrics import GatewayMetrics
 from gateway.model_slot import ModelSlot
 from gateway.pipeline import Dropped, FramePipeline, HeldBack
+from gateway.status import StatusReport, Totals
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_SECONDS = 3600
-
-
-# --- the worker ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Totals:
-    """Monotonic counts read at one instant; two of them give the rates of a status period."""
-
-    time: float
-    uplink_bytes: int
-    frames_in: int
-    input_bytes: int
-    keyframes: int
-    held_back: int
-
-
-@dataclass(frozen=True)
-class _InputRates:
-    fps: float
-    bytes_per_second: float
-    keyframe_ratio: float
 
 
 class GatewayWorker:
@@ -111,6 +101,7 @@ class GatewayWorker:
             objects=roi.RoiSettings() if config.objects else None,
             learning_sample=config.learning_sample,
         )
+        # The parts (the module docstring has the table).
         self.drops = Drops(self.metrics)
         self.ingest = Ingest(config, self.metrics, self.drops)
         self.model_slot = ModelSlot(config, self.pipeline, self.metrics, trusted_key=trusted_key)
@@ -120,17 +111,34 @@ class GatewayWorker:
             on_drop=self.drops.feature,
             extract_seconds=self.model_slot.extract_seconds,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.status = StatusReport(
+            config,
+            self.pipeline,
+            capacity_fps=self.model_slot.capacity_fps,
+            queue_depths=self.ingest.queue.depths,
+            totals=self._totals,
+        )
+        # The worker thread's decisions, as plain totals for the status message.
+        self.keyframes_total = 0
+        self.held_back_total = 0
         self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._cancellable: set[asyncio.Task[Any]] = set()
         self._session: MqttSession | None = None
         self._coap: CoapEndpoint | None = None
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
-        # Plain totals for the status message (the metrics hold the labelled ones).
-        self.keyframes_total = 0
-        self.held_back_total = 0
+
+    def _totals(self) -> Totals:
+        return Totals(
+            time.monotonic(),
+            self.uplink.bytes_total,
+            self.ingest.frames_in_total,
+            self.ingest.input_bytes_total,
+            self.keyframes_total,
+            self.held_back_total,
+        )
 
     # --- MQTT messages (event loop) ------------------------------------------------------
 
@@ -148,7 +156,7 @@ class GatewayWorker:
         elif kind == "acks":
             self.uplink.acknowledged(payload)
 
-    # --- worker thread -------------------------------------------------------------------
+    # --- the worker thread ---------------------------------------------------------------
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -188,13 +196,13 @@ class GatewayWorker:
         hops.labels("processing").observe(processed - taken)
         self.metrics.processed_age.observe(max(0, time.time_ns() - capture_ns) / 1e9)
 
-    # --- the pool's feed, tasks, status (event loop) ------------------------------------
-
     async def _read_feed(self) -> None:
         """The pool's pipe, in a thread: its reads block."""
         assert self.feed is not None and self._loop is not None
         if await asyncio.to_thread(self.ingest.read_feed, self.feed, self._loop, self._stopping):
             self.feed_lost.set()
+
+    # --- lifecycle -----------------------------------------------------------------------
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         """A task in our TaskGroup that shutdown cancels (the threads are stopped by their
@@ -204,75 +212,9 @@ class GatewayWorker:
         self._cancellable.add(task)
         task.add_done_callback(self._cancellable.discard)
 
-    def status(
-        self, online: bool, uplink_rate: float = 0.0, rates: _InputRates | None = None
-    ) -> wire.Status:
-        mode, effective = self.pipeline.mode, self.pipeline.effective_mode()
-        note = "" if mode == effective else f"no {mode} model yet: running raw"
-        versions = self.pipeline.model_versions()
-        return wire.Status(
-            gateway_id=self.config.gateway_id,
-            worker=self.config.worker,
-            online=int(online),
-            time_ns=time.time_ns(),
-            mode=str(effective),
-            model_version=versions.get(effective, "none"),
-            capacity_fps=self.model_slot.capacity_fps(),
-            uplink_bytes_per_second=uplink_rate,
-            queue_depths=self.ingest.queue.depths(),
-            note=note,
-            input_fps=rates.fps if rates else 0.0,
-            input_bytes_per_second=rates.bytes_per_second if rates else 0.0,
-            keyframe_ratio=rates.keyframe_ratio if rates else 1.0,
-            uplink_capacity_bytes_per_second=self.config.uplink_kbps * 1000 / 8,
-        )
-
-    def _totals(self) -> _Totals:
-        return _Totals(
-            time.monotonic(),
-            self.uplink.bytes_total,
-            self.ingest.frames_in_total,
-            self.ingest.input_bytes_total,
-            self.keyframes_total,
-            self.held_back_total,
-        )
-
-    async def _publish_status(self) -> None:
-        assert self._session is not None
-        topic = self.topics.status(self.config.gateway_id, self.config.worker)
-        last = self._totals()
-        while True:
-            now = self._totals()
-            seconds = max(now.time - last.time, 1e-6)
-            decided = (now.keyframes - last.keyframes) + (now.held_back - last.held_back)
-            rates = _InputRates(
-                fps=(now.frames_in - last.frames_in) / seconds,
-                bytes_per_second=(now.input_bytes - last.input_bytes) / seconds,
-                # No frame decided this period: keep "every frame is a keyframe" (the planner
-                # then budgets for the worst case).
-                keyframe_ratio=(now.keyframes - last.keyframes) / decided if decided else 1.0,
-            )
-            uplink_rate = (now.uplink_bytes - last.uplink_bytes) / seconds
-            last = now
-            try:
-                await self._session.publish(
-                    topic, wire.encode(self.status(True, uplink_rate, rates)), qos=1, retain=True
-                )
-            except NotConnected:
-                log.info("status not published: no connection")
-            await asyncio.sleep(self.config.status_interval)  # the status period
-
-    # --- lifecycle -----------------------------------------------------------------------
-
     async def __aenter__(self) -> GatewayWorker:
         self._loop = asyncio.get_running_loop()
         topics = self.topics
-        will = aiomqtt.Will(
-            topics.status(self.config.gateway_id, self.config.worker),
-            wire.encode(self.status(False)),
-            qos=1,
-            retain=True,
-        )
         self._session = MqttSession(
             self.broker,
             self.config.client_id,
@@ -284,7 +226,7 @@ class GatewayWorker:
                 (topics.ack(self.config.gateway_id), 1),
             ],
             on_message=self._on_message,
-            will=will,
+            will=self.status.will(),
             persistent=True,
             # Acks, plans and models wait this long for a worker that is down; the outbox
             # re-sends after a longer outage, and models and plans are retained.
@@ -305,7 +247,7 @@ class GatewayWorker:
             self._tasks.create_task(asyncio.to_thread(self._work), name="worker")
             self._spawn(self.uplink.forward(), "forwarder")
             self._spawn(self.uplink.resend(), "resender")
-            self._spawn(self._publish_status(), "status")
+            self._spawn(self.status.publish_every(self._session), "status")
             if self.feed is not None:
                 self._tasks.create_task(self._read_feed(), name="feed")
                 self.feed.send((dispatch.READY,))
@@ -358,16 +300,7 @@ class GatewayWorker:
             await tasks.__aexit__(None, None, None)
         self.ingest.queue.drain("shutdown")
         if self._session is not None:
-            # A clean disconnect sends no last will: say we are offline ourselves.
-            topic = self.topics.status(self.config.gateway_id, self.config.worker)
-            with contextlib.suppress(NotConnected):
-                await self._session.publish(
-                    topic,
-                    wire.encode(self.status(False)),
-                    qos=1,
-                    retain=True,
-                    wait_for_connection=1.0,
-                )
+            await self.status.publish_offline(self._session)
             await self._session.__aexit__(None, None, None)
             self._session = None
         self.uplink.close()
