@@ -4,7 +4,8 @@
 
 * ``edgelearn_gateway_frames_received_total{camera,transport}``
 * ``edgelearn_gateway_frames_processed_total{camera,outcome}``
-* ``edgelearn_gateway_frames_dropped_total{camera,reason}`` - reasons in :data:`DROP_REASONS`
+* ``edgelearn_gateway_frames_dropped_total{camera,reason}`` - reasons in
+  :data:`gateway.ingest.DROP_REASONS`, the drop policy
 * ``edgelearn_gateway_frames_out_of_order_total{camera}`` - frames older than one this worker
   already had from that camera (a pool should have none: each camera has one worker)
 * ``edgelearn_gateway_input_bytes_total{camera}`` - camera JPEG bytes that arrived
@@ -25,8 +26,9 @@
 * ``edgelearn_gateway_outbox_items``, ``..._outbox_bytes``, ``..._outbox_oldest_seconds`` -
   features kept until the cloud acknowledges them, read at scrape time
 * ``edgelearn_gateway_features_acked_total``, ``..._features_resent_total`` and
-  ``..._features_dropped_total{camera,reason}`` (reasons in :data:`FEATURE_DROP_REASONS`):
-  every forwarded feature is acknowledged, still in the outbox, or dropped by reason
+  ``..._features_dropped_total{camera,reason}`` (reasons in
+  :data:`gateway.ingest.FEATURE_DROP_REASONS`): every forwarded feature is acknowledged,
+  still in the outbox, or dropped by reason
 * ``edgelearn_gateway_outbox_failures_total`` - outbox writes the disk refused (the feature
   was sent without being kept)
 * ``edgelearn_gateway_models_rejected_total{reason}``, ``..._model_swaps_total{slot}``
@@ -47,25 +49,6 @@ from edgelearn.metrics import HOP_BUCKETS
 from edgelearn.roi import FoundObject
 from gateway.outbox import Outbox
 
-# Frames. An envelope that does not decode keeps the exact reason of its
-# edgelearn.wire.WireError (bad_magic, truncated, unknown_version, wrong_kind, too_long...):
-# a bounded set, all literals in wire.py.
-DROP_REASONS: Final = (
-    "camera_mismatch",  # the envelope names another camera than the credential it came with
-    "oversize",  # a frame envelope over the gateway's max_frame_mb, refused undecoded
-    "unauthenticated",  # a CoAP post without a camera's credentials
-    "worker_busy",  # the worker a camera is assigned to has a full inbox (pools only)
-    "no_worker",  # every worker of the pool is down
-    "undecodable",  # the JPEG does not decode or is truncated
-    "queue_full",  # newest frame won: the oldest queued frame of that camera went
-    "stale",  # waited longer than stale_after before a worker took it
-    "extract_failed",  # the model raised on this frame
-    "shutdown",  # still queued when the worker stopped
-)
-FEATURE_DROP_REASONS: Final = (
-    "outbox_full",  # the outbox policy evicted it (or refused it) to stay within its bounds
-    "outbox_failed",  # the disk refused it and no send slot was free
-)
 UNKNOWN_CAMERA: Final = "unknown"
 
 # The hops of a forwarded frame (one that gets a result), in order. ``camera`` is measured on

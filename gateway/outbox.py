@@ -22,7 +22,8 @@ feature, ``newest`` refuses the new one. Either way the drop is counted with rea
 ``outbox_full``. One SQLite file per worker, in WAL mode: a feature put is on disk before it
 is first sent, so a killed gateway re-sends what it held when it starts again.
 
-Thread-safe: the worker thread puts, the event loop takes what is due and acknowledges.
+Thread-safe: the worker thread puts, the event loop takes what is due and acknowledges
+(:mod:`gateway.uplink` does both).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The per-frame work of a gateway, without any I/O: frame envelope in, envelopes out.
 
-Where it sits: queue -> **FramePipeline.process** -> forwarder (MQTT, QoS 1).
+Where it sits: the frame queue (:mod:`gateway.ingest`) -> the worker thread
+(:mod:`gateway.service`) -> **FramePipeline.process** -> the uplink (:mod:`gateway.uplink`).
 
 For each frame: reject what is not a JPEG (a truncated one lacks its end-of-image marker),
 decode it at 1/8 scale for the background model (:mod:`edgelearn.roi`), which finds the

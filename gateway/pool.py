@@ -62,7 +62,7 @@ async def _run_worker(
             flush=True,
         )
         for model in models:
-            await worker.load_model(model)
+            await worker.model_slot.load(model)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,198 +1,73 @@
-"""A gateway worker process: the I/O shell around :class:`gateway.pipeline.FramePipeline`.
+"""A gateway worker process: the I/O shell around :class:`gateway.pipeline.FramePipeline`,
+put together from its parts.
 
-Where it sits::
+Where it sits, and which part does what::
 
-    MQTT .../frames/+ (or the pool's ingest) --+
-                                               +--> LatestFrames --> worker thread
-    CoAP POST /frames -------------------------+    (per camera,     (pipeline)
-                                                     newest wins)        |
-                          Outbox (SQLite) <-- put, on disk first --------+
+    MQTT .../frames/+ (or the pool's feed) --+
+                                             +--> Ingest --> LatestFrames --> worker thread
+    CoAP POST /frames -----------------------+  (checked,   (per camera,      (the pipeline)
+                                                 counted)     newest wins)          |
+                          Uplink: Outbox (SQLite) <-- put, on disk first -----------+
                              |  first send now; again after a backoff until acked
                              +--> MQTT features/<gw>/<camera>, QoS 1
-    MQTT acks/<gw>            --> Outbox.acknowledge: the cloud has it, forget it
-    MQTT models/{all,<gw>}/+  --> verify signature + digest --> load in a thread --> swap
-    MQTT plans/<gw>           --> mode / keyframe thresholds, applied between frames
-    every few seconds         --> retained status/<gw>/<worker>; last will marks it offline
+    MQTT acks/<gw>            --> Uplink: the cloud has it, the outbox forgets it
+    MQTT models/{all,<gw>}/+  --> ModelSlot: verify signature + digest, load in a thread, swap
+    MQTT plans/<gw>           --> ModelSlot: mode / keyframe thresholds, applied between frames
+    every few seconds         --> StatusReport: retained status/<gw>/<worker>; the last will
+                                  marks it offline
 
-:class:`GatewayWorker` is an async context manager owning a TaskGroup of named loops
-(``mqtt-connection`` inside the session, ``worker``, ``forwarder``, ``resender``,
-``status``). Per-frame compute runs in the worker thread, off the event loop. Delivery is
-end to end, at least once: a feature stays in the :class:`gateway.outbox.Outbox` until an
-``Ack`` from the cloud names it, and the cloud de-duplicates. Features queued for their
-first send are capped (``max_pending``); past that they wait in the outbox, so the worker
-never blocks on a slow uplink and a long outage costs what the outbox policy says, counted.
+=================  =========================  ==============================================
+part               module                     holds
+=================  =========================  ==============================================
+ingest, drops      :mod:`gateway.ingest`      the frame checks and counts, the newest-wins
+                                              queue, the pool's feed, and the drop policy:
+                                              every frame or feature dropped, by reason
+model slot         :mod:`gateway.model_slot`  deployments (verified, loaded, measured), plans,
+                                              the mode metric
+uplink             :mod:`gateway.uplink`      the outbox, first sends, re-sends, acks
+status             :mod:`gateway.status`      the status message, its rates and the last will
+the worker         here                       the composition, the MQTT session and its
+                                              routing, CoAP, the worker thread, the lifecycle
+=================  =========================  ==============================================
 
-**The frame queue** (:class:`LatestFrames`) holds each camera's frames between ingest and
-the worker thread. A camera is real time: when the worker falls behind, an old frame is
-worth less than a new one, so a full camera queue drops its *oldest* frame (reason
-``queue_full``), and frames that waited longer than ``stale_after`` seconds are dropped when
-taken (reason ``stale``). Memory is bounded by ``depth`` frames per camera; one busy camera
-cannot starve the others because cameras are served in turn. Every drop goes through
-``on_drop`` exactly once. All the worker's drop reasons are in this module and the
-pipeline's ``Dropped`` outcomes.
+:class:`GatewayWorker` is an async context manager owning a TaskGroup of named tasks:
+``worker`` (the pipeline, in a thread: the one place per-frame compute leaves the event
+loop), ``feed`` (a pool's pipe, in a thread: its reads block), ``forwarder``, ``resender``
+and ``status``, and one ``publish`` per send and ``model-load`` per model. The MQTT session
+(``mqtt-connection`` in its own TaskGroup) and the CoAP endpoint are contexts it enters.
+Leaving it stops ingest, then the tasks and threads, counts what is still queued as dropped,
+says the worker is offline, and closes the session, the outbox and the metrics endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import aiomqtt
-import numpy as np
 from prometheus_client import CollectorRegistry
 
-from edgelearn import roi, signing, wire
-from edgelearn.artifacts import ArtifactError, LoadedDeployment, load_deployment, measure_latency
+from edgelearn import roi, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
-from edgelearn.modes import Mode, ModeError
-from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
-from edgelearn.peer_log import PeerLog
-from edgelearn.secrets import Secrets, default_secrets_dir
+from edgelearn.mqtt import MqttSession, cancel_until_done
 from gateway import dispatch
 from gateway.coap import CoapEndpoint
 from gateway.config import GatewayConfig
-from gateway.metrics import UNKNOWN_CAMERA, GatewayMetrics
-from gateway.outbox import Outbox, OutboxError, Pending
-from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
+from gateway.ingest import Arrival, Drops, Ingest, Queued
+from gateway.metrics import GatewayMetrics
+from gateway.model_slot import ModelSlot
+from gateway.pipeline import Dropped, FramePipeline, HeldBack
+from gateway.status import StatusReport, Totals
+from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
 SESSION_EXPIRY_SECONDS = 3600
-
-
-# --- the frame queue ------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Queued(Generic[T]):
-    camera_id: str
-    item: T
-    enqueued: float  # time.monotonic()
-
-
-class LatestFrames(Generic[T]):
-    def __init__(
-        self,
-        depth: int = 2,
-        stale_after: float = 2.0,
-        on_drop: Callable[[str, str], None] = lambda camera, reason: None,
-    ) -> None:
-        if depth < 1:
-            raise ValueError("queue depth must be >= 1")
-        self.depth = depth
-        self.stale_after = stale_after
-        self._on_drop = on_drop
-        self._queues: dict[str, collections.deque[Queued[T]]] = {}
-        self._turns: collections.deque[str] = collections.deque()  # cameras with frames
-        self._condition = threading.Condition()
-        self._closed = False
-
-    def put(self, camera_id: str, item: T) -> None:
-        dropped = False
-        with self._condition:
-            queue = self._queues.setdefault(camera_id, collections.deque())
-            if len(queue) >= self.depth:
-                queue.popleft()
-                dropped = True
-            if not queue:
-                self._turns.append(camera_id)
-            queue.append(Queued(camera_id, item, time.monotonic()))
-            self._condition.notify()
-        if dropped:
-            self._on_drop(camera_id, "queue_full")
-
-    def get(self, timeout: float | None = None) -> Queued[T] | None:
-        """The next fresh frame (round-robin over cameras), or ``None`` on timeout/close."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        stale: list[str] = []
-        try:
-            with self._condition:
-                while True:
-                    while self._turns:
-                        camera_id = self._turns.popleft()
-                        queue = self._queues[camera_id]
-                        entry = queue.popleft()
-                        if queue:
-                            self._turns.append(camera_id)
-                        if time.monotonic() - entry.enqueued > self.stale_after:
-                            stale.append(camera_id)
-                            continue
-                        return entry
-                    if self._closed:
-                        return None
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return None
-                    self._condition.wait(remaining)
-        finally:
-            for camera_id in stale:
-                self._on_drop(camera_id, "stale")
-
-    def depths(self) -> dict[str, int]:
-        with self._condition:
-            return {camera: len(queue) for camera, queue in self._queues.items()}
-
-    def close(self) -> None:
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
-
-    def drain(self, reason: str = "shutdown") -> int:
-        """Drop (and count) whatever is still queued; returns how many."""
-        with self._condition:
-            leftovers = [(camera, len(queue)) for camera, queue in self._queues.items()]
-            for queue in self._queues.values():
-                queue.clear()
-            self._turns.clear()
-        for camera, count in leftovers:
-            for _ in range(count):
-                self._on_drop(camera, reason)
-        return sum(count for _, count in leftovers)
-
-
-# --- the worker ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Arrival:
-    frame: wire.Frame
-    transport: str
-    received_ns: int  # time.time_ns(): the camera hop is capture (its clock) to here
-
-
-@dataclass(frozen=True)
-class _FirstSend:
-    pending: Pending
-    processed: float  # time.monotonic() when the pipeline was done: the outbox hop
-
-
-@dataclass(frozen=True)
-class _Totals:
-    """Monotonic counts read at one instant; two of them give the rates of a status period."""
-
-    time: float
-    uplink_bytes: int
-    frames_in: int
-    input_bytes: int
-    keyframes: int
-    held_back: int
-
-
-@dataclass(frozen=True)
-class _InputRates:
-    fps: float
-    bytes_per_second: float
-    keyframe_ratio: float
 
 
 class GatewayWorker:
@@ -211,9 +86,7 @@ class GatewayWorker:
         self.feed = feed
         self.feed_lost = asyncio.Event()
         self.topics = wire.Topics(config.site)
-        secrets = Secrets(config.secrets or default_secrets_dir())
         self.broker = broker or config.broker_config()
-        self.trusted_key = trusted_key or signing.load_public_key(secrets.signing_public_key)
         self.registry = registry or CollectorRegistry()
         register_build_info(self.registry, "gateway")
         self.metrics = GatewayMetrics(self.registry)
@@ -228,200 +101,66 @@ class GatewayWorker:
             objects=roi.RoiSettings() if config.objects else None,
             learning_sample=config.learning_sample,
         )
-        self.queue: LatestFrames[_Arrival] = LatestFrames(
-            depth=config.queue_depth, stale_after=config.stale_after, on_drop=self._count_drop
+        # The parts (the module docstring has the table).
+        self.drops = Drops(self.metrics)
+        self.ingest = Ingest(config, self.metrics, self.drops)
+        self.model_slot = ModelSlot(config, self.pipeline, self.metrics, trusted_key=trusted_key)
+        self.uplink = Uplink(
+            config,
+            self.metrics,
+            on_drop=self.drops.feature,
+            extract_seconds=self.model_slot.extract_seconds,
         )
-        self.metrics.watch_queues(self.queue.depths)
-        self.outbox: Outbox | None = None  # opened on entry
-        self.metrics.watch_outbox(lambda: self.outbox)
-        self._peers = PeerLog(log)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sends: asyncio.Queue[_FirstSend] | None = None  # first sends, from work
-        self._pending = threading.BoundedSemaphore(config.max_pending)
-        self._inflight = asyncio.Semaphore(config.max_inflight)
-        self._extract_seconds: dict[str, float] = {}  # by mode, as its text form
-        self._plan_version = -1
+        self.status = StatusReport(
+            config,
+            self.pipeline,
+            capacity_fps=self.model_slot.capacity_fps,
+            queue_depths=self.ingest.queue.depths,
+            totals=self._totals,
+        )
+        # The worker thread's decisions, as plain totals for the status message.
+        self.keyframes_total = 0
+        self.held_back_total = 0
         self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._cancellable: set[asyncio.Task[Any]] = set()
         self._session: MqttSession | None = None
         self._coap: CoapEndpoint | None = None
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
-        self.uplink_bytes_total = 0
-        # Plain totals for the status message (the metrics hold the labelled ones).
-        self.frames_in_total = 0
-        self.input_bytes_total = 0
-        self.keyframes_total = 0
-        self.held_back_total = 0
-        self._last_capture: dict[str, int] = {}
 
-    # --- ingest (event loop) -------------------------------------------------------------
+    def _totals(self) -> Totals:
+        return Totals(
+            time.monotonic(),
+            self.uplink.bytes_total,
+            self.ingest.frames_in_total,
+            self.ingest.input_bytes_total,
+            self.keyframes_total,
+            self.held_back_total,
+        )
 
-    def _count_drop(self, camera_id: str, reason: str) -> None:
-        self.metrics.dropped.labels(camera_id, reason).inc()
-        log.debug("dropped a frame of %s: %s", camera_id, reason)
-
-    def ingest(self, payload: bytes, transport: str, topic_camera: str | None) -> str | None:
-        """Take one frame envelope; returns the drop reason if it was rejected."""
-        try:
-            if len(payload) > self.config.max_frame_mb * 2**20:
-                raise wire.WireError("oversize", f"{len(payload)} bytes")
-            frame = wire.decode_as(payload, wire.Frame)
-            if topic_camera is not None and frame.camera_id != topic_camera:
-                raise wire.WireError("camera_mismatch", f"{frame.camera_id} on {topic_camera}")
-        except wire.WireError as exc:
-            self.refused(transport, exc.reason, topic_camera or UNKNOWN_CAMERA, str(exc))
-            return exc.reason
-        self.metrics.received.labels(frame.camera_id, transport).inc()
-        if frame.capture_ns < self._last_capture.get(frame.camera_id, 0):
-            self.metrics.out_of_order.labels(frame.camera_id).inc()
-        else:
-            self._last_capture[frame.camera_id] = frame.capture_ns
-        self.metrics.input_bytes.labels(frame.camera_id).inc(len(frame.payload))
-        self.frames_in_total += 1
-        self.input_bytes_total += len(frame.payload)
-        self.queue.put(frame.camera_id, _Arrival(frame, transport, time.time_ns()))
-        return None
-
-    def _read_feed(self) -> None:
-        """The pool's pipe (a thread): frames and the dispatcher's drops, onto the loop."""
-        assert self.feed is not None and self._loop is not None
-        try:
-            while not self._stopping.is_set():
-                if not self.feed.poll(0.2):  # wakes to notice a stop
-                    continue
-                message = self.feed.recv()
-                if message[0] == dispatch.FRAME:
-                    _, camera, transport, payload = message
-                    self._loop.call_soon_threadsafe(self.ingest, payload, transport, camera)
-                elif message[0] == dispatch.DROPS:
-                    self._loop.call_soon_threadsafe(self._count_dispatch_drops, message[1])
-        except (EOFError, OSError):
-            if not self._stopping.is_set():
-                log.error("the pool's supervisor is gone; stopping")
-                self._loop.call_soon_threadsafe(self.feed_lost.set)
-
-    def _count_dispatch_drops(self, drops: dict[tuple[str, str, str], int]) -> None:
-        for (camera, transport, reason), count in drops.items():
-            self.refused(transport, reason, camera, "dropped by the pool", count=count)
-
-    def refused(
-        self,
-        transport: str,
-        reason: str,
-        camera: str = UNKNOWN_CAMERA,
-        detail: str = "",
-        *,
-        count: int = 1,
-    ) -> None:
-        """Frames that arrived and were refused (a bad envelope, unauthenticated CoAP, a
-        drop in the pool's dispatcher): counted as received and dropped, and a warning per
-        peer and reason now and then."""
-        self.metrics.received.labels(camera, transport).inc(count)
-        self.metrics.dropped.labels(camera, reason).inc(count)
-        log.debug("dropped %d frames of %s: %s", count, camera, reason)
-        self._peers.warning(
-            camera, reason, "refused %d %s frames from %s: %s %s", count, transport, camera,
-            reason, detail,
-        )  # fmt: skip
+    # --- MQTT messages (event loop) ------------------------------------------------------
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
         kind = wire.topic_level(topic, -2)
         if kind == "frames":
-            self.ingest(payload, "mqtt", wire.topic_level(topic, -1))
+            self.ingest.frame(payload, "mqtt", wire.topic_level(topic, -1))
         elif wire.topic_level(topic, -3) == "models":
             if payload:  # an empty retained message clears a slot; nothing to load
-                self._spawn(self._receive_model(payload, topic), "model-load")
+                self._spawn(self.model_slot.receive(payload, topic), "model-load")
         elif kind == "plans":
-            self._apply_plan(payload)
+            self.model_slot.apply_plan(payload)
         elif kind == "acks":
-            self._acknowledged(payload)
+            self.uplink.acknowledged(payload)
 
-    def _acknowledged(self, payload: bytes) -> None:
-        try:
-            ack = wire.decode_as(payload, wire.Ack)
-        except wire.WireError as exc:
-            self._peers.warning("cloud", exc.reason, "ignored an ack: %s", exc)
-            return
-        if ack.gateway_id != self.config.gateway_id or self.outbox is None:
-            return
-        try:
-            # Every worker of the pool reads the gateway's acks; each forgets what it holds.
-            self.metrics.acked.inc(self.outbox.acknowledge(ack.entries()))
-        except OutboxError as exc:
-            self._outbox_failed(exc)
-
-    # --- models and plans ----------------------------------------------------------------
-
-    async def _receive_model(self, payload: bytes, topic: str) -> None:
-        try:
-            model = wire.decode_as(payload, wire.Model)
-        except wire.WireError as exc:
-            self.metrics.models_rejected.labels(exc.reason).inc()
-            log.warning("refused the model on %s (%s); keeping the current one", topic, exc)
-            return
-        await self.load_model(model)
-
-    async def load_model(self, model: wire.Model) -> bool:
-        """Verify, load (in a thread) and swap in ``model``; False if it was refused."""
-        try:
-            deployment = await asyncio.to_thread(load_deployment, model, self.trusted_key)
-        except (signing.ModelRejected, ArtifactError) as exc:
-            self.metrics.models_rejected.labels(getattr(exc, "reason", "invalid")).inc()
-            log.warning(
-                "refused model %s %s (%s); keeping the current one", model.name, model.version, exc
-            )
-            return False
-        mode = deployment.mode
-        if self.pipeline.model_versions().get(mode) == deployment.version:
-            return True  # the same deployment again (retained copy for all and for us)
-        extract_seconds = await asyncio.to_thread(self._measure, deployment)
-        self._extract_seconds[str(mode)] = extract_seconds
-        self.pipeline.deploy(deployment)  # takes effect at the next frame; none dropped
-        self.metrics.model_swaps.labels(mode.slot).inc()
-        self.metrics.set_model(mode.slot, deployment.version)
-        self._update_mode_metric()
-        log.info(
-            "loaded %s %s (%.2f ms per frame)", mode, deployment.version, extract_seconds * 1e3
-        )
-        return True
-
-    @staticmethod
-    def _measure(deployment: LoadedDeployment) -> float:
-        shape = deployment.extractor.input_shape
-        frames = np.random.default_rng(0).integers(0, 255, (8, *shape), dtype=np.uint8)
-        return measure_latency(deployment.extractor, frames, repeats=2)
-
-    def _apply_plan(self, payload: bytes) -> None:
-        if not payload:
-            return
-        try:
-            plan = wire.decode_as(payload, wire.Plan)
-            mode = Mode.parse(plan.mode)
-            settings = self.config.keyframes_under(plan)
-        except (wire.WireError, ModeError, ValueError) as exc:
-            self.metrics.models_rejected.labels("bad_plan").inc()
-            log.warning("ignored a plan for %s: %s", self.config.gateway_id, exc)
-            return
-        if plan.gateway_id != self.config.gateway_id or plan.plan_version <= self._plan_version:
-            return
-        self._plan_version = plan.plan_version
-        self.pipeline.set_mode(mode)
-        self.pipeline.set_keyframes(settings)
-        self._update_mode_metric()
-        log.info("plan %d: mode %s, keyframes %s", plan.plan_version, mode, settings)
-
-    def _update_mode_metric(self) -> None:
-        self.metrics.set_mode(str(self.pipeline.mode), str(self.pipeline.effective_mode()))
-
-    # --- worker thread -------------------------------------------------------------------
+    # --- the worker thread ---------------------------------------------------------------
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            entry = self.queue.get(timeout=0.2)
+            entry = self.ingest.queue.get(timeout=0.2)
             if entry is None:
                 continue
             frame = entry.item.frame
@@ -434,7 +173,7 @@ class GatewayWorker:
             processed = time.monotonic()
             camera = frame.camera_id
             if isinstance(outcome, Dropped):
-                self._count_drop(camera, outcome.reason)
+                self.drops.frame(camera, outcome.reason)
                 continue
             self.metrics.raw_equivalent_bytes.labels(camera).inc(len(frame.payload))
             if self.pipeline.objects is not None:
@@ -446,9 +185,9 @@ class GatewayWorker:
             self.keyframes_total += 1
             self.metrics.processed.labels(camera, "forwarded").inc()
             self._observe_hops(entry, taken, processed)
-            self._keep_and_send(outcome, processed)
+            self.uplink.keep_and_send(outcome, processed)
 
-    def _observe_hops(self, entry: Queued[_Arrival], taken: float, processed: float) -> None:
+    def _observe_hops(self, entry: Queued[Arrival], taken: float, processed: float) -> None:
         """The gateway's hops of a forwarded frame (the ones that end in a result)."""
         capture_ns = entry.item.frame.capture_ns
         hops = self.metrics.hop_seconds
@@ -457,195 +196,25 @@ class GatewayWorker:
         hops.labels("processing").observe(processed - taken)
         self.metrics.processed_age.observe(max(0, time.time_ns() - capture_ns) / 1e9)
 
-    def _keep_and_send(self, item: Forward, processed: float) -> None:
-        """Into the outbox first (on disk before it is sent), then queue its first send. With
-        no send slot free (the uplink is slow or down) it waits in the outbox instead, due at
-        once: the worker never blocks on the uplink, and the outbox's bounds and policy
-        decide what a long outage costs."""
-        assert self._loop is not None and self._sends is not None and self.outbox is not None
-        envelope = item.envelope
-        camera, mode = envelope.camera_id, str(item.mode)
-        topic = self.topics.feature(self.config.gateway_id, camera)
-        capture = wire.capture_of(envelope)
-        sending = self._pending.acquire(blocking=False)
-        try:
-            kept = self.outbox.put(capture, topic, item.data, mode, sent=sending)
-        except OutboxError as exc:
-            self._outbox_failed(exc)
-            if not sending:
-                self._count_feature_drop(camera, "outbox_failed")
-            kept = sending  # sent once, unprotected: better than not at all
-        if not sending:
-            return
-        if not kept:  # the policy refused it (counted)
-            self._pending.release()
-            return
-        pending = Pending(*capture, topic, item.data, mode, attempts=0)
-        self._loop.call_soon_threadsafe(self._sends.put_nowait, _FirstSend(pending, processed))
+    async def _read_feed(self) -> None:
+        """The pool's pipe, in a thread: its reads block."""
+        assert self.feed is not None and self._loop is not None
+        if await asyncio.to_thread(self.ingest.read_feed, self.feed, self._loop, self._stopping):
+            self.feed_lost.set()
 
-    def _outbox_failed(self, exc: OutboxError) -> None:
-        self.metrics.outbox_failures.inc()
-        self._peers.warning("outbox", "outbox_failed", "%s", exc)
-
-    def _count_feature_drop(self, camera_id: str, reason: str) -> None:
-        self.metrics.features_dropped.labels(camera_id, reason).inc()
-        self._peers.warning("outbox", reason, "gave up a feature of %s: %s", camera_id, reason)
-
-    # --- forwarder and status (event loop) -----------------------------------------------
+    # --- lifecycle -----------------------------------------------------------------------
 
     def _spawn(self, coroutine: Any, name: str) -> None:
-        """A task in our TaskGroup that shutdown cancels (the worker thread is stopped by
-        its flag instead)."""
+        """A task in our TaskGroup that shutdown cancels (the threads are stopped by their
+        flag instead)."""
         assert self._tasks is not None
         task = self._tasks.create_task(coroutine, name=name)
         self._cancellable.add(task)
         task.add_done_callback(self._cancellable.discard)
 
-    async def _forward(self) -> None:
-        """First sends, in the order the worker made them."""
-        assert self._sends is not None
-        while True:
-            item = await self._sends.get()
-            await self._inflight.acquire()
-            self._spawn(self._send(item.pending, first=True, processed=item.processed), "publish")
-
-    async def _resend(self) -> None:
-        """Whatever the outbox says is due: unacknowledged after its backoff, a send that
-        failed for a lost connection, or what a previous run left behind."""
-        assert self._session is not None and self.outbox is not None
-        while True:
-            await self._session.connected.wait()
-            free = max(1, self._inflight._value)
-            try:
-                batch = self.outbox.take_due(free)
-            except OutboxError as exc:  # a full disk: nothing lost, tried again next tick
-                self._outbox_failed(exc)
-                batch = []
-            for item in batch:
-                await self._inflight.acquire()
-                self._spawn(self._send(item, first=False), "publish")
-            if len(batch) < free:
-                due = self.outbox.next_due()
-                wait = 0.5 if due is None else due - time.time()
-                await asyncio.sleep(min(0.5, max(0.02, wait)))  # the resend schedule's tick
-
-    async def _send(self, item: Pending, *, first: bool, processed: float | None = None) -> None:
-        """Publish one feature; ``processed`` (a first send's) is when the pipeline was done
-        with it, for the outbox hop."""
-        assert self._session is not None and self.outbox is not None
-        started = time.perf_counter()
-        if processed is not None:
-            self.metrics.hop_seconds.labels("outbox").observe(time.monotonic() - processed)
-        try:
-            await self._session.publish(item.topic, item.payload, qos=1, wait_for_connection=1)
-        except NotConnected as exc:
-            self.metrics.forward_failures.inc()
-            log.info("uplink publish failed (%s); sending again once connected", exc)
-            try:
-                self.outbox.retry_now(item.capture)
-            except OutboxError as error:  # sent again at its backoff instead
-                self._outbox_failed(error)
-            return
-        finally:
-            self._inflight.release()
-            if first:
-                self._pending.release()
-        published = time.perf_counter() - started
-        self.metrics.stage_seconds.labels("publish").observe(published)
-        if processed is not None:
-            self.metrics.hop_seconds.labels("publish").observe(published)
-        self.metrics.uplink_bytes.labels(item.camera_id, item.mode).inc(len(item.payload))
-        self.uplink_bytes_total += len(item.payload)
-        if not first:
-            self.metrics.resent.inc()
-        if (seconds := self._extract_seconds.get(item.mode)) is not None:
-            self.metrics.capacity.labels(item.mode).set(1.0 / seconds)
-
-    def status(
-        self, online: bool, uplink_rate: float = 0.0, rates: _InputRates | None = None
-    ) -> wire.Status:
-        mode, effective = self.pipeline.mode, self.pipeline.effective_mode()
-        note = "" if mode == effective else f"no {mode} model yet: running raw"
-        versions = self.pipeline.model_versions()
-        capacity = {
-            loaded: round(1.0 / seconds, 1) for loaded, seconds in self._extract_seconds.items()
-        }
-        return wire.Status(
-            gateway_id=self.config.gateway_id,
-            worker=self.config.worker,
-            online=int(online),
-            time_ns=time.time_ns(),
-            mode=str(effective),
-            model_version=versions.get(effective, "none"),
-            capacity_fps=capacity,
-            uplink_bytes_per_second=uplink_rate,
-            queue_depths=self.queue.depths(),
-            note=note,
-            input_fps=rates.fps if rates else 0.0,
-            input_bytes_per_second=rates.bytes_per_second if rates else 0.0,
-            keyframe_ratio=rates.keyframe_ratio if rates else 1.0,
-            uplink_capacity_bytes_per_second=self.config.uplink_kbps * 1000 / 8,
-        )
-
-    def _totals(self) -> _Totals:
-        return _Totals(
-            time.monotonic(),
-            self.uplink_bytes_total,
-            self.frames_in_total,
-            self.input_bytes_total,
-            self.keyframes_total,
-            self.held_back_total,
-        )
-
-    async def _publish_status(self) -> None:
-        assert self._session is not None
-        topic = self.topics.status(self.config.gateway_id, self.config.worker)
-        last = self._totals()
-        while True:
-            now = self._totals()
-            seconds = max(now.time - last.time, 1e-6)
-            decided = (now.keyframes - last.keyframes) + (now.held_back - last.held_back)
-            rates = _InputRates(
-                fps=(now.frames_in - last.frames_in) / seconds,
-                bytes_per_second=(now.input_bytes - last.input_bytes) / seconds,
-                # No frame decided this period: keep "every frame is a keyframe" (the planner
-                # then budgets for the worst case).
-                keyframe_ratio=(now.keyframes - last.keyframes) / decided if decided else 1.0,
-            )
-            uplink_rate = (now.uplink_bytes - last.uplink_bytes) / seconds
-            last = now
-            try:
-                await self._session.publish(
-                    topic, wire.encode(self.status(True, uplink_rate, rates)), qos=1, retain=True
-                )
-            except NotConnected:
-                log.info("status not published: no connection")
-            await asyncio.sleep(self.config.status_interval)  # the status period
-
-    # --- lifecycle -----------------------------------------------------------------------
-
     async def __aenter__(self) -> GatewayWorker:
         self._loop = asyncio.get_running_loop()
-        self._sends = asyncio.Queue()
-        self.outbox = Outbox(
-            self.config.outbox_path,
-            max_items=self.config.outbox_max_items,
-            max_bytes=int(self.config.outbox_max_mb * 2**20),
-            policy=self.config.outbox_policy,
-            retry_after=self.config.retry_after,
-            retry_max=self.config.retry_max,
-            on_drop=self._count_feature_drop,
-        )
-        self.metrics_server = serve_metrics(
-            self.registry, self.config.metrics_port, self.config.metrics_host
-        )
         topics = self.topics
-        will = aiomqtt.Will(
-            topics.status(self.config.gateway_id, self.config.worker),
-            wire.encode(self.status(False)),
-            qos=1,
-            retain=True,
-        )
         self._session = MqttSession(
             self.broker,
             self.config.client_id,
@@ -657,12 +226,16 @@ class GatewayWorker:
                 (topics.ack(self.config.gateway_id), 1),
             ],
             on_message=self._on_message,
-            will=will,
+            will=self.status.will(),
             persistent=True,
             # Acks, plans and models wait this long for a worker that is down; the outbox
             # re-sends after a longer outage, and models and plans are retained.
             session_expiry_seconds=SESSION_EXPIRY_SECONDS,
             backoff_max=2.0,
+        )
+        self.uplink.open(self._session, self._spawn)
+        self.metrics_server = serve_metrics(
+            self.registry, self.config.metrics_port, self.config.metrics_host
         )
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
@@ -670,13 +243,13 @@ class GatewayWorker:
             await self._session.__aenter__()
             if self.config.coap_port >= 0:
                 await self._start_coap()
-            self._update_mode_metric()
+            self.model_slot.update_mode_metric()
             self._tasks.create_task(asyncio.to_thread(self._work), name="worker")
-            self._spawn(self._forward(), "forwarder")
-            self._spawn(self._resend(), "resender")
-            self._spawn(self._publish_status(), "status")
+            self._spawn(self.uplink.forward(), "forwarder")
+            self._spawn(self.uplink.resend(), "resender")
+            self._spawn(self.status.publish_every(self._session), "status")
             if self.feed is not None:
-                threading.Thread(target=self._read_feed, name="feed", daemon=True).start()
+                self._tasks.create_task(self._read_feed(), name="feed")
                 self.feed.send((dispatch.READY,))
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -685,11 +258,11 @@ class GatewayWorker:
 
     async def _start_coap(self) -> None:
         endpoint = CoapEndpoint(
-            lambda payload, camera: self.ingest(payload, "coap", camera),
+            lambda payload, camera: self.ingest.frame(payload, "coap", camera),
             self.config.coap_host,
             self.config.coap_port,
             credentials=self.config.coap_credentials(),
-            on_refused=lambda reason: self.refused("coap", reason),
+            on_refused=lambda reason: self.drops.refused("coap", reason),
         )
         self._coap = await endpoint.__aenter__()
         self.coap_port = endpoint.port
@@ -698,15 +271,13 @@ class GatewayWorker:
         """Wait until every queued frame is processed and its feature sent once (the broker
         acknowledged it); False if ``timeout`` came first."""
         return await self._wait_for(
-            lambda: not any(self.queue.depths().values()) and self._pending_count() == 0,
+            lambda: not any(self.ingest.queue.depths().values()) and self.uplink.pending() == 0,
             timeout,
         )
 
     async def settle(self, timeout: float = 30.0) -> bool:
         """Wait until the cloud acknowledged every feature; False on timeout."""
-        return await self._wait_for(
-            lambda: self.outbox is not None and not self.outbox.items, timeout
-        )
+        return await self._wait_for(self.uplink.settled, timeout)
 
     @staticmethod
     async def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
@@ -717,12 +288,9 @@ class GatewayWorker:
             await asyncio.sleep(0.02)  # polling a condition, bounded by timeout
         return True
 
-    def _pending_count(self) -> int:
-        return self.config.max_pending - self._pending._value
-
     async def __aexit__(self, *exc_info: object) -> None:
         self._stopping.set()
-        self.queue.close()
+        self.ingest.queue.close()
         if self._coap is not None:
             await self._coap.__aexit__(None, None, None)
             self._coap = None
@@ -730,23 +298,12 @@ class GatewayWorker:
         if tasks is not None:
             await cancel_until_done(list(self._cancellable), patience=0.5)
             await tasks.__aexit__(None, None, None)
-        self.queue.drain("shutdown")
+        self.ingest.queue.drain("shutdown")
         if self._session is not None:
-            # A clean disconnect sends no last will: say we are offline ourselves.
-            topic = self.topics.status(self.config.gateway_id, self.config.worker)
-            with contextlib.suppress(NotConnected):
-                await self._session.publish(
-                    topic,
-                    wire.encode(self.status(False)),
-                    qos=1,
-                    retain=True,
-                    wait_for_connection=1.0,
-                )
+            await self.status.publish_offline(self._session)
             await self._session.__aexit__(None, None, None)
             self._session = None
-        if self.outbox is not None:
-            self.outbox.close()  # what is still in it goes out at the next start
-            self.outbox = None
+        self.uplink.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None

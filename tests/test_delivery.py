@@ -63,7 +63,7 @@ def _send(camera: MqttProbe, site: str, frames: list[wire.Frame]) -> None:
 
 
 def _outbox_items(gateway: RunningGateway) -> int:
-    outbox = gateway.worker.outbox
+    outbox = gateway.worker.uplink.outbox
     return -1 if outbox is None else outbox.items
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from cameras.replay import scene_frames
 from cameras.scene import LabeledScene, make_background
@@ -18,6 +19,8 @@ from edgelearn.datasets import load_fashion_mnist
 from edgelearn.keyframes import KeyframeFilter, KeyframeSettings
 from edgelearn.modes import PCA, RAW, Mode, ModeError
 from gateway.config import GatewayConfig
+from gateway.ingest import Drops, Ingest, LatestFrames
+from gateway.metrics import GatewayMetrics
 from gateway.pipeline import (
     Dropped,
     Forward,
@@ -25,7 +28,6 @@ from gateway.pipeline import (
     HeldBack,
     decode_small,
 )
-from gateway.service import LatestFrames
 from stack import broker as broker_module
 from tests.support.gateway import pca_deployment
 
@@ -91,6 +93,41 @@ def test_queue_drops_stale_frames() -> None:
     queue.put("a", 1)
     assert queue.get(timeout=0) is None
     assert drops == ["stale"]
+
+
+def test_ingest_queues_good_frames_and_counts_every_refusal_as_received_and_dropped() -> None:
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    drops = Drops(metrics)
+    ingest = Ingest(GatewayConfig(max_frame_mb=0.5, queue_depth=1), metrics, drops)
+    first, second = scene_frames("cam-1", 2, seed=1)
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(f"edgelearn_gateway_{name}_total", labels) or 0.0
+
+    assert ingest.frame(b"not an envelope", "mqtt", "cam-1") == "bad_magic"
+    assert ingest.frame(wire.encode(first), "mqtt", "cam-2") == "camera_mismatch"
+    assert ingest.frame(b"x" * 2**20, "coap", None) == "oversize"  # refused undecoded
+    assert ingest.frame(wire.encode(first), "mqtt", "cam-1") is None
+    assert ingest.frame(wire.encode(second), "coap", None) is None  # newest wins: depth 1
+    assert sample("frames_received", camera="cam-1", transport="mqtt") == 2
+    assert sample("frames_received", camera="cam-1", transport="coap") == 1
+    assert sample("frames_received", camera="cam-2", transport="mqtt") == 1
+    assert sample("frames_received", camera="unknown", transport="coap") == 1
+    for camera, reason in [
+        ("cam-1", "bad_magic"),
+        ("cam-2", "camera_mismatch"),
+        ("unknown", "oversize"),
+        ("cam-1", "queue_full"),
+    ]:
+        assert sample("frames_dropped", camera=camera, reason=reason) == 1, reason
+    assert ingest.frames_in_total == 2
+    assert ingest.input_bytes_total == len(first.payload) + len(second.payload)
+    entry = ingest.queue.get(timeout=0)
+    assert entry is not None and entry.item.frame.seq == second.seq
+    assert entry.item.transport == "coap"
+    drops.feature("cam-1", "outbox_full")
+    assert sample("features_dropped", camera="cam-1", reason="outbox_full") == 1
 
 
 def test_modes_parse_with_clear_errors() -> None:

@@ -199,7 +199,7 @@ def test_bad_input_is_counted_and_every_frame_accounted_for(
                 == count
             ), reason
         # Every drop counted, but the log says each (peer, reason) once a minute, not 201 times.
-        warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.service"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.ingest"]
         assert sum("bad_magic" in message for message in warnings) == 1
         assert sum("camera_mismatch" in message for message in warnings) == 1
         assert (
