@@ -150,7 +150,10 @@ class CloudConfig:
             raise ValueError(f"budget {self.budget!r}: {' or '.join(BUDGETS)}")
         if not self.split_ks or min(self.split_ks) < 1:
             raise ValueError(f"split_ks {list(self.split_ks)}: split points, integers >= 1")
-        parse_dataset(self.dataset)  # a folder is read when the service is built
+        try:
+            parse_dataset(self.dataset)  # a folder is read when the service is built
+        except ValueError as exc:
+            raise ValueError(f"dataset: {exc}") from exc
         if self.duration is not None and not self.duration > 0:
             raise ValueError(f"duration {self.duration}: seconds, > 0")
 

@@ -163,7 +163,7 @@ def test_a_key_no_setting_has_is_refused_by_its_name_in_one_line_and_exit_2(
         ('[cloud]\nbudget = "huge"\n', "budget 'huge'"),
         ("[cloud.learn]\nevery = 0\n", "learn: every 0"),
         ("[cloud.plan]\nlatency_bound = 0\n", "plan: latency_bound 0.0"),
-        ('[cloud]\ndataset = "imagenet"\n', "unknown data set 'imagenet'"),
+        ('[cloud]\ndataset = "imagenet"\n', "dataset: unknown data set 'imagenet'"),
     ],
     ids=["split_ks", "site", "budget", "learn.every", "plan.latency_bound", "dataset"],
 )
