@@ -4,8 +4,9 @@
 registry lacks one (with a progress bar), pushes the newest signed deployment of every edge
 mode to the retained model topics, and runs consumers that answer features, score them and
 store them for training, and the continuous trainer that learns from them (``--no-learn``:
-off). ``edgelearn model list|show|push`` reads the registry and publishes
-deployments; ``edgelearn train --from-features`` trains a cloud half from stored features
+off). Its settings are one :class:`cloud.config.CloudConfig`, from a ``--config`` TOML file,
+the environment and its flags. ``edgelearn model list|show|push`` reads the registry and
+publishes deployments; ``edgelearn train --from-features`` trains a cloud half from stored features
 (and ``--raw`` the cloud-only baseline from stored frames) and reports time, bytes and
 accuracy side by side.
 """
@@ -15,14 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from cloud.config import BUDGETS, CloudConfig
+from cloud.service import CloudSettings
+from cloud.trainer import TrainerSettings
 from edgelearn import config as config_module
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
@@ -33,15 +35,23 @@ def _registry_path(args: argparse.Namespace) -> Path:
     return registry_dir(getattr(args, "registry", None))
 
 
-def _broker_options(parser: argparse.ArgumentParser) -> None:
+def _broker_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The broker, site and registry options; without ``defaults`` an option not given is
+    None, so ``edgelearn cloud``'s config file and environment show through."""
     parser.add_argument(
         "--broker",
-        default="127.0.0.1:1883",
+        default=CloudConfig.broker if defaults else None,
         metavar="HOST:PORT",
-        help="broker the cloud uses (the cloud broker when bridged)",
+        help=f"the cloud's broker (the cloud broker when bridged; default {CloudConfig.broker})",
     )
-    parser.add_argument("--site", default=wire.DEFAULT_SITE, help="topic namespace")
-    parser.add_argument("--tls", action="store_true", help="connect over TLS")
+    parser.add_argument(
+        "--site",
+        default=CloudConfig.site if defaults else None,
+        help=f"topic namespace (default {CloudConfig.site})",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", default=False if defaults else None, help="connect over TLS"
+    )
     parser.add_argument("--secrets", type=Path, default=None, help="secrets directory")
     parser.add_argument(
         "--registry",
@@ -77,18 +87,30 @@ def _progress_bar(step: str, number: int, total: int) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    _broker_options(parser)
+    # Every option defaults to None: given, it overrides the config file (see settings()).
+    _broker_options(parser, defaults=False)
+    defaults = CloudConfig()
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file with these settings ([cloud] table, [cloud.plan] and [cloud.learn])",
+    )
     parser.add_argument(
         "--consumers",
         type=int,
-        default=1,
-        help="consumers in this process's shared-subscription group",
+        default=None,
+        help="consumers in this process's shared-subscription group "
+        f"(default {defaults.consumers})",
     )
-    parser.add_argument("--group", default="cloud", help="shared-subscription group")
+    parser.add_argument(
+        "--group", default=None, help=f"shared-subscription group (default {defaults.group})"
+    )
     parser.add_argument(
         "--push-site",
+        dest="push_sites",
         action="append",
-        default=[],
+        default=None,
         metavar="SITE",
         help="a site whose gateways get the models (repeatable; default: --site; needed "
         "when --site is + and the cloud serves every site)",
@@ -96,31 +118,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--id",
         dest="cloud_id",
-        default="cloud",
+        default=None,
         help="this process's name in its group; its MQTT client ids derive from it, so a "
-        "restarted process resumes its sessions (two processes of one group: two ids)",
+        "restarted process resumes its sessions (two processes of one group: two ids; "
+        f"default {defaults.cloud_id})",
     )
     parser.add_argument(
         "--budget",
-        choices=("default", "quick"),
-        default="default",
+        choices=BUDGETS,
+        default=None,
         help="the model generations to train (cloud.bootstrap.TrainingPlan): default, a "
         "first generation in seconds and four bigger ones in the background; quick: two small "
         "ones, for tests",
     )
     parser.add_argument(
-        "--split-ks", default="1,2,3", help="split points to train and push (comma-separated)"
+        "--split-ks",
+        default=None,
+        help="split points to train and push (comma-separated; default "
+        f"{','.join(map(str, defaults.split_ks))})",
     )
     parser.add_argument(
         "--no-train",
         dest="train",
         action="store_false",
+        default=None,
         help="never train; serve what the registry has",
     )
     parser.add_argument(
         "--no-grow",
         dest="grow",
         action="store_false",
+        default=None,
         help="train the first generation only (if the registry lacks one), not the later ones "
         "in the background",
     )
@@ -128,12 +156,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-push",
         dest="push",
         action="store_false",
+        default=None,
         help="do not publish deployments to the gateways",
     )
     parser.add_argument(
         "--feature-store",
-        type=Path,
         default=None,
+        metavar="DIR|none",
         help="where what arrived is recorded: the de-duplication ledger and the labeled "
         "features to train on (default: STATE/features; 'none': keep no features, the ledger "
         "stays in STATE/features)",
@@ -141,30 +170,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=0,
+        default=None,
         help="/metrics port of consumer 0 (others +1...); 0 = free port",
     )
     parser.add_argument(
         "--plan",
         action="store_true",
+        default=None,
         help="plan every gateway's mode from its status (cloud.planner): the split that fits "
         "its measured capacity and its configured uplink, per paper 003's offline rule",
     )
     parser.add_argument(
         "--plan-hold",
         type=float,
-        default=30.0,
-        help="least seconds between two plan changes of one gateway (default 30)",
+        default=None,
+        help="least seconds between two plan changes of one gateway "
+        f"(default {defaults.plan.hold:g})",
     )
     parser.add_argument(
         "--plan-latency-bound",
         type=float,
-        default=0.2,
-        help="the planner's latency bound Q in seconds (default 0.2, paper 003's)",
+        default=None,
+        help="the planner's latency bound Q in seconds "
+        f"(default {defaults.plan.latency_bound:g}, paper 003's)",
     )
     parser.add_argument(
         "--dataset",
-        default="fashion-mnist",
+        default=None,
         help="what the first model set learns: fashion-mnist (default) or folder:PATH (one "
         "sub-folder of images per class; a fifth of it is held out, never trained on)",
     )
@@ -172,83 +204,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-learn",
         dest="learn",
         action="store_false",
+        default=None,
         help="no continuous trainer: the cloud halves stay as trained",
     )
     parser.add_argument(
         "--learn-every",
         type=int,
         default=None,
-        help="labeled objects of a mode that start a continuous-training run (default 1500; "
-        "300 with --budget quick)",
+        help="labeled objects of a mode that start a continuous-training run (default "
+        f"{TrainerSettings.every}; {TrainerSettings.quick().every} with --budget quick)",
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after seconds")
 
 
-def _trainer_settings(args: argparse.Namespace) -> Any:
-    from cloud.trainer import TrainerSettings
-
-    if not args.learn:
-        return None
-    settings = TrainerSettings.quick() if args.budget == "quick" else TrainerSettings()
-    if args.learn_every is not None:
-        if args.learn_every < 1:
-            raise config_module.ConfigError("--learn-every needs a positive count")
-        settings = dataclasses.replace(settings, every=args.learn_every)
-    return settings
+# The flags of the cloud's parts, by the names of their settings (cloud.config).
+_PART_FLAGS = {
+    "plan": "plan.enabled",
+    "plan_hold": "plan.hold",
+    "plan_latency_bound": "plan.latency_bound",
+    "learn": "learn.enabled",
+    "learn_every": "learn.every",
+}
 
 
-def _dataset(text: str) -> Any:
-    from edgelearn.datasets import parse_dataset
-
-    try:
-        spec = parse_dataset(text)
-    except ValueError as exc:
-        raise config_module.ConfigError(f"--dataset: {exc}") from exc
-    if spec.path is not None:
-        spec.load()  # an unusable folder fails here, before any broker is touched
-    return spec
-
-
-def _split_ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise config_module.ConfigError(f"--split-ks {text!r}: comma-separated integers") from exc
-    if not ks or min(ks) < 1:
-        raise config_module.ConfigError("--split-ks needs integers >= 1")
-    return ks
+def settings(args: argparse.Namespace) -> CloudConfig:
+    """The cloud's settings: defaults < the ``[cloud]`` table of ``--config`` (and its
+    ``[cloud.plan]``, ``[cloud.learn]``) < ``EDGELEARN_*`` < flags; unknown keys are
+    refused with their names."""
+    names = config_module.setting_names(CloudConfig)
+    overrides = {
+        _PART_FLAGS.get(dest, dest): value
+        for dest, value in vars(args).items()
+        if _PART_FLAGS.get(dest, dest) in names
+    }
+    return config_module.load(CloudConfig, path=args.config, section="cloud", overrides=overrides)
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    from cloud.bootstrap import TrainingPlan
-    from cloud.planner import PlannerSettings
-    from cloud.service import CloudService, CloudSettings
+async def _serve(settings: CloudSettings, duration: float | None) -> int:
+    from cloud.service import CloudService
 
-    keep_features = str(args.feature_store) != "none"
-    store = args.feature_store if keep_features and args.feature_store else None
-    store = store or default_state_dir() / "features"
-    settings = CloudSettings(
-        broker=_broker(args),
-        registry=_registry_path(args),
-        secrets=Secrets(args.secrets or default_secrets_dir()),
-        site=args.site,
-        push_sites=tuple(args.push_site) or (() if args.site == wire.ANY_SITE else (args.site,)),
-        group=args.group,
-        cloud_id=args.cloud_id,
-        consumers=args.consumers,
-        split_ks=_split_ks(args.split_ks),
-        training=TrainingPlan.named(args.budget) if args.train else None,
-        grow=args.grow,
-        push=args.push,
-        feature_store=store,
-        keep_features=keep_features,
-        metrics_port=args.metrics_port,
-        plan=PlannerSettings(hold_seconds=args.plan_hold, latency_bound=args.plan_latency_bound)
-        if args.plan
-        else None,
-        trainer=_trainer_settings(args),
-        dataset=_dataset(args.dataset),
-    )
     async with CloudService(
         settings, progress=_progress_bar, announce=lambda line: print(line, flush=True)
     ) as service:
@@ -257,7 +251,7 @@ async def _serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration)
+            await asyncio.wait_for(stop.wait(), duration)
         await service.drain(5.0)
     return 0
 
@@ -266,8 +260,9 @@ def main(args: argparse.Namespace) -> int:
     from edgelearn.datasets import DatasetError
     from edgelearn.mqtt import BrokerUnavailable
 
+    config = settings(args)  # a setting that cannot be: ConfigError, before anything starts
     try:
-        return asyncio.run(_serve(args))
+        return asyncio.run(_serve(config.service_settings(), config.duration))
     except (BrokerUnavailable, DatasetError) as exc:
         print(f"edgelearn cloud: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ Each service has one frozen dataclass for its settings. :func:`load` fills it fr
 increasing precedence, the dataclass defaults, a TOML file, ``EDGELEARN_<FIELD>`` environment
 variables and explicit overrides (the CLI's flags). Unknown keys are an error, as are values
 that do not convert to the field's type: a typo in a config file must not be silently ignored.
+A service with parts (the cloud's planner, its trainer) nests them: a field whose type is a
+dataclass is read from a sub-table of its own, ``[cloud.plan]``, by the same rules.
 """
 
 from __future__ import annotations
@@ -70,6 +72,30 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _part(annotation: Any) -> type[Any] | None:
+    """The dataclass a field of this type is read from, as a table of its own; or None
+    (a value with ``parse()``, a Mode say, is one setting written as its text)."""
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return None if hasattr(annotation, "parse") else annotation
+    return None
+
+
+def setting_names(cls: type[Any]) -> frozenset[str]:
+    """Every setting of ``cls`` by the name :func:`load` takes in ``overrides``: a field's
+    name, and ``part.name`` for each setting of a part (a field whose type is a dataclass)."""
+    hints = typing.get_type_hints(cls)
+    names: set[str] = set()
+    for item in dataclasses.fields(cls):
+        if not item.init:
+            continue
+        part = _part(hints[item.name])
+        if part is None:
+            names.add(item.name)
+        else:
+            names.update(f"{item.name}.{name}" for name in setting_names(part))
+    return frozenset(names)
+
+
 def load(
     cls: type[T],
     *,
@@ -83,53 +109,121 @@ def load(
 
     ``overrides`` values that are ``None`` are skipped, so argparse namespaces can be passed
     through without clobbering file values with unset flags.
+
+    A field whose type is itself a dataclass is a *part* of the service with settings of
+    its own: they are read from the sub-table ``[section.field]`` (unknown keys refused there
+    too), from ``EDGELEARN_<FIELD>_<SETTING>`` variables and from ``field.setting``
+    overrides. A part starts from its own class's defaults, so the field's default must be
+    just that (``field(default_factory=ThePart)``).
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
-    hints = typing.get_type_hints(cls)
-    names = {item.name for item in dataclasses.fields(cls) if item.init}
-    values: dict[str, Any] = {}
+    table: dict[str, Any] = {}
     if path is not None:
         try:
             document = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         table = document.get(section, {}) if section else document
-        unknown = sorted(set(table) - names)
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown} (known: {sorted(names)})")
-        for key, value in table.items():
-            values[key] = _convert(value, hints[key], f"{path}:{key}")
-    environ = os.environ if environ is None else environ
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section} must be a table, [{section}]")
+    return _build(
+        cls,
+        table,
+        source=str(path) if path is not None else "",
+        section=section,
+        environ=os.environ if environ is None else environ,
+        env_prefix=env_prefix,
+        overrides=overrides or {},
+        part="",
+    )
+
+
+def _build(
+    cls: type[T],
+    table: dict[str, Any],
+    *,
+    source: str,
+    section: str | None,
+    environ: Mapping[str, str],
+    env_prefix: str,
+    overrides: Mapping[str, Any],
+    part: str,
+) -> T:
+    """``cls`` from its TOML ``table``, the environment and ``overrides``; ``part`` is the
+    dotted path of ``cls`` within the service's settings ("" for the whole service), whose
+    own parts are built the same way, each from its sub-table."""
+    hints = typing.get_type_hints(cls)
+    names = [item.name for item in dataclasses.fields(cls) if item.init]  # type: ignore[arg-type]
+    parts = {name: kind for name in names if (kind := _part(hints[name])) is not None}
+    header = ".".join(level for level in (section, part.rstrip(".")) if level)
+    where = f"{source} [{header}]" if part else source
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(names)})")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in parts:
+            if not isinstance(value, dict):
+                table_name = ".".join(level for level in (header, key) if level)
+                raise ConfigError(f"{source}: {part}{key} must be a table, [{table_name}]")
+        else:
+            values[key] = _convert(value, hints[key], f"{source}:{part}{key}")
     for key in names:
         variable = env_prefix + key.upper()
-        if variable in environ:
+        if key not in parts and variable in environ:
             values[key] = _convert(environ[variable], hints[key], variable)
-    for key, value in (overrides or {}).items():
+    for_parts: dict[str, dict[str, Any]] = {name: {} for name in parts}
+    for key, value in overrides.items():
         if value is None:
             continue
-        if key not in names:
-            raise ConfigError(f"unknown setting {key!r} (known: {sorted(names)})")
-        values[key] = _convert(value, hints[key], f"--{key.replace('_', '-')}")
+        head, dot, rest = key.partition(".")
+        if dot and head in parts:
+            for_parts[head][rest] = value
+        elif key in names and key not in parts:
+            flag = "--" + f"{part}{key}".replace("_", "-").replace(".", "-")
+            values[key] = _convert(value, hints[key], flag)
+        else:
+            known = sorted(part + name for name in setting_names(cls))
+            raise ConfigError(f"unknown setting {part + key!r} (known: {known})")
+    for key, kind in parts.items():
+        clash = {f"{key}_{name}" for name in setting_names(kind)} & set(names)
+        if clash:  # one variable, EDGELEARN_<KEY>_<NAME>, would set both
+            raise TypeError(f"{cls.__name__}: {sorted(clash)} clash with part {key}'s settings")
+        values[key] = _build(
+            kind,
+            table.get(key, {}),
+            source=source,
+            section=section,
+            environ=environ,
+            env_prefix=f"{env_prefix}{key.upper()}_",
+            overrides=for_parts[key],
+            part=f"{part}{key}.",
+        )
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(f"{part.rstrip('.')}: {exc}" if part else str(exc)) from exc
 
 
 def dump(settings: Any, section: str) -> str:
     """``settings`` (a dataclass of scalars and paths) as the ``[section]`` TOML table that
     :func:`load` reads back into the same value; ``None`` fields are left out (their
-    default is ``None``). How one process hands another its settings: a file, not an argv
-    that each hop spells again."""
+    default is ``None``), and each part (a field that is a dataclass) follows as its
+    sub-table ``[section.field]``. How one process hands another its settings: a file, not
+    an argv that each hop spells again."""
     if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
         raise TypeError(f"{settings!r} is not a dataclass instance")
     lines = [f"[{section}]"]
+    parts = []
     for item in dataclasses.fields(settings):
         if not item.init:
             continue
         value = getattr(settings, item.name)
         if value is None:
+            continue
+        if _part(type(value)) is not None:
+            parts.append(dump(value, f"{section}.{item.name}"))  # after this table's keys
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -142,7 +236,7 @@ def dump(settings: Any, section: str) -> str:
         else:
             raise TypeError(f"{item.name}: cannot write {type(value).__name__} to TOML")
         lines.append(f"{item.name} = {text}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + "".join("\n" + part for part in parts)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from cameras.config import CameraConfig
+from cloud.config import CloudConfig, LearnConfig, PlanConfig
 from edgelearn import config as config_module
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
@@ -514,31 +515,24 @@ def _start_cloud(
 ) -> Child:
     metrics_port = free_port(count=settings.consumers)  # one per consumer
     store = settings.feature_store or settings.run_dir / "features"
-    command = edgelearn_command(
-        "cloud",
-        "--broker",
-        f"127.0.0.1:{broker_port}",
-        "--site",
-        settings.site if settings.sites == 1 else wire.ANY_SITE,
-        "--consumers",
-        str(settings.consumers),
-        *[f"--push-site={site}" for site in settings.site_names()],
-        "--budget",
-        settings.budget,
-        "--split-ks",
-        ",".join(str(k) for k in settings.split_ks),
-        "--metrics-port",
-        str(metrics_port),
-        "--feature-store",
-        str(store),
-        *(["--registry", str(settings.registry)] if settings.registry else []),
-        *(["--plan"] if settings.plans else []),
-        "--dataset",
-        settings.dataset,
-        *([] if settings.learn else ["--no-learn"]),
-        *([] if settings.grow else ["--no-grow"]),
-        *(["--learn-every", str(settings.learn_every)] if settings.learn_every else []),
+    config = CloudConfig(
+        broker=f"127.0.0.1:{broker_port}",
+        site=settings.site if settings.sites == 1 else wire.ANY_SITE,
+        registry=settings.registry,  # None: the environment's (child_env), or the state's
+        consumers=settings.consumers,
+        push_sites=tuple(settings.site_names()),
+        budget=settings.budget,
+        split_ks=settings.split_ks,
+        metrics_port=metrics_port,
+        feature_store=str(store),
+        dataset=settings.dataset,
+        grow=settings.grow,
+        plan=PlanConfig(enabled=settings.plans),
+        learn=LearnConfig(enabled=settings.learn, every=settings.learn_every),
     )
+    config_file = settings.run_dir / "cloud.toml"  # its settings, as it reads them
+    config_file.write_text(config_module.dump(config, "cloud"))
+    command = edgelearn_command("cloud", "--config", str(config_file))
     cloud = children.start("cloud", command, env)
     cloud.metrics_urls += [_metrics_url(metrics_port + n) for n in range(settings.consumers)]
     # A first generation takes tens of seconds: the cloud says "serving" as soon as one of
