@@ -3,10 +3,10 @@
 Where it sits: ``edgelearn cloud`` starts one :class:`TrainingProcess` when it trains in the
 background (the model grower's generations, :mod:`cloud.grower`; the continuous trainer's
 runs, :mod:`cloud.trainer`). Jobs go to a process of its own, spawned (no copy of the
-serving process's threads or TensorFlow state) at idle priority, so the consumers' inference keeps
-its cores and its GIL: in-thread training took split:6's latency p99 from tens of ms to 360
-ms in bench drift. One worker: jobs run in the order they were submitted, so the two
-trainers never train at once on two cores the stack needs.
+serving process's threads or TensorFlow state), in a session of its own and niced, so the
+consumers' inference keeps its cores and its GIL: in-thread training took split:6's latency
+p99 from tens of ms to 360 ms in bench drift. One worker: jobs run in the order they were
+submitted, so the two trainers never train at once on two cores the stack needs.
 
 Leaving the context stops the process; a job in progress is abandoned. Both trainers are a
 :class:`BackgroundLoop`: a loop in a thread of its own that sends its jobs here.
@@ -14,12 +14,14 @@ Leaving the context stops the process; a job in progress is abandoned. Both trai
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Self, TypeVar
 
 Job = TypeVar("Job")
@@ -39,23 +41,25 @@ def _watch_parent(parent: int) -> None:
 
 
 def _lower_priority() -> None:
-    """Idle priority, and TensorFlow on one thread: the process gets what the stack leaves of
-    the cores, and two threads that wait on each other there trained 14% slower than one
-    (measured beside the stack's cameras: 3.07 against 2.65 ms a crop). It ends with the
-    process that started it.
+    """A session of its own at nice 10, and TensorFlow on one thread: the process gets what
+    the stack leaves of the cores, and two threads that wait on each other there trained 14%
+    slower than one (measured beside the stack's cameras: 3.07 against 2.65 ms a crop). It
+    ends with the process that started it.
 
-    A nice value alone is not enough on Linux: with autogroups (the default) it ranks the
-    process only against the others of its session, the cloud's, while the cameras and the
-    gateway run in sessions of their own that the cloud's group, training included, takes
-    an equal share from. ``SCHED_IDLE`` ranks below every normal process of every group: in
-    a 5-camera ``edgelearn up``, switching the running training process to it took the
-    capture-to-result p99 from 163 to 77 ms (45 s windows, split:8) and training still got
-    the idle 44% of a core."""
+    Why a session of its own: with autogroups (Linux's default) a nice value ranks a process
+    only against the others of its session, here the cloud's, while the cameras and the
+    gateway run in sessions of their own that the cloud's group, training included, took an
+    equal share of the cores from. In a 5-camera ``edgelearn up``, putting the running
+    training process below every session (``SCHED_IDLE``) took the capture-to-result p99
+    from 163 to 77 ms (45 s windows, ``split:8``). ``SCHED_IDLE`` itself starves training on
+    a host that is never idle; a group of its own niced to 10 gets about a tenth of what a
+    busy session gets, and every idle cycle. (Without autogroups, ``os.nice`` does it.)"""
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), name="parent", daemon=True).start()
+    os.setsid()  # its own autogroup; _watch_parent ends it with the cloud
+    with contextlib.suppress(OSError):  # no autogroups here: the nice value below does it
+        Path("/proc/self/autogroup").write_text(str(NICENESS))
     os.nice(NICENESS)
-    if hasattr(os, "sched_setscheduler"):  # Linux
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
