@@ -7,7 +7,7 @@ JSON-able dict, every part measured in the same run on this host:
   mosquitto, fed pre-made Feature envelopes (the gateway's own pipeline ran on 720p
   labeled-scene frames to make them) by a publisher process as fast as the consumer takes
   them; results per second, with the batch sizes the consumer formed.
-* ``inference_ms``: :meth:`~cloud.consumer.KerasClassifier.predict` per batch size and mode,
+* ``inference_ms``: :meth:`~cloud.serving.KerasClassifier.predict` per batch size and mode,
   after warm-up (median of repeats).
 * ``latency``: capture to result at a stated camera load (features of ``cameras`` cameras at
   ``fps`` each, ``capture_ns`` stamped as they are published; ``result_ns - capture_ns`` read
@@ -44,9 +44,10 @@ from bench.gateway import DeploymentSource, registry_deployments
 from bench.registry import BENCH_SPLIT_KS, registry_run
 from bench.runs import LoggedWarnings, percentiles_ms, poll_until
 from bench.workload import GATEWAY_ID, paced, render_object_cameras
-from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
+from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.feature_store import FeatureStore
 from cloud.registry import Registry
+from cloud.serving import RegistryModels
 from edgelearn import signing, wire
 from edgelearn.artifacts import TensorQuantization, load_deployment
 from edgelearn.config import BrokerConfig

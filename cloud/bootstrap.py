@@ -52,6 +52,7 @@ import numpy.typing as npt
 from cloud.judge import Verdict, paired
 from cloud.models.errors import ModelNotFound
 from cloud.registry import CLOUD, EDGE, ModelEntry, Registry
+from cloud.serving import edge_modes
 from edgelearn import roi
 from edgelearn.artifacts import EdgeExtractor, load_edge_artifact
 from edgelearn.datasets import FASHION_MNIST, DatasetSpec
@@ -145,11 +146,6 @@ class TrainingPlan:
 
 def log_progress(step: str, number: int, total: int) -> None:
     log.info("[%d/%d] %s", number, total, step)
-
-
-def edge_modes(split_ks: Sequence[int]) -> list[Mode]:
-    """Every mode that runs a model at the gateway, with these splits."""
-    return [Mode(FULL), Mode(PCA), Mode(AUTOENCODER), *(Mode.split(k) for k in split_ks)]
 
 
 def all_modes(split_ks: Sequence[int]) -> list[Mode]:
@@ -544,17 +540,6 @@ def train_plan(
 
 JUDGED: Final = (FULL, PCA, AUTOENCODER)
 """The mode of each family whose serving entry a candidate is judged against."""
-
-
-def deployable(registry: Registry, split_ks: Sequence[int]) -> list[ModelEntry]:
-    """The serving entry of every edge mode, to push to the gateways."""
-    found = []
-    for mode in edge_modes(split_ks):
-        try:
-            found.append(registry.serving(mode))
-        except ModelNotFound:
-            continue
-    return found
 
 
 def with_splits(plan: TrainingPlan, split_ks: Sequence[int]) -> TrainingPlan:

@@ -11,44 +11,25 @@ A gateway in ``full`` mode sends ``wire.Result`` envelopes on its feature topic 
 answer goes up); consumers republish them on the results topic and score them like their own.
 Several consumers in one shared-subscription group split the load.
 
-Which model answers a feature is the :class:`ClassifierSource`'s business: in production
-:class:`RegistryModels`, the cloud halves of every mode served from the model registry. A
-feature names the deployment that made it (``model_version``); registry versions are unique,
-so that version alone finds the cloud half that belongs to it. ``raw`` features carry the
-camera's JPEG and no model version: they are answered by the newest cloud-only CNN (kind
-``cloud-classifier``). Models load once (TensorFlow is imported on first use) and are called
-directly rather than through ``Model.predict``, whose per-call overhead (tens of ms) would
-dominate small batches: a cloud half of dense layers only in numpy (tens of microseconds a
-batch), one with convolutions through a TensorFlow graph (about 1 ms). A feature no model
-can answer is dropped with reason ``no_model`` and counted.
-
-**Scoring** (:class:`Scoreboard`) counts per-frame accuracy the way a camera user sees it.
-Every frame a camera captured gets an answer: a keyframe gets its own result; the frames the
-keyframe filter held back take the result of their camera's previous keyframe. A
-``wire.Feature`` (or an edge ``wire.Result``) carries ``held_back`` (how many frames since
-the previous keyframe were held back) and ``held_mismatched`` (how many of those had a
-different ground-truth label from the previous keyframe: a change the filter missed). So when
-keyframe *n* arrives, the frames held back after keyframe *n-1* are scored with *n-1*'s
-prediction: ``held_back - held_mismatched`` of them share its label and are right exactly
-when it was; the mismatched ones are counted wrong (their own labels did not travel, and the
-previous answer was about another item: a conservative count).
-A result is scored before it is published, so whoever sees it finds it counted.
+Which model answers a feature is the :class:`~cloud.serving.ClassifierSource`'s business
+(:mod:`cloud.serving`: in production the registry's cloud halves); a feature no model can
+answer is dropped with reason ``no_model`` and counted. Each result is scored on the
+consumers' shared :class:`~cloud.serving.Scoreboard` (per-frame accuracy, held-back frames
+included) before it is published, so whoever sees it finds it counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import functools
 import logging
 import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -58,282 +39,16 @@ from prometheus_client import CollectorRegistry
 from cloud.adaptation import ClassMix
 from cloud.feature_store import Arrival, FeatureStore
 from cloud.metrics import CloudMetrics
-from cloud.models.dense_head import DenseHead
-from cloud.models.errors import RegistryError
-from cloud.registry import ModelEntry, Registry
+from cloud.serving import Classifier, ClassifierSource, Score, Scoreboard
 from cloud.shadow import Shadow, ShadowBoard
 from edgelearn import codec, preprocess, roi, wire
-from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER, top_classes
+from edgelearn.artifacts import top_classes
 from edgelearn.config import BrokerConfig
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
-from edgelearn.modes import FULL, RAW, Mode
 from edgelearn.mqtt import MqttSession, NotConnected
 from edgelearn.peer_log import PeerLog
 
 log = logging.getLogger(__name__)
-
-
-class Classifier(Protocol):
-    """The cloud's half of a mode: float features (or uint8 frames for ``raw``) ->
-    class probabilities ``(N, classes)``."""
-
-    takes_frames: bool
-    input_size: int
-    channels: int
-    objects: bool  # trained on object crops; else on the whole frame's centre square
-    version: str  # of the model: live accuracy is kept per version ("" : not tracked)
-
-    def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]: ...
-
-
-class ClassifierSource(Protocol):
-    def classifier_for(
-        self, extractor: str, model_version: str, camera: str = ""
-    ) -> Classifier | None:
-        """The cloud half answering ``camera``'s features of this extractor and version."""
-        ...
-
-    def class_names(self, model_version: str) -> tuple[str, ...]:
-        """The names of a model's classes (results count predictions by name); () unknown."""
-        ...
-
-
-# --- scoring ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Last:
-    correct: bool
-
-
-@dataclass(frozen=True)
-class Score:
-    frames: int
-    correct: int
-
-
-@dataclass
-class Scoreboard:
-    """Rolling per-frame accuracy per (camera, mode) over the last ``window`` frames, and per
-    (mode, serving cloud half) over the last ``window`` scored objects or frames: what the
-    continuous trainer watches to roll back a promotion."""
-
-    window: int = 2000
-    _last: dict[tuple[str, str], _Last] = field(default_factory=dict)
-    _recent: dict[tuple[str, str], collections.deque[bool]] = field(default_factory=dict)
-    _served: dict[tuple[str, str], collections.deque[bool]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)  # consumers share one
-
-    def record(
-        self,
-        camera_id: str,
-        mode: str,
-        label: int | None,
-        predicted: int,
-        held_back: int,
-        held_mismatched: int,
-        served: str = "",
-    ) -> Score:
-        """Score one answered keyframe and the held-back frames it settles; ``served`` is
-        the version of the model that answered. Unlabeled frames are not scored (a real
-        video has no ground truth)."""
-        if label is None:
-            return Score(0, 0)
-        with self._lock:
-            score, outcomes = self._record(
-                (camera_id, mode), label, predicted, held_back, held_mismatched
-            )
-            if served:
-                self._served.setdefault(
-                    (mode, served), collections.deque(maxlen=self.window)
-                ).extend(outcomes)
-            return score
-
-    def _record(
-        self,
-        key: tuple[str, str],
-        label: int,
-        predicted: int,
-        held_back: int,
-        held_mismatched: int,
-    ) -> tuple[Score, list[bool]]:
-        recent = self._recent.setdefault(key, collections.deque(maxlen=self.window))
-        outcomes: list[bool] = []
-        previous = self._last.get(key)
-        if previous is not None and held_back:
-            same = held_back - held_mismatched
-            outcomes = [previous.correct] * same + [False] * held_mismatched
-        this_correct = predicted == label
-        outcomes.append(this_correct)
-        recent.extend(outcomes)
-        self._last[key] = _Last(this_correct)
-        return Score(len(outcomes), sum(outcomes)), outcomes
-
-    def accuracy(self, camera_id: str, mode: str, last: int | None = None) -> float | None:
-        """Over the camera's last ``last`` scored frames (default: the whole window)."""
-        with self._lock:
-            recent = self._recent.get((camera_id, mode))
-            if not recent:
-                return None
-            outcomes = list(recent)[-last:] if last else recent
-            return sum(outcomes) / len(outcomes)
-
-    def cameras(self, mode: str) -> list[str]:
-        with self._lock:
-            return sorted(camera for camera, of_mode in self._recent if of_mode == mode)
-
-    def served_accuracy(self, mode: str, version: str, last: int) -> tuple[float | None, int]:
-        """Accuracy of what ``version`` answered for ``mode``, over its last ``last`` scored
-        objects (or frames), and how many that was."""
-        with self._lock:
-            outcomes = list(self._served.get((mode, version), ()))[-last:]
-        return (sum(outcomes) / len(outcomes) if outcomes else None), len(outcomes)
-
-
-# --- the cloud halves, from the registry ----------------------------------------------
-
-
-@dataclass
-class KerasClassifier:
-    """A registry entry's cloud half: the Keras model, answered by ``head`` (numpy) when it
-    is only dense layers (:class:`cloud.models.dense_head.DenseHead`: ``split:8``'s one
-    dense layer, the ``pca`` and ``autoencoder`` classifiers), else by a TensorFlow graph."""
-
-    model: Any
-    takes_frames: bool
-    input_size: int
-    channels: int
-    version: str
-    objects: bool = False
-    head: DenseHead | None = None
-    _call: Any = None
-
-    def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        if self.head is not None:
-            return self.head.predict(batch)
-        if self._call is None:
-            import tensorflow as tf
-
-            # A graph traced once for any batch size: 10-25 ms per batch where eager Keras
-            # took 26-44 ms (measured on the split:2 upper part).
-            spec = tf.TensorSpec([None, *self.model.input_shape[1:]], tf.float32)
-            self._call = tf.function(
-                lambda x: self.model(x, training=False), input_signature=[spec]
-            )
-        output = self._call(np.asarray(batch, np.float32))
-        return np.asarray(output, np.float32)
-
-
-class RegistryModels:
-    """A :class:`ClassifierSource` backed by a :class:`Registry`.
-
-    A feature's ``model_version`` names the edge half that made it; the cloud half that
-    answers is the registry's serving entry of that edge artifact (a promotion by the
-    continuous trainer changes it without the gateways changing anything), else the
-    version's own. :meth:`refresh` makes the next batch resolve again: a swap between two
-    batches, no feature waits or is dropped.
-    """
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self._loaded: dict[str, KerasClassifier] = {}  # by the cloud half's version
-        self._resolved: dict[tuple[str, str, str], KerasClassifier] = {}
-        self._names: dict[str, tuple[str, ...]] = {}
-        self._lock = threading.Lock()
-
-    def _entry(self, extractor: str, version: str, camera: str) -> ModelEntry | None:
-        try:
-            if extractor == RAW:
-                return self.registry.serving(Mode(RAW))
-            entry = self.registry.by_version(version)
-            serving = self.registry.serving_for(entry.mode, camera)  # "": the global one
-            return serving if serving.sha256 == entry.sha256 else entry
-        except RegistryError:
-            return None
-
-    def load(self, entry: ModelEntry) -> KerasClassifier:
-        """The cloud half of ``entry``, loaded once (the trainer loads a candidate here
-        before it is promoted, so the swap costs nothing)."""
-        with self._lock:
-            if entry.version in self._loaded:
-                return self._loaded[entry.version]
-        size, _, channels = entry.input_shape[:3]
-        model = self.registry.load_cloud_model(entry)
-        classifier = KerasClassifier(
-            model=model,
-            takes_frames=entry.kind == KIND_CLOUD_CLASSIFIER,
-            input_size=int(size),
-            channels=int(channels),
-            version=entry.version,
-            objects=entry.model_input == roi.CROP_RULE,
-            head=DenseHead.of(model),
-        )
-        with self._lock:
-            return self._loaded.setdefault(entry.version, classifier)
-
-    def classifier_for(
-        self, extractor: str, model_version: str, camera: str = ""
-    ) -> KerasClassifier | None:
-        key = (extractor, "" if extractor == RAW else model_version, camera)
-        with self._lock:
-            if key in self._resolved:
-                return self._resolved[key]
-        entry = self._entry(extractor, model_version, camera)
-        if entry is None:
-            return None  # not cached: the model may be trained or pushed later
-        classifier = self.load(entry)
-        with self._lock:
-            if self._resolved.get(key) is not classifier:
-                log.info("serving %s %s with %s %s", extractor, model_version, entry.name,
-                         entry.version)  # fmt: skip
-            self._resolved[key] = classifier
-        return classifier
-
-    def class_names(self, model_version: str) -> tuple[str, ...]:
-        with self._lock:
-            if model_version in self._names:
-                return self._names[model_version]
-        try:
-            names = tuple(self.registry.by_version(model_version).metadata.get("class_names") or ())
-        except RegistryError:
-            names = ()
-        with self._lock:
-            self._names[model_version] = names
-        return names
-
-    def refresh(self) -> None:
-        """Resolve every feature version again on its next batch (after a promotion or a
-        rollback changed what the registry serves)."""
-        with self._lock:
-            self._resolved.clear()
-
-    def warm_up(self, split_ks: Sequence[int]) -> list[str]:
-        """Load and run once the cloud half of every mode the registry can serve, so the
-        first features do not wait for TensorFlow to load a model (seconds)."""
-        from cloud.bootstrap import deployable
-
-        entries = deployable(self.registry, split_ks)
-        with contextlib.suppress(RegistryError):
-            entries.append(self.registry.serving(Mode(RAW)))
-        warmed = []
-        for entry in entries:
-            if self.classifier_for(str(entry.mode), entry.version) is not None:
-                self.prepare(entry)
-                warmed.append(f"{entry.mode} ({entry.version})")
-        return warmed
-
-    def prepare(self, entry: ModelEntry) -> KerasClassifier:
-        """Load ``entry``'s cloud half and run it once (TensorFlow traces its graph on the
-        first call, hundreds of ms): a promoted model then costs its first batch nothing."""
-        classifier = self.load(entry)
-        # full: the edge answers; the cloud answers the crops of its learning samples
-        if classifier.takes_frames or entry.mode.kind == FULL:
-            shape = tuple(entry.input_shape)
-        else:
-            output = (entry.metadata.get("quantization") or {}).get("output", {})
-            shape = tuple(output.get("shape", ()))
-        classifier.predict(np.zeros((1, *shape), np.float32))
-        return classifier
 
 
 # --- results ----------------------------------------------------------------------------

@@ -44,10 +44,10 @@ from cloud.bootstrap import (
     serving_entries,
     serving_generation,
 )
-from cloud.consumer import RegistryModels
 from cloud.judge import Verdict
 from cloud.metrics import CloudMetrics
 from cloud.registry import ModelEntry, Registry
+from cloud.serving import RegistryModels
 from edgelearn.datasets import DatasetSpec
 from edgelearn.modes import RAW, Mode
 

@@ -14,7 +14,7 @@
 * ``edgelearn_cloud_predictions_total{mode,class_name}`` - by the model's class names (a
   user's data set: theirs)
 * ``edgelearn_cloud_frames_scored_total{camera,mode,outcome}`` - per camera frame, held-back ones
-  included (see :class:`cloud.consumer.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
+  included (see :class:`cloud.serving.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
 * ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
 * ``edgelearn_cloud_end_to_end_latency_seconds{mode}`` - capture to result
 * ``edgelearn_cloud_hop_seconds{mode,hop}`` - where a feature's time goes in the cloud

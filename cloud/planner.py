@@ -57,6 +57,7 @@ from cloud.scheduling.problem import (
     EdgeServers,
     SchedulingProblem,
 )
+from cloud.serving import deployable
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
 from edgelearn.keyframes import KeyframeSettings
@@ -422,7 +423,6 @@ class Planner:
 def registry_candidates(registry: Any, split_ks: Sequence[int]) -> CandidateSource:
     """Candidates from the newest deployable entries of ``registry`` (re-read on each call,
     so a newly trained model set is planned with at once)."""
-    from cloud.bootstrap import deployable
 
     def read() -> tuple[int, list[Candidate]]:
         entries = deployable(registry, split_ks)

@@ -5,7 +5,7 @@ its flags and runs a :class:`CloudService`; tests and benchmarks run one in-proc
 entering, the service
 
 1. starts ``consumers`` :class:`~cloud.consumer.CloudConsumer` in one shared-subscription
-   group, every one answering from the same :class:`~cloud.consumer.RegistryModels`, so a
+   group, every one answering from the same :class:`~cloud.serving.RegistryModels`, so a
    model loaded (or warmed up) once serves every consumer;
 2. trains the first generation of models when the registry lacks one (``training``, with
    its progress); the cloud-only CNN serves (``serving raw``) as soon as it is saved, while
@@ -40,17 +40,16 @@ from cloud.background import TrainingProcess
 from cloud.bootstrap import (
     Progress,
     TrainingPlan,
-    deployable,
-    edge_modes,
     ensure_first_generation,
     log_progress,
     with_splits,
 )
-from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels, Scoreboard
+from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.feature_store import FeatureStore
 from cloud.grower import ModelGrower
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import ModelEntry, Registry
+from cloud.serving import RegistryModels, Scoreboard, deployable, edge_modes
 from cloud.shadow import ShadowBoard
 from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire

@@ -30,7 +30,7 @@ class Shadow:
     mode: str
     candidate: str  # the promoted version, which answers and publishes
     replaced: str  # the version it replaced, which answers in shadow
-    classifier: Any  # the replaced model's cloud half (a cloud.consumer.Classifier)
+    classifier: Any  # the replaced model's cloud half (a cloud.serving.Classifier)
     trained_items: frozenset[int] = frozenset()  # of the candidate: no evidence
 
 

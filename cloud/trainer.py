@@ -79,12 +79,12 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.background import BackgroundLoop, TrainingProcess
-from cloud.consumer import RegistryModels, Scoreboard
 from cloud.feature_store import FeatureStore, LabeledRows
 from cloud.judge import Judgement, Verdict, judge_by_camera, paired
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.registry import CLOUD, ModelEntry, Registry, keras_to_bytes
+from cloud.serving import RegistryModels, Scoreboard
 from cloud.shadow import Shadow, ShadowBoard
 from edgelearn import roi
 from edgelearn.artifacts import KIND_FULL, TensorQuantization

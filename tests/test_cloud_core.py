@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.consumer import Scoreboard
 from cloud.feature_store import Arrival, FeatureStore
+from cloud.serving import Scoreboard
 from edgelearn import wire
 
 

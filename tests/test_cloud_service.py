@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from cloud.bootstrap import deployable
 from cloud.registry import Registry
 from cloud.service import CloudService, CloudSettings
+from cloud.serving import deployable
 from edgelearn.modes import RAW, Mode
 from tests.support.broker import BrokerUnderTest
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from cameras.replay import scene_frames
-from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
+from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.feature_store import FILE_NAME, FeatureStore
 from cloud.registry import Registry
+from cloud.serving import RegistryModels
 from edgelearn import wire
 from edgelearn.service import serve_in_thread
 from stack.launcher import edgelearn_command

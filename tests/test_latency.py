@@ -81,11 +81,10 @@ def test_hop_buckets_are_fine_where_the_targets_are() -> None:
 
 @pytest.mark.training
 def test_dense_cloud_halves_answer_in_numpy_what_keras_answers(trained_registry: Path) -> None:
-    from cloud.bootstrap import deployable
-    from cloud.consumer import RegistryModels
     from cloud.models import cnn
     from cloud.models.dense_head import DenseHead
     from cloud.registry import Registry
+    from cloud.serving import RegistryModels, deployable
 
     registry = Registry(trained_registry)
     models = RegistryModels(registry)

@@ -48,8 +48,9 @@ from cameras.mqtt_link import MqttLink
 from cameras.scene import FrameSource
 from cameras.sources import SourceSpec
 from cameras.transport import FrameLink
-from cloud.consumer import Classifier, CloudConsumer, ConsumerConfig
+from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.models.data import RenderSettings, render_inputs
+from cloud.serving import Classifier
 from edgelearn import wire
 from edgelearn.artifacts import PcaProjection
 from edgelearn.datasets import DEFAULT_ROOT, LabeledImages, load_fashion_mnist

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cameras.replay import object_frames
-from cloud.consumer import CloudConsumer, ConsumerConfig, RegistryModels
+from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.registry import Registry
+from cloud.serving import RegistryModels
 from edgelearn import signing, wire
 from edgelearn.modes import Mode
 from edgelearn.service import serve_in_thread

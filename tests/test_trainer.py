@@ -345,8 +345,8 @@ def test_a_near_miss_is_judged_once_more_on_the_items_that_arrive_after_its_run(
     the fresh items refuse it. The trainer runs here, on a real store and registry."""
     from prometheus_client import CollectorRegistry
 
-    from cloud.consumer import RegistryModels, Scoreboard
     from cloud.metrics import CloudMetrics
+    from cloud.serving import RegistryModels, Scoreboard
     from cloud.trainer import ContinuousTrainer
 
     registry = Registry(registry_copy)

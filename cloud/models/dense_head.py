@@ -1,6 +1,6 @@
 """A cloud half that is only dense layers, answered in numpy.
 
-Where it sits: :class:`cloud.consumer.RegistryModels` loads each cloud half as a Keras model;
+Where it sits: :class:`cloud.serving.RegistryModels` loads each cloud half as a Keras model;
 when its layers are all of the few kinds below, :meth:`DenseHead.of` copies their weights
 out and the consumers answer with a few numpy products instead of a TensorFlow call. Those
 halves are tiny: ``split:8``'s upper part is one dense layer (1,290 to 2,570 weights, by the
