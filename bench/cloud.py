@@ -252,7 +252,7 @@ def inference_times(
 
 
 def _sample(consumer: CloudConsumer, name: str, **labels: str) -> float:
-    return float(consumer.registry.get_sample_value(name, labels) or 0.0)
+    return float(consumer.metrics.registry.get_sample_value(name, labels) or 0.0)
 
 
 @dataclass(frozen=True)

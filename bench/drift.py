@@ -848,7 +848,7 @@ def run(
                     ResultsObserver(observer, site=STATIC_SITE) as static_results,
                 ):
                     (learning_url,) = stack.cloud.metrics_urls
-                    static_url = static.consumers[0].metrics_server.url
+                    static_url = static.metrics_server.url
                     gateway_urls = list(stack.gateway.metrics_urls)
                     wait_until(
                         lambda: all(

@@ -171,7 +171,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--metrics-port",
         type=int,
         default=None,
-        help="/metrics port of consumer 0 (others +1...); 0 = free port",
+        help="/metrics port of this process (its consumers, trainers and planner); 0 = free port",
     )
     parser.add_argument(
         "--plan",

@@ -44,7 +44,6 @@ from cloud.shadow import Shadow, ShadowBoard
 from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import top_classes
 from edgelearn.config import BrokerConfig
-from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.mqtt import MqttSession, NotConnected
 from edgelearn.peer_log import PeerLog
 
@@ -148,8 +147,6 @@ class ConsumerConfig:
     group: str = "cloud"
     batch_max: int = 32
     queue_max: int = 20_000  # about a minute at the rated 300 features/s
-    metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"
     session_expiry_seconds: int = 300
 
 
@@ -184,22 +181,22 @@ class CloudConsumer:
         *,
         store: FeatureStore | None = None,
         scoreboard: Scoreboard | None = None,
-        registry: CollectorRegistry | None = None,
+        metrics: CloudMetrics | None = None,
         class_mix: ClassMix | None = None,
         shadows: ShadowBoard | None = None,
     ) -> None:
         """``store`` is the de-duplication ledger (and, with ``keep_features``, the
-        training data); consumers of one cloud share it, the ``scoreboard``, the cameras'
-        ``class_mix`` (None: answers as the model gives them) and the ``shadows`` (the
-        replaced models a promotion is watched against)."""
+        training data); consumers of one cloud share it, the ``scoreboard``, the
+        ``metrics`` (the process's one registry, served by whoever owns it: None, a registry
+        of this consumer's own, not served), the cameras' ``class_mix`` (None: answers as
+        the model gives them) and the ``shadows`` (the replaced models a promotion is
+        watched against)."""
         self.config = config
         self.broker = broker
         self.models = models
         self.store = store or FeatureStore(None, keep_features=False)
         self.topics = wire.Topics(config.site)
-        self.registry = registry or CollectorRegistry()
-        register_build_info(self.registry, "cloud")
-        self.metrics = CloudMetrics(self.registry)
+        self.metrics = metrics or CloudMetrics(CollectorRegistry())
         self.scoreboard = scoreboard or Scoreboard()
         self.class_mix = class_mix
         self.shadows = shadows
@@ -211,7 +208,6 @@ class CloudConsumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._peers = PeerLog(log)
-        self.metrics_server: MetricsServer | None = None
         self.results_published = 0
         self._serving: dict[str, str] = {}  # mode -> the cloud half's version last used
         # raw only: the background model of each camera whose JPEGs this consumer gets
@@ -552,9 +548,6 @@ class CloudConsumer:
 
     async def __aenter__(self) -> CloudConsumer:
         self._loop = asyncio.get_running_loop()
-        self.metrics_server = serve_metrics(
-            self.registry, self.config.metrics_port, self.config.metrics_host
-        )
         self._session = MqttSession(
             self.broker,
             self.config.consumer_id,
@@ -568,11 +561,7 @@ class CloudConsumer:
             max_queued_incoming=self.config.queue_max,
             backoff_max=2.0,  # back within 2 s of the broker
         )
-        try:
-            await self._session.__aenter__()
-        except BaseException:
-            self.metrics_server.close()
-            raise
+        await self._session.__aenter__()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
         self._thread.start()
         return self
@@ -588,5 +577,3 @@ class CloudConsumer:
             await asyncio.to_thread(self._thread.join, 10)
         if self._session is not None:
             await self._session.__aexit__(None, None, None)
-        if self.metrics_server is not None:
-            self.metrics_server.close()

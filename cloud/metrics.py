@@ -1,5 +1,10 @@
 """Prometheus metrics of the cloud role (consumers and trainer).
 
+One registry a process: :class:`cloud.service.CloudService` creates one :class:`CloudMetrics`
+and serves it on one ``/metrics``; its consumers, trainers and pushes count on those same
+objects, the planner (:class:`cloud.planner.PlannerMetrics`) on the same registry. No series
+says which consumer counted it: the dashboards sum over the consumers.
+
 * ``edgelearn_cloud_features_received_total{mode}``, ``..._received_bytes_total{mode}``
   (envelope bytes: the uplink as the cloud sees it)
 * ``edgelearn_cloud_raw_equivalent_bytes_total{mode}`` - the camera JPEG bytes these
@@ -20,7 +25,8 @@
 * ``edgelearn_cloud_hop_seconds{mode,hop}`` - where a feature's time goes in the cloud
   (:data:`HOPS`), and ``edgelearn_cloud_arrival_age_seconds{mode}``: its age (since capture
   at the camera) when a consumer received it
-* ``edgelearn_cloud_model_info{mode,version}``, ``edgelearn_cloud_queue_depth``
+* ``edgelearn_cloud_model_info{mode,version}``, ``edgelearn_cloud_queue_depth`` (every
+  consumer's queue of the process)
 * ``edgelearn_cloud_training_runs_total{kind}``, ``edgelearn_cloud_training_seconds{kind}``
   (``bootstrap``: the first model set; a mode: the continuous trainer's runs)
 * the continuous trainer (:mod:`cloud.trainer`): ``edgelearn_cloud_trainer_triggers_total
@@ -61,18 +67,26 @@ TRAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class _QueueDepth(Collector):
-    def __init__(self, depth: Callable[[], int]) -> None:
-        self._depth = depth
+    """The consumers' queues together: what the process has waiting for inference."""
+
+    def __init__(self) -> None:
+        self.depths: list[Callable[[], int]] = []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(
-            "edgelearn_cloud_queue_depth", "Features waiting for inference", value=self._depth()
+            "edgelearn_cloud_queue_depth",
+            "Features waiting for inference",
+            value=sum(depth() for depth in self.depths),
         )
 
 
 class CloudMetrics:
+    """A cloud process's metrics, created once on its one registry: its consumers, trainers
+    and pushes count on the same objects (the dashboards sum over whatever they count)."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._queue_depth: _QueueDepth | None = None
         self.features_received = Counter(
             "edgelearn_cloud_features_received",
             "Feature envelopes received",
@@ -295,5 +309,8 @@ class CloudMetrics:
         )
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
-        """Export the consumer's queue depth, read at scrape time."""
-        self.registry.register(_QueueDepth(depth))
+        """Count a consumer's queue in ``edgelearn_cloud_queue_depth``, read at scrape time."""
+        if self._queue_depth is None:
+            self._queue_depth = _QueueDepth()
+            self.registry.register(self._queue_depth)
+        self._queue_depth.depths.append(depth)

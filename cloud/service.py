@@ -4,19 +4,21 @@ Where it sits: ``edgelearn cloud`` (:mod:`cloud.cli`) builds a :class:`CloudSett
 its flags and runs a :class:`CloudService`; tests and benchmarks run one in-process. On
 entering, the service
 
-1. starts ``consumers`` :class:`~cloud.consumer.CloudConsumer` in one shared-subscription
+1. serves its one metrics registry on one ``/metrics`` (:class:`~cloud.metrics.CloudMetrics`,
+   created once: every consumer, trainer and the planner count there);
+2. starts ``consumers`` :class:`~cloud.consumer.CloudConsumer` in one shared-subscription
    group, every one answering from the same :class:`~cloud.serving.RegistryModels`, so a
    model loaded (or warmed up) once serves every consumer;
-2. trains the first generation of models when the registry lacks one (``training``, with
+3. trains the first generation of models when the registry lacks one (``training``, with
    its progress); the cloud-only CNN serves (``serving raw``) as soon as it is saved, while
    the edge halves are exported;
-3. loads and runs once the cloud half of every mode it serves (the warm-up), so the first
+4. loads and runs once the cloud half of every mode it serves (the warm-up), so the first
    features do not wait seconds for TensorFlow;
-4. pushes the newest signed deployment of every edge mode to the retained model topics;
-5. with ``plan``, runs the :class:`~cloud.planner.Planner` beside the consumers;
-6. with ``grow``, runs the :class:`~cloud.grower.ModelGrower`: the training plan's next
+5. pushes the newest signed deployment of every edge mode to the retained model topics;
+6. with ``plan``, runs the :class:`~cloud.planner.Planner` beside the consumers;
+7. with ``grow``, runs the :class:`~cloud.grower.ModelGrower`: the training plan's next
    generations, trained in the background and promoted through the judge;
-7. with ``trainer``, runs the :class:`~cloud.trainer.ContinuousTrainer`: it fine-tunes the
+8. with ``trainer``, runs the :class:`~cloud.trainer.ContinuousTrainer`: it fine-tunes the
    cloud halves on what arrives and promotes what beats the serving one.
 
 Both trainers share one niced training process (:mod:`cloud.background`). Leaving the
@@ -47,6 +49,7 @@ from cloud.bootstrap import (
 from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.feature_store import FeatureStore
 from cloud.grower import ModelGrower
+from cloud.metrics import CloudMetrics
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import ModelEntry, Registry
 from cloud.serving import RegistryModels, Scoreboard, deployable, edge_modes
@@ -55,6 +58,7 @@ from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.datasets import FASHION_MNIST, DatasetSpec
+from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.modes import RAW
 from edgelearn.mqtt import MqttSession
 from edgelearn.secrets import Secrets
@@ -86,7 +90,7 @@ class CloudSettings:
     # labeled features when keep_features); None: in memory, forgotten on a restart.
     feature_store: Path | None = None
     keep_features: bool = True
-    metrics_port: int = 0  # of consumer 0, the others on the next ports; 0: free ports
+    metrics_port: int = 0  # the process's one /metrics port; 0: a free one
     plan: PlannerSettings | None = None  # None: no planner
     trainer: TrainerSettings | None = None  # None: the models stay as trained
     dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(FASHION_MNIST))
@@ -126,7 +130,12 @@ class CloudService:
         self.scoreboard = Scoreboard()
         self._progress = progress
         self._announce = announce
-        self.metric_registries = [CollectorRegistry() for _ in range(settings.consumers)]
+        # One registry for the process, served on one port; the consumers count on the same
+        # metric objects (the dashboards sum over them), the trainers and planner beside them.
+        self.metric_registry = CollectorRegistry()
+        register_build_info(self.metric_registry, "cloud")
+        self.metrics = CloudMetrics(self.metric_registry)
+        self.metrics_server: MetricsServer | None = None
         # A learning cloud watches its promotions in shadow and re-weights answers to each
         # camera's class mix; a static one answers as its models do.
         self.shadows = ShadowBoard() if settings.trainer is not None else None
@@ -143,13 +152,12 @@ class CloudService:
                     site=settings.site,
                     results_site=settings.results_site,
                     group=settings.group,
-                    metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
                 ),
                 settings.broker,
                 self.models,
                 store=self.store,
                 scoreboard=self.scoreboard,
-                registry=self.metric_registries[index],
+                metrics=self.metrics,
                 class_mix=self.class_mix,
                 shadows=self.shadows,
             )
@@ -170,13 +178,15 @@ class CloudService:
 
     async def _start(self) -> None:
         settings = self.settings
+        self.metrics_server = serve_metrics(self.metric_registry, settings.metrics_port)
+        self._stack.callback(self.metrics_server.close)
         for consumer in self.consumers:
             await self._stack.enter_async_context(consumer)
-            assert consumer.metrics_server is not None
-            self._announce(
-                f"cloud consumer {consumer.config.consumer_id}: metrics "
-                f"{consumer.metrics_server.url}"
-            )
+        self._announce(
+            f"cloud {settings.cloud_id}: consumers "
+            f"{', '.join(consumer.config.consumer_id for consumer in self.consumers)} in group "
+            f"{settings.group}, metrics {self.metrics_server.url}"
+        )
         self._loop = asyncio.get_running_loop()
         plan = (
             None if settings.training is None else with_splits(settings.training, settings.split_ks)
@@ -197,7 +207,7 @@ class CloudService:
                 settings.site,
                 registry_candidates(self.registry, settings.split_ks),
                 settings.plan,
-                registry=self.metric_registries[0],
+                registry=self.metric_registry,
                 client_id=f"{settings.cloud_id}-planner",
                 announce=lambda decision: self._announce(f"plan {format_decision(decision)}"),
             )
@@ -214,7 +224,7 @@ class CloudService:
                 plan,
                 settings.dataset,
                 process,
-                self.consumers[0].metrics,
+                self.metrics,
                 announce=self._announce,
                 push=self._push_from_thread if settings.push else None,
             )
@@ -225,7 +235,7 @@ class CloudService:
                 self.models,
                 self.store,
                 self.scoreboard,
-                self.consumers[0].metrics,
+                self.metrics,
                 edge_modes(settings.split_ks),
                 settings.trainer,
                 announce=self._announce,
@@ -255,13 +265,13 @@ class CloudService:
                 settings.broker, site, deployments, client_id=f"{settings.cloud_id}-push"
             )
             for mode, size in published.items():
-                self.consumers[0].metrics.model_pushed_bytes.labels(mode).inc(size)
+                self.metrics.model_pushed_bytes.labels(mode).inc(size)
                 total += size
         return total
 
     def _note_prior(self, mode: str, camera: str, prior: Any) -> None:
-        """A camera's class mix, as the dashboards show it (on consumer 0's metrics)."""
-        gauge = self.consumers[0].metrics.class_prior
+        """A camera's class mix, as the dashboards show it."""
+        gauge = self.metrics.class_prior
         for index, value in enumerate(prior):
             gauge.labels(mode, camera, str(index)).set(float(value))
 
@@ -313,7 +323,7 @@ class CloudService:
         finally:
             training.cancel()  # leaving early: nobody waits for it (its thread runs out)
         if outcome["trained"]:
-            metrics = self.consumers[0].metrics
+            metrics = self.metrics
             metrics.training_runs.labels("bootstrap").inc()
             metrics.training_seconds.labels("bootstrap").observe(outcome["seconds"])
             dataset = outcome["dataset"]

@@ -513,7 +513,7 @@ def _metrics_url(port: int) -> str:
 def _start_cloud(
     children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
 ) -> Child:
-    metrics_port = free_port(count=settings.consumers)  # one per consumer
+    metrics_port = free_port()  # one for the process, whatever its consumers
     store = settings.feature_store or settings.run_dir / "features"
     config = CloudConfig(
         broker=f"127.0.0.1:{broker_port}",
@@ -534,7 +534,7 @@ def _start_cloud(
     config_file.write_text(config_module.dump(config, "cloud"))
     command = edgelearn_command("cloud", "--config", str(config_file))
     cloud = children.start("cloud", command, env)
-    cloud.metrics_urls += [_metrics_url(metrics_port + n) for n in range(settings.consumers)]
+    cloud.metrics_urls.append(_metrics_url(metrics_port))
     # A first generation takes tens of seconds: the cloud says "serving" as soon as one of
     # its models answers (the gateway runs raw until the model of its mode arrives).
     children.wait_for_line(cloud, "serving", timeout=3600)

@@ -1,4 +1,5 @@
-"""Cloud core without sockets: per-frame scoring of held-back frames, the feature store."""
+"""Cloud core without sockets: per-frame scoring of held-back frames, the feature store, the
+process's one set of metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from cloud.feature_store import Arrival, FeatureStore
+from cloud.metrics import CloudMetrics
 from cloud.serving import Scoreboard
 from edgelearn import wire
 
@@ -103,3 +106,11 @@ def test_a_raw_frame_of_objects_is_kept_as_the_crops_the_consumer_cut(tmp_path: 
     assert loaded.jpegs == []  # the objects, not the frame
     assert np.array_equal(loaded.values, crops[[0, 2]])  # the unlabeled one teaches nothing
     assert loaded.labels.tolist() == [2, 7] and loaded.uplink_bytes == 2 * (302 // 2)
+
+
+def test_consumers_sharing_the_process_metrics_count_their_queues_together() -> None:
+    registry = CollectorRegistry()
+    metrics = CloudMetrics(registry)
+    metrics.watch_queue(lambda: 2)
+    metrics.watch_queue(lambda: 3)  # a second consumer: no duplicate series
+    assert registry.get_sample_value("edgelearn_cloud_queue_depth") == 5

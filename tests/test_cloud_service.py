@@ -1,5 +1,6 @@
 """The cloud role as ``edgelearn cloud`` assembles it: consumers that answer from the models
-the service warmed up, not from cold copies of their own."""
+the service warmed up, not from cold copies of their own, and count on the process's one
+metrics registry, served on one ``/metrics``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from cloud.registry import Registry
 from cloud.service import CloudService, CloudSettings
 from cloud.serving import deployable
+from edgelearn.metrics import scrape
 from edgelearn.modes import RAW, Mode
 from tests.support.broker import BrokerUnderTest
 
@@ -54,5 +56,38 @@ def test_every_consumer_answers_from_the_models_the_warm_up_loaded(
                 for entry in served:
                     assert consumer.models.classifier_for(str(entry.mode), entry.version)
             assert sorted(loads) == warmed  # no consumer loaded a model again
+
+    asyncio.run(go())
+
+
+def test_the_process_serves_one_metrics_registry_whatever_its_consumers(
+    broker: BrokerUnderTest, site: str, tmp_path: Path
+) -> None:
+    settings = CloudSettings(
+        broker=broker.config_for("cloud"),
+        registry=tmp_path / "registry",
+        secrets=broker.secrets,
+        site=site,
+        group=site,
+        cloud_id=site,
+        consumers=3,
+        training=None,
+        push=False,
+    )
+    announced: list[str] = []
+
+    async def go() -> None:
+        async with CloudService(settings, announce=announced.append) as service:
+            assert all(consumer.metrics is service.metrics for consumer in service.consumers)
+            assert service.metrics_server is not None
+            url = service.metrics_server.url
+            samples = await asyncio.to_thread(scrape, [url])
+            assert samples.total("edgelearn_build_info", role="cloud") == 1
+            assert samples.values("edgelearn_cloud_queue_depth") == [({}, 0.0)]
+            (started,) = [line for line in announced if "metrics" in line]
+            assert started == (
+                f"cloud {site}: consumers {site}-c0, {site}-c1, {site}-c2 in group {site}, "
+                f"metrics {url}"
+            )
 
     asyncio.run(go())

@@ -142,7 +142,7 @@ def test_an_empty_registry_answers_first_then_promotes_a_better_generation_losin
         log = cloud_log.read_text()
         assert "generation 2 cnn" in log and "promoted" in log.split("generation 2 cnn")[1], log
         # the dashboards see the climb: generation 2 serves, a promotion counted
-        (url,) = re.findall(r"cloud consumer cloud-c0: metrics (\S+)", log)
+        (url,) = re.findall(r"cloud cloud: consumers .*, metrics (\S+)", log)
         metrics = scrape([url])
         assert metrics.total("edgelearn_cloud_model_generation", family="cnn") == 2
         assert metrics.total("edgelearn_cloud_generations_total", family="cnn",

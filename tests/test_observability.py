@@ -49,6 +49,7 @@ from cameras.scene import FrameSource
 from cameras.sources import SourceSpec
 from cameras.transport import FrameLink
 from cloud.consumer import CloudConsumer, ConsumerConfig
+from cloud.metrics import CloudMetrics
 from cloud.models.data import RenderSettings, render_inputs
 from cloud.serving import Classifier
 from edgelearn import wire
@@ -242,11 +243,12 @@ class Publisher:
 class RunningConsumer:
     consumer: CloudConsumer
     loop: asyncio.AbstractEventLoop
+    metrics_url: str  # its registry, served as a cloud process serves its one
 
     def total(self, name: str, **match: str) -> float:
         return sum(
             sample.value
-            for family in self.consumer.registry.collect()
+            for family in self.consumer.metrics.registry.collect()
             for sample in family.samples
             if sample.name == name and all(sample.labels.get(k) == v for k, v in match.items())
         )
@@ -259,9 +261,13 @@ class RunningConsumer:
 
 @contextmanager
 def run_consumer(broker: BrokerUnderTest, site: str, models: Models) -> Iterator[RunningConsumer]:
-    """A CloudConsumer in its own event-loop thread until the block ends."""
+    """A CloudConsumer in its own event-loop thread until the block ends, its metrics
+    served as :class:`cloud.service.CloudService` serves the process's one registry."""
     config = ConsumerConfig(consumer_id=f"cloud-obs-{uuid.uuid4().hex[:8]}", site=site)
-    consumer = CloudConsumer(config, broker.config_for("cloud"), models)
+    registry = CollectorRegistry()
+    register_build_info(registry, "cloud")
+    metrics = CloudMetrics(registry)
+    consumer = CloudConsumer(config, broker.config_for("cloud"), models, metrics=metrics)
     ready = threading.Event()
     failure: list[BaseException] = []
     holder: dict[str, Any] = {}
@@ -282,9 +288,11 @@ def run_consumer(broker: BrokerUnderTest, site: str, models: Models) -> Iterator
     assert ready.wait(30), "cloud consumer did not start"
     if failure:
         raise failure[0]
+    server = serve_metrics(registry, 0)
     try:
-        yield RunningConsumer(consumer, holder["loop"])
+        yield RunningConsumer(consumer, holder["loop"], server.url)
     finally:
+        server.close()
         holder["loop"].call_soon_threadsafe(holder["stop"].set)
         thread.join(30)
         assert not thread.is_alive(), "cloud consumer did not stop"
@@ -502,10 +510,9 @@ def observed(
         )
 
         assert gateway.worker.metrics_server is not None
-        assert consumer.consumer.metrics_server is not None
         metrics_urls = {
             "gateway": gateway.worker.metrics_server.url,
-            "cloud": consumer.consumer.metrics_server.url,
+            "cloud": consumer.metrics_url,
             "camera": camera_server.url,
         }
         targets = [
@@ -515,7 +522,7 @@ def observed(
             },
             {
                 "targets": [_host_port(metrics_urls["cloud"])],
-                "labels": {"job": "cloud", "consumer": consumer.consumer.config.consumer_id},
+                "labels": {"job": "cloud"},
             },
             {"targets": [_host_port(metrics_urls["camera"])], "labels": {"job": "camera"}},
         ]

@@ -158,8 +158,9 @@ def test_up_runs_the_stack_restarts_a_killed_child_and_stops_in_order_on_ctrl_c(
         assert crossed["features"] > 0  # the bridge carries features up...
         assert crossed["frames"] == 0  # ...and never a raw frame
     # Routine lines stay in the log files; the console has the summaries and the events.
-    assert "Listening on" not in text and "cloud consumer" not in text
-    assert (run_dir / "cloud.log").read_text().count("cloud consumer cloud-c0: metrics") == 2
+    started = "cloud cloud: consumers cloud-c0"  # the cloud's start-up line, once a start
+    assert "Listening on" not in text and started not in text
+    assert (run_dir / "cloud.log").read_text().count(started) == 2
     assert _survivors(str(run_dir), f"127.0.0.1:{edge_port}", f"127.0.0.1:{cloud_port}") == []
 
     # A failure exit writes it too: the cloud broker's port is taken.

@@ -167,7 +167,7 @@ def _running(settings: CloudSettings) -> Any:
 
 
 def _sample(service: CloudService, name: str, **labels: str) -> float:
-    value = service.metric_registries[0].get_sample_value(name, labels)
+    value = service.metric_registry.get_sample_value(name, labels)
     return value or 0.0
 
 
