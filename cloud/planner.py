@@ -33,6 +33,11 @@ split fits. When nothing fits at all (the gateway is overloaded), the plan is ``
 JPEGs fit the uplink (no edge compute), otherwise the option that overloads least; the
 decision's ``reason`` says which. A gateway keeps a plan for ``hold_seconds`` before it may
 get another, so noisy rates cannot make it flap.
+
+A :class:`Planner` is an async context manager owning a TaskGroup with one named loop,
+``planner-publish``: statuses are planned as they arrive, and the loop publishes the
+decisions, at most one waiting per gateway (a newer one replaces it). A loop that fails
+takes its owner down with its error rather than dying unseen.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ from edgelearn import wire
 from edgelearn.config import BrokerConfig
 from edgelearn.keyframes import KeyframeSettings
 from edgelearn.modes import FULL, RAW, SPLIT, Mode
-from edgelearn.mqtt import MqttSession, NotConnected
+from edgelearn.mqtt import MqttSession, NotConnected, cancel_until_done
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +315,11 @@ class Planner:
         self._planned: dict[str, tuple[str, float]] = {}  # gateway -> (mode, monotonic time)
         self.decisions: dict[str, Decision] = {}
         self._session: MqttSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._unpublished: dict[str, Decision] = {}  # gateway -> its newest, not yet published
+        self._decided = asyncio.Event()
+        self._closing = False
 
     # --- state ---------------------------------------------------------------------------
 
@@ -371,9 +380,20 @@ class Planner:
             log.warning("cannot plan %s: %s", status.gateway_id, exc)
             return
         if decision is not None:
-            task = asyncio.get_running_loop().create_task(self._publish(decision))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._unpublished.pop(decision.gateway_id, None)  # the newest goes last
+            self._unpublished[decision.gateway_id] = decision
+            self._decided.set()
+
+    async def _publish_loop(self) -> None:
+        """Publish the decisions as they come, oldest first; when closing, what is left."""
+        while True:
+            await self._decided.wait()
+            self._decided.clear()
+            while self._unpublished:
+                gateway_id = next(iter(self._unpublished))
+                await self._publish(self._unpublished.pop(gateway_id))
+            if self._closing:
+                return
 
     async def _publish(self, decision: Decision) -> None:
         assert self._session is not None
@@ -406,6 +426,9 @@ class Planner:
             on_message=self._on_message,
         )
         await self._session.__aenter__()
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._publisher = self._tasks.create_task(self._publish_loop(), name="planner-publish")
         return self
 
     async def __aexit__(
@@ -414,10 +437,17 @@ class Planner:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for task in list(self._tasks):
-            await asyncio.wait_for(asyncio.shield(task), 5.0)
-        assert self._session is not None
-        await self._session.__aexit__(exc_type, exc, traceback)
+        try:
+            if self._tasks is not None:
+                assert self._publisher is not None
+                self._closing = True
+                self._decided.set()  # the loop publishes what is decided, then returns
+                await asyncio.wait([self._publisher], timeout=5.0)
+                await cancel_until_done([self._publisher], patience=5.0)
+                await self._tasks.__aexit__(None, None, None)  # a failed loop raises here
+        finally:
+            assert self._session is not None
+            await self._session.__aexit__(exc_type, exc, traceback)
 
 
 def registry_candidates(registry: Any, split_ks: Sequence[int]) -> CandidateSource:
