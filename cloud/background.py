@@ -9,7 +9,8 @@ p99 from tens of ms to 360 ms in bench drift. One worker: jobs run in the order 
 submitted, so the two trainers never train at once on two cores the stack needs.
 
 Leaving the context stops the process; a job in progress is abandoned. Both trainers are a
-:class:`BackgroundLoop`: a loop in a thread of its own that sends its jobs here.
+:class:`BackgroundLoop`: a loop that sends its jobs here, run in a thread by its owner (the
+cloud service: a named task of its TaskGroup).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TypeVar
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -101,32 +102,29 @@ class TrainingProcess:
 
 
 class BackgroundLoop:
-    """A loop (:meth:`_loop`) in a daemon thread of its own beside the consumers, whose jobs
-    run in ``process`` (None: in the calling thread, for a caller driving the steps itself).
-    :meth:`stop` starts nothing more; leaving also stops the process, abandoning a job in
-    progress, and joins the thread."""
+    r"""A loop (:meth:`run_loop`) beside the consumers, whose jobs run in ``process`` (None: in the
+    calling thread, for a caller driving the steps itself). Its owner runs it in a thread
+    (it blocks: waits, judges, loads models) under the task name :attr:`name`, and
+    :meth:`stop`\s it; stopping ``process`` too abandons a job in progress, and the loop
+    returns soon after."""
 
-    thread_name = "background"
+    name = "background"
 
     def __init__(self, process: TrainingProcess | None) -> None:
         self._process = process
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._finished = threading.Event()
 
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
-        self._thread.start()
-        return self
+    def run_loop(self) -> None:
+        """The loop, until it is done or stopped; what escapes it is a bug, for the owner."""
+        try:
+            self._loop()
+        finally:
+            self._finished.set()
 
     def stop(self) -> None:
+        """Start nothing more."""
         self._stop.set()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        if self._process is not None:
-            self._process.stop()
-        if self._thread is not None:
-            self._thread.join(60)
 
     def _loop(self) -> None:
         raise NotImplementedError

@@ -72,7 +72,7 @@ class ModelGrower(BackgroundLoop):
     """Trains ``plan``'s generations after the first and promotes each family that the
     judge finds better."""
 
-    thread_name = "grower"
+    name = "grower"
 
     def __init__(
         self,
@@ -98,12 +98,12 @@ class ModelGrower(BackgroundLoop):
         self._start_from: bytes | None = None  # the last candidate CNN, kept or not
         self.show_serving()
 
-    # --- lifecycle (BackgroundLoop: leaving abandons a generation in progress) ---------
+    # --- lifecycle (BackgroundLoop: stopping the process abandons a generation) --------
 
     @property
     def done(self) -> bool:
         """Whether the plan's last generation has been tried (or the grower stopped)."""
-        return self._thread is not None and not self._thread.is_alive()
+        return self._finished.is_set()
 
     def _loop(self) -> None:
         number = max(serving_generation(self.registry, self.plan.split_ks, self.dataset).values())

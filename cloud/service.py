@@ -21,8 +21,11 @@ entering, the service
 8. with ``trainer``, runs the :class:`~cloud.trainer.ContinuousTrainer`: it fine-tunes the
    cloud halves on what arrives and promotes what beats the serving one.
 
-Both trainers share one niced training process (:mod:`cloud.background`). Leaving the
-service drains and stops them all.
+Both trainers share one niced training process (:mod:`cloud.background`); their loops run
+in threads as named tasks (``grower``, ``trainer``) of the service's TaskGroup, so a loop
+that fails takes the service down with its error. The consumers keep their inference
+threads of their own (compute stays off the event loop) and the planner its own TaskGroup.
+Leaving the service stops them all.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from cloud.adaptation import ClassMix
-from cloud.background import TrainingProcess
+from cloud.background import BackgroundLoop, TrainingProcess
 from cloud.bootstrap import (
     Progress,
     TrainingPlan,
@@ -164,6 +167,7 @@ class CloudService:
             for index in range(settings.consumers)
         ]
         self._stack = contextlib.AsyncExitStack()
+        self._tasks: asyncio.TaskGroup | None = None  # the background parts, named
         self.trainer: ContinuousTrainer | None = None
         self.grower: ModelGrower | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -180,6 +184,8 @@ class CloudService:
         settings = self.settings
         self.metrics_server = serve_metrics(self.metric_registry, settings.metrics_port)
         self._stack.callback(self.metrics_server.close)
+        # Entered before the parts it waits for on the way out: they are stopped by then.
+        self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         for consumer in self.consumers:
             await self._stack.enter_async_context(consumer)
         self._announce(
@@ -216,6 +222,10 @@ class CloudService:
         grows = plan is not None and settings.grow
         if grows or settings.trainer is not None:
             process = self._stack.enter_context(TrainingProcess())
+            # On the way out, both trainers stop taking work first; then the training
+            # process stops (abandoning a job in progress), and the TaskGroup waits for
+            # their loops.
+            self._stack.callback(self._stop_training)
         if grows:
             assert plan is not None
             self.grower = ModelGrower(
@@ -228,7 +238,7 @@ class CloudService:
                 announce=self._announce,
                 push=self._push_from_thread if settings.push else None,
             )
-            self._stack.enter_context(self.grower)
+            self._run_in_background(self.grower)
         if settings.trainer is not None:
             self.trainer = ContinuousTrainer(
                 self.registry,
@@ -243,13 +253,18 @@ class CloudService:
                 process=process,
                 shadows=self.shadows,
             )
-            self._stack.enter_context(self.trainer)
+            self._run_in_background(self.trainer)
             self._announce(
                 f"continuous trainer on: every {settings.trainer.every} labeled objects, or a "
                 f"camera {settings.trainer.accuracy_drop:.0%} under its level"
             )
-        # On the way out, both trainers stop taking work before anything is joined.
-        self._stack.callback(self._stop_training)
+
+    def _run_in_background(self, part: BackgroundLoop) -> None:
+        """``part``'s loop in a thread (it blocks on training jobs and judges), as a named
+        task of the service's TaskGroup: a loop that fails takes the service down with its
+        error instead of dying unseen in a thread of its own."""
+        assert self._tasks is not None
+        self._tasks.create_task(asyncio.to_thread(part.run_loop), name=part.name)
 
     async def _push(self, entries: list[ModelEntry]) -> int:
         """Sign ``entries`` and publish them retained to every site's gateways; bytes sent."""
@@ -346,5 +361,7 @@ class CloudService:
             await consumer.drain(timeout)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._stack.aclose()
-        self.store.close()
+        try:
+            await self._stack.aclose()  # a background part's failure is raised here
+        finally:
+            self.store.close()

@@ -418,7 +418,7 @@ class RunReport:
 class ContinuousTrainer(BackgroundLoop):
     """Trains, judges, promotes and rolls back the cloud halves of ``modes``."""
 
-    thread_name = "trainer"
+    name = "trainer"
 
     def __init__(
         self,
@@ -457,7 +457,7 @@ class ContinuousTrainer(BackgroundLoop):
         self.watches: list[dict[str, Any]] = []  # every watch that ended, and how
         super().__init__(process)
 
-    # --- lifecycle (BackgroundLoop: leaving abandons a run in progress) ---------------
+    # --- lifecycle (BackgroundLoop: stopping the process abandons a run) --------------
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.poll_seconds):

@@ -1,6 +1,7 @@
 """The cloud role as ``edgelearn cloud`` assembles it: consumers that answer from the models
 the service warmed up, not from cold copies of their own, and count on the process's one
-metrics registry, served on one ``/metrics``."""
+metrics registry, served on one ``/metrics``; a background part that fails takes the service
+down with its error."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from cloud.registry import Registry
 from cloud.service import CloudService, CloudSettings
 from cloud.serving import deployable
+from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn.metrics import scrape
 from edgelearn.modes import RAW, Mode
 from tests.support.broker import BrokerUnderTest
@@ -91,3 +93,33 @@ def test_the_process_serves_one_metrics_registry_whatever_its_consumers(
             )
 
     asyncio.run(go())
+
+
+def test_a_background_part_that_fails_takes_the_service_down_with_its_error(
+    broker: BrokerUnderTest, site: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: ContinuousTrainer) -> None:
+        raise RuntimeError("a bug in the trainer's loop")
+
+    monkeypatch.setattr(ContinuousTrainer, "_loop", broken)
+    settings = CloudSettings(
+        broker=broker.config_for("cloud"),
+        registry=tmp_path / "registry",
+        secrets=broker.secrets,
+        site=site,
+        group=site,
+        cloud_id=site,
+        training=None,
+        push=False,
+        trainer=TrainerSettings(),
+    )
+
+    async def go() -> None:
+        async with CloudService(settings):
+            # The TaskGroup cancels whoever runs the service; the error comes out of it.
+            await asyncio.wait_for(asyncio.Event().wait(), 60)
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        asyncio.run(go())
+    (failure,) = caught.value.exceptions
+    assert isinstance(failure, RuntimeError) and "trainer's loop" in str(failure)
