@@ -6,6 +6,7 @@ down with its error."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,22 @@ from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn.metrics import scrape
 from edgelearn.modes import RAW, Mode
 from tests.support.broker import BrokerUnderTest
+
+
+def _settings(broker: BrokerUnderTest, site: str, registry: Path, **changes: Any) -> CloudSettings:
+    """A cloud of its own on ``site`` serving ``registry`` as it is: it trains nothing and
+    pushes nothing."""
+    settings = CloudSettings(
+        broker=broker.config_for("cloud"),
+        registry=registry,
+        secrets=broker.secrets,
+        site=site,
+        group=site,
+        cloud_id=site,
+        training=None,
+        push=False,
+    )
+    return dataclasses.replace(settings, **changes)
 
 
 @pytest.mark.training
@@ -38,17 +55,7 @@ def test_every_consumer_answers_from_the_models_the_warm_up_loaded(
     registry = Registry(trained_registry)
     served = list(deployable(registry, (2,)))  # full too: its float CNN answers samples
     served.append(registry.serving(Mode(RAW)))
-    settings = CloudSettings(
-        broker=broker.config_for("cloud"),
-        registry=trained_registry,
-        secrets=broker.secrets,
-        site=site,
-        group=site,
-        consumers=2,
-        split_ks=(2,),
-        training=None,
-        push=False,
-    )
+    settings = _settings(broker, site, trained_registry, consumers=2, split_ks=(2,))
 
     async def go() -> None:
         async with CloudService(settings) as service:
@@ -65,17 +72,7 @@ def test_every_consumer_answers_from_the_models_the_warm_up_loaded(
 def test_the_process_serves_one_metrics_registry_whatever_its_consumers(
     broker: BrokerUnderTest, site: str, tmp_path: Path
 ) -> None:
-    settings = CloudSettings(
-        broker=broker.config_for("cloud"),
-        registry=tmp_path / "registry",
-        secrets=broker.secrets,
-        site=site,
-        group=site,
-        cloud_id=site,
-        consumers=3,
-        training=None,
-        push=False,
-    )
+    settings = _settings(broker, site, tmp_path / "registry", consumers=3)
     announced: list[str] = []
 
     async def go() -> None:
@@ -102,17 +99,7 @@ def test_a_background_part_that_fails_takes_the_service_down_with_its_error(
         raise RuntimeError("a bug in the trainer's loop")
 
     monkeypatch.setattr(ContinuousTrainer, "_loop", broken)
-    settings = CloudSettings(
-        broker=broker.config_for("cloud"),
-        registry=tmp_path / "registry",
-        secrets=broker.secrets,
-        site=site,
-        group=site,
-        cloud_id=site,
-        training=None,
-        push=False,
-        trainer=TrainerSettings(),
-    )
+    settings = _settings(broker, site, tmp_path / "registry", trainer=TrainerSettings())
 
     async def go() -> None:
         async with CloudService(settings):
