@@ -102,11 +102,11 @@ class TrainingProcess:
 
 
 class BackgroundLoop:
-    r"""A loop (:meth:`run_loop`) beside the consumers, whose jobs run in ``process`` (None: in the
-    calling thread, for a caller driving the steps itself). Its owner runs it in a thread
-    (it blocks: waits, judges, loads models) under the task name :attr:`name`, and
-    :meth:`stop`\s it; stopping ``process`` too abandons a job in progress, and the loop
-    returns soon after."""
+    """A loop (:meth:`run_loop`) beside the consumers, whose jobs run in ``process`` (None:
+    in the calling thread, for a caller driving the steps itself). Its owner runs it in a
+    thread (it blocks: waits, judges, loads models) under the task name :attr:`name`, and
+    stops it with :meth:`stop`; stopping ``process`` too abandons a job in progress, and the
+    loop returns soon after."""
 
     name = "background"
 

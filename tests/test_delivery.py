@@ -106,9 +106,10 @@ def test_a_cloud_broker_restart_loses_nothing_and_counts_nothing_twice(
                 90,
                 "every feature acknowledged",
             )
-            answered = _total(consumer.registry, "edgelearn_cloud_results_total")
-            empty = _total(consumer.registry, "edgelearn_cloud_frames_without_objects_total")
-            scored = _total(consumer.registry, "edgelearn_cloud_frames_scored_total")
+            counted = consumer.metrics.registry
+            answered = _total(counted, "edgelearn_cloud_results_total")
+            empty = _total(counted, "edgelearn_cloud_frames_without_objects_total")
+            scored = _total(counted, "edgelearn_cloud_frames_scored_total")
             resent = gateway.total("edgelearn_gateway_features_resent_total")
             wait_for(lambda: len(listener.payloads()) >= 80, 30, "the results after the fault")
         results = [wire.decode_as(p, wire.Result) for p in listener.payloads()]

@@ -107,7 +107,7 @@ def test_labeled_cameras_through_gateway_and_cloud_are_scored(
         acked = consumer.metrics.acked
         wait_for(lambda: acked._value.get() >= forwarded, 60, "every frame answered")
         wait_for(lambda: len(listener.payloads()) >= consumer.results_published, 10, "results")
-        scored = consumer.registry
+        scored = consumer.metrics.registry
         correct = _total(
             scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="correct"
         )
