@@ -112,9 +112,17 @@ def test_labeled_cameras_through_gateway_and_cloud_are_scored(
             scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="correct"
         )
         wrong = _total(scored, "edgelearn_cloud_frames_scored_total", mode=mode, outcome="wrong")
+
         # Where each forwarded frame's time went: its hops at the gateway, then the cloud's.
-        for hop in ("camera", "queue", "processing"):
-            assert gateway.sample("edgelearn_gateway_hop_seconds_count", hop=hop) == forwarded
+        # (The worker counts a frame forwarded, then its hops: read both once it is done.)
+        def hops_counted() -> bool:
+            done = gateway.total("edgelearn_gateway_frames_processed_total", outcome="forwarded")
+            return all(
+                gateway.sample("edgelearn_gateway_hop_seconds_count", hop=hop) == done
+                for hop in ("camera", "queue", "processing")
+            )
+
+        wait_for(hops_counted, 10, "every forwarded frame's gateway hops")
         hops = {
             hop: _total(scored, "edgelearn_cloud_hop_seconds_count", mode=mode, hop=hop)
             for hop in ("queue", "prepare", "inference", "publish")
