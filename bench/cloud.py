@@ -131,7 +131,7 @@ def feature_envelope_bytes(
     labels: np.ndarray[Any, Any],
     quantization: TensorQuantization,
     *,
-    extractor: str,
+    mode: str,
     model_version: str,
     raw_bytes: int,
 ) -> list[int]:
@@ -146,7 +146,7 @@ def feature_envelope_bytes(
                     capture_ns=0,
                     gateway_id=GATEWAY_ID,
                     label=int(labels[index]),
-                    extractor=extractor,
+                    mode=mode,
                     model_version=model_version,
                     raw_bytes=raw_bytes,
                     held_back=0,
@@ -508,7 +508,7 @@ def training_comparison(settings: TrainingSettings, registry: Registry) -> dict[
             train.values,
             train.labels,
             train.quantization,
-            extractor=mode,
+            mode=mode,
             model_version=entry.version,
             raw_bytes=round(jpeg_720p),
         )

@@ -3,7 +3,7 @@
 Where it sits::
 
     MQTT $share/<group>/.../features/+/+ --> bounded queue --> inference thread
-        (batches across cameras, grouped by extractor and model version)
+        (batches across cameras, grouped by mode and model version)
         --> Result per frame on results/<camera>  (QoS 0: a result is news, not a record)
         --> Scoreboard (per-frame accuracy) and FeatureStore (labeled, for training)
 
@@ -82,7 +82,7 @@ def _result_of(
         capture_ns=feature.capture_ns,
         result_ns=time.time_ns(),
         gateway_id=feature.gateway_id,
-        extractor=feature.extractor,
+        mode=feature.mode,
         label=label,
         predicted=classes[0],
         score=scores[0],
@@ -229,7 +229,7 @@ class CloudConsumer:
             self.metrics.dropped.labels(exc.reason).inc()
             self._peers.warning(gateway, exc.reason, "rejected an envelope on %s: %s", topic, exc)
             return
-        mode = envelope.extractor
+        mode = envelope.mode
         self.metrics.features_received.labels(mode).inc()
         self.metrics.received_bytes.labels(mode).inc(len(payload))
         self.metrics.arrival_age.labels(mode).observe(
@@ -272,14 +272,14 @@ class CloudConsumer:
         then acknowledge everything that will not change by trying again."""
         started = time.perf_counter()
         for item in batch:
-            self.metrics.hop_seconds.labels(item.envelope.extractor, "queue").observe(
+            self.metrics.hop_seconds.labels(item.envelope.mode, "queue").observe(
                 max(0.0, started - item.received)
             )
         self.metrics.batch_size.observe(len(batch))
         seen = self.store.known([(item.site, item.envelope) for item in batch])
         repeats = [item for item, known in zip(batch, seen, strict=True) if known]
         for item in repeats:  # a retry of what is recorded: no inference, acked again
-            self.metrics.duplicates.labels(item.envelope.extractor).inc()
+            self.metrics.duplicates.labels(item.envelope.mode).inc()
         answers = self._answer(
             [item for item, known in zip(batch, seen, strict=True) if not known], started
         )
@@ -293,14 +293,14 @@ class CloudConsumer:
         for answer, is_new in zip(answered, new, strict=True):
             envelope = answer.incoming.envelope
             if not is_new:
-                self.metrics.duplicates.labels(envelope.extractor).inc()
+                self.metrics.duplicates.labels(envelope.mode).inc()
                 continue
             if isinstance(envelope, wire.Feature):
-                self.metrics.raw_equivalent_bytes.labels(envelope.extractor).inc(
+                self.metrics.raw_equivalent_bytes.labels(envelope.mode).inc(
                     envelope.raw_bytes * (1 + envelope.held_back)
                 )
             if answer.result is None:  # nothing in view: every capture is answered or this
-                self.metrics.frames_without_objects.labels(envelope.extractor).inc()
+                self.metrics.frames_without_objects.labels(envelope.mode).inc()
                 continue
             self._emit(answer.incoming.site, answer.result, answer.served, answer.made)
         self._acknowledge(repeats + [answer.incoming for answer in answers if answer.final])
@@ -338,45 +338,43 @@ class CloudConsumer:
                 answer.served = envelope.model_version
                 answer.made = started
             else:
-                groups[(envelope.extractor, envelope.model_version)].append(answer)
-        for (extractor, version), group in groups.items():
+                groups[(envelope.mode, envelope.model_version)].append(answer)
+        for (mode, version), group in groups.items():
             # Usually one cloud half for every camera; a camera with a specialised one
             # (the continuous trainer's) gets its own batch.
             by_classifier: dict[int, tuple[Classifier | None, list[_Answer]]] = {}
             for answer in group:
                 classifier = self.models.classifier_for(
-                    extractor, version, answer.incoming.envelope.camera_id
+                    mode, version, answer.incoming.envelope.camera_id
                 )
                 by_classifier.setdefault(id(classifier), (classifier, []))[1].append(answer)
             for classifier, part in by_classifier.values():
-                self._answer_with(classifier, extractor, version, part, started)
-            self._note_serving(extractor, self.models.classifier_for(extractor, version))
+                self._answer_with(classifier, mode, version, part, started)
+            self._note_serving(mode, self.models.classifier_for(mode, version))
         return answers
 
-    def _note_serving(self, extractor: str, classifier: Classifier | None) -> None:
-        """``model_info``: the global cloud half now answering ``extractor``."""
+    def _note_serving(self, mode: str, classifier: Classifier | None) -> None:
+        """``model_info``: the global cloud half now answering ``mode``."""
         if classifier is None:
             return
-        previous = self._serving.get(extractor)
+        previous = self._serving.get(mode)
         if previous != classifier.version:
             if previous is not None:  # a promotion or a rollback: the old one serves no more
-                self.metrics.model_info.labels(extractor, previous).set(0)
-            self.metrics.model_info.labels(extractor, classifier.version).set(1)
-            self._serving[extractor] = classifier.version
+                self.metrics.model_info.labels(mode, previous).set(0)
+            self.metrics.model_info.labels(mode, classifier.version).set(1)
+            self._serving[mode] = classifier.version
 
     def _answer_with(
         self,
         classifier: Classifier | None,
-        extractor: str,
+        mode: str,
         version: str,
         group: list[_Answer],
         started: float,
     ) -> None:
         if classifier is None:  # the registry may get it (a training still running)
             self.metrics.dropped.labels("no_model").inc(len(group))
-            self._peers.warning(
-                version, "no_model", "no cloud model for %s %s yet", extractor, version
-            )
+            self._peers.warning(version, "no_model", "no cloud model for %s %s yet", mode, version)
             for answer in group:
                 answer.final = False
             return
@@ -386,19 +384,19 @@ class CloudConsumer:
         called = time.perf_counter()
         probabilities = classifier.predict(inputs)
         inferred = time.perf_counter()
-        self.metrics.inference_seconds.labels(extractor).observe(inferred - called)
+        self.metrics.inference_seconds.labels(mode).observe(inferred - called)
         for hop, seconds in (("prepare", called - started), ("inference", inferred - called)):
-            histogram = self.metrics.hop_seconds.labels(extractor, hop)
+            histogram = self.metrics.hop_seconds.labels(mode, hop)
             for _ in kept:  # each feature's own hop
                 histogram.observe(seconds)
         mix = self.class_mix
-        shadow = self.shadows.shadow_for(extractor, classifier.version) if self.shadows else None
+        shadow = self.shadows.shadow_for(mode, classifier.version) if self.shadows else None
         if mix is not None or shadow is not None:  # a static cloud skips all of this
             keys, labels, cameras = _batch_evidence(kept, classifier)
             if len(keys) != len(probabilities):  # not one per input: nothing to adapt by
                 mix = shadow = None
             if mix is not None:
-                probabilities = mix.answer(extractor, cameras, keys, probabilities)
+                probabilities = mix.answer(mode, cameras, keys, probabilities)
             if shadow is not None:
                 predicted = np.argmax(probabilities, axis=1)
                 self._shadow_jobs.append(
@@ -475,7 +473,7 @@ class CloudConsumer:
     def _emit(self, site: str, result: wire.Result, served: str, made: float) -> None:
         """Score ``result`` and publish it; ``made`` (``time.perf_counter()``) is when it
         was made (an edge result: when its batch started), for the publish hop."""
-        mode = result.extractor
+        mode = result.mode
         computed_at = result.computed_at.name.lower()
         self.metrics.results.labels(mode, computed_at).inc()
         self.metrics.latency.labels(mode).observe(

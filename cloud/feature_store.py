@@ -135,7 +135,7 @@ class LabeledRows:
 
 @dataclass(frozen=True, eq=False)
 class LoadedFeatures:
-    extractor: str
+    mode: str
     model_version: str
     values: npt.NDArray[np.generic]  # (N, *shape): features, or raw objects' crops
     jpegs: list[bytes]  # raw whole frames only
@@ -222,7 +222,7 @@ class FeatureStore:
                             arrival.site,
                             *wire.capture_of(envelope),
                             envelope.gateway_id,
-                            envelope.extractor,
+                            envelope.mode,
                             now,
                         ),
                     )
@@ -288,7 +288,7 @@ class FeatureStore:
                 (
                     arrival.site,
                     *wire.capture_of(feature),
-                    feature.extractor,
+                    feature.mode,
                     feature.model_version,
                     label,
                     int(feature.dtype),
@@ -340,21 +340,21 @@ class FeatureStore:
             ).fetchall()
         return [(str(mode), str(version)) for mode, version in rows]
 
-    def count(self, extractor: str, versions: Sequence[str], after_id: int = 0) -> tuple[int, int]:
-        """How many labeled rows of ``extractor`` from these model versions came after row
+    def count(self, mode: str, versions: Sequence[str], after_id: int = 0) -> tuple[int, int]:
+        """How many labeled rows of ``mode`` from these model versions came after row
         ``after_id``, and the newest row's id (0: none)."""
         marks = ", ".join("?" * len(versions))
         with self._lock:
             count, newest = self._db.execute(
                 f"SELECT COUNT(*), MAX(id) FROM features WHERE mode = ? AND id > ?"
                 f" AND model_version IN ({marks})",
-                (extractor, after_id, *versions),
+                (mode, after_id, *versions),
             ).fetchone()
         return int(count), int(newest or 0)
 
     def labeled_rows(
         self,
-        extractor: str,
+        mode: str,
         versions: Sequence[str],
         *,
         newest: int,
@@ -362,12 +362,12 @@ class FeatureStore:
         up_to_id: int | None = None,
         seed: int = 0,
     ) -> LabeledRows:
-        """The ``newest`` rows (up to row ``up_to_id``) of ``extractor`` from these model
+        """The ``newest`` rows (up to row ``up_to_id``) of ``mode`` from these model
         versions (one feature space: same edge artifact), plus ``replay`` rows drawn at
         random from the older ones, all in arrival order."""
         marks = ", ".join("?" * len(versions))
         where = f"mode = ? AND model_version IN ({marks}) AND id <= ?"
-        bound = (extractor, *versions, up_to_id if up_to_id is not None else 2**62)
+        bound = (mode, *versions, up_to_id if up_to_id is not None else 2**62)
         columns = "id, camera, track, label, dtype, shape, payload, item, height"
         with self._lock:
             recent = self._db.execute(
@@ -408,29 +408,25 @@ class FeatureStore:
             np.asarray([row[8] for row in rows], np.int64),
         )
 
-    def load(self, extractor: str, model_version: str, limit: int | None = None) -> LoadedFeatures:
+    def load(self, mode: str, model_version: str, limit: int | None = None) -> LoadedFeatures:
         with self._lock:
             rows = self._db.execute(
                 "SELECT label, dtype, shape, scale, zero_point, wire_bytes, payload, track"
                 " FROM features WHERE mode = ? AND model_version = ? ORDER BY id LIMIT ?",
-                (extractor, model_version, -1 if limit is None else limit),
+                (mode, model_version, -1 if limit is None else limit),
             ).fetchall()
         if not rows:
-            raise FileNotFoundError(
-                f"no stored features for {extractor} {model_version} in {self.root}"
-            )
+            raise FileNotFoundError(f"no stored features for {mode} {model_version} in {self.root}")
         crops = [row for row in rows if row[7] >= 0]  # raw: objects' crops (track >= 0)
-        if extractor == RAW and crops:  # a store of both kinds trains on the crops
+        if mode == RAW and crops:  # a store of both kinds trains on the crops
             rows = crops
         labels = np.asarray([row[0] for row in rows], np.int64)
         uplink = sum(int(row[5]) for row in rows)
         scale, zero_point = float(rows[-1][3]), int(rows[-1][4])
-        if extractor == RAW and not crops:  # whole frames: the JPEGs
+        if mode == RAW and not crops:  # whole frames: the JPEGs
             jpegs = [bytes(row[6]) for row in rows]
             return LoadedFeatures(
-                extractor, model_version, np.empty(0, np.uint8), jpegs, labels, 1.0, 0, uplink
+                mode, model_version, np.empty(0, np.uint8), jpegs, labels, 1.0, 0, uplink
             )
         values = np.stack([_row_values(row[1], row[2], row[6]) for row in rows])
-        return LoadedFeatures(
-            extractor, model_version, values, [], labels, scale, zero_point, uplink
-        )
+        return LoadedFeatures(mode, model_version, values, [], labels, scale, zero_point, uplink)

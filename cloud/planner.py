@@ -101,16 +101,16 @@ class Candidate:
     flops: int  # of the first k blocks, per frame
 
 
-def _envelope_bytes(extractor: str, payload_bytes: int) -> int:
-    """Size of a typical envelope for one frame in ``extractor`` mode (typical identifiers)."""
-    if extractor == FULL:
+def _envelope_bytes(mode: str, payload_bytes: int) -> int:
+    """Size of a typical envelope for one frame in ``mode`` (typical identifiers)."""
+    if mode == FULL:
         result = wire.Result(
             "camera-00", 1 << 40, 1 << 60, 1 << 60, "gw-1", FULL, 3, 3, 0.9, "v12",
             wire.ComputedAt.EDGE, 0, 0,
         )  # fmt: skip
         return len(wire.encode(result))
     feature = wire.Feature(
-        "camera-00", 1 << 40, 1 << 60, "gw-1", 3, extractor, "v12", wire.DType.INT8,
+        "camera-00", 1 << 40, 1 << 60, "gw-1", 3, mode, "v12", wire.DType.INT8,
         (payload_bytes,), 0.05, 0, wire.Codec.NONE, 60_000, 0, 0, b"\0" * payload_bytes,
     )  # fmt: skip
     return len(wire.encode(feature))

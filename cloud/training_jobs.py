@@ -55,7 +55,7 @@ def train_from_store(
     save: bool = False,
 ) -> dict[str, Any]:
     store = FeatureStore(store_root)
-    versions = [v for extractor, v in store.kinds() if extractor == mode]
+    versions = [v for kind, v in store.kinds() if kind == mode]
     if not versions:
         raise FileNotFoundError(
             f"no stored {mode} features in {store_root}; run the pipeline in {mode} mode first"

@@ -11,7 +11,7 @@ full       a result: the whole CNN ran at the edge, only its answer goes up
 ========== ===========================================================================
 
 ``str(mode)`` is the canonical text (``raw``, ``split:3``, ...) and :meth:`Mode.parse` reads
-it back; it is what travels on the wire (``Feature.extractor``, ``Status.mode``,
+it back; it is what travels on the wire (``Feature.mode``, ``Status.mode``,
 ``Plan.mode``), in metric labels and in reports. Where a colon cannot go, in retained model
 topics (``models/<gateway>/split-3``) and in directory names, :attr:`Mode.slot` is the form
 and :meth:`Mode.from_slot` reads it back. Nobody else spells either form by hand.

@@ -452,7 +452,7 @@ class Feature(Envelope):
     capture_ns: int = _wire(U64)
     gateway_id: str = _wire(IDENT)
     label: int | None = _wire(LABEL)
-    extractor: str = _wire(IDENT)
+    mode: str = _wire(IDENT)
     model_version: str = _wire(IDENT)
     dtype: DType = _wire(_enum(DType))
     shape: tuple[int, ...] = _wire(SHAPE)
@@ -482,7 +482,7 @@ class Feature(Envelope):
                 "bad_shape",
                 f"shape {self.shape} for {len(self.tracks)} objects",
             )
-        _check_mode("extractor", self.extractor)
+        _check_mode("mode", self.mode)
         _check_ident("model_version", self.model_version)
         _check_finite("scale", self.scale)
         _check(self.scale > 0, "bad_quantization", f"scale {self.scale}")
@@ -516,7 +516,7 @@ class Result(Envelope):
     capture_ns: int = _wire(U64)
     result_ns: int = _wire(U64)
     gateway_id: str = _wire(IDENT)
-    extractor: str = _wire(IDENT)
+    mode: str = _wire(IDENT)
     label: int | None = _wire(LABEL)
     predicted: int = _wire(U16)
     score: float = _wire(F32)
@@ -542,7 +542,7 @@ class Result(Envelope):
         for value in self.scores:
             _check_finite("score", value)
             _check(0.0 <= value <= 1.0, "bad_score", f"score {value}")
-        _check_mode("extractor", self.extractor)
+        _check_mode("mode", self.mode)
         _check_ident("model_version", self.model_version)
         _check_finite("score", self.score)
         _check(0.0 <= self.score <= 1.0, "bad_score", f"score {self.score}")

@@ -65,7 +65,7 @@ def scored_objects(result: wire.Result, at: float) -> list[Scored]:
         return Scored(
             at,
             result.camera_id,
-            result.extractor,
+            result.mode,
             item,
             label == predicted,
             seq=result.seq,

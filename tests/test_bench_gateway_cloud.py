@@ -68,7 +68,7 @@ def _result(
         capture_ns=0,
         result_ns=0,
         gateway_id="gw-1",
-        extractor="full",
+        mode="full",
         label=None,
         predicted=0,
         score=1.0,
@@ -155,7 +155,7 @@ def test_feature_envelope_bytes_are_the_encoded_envelopes() -> None:
         values,
         np.array([1, 2]),
         quantization,
-        extractor="pca",
+        mode="pca",
         model_version="v7",
         raw_bytes=50_000,
     )
@@ -166,7 +166,7 @@ def test_feature_envelope_bytes_are_the_encoded_envelopes() -> None:
         capture_ns=0,
         gateway_id="gw-1",
         label=2,
-        extractor="pca",
+        mode="pca",
         model_version="v7",
         dtype=encoded.dtype,
         shape=encoded.shape,
@@ -269,7 +269,7 @@ def test_cloud_consumer_throughput_and_latency_through_a_real_broker(
         ("pca", "raw"), _random_pca, broker.secrets, cameras=2, frames_per_camera=3
     )
     assert {len(made) for made in templates.values()} == {6}
-    assert {f.extractor for f in templates["raw"]} == {"raw"}
+    assert {f.mode for f in templates["raw"]} == {"raw"}
     encoded = {mode: tuple(wire.encode(f) for f in made) for mode, made in templates.items()}
     config = ConsumerConfig(consumer_id=f"{site}-cloud", site=site, group=site)
     base = cloud_bench.FeedJob(broker.host, broker.port, str(broker.secrets_dir), site, ())

@@ -36,7 +36,7 @@ def _feature(seq: int, label: int | None, values: np.ndarray) -> wire.Feature:
         capture_ns=seq,
         gateway_id="gw-1",
         label=label,
-        extractor="split:3",
+        mode="split:3",
         model_version="v1",
         dtype=wire.DType.INT8,
         shape=values.shape,
@@ -96,7 +96,7 @@ def test_a_raw_frame_of_objects_is_kept_as_the_crops_the_consumer_cut(tmp_path: 
     crops = np.random.default_rng(1).integers(0, 255, (3, 8, 8, 1), dtype=np.uint8)
     frame = wire.Feature(
         camera_id="cam-1", seq=1, capture_ns=1, gateway_id="gw-1", label=None,
-        extractor="raw", model_version="none", dtype=wire.DType.UINT8, shape=(len(jpeg),),
+        mode="raw", model_version="none", dtype=wire.DType.UINT8, shape=(len(jpeg),),
         scale=1.0, zero_point=0, codec=wire.Codec.JPEG, raw_bytes=len(jpeg), held_back=0,
         held_mismatched=0, payload=jpeg, tracks=(4, 5, 6),
         boxes=((0, 0, 9, 9), (20, 0, 29, 9), (40, 0, 49, 9)), labels=(2, None, 7),

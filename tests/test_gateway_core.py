@@ -358,7 +358,7 @@ def test_full_mode_sends_the_crops_of_every_nth_labeled_keyframe(
     results = [e for e in sent if isinstance(e, wire.Result)]
     assert len(sent) >= 9 and len(samples) == len(sent) // 3  # every 3rd, all labeled here
     for sample in samples:
-        assert sample.extractor == "full" and sample.model_version == deployment.version
+        assert sample.mode == "full" and sample.model_version == deployment.version
         crops = codec.unpack_feature(sample)
         assert crops.dtype == np.uint8 and crops.shape == (len(sample.tracks), *model.input_shape)
         assert all(label is not None for label in sample.labels)

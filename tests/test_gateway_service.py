@@ -65,7 +65,7 @@ def test_pca_features_are_far_smaller_than_raw_and_a_plan_switches_mode_not_keyf
         raw_bytes = _publish_frames(camera, topics, frames[:12])
         wait_for(lambda: len(cloud.payloads()) == 12, 30, "12 PCA features")
         pca = _features(cloud)
-        assert {f.extractor for f in pca} == {"pca"}
+        assert {f.mode for f in pca} == {"pca"}
         assert {f.model_version for f in pca} == {model.version}
         assert [f.label for f in pca] == [f.label for f in frames[:12]]
         pca_bytes = sum(len(p) for p in cloud.payloads())
@@ -85,7 +85,7 @@ def test_pca_features_are_far_smaller_than_raw_and_a_plan_switches_mode_not_keyf
         _publish_frames(camera, topics, frames[12:])
         wait_for(lambda: len(cloud.payloads()) == 24, 30, "12 raw features")
         raw = _features(cloud)[12:]
-        assert {f.extractor for f in raw} == {"raw"}
+        assert {f.mode for f in raw} == {"raw"}
         assert [f.payload for f in raw] == [f.payload for f in frames[12:]]
 
 

@@ -179,7 +179,7 @@ def test_a_gateway_only_install_runs_a_gateway_on_a_deployed_int8_model(
             promised["zero_point"],
         )
         assert feature.seq == frame.seq
-        assert feature.extractor == str(model.mode)
+        assert feature.mode == str(model.mode)
         assert feature.model_version == model.version
         assert feature.dtype is wire.DType.INT8
         assert feature.raw_bytes == len(frame.payload) > 2 * len(feature.payload)

@@ -129,7 +129,7 @@ def test_labeled_cameras_through_gateway_and_cloud_are_scored(
         }
         assert hops["queue"] >= forwarded and hops["publish"] >= 1 and hops["inference"] >= 1
     results = [wire.decode_as(p, wire.Result) for p in listener.payloads()]
-    assert {r.extractor for r in results} == {mode}
+    assert {r.mode for r in results} == {mode}
     if mode == "full":  # the edge answers; the crops of every 10th labeled keyframe go up
         # instead, for the cloud to learn from, and the cloud answers those
         at = [r.computed_at for r in results]

@@ -109,7 +109,7 @@ class FeatureSource:
                 capture_ns=self.seq,
                 gateway_id=GATEWAY,
                 label=label,
-                extractor=str(Mode(PCA)),
+                mode=str(Mode(PCA)),
                 model_version=self.entry.version,
                 raw_bytes=80_000,
                 held_back=0,
@@ -403,7 +403,7 @@ def test_labeled_rows_read_the_newest_and_replay_older_ones(tmp_path: Path) -> N
     for seq in range(1, 41):
         feature = output.encode(np.full(4, seq % 100, np.int8)).feature(
             camera_id=CAMERAS[seq % 2], seq=seq, capture_ns=seq, gateway_id=GATEWAY,
-            label=seq % 10, extractor="pca", model_version="v1", raw_bytes=1,
+            label=seq % 10, mode="pca", model_version="v1", raw_bytes=1,
             held_back=0, held_mismatched=0,
         )  # fmt: skip
         arrivals.append(Arrival("s", feature, 10, np.full(4, seq % 100, np.int8)))
@@ -490,7 +490,7 @@ def test_full_mode_learns_from_sampled_crops_and_pushes_the_new_edge_model(
             camera = CAMERAS[seq % 2]
             sample = codec.encode_array(crop[None]).feature(
                 camera_id=camera, seq=seq, capture_ns=seq, gateway_id=GATEWAY, label=None,
-                extractor=str(Mode(FULL)), model_version=before.version, raw_bytes=80_000,
+                mode=str(Mode(FULL)), model_version=before.version, raw_bytes=80_000,
                 held_back=0, held_mismatched=0,
             )  # fmt: skip
             sample = dataclasses.replace(
