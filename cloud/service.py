@@ -1,8 +1,9 @@
 """The cloud role in one process: consumers, model generations, deployments, the planner.
 
-Where it sits: ``edgelearn cloud`` (:mod:`cloud.cli`) builds a :class:`CloudSettings` from
-its flags and runs a :class:`CloudService`; tests and benchmarks run one in-process. On
-entering, the service
+Where it sits: ``edgelearn cloud`` (:mod:`cloud.cli`) loads a
+:class:`~cloud.config.CloudConfig` (a ``[cloud]`` TOML table, the environment, its flags),
+makes the :class:`CloudSettings` of it and runs a :class:`CloudService`; tests and benchmarks
+run one in-process. On entering, the service
 
 1. serves its one metrics registry on one ``/metrics`` (:class:`~cloud.metrics.CloudMetrics`,
    created once: every consumer, trainer and the planner count there);
