@@ -24,14 +24,18 @@ TIERS = ("e2e", "training", "broker")  # heaviest first; a test with none of the
 _BROKER_FIXTURES = {"broker", "bridged", "mqtt_probe"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test not marked with a tier gets one: ``training`` when it takes the trained
     registry, else ``broker`` when it takes a broker fixture, else ``unit``. (Marked by
-    hand: whole stacks, ``e2e``, and tests that train models of their own, ``training``.)"""
+    hand: whole stacks, ``e2e``, and tests that train models of their own, ``training``.)
+
+    Then the order the two workers take modules in. ``--dist loadscope`` hands out whole
+    modules, so a module's fixtures (a trained model, a benchmark's run) are made once; the
+    modules with the heaviest tier go first, whole stacks before training before brokers,
+    so the longest ones do not start last. (``xdist_group`` marks would be finer, but
+    pytest-xdist 3.8 cannot apply them under pytest 9: its ``@group`` suffix no longer
+    reaches the node id, and each module-scoped fixture was made on both workers.)"""
     for item in items:
-        if _shares_module_state(item):  # its module's fixtures are made once, on one worker
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
         if any(item.get_closest_marker(tier) is not None for tier in TIERS):
             continue
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -41,24 +45,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("broker")
         else:
             item.add_marker("unit")
-    # The first test to take the session's registry trains it (over a minute): it goes
-    # first, and the unit tests next, so the other worker runs those meanwhile instead of
-    # waiting on the registry's lock (55 s idle, measured). Otherwise collection order.
-    trainer = next((i for i in items if "trained_registry" in getattr(i, "fixturenames", ())), None)
-    items.sort(key=lambda i: 0 if i is trainer else 1 if i.get_closest_marker("unit") else 2)
-
-
-def _shares_module_state(item: pytest.Item) -> bool:
-    """Whether ``item`` takes a module- or class-scoped fixture (a trained model, a run of
-    a benchmark): spread over two workers, each would make it again."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(
-        definition.scope in ("module", "class")
-        for definitions in info.name2fixturedefs.values()
-        for definition in definitions
-    )
+    rank: dict[str, int] = {}
+    for item in items:
+        tier = next((n for n, t in enumerate(TIERS) if item.get_closest_marker(t)), len(TIERS))
+        module = item.nodeid.split("::")[0]
+        rank[module] = min(rank.get(module, tier), tier)
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: in module order
 
 
 @pytest.fixture(scope="session")
