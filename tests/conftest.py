@@ -45,11 +45,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("broker")
         else:
             item.add_marker("unit")
-    rank: dict[str, int] = {}
+    rank: dict[str, tuple[int, bool]] = {}
     for item in items:
         tier = next((n for n, t in enumerate(TIERS) if item.get_closest_marker(t)), len(TIERS))
         module = item.nodeid.split("::")[0]
-        rank[module] = min(rank.get(module, tier), tier)
+        registry = "trained_registry" in getattr(item, "fixturenames", ())
+        before = rank.get(module, (tier, registry))
+        rank[module] = (min(before[0], tier), before[1] or registry)
+    # Within a tier, modules that need no trained registry first: the first module to need
+    # it trains it (over a minute) under a lock while the other worker has work of its own
+    # (measured: 60 s idle otherwise).
     items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: in module order
 
 
