@@ -11,6 +11,7 @@ port 0 asks the OS for a free one and :func:`serve_metrics` returns the port it 
 
 from __future__ import annotations
 
+import http.client
 import math
 import os
 import platform
@@ -173,11 +174,13 @@ def parse_samples(text: str) -> Samples:
 
 
 def fetch(url: str, timeout: float = 2.0) -> str | None:
-    """The text of one ``/metrics`` endpoint; None if it does not answer."""
+    """The text of one ``/metrics`` endpoint; None if it does not answer, or answers with
+    something that is not HTTP. (Before a server listens on a local port, a connection to
+    it can be the client's own socket, connected to itself: it reads back its request.)"""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return str(response.read().decode())
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return None
 
 

@@ -118,3 +118,30 @@ def test_dense_cloud_halves_answer_in_numpy_what_keras_answers(trained_registry:
 def _layers(model: Any) -> list[Any]:
     inner = getattr(model, "layers", None)
     return [model] if inner is None else [leaf for layer in inner for leaf in _layers(layer)]
+
+
+def test_a_scrape_of_a_port_that_answers_no_http_counts_it_unreachable() -> None:
+    """Before a worker listens, a connection to its local port can be the client's own
+    socket connected to itself, which reads back its request: not an endpoint, not a crash
+    of whoever polls for readiness (seen once in test_gateway_cli as BadStatusLine)."""
+    import socket
+    import threading
+
+    from edgelearn.metrics import fetch, scrape
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def echo() -> None:  # what a self-connected socket reads: its own request
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(connection.recv(4096))
+
+        thread = threading.Thread(target=echo, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert fetch(url, timeout=5) is None
+        thread.join(5)
+    assert scrape([url], timeout=1).unreachable == (url,)
