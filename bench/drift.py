@@ -81,7 +81,7 @@ from bench.workload import paced
 from edgelearn import preprocess, wire
 from edgelearn.config import BrokerConfig, ConfigError
 from edgelearn.datasets import LabeledImages, load_fashion_mnist, subset
-from edgelearn.metrics import Samples, machine_info, scrape
+from edgelearn.metrics import Samples, histogram_quantile, machine_info, scrape
 from edgelearn.modes import FULL, Mode, ModeError
 from edgelearn.service import serve_in_thread
 from stack.launcher import StackSettings, launch
@@ -445,13 +445,9 @@ def _windowed(readings: list[dict[str, Any]], arm: str, start: float, end: float
 
 
 def _quantiles(first: dict[str, float], last: dict[str, float]) -> dict[str, float | None]:
-    from stack.up import _quantile
-
-    buckets = sorted(
-        ((float(le), last[le] - first.get(le, 0.0)) for le in last), key=lambda b: b[0]
-    )
-    return {"p50": _quantile(buckets, 0.5), "p99": _quantile(buckets, 0.99),
-            "count": buckets[-1][1] if buckets else 0}  # fmt: skip
+    buckets = {float(le): last[le] - first.get(le, 0.0) for le in last}
+    return {"p50": histogram_quantile(buckets, 0.5), "p99": histogram_quantile(buckets, 0.99),
+            "count": max(buckets.values(), default=0)}  # fmt: skip
 
 
 def summarize(readings: list[dict[str, Any]], budget: Budget) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import signal
 import sys
@@ -245,8 +244,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def settings(args: argparse.Namespace) -> CameraConfig:
     """The cameras' settings: defaults < the ``[camera]`` table of ``--config`` <
     ``EDGELEARN_*`` < flags; unknown keys are refused with their names."""
-    names = {item.name for item in dataclasses.fields(CameraConfig)}
-    overrides = {key: value for key, value in vars(args).items() if key in names}
+    overrides = config_module.flag_overrides(CameraConfig, vars(args))
     return config_module.load(CameraConfig, path=args.config, section="camera", overrides=overrides)
 
 

@@ -231,12 +231,7 @@ def settings(args: argparse.Namespace) -> CloudConfig:
     """The cloud's settings: defaults < the ``[cloud]`` table of ``--config`` (and its
     ``[cloud.plan]``, ``[cloud.learn]``) < ``EDGELEARN_*`` < flags; unknown keys are
     refused with their names."""
-    names = config_module.setting_names(CloudConfig)
-    overrides = {
-        _PART_FLAGS.get(dest, dest): value
-        for dest, value in vars(args).items()
-        if _PART_FLAGS.get(dest, dest) in names
-    }
+    overrides = config_module.flag_overrides(CloudConfig, vars(args), _PART_FLAGS)
     return config_module.load(CloudConfig, path=args.config, section="cloud", overrides=overrides)
 
 

@@ -96,6 +96,21 @@ def setting_names(cls: type[Any]) -> frozenset[str]:
     return frozenset(names)
 
 
+def flag_overrides(
+    cls: type[Any], flags: Mapping[str, Any], renames: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The settings of ``cls`` among a command's parsed ``flags`` (``vars(args)``), keyed as
+    :func:`load`'s ``overrides`` takes them; ``renames`` maps a flag's dest to its setting
+    (``plan_hold`` to ``plan.hold``). Flags that are no setting (``config``, ``verbose``)
+    are left out; unset ones stay None, which :func:`load` skips."""
+    names, renames = setting_names(cls), renames or {}
+    return {
+        renames.get(dest, dest): value
+        for dest, value in flags.items()
+        if renames.get(dest, dest) in names
+    }
+
+
 def load(
     cls: type[T],
     *,

@@ -15,7 +15,6 @@ import contextlib
 import faulthandler
 import functools
 import json
-import math
 import signal
 import sys
 import time
@@ -27,32 +26,13 @@ from edgelearn import wire
 from edgelearn.config import ConfigError
 from edgelearn.datasets import DatasetError, parse_dataset
 from edgelearn.evidence import Evidence
-from edgelearn.metrics import Samples, fetch
+from edgelearn.metrics import Samples, fetch, histogram_quantile
 from edgelearn.modes import ModeError
 from edgelearn.secrets import registry_dir
 from stack import broker
 from stack.launcher import SAMPLE_VIDEO, RunningStack, StackError, StackSettings, launch
 from stack.observer import ResultsObserver
 from stack.supervisor import CounterTotals, Progress, Supervisor
-
-
-def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """Histogram quantile from cumulative (upper bound, count) pairs, like PromQL's."""
-    buckets = sorted(buckets)
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    rank = q * buckets[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
-            width = count - lower_count
-            return lower_bound + (bound - lower_bound) * (
-                (rank - lower_count) / width if width else 1.0
-            )
-        lower_bound, lower_count = bound, count
-    return None
 
 
 def summarize(samples: Samples) -> dict[str, Any]:
@@ -99,16 +79,14 @@ def summarize(samples: Samples) -> dict[str, Any]:
         }
         for camera in cameras
     }
-    latency: dict[str, list[tuple[float, float]]] = {}
-    for labels, value in samples.values("edgelearn_cloud_end_to_end_latency_seconds_bucket"):
-        latency.setdefault(labels["mode"], []).append((float(labels["le"]), value))
-    modes: dict[str, dict[str, Any]] = {
-        mode: {
-            "latency_p50_seconds": _quantile(buckets, 0.5),
-            "latency_p99_seconds": _quantile(buckets, 0.99),
+    latency = "edgelearn_cloud_end_to_end_latency_seconds"
+    modes: dict[str, dict[str, Any]] = {}
+    for mode in sorted({labels["mode"] for labels, _ in samples.values(f"{latency}_bucket")}):
+        buckets = samples.buckets(latency, mode=mode)
+        modes[mode] = {
+            "latency_p50_seconds": histogram_quantile(buckets, 0.5),
+            "latency_p99_seconds": histogram_quantile(buckets, 0.99),
         }
-        for mode, buckets in latency.items()
-    }
     scored = "edgelearn_cloud_frames_scored_total"
     correct = samples.by_label(scored, "mode", outcome="correct")
     wrong = samples.by_label(scored, "mode", outcome="wrong")

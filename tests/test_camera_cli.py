@@ -10,28 +10,18 @@ import pytest
 
 from edgelearn.ports import free_port
 from tests.support.broker import BrokerUnderTest
+from tests.support.cli import assert_one_line_error as assert_role_error
+from tests.support.cli import run_role
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 
 def camera_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stack", "camera", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_role("camera", *args, timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("edgelearn camera: ")
-    for word in words:
-        assert word in lines[0], lines[0]
+    assert_role_error(result, "camera", *words)
 
 
 def test_missing_video_file(tmp_path: Path) -> None:

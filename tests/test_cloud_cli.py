@@ -21,6 +21,8 @@ from edgelearn import wire
 from edgelearn.metrics import fetch
 from edgelearn.ports import free_port
 from tests.support.broker import BrokerUnderTest
+from tests.support.cli import assert_one_line_error as assert_role_error
+from tests.support.cli import run_role
 
 
 def _environment() -> dict[str, str]:
@@ -30,23 +32,11 @@ def _environment() -> dict[str, str]:
 
 
 def cloud_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stack", "cloud", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env=_environment(),
-    )
+    return run_role("cloud", *args, timeout=timeout, env=_environment())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("edgelearn cloud: ")
-    for word in words:
-        assert word in lines[0], lines[0]
+    assert_role_error(result, "cloud", *words)
 
 
 def _parsed(*argv: str) -> argparse.Namespace:
