@@ -42,6 +42,7 @@ from edgelearn.coap_security import camera_context
 from edgelearn.config import ConfigError
 from edgelearn.datasets import DatasetError
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
+from edgelearn.preprocess import sequential_opencv
 from edgelearn.secrets import Secrets, SecretsError, default_secrets_dir, default_state_dir
 from edgelearn.wire import DEFAULT_SITE, Topics, WireError
 
@@ -342,6 +343,7 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of ``edgelearn camera``; returns the exit status."""
     registry = CollectorRegistry()
     server = None
+    sequential_opencv()
     try:
         config = settings(args)
         if config.metrics_port is not None:

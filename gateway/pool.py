@@ -51,8 +51,10 @@ async def _run_worker(
     duration: float | None,
     feed: Connection | None = None,
 ) -> None:
+    from edgelearn.preprocess import sequential_opencv
     from gateway.service import GatewayWorker
 
+    sequential_opencv()
     async with GatewayWorker(config, feed=feed) as worker:
         assert worker.metrics_server is not None
         coap = f", CoAP on udp/tcp port {worker.coap_port}" if worker.coap_port else ""
