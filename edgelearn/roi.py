@@ -230,23 +230,28 @@ def object_mask(
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
     height, width = grey.shape[:2]
     gain, offset = light
-    expected = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
-    seen = cv2.GaussianBlur(np.asarray(grey, np.float32), (3, 3), 0)
-    differs = np.abs(seen - (gain * expected + offset)) > pixel_delta
+    # The light applied at small scale, then scaled up: linear either way, 16x fewer pixels.
+    lit = np.asarray(gain * background + offset, np.float32)
+    expected = cv2.resize(lit, (width, height), interpolation=cv2.INTER_LINEAR)
+    seen = cv2.sepFilter2D(grey, cv2.CV_32F, _BLUR, _BLUR)  # a 3x3 Gaussian blur, in float
+    differs = cv2.absdiff(seen, expected) > pixel_delta
     near = cv2.resize(cv2.dilate(coarse, _OPEN), (width, height), interpolation=cv2.INTER_NEAREST)
     mask = np.asarray(differs & (near > 0), np.uint8)
     mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_OPEN, _SPECK), np.uint8)
     return _fill_holes(mask)
 
 
+_BLUR: Final = cv2.getGaussianKernel(3, 0).astype(np.float32)
+
+
 def _fill_holes(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """``mask`` with every region of background it encloses (not reachable from outside
     the image) filled."""
-    outside = np.pad(1 - mask, 1, constant_values=1)
-    cv2.floodFill(outside, None, (0, 0), (2,))
-    filled = mask.copy()
-    filled[outside[1:-1, 1:-1] == 1] = 1
-    return filled
+    height, width = mask.shape
+    outside = np.ones((height + 2, width + 2), np.uint8)  # a border of background
+    np.subtract(1, mask, out=outside[1:-1, 1:-1])
+    cv2.floodFill(outside, None, (0, 0), (2,))  # background reachable from outside: 2
+    return np.asarray(mask | (outside[1:-1, 1:-1] == 1), np.uint8)
 
 
 def fit_light(
