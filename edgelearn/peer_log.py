@@ -10,6 +10,7 @@ thinned. Memory is bounded by ``max_keys`` pairs (the oldest is forgotten first)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,21 +37,23 @@ class PeerLog:
         self.max_keys = max_keys
         self._clock = clock
         self._windows: OrderedDict[tuple[str, str], _Window] = OrderedDict()
+        self._lock = threading.Lock()  # callers may be on several threads of one process
 
     def warning(self, peer: str, reason: str, message: str, *args: object) -> bool:
         """Log ``message % args`` unless (``peer``, ``reason``) was logged in the last
         ``interval`` seconds; True if it was written."""
-        now = self._clock()
         key = (peer, reason)
-        window = self._windows.get(key)
-        if window is not None and now - window.logged_at < self.interval:
-            window.suppressed += 1
-            return False
-        suppressed = window.suppressed if window is not None else 0
-        self._windows[key] = _Window(now)
-        self._windows.move_to_end(key)
-        while len(self._windows) > self.max_keys:
-            self._windows.popitem(last=False)
+        with self._lock:
+            now = self._clock()
+            window = self._windows.get(key)
+            if window is not None and now - window.logged_at < self.interval:
+                window.suppressed += 1
+                return False
+            suppressed = window.suppressed if window is not None else 0
+            self._windows[key] = _Window(now)
+            self._windows.move_to_end(key)
+            while len(self._windows) > self.max_keys:
+                self._windows.popitem(last=False)
         if suppressed:
             message += " (and %d more like it from %s since the last such warning)"
             args = (*args, suppressed, peer)

@@ -24,7 +24,6 @@ refused frame (a peer misbehaving) is also a rate-limited warning per peer and r
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import threading
@@ -209,8 +208,10 @@ class Arrival:
 
 class Ingest:
     """Frames arriving at a worker, from any transport: checked, counted and queued for the
-    worker thread. Runs on the event loop, so it stays cheap: the envelope is decoded, the
-    JPEG is not."""
+    worker thread. It runs where frames arrive, on one thread per process: the event loop
+    (MQTT, CoAP), or in a pool's worker the thread reading the supervisor's pipe, which
+    queues straight for the worker thread without waking the loop. So it stays cheap: the
+    envelope is decoded, the JPEG is not."""
 
     def __init__(self, config: GatewayConfig, metrics: GatewayMetrics, drops: Drops) -> None:
         self._max_bytes = config.max_frame_mb * 2**20
@@ -247,11 +248,9 @@ class Ingest:
         self.queue.put(frame.camera_id, Arrival(frame, transport, time.time_ns()))
         return None
 
-    def read_feed(
-        self, feed: Connection, loop: asyncio.AbstractEventLoop, stopping: threading.Event
-    ) -> bool:
+    def read_feed(self, feed: Connection, stopping: threading.Event) -> bool:
         """The pool's pipe (blocking: run it in a thread): frames and the dispatcher's drops,
-        handed to the event loop, until ``stopping``. True if the supervisor is gone."""
+        taken in this thread, until ``stopping``. True if the supervisor is gone."""
         try:
             while not stopping.is_set():
                 if not feed.poll(0.2):  # wakes to notice a stop
@@ -259,9 +258,9 @@ class Ingest:
                 message = feed.recv()
                 if message[0] == dispatch.FRAME:
                     _, camera, transport, payload = message
-                    loop.call_soon_threadsafe(self.frame, payload, transport, camera)
+                    self.frame(payload, transport, camera)
                 elif message[0] == dispatch.DROPS:
-                    loop.call_soon_threadsafe(self._count_dispatch_drops, message[1])
+                    self._count_dispatch_drops(message[1])
         except (EOFError, OSError):
             if not stopping.is_set():
                 log.error("the pool's supervisor is gone; stopping")

@@ -198,8 +198,8 @@ class GatewayWorker:
 
     async def _read_feed(self) -> None:
         """The pool's pipe, in a thread: its reads block."""
-        assert self.feed is not None and self._loop is not None
-        if await asyncio.to_thread(self.ingest.read_feed, self.feed, self._loop, self._stopping):
+        assert self.feed is not None
+        if await asyncio.to_thread(self.ingest.read_feed, self.feed, self._stopping):
             self.feed_lost.set()
 
     # --- lifecycle -----------------------------------------------------------------------
