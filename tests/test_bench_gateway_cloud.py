@@ -232,9 +232,10 @@ def test_gateway_benchmark_reduced_run_reports_every_mode_and_the_broker_run(
     assert e2e["keyframe_ratio_in_process"] == pca["keyframe_ratio"]
     assert e2e["cores_needed_at_target"] > 0
     assert set(e2e["pipeline_cpu_split_ms"]) == {
-        "keyframe_score_every_frame",
+        "decode_objects_keyframe_rule_every_frame",
         "decode_extract_encode_of_keyframes",
     }
+    assert e2e["features_acked"] > 0  # the stand-in cloud acknowledged what was sent
 
 
 # --- the cloud benchmark, reduced ------------------------------------------------------------
