@@ -232,7 +232,7 @@ class FramePipeline:
         try:
             reduction = roi.crop_reduction(boxes, size)  # a small object: a finer decode
             decoded = preprocess.decode_reduced(frame.payload, channels, reduction)
-            mask = self._finder.object_mask(frame.camera_id, decoded)
+            mask = self._finder.object_mask(frame.camera_id, decoded, boxes)  # their squares
             crops = [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
         except preprocess.PreprocessError:
             return Dropped("undecodable")

@@ -259,3 +259,51 @@ def test_the_training_and_gateway_masks_of_a_standing_item_agree(
     for item, values in standing_items.items():
         overlap = np.asarray([value[1] for value in values])
         assert overlap.mean() >= 0.95 and overlap.min() >= 0.9, (item, overlap.min())
+
+
+def _crops_both_ways(finder: roi.ObjectFinder, camera: str, jpeg: bytes) -> list[tuple]:
+    """The crops of the objects this frame sends, cut with the mask worked out over the whole
+    frame and with the one worked out only in their squares, as the gateway does."""
+    small = roi.small_grey(jpeg)
+    assert small is not None
+    boxes = [item.box for item in finder.update(camera, small) if item.send]
+    if not boxes:
+        return []
+    decoded = preprocess.decode_reduced(jpeg, 1, roi.crop_reduction(boxes, 48))
+    whole = finder.object_mask(camera, decoded)
+    squares = finder.object_mask(camera, decoded, boxes)
+    return [
+        (
+            roi.crop(decoded, box, (1280, 720), 48, mask=whole),
+            roi.crop(decoded, box, (1280, 720), 48, mask=squares),
+        )
+        for box in boxes
+    ]
+
+
+@needs_fashion_mnist
+def test_the_mask_worked_out_in_the_crops_squares_cuts_the_same_crops() -> None:
+    # Only a hole the object closes with pixels outside its square is filled one way and
+    # not the other: measured 3 of 126 crops of labeled scenes (8 pixels) and 7 of 286 of
+    # the video (94 pixels) differ at all.
+    assert VTEST.is_file(), f"{VTEST} is missing: install Debian's opencv-doc (setup.sh does)"
+    pairs = []
+    scene = ObjectScene(load_fashion_mnist("test"), seed=3)
+    finder = roi.ObjectFinder()
+    for index in range(240):
+        jpeg = preprocess.encode_jpeg(scene.render(index).image, 80)
+        pairs += _crops_both_ways(finder, "scene", jpeg)
+    capture = cv2.VideoCapture(str(VTEST))
+    try:
+        for _ in range(150):
+            ok, image = capture.read()
+            assert ok
+            jpeg = preprocess.encode_jpeg(fit_to(np.asarray(image, np.uint8), (1280, 720)), 80)
+            pairs += _crops_both_ways(finder, "vtest", jpeg)
+    finally:
+        capture.release()
+    assert len(pairs) >= 100
+    same = [np.array_equal(whole, squares) for whole, squares in pairs]
+    differing = sum(int((whole != squares).sum()) for whole, squares in pairs)
+    assert np.mean(same) >= 0.95, np.mean(same)
+    assert differing <= 1e-3 * sum(whole.size for whole, _ in pairs), differing
