@@ -11,6 +11,8 @@ packages=(
   opencv-doc                    # real sample videos (vtest.avi, Megamind.avi)
   dataset-fashion-mnist         # the labeled data set the cameras render
   prometheus                    # scrapes every process in the local stack
+  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+                                # a real RTSP server for the tests (GStreamer's)
   python3-venv
 )
 missing=()

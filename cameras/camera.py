@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Self
 
 from cameras.encoding import BitrateController, FixedQuality, FrameEncoder
-from cameras.errors import TransportError
+from cameras.errors import SourceError, TransportError
 from cameras.metrics import CameraMetrics, CameraRecorder
 from cameras.pacing import Pacer
 from cameras.scene import FrameSource
@@ -94,6 +94,7 @@ class CameraReport:
     elapsed: float = 0.0
     cpu_seconds: float = 0.0
     last_seq: int | None = None
+    source_reconnects: int = 0  # a live stream's returns after it broke
 
     @property
     def achieved_fps(self) -> float:
@@ -177,6 +178,22 @@ class Camera:
             self._in_flight -= 1
             self._slot_free.set()
 
+    async def _take(self, seq: int, skip_first: int) -> _Encoded | None:
+        """:meth:`_produce` in a worker thread; None (counted ``source_down``) while a live
+        stream is down. Its reconnects are counted as they happen."""
+        try:
+            return await asyncio.to_thread(self._produce, seq, skip_first)
+        except SourceError as exc:
+            if exc.reason != "stream_down":
+                raise
+            self._skip("source_down")
+            return None
+        finally:
+            came_back = getattr(self.source, "reconnects", 0) - self.report.source_reconnects
+            if came_back > 0:
+                self.report.source_reconnects += came_back
+                self.recorder.source_reconnected(came_back)
+
     def _skip(self, reason: str, count: int = 1) -> None:
         if count > 0:
             self.recorder.skipped_frames(reason, count)
@@ -188,7 +205,7 @@ class Camera:
         settings = self.settings
         # The first frame is rendered before the clock starts: loading a data set, opening a
         # decoder and filling caches would otherwise make the first frames "late".
-        primed: _Encoded | None = await asyncio.to_thread(self._produce, 0, 0)
+        primed = await self._take(0, 0)
         if self.phase > 0:
             primed = None  # its capture time would be stale by the phase: render frame 0 anew
         pacer = Pacer(settings.rate, start=loop.time() + (self.phase if settings.rate else 0.0))
@@ -235,15 +252,19 @@ class Camera:
                 self._in_flight += 1
                 try:
                     if primed is not None and tick.index == 0:
-                        encoded = primed
+                        taken: _Encoded | None = primed
                     else:
-                        skip = tick.index - position
-                        encoded = await asyncio.to_thread(self._produce, tick.index, skip)
+                        taken = await self._take(tick.index, tick.index - position)
                 except BaseException:
                     self._in_flight -= 1
                     raise
                 primed = None
                 position = tick.index + 1
+                if taken is None:  # its live stream is down (counted)
+                    self._in_flight -= 1
+                    self._slot_free.set()
+                    continue
+                encoded = taken
                 self.report.cpu_seconds += encoded.cpu_seconds
                 self.recorder.quality(encoded.quality)
                 sends.create_task(self._send(encoded), name=f"send-{self.camera_id}")

@@ -88,7 +88,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--source",
         default=None,
-        help="video:PATH (any file OpenCV reads, looped, scaled to 720p), "
+        help="video:PATH (any file OpenCV reads, looped, scaled to 720p), rtsp://... or "
+        "http://... (a real camera's live stream, opened again with backoff when it breaks), "
         "fashion-mnist[:train|test] (labeled; default split train), folder:PATH "
         "(labeled: one sub-folder of images per class; folder-test:PATH: only the part "
         "a cloud trained on that folder held out) or synthetic (moving shapes; "
@@ -285,6 +286,7 @@ def _summary(report: CameraReport) -> str:
         f"{report.camera_id}: {report.published} frames, "
         f"{report.published_bytes / 1e6:.1f} MB, {report.achieved_fps:.1f} fps"
         + (f", skipped {skipped}" if skipped else "")
+        + (f", stream reconnected {report.source_reconnects}x" if report.source_reconnects else "")
     )
 
 

@@ -9,6 +9,7 @@ default one, so tests and several camera processes do not collide.
 * ``edgelearn_camera_frames_skipped_total{camera,reason}`` - frames the camera did not send
 * ``edgelearn_camera_publish_latency_seconds{camera}`` - from handing a frame to the
   transport until it took it (QoS 0: written to the socket; QoS 1: PUBACK; CoAP: response)
+* ``edgelearn_camera_source_reconnects_total{camera}`` - times a live stream came back
 * ``edgelearn_camera_achieved_fps{camera}`` - published frames per second, recent window
 * ``edgelearn_camera_jpeg_quality{camera}`` - the quality the bitrate controller chose
 * ``edgelearn_camera_reconnects_total{camera}`` - successful reconnects of the link
@@ -21,10 +22,11 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-SKIP_REASONS: Final = ("late", "transport_busy", "disconnected", "send_failed")
+SKIP_REASONS: Final = ("late", "transport_busy", "disconnected", "send_failed", "source_down")
 """Why a frame was not sent: the camera fell behind its deadlines (``late``), its in-flight
-window was full (``transport_busy``), the link was down (``disconnected``), or the
-transport rejected the frame (``send_failed``)."""
+window was full (``transport_busy``), the link was down (``disconnected``), the
+transport rejected the frame (``send_failed``), or its live stream was down and being
+opened again (``source_down``)."""
 
 # Loopback QoS 0 writes take ~100 us; a congested Wi-Fi link or CoAP block-wise over UDP
 # takes hundreds of ms per 720p frame.
@@ -81,6 +83,13 @@ class CameraMetrics:
             registry=registry,
         )
 
+        self.source_reconnects = Counter(
+            "edgelearn_camera_source_reconnects",
+            "Times a camera's live stream (RTSP, HTTP) came back after it broke",
+            ["camera"],
+            registry=registry,
+        )
+
     def camera(self, camera_id: str) -> CameraRecorder:
         return CameraRecorder(self, camera_id)
 
@@ -96,6 +105,7 @@ class CameraRecorder:
         self._fps = metrics.achieved_fps.labels(camera_id)
         self._quality = metrics.jpeg_quality.labels(camera_id)
         self._reconnects = metrics.reconnects.labels(camera_id)
+        self._source_reconnects = metrics.source_reconnects.labels(camera_id)
         # Children for every reason exist from the start, so a dashboard shows 0, not gaps.
         self._skipped = {
             reason: metrics.frames_skipped.labels(camera_id, reason) for reason in SKIP_REASONS
@@ -126,3 +136,6 @@ class CameraRecorder:
 
     def reconnected(self) -> None:
         self._reconnects.inc()
+
+    def source_reconnected(self, count: int = 1) -> None:
+        self._source_reconnects.inc(count)

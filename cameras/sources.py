@@ -4,13 +4,16 @@ First stage in the flow of a frame (**source** -> JPEG -> transport):
 
 * :class:`VideoSource` replays a real video file (any container OpenCV's ``VideoCapture``
   reads), centre-cropped to 16:9 and scaled to 720p, looped, from a start offset;
+* :class:`StreamSource` takes a real camera's live stream (``rtsp://``, ``http://``), the
+  newest frame at each tick, and opens it again with backoff when it breaks;
 * :class:`SyntheticScene` draws moving shapes on a gradient (no data files needed);
 * :class:`~cameras.scene.LabeledScene` (in :mod:`cameras.scene`) shows a labeled data set.
 
-:func:`parse_source` turns ``video:PATH``, ``fashion-mnist[:train|test]``, ``folder:PATH``
-or ``synthetic`` into a :class:`SourceSpec` whose :meth:`~SourceSpec.open` builds camera
-``i``'s own source (its own seed, or its own start offset in the video). Opening checks
-everything a user can get wrong (missing file, unreadable video, empty folder) and raises
+:func:`parse_source` turns ``video:PATH``, ``rtsp://...``, ``fashion-mnist[:train|test]``,
+``folder:PATH`` or ``synthetic`` into a :class:`SourceSpec` whose :meth:`~SourceSpec.open`
+builds camera ``i``'s own source (its own seed, or its own start offset in the video).
+Opening checks everything a user can get wrong (missing file, unreadable video, empty
+folder, a stream that does not answer) and raises
 :class:`~cameras.errors.SourceError` (a video) or :class:`~edgelearn.datasets.DatasetError`
 (a data set) with a one-line message.
 """
@@ -18,6 +21,8 @@ everything a user can get wrong (missing file, unreadable video, empty folder) a
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +158,114 @@ class VideoSource:
         self._capture.release()
 
 
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+
+
+class StreamSource:
+    """A real camera's live stream, as OpenCV's FFmpeg backend reads it (RTSP, HTTP).
+
+    A thread reads the stream as fast as it comes and keeps the newest frame; :meth:`read`
+    takes that one (scaled to ``size``), so a camera paced slower than its stream sends
+    fresh pictures, not a backlog. When the stream breaks (the camera or its server went
+    away, or nothing came for ``read_timeout``), the thread opens it again after a backoff
+    that doubles from ``backoff`` up to ``backoff_max`` seconds, and counts each return in
+    :attr:`reconnects`. Meanwhile :meth:`read` raises :class:`SourceError` with reason
+    ``stream_down``, which the camera counts as a skipped frame and carries on: one dead
+    stream never stops the other cameras. Opening fails with a one-line
+    :class:`SourceError` if no frame comes within ``open_timeout`` at the start.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        size: tuple[int, int] = HD_720P,
+        open_timeout: float = 10.0,
+        read_timeout: float = 5.0,
+        stale_after: float = 2.0,
+        backoff: float = 0.5,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.url, self.size = url, size
+        self.stale_after = stale_after
+        self._timeouts = (open_timeout, read_timeout)
+        self._backoff = (backoff, backoff_max)
+        self.reconnects = 0
+        self.fps: float | None = None
+        self._latest: tuple[Image, float] | None = None
+        self._fresh = threading.Condition()
+        self._stop = threading.Event()
+        capture = self._open()
+        if capture is None:
+            raise SourceError(f"cannot open stream {url}", source=url, reason="unreachable")
+        self._thread = threading.Thread(
+            target=self._pump, args=(capture,), name=f"stream {url}", daemon=True
+        )
+        self._thread.start()
+        with self._fresh:
+            if not self._fresh.wait_for(lambda: self._latest is not None, open_timeout):
+                self.close()
+                raise SourceError(
+                    f"stream {url} sent no frame in {open_timeout:.0f} s", source=url,
+                    reason="unreadable",
+                )  # fmt: skip
+
+    def _open(self) -> cv2.VideoCapture | None:
+        open_ms, read_ms = (round(1000 * seconds) for seconds in self._timeouts)
+        capture = cv2.VideoCapture(
+            self.url,
+            cv2.CAP_FFMPEG,
+            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms],
+        )
+        if not capture.isOpened():
+            capture.release()
+            return None
+        self.fps = float(capture.get(cv2.CAP_PROP_FPS)) or self.fps
+        return capture
+
+    def _pump(self, capture: cv2.VideoCapture | None) -> None:
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            if capture is None:
+                if self._stop.wait(delay):
+                    break
+                delay = min(2 * delay, self._backoff[1])
+                capture = self._open()
+                if capture is None:
+                    log.debug("stream %s: still down; next try in %.1f s", self.url, delay)
+                    continue
+                self.reconnects += 1
+                log.info("stream %s: back (reconnect %d)", self.url, self.reconnects)
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                capture.release()
+                capture = None
+                delay = self._backoff[0]
+                log.warning("stream %s: lost; opening it again", self.url)
+                continue
+            with self._fresh:
+                self._latest = (np.asarray(frame, np.uint8), time.monotonic())
+                self._fresh.notify_all()
+        if capture is not None:
+            capture.release()
+
+    def read(self) -> SourceFrame:
+        with self._fresh:
+            latest = self._latest
+        if latest is None or time.monotonic() - latest[1] > self.stale_after:
+            raise SourceError(f"stream {self.url} is down", source=self.url, reason="stream_down")
+        return SourceFrame(image=fit_to(latest[0], self.size), label=None)
+
+    def skip(self, count: int) -> None:
+        """Nothing to skip: a live stream is always at its newest frame."""
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout=sum(self._timeouts) + 1.0)
+
+
 class SyntheticScene(RenderedSource):
     """Moving coloured shapes on a gradient: a source for tests that need no data files.
 
@@ -223,6 +336,7 @@ class SourceSpec:
     kind: str
     path: Path | None = None
     split: str = "train"
+    url: str | None = None  # a live stream (``rtsp://...``)
 
     def load_data(self) -> LabeledImages | None:
         """The labeled data set (for labeled kinds), loaded once and shared by cameras."""
@@ -241,6 +355,9 @@ class SourceSpec:
         if self.kind == "video":
             assert self.path is not None
             VideoSource(self.path).close()
+        elif self.kind == "stream":
+            assert self.url is not None
+            StreamSource(self.url).close()
 
     def open(
         self,
@@ -268,6 +385,9 @@ class SourceSpec:
             if count:
                 start += count * camera_index // max(1, cameras)
             return VideoSource(self.path, size=size, start_frame=start)
+        if self.kind == "stream":  # one camera's stream: every camera of the spec shows it
+            assert self.url is not None
+            return StreamSource(self.url, size=size)
         if self.kind == "synthetic":
             return SyntheticScene(seed=seed + camera_index, size=size)
         data = data if data is not None else self.load_data()
@@ -281,8 +401,11 @@ class SourceSpec:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """``video:PATH`` | ``fashion-mnist[:train|test]`` | ``folder:PATH`` (every item) |
-    ``folder-test:PATH`` (the items a cloud trained on the folder held out) | ``synthetic``."""
+    """``video:PATH`` | ``rtsp://...`` (or ``http(s)://``: a live stream) |
+    ``fashion-mnist[:train|test]`` | ``folder:PATH`` (every item) | ``folder-test:PATH`` (the
+    items a cloud trained on the folder held out) | ``synthetic``."""
+    if text.startswith(STREAM_SCHEMES):
+        return SourceSpec("stream", url=text)
     kind, _, rest = text.partition(":")
     if kind == "video" and rest:
         return SourceSpec("video", Path(rest).expanduser())
@@ -295,6 +418,6 @@ def parse_source(text: str) -> SourceSpec:
     if kind == "synthetic" and not rest:
         return SourceSpec("synthetic")
     raise ValueError(
-        f"unknown source {text!r}: use video:PATH, fashion-mnist[:train|test], folder:PATH, "
-        "folder-test:PATH or synthetic"
+        f"unknown source {text!r}: use video:PATH, rtsp://..., fashion-mnist[:train|test], "
+        "folder:PATH, folder-test:PATH or synthetic"
     )
