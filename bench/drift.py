@@ -811,7 +811,7 @@ def run(
                 run_dir=work / "run", secrets=work / "secrets", registry=registry, site=SITE,
                 edge_port=0, cloud_port=0, prometheus=False, mode=str(budget.mode),
                 split_ks=(budget.split_k,), budget=budget.training, labeled_cameras=0,
-                video=None, camera_users=budget.cameras + 1, consumers=1, echo=False,
+                videos=(), camera_users=budget.cameras + 1, consumers=1, echo=False,
                 learn_every=budget.learn_every, grow=False,  # adaptation alone is measured
                 gateway=(
                     {} if budget.learning_sample is None

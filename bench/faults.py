@@ -632,7 +632,7 @@ def _stack(work: Path) -> Iterator[tuple[RunningStack, Relay]]:
         sites=SITES,
         consumers=2,
         labeled_cameras=CAMERAS_PER_SITE,
-        video=None,
+        videos=(),
         bridge_address=("127.0.0.1", relay.port),
         echo=False,
     )

@@ -209,7 +209,7 @@ def run(
         gateway={"queue_depth": 8},
         workers=2,  # one per core: every object of every frame (keyframes off) needs both
         labeled_cameras=0,  # the benchmark plays the cameras itself
-        video=None,
+        videos=(),
         camera_users=budget.cameras,
         consumers=1,  # one /metrics endpoint, and one background model per raw camera
         echo=False,

@@ -36,12 +36,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cameras.config import CameraConfig
+from cameras.sources import STREAM_SCHEMES
 from cloud.config import CloudConfig, LearnConfig, PlanConfig
 from edgelearn import config as config_module
 from edgelearn import wire
@@ -65,6 +66,36 @@ SEED_LIMIT = 2**31  # cameras' seeds: camera i of a run uses seed + i
 class StackError(RuntimeError):
     """Something the user can fix: a port in use, a missing program or file, a child that
     exited while it was awaited."""
+
+
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v")
+
+
+def video_sources(videos: Sequence[str]) -> list[str]:
+    """One camera source per video: a file (``video:PATH``), every video file of a folder
+    (sorted, by suffix: :data:`VIDEO_SUFFIXES`), or a live stream's URL as it is. Raises
+    :class:`StackError` for a missing file or a folder with no video in it."""
+    sources = []
+    for video in videos:
+        if video.startswith(STREAM_SCHEMES):
+            sources.append(video)
+            continue
+        path = Path(video).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            if not files:
+                raise StackError(f"no video in {path} (looked for {', '.join(VIDEO_SUFFIXES)})")
+            sources += [f"video:{file}" for file in files]
+        elif path.is_file():
+            sources.append(f"video:{path}")
+        elif path == SAMPLE_VIDEO:
+            raise StackError(
+                f"sample video {path} is missing: install Debian's opencv-doc package, or "
+                "pass --video PATH or --video none"
+            )
+        else:
+            raise StackError(f"video {path} is missing")
+    return sources
 
 
 @dataclass
@@ -232,7 +263,8 @@ class StackSettings:
     # The labeled cameras' scenes (which items, where, in what light); None: a fresh one
     # each run, so two runs are two independent samples of items.
     seed: int | None = None
-    video: Path | None = SAMPLE_VIDEO
+    # One camera each: video files, folders of them, or live streams (rtsp://...).
+    videos: tuple[str, ...] = (str(SAMPLE_VIDEO),)
     fps: float = 15.0
     camera_users: int = 0  # camera users to ensure beyond the stack's own cameras
     sites: int = 1  # edge sites, each with its broker, gateway pool and cameras
@@ -261,7 +293,7 @@ class StackSettings:
 
     @property
     def cameras_per_site(self) -> int:
-        return self.labeled_cameras + (1 if self.video else 0)
+        return self.labeled_cameras + len(video_sources(self.videos))
 
     @property
     def plans(self) -> bool:
@@ -426,11 +458,7 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
     """Start everything ``settings`` asks for; yields the running stack and stops all of
     it on exit, whatever happened."""
     broker.mosquitto_binary()  # a clear error before anything starts
-    if settings.video is not None and not settings.video.is_file():
-        raise StackError(
-            f"sample video {settings.video} is missing: install Debian's "
-            "opencv-doc package, or pass --video PATH or --video none"
-        )
+    video_sources(settings.videos)  # a clear error before anything starts
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     seed = random_source.randbelow(SEED_LIMIT - 1000) if settings.seed is None else settings.seed
@@ -600,9 +628,9 @@ def _start_cameras(
         # the items the cloud's first training held out
         source = parse_dataset(settings.dataset).camera_source
         fleets.append(("cameras", source, settings.labeled_cameras, first_camera))
-    if settings.video is not None:
-        video_camera = first_camera + settings.labeled_cameras
-        fleets.append(("video", f"video:{settings.video}", 1, video_camera))
+    for index, source in enumerate(video_sources(settings.videos)):
+        name = "video" if index == 0 else f"video-{index + 1}"
+        fleets.append((name, source, 1, first_camera + settings.labeled_cameras + index))
     started = []
     for name, source, count, first in fleets:
         metrics_port = free_port()

@@ -35,6 +35,17 @@ from stack.observer import ResultsObserver
 from stack.supervisor import CounterTotals, Progress, Supervisor
 
 
+def _videos(given: list[str] | None) -> tuple[str, ...]:
+    """``--video`` as given (repeated), the sample video if not given, none for 'none'."""
+    if given is None:
+        return (str(SAMPLE_VIDEO),)
+    if "none" in given:
+        if len(given) > 1:
+            raise ConfigError("--video none means no video camera: give it alone")
+        return ()
+    return tuple(given)
+
+
 def summarize(samples: Samples) -> dict[str, Any]:
     """Merge every process's metrics into the figures the summary prints."""
     published = samples.by_label("edgelearn_camera_frames_published_total", "camera")
@@ -339,7 +350,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="labeled-scene cameras (of --dataset)",
     )
     parser.add_argument(
-        "--video", default=str(SAMPLE_VIDEO), help="video file for one more camera, or 'none'"
+        "--video",
+        action="append",
+        default=None,
+        help="one more camera per video: a file, a folder of them, or a live stream "
+        "(rtsp://...); repeat it for several; 'none' for no video camera "
+        f"(default {SAMPLE_VIDEO})",
     )
     parser.add_argument("--fps", type=float, default=defaults.fps, help="camera frame rate")
     parser.add_argument(
@@ -460,7 +476,7 @@ def _settings(args: argparse.Namespace) -> StackSettings:
             uplink_kbps=args.uplink_kbps,
             labeled_cameras=args.cameras,
             seed=args.seed,
-            video=None if args.video == "none" else Path(args.video),
+            videos=_videos(args.video),
             fps=args.fps,
             echo=not args.quiet,
         )

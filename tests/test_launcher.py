@@ -19,10 +19,13 @@ from stack.launcher import (
     StackSettings,
     _start_cameras,
     child_env,
+    video_sources,
 )
 from tests.support.broker import BrokerUnderTest
 from tests.support.mqtt import open_probe
 from tests.support.waiting import wait_for
+
+SAMPLES = Path("/usr/share/doc/opencv-doc/examples/data")  # Debian's opencv-doc (setup.sh)
 
 
 def _talker(tmp_path: Path, lines: int) -> list[str]:
@@ -78,7 +81,7 @@ def _items_per_frame(
     """Start the stack's labeled cameras as ``edgelearn up --seed seed`` starts them (the
     launcher's own command) and read, per (camera, frame), which items it showed."""
     settings = StackSettings(
-        run_dir=tmp_path / f"run-{site}", labeled_cameras=2, video=None, site=site, echo=False
+        run_dir=tmp_path / f"run-{site}", labeled_cameras=2, videos=(), site=site, echo=False
     )
     settings.run_dir.mkdir(parents=True)
     probe = open_probe(broker, "observer")
@@ -112,3 +115,55 @@ def test_the_same_seed_shows_the_same_items_and_another_seed_others(
     items = {item for shown in first.values() for item in shown}
     assert len(items) >= 3  # 0-3 items a camera at a time, walking in and out
     assert not items & {item for shown in other.values() for item in shown}
+
+
+def test_every_video_and_every_video_of_a_folder_is_a_camera_of_its_own(
+    broker: BrokerUnderTest, tmp_path: Path, site: str
+) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "b-megamind.avi").symlink_to(SAMPLES / "Megamind.avi")
+    (folder / "a-tree.avi").symlink_to(SAMPLES / "tree.avi")
+    (folder / "notes.txt").write_text("not a video")
+    settings = StackSettings(
+        run_dir=tmp_path / "run",
+        labeled_cameras=0,
+        videos=(str(SAMPLES / "vtest.avi"), str(folder)),
+        site=site,
+        echo=False,
+    )
+    assert settings.cameras_per_site == 3
+    settings.run_dir.mkdir(parents=True)
+    probe = open_probe(broker, "observer")
+    probe.subscribe(wire.Topics(site).all_frames(), qos=0)
+    children = ChildProcesses(settings.run_dir, echo=False)
+    edge = SimpleNamespace(port=broker.port)  # the session's broker is the site's
+    try:
+        started = _start_cameras(
+            children,
+            settings,
+            Site(site, "gw-1", edge),
+            1,
+            7,
+            child_env(broker.secrets_dir),  # type: ignore[arg-type]
+        )
+        assert [child.name for child in started] == ["video", "video-2", "video-3"]
+
+        def cameras() -> set[str]:
+            return {wire.decode_as(p, wire.Frame).camera_id for p in probe.payloads()}
+
+        wait_for(lambda: len(cameras()) == 3, 60, "frames from three video cameras")
+    finally:
+        children.stop()
+        probe.close()
+    assert cameras() == {"cam-1", "cam-2", "cam-3"}
+    sources = [(settings.run_dir / f"{name}.toml").read_text() for name in ("video-2", "video-3")]
+    assert "a-tree.avi" in sources[0] and "b-megamind.avi" in sources[1]  # sorted by name
+
+
+def test_videos_that_are_not_there_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match=r"video .*nothing\.avi is missing"):
+        video_sources([str(tmp_path / "nothing.avi")])
+    with pytest.raises(StackError, match="no video in"):
+        video_sources([str(tmp_path)])
+    assert video_sources(["rtsp://camera.local/stream1"]) == ["rtsp://camera.local/stream1"]
