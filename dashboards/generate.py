@@ -596,6 +596,21 @@ def pipeline_overview() -> dict[str, Any]:
             "dashboard's time range.",
             kind="stat",
         ),
+        Panel(
+            "Camera stream reconnects",
+            COUNT,
+            [
+                Query(
+                    "sum by (camera) "
+                    f"(increase(edgelearn_camera_source_reconnects_total{{{CAM}}}[$__range]))",
+                    "{{camera}}",
+                )
+            ],
+            "Times a real camera's live stream (rtsp://, http://) came back after it broke, "
+            "over the dashboard's time range; meanwhile its frames count as skipped "
+            "source_down.",
+            kind="stat",
+        ),
     ]
     return dashboard(
         "edgelearn-overview",
