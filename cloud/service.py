@@ -107,15 +107,16 @@ async def push_deployments(
     gateway: str = wire.ALL_GATEWAYS,
     client_id: str = "cloud-push",
 ) -> dict[str, int]:
-    """Publish ``deployments`` retained, each on its mode's model topic for ``gateway``;
-    the bytes published per mode."""
+    """Publish ``deployments`` retained, each on its slot's model topic for ``gateway``
+    (a mode's, or the teacher's); the bytes published per mode (or ``teacher``)."""
     topics = wire.Topics(site)
     published: dict[str, int] = {}
     async with MqttSession(broker, client_id) as session:
         for model in deployments:
             payload = wire.encode(model)
-            await session.publish(topics.model(gateway, model.mode), payload, qos=1, retain=True)
-            published[str(model.mode)] = published.get(str(model.mode), 0) + len(payload)
+            await session.publish(topics.deployment(gateway, model), payload, qos=1, retain=True)
+            what = model.slot if model.kind == wire.TEACHER_KIND else str(model.mode)
+            published[what] = published.get(what, 0) + len(payload)
     return published
 
 

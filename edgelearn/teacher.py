@@ -27,6 +27,10 @@ stretched crops of ``vtest.avi``, 20 of 20 with context and padding, and no fals
 **A cheap second opinion**: :class:`HogPeople`, OpenCV's HOG people detector (2-7 ms a crop
 against the teacher's 18 ms).
 
+**How it reaches a gateway** (:func:`sign_teacher`, :func:`load_teacher`): as a signed
+``wire.Model`` of kind ``teacher``, retained on ``models/<gateway or all>/teacher``, verified
+before anything in it is read, like every deployment.
+
 **When a label counts** (:class:`TrackVotes`): as in Frigate's rule for its classifier, only
 when several views of one track agree: ``views`` of them all at ``min_score`` or more
 (``person``), or all under ``max_other`` (``other moving object``).
@@ -34,6 +38,7 @@ when several views of one track agree: ``views`` of them all at ``min_score`` or
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -46,11 +51,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 from ai_edge_litert.interpreter import Interpreter
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgelearn import signing, wire
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in the image's pixels
 Image = npt.NDArray[np.uint8]
 
-TEACHER_KIND: Final = "teacher"
+TEACHER_KIND: Final = wire.TEACHER_KIND  # a wire.Model's kind, and its topic's slot
 PERSON: Final = "person"
 OTHER: Final = "other moving object"
 CONTEXT: Final = 0.25  # of the box's width and height, on each side (teacher_view)
@@ -129,6 +137,36 @@ class DetectorArtifact:
         if not 0 < artifact.person_class < len(artifact.class_names):
             raise TeacherError(f"person class {artifact.person_class} of {artifact.class_names}")
         return artifact
+
+
+def sign_teacher(
+    artifact: DetectorArtifact, private_key: Ed25519PrivateKey, name: str = "teacher-person"
+) -> wire.Model:
+    """The signed deployment of ``artifact``; its version names its bytes (``t`` and the
+    start of their sha256), so the same teacher pushed twice is one version."""
+    data = artifact.to_bytes()
+    metadata = {"source": artifact.source, "class_names": list(artifact.class_names)}
+    return signing.sign_model(
+        private_key,
+        name=name,
+        version="t" + hashlib.sha256(data).hexdigest()[:12],
+        kind=TEACHER_KIND,
+        split_k=0,
+        input_shape=(artifact.input_size, artifact.input_size, 3),
+        metadata_json=json.dumps(metadata, separators=(",", ":")),
+        artifact=data,
+    )
+
+
+def load_teacher(
+    model: wire.Model, trusted: Ed25519PublicKey, *, num_threads: int = 1
+) -> SsdDetector:
+    """Verify ``model`` (:class:`edgelearn.signing.ModelRejected`), then load its detector
+    (:class:`TeacherError`): nothing from an unverified artifact is parsed."""
+    signing.verify_model(model, trusted)
+    if model.kind != TEACHER_KIND:
+        raise TeacherError(f"{model.name} {model.version} is a {model.kind!r}, not a teacher")
+    return SsdDetector(DetectorArtifact.from_bytes(model.artifact), num_threads=num_threads)
 
 
 @dataclass(frozen=True)

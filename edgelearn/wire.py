@@ -55,6 +55,7 @@ MAX_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
 MAX_DIMENSIONS: Final = 8
 MAX_MAP_ENTRIES: Final = 1024
 MAX_ACK_ENTRIES: Final = 1024
+TEACHER_KIND: Final = "teacher"  # a Model that serves no mode: the gateway's teacher
 MAX_FRAME_SIDE: Final = 8192
 MAX_OBJECTS: Final = 64  # objects in one frame
 
@@ -579,8 +580,13 @@ class Model(Envelope):
 
     @property
     def mode(self) -> Mode:
-        """The gateway mode this deployment serves."""
+        """The gateway mode this deployment serves (a teacher serves none)."""
         return Mode.of(self.kind, self.split_k)
+
+    @property
+    def slot(self) -> str:
+        """Its retained topic's last level: the mode's slot, or ``teacher``."""
+        return TEACHER_KIND if self.kind == TEACHER_KIND else self.mode.slot
 
     def signed_bytes(self) -> bytes:
         """The bytes the signature covers: everything except the signature and artifact
@@ -797,6 +803,10 @@ class Topics:
     def model(self, gateway_id: str, mode: Mode) -> str:
         """Where the deployment serving ``mode`` is retained for ``gateway_id`` (or all)."""
         return f"{self.base}/models/{gateway_id}/{mode.slot}"
+
+    def deployment(self, gateway_id: str, model: Model) -> str:
+        """Where ``model`` is retained for ``gateway_id`` (or all): its slot's topic."""
+        return f"{self.base}/models/{gateway_id}/{model.slot}"
 
     def models_for(self, gateway_id: str) -> str:
         """Filter for the deployments addressed to ``gateway_id`` (not those for all)."""

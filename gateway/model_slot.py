@@ -8,6 +8,9 @@ Where it sits::
     MQTT plans/<gw>          --> ModelSlot.apply_plan --> mode and keyframe thresholds, taken
                                  up by the pipeline between two frames
 
+A teacher (``models/.../teacher``, :mod:`edgelearn.teacher`) is verified the same way and
+held in :attr:`ModelSlot.teacher` for the stage that labels objects; it serves no mode.
+
 A deployment or plan that does not verify is refused and counted
 (``edgelearn_gateway_models_rejected_total{reason}``, ``bad_plan`` for a plan); the current
 one stays. Until the deployment a mode needs has arrived the pipeline runs ``raw``, and
@@ -28,6 +31,7 @@ from edgelearn import signing, wire
 from edgelearn.artifacts import ArtifactError, LoadedDeployment, load_deployment, measure_latency
 from edgelearn.modes import Mode, ModeError
 from edgelearn.secrets import Secrets, default_secrets_dir
+from edgelearn.teacher import TEACHER_KIND, SsdDetector, TeacherError, load_teacher
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import FramePipeline
@@ -55,6 +59,8 @@ class ModelSlot:
         )
         self._extract_seconds: dict[str, float] = {}  # by mode, as its text form
         self._plan_version = -1
+        self.teacher: SsdDetector | None = None
+        self.teacher_version: str | None = None
 
     @property
     def extract_seconds(self) -> Mapping[str, float]:
@@ -76,6 +82,8 @@ class ModelSlot:
 
     async def load(self, model: wire.Model) -> bool:
         """Verify, load (in a thread) and swap in ``model``; False if it was refused."""
+        if model.kind == TEACHER_KIND:
+            return await self._load_teacher(model)
         try:
             deployment = await asyncio.to_thread(load_deployment, model, self.trusted_key)
         except (signing.ModelRejected, ArtifactError) as exc:
@@ -96,6 +104,21 @@ class ModelSlot:
         log.info(
             "loaded %s %s (%.2f ms per frame)", mode, deployment.version, extract_seconds * 1e3
         )
+        return True
+
+    async def _load_teacher(self, model: wire.Model) -> bool:
+        if model.version == self.teacher_version:
+            return True  # the same teacher again (retained for all and for us)
+        try:
+            teacher = await asyncio.to_thread(load_teacher, model, self.trusted_key)
+        except (signing.ModelRejected, TeacherError) as exc:
+            self._metrics.models_rejected.labels(getattr(exc, "reason", "bad_artifact")).inc()
+            log.warning("refused teacher %s %s (%s)", model.name, model.version, exc)
+            return False
+        self.teacher, self.teacher_version = teacher, model.version
+        self._metrics.model_swaps.labels(TEACHER_KIND).inc()
+        self._metrics.set_model(TEACHER_KIND, model.version)
+        log.info("loaded teacher %s %s (%s)", model.name, model.version, teacher.artifact.source)
         return True
 
     @staticmethod

@@ -228,3 +228,55 @@ def test_status_is_retained_and_marks_the_worker_offline_on_exit(
         10,
         "the offline status",
     )
+
+
+@pytest.mark.training  # converts the packaged detector with TensorFlow
+def test_a_signed_teacher_reaches_the_gateway_and_a_tampered_one_does_not(
+    broker: BrokerUnderTest, mqtt_probe: Probe, site: str, tmp_path: Path
+) -> None:
+    from cloud.models.teacher import person_teacher
+    from edgelearn import signing
+    from edgelearn.secrets import Secrets
+    from edgelearn.teacher import sign_teacher
+    from stack import broker as broker_module
+
+    topics = wire.Topics(site)
+    cloud = mqtt_probe("cloud")
+    artifact = person_teacher()
+    key = signing.load_private_key(Secrets(broker.secrets_dir).signing_key)
+    teacher = sign_teacher(artifact, key)
+    assert len(wire.encode(teacher)) < 8 * 2**20  # under the brokers' message limit
+    with run_gateway(broker, site=site, gateway_id="gw-2", mode="raw") as gateway:
+        assert not cloud.publish_and_wait(
+            topics.deployment(wire.ALL_GATEWAYS, teacher), wire.encode(teacher), retain=True
+        ).is_failure
+        assert topics.deployment(wire.ALL_GATEWAYS, teacher).endswith("/models/all/teacher")
+        wait_for(
+            lambda: gateway.sample("edgelearn_gateway_model_swaps_total", slot="teacher") == 1,
+            60,
+            "the teacher to load",
+        )
+        slot = gateway.worker.model_slot
+        assert slot.teacher is not None and slot.teacher_version == teacher.version
+        assert (
+            gateway.sample("edgelearn_gateway_model_info", slot="teacher", version=teacher.version)
+            == 1
+        )
+        data = bytearray(teacher.artifact)
+        data[len(data) // 3] ^= 0xFF
+        tampered = dataclasses.replace(teacher, version="t-tampered", artifact=bytes(data))
+        other = broker_module.init_secrets(tmp_path / "other", cameras=0, gateways=0)
+        foreign = sign_teacher(artifact, signing.load_private_key(other.signing_key))
+        foreign = dataclasses.replace(foreign, version="t-foreign")
+        for model in (tampered, foreign):
+            cloud.publish_and_wait(
+                f"{topics.base}/models/gw-2/teacher", wire.encode(model)
+            )  # a gateway's own slot
+        wait_for(
+            lambda: gateway.total("edgelearn_gateway_models_rejected_total") == 2,
+            30,
+            "two refusals",
+        )
+        assert gateway.sample("edgelearn_gateway_models_rejected_total", reason="unknown_key") == 1
+        assert slot.teacher_version == teacher.version  # the good one stays
+    cloud.publish_and_wait(topics.deployment(wire.ALL_GATEWAYS, teacher), b"", retain=True)
