@@ -734,6 +734,34 @@ def gateway_detail() -> dict[str, Any]:
             min=0,
         ),
         Panel(
+            "Teacher: looks, labels and CPU",
+            PER_SECOND,
+            [
+                Query(
+                    "sum by (camera) "
+                    f"(rate(edgelearn_gateway_teacher_looks_total{{{GW}}}[{RATE}]))",
+                    "{{camera}} looks",
+                ),
+                Query(
+                    "sum by (camera, label) "
+                    f"(rate(edgelearn_gateway_teacher_labels_total{{{GW}}}[{RATE}]))",
+                    "{{camera}} labeled {{label}}",
+                ),
+                Query(
+                    f"sum by (camera) (rate(edgelearn_gateway_teacher_busy_total{{{GW}}}[{RATE}]))",
+                    "{{camera}} offers dropped (busy)",
+                ),
+                Query(
+                    f"sum(rate(edgelearn_gateway_teacher_cpu_seconds_total{{{GW}}}[{RATE}]))",
+                    "teacher CPU (cores)",
+                ),
+            ],
+            "The teacher stage (once the cloud pushed a teacher): frames it looked at, tracks "
+            "it labeled (several views agreed), objects it had no time for, and the cores its "
+            "threads used (each worker's stays under its teacher_budget).",
+            min=0,
+        ),
+        Panel(
             "Resident memory",
             BYTES,
             [

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -345,22 +346,26 @@ class TrackVotes:
         self.views, self.min_score, self.max_other = views, min_score, max_other
         self.max_tracks = max_tracks
         self._tracks: OrderedDict[tuple[str, int], _Votes] = OrderedDict()
+        self._lock = threading.Lock()  # the teacher adds, the worker thread asks
 
     def add(self, camera_id: str, track: int, score: float) -> str | None:
         """Count one view's score; the track's label if its views now agree."""
         key = (camera_id, track)
-        votes = self._tracks.setdefault(key, _Votes())
-        self._tracks.move_to_end(key)
-        while len(self._tracks) > self.max_tracks:
-            self._tracks.popitem(last=False)
-        votes.scores = [*votes.scores[-(self.views - 1) :], score] if self.views > 1 else [score]
-        if len(votes.scores) == self.views:
-            if min(votes.scores) >= self.min_score:
-                votes.label = PERSON
-            elif max(votes.scores) < self.max_other:
-                votes.label = OTHER
-        return votes.label
+        with self._lock:
+            votes = self._tracks.setdefault(key, _Votes())
+            self._tracks.move_to_end(key)
+            while len(self._tracks) > self.max_tracks:
+                self._tracks.popitem(last=False)
+            recent = votes.scores[-(self.views - 1) :] if self.views > 1 else []
+            votes.scores = [*recent, score]
+            if len(votes.scores) == self.views:
+                if min(votes.scores) >= self.min_score:
+                    votes.label = PERSON
+                elif max(votes.scores) < self.max_other:
+                    votes.label = OTHER
+            return votes.label
 
     def label(self, camera_id: str, track: int) -> str | None:
-        votes = self._tracks.get((camera_id, track))
-        return None if votes is None else votes.label
+        with self._lock:
+            votes = self._tracks.get((camera_id, track))
+            return None if votes is None else votes.label

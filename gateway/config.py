@@ -65,6 +65,9 @@ class GatewayConfig:
     # ``full``: every Nth keyframe with labeled objects goes up as their crops (answered by
     # the cloud, and training data for the cloud's continuous trainer); 0: results only.
     learning_sample: int = 10
+    # The share of one core this worker's teacher stage may use once the cloud has pushed
+    # a teacher (gateway.teacher_stage); 0: no teacher stage.
+    teacher_budget: float = 0.2
 
     def __post_init__(self) -> None:
         if isinstance(self.mode, str):  # raises ModeError with a clear message
@@ -77,6 +80,8 @@ class GatewayConfig:
             raise ValueError(f"feature codec {self.feature_codec!r}: zstd, zlib or none")
         if self.queue_depth < 1 or self.max_inflight < 1 or self.max_pending < 1:
             raise ValueError("queue_depth, max_inflight and max_pending must be >= 1")
+        if not 0 <= self.teacher_budget <= 1:
+            raise ValueError(f"teacher_budget {self.teacher_budget}: a share of one core, 0-1")
         if self.learning_sample < 0:
             raise ValueError(f"learning_sample {self.learning_sample}: 0 (off) or every N")
         if not self.uplink_kbps >= 0:

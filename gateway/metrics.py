@@ -34,6 +34,10 @@
 * ``edgelearn_gateway_models_rejected_total{reason}``, ``..._model_swaps_total{slot}``
 * ``edgelearn_gateway_model_info{slot,version}`` and ``edgelearn_gateway_mode_info{mode,
   effective}``
+* ``edgelearn_gateway_teacher_looks_total{camera}``, ``..._teacher_labels_total{camera,
+  label}`` (labels that count: several views agreed), ``..._teacher_cpu_seconds_total`` and
+  ``..._teacher_busy_total{camera}`` (offers dropped: its queue was full), from
+  :mod:`gateway.teacher_stage`
 """
 
 from __future__ import annotations
@@ -188,6 +192,29 @@ class GatewayMetrics:
             "edgelearn_gateway_model_info",
             "Model version loaded per slot (value 1)",
             ["slot", "version"],
+            registry=registry,
+        )
+        self.teacher_looks = Counter(
+            "edgelearn_gateway_teacher_looks",
+            "Frames the teacher looked at (each for one or more of its objects)",
+            ["camera"],
+            registry=registry,
+        )
+        self.teacher_labels = Counter(
+            "edgelearn_gateway_teacher_labels",
+            "Tracks the teacher labeled: several of its views agreed",
+            ["camera", "label"],
+            registry=registry,
+        )
+        self.teacher_cpu = Counter(
+            "edgelearn_gateway_teacher_cpu_seconds",
+            "CPU seconds of the teacher's thread",
+            registry=registry,
+        )
+        self.teacher_busy = Counter(
+            "edgelearn_gateway_teacher_busy",
+            "Objects offered to the teacher and dropped: its queue was full",
+            ["camera"],
             registry=registry,
         )
         self.mode_info = Gauge(

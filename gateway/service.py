@@ -64,6 +64,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.model_slot import ModelSlot
 from gateway.pipeline import Dropped, FramePipeline, HeldBack
 from gateway.status import StatusReport, Totals
+from gateway.teacher_stage import TeacherSettings, TeacherStage
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,19 @@ class GatewayWorker:
             on_drop=self.drops.feature,
             extract_seconds=self.model_slot.extract_seconds,
         )
+        self.teacher = (
+            TeacherStage(
+                lambda: self.model_slot.teacher,
+                TeacherSettings(budget=config.teacher_budget),
+                on_look=self._teacher_looked,
+                on_label=lambda camera, label: self.metrics.teacher_labels.labels(
+                    camera, label
+                ).inc(),
+                on_busy=lambda camera: self.metrics.teacher_busy.labels(camera).inc(),
+            )
+            if config.teacher_budget > 0
+            else None
+        )
         self.status = StatusReport(
             config,
             self.pipeline,
@@ -129,6 +143,10 @@ class GatewayWorker:
         self._coap: CoapEndpoint | None = None
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
+
+    def _teacher_looked(self, camera: str, seconds: float) -> None:
+        self.metrics.teacher_looks.labels(camera).inc()
+        self.metrics.teacher_cpu.inc(seconds)
 
     def _totals(self) -> Totals:
         return Totals(
@@ -186,6 +204,8 @@ class GatewayWorker:
             self.metrics.processed.labels(camera, "forwarded").inc()
             self._observe_hops(entry, taken, processed)
             self.uplink.keep_and_send(outcome, processed)
+            if self.teacher is not None and outcome.objects:
+                self.teacher.offer(frame, tuple(item for item in outcome.objects if item.send))
 
     def _observe_hops(self, entry: Queued[Arrival], taken: float, processed: float) -> None:
         """The gateway's hops of a forwarded frame (the ones that end in a result)."""
@@ -245,6 +265,8 @@ class GatewayWorker:
                 await self._start_coap()
             self.model_slot.update_mode_metric()
             self._tasks.create_task(asyncio.to_thread(self._work), name="worker")
+            if self.teacher is not None:
+                self.teacher.start()  # idle until the cloud pushes a teacher
             self._spawn(self.uplink.forward(), "forwarder")
             self._spawn(self.uplink.resend(), "resender")
             self._spawn(self.status.publish_every(self._session), "status")
@@ -299,6 +321,8 @@ class GatewayWorker:
             await cancel_until_done(list(self._cancellable), patience=0.5)
             await tasks.__aexit__(None, None, None)
         self.ingest.queue.drain("shutdown")
+        if self.teacher is not None:
+            self.teacher.stop()
         if self._session is not None:
             await self.status.publish_offline(self._session)
             await self._session.__aexit__(None, None, None)

@@ -1,0 +1,164 @@
+"""The gateway's teacher stage: a detector labels a sample of the objects the gateway sends,
+on at most a set share of one core.
+
+Where it sits::
+
+    worker thread: FramePipeline.process -> Forward (objects sent) --offer--> [a small queue]
+    teacher thread: colour decode at 1/2 -> teacher_view -> SsdDetector.score -> TrackVotes
+
+The worker never waits for it: an offer that finds the queue full is dropped and counted
+(``busy``). The teacher looks at a track at most ``views`` times, ``spacing`` frames apart
+(the track's different poses are the views :class:`~edgelearn.teacher.TrackVotes` needs to
+agree), and never again once its label counts. After each look it sleeps for as long as the
+look cost in CPU times ``(1 - budget) / budget``, so over any stretch of work its thread
+uses at most ``budget`` of a core (0.2 by default).
+
+What it yields so far is labels per (camera, track), counted in the metrics (looks, labels
+by class, CPU seconds) and readable with :meth:`TeacherStage.label`. Sending them with the
+objects' features is the next step (a new wire version).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgelearn import roi, wire
+from edgelearn.preprocess import HD_720P
+from edgelearn.teacher import SsdDetector, TeacherError, TrackVotes, teacher_view
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    budget: float = 0.2  # the most of one core the teacher's thread uses
+    views: int = 3  # views of a track that must agree (TrackVotes)
+    spacing: int = 5  # frames of a track between two looks
+    queue_depth: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.budget <= 1:
+            raise ValueError("the teacher's budget is a share of one core: 0 < budget <= 1")
+        if self.views < 1 or self.spacing < 0 or self.queue_depth < 1:
+            raise ValueError("views and queue_depth must be at least 1, spacing at least 0")
+
+
+@dataclass(frozen=True)
+class _Look:
+    camera_id: str
+    seq: int
+    jpeg: bytes
+    objects: tuple[roi.FoundObject, ...]
+
+
+class TeacherStage:
+    """Runs in a thread of its own between :meth:`start` and :meth:`stop`. ``teacher`` is
+    read at every look, so a teacher pushed later takes over at the next one; with none, an
+    offer is ignored. ``on_look(camera, seconds)`` and ``on_label(camera, label)`` count."""
+
+    def __init__(
+        self,
+        teacher: Callable[[], SsdDetector | None],
+        settings: TeacherSettings | None = None,
+        *,
+        on_look: Callable[[str, float], None] = lambda camera, seconds: None,
+        on_label: Callable[[str, str], None] = lambda camera, label: None,
+        on_busy: Callable[[str], None] = lambda camera: None,
+    ) -> None:
+        self.settings = settings or TeacherSettings()
+        self._teacher = teacher
+        self._on_look, self._on_label, self._on_busy = on_look, on_label, on_busy
+        self.votes = TrackVotes(views=self.settings.views)
+        self._looked: collections.OrderedDict[tuple[str, int], int] = collections.OrderedDict()
+        self._queue: queue.Queue[_Look | None] = queue.Queue(self.settings.queue_depth)
+        self._thread: threading.Thread | None = None
+        self.cpu_seconds = 0.0
+        self.looks = 0
+
+    def label(self, camera_id: str, track: int) -> str | None:
+        return self.votes.label(camera_id, track)
+
+    def offer(self, frame: wire.Frame, objects: tuple[roi.FoundObject, ...]) -> None:
+        """From the worker thread: the objects a frame sends; those worth a look are queued
+        with the frame's JPEG (never blocks)."""
+        if self._teacher() is None:
+            return
+        wanted = tuple(item for item in objects if self._worth_a_look(frame, item))
+        if not wanted:
+            return
+        look = _Look(frame.camera_id, frame.seq, frame.payload, wanted)
+        try:
+            self._queue.put_nowait(look)
+        except queue.Full:
+            self._on_busy(frame.camera_id)
+            return
+        for item in wanted:
+            self._looked[(frame.camera_id, item.track)] = frame.seq
+            self._looked.move_to_end((frame.camera_id, item.track))
+        while len(self._looked) > 4096:
+            self._looked.popitem(last=False)
+
+    def _worth_a_look(self, frame: wire.Frame, item: roi.FoundObject) -> bool:
+        if self.votes.label(frame.camera_id, item.track) is not None:
+            return False  # its label already counts
+        last = self._looked.get((frame.camera_id, item.track))
+        return last is None or frame.seq - last >= self.settings.spacing
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="teacher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)  # after whatever is queued
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        settings = self.settings
+        while (look := self._queue.get()) is not None:
+            teacher = self._teacher()
+            if teacher is None:
+                continue
+            started = time.thread_time()
+            try:
+                scores = self._score(teacher, look)
+            except (TeacherError, cv2.error) as exc:
+                log.warning("teacher: a look at %s #%d failed: %s", look.camera_id, look.seq, exc)
+                scores = []
+            spent = time.thread_time() - started
+            self.cpu_seconds += spent
+            self.looks += 1
+            self._on_look(look.camera_id, spent)
+            for track, score in scores:
+                before = self.votes.label(look.camera_id, track)
+                label = self.votes.add(look.camera_id, track, score)
+                if label is not None and before is None:  # counted once per track
+                    self._on_label(look.camera_id, label)
+            time.sleep(spent * (1 - settings.budget) / settings.budget)  # the budget
+
+    @staticmethod
+    def _score(teacher: SsdDetector, look: _Look) -> list[tuple[int, float]]:
+        decoded = cv2.imdecode(np.frombuffer(look.jpeg, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
+        if decoded is None:
+            raise TeacherError(f"{len(look.jpeg)} bytes are not a JPEG OpenCV reads")
+        image = np.asarray(decoded, np.uint8)
+        # The finder's boxes are in 720p pixels, whatever the camera sends.
+        sx, sy = image.shape[1] / HD_720P[0], image.shape[0] / HD_720P[1]
+        scores = []
+        for item in look.objects:
+            x0, y0, x1, y1 = item.box
+            box = (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
+            view = teacher_view(image, box)
+            scores.append((item.track, teacher.score(view)))
+        return scores
