@@ -39,6 +39,31 @@ def _publish_frames(camera: MqttProbe, topics: wire.Topics, frames: list[wire.Fr
     return total
 
 
+def _video_frames(camera_id: str, count: int) -> list[wire.Frame]:
+    """The first ``count`` frames of vtest.avi as a camera sends them (720p JPEG)."""
+    import cv2
+    import numpy as np
+
+    from cameras.sources import fit_to
+    from edgelearn.preprocess import encode_jpeg
+
+    capture = cv2.VideoCapture("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+    frames = []
+    try:
+        for seq in range(count):
+            ok, image = capture.read()
+            assert ok, "vtest.avi is missing or short: setup.sh installs opencv-doc"
+            jpeg = encode_jpeg(fit_to(np.asarray(image, np.uint8), (1280, 720)), 80)
+            frame = wire.Frame(
+                camera_id=camera_id, seq=seq, capture_ns=1_000_000 + seq, width=1280,
+                height=720, encoding=wire.Encoding.JPEG, label=None, payload=jpeg,
+            )  # fmt: skip
+            frames.append(frame)
+    finally:
+        capture.release()
+    return frames
+
+
 def _accounted(gateway: RunningGateway) -> tuple[float, float, float]:
     received = gateway.total("edgelearn_gateway_frames_received_total")
     processed = gateway.total("edgelearn_gateway_frames_processed_total")
@@ -279,4 +304,14 @@ def test_a_signed_teacher_reaches_the_gateway_and_a_tampered_one_does_not(
         )
         assert gateway.sample("edgelearn_gateway_models_rejected_total", reason="unknown_key") == 1
         assert slot.teacher_version == teacher.version  # the good one stays
+        # The people of the sample video, through the worker: its teacher stage looks at
+        # the objects the worker sends, and labels tracks once their views agree.
+        _publish_frames(mqtt_probe("cam-5"), topics, _video_frames("cam-5", 120))
+        wait_for(
+            lambda: gateway.total("edgelearn_gateway_teacher_labels_total", label="person") >= 1,
+            90,
+            "a track labeled person",
+        )
+        assert gateway.total("edgelearn_gateway_teacher_looks_total", camera="cam-5") >= 3
+        assert gateway.sample("edgelearn_gateway_teacher_cpu_seconds_total") > 0
     cloud.publish_and_wait(topics.deployment(wire.ALL_GATEWAYS, teacher), b"", retain=True)
