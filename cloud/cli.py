@@ -17,10 +17,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from cloud.config import BUDGETS, CloudConfig
 from cloud.service import CloudSettings
@@ -279,6 +281,14 @@ def configure_model(parser: argparse.ArgumentParser) -> None:
     push.add_argument("name", help="model name")
     push.add_argument("version", nargs="?", default=None, help="version (default newest)")
     push.add_argument("--gateway", default="all", help="one gateway id, or all (default)")
+    teacher = commands.add_parser(
+        "push-teacher",
+        help="convert the packaged person detector (or --graph, a TF Object Detection API "
+        "SSD of the same kind) into the gateways' teacher, sign it and publish it (retained)",
+    )
+    _broker_options(teacher)
+    teacher.add_argument("--graph", type=Path, default=None, help="a frozen graph (.pb)")
+    teacher.add_argument("--gateway", default="all", help="one gateway id, or all (default)")
     export = commands.add_parser("export", help="write a signed deployment file")
     export.add_argument("--registry", type=Path, default=None, help="registry directory")
     export.add_argument("--secrets", type=Path, default=None, help="secrets directory")
@@ -306,9 +316,10 @@ def main_model(args: argparse.Namespace) -> int:
             print(json.dumps(registry.get(args.name, args.version).metadata, indent=2))
             return 0
         secrets = Secrets(args.secrets or default_secrets_dir())
-        model = registry.deployment(
-            args.name, args.version, signing.load_private_key(secrets.signing_key)
-        )
+        key = signing.load_private_key(secrets.signing_key)
+        if args.model_command == "push-teacher":
+            return _push_teacher(args, key)
+        model = registry.deployment(args.name, args.version, key)
         if args.model_command == "export":
             args.output.write_bytes(wire.encode(model))
             print(f"wrote {args.output} ({model.kind} {model.version})")
@@ -323,6 +334,24 @@ def main_model(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"edgelearn model: {exc}", file=sys.stderr)
         return 2
+
+
+def _push_teacher(args: argparse.Namespace, key: Any) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    from cloud.models.errors import ExportError
+    from cloud.models.teacher import person_teacher
+    from cloud.service import push_deployments
+    from edgelearn.teacher import sign_teacher
+
+    try:
+        model = sign_teacher(person_teacher(args.graph), key)
+    except ExportError as exc:
+        print(f"edgelearn model: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(push_deployments(_broker(args), args.site, [model], args.gateway, "model-push-cli"))
+    size = len(model.artifact)
+    print(f"pushed teacher {model.name} {model.version} to {args.gateway} ({size} bytes)")
+    return 0
 
 
 # --- edgelearn train ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from edgelearn.ports import free_port
 from tests.support.broker import BrokerUnderTest
 from tests.support.cli import assert_one_line_error as assert_role_error
 from tests.support.cli import run_role
+from tests.support.mqtt import MqttProbe
+from tests.support.waiting import wait_for
 
 
 def _environment() -> dict[str, str]:
@@ -210,3 +213,36 @@ def test_settings_from_a_config_file_reach_the_running_cloud(
         rest, _ = cloud.communicate(timeout=60)
     assert cloud.returncode == 0, "".join(lines) + rest
     assert (tmp_path / "features").is_dir()  # its arrivals ledger, where the file said
+
+
+@pytest.mark.training  # converts the packaged detector with TensorFlow
+def test_model_push_teacher_publishes_a_signed_teacher_the_gateways_can_verify(
+    broker: BrokerUnderTest, mqtt_probe: Callable[..., MqttProbe], site: str, tmp_path: Path
+) -> None:
+    from edgelearn import signing
+    from edgelearn.secrets import Secrets
+    from edgelearn.teacher import TEACHER_KIND, load_teacher
+
+    gateway = mqtt_probe("gw-1")
+    topic = f"{wire.Topics(site).base}/models/all/teacher"
+    address = f"{broker.host}:{broker.port}"
+    secrets = str(broker.secrets_dir)
+    result = run_role(
+        "model", "push-teacher", "--broker", address, "--site", site, "--secrets", secrets,
+        timeout=180, env=_environment(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pushed teacher teacher-person t" in result.stdout
+    gateway.subscribe(topic, qos=1)  # retained: it is there for a gateway that comes later
+    wait_for(lambda: len(gateway.payloads()) == 1, 30, "the retained teacher")
+    model = wire.decode_as(gateway.payloads()[0], wire.Model)
+    assert model.kind == TEACHER_KIND
+    trusted = signing.load_public_key(Secrets(broker.secrets_dir).signing_public_key)
+    assert load_teacher(model, trusted).artifact.source.startswith("pedestrian-detection")
+    not_a_graph = tmp_path / "graph.pb"
+    not_a_graph.write_bytes(b"not a graph")
+    refused = run_role(
+        "model", "push-teacher", "--broker", address, "--site", site, "--secrets", secrets,
+        "--graph", str(not_a_graph), timeout=180, env=_environment(),
+    )  # fmt: skip
+    assert_role_error(refused, "model", "not a TensorFlow graph")
