@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cameras.replay import scene_frames
+from cameras.replay import object_frames, scene_frames
 from edgelearn import wire
 from tests.support.broker import BrokerUnderTest
 from tests.support.gateway import RunningGateway, pca_deployment, run_gateway
@@ -314,4 +314,21 @@ def test_a_signed_teacher_reaches_the_gateway_and_a_tampered_one_does_not(
         )
         assert gateway.total("edgelearn_gateway_teacher_looks_total", camera="cam-5") >= 3
         assert gateway.sample("edgelearn_gateway_teacher_cpu_seconds_total") > 0
+        # A labeled camera's objects carry their ground truth: the teacher leaves them be.
+        labeled = object_frames("cam-6", 90, seed=3)
+        _publish_frames(mqtt_probe("cam-6"), topics, labeled)
+        wait_for(
+            lambda: (
+                gateway.total("edgelearn_gateway_frames_processed_total", camera="cam-6")
+                + gateway.total("edgelearn_gateway_frames_dropped_total", camera="cam-6")
+                == len(labeled)
+            ),
+            60,
+            "the labeled camera's frames",
+        )
+        sent = gateway.total(
+            "edgelearn_gateway_frames_processed_total", camera="cam-6", outcome="forwarded"
+        )
+        assert sent > 0  # objects went up: there was something to offer
+        assert gateway.total("edgelearn_gateway_teacher_looks_total", camera="cam-6") == 0
     cloud.publish_and_wait(topics.deployment(wire.ALL_GATEWAYS, teacher), b"", retain=True)
