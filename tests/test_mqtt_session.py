@@ -88,7 +88,11 @@ def test_reconnects_after_broker_restart(broker: BrokerUnderTest, tmp_path: Path
             first = broker_module.start_broker(secrets, settings)
             await _wait(lambda: cloud.connected.is_set() and gateway.connected.is_set(), 30)
             await gateway.publish(topic, b"after", qos=1)
-            await _wait(lambda: received == [b"before", b"after"])
+            await _wait(lambda: b"after" in received)
+            # At least once: "before" may come again if its PUBACK was still in flight when
+            # the broker stopped (its persistent session redelivers it); never out of order.
+            assert received[0] == b"before" and received[-1] == b"after"
+            assert set(received) == {b"before", b"after"}, received
             assert cloud.reconnects >= 1 and gateway.reconnects >= 1
 
     try:
