@@ -191,7 +191,6 @@ class StreamSource:
         self._timeouts = (open_timeout, read_timeout)
         self._backoff = (backoff, backoff_max)
         self.reconnects = 0
-        self.fps: float | None = None
         self._latest: tuple[Image, float] | None = None
         self._fresh = threading.Condition()
         self._stop = threading.Event()
@@ -220,7 +219,6 @@ class StreamSource:
         if not capture.isOpened():
             capture.release()
             return None
-        self.fps = float(capture.get(cv2.CAP_PROP_FPS)) or self.fps
         return capture
 
     def _pump(self, capture: cv2.VideoCapture | None) -> None:
@@ -261,9 +259,7 @@ class StreamSource:
 
     def close(self) -> None:
         self._stop.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout=sum(self._timeouts) + 1.0)
+        self._thread.join(timeout=sum(self._timeouts) + 1.0)
 
 
 class SyntheticScene(RenderedSource):

@@ -204,10 +204,8 @@ class GatewayWorker:
             self.metrics.processed.labels(camera, "forwarded").inc()
             self._observe_hops(entry, taken, processed)
             self.uplink.keep_and_send(outcome, processed)
-            if self.teacher is not None and outcome.objects and not frame.truth_boxes:
-                # A camera that renders ground truth has its labels: the teacher's budget
-                # goes to cameras without (real ones, videos).
-                self.teacher.offer(frame, tuple(item for item in outcome.objects if item.send))
+            if self.teacher is not None:
+                self.teacher.offer(frame, outcome.objects)
 
     def _observe_hops(self, entry: Queued[Arrival], taken: float, processed: float) -> None:
         """The gateway's hops of a forwarded frame (the ones that end in a result)."""

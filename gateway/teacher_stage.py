@@ -88,11 +88,12 @@ class TeacherStage:
         return self.votes.label(camera_id, track)
 
     def offer(self, frame: wire.Frame, objects: tuple[roi.FoundObject, ...]) -> None:
-        """From the worker thread: the objects a frame sends; those worth a look are queued
-        with the frame's JPEG (never blocks)."""
-        if self._teacher() is None:
+        """From the worker thread: a forwarded frame's objects; those it sends and that are
+        worth a look are queued with the frame's JPEG (never blocks). A camera that renders
+        ground truth has its labels: the budget goes to cameras without (real ones, videos)."""
+        if not objects or frame.truth_boxes or self._teacher() is None:
             return
-        wanted = tuple(item for item in objects if self._worth_a_look(frame, item))
+        wanted = tuple(item for item in objects if item.send and self._worth_a_look(frame, item))
         if not wanted:
             return
         look = _Look(frame.camera_id, frame.seq, frame.payload, wanted)
