@@ -382,7 +382,7 @@ def _play(
         jpeg, labels, boxes, items = shot
         frame = wire.Frame(
             camera, tick.number, time.time_ns(), 1280, 720, wire.Encoding.JPEG, None, jpeg,
-            truth_labels=labels, truth_boxes=boxes, truth_items=items,
+            truth_labels=labels, truth_boxes=boxes, truth_items=items, labeled=1,
         )  # fmt: skip
         clients[camera].publish(topics.frame(camera), wire.encode(frame), qos=0)
 

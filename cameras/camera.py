@@ -155,6 +155,7 @@ class Camera:
                 truth_labels=tuple(item.label for item in frame.objects),
                 truth_boxes=tuple(item.box for item in frame.objects),
                 truth_items=tuple(item.item for item in frame.objects),
+                labeled=int(frame.labeled),
             )
         )
         return _Encoded(envelope, seq, quality, time.thread_time() - started)

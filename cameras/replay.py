@@ -37,6 +37,7 @@ def _frame(camera_id: str, number: int, rendered: Any, quality: int) -> wire.Fra
         truth_labels=tuple(item.label for item in rendered.objects),
         truth_boxes=tuple(item.box for item in rendered.objects),
         truth_items=tuple(item.item for item in rendered.objects),
+        labeled=int(rendered.labeled),
     )
 
 

@@ -65,6 +65,7 @@ class SourceFrame:
     image: Image
     label: int | None = None
     objects: tuple[TrueObject, ...] = ()
+    labeled: bool = False  # rendered with its ground truth: label and objects are all of it
 
 
 class FrameSource(Protocol):
@@ -555,7 +556,7 @@ class LabeledScene(RenderedSource):
             np.random.default_rng([self.seed, 3, frame_index]),
             self.data.opacity(index),
         )
-        return SourceFrame(image=image, label=int(self.data.labels[index]))
+        return SourceFrame(image=image, label=int(self.data.labels[index]), labeled=True)
 
     def frames(self) -> Iterator[SourceFrame]:
         """Endless frames from the current position."""
@@ -698,4 +699,4 @@ class ObjectScene(LabeledScene):
             for (label, index), box in zip(labels, boxes, strict=True)
             if box
         )
-        return SourceFrame(image=image, label=None, objects=objects)
+        return SourceFrame(image=image, label=None, objects=objects, labeled=True)

@@ -322,7 +322,7 @@ class SyntheticScene(RenderedSource):
             cv2.LINE_AA,
         )
         label = None if self.label_period is None else (index // self.label_period) % 10
-        return SourceFrame(image=image, label=label)
+        return SourceFrame(image=image, label=label, labeled=label is not None)
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in the image's pixels
 Image = npt.NDArray[np.uint8]
 
 TEACHER_KIND: Final = wire.TEACHER_KIND  # a wire.Model's kind, and its topic's slot
-PERSON: Final = "person"
-OTHER: Final = "other moving object"
+PERSON: Final = wire.TEACHER_CLASSES[0]
+OTHER: Final = wire.TEACHER_CLASSES[1]
 CONTEXT: Final = 0.25  # of the box's width and height, on each side (teacher_view)
 PAD_GREY: Final = 128
 
@@ -168,7 +168,8 @@ def load_teacher(
     signing.verify_model(model, trusted)
     if model.kind != TEACHER_KIND:
         raise TeacherError(f"{model.name} {model.version} is a {model.kind!r}, not a teacher")
-    return SsdDetector(DetectorArtifact.from_bytes(model.artifact), num_threads=num_threads)
+    artifact = DetectorArtifact.from_bytes(model.artifact)
+    return SsdDetector(artifact, num_threads=num_threads, name=model.name)
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,11 @@ class Detection:
 class SsdDetector:
     """Runs a :class:`DetectorArtifact` on BGR images (one call at a time)."""
 
-    def __init__(self, artifact: DetectorArtifact, *, num_threads: int = 1) -> None:
+    def __init__(
+        self, artifact: DetectorArtifact, *, num_threads: int = 1, name: str = "teacher"
+    ) -> None:
         self.artifact = artifact
+        self.name = name  # its labels' source is ``teacher:<name>``
         try:
             self._interpreter = Interpreter(
                 model_content=artifact.flatbuffer, num_threads=num_threads
@@ -355,3 +359,16 @@ class TrackVotes:
         with self._lock:
             votes = self._tracks.get((camera_id, track))
             return None if votes is None else votes.label
+
+    def labeled(self, camera_id: str, track: int) -> tuple[int, float] | None:
+        """The track's label as a class of the teacher task (``wire.TEACHER_CLASSES``) and
+        how sure its agreeing views were (their mean score for ``person``, one minus it for
+        ``other``); None until they agree."""
+        with self._lock:
+            votes = self._tracks.get((camera_id, track))
+            if votes is None or votes.label is None:
+                return None
+            mean = sum(votes.scores) / len(votes.scores)
+            if votes.label == PERSON:
+                return 0, mean
+            return 1, 1.0 - mean

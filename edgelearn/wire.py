@@ -26,7 +26,13 @@ on :class:`Frame` (``truth_labels``, ``truth_boxes``), and on :class:`Feature` a
 stacked along the payload's first axis). Version 3 added which data-set item each true
 object is (``Frame.truth_items``, and ``items`` beside the labels of a Feature's and a
 Result's objects): an accuracy says how many distinct items it rests on, and a trainer keeps
-the items it trained on out of its evidence. The topic layout has its own version (``v1``).
+the items it trained on out of its evidence. Version 4 added tasks: each camera's objects are
+named by a label set, the labeled data set its scenes render (``Frame.labeled``) or the
+teacher's at its gateway (``person`` / ``other moving object``). A :class:`Feature` says its
+camera's ``task``, where its objects' labels come from (``label_source``: ``truth`` or
+``teacher:NAME``) and how sure that source was of each (``label_scores``); a :class:`Result`
+says the task its classes index, and :data:`UNKNOWN` is the class of an object the serving
+model was unsure of. The topic layout has its own version (``v1``).
 
 Topics live under ``edgelearn/v1/<site>/...``; ``site`` lets several camera sites share one
 cloud broker and gives each test its own namespace. Per-role access rules in
@@ -45,7 +51,7 @@ from typing import Any, ClassVar, Final, TypeVar
 from edgelearn.modes import Mode, ModeError
 
 MAGIC: Final = b"EL"
-VERSION: Final = 3
+VERSION: Final = 4
 HEADER = struct.Struct("<2sBB")
 
 # Bounds that keep a hostile message from making us allocate or loop without limit.
@@ -56,6 +62,14 @@ MAX_DIMENSIONS: Final = 8
 MAX_MAP_ENTRIES: Final = 1024
 MAX_ACK_ENTRIES: Final = 1024
 TEACHER_KIND: Final = "teacher"  # a Model that serves no mode: the gateway's teacher
+# Tasks: what names a camera's objects. A labeled camera's are the data set's classes; an
+# unlabeled one's (a video, a real camera) are the teacher's, whatever the models learned.
+TASK_DATASET: Final = "dataset"
+TASK_TEACHER: Final = "teacher"
+TASKS: Final = (TASK_DATASET, TASK_TEACHER)
+TEACHER_CLASSES: Final = ("person", "other moving object")  # the teacher task's classes
+UNKNOWN: Final = 0xFFFF  # a class index: the model was unsure, so it names no class
+SOURCE_TRUTH: Final = "truth"  # a label rendered by a labeled scene (else "teacher:NAME")
 MAX_FRAME_SIDE: Final = 8192
 MAX_OBJECTS: Final = 64  # objects in one frame
 
@@ -391,6 +405,22 @@ def _check_items(items: tuple[int | None, ...], tracks: tuple[int, ...]) -> None
     _check(len(items) in (0, len(tracks)), "bad_count", "objects' items and tracks differ")
 
 
+def _check_task(name: str, value: str) -> None:
+    _check(value in TASKS, "bad_task", f"{name} {value!r}")
+
+
+def _check_labels(source: str, scores: tuple[float, ...], labels: tuple[int | None, ...]) -> None:
+    """A label source is ``truth`` or ``teacher:NAME`` (none without labels), with a score in
+    [0, 1] per object or none."""
+    if source.startswith("teacher:"):
+        _check_ident("label_source", source.removeprefix("teacher:"))
+    else:
+        _check(source in ("", SOURCE_TRUTH), "bad_source", f"label_source {source!r}")
+    _check(len(scores) in (0, len(labels)), "bad_count", "label scores and labels differ")
+    for value in scores:
+        _check(math.isfinite(value) and 0 <= value <= 1, "bad_score", f"label score {value}")
+
+
 def _check_finite(name: str, value: float) -> None:
     _check(math.isfinite(value), "not_finite", f"{name}={value}")
 
@@ -420,9 +450,13 @@ class Frame(Envelope):
     truth_labels: tuple[int, ...] = _wire(CLASSES, default=())
     truth_boxes: tuple[Box, ...] = _wire(BOXES, default=())
     truth_items: tuple[int | None, ...] = _wire(ITEMS, default=())
+    # 1: this camera renders ground truth, and its truth fields are all of it (a frame with
+    # none has nothing of the data set in view); 0: a video or a real camera, no labels.
+    labeled: int = _wire(U8, default=0)
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
+        _check(self.labeled in (0, 1), "bad_flag", f"labeled {self.labeled}")
         _check(0 < self.width <= MAX_FRAME_SIDE, "bad_size", f"width {self.width}")
         _check(0 < self.height <= MAX_FRAME_SIDE, "bad_size", f"height {self.height}")
         _check(len(self.payload) > 0, "empty_payload", "frame has no pixels")
@@ -433,6 +467,14 @@ class Frame(Envelope):
             "truth labels, boxes and items differ in length",
         )
         _check_boxes(self.truth_boxes, self.width, self.height)
+
+    @property
+    def task(self) -> str:
+        """What names this camera's objects: the data set when it renders ground truth
+        (flagged, or any truth on this frame), else the teacher."""
+        if self.labeled or self.truth_boxes or self.label is not None:
+            return TASK_DATASET
+        return TASK_TEACHER
 
 
 @dataclass(frozen=True)
@@ -471,12 +513,19 @@ class Feature(Envelope):
     boxes: tuple[Box, ...] = _wire(BOXES, default=())
     labels: tuple[int | None, ...] = _wire(LABELS, default=())
     items: tuple[int | None, ...] = _wire(ITEMS, default=())  # () : not known
+    # The camera's task (TASKS); where the labels come from, and how sure that source was of
+    # each object's (the teacher's score; 1 for truth); () when none is labeled.
+    task: str = _wire(IDENT, default=TASK_DATASET)
+    label_source: str = _wire(IDENT, default="")
+    label_scores: tuple[float, ...] = _wire(SCORES, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
         _check_objects(self.tracks, self.boxes, self.labels)
         _check_items(self.items, self.tracks)
+        _check_task("task", self.task)
+        _check_labels(self.label_source, self.label_scores, self.labels)
         if self.tracks and self.codec is not Codec.JPEG:
             _check(
                 self.shape[:1] == (len(self.tracks),),
@@ -534,10 +583,13 @@ class Result(Envelope):
     classes: tuple[int, ...] = _wire(CLASSES, default=())
     scores: tuple[float, ...] = _wire(SCORES, default=())
     items: tuple[int | None, ...] = _wire(ITEMS, default=())
+    # The task whose classes ``predicted``/``classes`` index (UNKNOWN: unsure of it).
+    task: str = _wire(IDENT, default=TASK_DATASET)
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
+        _check_task("task", self.task)
         _check_objects(self.tracks, self.boxes, self.labels, self.classes, self.scores)
         _check_items(self.items, self.tracks)
         for value in self.scores:

@@ -72,6 +72,13 @@ def ground_truth(frame: wire.Frame, boxes: tuple[wire.Box, ...]) -> Truth:
     )
 
 
+def truth_source(labels: tuple[int | None, ...]) -> dict[str, Any]:
+    """A Feature's label fields for these true labels: ``truth``, each as sure as can be."""
+    if all(label is None for label in labels):
+        return {"label_source": "", "label_scores": ()}
+    return {"label_source": wire.SOURCE_TRUTH, "label_scores": (1.0,) * len(labels)}
+
+
 # --- the pipeline --------------------------------------------------------------------
 
 
@@ -242,7 +249,7 @@ class FramePipeline:
             forward = self._forward(frame, mode, deployment.version, sample, 0, 0)
             feature = dataclasses.replace(
                 forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels,
-                items=items,
+                items=items, **truth_source(labels),
             )  # fmt: skip
             return Forward(feature, mode, wire.encode(feature), found)
         outputs = np.stack([deployment.extractor.run(crop) for crop in crops])
@@ -255,8 +262,9 @@ class FramePipeline:
         encoded = deployment.extractor.output.encode(outputs, self.feature_codec)
         forward = self._forward(frame, mode, deployment.version, encoded, 0, 0)
         feature = dataclasses.replace(
-            forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels, items=items
-        )
+            forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels, items=items,
+            **truth_source(labels),
+        )  # fmt: skip
         self._timed("encode", started)
         return Forward(feature, mode, wire.encode(feature), found)
 
@@ -278,6 +286,7 @@ class FramePipeline:
             boxes=boxes,
             labels=labels,
             items=items,
+            **truth_source(labels),
         )
         return Forward(feature, Mode(RAW), wire.encode(feature), found)
 
@@ -318,6 +327,8 @@ class FramePipeline:
             raw_bytes=len(frame.payload),
             held_back=held_back,
             held_mismatched=held_mismatched,
+            task=frame.task,
+            label_source="" if frame.label is None else wire.SOURCE_TRUTH,
         )
         return Forward(feature, mode, wire.encode(feature))
 
@@ -334,6 +345,8 @@ class FramePipeline:
         count = 1 if objects is None else len(objects[0])
         rows = deployment.extractor.output.dequantize(np.asarray(outputs)).reshape(count, -1)
         classes, scores = top_classes(rows)
+        if frame.task != wire.TASK_DATASET:  # the data set's classes would name nothing here
+            classes, scores = (wire.UNKNOWN,) * count, (0.0,) * count
         per_object: dict[str, Any] = {}
         label = frame.label
         if objects is not None:
@@ -357,5 +370,6 @@ class FramePipeline:
             computed_at=wire.ComputedAt.EDGE,
             held_back=held[0],
             held_mismatched=held[1],
+            task=frame.task,
             **per_object,
         )

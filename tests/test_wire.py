@@ -57,6 +57,7 @@ def frames(draw: st.DrawFn) -> wire.Frame:
         truth_labels=tuple(draw(st.lists(u16, min_size=count, max_size=count))),
         truth_boxes=draw(boxes(count, width, height)),
         truth_items=tuple(draw(st.lists(item, min_size=count, max_size=count))),
+        labeled=draw(st.integers(0, 1)),
     )
 
 
@@ -97,6 +98,14 @@ def features(draw: st.DrawFn) -> wire.Feature:
         boxes=draw(boxes(count)),
         labels=tuple(draw(st.lists(label, min_size=count, max_size=count))),
         items=tuple(draw(st.lists(item, min_size=count, max_size=count))),
+        task=draw(st.sampled_from(wire.TASKS)),
+        label_source=draw(st.sampled_from(["", wire.SOURCE_TRUTH]))
+        or draw(ident.map("teacher:{}".format) | st.just("")),
+        label_scores=tuple(
+            draw(st.lists(st.floats(0, 1, width=32), min_size=count, max_size=count))
+        )
+        if draw(st.booleans())
+        else (),
     )
 
 
@@ -127,6 +136,7 @@ def results(draw: st.DrawFn) -> wire.Result:
         classes=several(u16),  # type: ignore[arg-type]
         scores=several(st.floats(0, 1, width=32)),  # type: ignore[arg-type]
         items=several(item),  # type: ignore[arg-type]
+        task=draw(st.sampled_from(wire.TASKS)),
     )
 
 
@@ -242,8 +252,9 @@ def test_random_and_mutated_bytes_raise_only_wire_error() -> None:
         (b"XX\x01\x01", "bad_magic"),
         (b"EL\x01\x01", "unknown_version"),  # version 1: before objects were on the wire
         (b"EL\x02\x01", "unknown_version"),  # version 2: before items were on the wire
-        (b"EL\x04\x01", "unknown_version"),
-        (b"EL\x03\x63", "unknown_kind"),
+        (b"EL\x03\x01", "unknown_version"),  # version 3: before tasks were on the wire
+        (b"EL\x05\x01", "unknown_version"),
+        (b"EL\x04\x63", "unknown_kind"),
     ],
 )
 def test_header_errors_carry_their_reason(data: bytes, reason: str) -> None:
@@ -303,6 +314,36 @@ def test_objects_are_validated() -> None:
         dataclasses.replace(feature, boxes=((0, 0, 5, 5), (9, 9, 5, 5)))
     with pytest.raises(wire.WireError, match="bad_count"):
         dataclasses.replace(feature, labels=(1,))
+
+
+def test_tasks_and_label_sources_are_validated() -> None:
+    """A label says where it came from (the truth, or a named teacher) and how sure that
+    source was; a task is one the cloud knows; an unlabeled camera's frames are the
+    teacher's task."""
+    feature = wire.Feature(
+        "c", 1, 2, "g", None, "split:8", "v", wire.DType.INT8, (2, 4), 0.5, 0, wire.Codec.NONE,
+        10, 0, 0, bytes(8), tracks=(1, 2), boxes=((0, 0, 5, 5), (5, 5, 9, 9)), labels=(0, None),
+        task=wire.TASK_TEACHER, label_source="teacher:teacher-person", label_scores=(0.875, 0.0),
+    )  # fmt: skip
+    assert wire.decode(wire.encode(feature)) == feature
+    for bad, reason in (
+        ({"task": "imagenet"}, "bad_task"),
+        ({"label_source": "oracle"}, "bad_source"),
+        ({"label_source": "teacher:a/b"}, "bad_id"),
+        ({"label_scores": (0.9,)}, "bad_count"),
+        ({"label_scores": (0.9, 1.5)}, "bad_score"),
+    ):
+        with pytest.raises(wire.WireError, match=reason):
+            dataclasses.replace(feature, **bad)
+    result = wire.Result(
+        "c", 1, 2, 3, "g", "split:8", 0, wire.UNKNOWN, 0.4, "v", wire.ComputedAt.CLOUD, 0, 0,
+        task=wire.TASK_TEACHER,
+    )  # fmt: skip
+    assert wire.decode(wire.encode(result)).predicted == wire.UNKNOWN
+    video = wire.Frame("c", 1, 2, 1280, 720, wire.Encoding.JPEG, None, b"x")
+    assert video.task == wire.TASK_TEACHER
+    assert dataclasses.replace(video, labeled=1).task == wire.TASK_DATASET  # nothing in view
+    assert dataclasses.replace(video, label=3).task == wire.TASK_DATASET
 
 
 def test_decode_as_rejects_the_wrong_kind() -> None:
