@@ -752,14 +752,40 @@ def gateway_detail() -> dict[str, Any]:
                     "{{camera}} offers dropped (busy)",
                 ),
                 Query(
+                    "sum by (camera) "
+                    f"(rate(edgelearn_gateway_teacher_labels_sent_total{{{GW}}}[{RATE}]))",
+                    "{{camera}} labeled objects sent up",
+                ),
+                Query(
                     f"sum(rate(edgelearn_gateway_teacher_cpu_seconds_total{{{GW}}}[{RATE}]))",
                     "teacher CPU (cores)",
                 ),
             ],
             "The teacher stage (once the cloud pushed a teacher): frames it looked at, tracks "
-            "it labeled (several views agreed), objects it had no time for, and the cores its "
-            "threads used (each worker's stays under its teacher_budget).",
+            "it labeled (several views agreed), objects it had no time for, objects sent up "
+            "with its label, and the cores its threads used (each worker's stays under its "
+            "teacher_budget).",
             min=0,
+        ),
+        Panel(
+            "Teacher: the cloud's agreement and the sample rate",
+            RATIO,
+            [
+                Query(
+                    f"max by (camera) (edgelearn_gateway_teacher_agreement{{{GW}}})",
+                    "{{camera}} agreement",
+                ),
+                Query(
+                    f"max by (camera) (edgelearn_gateway_teacher_rate{{{GW}}})",
+                    "{{camera}} share of new tracks looked at",
+                ),
+            ],
+            "Per camera the teacher labels: how many of its latest labeled tracks the cloud's "
+            "answer agreed with, and the share of new tracks the teacher looks at (100% while "
+            "the student learns, the watch rate once it agrees; back to 100% when agreement "
+            "falls).",
+            min=0,
+            max=1,
         ),
         Panel(
             "Resident memory",
@@ -1199,16 +1225,52 @@ def cloud_detail() -> dict[str, Any]:
             width=6,
         ),
         Panel(
+            "Cameras the teacher names: agreement with it",
+            RATIO,
+            [
+                Query(
+                    "max by (camera) (edgelearn_cloud_teacher_agreement_ratio)",
+                    "{{camera}}",
+                )
+            ],
+            "Per camera without labels (a video, a real camera): the share of its latest "
+            "teacher-labeled tracks the cloud's answer agreed with (the student's, or "
+            "'unknown' before there is one). Each track counts once.",
+            min=0,
+            max=1,
+        ),
+        Panel(
+            "Cameras the teacher names: answers",
+            PER_SECOND,
+            [
+                Query(
+                    "sum by (camera, class_name) "
+                    f"(rate(edgelearn_cloud_teacher_task_answers_total[{RATE}]))",
+                    "{{camera}} {{class_name}}",
+                ),
+                Query(
+                    "sum by (outcome) (increase(edgelearn_cloud_student_runs_total[$__range]))",
+                    "student runs: {{outcome}}",
+                ),
+            ],
+            "Objects of those cameras answered per second, by answer: person, other moving "
+            "object, or unknown (no student yet, or it was unsure); and the student trainer's "
+            "runs over the time range, by outcome.",
+            stacked=False,
+            min=0,
+        ),
+        Panel(
             "Predictions by class",
             PER_SECOND,
             [
                 Query(
-                    f"sum by (class_name) (rate(edgelearn_cloud_predictions_total[{RATE}]))",
-                    "{{class_name}}",
+                    f"sum by (task, class_name) (rate(edgelearn_cloud_predictions_total[{RATE}]))",
+                    "{{task}}: {{class_name}}",
                 )
             ],
-            "Objects classified per second by the class the model named, in the data set's "
-            "own class names (a user's folder: its sub-folder names).",
+            "Objects classified per second by the class the model named, per task: the data "
+            "set's own class names (a user's folder: its sub-folder names), or the teacher's "
+            "for cameras without labels.",
             stacked=True,
             min=0,
         ),

@@ -35,8 +35,11 @@
 * ``edgelearn_gateway_model_info{slot,version}`` and ``edgelearn_gateway_mode_info{mode,
   effective}``
 * ``edgelearn_gateway_teacher_looks_total{camera}``, ``..._teacher_labels_total{camera,
-  label}`` (labels that count: several views agreed), ``..._teacher_cpu_seconds_total`` and
-  ``..._teacher_busy_total{camera}`` (offers dropped: its queue was full), from
+  label}`` (labels that count: several views agreed), ``..._teacher_cpu_seconds_total
+  {camera}``, ``..._teacher_busy_total{camera}`` (offers dropped: its queue was full),
+  ``..._teacher_labels_sent_total{camera}`` (objects sent up with a teacher label), and the
+  gauges ``..._teacher_agreement{camera}`` (the cloud's answers against its labels) and
+  ``..._teacher_rate{camera}`` (the share of new tracks it looks at), from
   :mod:`gateway.teacher_stage`
 """
 
@@ -208,7 +211,27 @@ class GatewayMetrics:
         )
         self.teacher_cpu = Counter(
             "edgelearn_gateway_teacher_cpu_seconds",
-            "CPU seconds of the teacher's thread",
+            "CPU seconds of the teacher's thread, by the camera it looked at",
+            ["camera"],
+            registry=registry,
+        )
+        self.teacher_labels_sent = Counter(
+            "edgelearn_gateway_teacher_labels_sent",
+            "Objects sent up with a teacher label on their Feature",
+            ["camera"],
+            registry=registry,
+        )
+        self.teacher_rate = Gauge(
+            "edgelearn_gateway_teacher_rate",
+            "Share of a camera's new tracks the teacher looks at (1: learning; the watch rate"
+            " once the cloud's answers agree with it)",
+            ["camera"],
+            registry=registry,
+        )
+        self.teacher_agreement = Gauge(
+            "edgelearn_gateway_teacher_agreement",
+            "Share of the camera's latest teacher-labeled tracks the cloud's answer agreed with",
+            ["camera"],
             registry=registry,
         )
         self.teacher_busy = Counter(

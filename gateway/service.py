@@ -42,6 +42,7 @@ says the worker is offline, and closes the session, the outbox and the metrics e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -62,7 +63,7 @@ from gateway.config import GatewayConfig
 from gateway.ingest import Arrival, Drops, Ingest, Queued
 from gateway.metrics import GatewayMetrics
 from gateway.model_slot import ModelSlot
-from gateway.pipeline import Dropped, FramePipeline, HeldBack
+from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
 from gateway.status import StatusReport, Totals
 from gateway.teacher_stage import TeacherSettings, TeacherStage
 from gateway.uplink import Uplink
@@ -121,6 +122,7 @@ class GatewayWorker:
                     camera, label
                 ).inc(),
                 on_busy=lambda camera: self.metrics.teacher_busy.labels(camera).inc(),
+                on_agreement=self._teacher_agreement,
             )
             if config.teacher_budget > 0
             else None
@@ -144,9 +146,13 @@ class GatewayWorker:
         self.metrics_server: MetricsServer | None = None
         self.coap_port: int | None = None
 
+    def _teacher_agreement(self, camera: str, agreed: float, rate: float) -> None:
+        self.metrics.teacher_agreement.labels(camera).set(agreed)
+        self.metrics.teacher_rate.labels(camera).set(rate)
+
     def _teacher_looked(self, camera: str, seconds: float) -> None:
         self.metrics.teacher_looks.labels(camera).inc()
-        self.metrics.teacher_cpu.inc(seconds)
+        self.metrics.teacher_cpu.labels(camera).inc(seconds)
 
     def _totals(self) -> Totals:
         return Totals(
@@ -173,6 +179,19 @@ class GatewayWorker:
             self.model_slot.apply_plan(payload)
         elif kind == "acks":
             self.uplink.acknowledged(payload)
+        elif wire.topic_level(topic, -2) == "results":
+            self._result(payload, wire.topic_level(topic, -1))
+
+    def _result(self, payload: bytes, camera: str) -> None:
+        """The cloud's answer for a camera: the teacher compares it with its labels."""
+        if self.teacher is None or not self.teacher.wants(camera):
+            return  # decoded only for the cameras it labeled
+        try:
+            result = wire.decode_as(payload, wire.Result)
+        except wire.WireError as exc:  # the cloud's, not a camera's: logged, not counted
+            log.warning("teacher: an undecodable result for %s: %s", camera, exc)
+            return
+        self.teacher.answered(result)
 
     # --- the worker thread ---------------------------------------------------------------
 
@@ -203,9 +222,25 @@ class GatewayWorker:
             self.keyframes_total += 1
             self.metrics.processed.labels(camera, "forwarded").inc()
             self._observe_hops(entry, taken, processed)
+            if self.teacher is not None:
+                outcome = self._with_teacher_labels(outcome)
             self.uplink.keep_and_send(outcome, processed)
             if self.teacher is not None:
                 self.teacher.offer(frame, outcome.objects)
+
+    def _with_teacher_labels(self, outcome: Forward) -> Forward:
+        """The Feature with its objects' teacher labels, when they have any (re-encoded)."""
+        assert self.teacher is not None
+        feature = outcome.envelope
+        if not isinstance(feature, wire.Feature):
+            return outcome
+        labeled = self.teacher.label_feature(feature)
+        if labeled is None:
+            return outcome
+        self.metrics.teacher_labels_sent.labels(feature.camera_id).inc(
+            sum(label is not None for label in labeled.labels)
+        )
+        return dataclasses.replace(outcome, envelope=labeled, data=wire.encode(labeled))
 
     def _observe_hops(self, entry: Queued[Arrival], taken: float, processed: float) -> None:
         """The gateway's hops of a forwarded frame (the ones that end in a result)."""
@@ -244,6 +279,8 @@ class GatewayWorker:
                 (topics.models_for(self.config.gateway_id), 1),
                 (topics.plan(self.config.gateway_id), 1),
                 (topics.ack(self.config.gateway_id), 1),
+                # the cloud's answers: the teacher's rate follows their agreement with it
+                *([(topics.all_results(), 0)] if self.teacher is not None else []),
             ],
             on_message=self._on_message,
             will=self.status.will(),

@@ -13,14 +13,27 @@ agree), and never again once its label counts. After each look it sleeps for as 
 look cost in CPU times ``(1 - budget) / budget``, so over any stretch of work its thread
 uses at most ``budget`` of a core (0.2 by default).
 
-What it yields so far is labels per (camera, track), counted in the metrics (looks, labels
-by class, CPU seconds) and readable with :meth:`TeacherStage.label`. Sending them with the
-objects' features is the next step (a new wire version).
+What it yields is a label per (camera, track) once the views agree, counted in the metrics
+(looks, labels by class, CPU seconds). :meth:`TeacherStage.label_feature` puts them on every
+later Feature of the track, with the source ``teacher:<name>`` and the views' score: only
+labels and features go up, never the frames the teacher looked at.
+
+**The sample rate follows the cloud's agreement.** The worker reads the results of its
+cameras (bridged down from the cloud, as any subscriber at the site could) and hands them
+to :meth:`TeacherStage.answered`. The first answer to a labeled track, made before any
+student could have trained on it, is compared with the teacher's label (``unknown``
+disagrees). Once the latest ``window`` labeled tracks of a camera agree at ``agree`` or
+more, the teacher looks at only ``watch_rate`` of its new tracks (chosen by a hash of the
+track, so a track is in or out for good), and its CPU falls with it. When agreement over the
+window falls under ``drift_below`` (the scene changed, or a promotion went wrong), it looks
+at every new track again. Both thresholds count tracks, not features: one track is one
+piece of evidence.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import queue
 import threading
@@ -44,10 +57,16 @@ class TeacherSettings:
     views: int = 3  # views of a track that must agree (TrackVotes)
     spacing: int = 5  # frames of a track between two looks
     queue_depth: int = 4
+    watch_rate: float = 0.1  # share of new tracks looked at once the cloud's answers agree
+    window: int = 20  # latest labeled tracks of a camera its agreement is measured on
+    agree: float = 0.95  # ... at least this over a full window: the watch rate
+    drift_below: float = 0.85  # ... under this: every new track again
 
     def __post_init__(self) -> None:
         if not 0 < self.budget <= 1:
             raise ValueError("the teacher's budget is a share of one core: 0 < budget <= 1")
+        if not 0 < self.watch_rate <= 1 or not 0 <= self.drift_below < self.agree <= 1:
+            raise ValueError("need 0 < watch_rate <= 1 and 0 <= drift_below < agree <= 1")
         if self.views < 1 or self.spacing < 0 or self.queue_depth < 1:
             raise ValueError("views and queue_depth must be at least 1, spacing at least 0")
 
@@ -73,10 +92,17 @@ class TeacherStage:
         on_look: Callable[[str, float], None] = lambda camera, seconds: None,
         on_label: Callable[[str, str], None] = lambda camera, label: None,
         on_busy: Callable[[str], None] = lambda camera: None,
+        on_agreement: Callable[[str, float, float], None] = lambda camera, agreed, rate: None,
     ) -> None:
         self.settings = settings or TeacherSettings()
         self._teacher = teacher
         self._on_look, self._on_label, self._on_busy = on_look, on_label, on_busy
+        self._on_agreement = on_agreement
+        # per camera: the latest labeled tracks' outcomes, the tracks compared, the rate
+        self._agreed: dict[str, collections.deque[bool]] = {}
+        self._compared: dict[str, collections.OrderedDict[int, None]] = {}
+        self._rates: dict[str, float] = {}
+        self._rate_lock = threading.Lock()  # the worker offers, the event loop compares
         self.votes = TrackVotes(views=self.settings.views)
         self._looked: collections.OrderedDict[tuple[str, int], int] = collections.OrderedDict()
         self._queue: queue.Queue[_Look | None] = queue.Queue(self.settings.queue_depth)
@@ -86,6 +112,25 @@ class TeacherStage:
 
     def label(self, camera_id: str, track: int) -> str | None:
         return self.votes.label(camera_id, track)
+
+    def label_feature(self, feature: wire.Feature) -> wire.Feature | None:
+        """``feature`` with the teacher's labels of its objects (classes of
+        ``wire.TEACHER_CLASSES``), or None when it is not the teacher's to label or none of
+        its tracks has a label yet."""
+        teacher = self._teacher()
+        if teacher is None or feature.task != wire.TASK_TEACHER or not feature.tracks:
+            return None
+        found = [self.votes.labeled(feature.camera_id, track) for track in feature.tracks]
+        if all(item is None for item in found):
+            return None
+        return dataclasses.replace(
+            feature,
+            labels=tuple(None if item is None else item[0] for item in found),
+            label_scores=tuple(
+                0.0 if item is None else float(np.float32(item[1])) for item in found
+            ),
+            label_source=f"teacher:{teacher.name}",
+        )
 
     def offer(self, frame: wire.Frame, objects: tuple[roi.FoundObject, ...]) -> None:
         """From the worker thread: a forwarded frame's objects; those it sends and that are
@@ -112,7 +157,65 @@ class TeacherStage:
         if self.votes.label(frame.camera_id, item.track) is not None:
             return False  # its label already counts
         last = self._looked.get((frame.camera_id, item.track))
-        return last is None or frame.seq - last >= self.settings.spacing
+        if last is None:  # a new track: in the sample at the camera's rate
+            return self.in_sample(frame.camera_id, item.track)
+        return frame.seq - last >= self.settings.spacing
+
+    # --- the sample rate, from the cloud's answers -------------------------------------
+
+    def rate(self, camera_id: str) -> float:
+        """The share of the camera's new tracks the teacher looks at."""
+        with self._rate_lock:
+            return self._rates.get(camera_id, 1.0)
+
+    def in_sample(self, camera_id: str, track: int) -> bool:
+        """Whether the teacher looks at this new track at the camera's rate: by a hash of
+        the track's id, so a track stays in the sample or out of it."""
+        rate = self.rate(camera_id)
+        return rate >= 1.0 or ((track * 2654435761) % 2**32) / 2**32 < rate
+
+    def wants(self, camera_id: str) -> bool:
+        """Whether results of this camera can tell it anything (it labeled a track there)."""
+        with self._rate_lock:
+            return camera_id in self._compared
+
+    def note_labeled(self, camera_id: str) -> None:
+        with self._rate_lock:
+            self._compared.setdefault(camera_id, collections.OrderedDict())
+
+    def answered(self, result: wire.Result) -> None:
+        """A result of one of its cameras: the first answer to each labeled track counts
+        toward the camera's agreement, and the rate follows (see the module docstring)."""
+        if result.task != wire.TASK_TEACHER or not result.tracks:
+            return
+        camera = result.camera_id
+        for track, answer in zip(result.tracks, result.classes, strict=True):
+            labeled = self.votes.labeled(camera, track)
+            if labeled is None:
+                continue
+            with self._rate_lock:
+                compared = self._compared.setdefault(camera, collections.OrderedDict())
+                if track in compared:
+                    continue
+                compared[track] = None
+                while len(compared) > 4096:
+                    compared.popitem(last=False)
+                recent = self._agreed.setdefault(
+                    camera, collections.deque(maxlen=self.settings.window)
+                )
+                recent.append(answer == labeled[0])
+                agreed = sum(recent) / len(recent)
+                rate = self._rates.get(camera, 1.0)
+                if len(recent) == self.settings.window and agreed >= self.settings.agree:
+                    rate = self.settings.watch_rate
+                elif agreed < self.settings.drift_below:
+                    rate = 1.0
+                if rate != self._rates.get(camera, 1.0):
+                    log.info("teacher: %s agrees on %.0f%% of its last %d labeled tracks: "
+                             "looks at %.0f%% of new tracks", camera, agreed * 100,
+                             len(recent), rate * 100)  # fmt: skip
+                self._rates[camera] = rate
+            self._on_agreement(camera, agreed, rate)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="teacher", daemon=True)
@@ -145,6 +248,7 @@ class TeacherStage:
                 before = self.votes.label(look.camera_id, track)
                 label = self.votes.add(look.camera_id, track, score)
                 if label is not None and before is None:  # counted once per track
+                    self.note_labeled(look.camera_id)
                     self._on_label(look.camera_id, label)
             time.sleep(spent * (1 - settings.budget) / settings.budget)  # the budget
 

@@ -3,7 +3,7 @@
 Roles and what each may do (the ACL written by :func:`render_acl`)::
 
     camera   write  frames/<its own id>            (mosquitto pattern %u), read nothing
-    gateway  read   frames/+, models/#, plans/#, acks/<its id>
+    gateway  read   frames/+, models/#, plans/#, acks/<its id>, results/# (its teacher)
              write  features/<its id>/#, status/<its id>/#
              (in 'full' mode its feature topic carries Result envelopes: only results go up)
     cloud    read   features/#, status/#, results/#
@@ -98,6 +98,7 @@ def render_acl(users: Iterable[User]) -> str:
                 "topic read edgelearn/v1/+/frames/+",
                 "topic read edgelearn/v1/+/models/#",
                 "topic read edgelearn/v1/+/plans/#",
+                "topic read edgelearn/v1/+/results/#",
                 f"topic read edgelearn/v1/+/acks/{user.name}",
                 f"topic write edgelearn/v1/+/features/{user.name}/#",
                 f"topic readwrite edgelearn/v1/+/status/{user.name}/#",

@@ -274,3 +274,16 @@ def test_missing_mosquitto_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(broker_module.Path, "exists", lambda self: False)
     with pytest.raises(broker_module.BrokerError, match="apt-get install mosquitto"):
         broker_module.mosquitto_binary()
+
+
+def test_a_gateway_reads_the_results_its_teacher_compares_but_cannot_write_them(
+    mqtt_probe: Probe, site: str
+) -> None:
+    topics = wire.Topics(site)
+    gateway = mqtt_probe("gw-1")
+    gateway.subscribe(topics.all_results())
+    cloud = mqtt_probe("cloud")
+    assert gateway.publish_and_wait(topics.result("cam-1"), b"forged").is_failure
+    assert not cloud.publish_and_wait(topics.result("cam-1"), b"answer").is_failure
+    wait_for(lambda: gateway.payloads(), what="the cloud's result")
+    assert gateway.payloads() == [b"answer"]

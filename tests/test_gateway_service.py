@@ -305,7 +305,9 @@ def test_a_signed_teacher_reaches_the_gateway_and_a_tampered_one_does_not(
         assert gateway.sample("edgelearn_gateway_models_rejected_total", reason="unknown_key") == 1
         assert slot.teacher_version == teacher.version  # the good one stays
         # The people of the sample video, through the worker: its teacher stage looks at
-        # the objects the worker sends, and labels tracks once their views agree.
+        # the objects the worker sends, and labels tracks once their views agree; the
+        # labels go up on the tracks' later Features, as the cloud receives them.
+        cloud.subscribe(topics.all_features())
         _publish_frames(mqtt_probe("cam-5"), topics, _video_frames("cam-5", 120))
         wait_for(
             lambda: gateway.total("edgelearn_gateway_teacher_labels_total", label="person") >= 1,
@@ -313,7 +315,31 @@ def test_a_signed_teacher_reaches_the_gateway_and_a_tampered_one_does_not(
             "a track labeled person",
         )
         assert gateway.total("edgelearn_gateway_teacher_looks_total", camera="cam-5") >= 3
-        assert gateway.sample("edgelearn_gateway_teacher_cpu_seconds_total") > 0
+        assert gateway.total("edgelearn_gateway_teacher_cpu_seconds_total", camera="cam-5") > 0
+
+        def sent_up(camera: str) -> list[wire.Feature]:
+            return [
+                feature
+                for payload in cloud.payloads()
+                if isinstance(feature := wire.decode(payload), wire.Feature)
+                and feature.camera_id == camera
+            ]
+
+        wait_for(
+            lambda: any(f.label_source.startswith("teacher:") for f in sent_up("cam-5")),
+            60,
+            "a Feature with the teacher's label",
+        )
+        video = sent_up("cam-5")
+        assert {f.task for f in video} == {wire.TASK_TEACHER}
+        taught = [f for f in video if f.label_source == f"teacher:{teacher.name}"]
+        assert all(len(f.label_scores) == len(f.tracks) for f in taught)
+        assert any(
+            label == 0 and score >= 0.8
+            for f in taught
+            for label, score in zip(f.labels, f.label_scores, strict=True)
+        )  # person, each of its views at 0.8 or more
+        assert gateway.total("edgelearn_gateway_teacher_labels_sent_total", camera="cam-5") >= 1
         # A labeled camera's objects carry their ground truth: the teacher leaves them be.
         labeled = object_frames("cam-6", 90, seed=3)
         _publish_frames(mqtt_probe("cam-6"), topics, labeled)
@@ -331,4 +357,9 @@ def test_a_signed_teacher_reaches_the_gateway_and_a_tampered_one_does_not(
         )
         assert sent > 0  # objects went up: there was something to offer
         assert gateway.total("edgelearn_gateway_teacher_looks_total", camera="cam-6") == 0
+        truth = sent_up("cam-6")
+        assert truth and {f.task for f in truth} == {wire.TASK_DATASET}
+        assert {f.label_source for f in truth if any(x is not None for x in f.labels)} == {
+            wire.SOURCE_TRUTH
+        }
     cloud.publish_and_wait(topics.deployment(wire.ALL_GATEWAYS, teacher), b"", retain=True)

@@ -3,6 +3,7 @@ TensorFlow, shown objects the way the gateway cuts them, and the rule for a labe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from cloud.models.errors import ExportError
-from edgelearn import teacher
+from edgelearn import teacher, wire
 from edgelearn.teacher import (
     OTHER,
     PERSON,
@@ -239,3 +240,84 @@ def test_the_teacher_stage_labels_the_people_of_the_video_within_its_budget(
     assert labels.count(PERSON) >= 4 and labels.count(PERSON) >= 3 * labels.count(OTHER), labels
     # The budget: it slept (1 - budget) / budget times what each look cost.
     assert elapsed >= 0.9 * stage.cpu_seconds / settings.budget, (elapsed, stage.cpu_seconds)
+
+
+def _answer(track: int, answer: int, task: str = wire.TASK_TEACHER) -> wire.Result:
+    """The cloud's result for one object of track ``track`` of camera ``cam``."""
+    return wire.Result(
+        "cam", track, track, track, "gw-1", "split:8", None, answer, 0.9, "v1",
+        wire.ComputedAt.CLOUD, 0, 0, tracks=(track,), boxes=((0, 0, 10, 20),), labels=(None,),
+        classes=(answer,), scores=(0.9,), task=task,
+    )  # fmt: skip
+
+
+def test_the_sample_rate_drops_once_the_cloud_agrees_and_rises_after_a_drift() -> None:
+    """The first answer to each labeled track counts; a full window of agreement puts the
+    camera on the watch rate, and answers that stop agreeing (the scene changed: a forced
+    drift, answered ``other`` or ``unknown``) put it back on every track."""
+    from gateway.teacher_stage import TeacherSettings, TeacherStage
+
+    settings = TeacherSettings(watch_rate=0.1, window=20, agree=0.95, drift_below=0.85)
+    seen: list[tuple[float, float]] = []
+    stage = TeacherStage(
+        lambda: None, settings, on_agreement=lambda _, agreed, rate: seen.append((agreed, rate))
+    )
+
+    def label(track: int, score: float = 0.9) -> None:
+        for _ in range(settings.views):
+            stage.votes.add("cam", track, score)
+        stage.note_labeled("cam")
+
+    assert stage.rate("cam") == 1.0 and not stage.wants("cam")
+    for track in range(19):
+        label(track)
+        stage.answered(_answer(track, 0))  # person, as the teacher said
+    assert stage.wants("cam") and stage.rate("cam") == 1.0  # not a full window yet
+    stage.answered(_answer(5, 1))  # a track's later answers do not count again
+    stage.answered(_answer(500, 1))  # nor an unlabeled track's
+    stage.answered(_answer(6, 1, task=wire.TASK_DATASET))  # nor a labeled camera's result
+    assert len(seen) == 19
+    label(19)
+    stage.answered(_answer(19, 0))
+    assert seen[-1] == (1.0, 0.1) and stage.rate("cam") == 0.1
+    # At the watch rate about a tenth of the new tracks are looked at, each in or out for good.
+    sampled = [stage.in_sample("cam", track) for track in range(1000, 4000)]
+    assert 0.08 < sum(sampled) / len(sampled) < 0.12
+    assert sampled == [stage.in_sample("cam", track) for track in range(1000, 4000)]
+    # A forced drift: three disagreements leave 17 of 20 (85%), a fourth 16 of 20.
+    for n, track in enumerate(range(100, 104)):
+        label(track, 0.1)  # the teacher now sees other moving objects
+        stage.answered(_answer(track, wire.UNKNOWN if n % 2 else 0))
+        assert stage.rate("cam") == (0.1 if n < 3 else 1.0), n
+    assert seen[-1] == (16 / 20, 1.0)
+    assert all(stage.in_sample("cam", track) for track in range(1000, 1100))
+    with pytest.raises(ValueError):
+        TeacherSettings(agree=0.8, drift_below=0.9)
+
+
+@pytest.mark.training
+def test_a_tracks_teacher_label_rides_on_its_later_features(detector: SsdDetector) -> None:
+    """Once a track's views agree, every later Feature of it carries the label, its source
+    and the views' score; a labeled camera's features keep their truth."""
+    from edgelearn import wire
+    from gateway.teacher_stage import TeacherStage
+
+    stage = TeacherStage(lambda: detector)
+    feature = wire.Feature(
+        "vtest", 9, 9, "gw-1", None, "split:8", "v1", wire.DType.INT8, (2, 4), 0.5, 0,
+        wire.Codec.NONE, 10, 0, 0, bytes(8), tracks=(7, 8), boxes=((0, 0, 5, 9), (5, 5, 9, 19)),
+        labels=(None, None), task=wire.TASK_TEACHER,
+    )  # fmt: skip
+    assert stage.label_feature(feature) is None  # no track labeled yet
+    for score in (0.9, 0.95, 0.85):
+        stage.votes.add("vtest", 7, score)
+    for score in (0.1, 0.7, 0.1):  # views that disagree: no label
+        stage.votes.add("vtest", 8, score)
+    labeled = stage.label_feature(feature)
+    assert labeled is not None
+    assert labeled.labels == (0, None)  # person
+    assert labeled.label_source == f"teacher:{detector.name}"
+    assert labeled.label_scores[0] == pytest.approx(0.9, abs=1e-3)
+    assert wire.decode(wire.encode(labeled)) == labeled
+    truth = dataclasses.replace(feature, task=wire.TASK_DATASET, labels=(3, None))
+    assert stage.label_feature(truth) is None
