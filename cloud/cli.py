@@ -162,6 +162,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="do not publish deployments to the gateways",
     )
     parser.add_argument(
+        "--no-teacher",
+        dest="teacher",
+        action="store_false",
+        default=None,
+        help="do not push the packaged person detector to the gateways as their teacher "
+        "(cameras without labels then get 'unknown' answers)",
+    )
+    parser.add_argument(
         "--feature-store",
         default=None,
         metavar="DIR|none",

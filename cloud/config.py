@@ -122,6 +122,7 @@ class CloudConfig:
     train: bool = True  # False: never train, serve what the registry has
     grow: bool = CloudSettings.grow  # the later generations, in the background
     push: bool = CloudSettings.push  # publish deployments to the gateways
+    teacher: bool = CloudSettings.teacher  # ... and the packaged person detector, as teacher
     duration: float | None = None  # seconds; None: until interrupted
     # Its parts
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -193,6 +194,7 @@ class CloudConfig:
             training=TrainingPlan.named(self.budget) if self.train else None,
             grow=self.grow,
             push=self.push,
+            teacher=self.teacher,
             feature_store=self.feature_store_path(),
             keep_features=self.keeps_features,
             metrics_port=self.metrics_port,

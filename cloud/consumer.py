@@ -11,6 +11,11 @@ A gateway in ``full`` mode sends ``wire.Result`` envelopes on its feature topic 
 answer goes up); consumers republish them on the results topic and score them like their own.
 Several consumers in one shared-subscription group split the load.
 
+A camera whose objects the teacher names (``Feature.task``: a video, a real camera) is
+answered by the teacher task's student (:mod:`cloud.students`) in the teacher's classes, and
+``unknown`` where there is none yet or it is unsure: never by the data set's classes. Its
+teacher-labeled tracks count toward the student's agreement, not the data set's accuracy.
+
 Which model answers a feature is the :class:`~cloud.serving.ClassifierSource`'s business
 (:mod:`cloud.serving`: in production the registry's cloud halves); a feature no model can
 answer is dropped with reason ``no_model`` and counted. Each result is scored on the
@@ -41,6 +46,7 @@ from cloud.feature_store import Arrival, FeatureStore
 from cloud.metrics import CloudMetrics
 from cloud.serving import Classifier, ClassifierSource, Score, Scoreboard
 from cloud.shadow import Shadow, ShadowBoard
+from cloud.students import StudentBoard
 from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import top_classes
 from edgelearn.config import BrokerConfig
@@ -184,13 +190,15 @@ class CloudConsumer:
         metrics: CloudMetrics | None = None,
         class_mix: ClassMix | None = None,
         shadows: ShadowBoard | None = None,
+        students: StudentBoard | None = None,
     ) -> None:
         """``store`` is the de-duplication ledger (and, with ``keep_features``, the
         training data); consumers of one cloud share it, the ``scoreboard``, the
         ``metrics`` (the process's one registry, served by whoever owns it: None, a registry
         of this consumer's own, not served), the cameras' ``class_mix`` (None: answers as
         the model gives them) and the ``shadows`` (the replaced models a promotion is
-        watched against)."""
+        watched against). ``students`` answer the teacher task's cameras (None: ``unknown``
+        to all of them)."""
         self.config = config
         self.broker = broker
         self.models = models
@@ -200,6 +208,7 @@ class CloudConsumer:
         self.scoreboard = scoreboard or Scoreboard()
         self.class_mix = class_mix
         self.shadows = shadows
+        self.students = students
         self._shadow_jobs: list[_ShadowJob] = []  # of the batch in hand, run after its results
         self._queue: queue.Queue[_Incoming] = queue.Queue(config.queue_max)
         self.metrics.watch_queue(self._queue.qsize)
@@ -337,6 +346,8 @@ class CloudConsumer:
                 answer.result = envelope  # the edge answered ("full")
                 answer.served = envelope.model_version
                 answer.made = started
+            elif envelope.task == wire.TASK_TEACHER:
+                self._answer_taught(answer)
             else:
                 groups[(envelope.mode, envelope.model_version)].append(answer)
         for (mode, version), group in groups.items():
@@ -352,6 +363,83 @@ class CloudConsumer:
                 self._answer_with(classifier, mode, version, part, started)
             self._note_serving(mode, self.models.classifier_for(mode, version))
         return answers
+
+    def _answer_taught(self, answer: _Answer) -> None:
+        """A teacher-task feature: the student's answer per object (``unknown`` without
+        one, or for a cloud-only JPEG, which has no features to read), and its labeled
+        tracks counted toward the student's agreement and its watch."""
+        feature = answer.incoming.envelope
+        assert isinstance(feature, wire.Feature)
+        count = len(feature.tracks) or 1
+        classes: tuple[int, ...] = (wire.UNKNOWN,) * count
+        scores: tuple[float, ...] = (0.0,) * count
+        student = replaced = None
+        if self.students is not None:
+            student = self.students.student_for(feature.mode, feature.model_version)
+            replaced = self.students.replaced(feature.mode)
+        rows: npt.NDArray[np.float32] | None = None
+        if feature.codec is not wire.Codec.JPEG:
+            try:
+                answer.values = codec.unpack_feature(feature)  # kept: its labeled rows
+            except codec.CodecError as exc:
+                self.metrics.dropped.labels(exc.reason).inc()
+                self._peers.warning(
+                    feature.gateway_id, exc.reason, "undecodable feature from %s: %s",
+                    feature.gateway_id, exc,
+                )  # fmt: skip
+                return
+            real = codec.dequantize(answer.values, feature.scale, feature.zero_point)
+            rows = real if feature.tracks else real[None]
+        if student is not None and rows is not None:
+            classes, scores = student.answer(rows)
+            answer.served = student.version
+        per_object: dict[str, Any] = {}
+        if feature.tracks:
+            per_object = dict(
+                tracks=feature.tracks, boxes=feature.boxes, labels=feature.labels,
+                classes=classes, scores=scores, items=feature.items,
+            )  # fmt: skip
+            self._count_agreement(feature, classes, replaced, rows)
+        answer.result = wire.Result(
+            camera_id=feature.camera_id,
+            seq=feature.seq,
+            capture_ns=feature.capture_ns,
+            result_ns=time.time_ns(),
+            gateway_id=feature.gateway_id,
+            mode=feature.mode,
+            label=feature.labels[0] if feature.tracks else None,
+            predicted=classes[0],
+            score=scores[0],
+            model_version=feature.model_version,
+            computed_at=wire.ComputedAt.CLOUD,
+            held_back=0 if feature.tracks else feature.held_back,
+            held_mismatched=0 if feature.tracks else feature.held_mismatched,
+            task=wire.TASK_TEACHER,
+            **per_object,
+        )
+        answer.made = time.perf_counter()
+
+    def _count_agreement(
+        self,
+        feature: wire.Feature,
+        classes: tuple[int, ...],
+        replaced: Any,
+        rows: npt.NDArray[np.float32] | None,
+    ) -> None:
+        if self.students is None or not feature.label_source.startswith("teacher:"):
+            return
+        other = replaced.answer(rows)[0] if replaced is not None and rows is not None else None
+        for index, (track, label) in enumerate(zip(feature.tracks, feature.labels, strict=True)):
+            if label is None:
+                continue
+            first = self.students.record(
+                feature.mode, feature.camera_id, track, label, classes[index],
+                None if other is None else other[index],
+            )  # fmt: skip
+            if first:
+                agreement, _ = self.students.agreement(feature.camera_id)
+                if agreement is not None:
+                    self.metrics.teacher_agreement.labels(feature.camera_id).set(agreement)
 
     def _note_serving(self, mode: str, classifier: Classifier | None) -> None:
         """``model_info``: the global cloud half now answering ``mode``."""
@@ -479,11 +567,23 @@ class CloudConsumer:
         self.metrics.latency.labels(mode).observe(
             max(0, result.result_ns - result.capture_ns) / 1e9
         )
-        names = self.models.class_names(served) if served else ()
+        taught = result.task == wire.TASK_TEACHER
+        if taught:
+            names: tuple[str, ...] = wire.TEACHER_CLASSES
+        else:
+            names = self.models.class_names(served) if served else ()
         for predicted in result.classes or [result.predicted]:
-            name = names[predicted] if 0 <= predicted < len(names) else str(predicted)
-            self.metrics.predictions.labels(mode, name).inc()
-        if result.tracks:  # each object on its own, as the frame's keyframe
+            if predicted == wire.UNKNOWN:
+                name = "unknown"
+            else:
+                name = names[predicted] if 0 <= predicted < len(names) else str(predicted)
+            self.metrics.predictions.labels(mode, result.task, name).inc()
+            if taught:
+                self.metrics.taught_answers.labels(result.camera_id, name).inc()
+        if taught:  # its labels are the teacher's: agreement (above), not accuracy
+            score = Score(0, 0)
+            self.metrics.objects_classified.labels(mode).inc(len(result.tracks))
+        elif result.tracks:  # each object on its own, as the frame's keyframe
             scores = [
                 self.scoreboard.record(result.camera_id, mode, label, predicted, 0, 0, served)
                 for label, predicted in zip(result.labels, result.classes, strict=True)

@@ -20,8 +20,10 @@ share the store; consumers of several processes may share the file (SQLite locks
 Stored ``values`` are the entropy-decoded arrays exactly as the gateways quantised them (int8
 for the feature modes, the JPEG for ``raw``), with their quantisation and the bytes that
 crossed the uplink; features of different extractors or model versions are different data
-sets (:meth:`kinds`). Bounded: beyond ``max_arrivals`` (the de-duplication window) and
-``max_features`` rows the oldest go first.
+sets (:meth:`kinds`). Each row keeps its camera's task (``wire.TASKS``): a teacher's label
+(``person`` / ``other``) and a data set's class share a number but not a meaning, so every
+reader names the task it wants (the data set's by default). Bounded: beyond
+``max_arrivals`` (the de-duplication window) and ``max_features`` rows the oldest go first.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ CREATE TABLE IF NOT EXISTS features (
     track INTEGER NOT NULL DEFAULT -1,
     item INTEGER NOT NULL DEFAULT -1,
     height INTEGER NOT NULL DEFAULT -1,
+    task TEXT NOT NULL DEFAULT 'dataset',
     UNIQUE (site, camera, seq, capture_ns, track)
 );
 CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
@@ -182,7 +185,8 @@ class FeatureStore:
     def _migrate(self) -> None:
         """A file from before objects (one feature row per frame, no ``track``): its rows
         move to the new table as whole-frame rows (track -1), in one transaction. A file
-        from before items or box heights gets the column (-1: not known)."""
+        from before items or box heights gets the column (-1: not known), one from before
+        tasks gets ``task`` (every row then was the data set's)."""
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(features)")]
         if "track" in columns:
             with self._db:
@@ -191,6 +195,10 @@ class FeatureStore:
                         self._db.execute(
                             f"ALTER TABLE features ADD COLUMN {column} INTEGER NOT NULL DEFAULT -1"
                         )
+                if "task" not in columns:
+                    self._db.execute(
+                        "ALTER TABLE features ADD COLUMN task TEXT NOT NULL DEFAULT 'dataset'"
+                    )
             return
         if not columns or "track" in columns:
             return
@@ -284,7 +292,8 @@ class FeatureStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
                 " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload,"
-                " track, item, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " track, item, height, task)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     arrival.site,
                     *wire.capture_of(feature),
@@ -300,6 +309,7 @@ class FeatureStore:
                     track,
                     item,
                     height,
+                    feature.task,
                 ),
             )
 
@@ -336,19 +346,28 @@ class FeatureStore:
         """The (mode, model version) data sets held, each a separate training set."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT DISTINCT mode, model_version FROM features ORDER BY mode, model_version"
+                "SELECT DISTINCT mode, model_version FROM features WHERE task = ?"
+                " ORDER BY mode, model_version",
+                (wire.TASK_DATASET,),
             ).fetchall()
         return [(str(mode), str(version)) for mode, version in rows]
 
-    def count(self, mode: str, versions: Sequence[str], after_id: int = 0) -> tuple[int, int]:
-        """How many labeled rows of ``mode`` from these model versions came after row
-        ``after_id``, and the newest row's id (0: none)."""
+    def count(
+        self,
+        mode: str,
+        versions: Sequence[str],
+        after_id: int = 0,
+        *,
+        task: str = wire.TASK_DATASET,
+    ) -> tuple[int, int]:
+        """How many labeled rows of ``mode`` and ``task`` from these model versions came
+        after row ``after_id``, and the newest row's id (0: none)."""
         marks = ", ".join("?" * len(versions))
         with self._lock:
             count, newest = self._db.execute(
                 f"SELECT COUNT(*), MAX(id) FROM features WHERE mode = ? AND id > ?"
-                f" AND model_version IN ({marks})",
-                (mode, after_id, *versions),
+                f" AND task = ? AND model_version IN ({marks})",
+                (mode, after_id, task, *versions),
             ).fetchone()
         return int(count), int(newest or 0)
 
@@ -361,13 +380,14 @@ class FeatureStore:
         replay: int = 0,
         up_to_id: int | None = None,
         seed: int = 0,
+        task: str = wire.TASK_DATASET,
     ) -> LabeledRows:
-        """The ``newest`` rows (up to row ``up_to_id``) of ``mode`` from these model
-        versions (one feature space: same edge artifact), plus ``replay`` rows drawn at
-        random from the older ones, all in arrival order."""
+        """The ``newest`` rows (up to row ``up_to_id``) of ``mode`` and ``task`` from these
+        model versions (one feature space: same edge artifact), plus ``replay`` rows drawn
+        at random from the older ones, all in arrival order."""
         marks = ", ".join("?" * len(versions))
-        where = f"mode = ? AND model_version IN ({marks}) AND id <= ?"
-        bound = (mode, *versions, up_to_id if up_to_id is not None else 2**62)
+        where = f"mode = ? AND task = ? AND model_version IN ({marks}) AND id <= ?"
+        bound = (mode, task, *versions, up_to_id if up_to_id is not None else 2**62)
         columns = "id, camera, track, label, dtype, shape, payload, item, height"
         with self._lock:
             recent = self._db.execute(
@@ -412,8 +432,9 @@ class FeatureStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT label, dtype, shape, scale, zero_point, wire_bytes, payload, track"
-                " FROM features WHERE mode = ? AND model_version = ? ORDER BY id LIMIT ?",
-                (mode, model_version, -1 if limit is None else limit),
+                " FROM features WHERE mode = ? AND model_version = ? AND task = ?"
+                " ORDER BY id LIMIT ?",
+                (mode, model_version, wire.TASK_DATASET, -1 if limit is None else limit),
             ).fetchall()
         if not rows:
             raise FileNotFoundError(f"no stored features for {mode} {model_version} in {self.root}")

@@ -16,8 +16,13 @@ says which consumer counted it: the dashboards sum over the consumers.
 * ``edgelearn_cloud_acked_total``, ``edgelearn_cloud_ack_failures_total`` - captures
   receipts sent back to the gateways, and acks that could not be published
 * ``edgelearn_cloud_results_total{mode,computed_at}``
-* ``edgelearn_cloud_predictions_total{mode,class_name}`` - by the model's class names (a
-  user's data set: theirs)
+* ``edgelearn_cloud_predictions_total{mode,task,class_name}`` - by the class names of the
+  camera's task (a user's data set: theirs; the teacher's ``person`` / ``other moving object``;
+  ``unknown`` where the model was unsure)
+* ``edgelearn_cloud_teacher_agreement_ratio{camera}`` - share of a camera's latest
+  teacher-labeled tracks the cloud's answer agreed with; ``edgelearn_cloud_student_runs_total
+  {mode,outcome}`` - the teacher task's student runs (:mod:`cloud.students`);
+  ``edgelearn_cloud_teacher_task_answers_total{camera,class_name}`` - those cameras' answers
 * ``edgelearn_cloud_frames_scored_total{camera,mode,outcome}`` - per camera frame, held-back ones
   included (see :class:`cloud.serving.Scoreboard`); ``edgelearn_cloud_accuracy_ratio{camera,mode}``
 * ``edgelearn_cloud_batch_size`` and ``edgelearn_cloud_inference_seconds{mode}``
@@ -148,7 +153,26 @@ class CloudMetrics:
         self.predictions = Counter(
             "edgelearn_cloud_predictions",
             "Objects (or frames) classified, by the class name the model gave",
-            ["mode", "class_name"],
+            ["mode", "task", "class_name"],
+            registry=registry,
+        )
+        self.teacher_agreement = Gauge(
+            "edgelearn_cloud_teacher_agreement_ratio",
+            "Share of the camera's latest teacher-labeled tracks the cloud's answer agreed with",
+            ["camera"],
+            registry=registry,
+        )
+        self.taught_answers = Counter(
+            "edgelearn_cloud_teacher_task_answers",
+            "Objects of cameras the teacher names, by the answer (person, other moving"
+            " object, unknown)",
+            ["camera", "class_name"],
+            registry=registry,
+        )
+        self.student_runs = Counter(
+            "edgelearn_cloud_student_runs",
+            "Runs of the teacher task's student trainer, by outcome",
+            ["mode", "outcome"],
             registry=registry,
         )
         self.frames_scored = Counter(

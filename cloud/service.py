@@ -20,9 +20,12 @@ run one in-process. On entering, the service
 7. with ``grow``, runs the :class:`~cloud.grower.ModelGrower`: the training plan's next
    generations, trained in the background and promoted through the judge;
 8. with ``trainer``, runs the :class:`~cloud.trainer.ContinuousTrainer`: it fine-tunes the
-   cloud halves on what arrives and promotes what beats the serving one.
+   cloud halves on what arrives and promotes what beats the serving one; and beside it the
+   :class:`~cloud.students.StudentTrainer`, which trains the teacher task's student (the
+   answer for cameras without labels) from the teacher's labels. The consumers answer those
+   cameras with the serving student (``<registry>/students``), or ``unknown``.
 
-Both trainers share one niced training process (:mod:`cloud.background`); their loops run
+The trainers share one niced training process (:mod:`cloud.background`); their loops run
 in threads as named tasks (``grower``, ``trainer``) of the service's TaskGroup, so a loop
 that fails takes the service down with its error. The consumers keep their inference
 threads of their own (compute stays off the event loop) and the planner its own TaskGroup.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +62,7 @@ from cloud.planner import Planner, PlannerSettings, format_decision, registry_ca
 from cloud.registry import ModelEntry, Registry
 from cloud.serving import RegistryModels, Scoreboard, deployable, edge_modes
 from cloud.shadow import ShadowBoard
+from cloud.students import StudentBoard, StudentSettings, StudentTrainer
 from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
@@ -66,6 +71,8 @@ from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
 from edgelearn.modes import RAW
 from edgelearn.mqtt import MqttSession
 from edgelearn.secrets import Secrets
+
+log = logging.getLogger(__name__)
 
 Announce = Callable[[str], None]
 
@@ -97,6 +104,11 @@ class CloudSettings:
     metrics_port: int = 0  # the process's one /metrics port; 0: a free one
     plan: PlannerSettings | None = None  # None: no planner
     trainer: TrainerSettings | None = None  # None: the models stay as trained
+    # the teacher task's student trainer, which runs beside ``trainer`` (and only with it)
+    students: StudentSettings = field(default_factory=StudentSettings)
+    # with ``push``: also push the packaged person detector to the gateways as their teacher
+    # (converted once, kept as <registry>/teacher.npz): cameras without labels learn from it
+    teacher: bool = True
     dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(FASHION_MNIST))
 
 
@@ -149,6 +161,8 @@ class CloudService:
             if settings.trainer is not None and settings.trainer.class_prior
             else None
         )
+        # The teacher task's students (cloud.students), beside the registry's models.
+        self.students = StudentBoard(self.registry.root / "students")
         self.consumers = [
             CloudConsumer(
                 ConsumerConfig(
@@ -165,12 +179,14 @@ class CloudService:
                 metrics=self.metrics,
                 class_mix=self.class_mix,
                 shadows=self.shadows,
+                students=self.students,
             )
             for index in range(settings.consumers)
         ]
         self._stack = contextlib.AsyncExitStack()
         self._tasks: asyncio.TaskGroup | None = None  # the background parts, named
         self.trainer: ContinuousTrainer | None = None
+        self.student_trainer: StudentTrainer | None = None
         self.grower: ModelGrower | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -209,6 +225,8 @@ class CloudService:
             self._announce(
                 "pushed " + ", ".join(f"{entry.mode} {entry.version}" for entry in deployments)
             )
+        if settings.push and settings.teacher:
+            self._tasks.create_task(self._push_teacher(), name="teacher")
         if settings.plan is not None:
             planner = Planner(
                 settings.broker,
@@ -260,6 +278,16 @@ class CloudService:
                 f"continuous trainer on: every {settings.trainer.every} labeled objects, or a "
                 f"camera {settings.trainer.accuracy_drop:.0%} under its level"
             )
+            self.student_trainer = StudentTrainer(
+                self.registry,
+                self.store,
+                self.students,
+                self.metrics,
+                edge_modes(settings.split_ks),
+                settings.students,
+                announce=self._announce,
+            )
+            self._run_in_background(self.student_trainer)
 
     def _run_in_background(self, part: BackgroundLoop) -> None:
         """``part``'s loop in a thread (it blocks on training jobs and judges), as a named
@@ -286,6 +314,35 @@ class CloudService:
                 total += size
         return total
 
+    async def _push_teacher(self) -> None:
+        """Convert the packaged detector (once: cached in the registry) and push it signed
+        to every site's gateways. Without the package the cloud says so and goes on: only
+        cameras without labels miss it."""
+        from cloud.models.errors import ExportError
+        from cloud.models.teacher import cached_person_teacher
+        from edgelearn.teacher import DetectorArtifact, sign_teacher
+
+        cache = self.registry.root / "teacher.npz"
+        try:
+            data = await asyncio.to_thread(cached_person_teacher, cache)
+        except (ExportError, ValueError) as exc:
+            self._announce(f"no teacher for the gateways: {exc}")
+            return
+        key = signing.load_private_key(self.settings.secrets.signing_key)
+        model = sign_teacher(DetectorArtifact.from_bytes(data), key)
+        for site in self.settings.push_sites or (self.settings.site,):
+            try:
+                published = await push_deployments(
+                    self.settings.broker, site, [model], client_id=f"{self.settings.cloud_id}-push"
+                )
+            except Exception as exc:  # the cloud serves on without it; said, not hidden
+                log.exception("pushing the teacher to %s failed", site)
+                self._announce(f"teacher not pushed to {site}: {exc}")
+                return
+            for slot, size in published.items():
+                self.metrics.model_pushed_bytes.labels(slot).inc(size)
+        self._announce(f"pushed teacher {model.name} {model.version} ({len(model.artifact)} bytes)")
+
     def _note_prior(self, mode: str, camera: str, prior: Any) -> None:
         """A camera's class mix, as the dashboards show it."""
         gauge = self.metrics.class_prior
@@ -302,7 +359,7 @@ class CloudService:
         return sent
 
     def _stop_training(self) -> None:
-        for trainer in (self.grower, self.trainer):
+        for trainer in (self.grower, self.trainer, self.student_trainer):
             if trainer is not None:
                 trainer.stop()
 

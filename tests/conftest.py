@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,3 +147,11 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
             train_plan(Registry(root), TrainingPlan.quick())
             done.touch()
     return root
+
+
+@pytest.fixture
+def registry_copy(trained_registry: Path, tmp_path: Path) -> Path:
+    """The session's quick registry, copied: promotions write to it."""
+    target = tmp_path / "registry"
+    shutil.copytree(trained_registry, target)
+    return target

@@ -9,7 +9,6 @@ model tuned on the arrivals can learn, so whether a run promotes is clear-cut.""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -129,14 +128,6 @@ def _publish(
     topics = wire.Topics(site)
     for camera, payload, _ in source.envelopes(count, shift, camera_shift):
         gateway.publish(topics.feature(GATEWAY, camera), payload, qos=1)
-
-
-@pytest.fixture
-def registry_copy(trained_registry: Path, tmp_path: Path) -> Path:
-    """The session's quick registry, copied: promotions write to it."""
-    target = tmp_path / "registry"
-    shutil.copytree(trained_registry, target)
-    return target
 
 
 def _settings(
