@@ -17,6 +17,13 @@ rests on items the models never saw.
 An observer can watch one site alone (``site=``), and each :class:`Scored` also says which
 object of which frame it was (``seq``, ``track``) and what was answered: ``bench drift``
 watches its two clouds' results apart and compares them object by object.
+
+A camera without labels (a video, a real camera) is answered in the teacher's classes
+(``Result.task``); its objects are not scored against a data set. For those the observer
+counts the answers by class (``person``, ``other moving object``, ``unknown``, and any
+class that is not the teacher's, which must stay 0), and, for each track the gateway's
+teacher labeled, whether the first answer that carried its label agreed with it: the
+student-teacher agreement, one track one piece of evidence (:meth:`teacher_report`).
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ def scored_objects(result: wire.Result, at: float) -> list[Scored]:
             capture_ns=result.capture_ns,
         )
 
+    if result.task != wire.TASK_DATASET:  # the teacher's labels: taught_answers
+        return []
     if result.tracks:
         items = result.items or (None,) * len(result.tracks)
         return [
@@ -87,6 +96,26 @@ def scored_objects(result: wire.Result, at: float) -> list[Scored]:
     if result.label is None:
         return []
     return [scored(None, None, result.label, result.predicted)]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A teacher-labeled track's first answer, as the observer saw it."""
+
+    at: float
+    camera: str
+    track: int
+    agreed: bool
+
+
+def answer_name(answer: int) -> str:
+    """A teacher-task answer's name; ``labeled-set class`` for one that is not the
+    teacher's (it names nothing here, and must never happen)."""
+    if answer == wire.UNKNOWN:
+        return "unknown"
+    if 0 <= answer < len(wire.TEACHER_CLASSES):
+        return wire.TEACHER_CLASSES[answer]
+    return "labeled-set class"
 
 
 class ResultsObserver:
@@ -105,6 +134,10 @@ class ResultsObserver:
         self._clock = clock
         self._lock = threading.Lock()
         self._scored: list[Scored] = []
+        # cameras the teacher names: answers by class, and each labeled track's first answer
+        self._answers: dict[str, dict[str, int]] = {}
+        self._agreements: list[Agreement] = []
+        self._compared: set[tuple[str, int]] = set()
         self.results = 0
         self.undecodable = 0
         self.first_at: float | None = None  # when the first result arrived (the clock's)
@@ -152,6 +185,40 @@ class ResultsObserver:
             if self.first_at is None:
                 self.first_at = now
             self._scored.extend(scored)
+            if result.task == wire.TASK_TEACHER:
+                self._taught(result, now)
+
+    def _taught(self, result: wire.Result, now: float) -> None:
+        answers = self._answers.setdefault(result.camera_id, {})
+        for answer in result.classes or (result.predicted,):
+            name = answer_name(answer)
+            answers[name] = answers.get(name, 0) + 1
+        for track, label, answer in zip(result.tracks, result.labels, result.classes, strict=True):
+            key = (result.camera_id, track)
+            if label is None or key in self._compared:
+                continue
+            self._compared.add(key)
+            self._agreements.append(Agreement(now, result.camera_id, track, answer == label))
+
+    def teacher_report(self, recent_seconds: float = RECENT_SECONDS) -> dict[str, Any]:
+        """Per camera the teacher names: answers by class, and the agreement of the first
+        answer to each teacher-labeled track with its label, over the run and the last
+        ``recent_seconds`` (evidence by track)."""
+        with self._lock:
+            answers = {camera: dict(counts) for camera, counts in self._answers.items()}
+            agreements = list(self._agreements)
+        since = self._clock() - recent_seconds
+        report: dict[str, Any] = {}
+        for camera in sorted(answers, key=lambda c: (len(c), c)):
+            mine = [a for a in agreements if a.camera == camera]
+            recent = [a for a in mine if a.at >= since]
+            report[camera] = {
+                "answers": answers[camera],
+                "labeled_tracks": len(mine),
+                "agreement": _agreement(mine).as_dict(),
+                f"agreement_last_{recent_seconds:.0f}s": _agreement(recent).as_dict(),
+            }
+        return report
 
     def scored(self) -> list[Scored]:
         """Every labeled object seen so far, in arrival order (a copy)."""
@@ -191,6 +258,10 @@ def accuracies(scored: list[Scored]) -> dict[str, Any]:
             for camera in cameras
         },
     }
+
+
+def _agreement(agreements: list[Agreement]) -> Evidence:
+    return item_accuracy([a.agreed for a in agreements], [(a.camera, a.track) for a in agreements])
 
 
 def evidence_of(scored: list[Scored]) -> Evidence:

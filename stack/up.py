@@ -63,6 +63,23 @@ def summarize(samples: Samples) -> dict[str, Any]:
     seen = samples.by_label("edgelearn_gateway_objects_seen_total", "camera")
     entered = samples.by_label("edgelearn_gateway_objects_entered_total", "camera")
     cameras = sorted(set(published) | set(forwarded), key=lambda c: (len(c), c))
+    looks = samples.by_label("edgelearn_gateway_teacher_looks_total", "camera")
+    labeled = samples.by_label("edgelearn_gateway_teacher_labels_total", "camera")
+    labels_sent = samples.by_label("edgelearn_gateway_teacher_labels_sent_total", "camera")
+    teacher_cpu = samples.by_label("edgelearn_gateway_teacher_cpu_seconds_total", "camera")
+    rate = samples.by_label("edgelearn_gateway_teacher_rate", "camera")
+
+    def teacher(camera: str) -> dict[str, Any] | None:
+        """What the gateway's teacher did for the camera (None: it never looked)."""
+        if not looks.get(camera):
+            return None
+        return {
+            "looks": int(looks[camera]),
+            "labeled": int(labeled.get(camera, 0)),  # tracks whose views agreed
+            "labels_sent": int(labels_sent.get(camera, 0)),  # objects sent with a label
+            "cpu_seconds": round(teacher_cpu.get(camera, 0.0), 2),
+            "rate": rate.get(camera, 1.0),  # share of new tracks it looks at
+        }
 
     def objects(camera: str) -> dict[str, Any]:
         """Objects in view (mean over the frames looked at) and coming into view."""
@@ -87,6 +104,7 @@ def summarize(samples: Samples) -> dict[str, Any]:
             "sent_bytes": int(sent.get(camera, 0)),
             "accuracy": accuracy.get(camera, {}),
             "objects": objects(camera),
+            **({"teacher": taught} if (taught := teacher(camera)) else {}),
         }
         for camera in cameras
     }
@@ -160,6 +178,31 @@ def summarize(samples: Samples) -> dict[str, Any]:
     }
 
 
+def with_teacher_report(summary: dict[str, Any], report: dict[str, Any]) -> None:
+    """The observer's view of the cameras the teacher names (answers by class, agreement by
+    track) joined to each camera's ``teacher`` figures."""
+    for camera, seen in report.items():
+        row = summary["cameras"].get(camera)
+        if row is None:
+            continue
+        row.setdefault("teacher", {}).update(seen)
+
+
+def _teacher_text(taught: dict[str, Any]) -> str:
+    """``teacher: agrees 96.0% (41 tracks), unknown 3%, CPU 12.3 s, rate 10%``."""
+    parts = []
+    if "agreement" in taught:
+        parts.append(f"agrees {_evidence(taught['agreement']).replace(' items', ' tracks')}")
+    answers = taught.get("answers") or {}
+    if total := sum(answers.values()):
+        parts.append(f"unknown {answers.get('unknown', 0) / total:.0%}")
+        if wrong := answers.get("labeled-set class", 0):
+            parts.append(f"{wrong} labeled-set classes")
+    if "cpu_seconds" in taught:
+        parts.append(f"CPU {taught['cpu_seconds']:.1f} s, rate {taught['rate']:.0%}")
+    return "teacher: " + ", ".join(parts)
+
+
 def _fmt_bytes(value: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if abs(value) < 1000:
@@ -200,7 +243,8 @@ def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") ->
         lines.append(
             f"{camera:<10}{row['fps']:>6}{row['frames']:>8}"
             f"{_fmt(row['keyframe_ratio']):>11}{_fmt_bytes(row['raw_bytes']):>11}"
-            f"{_fmt_bytes(row['sent_bytes']):>11}{in_view:>9}{per_minute:>8}  {accuracy or '-'}"
+            f"{_fmt_bytes(row['sent_bytes']):>11}{in_view:>9}{per_minute:>8}  "
+            + (accuracy or (_teacher_text(row["teacher"]) if row.get("teacher") else "-"))
         )
     for mode, row in sorted(summary["modes"].items()):
         lines.append(
@@ -524,6 +568,7 @@ def _run(args: argparse.Namespace, stop: _StopRequest, summary: dict[str, Any]) 
                 summary["seed"] = stack.seed
                 # What a subscriber of the results saw, on items no serving model trained on
                 summary["accuracy"] = observer.report(registry.trained_items(task))
+                with_teacher_report(summary, observer.teacher_report())
                 if observer.first_at is not None:
                     summary["first_result_seconds"] = round(observer.first_at - began, 1)
                 summary["health"] = supervisor.report()

@@ -133,6 +133,16 @@ NOT_IN_THIS_RUN = {
     "waits for one; tests/test_gateway_service.py pushes one and counts its looks)",
     "edgelearn_gateway_teacher_labels_total": "as edgelearn_gateway_teacher_looks_total",
     "edgelearn_gateway_teacher_busy_total": "as edgelearn_gateway_teacher_looks_total",
+    "edgelearn_gateway_teacher_cpu_seconds_total": "as edgelearn_gateway_teacher_looks_total",
+    "edgelearn_gateway_teacher_labels_sent_total": "as edgelearn_gateway_teacher_looks_total",
+    "edgelearn_gateway_teacher_agreement": "as edgelearn_gateway_teacher_looks_total (set "
+    "once the cloud answers a labeled track; tests/test_teacher.py drives the rate)",
+    "edgelearn_gateway_teacher_rate": "as edgelearn_gateway_teacher_agreement",
+    "edgelearn_cloud_teacher_agreement_ratio": "no teacher labels in this run "
+    "(tests/test_students.py sends them)",
+    "edgelearn_cloud_student_runs_total": "as edgelearn_cloud_teacher_agreement_ratio",
+    "edgelearn_cloud_teacher_task_answers_total": "this run's cameras are labeled scenes: no "
+    "object is the teacher's (tests/test_students.py)",
 }
 # Label values this run cannot produce: a split mode needs a TensorFlow-trained int8 LiteRT
 # model, too heavy for this test. Such selectors are checked widened to every mode instead.
