@@ -1,0 +1,83 @@
+"""What a subscriber of the results sees of a camera the teacher names: never scored against
+the data set, its answers counted by class, and agreement counted once per labeled track."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgelearn import wire
+from edgelearn.config import BrokerConfig
+from stack.observer import ResultsObserver, scored_objects
+from stack.up import render_summary, with_teacher_report
+
+
+def _result(seq: int, tracks: tuple[int, ...], labels: Any, classes: Any, task: str) -> bytes:
+    count = len(tracks)
+    return wire.encode(
+        wire.Result(
+            "video-1",
+            seq,
+            seq,
+            seq,
+            "gw-1",
+            "split:8",
+            labels[0],
+            classes[0],
+            0.9,
+            "v1",
+            wire.ComputedAt.CLOUD,
+            0,
+            0,
+            tracks=tracks,
+            boxes=tuple((0, 0, 10 + i, 20) for i in range(count)),
+            labels=labels,
+            classes=classes,
+            scores=(0.9,) * count,
+            task=task,
+        )
+    )
+
+
+def test_a_teacher_cameras_answers_count_as_agreement_per_track_not_accuracy() -> None:
+    now = [100.0]
+    observer = ResultsObserver(BrokerConfig(), clock=lambda: now[0])
+    person, other, unknown = 0, 1, wire.UNKNOWN
+    # track 1: first labeled answer agrees (its later answers do not count again)
+    observer.add(_result(1, (1, 2), (None, None), (unknown, unknown), wire.TASK_TEACHER))
+    observer.add(_result(2, (1, 2), (person, None), (person, unknown), wire.TASK_TEACHER))
+    observer.add(_result(3, (1,), (person,), (other,), wire.TASK_TEACHER))
+    now[0] = 500.0
+    # track 2 labeled other, answered unknown: disagrees; track 3 agrees
+    observer.add(_result(4, (2, 3), (other, person), (unknown, person), wire.TASK_TEACHER))
+    assert (
+        scored_objects(wire.decode_as(_result(4, (3,), (0,), (0,), "teacher"), wire.Result), 0)
+        == []
+    )
+    assert observer.scored() == []  # none of it is a data set's accuracy
+    report = observer.teacher_report(recent_seconds=300)["video-1"]
+    assert report["labeled_tracks"] == 3
+    assert report["agreement"]["accuracy"] == round(2 / 3, 4) and report["agreement"]["items"] == 3
+    assert report["agreement_last_300s"]["items"] == 2  # tracks 2 and 3 came in the last 5 min
+    assert report["answers"] == {"unknown": 4, "person": 2, "other moving object": 1}
+    # an answer in a class the teacher does not have would be counted as such
+    observer.add(_result(5, (9,), (None,), (4,), wire.TASK_TEACHER))
+    assert observer.teacher_report()["video-1"]["answers"]["labeled-set class"] == 1
+
+    summary: dict[str, Any] = {
+        "results": 5, "modes": {}, "sent_bytes": 1, "raw_bytes": 1000, "uplink_reduction": 0.999,
+        "delivery": {"features_sent": 5, "acknowledged": 5, "waiting": 0, "resent": 0,
+                     "duplicates_at_cloud": 0, "given_up": {}},
+        "dropped": {},
+        "cameras": {"video-1": {
+            "fps": 15.0, "frames": 100, "keyframe_ratio": 0.5, "raw_bytes": 1000,
+            "sent_bytes": 1, "objects": {},
+            "teacher": {"looks": 9, "labeled": 3, "labels_sent": 4, "cpu_seconds": 1.5,
+                        "rate": 0.1},
+        }},
+    }  # fmt: skip
+    with_teacher_report(summary, observer.teacher_report(recent_seconds=300))
+    taught = summary["cameras"]["video-1"]["teacher"]
+    assert taught["looks"] == 9 and taught["labeled_tracks"] == 3
+    line = next(x for x in render_summary(summary, 60.0).splitlines() if x.startswith("video-1"))
+    assert "teacher: agrees 66.7% (3 tracks), last 5 min 50.0% (2 tracks)" in line
+    assert "unknown 50%, 1 labeled-set classes, CPU 1.5 s, rate 10%" in line
