@@ -377,6 +377,10 @@ class CloudConsumer:
         if self.students is not None:
             student = self.students.student_for(feature.mode, feature.model_version)
             replaced = self.students.replaced(feature.mode)
+            if student is None or (
+                replaced is not None and feature.model_version not in replaced.versions
+            ):
+                replaced = None  # a watch compares two students on what both can read
         rows: npt.NDArray[np.float32] | None = None
         if feature.codec is not wire.Codec.JPEG:
             try:

@@ -303,8 +303,13 @@ class StudentBoard:
             return None if watch is None else watch.replaced
 
     def promote(self, student: Student) -> None:
+        """``student`` serves its mode; the one it replaces is watched beside it, if it
+        reads the same features (one of another edge half could not answer them)."""
         with self._lock:
-            self._watch[student.mode] = _Watch(self._serving.get(student.mode))
+            replaced = self._serving.get(student.mode)
+            if replaced is not None and not set(replaced.versions) & set(student.versions):
+                replaced = None
+            self._watch[student.mode] = _Watch(replaced)
             self._serving[student.mode] = student
             self._save()
 

@@ -26,8 +26,10 @@ disagrees). Once the latest ``window`` labeled tracks of a camera agree at ``agr
 more, the teacher looks at only ``watch_rate`` of its new tracks (chosen by a hash of the
 track, so a track is in or out for good), and its CPU falls with it. When agreement over the
 window falls under ``drift_below`` (the scene changed, or a promotion went wrong), it looks
-at every new track again. Both thresholds count tracks, not features: one track is one
-piece of evidence.
+at every new track again, and so it does at once when results come from features of an edge
+half it has not seen answered before (a new model generation, or another mode): no student
+has learned those yet. Both thresholds count tracks, not features: one track is one piece
+of evidence.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class TeacherStage:
         self._agreed: dict[str, collections.deque[bool]] = {}
         self._compared: dict[str, collections.OrderedDict[int, None]] = {}
         self._rates: dict[str, float] = {}
+        self._spaces: dict[str, set[tuple[str, str]]] = {}  # (mode, edge version) answered
         self._rate_lock = threading.Lock()  # the worker offers, the event loop compares
         self.votes = TrackVotes(views=self.settings.views)
         self._looked: collections.OrderedDict[tuple[str, int], int] = collections.OrderedDict()
@@ -163,6 +166,25 @@ class TeacherStage:
 
     # --- the sample rate, from the cloud's answers -------------------------------------
 
+    def _new_space(self, camera: str, space: tuple[str, str]) -> None:
+        """A result from features of an edge half not seen before (a new generation, or
+        another mode): no student has learned them yet, so the teacher starts over."""
+        with self._rate_lock:
+            seen = self._spaces.setdefault(camera, set())
+            if space in seen:
+                return
+            first = not seen
+            seen.add(space)
+            if first:
+                return
+            self._agreed.pop(camera, None)
+            changed = self._rates.get(camera, 1.0) != 1.0
+            self._rates[camera] = 1.0
+        if changed:
+            log.info("teacher: %s now sends %s %s features: looks at every new track again",
+                     camera, *space)  # fmt: skip
+            self._on_agreement(camera, 0.0, 1.0)
+
     def rate(self, camera_id: str) -> float:
         """The share of the camera's new tracks the teacher looks at."""
         with self._rate_lock:
@@ -189,6 +211,7 @@ class TeacherStage:
         if result.task != wire.TASK_TEACHER or not result.tracks:
             return
         camera = result.camera_id
+        self._new_space(camera, (result.mode, result.model_version))
         for track, answer in zip(result.tracks, result.classes, strict=True):
             labeled = self.votes.labeled(camera, track)
             if labeled is None:

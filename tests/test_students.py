@@ -234,7 +234,8 @@ def test_a_student_of_another_edge_half_is_no_baseline_and_serves_nothing(
     registry_copy: Path,
 ) -> None:
     """A new generation's edge half sends features of a new space: the student trained on the
-    old one answers none of them (unknown), and a candidate is judged against that."""
+    old one answers none of them (unknown), a candidate is judged against that, and its
+    promotion is not watched against the old one (it could only lose: it reads nothing)."""
     from prometheus_client import CollectorRegistry
 
     from cloud.feature_store import Arrival, FeatureStore
@@ -264,3 +265,5 @@ def test_a_student_of_another_edge_half_is_no_baseline_and_serves_nothing(
     again = trainer.run(Mode(PCA), registry.serving(Mode(PCA)))
     assert again.judgement is not None and again.judgement["serving"] == 0.0
     assert again.outcome == "promoted"
+    # nothing to watch it against: the replaced student cannot answer these features
+    assert board.replaced("pca") is None

@@ -291,6 +291,16 @@ def test_the_sample_rate_drops_once_the_cloud_agrees_and_rises_after_a_drift() -
         assert stage.rate("cam") == (0.1 if n < 3 else 1.0), n
     assert seen[-1] == (16 / 20, 1.0)
     assert all(stage.in_sample("cam", track) for track in range(1000, 1100))
+    # Agreement again, then the gateway gets a new generation's edge half: its features
+    # are a space no student has learned, so the teacher starts over at once.
+    for track in range(200, 220):
+        label(track)
+        stage.answered(_answer(track, 0))
+    assert stage.rate("cam") == 0.1
+    stage.answered(dataclasses.replace(_answer(300, 0), model_version="v2"))
+    assert stage.rate("cam") == 1.0 and seen[-1] == (0.0, 1.0)
+    stage.answered(_answer(301, 0))  # a late answer to an old feature changes nothing
+    assert stage.rate("cam") == 1.0
     with pytest.raises(ValueError):
         TeacherSettings(agree=0.8, drift_below=0.9)
 
