@@ -106,6 +106,7 @@ class Agreement:
     camera: str
     track: int
     agreed: bool
+    label: int = 0  # the teacher's: which class the agreement is about
 
 
 def answer_name(answer: int) -> str:
@@ -198,7 +199,7 @@ class ResultsObserver:
             if label is None or key in self._compared:
                 continue
             self._compared.add(key)
-            self._agreements.append(Agreement(now, result.camera_id, track, answer == label))
+            self._agreements.append(Agreement(now, result.camera_id, track, answer == label, label))
 
     def teacher_report(self, recent_seconds: float = RECENT_SECONDS) -> dict[str, Any]:
         """Per camera the teacher names: answers by class, and the agreement of the first
@@ -217,6 +218,12 @@ class ResultsObserver:
                 "labeled_tracks": len(mine),
                 "agreement": _agreement(mine).as_dict(),
                 f"agreement_last_{recent_seconds:.0f}s": _agreement(recent).as_dict(),
+                # per teacher class: a student that always says person agrees on most of a
+                # street's tracks, and on none of its other moving objects
+                "agreement_by_label": {
+                    name: _agreement([a for a in mine if a.label == index]).as_dict()
+                    for index, name in enumerate(wire.TEACHER_CLASSES)
+                },
             }
         return report
 

@@ -58,6 +58,9 @@ def test_a_teacher_cameras_answers_count_as_agreement_per_track_not_accuracy() -
     assert report["labeled_tracks"] == 3
     assert report["agreement"]["accuracy"] == round(2 / 3, 4) and report["agreement"]["items"] == 3
     assert report["agreement_last_300s"]["items"] == 2  # tracks 2 and 3 came in the last 5 min
+    by_label = report["agreement_by_label"]
+    assert by_label["person"]["items"] == 2 and by_label["person"]["accuracy"] == 1.0
+    assert by_label["other moving object"]["correct"] == 0
     assert report["answers"] == {"unknown": 4, "person": 2, "other moving object": 1}
     # an answer in a class the teacher does not have would be counted as such
     observer.add(_result(5, (9,), (None,), (4,), wire.TASK_TEACHER))
