@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +345,22 @@ def main_model(args: argparse.Namespace) -> int:
         return 2
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """TensorFlow 2.21 writes its C++ start-up lines (absl's, oneDNN's) to file descriptor 2
+    whatever ``TF_CPP_MIN_LOG_LEVEL`` says: kept out of the command's one-line answer."""
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+
+
 def _push_teacher(args: argparse.Namespace, key: Any) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     from cloud.models.errors import ExportError
@@ -352,7 +369,9 @@ def _push_teacher(args: argparse.Namespace, key: Any) -> int:
     from edgelearn.teacher import sign_teacher
 
     try:
-        model = sign_teacher(person_teacher(args.graph), key)
+        with _quiet_native_stderr():
+            artifact = person_teacher(args.graph)
+        model = sign_teacher(artifact, key)
     except ExportError as exc:
         print(f"edgelearn model: {exc}", file=sys.stderr)
         return 2
