@@ -107,6 +107,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "so the cloud keeps learning (default 10; 0: results only)",
     )
     parser.add_argument(
+        "--teacher-budget",
+        type=float,
+        default=None,
+        help="the share of one core the teacher may use, all workers together, once the "
+        "cloud pushes one (default 0.2; 0: no teacher)",
+    )
+    parser.add_argument(
         "--queue-depth",
         type=int,
         default=None,
@@ -202,6 +209,7 @@ def _settings(args: argparse.Namespace) -> GatewayConfig:
             "keyframe_settle_frames",
             "keyframe_move_fraction",
             "learning_sample",
+            "teacher_budget",
             "queue_depth",
             "outbox",
             "outbox_max_mb",
@@ -249,7 +257,7 @@ def main(args: argparse.Namespace) -> int:
         raise config_module.ConfigError("--workers must be at least 1")
     # Every worker's settings are validated before any process starts.
     settings = _settings(args)
-    configs = [worker_config(settings, worker) for worker in range(args.workers)]
+    configs = [worker_config(settings, worker, args.workers) for worker in range(args.workers)]
     models = _read_models(args.model, configs[0].secrets)
     if args.workers > 1:
         return supervise(configs, models, args.duration)

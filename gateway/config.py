@@ -65,8 +65,9 @@ class GatewayConfig:
     # ``full``: every Nth keyframe with labeled objects goes up as their crops (answered by
     # the cloud, and training data for the cloud's continuous trainer); 0: results only.
     learning_sample: int = 10
-    # The share of one core this worker's teacher stage may use once the cloud has pushed
-    # a teacher (gateway.teacher_stage); 0: no teacher stage.
+    # The share of one core the gateway's teacher stages may use together once the cloud
+    # has pushed a teacher (gateway.teacher_stage): a pool of N workers gives each 1/N of
+    # it (gateway.pool.worker_config); 0: no teacher stage.
     teacher_budget: float = 0.2
 
     def __post_init__(self) -> None:

@@ -38,11 +38,13 @@ log = logging.getLogger(__name__)
 RESTARTS_PER_MINUTE = 5
 
 
-def worker_config(config: GatewayConfig, worker: int) -> GatewayConfig:
-    """Worker ``worker`` of a pool: its slot, and the metrics port after the previous
-    worker's (0 stays 0: a free port each)."""
+def worker_config(config: GatewayConfig, worker: int, workers: int = 1) -> GatewayConfig:
+    """Worker ``worker`` of a pool of ``workers``: its slot, the metrics port after the
+    previous worker's (0 stays 0: a free port each), and its share of the gateway's teacher
+    budget (each worker's teacher labels only its own cameras)."""
     port = config.metrics_port + worker if config.metrics_port else 0
-    return dataclasses.replace(config, worker=worker, metrics_port=port)
+    budget = config.teacher_budget / workers
+    return dataclasses.replace(config, worker=worker, metrics_port=port, teacher_budget=budget)
 
 
 async def _run_worker(

@@ -113,3 +113,14 @@ class Clashing:
 def test_a_setting_that_would_share_a_parts_variable_is_a_bug() -> None:
     with pytest.raises(TypeError, match="plan_hold"):
         config_module.load(Clashing, environ={})
+
+
+def test_the_teachers_budget_is_the_gateways_and_its_workers_share_it() -> None:
+    from gateway.pool import worker_config
+
+    config = GatewayConfig(mode=Mode.parse("split:8"), teacher_budget=0.3)
+    shares = [worker_config(config, worker, 3).teacher_budget for worker in range(3)]
+    assert shares == pytest.approx([0.1, 0.1, 0.1]) and sum(shares) == pytest.approx(0.3)
+    assert worker_config(config, 0).teacher_budget == 0.3  # one worker: all of it
+    with pytest.raises(ValueError, match="teacher_budget"):
+        GatewayConfig(mode=Mode.parse("raw"), teacher_budget=1.5)
