@@ -315,6 +315,7 @@ class HogPeople:
 @dataclass
 class _Votes:
     scores: list[float] = field(default_factory=list)
+    seconds: list[bool | None] = field(default_factory=list)  # a second opinion per view
     label: str | None = None
 
 
@@ -322,7 +323,11 @@ class TrackVotes:
     """Labels that count: one per track once ``views`` views agree. A track's label is
     ``person`` when its last ``views`` scores are all at least ``min_score``, ``other
     moving object`` when they are all under ``max_other``; until then (or if the views
-    disagree) it has none. At most ``max_tracks`` tracks are remembered (oldest first out)."""
+    disagree) it has none. At most ``max_tracks`` tracks are remembered (oldest first out).
+
+    A second opinion (``second``: did a second detector, such as :class:`HogPeople`, find a
+    person in the same view?) can only veto: ``person`` then also needs it to have found one
+    in at least one of the views, ``other moving object`` needs it to have found none."""
 
     def __init__(
         self,
@@ -338,20 +343,25 @@ class TrackVotes:
         self._tracks: OrderedDict[tuple[str, int], _Votes] = OrderedDict()
         self._lock = threading.Lock()  # the teacher adds, the worker thread asks
 
-    def add(self, camera_id: str, track: int, score: float) -> str | None:
-        """Count one view's score; the track's label if its views now agree."""
+    def add(
+        self, camera_id: str, track: int, score: float, second: bool | None = None
+    ) -> str | None:
+        """Count one view's score (and a second opinion on it); the track's label if its
+        views now agree."""
         key = (camera_id, track)
         with self._lock:
             votes = self._tracks.setdefault(key, _Votes())
             self._tracks.move_to_end(key)
             while len(self._tracks) > self.max_tracks:
                 self._tracks.popitem(last=False)
-            recent = votes.scores[-(self.views - 1) :] if self.views > 1 else []
-            votes.scores = [*recent, score]
+            keep = self.views - 1
+            votes.scores = [*(votes.scores[-keep:] if keep else []), score]
+            votes.seconds = [*(votes.seconds[-keep:] if keep else []), second]
             if len(votes.scores) == self.views:
-                if min(votes.scores) >= self.min_score:
+                opinions = [s for s in votes.seconds if s is not None]
+                if min(votes.scores) >= self.min_score and (not opinions or any(opinions)):
                     votes.label = PERSON
-                elif max(votes.scores) < self.max_other:
+                elif max(votes.scores) < self.max_other and not any(opinions):
                     votes.label = OTHER
             return votes.label
 

@@ -114,6 +114,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "cloud pushes one (default 0.2; 0: no teacher)",
     )
     parser.add_argument(
+        "--teacher-hog",
+        action="store_true",
+        default=None,
+        help="OpenCV's HOG people detector as a second opinion: a track is labeled person "
+        "only if it finds a person in one of the views, other only if in none",
+    )
+    parser.add_argument(
         "--queue-depth",
         type=int,
         default=None,
@@ -210,6 +217,7 @@ def _settings(args: argparse.Namespace) -> GatewayConfig:
             "keyframe_move_fraction",
             "learning_sample",
             "teacher_budget",
+            "teacher_hog",
             "queue_depth",
             "outbox",
             "outbox_max_mb",

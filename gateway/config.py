@@ -69,6 +69,8 @@ class GatewayConfig:
     # has pushed a teacher (gateway.teacher_stage): a pool of N workers gives each 1/N of
     # it (gateway.pool.worker_config); 0: no teacher stage.
     teacher_budget: float = 0.2
+    # OpenCV's HOG people detector as a second opinion that can veto the teacher's labels
+    teacher_hog: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.mode, str):  # raises ModeError with a clear message

@@ -116,7 +116,7 @@ class GatewayWorker:
         self.teacher = (
             TeacherStage(
                 lambda: self.model_slot.teacher,
-                TeacherSettings(budget=config.teacher_budget),
+                TeacherSettings(budget=config.teacher_budget, hog=config.teacher_hog),
                 on_look=self._teacher_looked,
                 on_label=lambda camera, label: self.metrics.teacher_labels.labels(
                     camera, label

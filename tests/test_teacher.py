@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -192,6 +193,13 @@ def test_a_label_counts_once_several_views_of_the_track_agree() -> None:
     assert [votes.add("cam", 3, s) for s in (0.9, 0.5, 0.9, 0.9)][-1] is None  # 0.5 in the last 3
     assert votes.add("cam", 3, 0.9) == PERSON  # the last three now agree
     assert votes.label("other-cam", 1) is None  # tracks are per camera
+    # A second opinion can only veto: person needs it in one view, other in none.
+    assert [votes.add("cam", 4, s, h) for s, h in ((0.9, False),) * 3][-1] is None
+    assert votes.add("cam", 4, 0.9, True) == PERSON  # the last three views: one found one
+    assert [votes.add("cam", 5, s, h) for s, h in ((0.1, False), (0.1, True), (0.1, False))][
+        -1
+    ] is None
+    assert [votes.add("cam", 6, 0.1, False) for _ in range(3)][-1] == OTHER
     bounded = TrackVotes(views=1, max_tracks=2)
     for track in range(3):
         bounded.add("cam", track, 0.9)
@@ -204,12 +212,18 @@ def test_a_label_counts_once_several_views_of_the_track_agree() -> None:
 def test_the_teacher_stage_labels_the_people_of_the_video_within_its_budget(
     detector: SsdDetector,
 ) -> None:
+    from gateway.teacher_stage import TeacherSettings
+
+    _label_the_video(detector, TeacherSettings(budget=0.5, views=3, spacing=5, queue_depth=64))
+
+
+def _label_the_video(detector: SsdDetector, settings: Any) -> list[str]:
+    """The first 160 frames of vtest.avi through a teacher stage: the labels that counted."""
     from cameras.sources import fit_to
-    from edgelearn import preprocess, roi, wire
-    from gateway.teacher_stage import TeacherSettings, TeacherStage
+    from edgelearn import preprocess, roi
+    from gateway.teacher_stage import TeacherStage
 
     labels: list[str] = []
-    settings = TeacherSettings(budget=0.5, views=3, spacing=5, queue_depth=64)
     stage = TeacherStage(lambda: detector, settings, on_label=lambda _, label: labels.append(label))
     finder = roi.ObjectFinder()
     capture = cv2.VideoCapture(str(VTEST))
@@ -240,6 +254,18 @@ def test_the_teacher_stage_labels_the_people_of_the_video_within_its_budget(
     assert labels.count(PERSON) >= 4 and labels.count(PERSON) >= 3 * labels.count(OTHER), labels
     # The budget: it slept (1 - budget) / budget times what each look cost.
     assert elapsed >= 0.9 * stage.cpu_seconds / settings.budget, (elapsed, stage.cpu_seconds)
+    return labels
+
+
+@pytest.mark.training
+def test_with_hog_as_a_second_opinion_the_people_of_the_video_are_still_labeled(
+    detector: SsdDetector,
+) -> None:
+    """HOG can only veto; on these frames it keeps most of the teacher's person labels."""
+    from gateway.teacher_stage import TeacherSettings
+
+    labels = _label_the_video(detector, TeacherSettings(budget=0.5, queue_depth=64, hog=True))
+    assert labels.count(PERSON) >= 3, labels
 
 
 def _answer(track: int, answer: int, task: str = wire.TASK_TEACHER) -> wire.Result:
