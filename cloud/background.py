@@ -16,6 +16,7 @@ cloud service: a named task of its TaskGroup).
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import threading
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -128,6 +131,17 @@ class BackgroundLoop:
 
     def _loop(self) -> None:
         raise NotImplementedError
+
+    def _every(self, seconds: float, step: Callable[[], object], what: str) -> None:
+        """``step()`` every ``seconds`` until stopped; a step that fails is logged and the
+        loop goes on (a failed run must not stop the trainer or the cloud)."""
+        while not self._stop.wait(seconds):
+            try:
+                step()
+            except Exception:
+                if self._stop.is_set():
+                    return  # stopping: the abandoned job's process was stopped
+                log.exception("%s step failed", what)
 
     def _run_job(self, function: Callable[[Job], Result], job: Job) -> Result:
         """``function(job)`` in the training process, or here when there is none."""

@@ -65,11 +65,16 @@ def _per_object(feature: wire.Feature, classifier: Classifier) -> bool:
 
 
 def _result_of(
-    feature: wire.Feature, rows: npt.NDArray[np.float32], *, per_object: bool
+    feature: wire.Feature,
+    classes: tuple[int, ...],
+    scores: tuple[float, ...],
+    *,
+    per_object: bool,
+    task: str = wire.TASK_DATASET,
 ) -> wire.Result:
-    """The Result of one feature: per object (tracks, boxes, labels, classes, scores; the
-    first object's answer in ``predicted``/``score``/``label``) or for the whole frame."""
-    classes, scores = top_classes(rows)
+    """The Result of one feature, answered ``classes`` (of ``task``) with ``scores``: per
+    object (tracks, boxes, labels, classes, scores; the first object's answer in
+    ``predicted``/``score``/``label``) or for the whole frame."""
     objects: dict[str, Any] = {}
     label = feature.label
     if per_object:
@@ -96,6 +101,7 @@ def _result_of(
         computed_at=wire.ComputedAt.CLOUD,
         held_back=0 if per_object else feature.held_back,
         held_mismatched=0 if per_object else feature.held_mismatched,
+        task=task,
         **objects,
     )
 
@@ -386,40 +392,17 @@ class CloudConsumer:
             try:
                 answer.values = codec.unpack_feature(feature)  # kept: its labeled rows
             except codec.CodecError as exc:
-                self.metrics.dropped.labels(exc.reason).inc()
-                self._peers.warning(
-                    feature.gateway_id, exc.reason, "undecodable feature from %s: %s",
-                    feature.gateway_id, exc,
-                )  # fmt: skip
+                self._undecodable(feature, exc)
                 return
             real = codec.dequantize(answer.values, feature.scale, feature.zero_point)
             rows = real if feature.tracks else real[None]
         if student is not None and rows is not None:
             classes, scores = student.answer(rows)
             answer.served = student.version
-        per_object: dict[str, Any] = {}
         if feature.tracks:
-            per_object = dict(
-                tracks=feature.tracks, boxes=feature.boxes, labels=feature.labels,
-                classes=classes, scores=scores, items=feature.items,
-            )  # fmt: skip
             self._count_agreement(feature, classes, replaced, rows)
-        answer.result = wire.Result(
-            camera_id=feature.camera_id,
-            seq=feature.seq,
-            capture_ns=feature.capture_ns,
-            result_ns=time.time_ns(),
-            gateway_id=feature.gateway_id,
-            mode=feature.mode,
-            label=feature.labels[0] if feature.tracks else None,
-            predicted=classes[0],
-            score=scores[0],
-            model_version=feature.model_version,
-            computed_at=wire.ComputedAt.CLOUD,
-            held_back=0 if feature.tracks else feature.held_back,
-            held_mismatched=0 if feature.tracks else feature.held_mismatched,
-            task=wire.TASK_TEACHER,
-            **per_object,
+        answer.result = _result_of(
+            feature, classes, scores, per_object=bool(feature.tracks), task=wire.TASK_TEACHER
         )
         answer.made = time.perf_counter()
 
@@ -501,7 +484,9 @@ class CloudConsumer:
             rows = probabilities[position : position + answer.rows]
             position += answer.rows
             answer.served = classifier.version
-            answer.result = _result_of(feature, rows, per_object=_per_object(feature, classifier))
+            classes, scores = top_classes(rows)
+            per_object = _per_object(feature, classifier)
+            answer.result = _result_of(feature, classes, scores, per_object=per_object)
             answer.made = time.perf_counter()
 
     def _inputs(
@@ -525,11 +510,7 @@ class CloudConsumer:
                     values = codec.dequantize(answer.values, feature.scale, feature.zero_point)
                     given = list(values) if feature.tracks else [values]
             except (codec.CodecError, preprocess.PreprocessError) as exc:
-                self.metrics.dropped.labels(exc.reason).inc()
-                self._peers.warning(
-                    feature.gateway_id, exc.reason, "undecodable feature from %s: %s",
-                    feature.gateway_id, exc,
-                )  # fmt: skip
+                self._undecodable(feature, exc)
                 continue
             if not given:  # a raw frame with no object in view, for an objects model
                 answer.empty = True
@@ -538,6 +519,16 @@ class CloudConsumer:
             rows.extend(given)
             kept.append(answer)
         return (np.stack(rows) if rows else np.empty(0)), kept
+
+    def _undecodable(
+        self, feature: wire.Feature, exc: codec.CodecError | preprocess.PreprocessError
+    ) -> None:
+        """A feature dropped for good (its retries would not decode either), counted."""
+        self.metrics.dropped.labels(exc.reason).inc()
+        self._peers.warning(
+            feature.gateway_id, exc.reason, "undecodable feature from %s: %s",
+            feature.gateway_id, exc,
+        )  # fmt: skip
 
     def _frame_inputs(
         self, feature: wire.Feature, classifier: Classifier

@@ -447,13 +447,11 @@ class StudentTrainer(BackgroundLoop):
         super().__init__(None)  # fits here: see the module docstring
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.poll_seconds):
-            try:
-                self.step()
-            except Exception:
-                if self._stop.is_set():
-                    return
-                log.exception("student trainer step failed")
+        self._every(self.settings.poll_seconds, self.step, "student trainer")
+
+    def _lineage(self, serving: ModelEntry) -> tuple[str, ...]:
+        """The versions whose features are one space with ``serving``'s (its edge half)."""
+        return tuple(entry.version for entry in self.registry.lineage(serving))
 
     def step(self) -> list[StudentRun]:
         runs = []
@@ -465,16 +463,17 @@ class StudentTrainer(BackgroundLoop):
             except RegistryError:
                 continue
             self.check_watch(str(mode))
-            versions = [entry.version for entry in self.registry.lineage(serving)]
             since = self._trained_up_to.get(str(mode), 0)
-            new, _ = self.store.count(str(mode), versions, since, task=wire.TASK_TEACHER)
+            new, _ = self.store.count(
+                str(mode), self._lineage(serving), since, task=wire.TASK_TEACHER
+            )
             if new >= self.settings.every:
                 runs.append(self.run(mode, serving, "new_labels"))
         return runs
 
     def run(self, mode: Mode, serving: ModelEntry, trigger: str = "manual") -> StudentRun:
         settings = self.settings
-        versions = tuple(entry.version for entry in self.registry.lineage(serving))
+        versions = self._lineage(serving)
         _, newest = self.store.count(str(mode), versions, task=wire.TASK_TEACHER)
         rows = self.store.labeled_rows(
             str(mode), versions, newest=settings.window, up_to_id=newest, task=wire.TASK_TEACHER
@@ -498,10 +497,11 @@ class StudentTrainer(BackgroundLoop):
             held_out_tracks=len(set(held_objects)),
         )  # fmt: skip
         if len(set(held_objects)) < settings.min_items:
-            return self._finish(dataclasses.replace(base, outcome="too_few_items"), newest=None)
+            # its rows stay: the next run, `every` rows on, holds out more tracks
+            return self._finish(dataclasses.replace(base, outcome="too_few_items"), newest)
         train_rows, held_rows = rows.take(train), rows.take(held)
         if len(set(train_rows.labels.tolist())) < 2:
-            return self._finish(dataclasses.replace(base, outcome="one_class"), newest=newest)
+            return self._finish(dataclasses.replace(base, outcome="one_class"), newest)
         quantization = TensorQuantization.from_dict(serving.metadata["quantization"]["output"])
 
         def values(part: LabeledRows) -> npt.NDArray[np.float32]:
@@ -554,26 +554,15 @@ class StudentTrainer(BackgroundLoop):
             self.board.promote(
                 dataclasses.replace(candidate, report={"judgement": judgement.as_dict()})
             )
-        return self._finish(report, newest=newest)
+        return self._finish(report, newest)
 
-    def _finish(self, report: StudentRun, *, newest: int | None) -> StudentRun:
-        if newest is not None:
-            self._trained_up_to[report.mode] = newest
-        else:  # too few held-out tracks: wait for another `every` rows
-            versions = self._versions(report.mode)
-            _, latest = self.store.count(report.mode, versions, task=wire.TASK_TEACHER)
-            self._trained_up_to[report.mode] = latest
+    def _finish(self, report: StudentRun, newest: int) -> StudentRun:
+        """The next run waits for ``every`` rows after row ``newest``."""
+        self._trained_up_to[report.mode] = newest
         self.runs.append(report)
         self.metrics.student_runs.labels(report.mode, report.outcome).inc()
         self._announce(report.line())
         return report
-
-    def _versions(self, mode: str) -> list[str]:
-        try:
-            serving = self.registry.serving(Mode.parse(mode))
-        except RegistryError:
-            return []
-        return [entry.version for entry in self.registry.lineage(serving)]
 
     def check_watch(self, mode: str) -> dict[str, Any] | None:
         """Settle a watched promotion with ``rollback_items`` newly labeled tracks: roll it

@@ -460,13 +460,7 @@ class ContinuousTrainer(BackgroundLoop):
     # --- lifecycle (BackgroundLoop: stopping the process abandons a run) --------------
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.poll_seconds):
-            try:
-                self.step()
-            except Exception:  # a failed run must not stop the trainer or the cloud
-                if self._stop.is_set():
-                    return  # stopping: the abandoned run's process was stopped
-                log.exception("continuous trainer step failed")
+        self._every(self.settings.poll_seconds, self.step, "continuous trainer")
 
     def _train(self, job: FitJob) -> FitResult:
         return self._run_job(fit_job, job)

@@ -118,6 +118,9 @@ class FramePipeline:
     # full: every Nth keyframe with labeled objects sends their crops instead of the answer
     # (the cloud answers it and learns from it); 0: never
     learning_sample: int = 10
+    # A teacher's labels of a camera's tracks as a Feature's label fields (labels, their
+    # scores and source; None: none of them labeled yet): gateway.teacher_stage
+    teacher_labels: Callable[[str, tuple[int, ...]], dict[str, Any] | None] | None = None
     _filter: KeyframeFilter = field(init=False)
     _labeled_keyframes: int = 0
     _finder: roi.ObjectFinder = field(init=False)
@@ -234,6 +237,7 @@ class FramePipeline:
         tracks = tuple(item.track for item in chosen)
         boxes = tuple(item.box for item in chosen)
         labels, items = ground_truth(frame, boxes)
+        sent_labels = self._labels_sent(frame, tracks, labels, items)
         frame_size = (frame.width, frame.height)
         size, _, channels = deployment.extractor.input_shape
         try:
@@ -248,9 +252,8 @@ class FramePipeline:
             sample = codec.encode_array(np.stack(crops), codec=self.feature_codec)
             forward = self._forward(frame, mode, deployment.version, sample, 0, 0)
             feature = dataclasses.replace(
-                forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels,
-                items=items, **truth_source(labels),
-            )  # fmt: skip
+                forward.envelope, label=None, tracks=tracks, boxes=boxes, **sent_labels
+            )
             return Forward(feature, mode, wire.encode(feature), found)
         outputs = np.stack([deployment.extractor.run(crop) for crop in crops])
         started = self._timed("extract", started)
@@ -262,9 +265,8 @@ class FramePipeline:
         encoded = deployment.extractor.output.encode(outputs, self.feature_codec)
         forward = self._forward(frame, mode, deployment.version, encoded, 0, 0)
         feature = dataclasses.replace(
-            forward.envelope, label=None, tracks=tracks, boxes=boxes, labels=labels, items=items,
-            **truth_source(labels),
-        )  # fmt: skip
+            forward.envelope, label=None, tracks=tracks, boxes=boxes, **sent_labels
+        )
         self._timed("encode", started)
         return Forward(feature, mode, wire.encode(feature), found)
 
@@ -276,19 +278,28 @@ class FramePipeline:
     ) -> Forward:
         """Cloud-only: the frame's JPEG as it is, with the boxes, tracks and truth of the
         ``chosen`` objects, for the cloud to classify."""
+        tracks = tuple(item.track for item in chosen)
         boxes = tuple(item.box for item in chosen)
-        labels, items = ground_truth(frame, boxes)
+        sent_labels = self._labels_sent(frame, tracks, *ground_truth(frame, boxes))
         jpeg_as_is = codec.EncodedArray.jpeg(frame.payload)
         forward = self._forward(frame, Mode(RAW), "none", jpeg_as_is, 0, 0)
-        feature = dataclasses.replace(
-            forward.envelope,
-            tracks=tuple(item.track for item in chosen),
-            boxes=boxes,
-            labels=labels,
-            items=items,
-            **truth_source(labels),
-        )
+        feature = dataclasses.replace(forward.envelope, tracks=tracks, boxes=boxes, **sent_labels)
         return Forward(feature, Mode(RAW), wire.encode(feature), found)
+
+    def _labels_sent(
+        self,
+        frame: wire.Frame,
+        tracks: tuple[int, ...],
+        labels: tuple[int | None, ...],
+        items: tuple[int | None, ...],
+    ) -> dict[str, Any]:
+        """The label fields of a Feature's objects: their truth, or, for a camera the
+        teacher names, the teacher's labels of their tracks once it has any."""
+        if frame.task == wire.TASK_TEACHER and self.teacher_labels is not None:
+            taught = self.teacher_labels(frame.camera_id, tracks)
+            if taught is not None:
+                return {"items": items, **taught}
+        return {"labels": labels, "items": items, **truth_source(labels)}
 
     def _is_learning_sample(self, labels: tuple[int | None, ...]) -> bool:
         """Whether this ``full`` keyframe goes up as its crops: every ``learning_sample``-th

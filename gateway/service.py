@@ -42,7 +42,6 @@ says the worker is offline, and closes the session, the outbox and the metrics e
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -63,7 +62,7 @@ from gateway.config import GatewayConfig
 from gateway.ingest import Arrival, Drops, Ingest, Queued
 from gateway.metrics import GatewayMetrics
 from gateway.model_slot import ModelSlot
-from gateway.pipeline import Dropped, Forward, FramePipeline, HeldBack
+from gateway.pipeline import Dropped, FramePipeline, HeldBack
 from gateway.status import StatusReport, Totals
 from gateway.teacher_stage import TeacherSettings, TeacherStage
 from gateway.uplink import Uplink
@@ -127,6 +126,8 @@ class GatewayWorker:
             if config.teacher_budget > 0
             else None
         )
+        if self.teacher is not None:  # its labels go up on the Features the pipeline makes
+            self.pipeline.teacher_labels = self.teacher.label_tracks
         self.status = StatusReport(
             config,
             self.pipeline,
@@ -223,24 +224,15 @@ class GatewayWorker:
             self.metrics.processed.labels(camera, "forwarded").inc()
             self._observe_hops(entry, taken, processed)
             if self.teacher is not None:
-                outcome = self._with_teacher_labels(outcome)
+                self._count_teacher_labels(outcome.envelope)
             self.uplink.keep_and_send(outcome, processed)
             if self.teacher is not None:
                 self.teacher.offer(frame, outcome.objects)
 
-    def _with_teacher_labels(self, outcome: Forward) -> Forward:
-        """The Feature with its objects' teacher labels, when they have any (re-encoded)."""
-        assert self.teacher is not None
-        feature = outcome.envelope
-        if not isinstance(feature, wire.Feature):
-            return outcome
-        labeled = self.teacher.label_feature(feature)
-        if labeled is None:
-            return outcome
-        self.metrics.teacher_labels_sent.labels(feature.camera_id).inc(
-            sum(label is not None for label in labeled.labels)
-        )
-        return dataclasses.replace(outcome, envelope=labeled, data=wire.encode(labeled))
+    def _count_teacher_labels(self, envelope: wire.Feature | wire.Result) -> None:
+        if isinstance(envelope, wire.Feature) and envelope.label_source.startswith("teacher:"):
+            sent = sum(label is not None for label in envelope.labels)
+            self.metrics.teacher_labels_sent.labels(envelope.camera_id).inc(sent)
 
     def _observe_hops(self, entry: Queued[Arrival], taken: float, processed: float) -> None:
         """The gateway's hops of a forwarded frame (the ones that end in a result)."""

@@ -18,9 +18,10 @@ look cost in CPU times ``(1 - budget) / budget``, so over any stretch of work it
 uses at most ``budget`` of a core (0.2 by default).
 
 What it yields is a label per (camera, track) once the views agree, counted in the metrics
-(looks, labels by class, CPU seconds). :meth:`TeacherStage.label_feature` puts them on every
-later Feature of the track, with the source ``teacher:<name>`` and the views' score: only
-labels and features go up, never the frames the teacher looked at.
+(looks, labels by class, CPU seconds). :meth:`TeacherStage.label_tracks` gives them to the
+pipeline, which puts them on every later Feature of the track, with the source
+``teacher:<name>`` and the views' score: only labels and features go up, never the frames
+the teacher looked at.
 
 **The sample rate follows the cloud's agreement.** The worker reads the results of its
 cameras (bridged down from the cloud, as any subscriber at the site could) and hands them
@@ -39,13 +40,13 @@ of evidence.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -122,24 +123,23 @@ class TeacherStage:
     def label(self, camera_id: str, track: int) -> str | None:
         return self.votes.label(camera_id, track)
 
-    def label_feature(self, feature: wire.Feature) -> wire.Feature | None:
-        """``feature`` with the teacher's labels of its objects (classes of
-        ``wire.TEACHER_CLASSES``), or None when it is not the teacher's to label or none of
-        its tracks has a label yet."""
+    def label_tracks(self, camera_id: str, tracks: tuple[int, ...]) -> dict[str, Any] | None:
+        """The teacher's labels of a camera's tracks (classes of ``wire.TEACHER_CLASSES``)
+        as a Feature's ``labels``, ``label_scores`` and ``label_source``; None without a
+        teacher or while none of them is labeled."""
         teacher = self._teacher()
-        if teacher is None or feature.task != wire.TASK_TEACHER or not feature.tracks:
+        if teacher is None or not tracks:
             return None
-        found = [self.votes.labeled(feature.camera_id, track) for track in feature.tracks]
+        found = [self.votes.labeled(camera_id, track) for track in tracks]
         if all(item is None for item in found):
             return None
-        return dataclasses.replace(
-            feature,
-            labels=tuple(None if item is None else item[0] for item in found),
-            label_scores=tuple(
+        return {
+            "labels": tuple(None if item is None else item[0] for item in found),
+            "label_scores": tuple(
                 0.0 if item is None else float(np.float32(item[1])) for item in found
             ),
-            label_source=f"teacher:{teacher.name}",
-        )
+            "label_source": f"teacher:{teacher.name}",
+        }
 
     def offer(self, frame: wire.Frame, objects: tuple[roi.FoundObject, ...]) -> None:
         """From the worker thread: a forwarded frame's objects; those it sends and that are

@@ -344,16 +344,17 @@ def test_a_tracks_teacher_label_rides_on_its_later_features(detector: SsdDetecto
         wire.Codec.NONE, 10, 0, 0, bytes(8), tracks=(7, 8), boxes=((0, 0, 5, 9), (5, 5, 9, 19)),
         labels=(None, None), task=wire.TASK_TEACHER,
     )  # fmt: skip
-    assert stage.label_feature(feature) is None  # no track labeled yet
+    assert stage.label_tracks("vtest", feature.tracks) is None  # no track labeled yet
     for score in (0.9, 0.95, 0.85):
         stage.votes.add("vtest", 7, score)
     for score in (0.1, 0.7, 0.1):  # views that disagree: no label
         stage.votes.add("vtest", 8, score)
-    labeled = stage.label_feature(feature)
-    assert labeled is not None
+    fields = stage.label_tracks("vtest", feature.tracks)
+    assert fields is not None
+    labeled = dataclasses.replace(feature, **fields)
     assert labeled.labels == (0, None)  # person
     assert labeled.label_source == f"teacher:{detector.name}"
     assert labeled.label_scores[0] == pytest.approx(0.9, abs=1e-3)
     assert wire.decode(wire.encode(labeled)) == labeled
-    truth = dataclasses.replace(feature, task=wire.TASK_DATASET, labels=(3, None))
-    assert stage.label_feature(truth) is None
+    # A labeled camera's Features keep their truth: the pipeline asks the teacher only for
+    # cameras it names (tests/test_gateway_service.py, cam-6).
