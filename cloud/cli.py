@@ -167,8 +167,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="teacher",
         action="store_false",
         default=None,
-        help="do not push the packaged person detector to the gateways as their teacher "
-        "(cameras without labels then get 'unknown' answers)",
+        help="do not push a teacher to the gateways (cameras without labels then get "
+        "'unknown' answers)",
+    )
+    parser.add_argument(
+        "--teacher-model",
+        default=None,
+        metavar="FILE",
+        help="the gateways' teacher: your own detector instead of the packaged person "
+        "detector, a .tflite with the outputs of LiteRT's detection postprocess (boxes, "
+        "classes, scores, count) or a TF Object Detection API SSD graph (.pb)",
+    )
+    parser.add_argument(
+        "--teacher-labels",
+        default=None,
+        metavar="FILE",
+        help="its class names by class id: one a line, or 'N name' lines (labelmap.txt)",
+    )
+    parser.add_argument(
+        "--teacher-classes",
+        default=None,
+        metavar="A,B",
+        help="the classes it labels, comma-separated (default: every named class); what "
+        "else moves is 'other moving object'",
     )
     parser.add_argument(
         "--feature-store",
@@ -263,13 +284,14 @@ async def _serve(settings: CloudSettings, duration: float | None) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from cloud.models.errors import ExportError
     from edgelearn.datasets import DatasetError
     from edgelearn.mqtt import BrokerUnavailable
 
     config = settings(args)  # a setting that cannot be: ConfigError, before anything starts
     try:
         return asyncio.run(_serve(config.service_settings(), config.duration))
-    except (BrokerUnavailable, DatasetError) as exc:
+    except (BrokerUnavailable, DatasetError, ExportError) as exc:
         print(f"edgelearn cloud: {exc}", file=sys.stderr)
         return 2
 
@@ -292,11 +314,23 @@ def configure_model(parser: argparse.ArgumentParser) -> None:
     push.add_argument("--gateway", default="all", help="one gateway id, or all (default)")
     teacher = commands.add_parser(
         "push-teacher",
-        help="convert the packaged person detector (or --graph, a TF Object Detection API "
-        "SSD of the same kind) into the gateways' teacher, sign it and publish it (retained)",
+        help="make the packaged person detector (or --model, your own) the gateways' teacher: "
+        "convert it, sign it and publish it (retained)",
     )
     _broker_options(teacher)
-    teacher.add_argument("--graph", type=Path, default=None, help="a frozen graph (.pb)")
+    teacher.add_argument(
+        "--model",
+        "--graph",
+        dest="model",
+        type=Path,
+        default=None,
+        help="a .tflite with the outputs of LiteRT's detection postprocess, or a TF Object "
+        "Detection API SSD graph (.pb)",
+    )
+    teacher.add_argument("--labels", type=Path, default=None, help="its class names (a file)")
+    teacher.add_argument(
+        "--classes", default="", help="the classes it labels, comma-separated (default: all)"
+    )
     teacher.add_argument("--gateway", default="all", help="one gateway id, or all (default)")
     export = commands.add_parser("export", help="write a signed deployment file")
     export.add_argument("--registry", type=Path, default=None, help="registry directory")
@@ -364,20 +398,25 @@ def _quiet_native_stderr() -> Iterator[None]:
 def _push_teacher(args: argparse.Namespace, key: Any) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     from cloud.models.errors import ExportError
-    from cloud.models.teacher import person_teacher
+    from cloud.models.teacher import TeacherSpec, convert_teacher
     from cloud.service import push_deployments
     from edgelearn.teacher import sign_teacher
 
     try:
+        classes = tuple(name.strip() for name in args.classes.split(",") if name.strip())
+        spec = TeacherSpec(args.model, args.labels, classes)
         with _quiet_native_stderr():
-            artifact = person_teacher(args.graph)
-        model = sign_teacher(artifact, key)
-    except ExportError as exc:
+            artifact = convert_teacher(spec)
+        model = sign_teacher(artifact, key, name=spec.name)
+    except (ExportError, ValueError) as exc:
         print(f"edgelearn model: {exc}", file=sys.stderr)
         return 2
     asyncio.run(push_deployments(_broker(args), args.site, [model], args.gateway, "model-push-cli"))
     size = len(model.artifact)
-    print(f"pushed teacher {model.name} {model.version} to {args.gateway} ({size} bytes)")
+    print(
+        f"pushed teacher {model.name} {model.version} to {args.gateway} ({size} bytes), "
+        f"labeling {', '.join(artifact.classes)}"
+    )
     return 0
 
 

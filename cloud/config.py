@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud.bootstrap import TrainingPlan
+from cloud.models.teacher import TeacherSpec
 from cloud.planner import PlannerSettings
 from cloud.service import CloudSettings
 from cloud.trainer import TrainerSettings
@@ -122,7 +123,14 @@ class CloudConfig:
     train: bool = True  # False: never train, serve what the registry has
     grow: bool = CloudSettings.grow  # the later generations, in the background
     push: bool = CloudSettings.push  # publish deployments to the gateways
-    teacher: bool = CloudSettings.teacher  # ... and the packaged person detector, as teacher
+    teacher: bool = CloudSettings.teacher  # ... and a detector, as the gateways' teacher
+    # A user's own teacher (cloud.models.teacher.TeacherSpec): a .tflite with the outputs of
+    # LiteRT's detection postprocess, or an Object Detection API SSD graph (.pb); its class
+    # names, one a line; the ones it labels (empty: every named class). "": the packaged
+    # person detector.
+    teacher_model: str = ""
+    teacher_labels: str = ""
+    teacher_classes: tuple[str, ...] = ()
     duration: float | None = None  # seconds; None: until interrupted
     # Its parts
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -155,8 +163,17 @@ class CloudConfig:
             parse_dataset(self.dataset)  # a folder is read when the service is built
         except ValueError as exc:
             raise ValueError(f"dataset: {exc}") from exc
+        self.teacher_spec()  # a model without labels, or of a kind the gateways cannot run
         if self.duration is not None and not self.duration > 0:
             raise ValueError(f"duration {self.duration}: seconds, > 0")
+
+    def teacher_spec(self) -> TeacherSpec:
+        """The teacher to push (its files are read when the service is built)."""
+        return TeacherSpec(
+            model=Path(self.teacher_model).expanduser() if self.teacher_model else None,
+            labels=Path(self.teacher_labels).expanduser() if self.teacher_labels else None,
+            classes=tuple(self.teacher_classes),
+        )
 
     @property
     def keeps_features(self) -> bool:
@@ -181,6 +198,8 @@ class CloudConfig:
         dataset = parse_dataset(self.dataset)
         if dataset.path is not None:
             dataset.load()  # an unusable folder: DatasetError, with what is wrong
+        teacher = self.teacher_spec()
+        teacher.task()  # unreadable labels, a class they do not name: ExportError
         return CloudSettings(
             broker=self.broker_config(),
             registry=registry_dir(self.registry),
@@ -195,6 +214,7 @@ class CloudConfig:
             grow=self.grow,
             push=self.push,
             teacher=self.teacher,
+            teacher_spec=teacher,
             feature_store=self.feature_store_path(),
             keep_features=self.keeps_features,
             metrics_port=self.metrics_port,

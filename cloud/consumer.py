@@ -413,8 +413,8 @@ class CloudConsumer:
         replaced: Any,
         rows: npt.NDArray[np.float32] | None,
     ) -> None:
-        if self.students is None or not feature.label_source.startswith("teacher:"):
-            return
+        if self.students is None or feature.label_source != self.students.source:
+            return  # no labels, or another teacher's (its classes are not the student's)
         other = replaced.answer(rows)[0] if replaced is not None and rows is not None else None
         for index, (track, label) in enumerate(zip(feature.tracks, feature.labels, strict=True)):
             if label is None:
@@ -564,7 +564,9 @@ class CloudConsumer:
         )
         taught = result.task == wire.TASK_TEACHER
         if taught:
-            names: tuple[str, ...] = wire.TEACHER_CLASSES
+            names: tuple[str, ...] = (
+                self.students.classes if self.students is not None else wire.TEACHER_CLASSES
+            )
         else:
             names = self.models.class_names(served) if served else ()
         for predicted in result.classes or [result.predicted]:

@@ -20,9 +20,10 @@ share the store; consumers of several processes may share the file (SQLite locks
 Stored ``values`` are the entropy-decoded arrays exactly as the gateways quantised them (int8
 for the feature modes, the JPEG for ``raw``), with their quantisation and the bytes that
 crossed the uplink; features of different extractors or model versions are different data
-sets (:meth:`kinds`). Each row keeps its camera's task (``wire.TASKS``): a teacher's label
-(``person`` / ``other``) and a data set's class share a number but not a meaning, so every
-reader names the task it wants (the data set's by default). Bounded: beyond
+sets (:meth:`kinds`). Each row keeps its camera's task (:func:`stored_task`: ``dataset``, or
+the teacher that labeled it, ``teacher:<name>``): a teacher's label (``person`` / ``other``)
+and a data set's class share a number but not a meaning, so every reader names the task it
+wants (the data set's by default). Bounded: beyond
 ``max_arrivals`` (the de-duplication window) and ``max_features`` rows the oldest go first.
 """
 
@@ -151,6 +152,15 @@ class LoadedFeatures:
 def _row_values(dtype: int, shape: str, payload: bytes) -> npt.NDArray[np.generic]:
     """A stored row's array: its payload as its dtype and shape columns say."""
     return np.frombuffer(payload, codec.numpy_dtype(wire.DType(dtype))).reshape(json.loads(shape))
+
+
+def stored_task(feature: wire.Feature) -> str:
+    """The task a row is kept under: ``dataset``, or for a teacher's label its source
+    (``teacher:<name>``), so the labels of two teachers (a user's detector replacing the
+    packaged one) never train one student: their class numbers mean different things."""
+    if feature.task == wire.TASK_TEACHER and feature.label_source.startswith("teacher:"):
+        return feature.label_source
+    return feature.task
 
 
 class FeatureStore:
@@ -309,7 +319,7 @@ class FeatureStore:
                     track,
                     item,
                     height,
-                    feature.task,
+                    stored_task(feature),
                 ),
             )
 

@@ -58,6 +58,7 @@ from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.feature_store import FeatureStore
 from cloud.grower import ModelGrower
 from cloud.metrics import CloudMetrics
+from cloud.models.teacher import TeacherSpec
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import ModelEntry, Registry
 from cloud.serving import RegistryModels, Scoreboard, deployable, edge_modes
@@ -106,9 +107,11 @@ class CloudSettings:
     trainer: TrainerSettings | None = None  # None: the models stay as trained
     # the teacher task's student trainer, which runs beside ``trainer`` (and only with it)
     students: StudentSettings = field(default_factory=StudentSettings)
-    # with ``push``: also push the packaged person detector to the gateways as their teacher
-    # (converted once, kept as <registry>/teacher.npz): cameras without labels learn from it
+    # with ``push``: also push a detector to the gateways as their teacher (converted once,
+    # kept in the registry): cameras without labels learn from it. By default the packaged
+    # person detector; ``teacher_spec`` can name a user's file instead.
     teacher: bool = True
+    teacher_spec: TeacherSpec = field(default_factory=TeacherSpec)
     dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(FASHION_MNIST))
 
 
@@ -162,7 +165,11 @@ class CloudService:
             else None
         )
         # The teacher task's students (cloud.students), beside the registry's models.
-        self.students = StudentBoard(self.registry.root / "students")
+        self.students = StudentBoard(
+            self.registry.root / "students",
+            classes=settings.teacher_spec.task(),
+            source=f"teacher:{settings.teacher_spec.name}",
+        )
         self.consumers = [
             CloudConsumer(
                 ConsumerConfig(
@@ -315,21 +322,22 @@ class CloudService:
         return total
 
     async def _push_teacher(self) -> None:
-        """Convert the packaged detector (once: cached in the registry) and push it signed
-        to every site's gateways. Without the package the cloud says so and goes on: only
-        cameras without labels miss it."""
+        """Convert the teacher (once: cached in the registry) and push it signed to every
+        site's gateways. Without it (the package missing, a user's file that cannot run)
+        the cloud says so and goes on: only cameras without labels miss it."""
         from cloud.models.errors import ExportError
-        from cloud.models.teacher import cached_person_teacher
-        from edgelearn.teacher import DetectorArtifact, sign_teacher
+        from cloud.models.teacher import cached_teacher
+        from edgelearn.teacher import TeacherError, artifact_from_bytes, sign_teacher
 
-        cache = self.registry.root / "teacher.npz"
+        spec = self.settings.teacher_spec
         try:
-            data = await asyncio.to_thread(cached_person_teacher, cache)
-        except (ExportError, ValueError) as exc:
+            data = await asyncio.to_thread(cached_teacher, self.registry.root, spec)
+            artifact = artifact_from_bytes(data)
+        except (ExportError, TeacherError, OSError, ValueError) as exc:
             self._announce(f"no teacher for the gateways: {exc}")
             return
         key = signing.load_private_key(self.settings.secrets.signing_key)
-        model = sign_teacher(DetectorArtifact.from_bytes(data), key)
+        model = sign_teacher(artifact, key, name=spec.name)
         for site in self.settings.push_sites or (self.settings.site,):
             try:
                 published = await push_deployments(
@@ -341,7 +349,10 @@ class CloudService:
                 return
             for slot, size in published.items():
                 self.metrics.model_pushed_bytes.labels(slot).inc(size)
-        self._announce(f"pushed teacher {model.name} {model.version} ({len(model.artifact)} bytes)")
+        self._announce(
+            f"pushed teacher {model.name} {model.version} ({len(model.artifact)} bytes), "
+            f"labeling {', '.join(artifact.classes)}"
+        )
 
     def _note_prior(self, mode: str, camera: str, prior: Any) -> None:
         """A camera's class mix, as the dashboards show it."""

@@ -4,14 +4,15 @@ teacher's labels, judged and rolled back like the data set's models.
 Where it sits::
 
     gateway teacher --labels on Features (task "teacher")--> consumers --> FeatureStore
-        (rows of task "teacher": the edge half's output per object, the teacher's label)
+        (rows of task "teacher:<name>": the edge half's output per object, the label)
     StudentTrainer.step(), every poll_seconds, in its own thread: rows -> split by track
     -> candidate -> paired judge -> StudentBoard
     consumers: StudentBoard.student_for(mode, version) answers the teacher task's objects;
         UNKNOWN where it is unsure, and where there is no student yet
 
 **A task per camera.** A labeled camera's objects are named by the data set the models learned;
-a video's or a real camera's by its gateway's teacher (``wire.TEACHER_CLASSES``). The two share
+a video's or a real camera's by its gateway's teacher (``wire.TEACHER_CLASSES`` for the
+packaged person detector; a user's detector names its own). The two share
 the gateways' lower layers (the edge half every mode already runs) and nothing above them: a
 student is a softmax layer on the edge half's output, per object, so the classes of one task
 never answer the other's objects. A logistic layer is what a few hundred labeled tracks can
@@ -249,9 +250,18 @@ class StudentBoard:
     consumers' answers to teacher-labeled tracks show (agreement per camera), and a
     promotion's watch."""
 
-    def __init__(self, root: Path | None, window: int = 100) -> None:
+    def __init__(
+        self,
+        root: Path | None,
+        window: int = 100,
+        *,
+        classes: tuple[str, ...] = wire.TEACHER_CLASSES,
+        source: str = "teacher:teacher-person",
+    ) -> None:
         self.root = root
         self.window = window
+        # the teacher the cloud pushes: its task's classes, and its labels' source
+        self.classes, self.source = classes, source
         self._serving: dict[str, Student] = {}
         self._watch: dict[str, _Watch] = {}
         self._agreement: dict[str, collections.deque[bool]] = {}
@@ -291,10 +301,12 @@ class StudentBoard:
 
     def student_for(self, mode: str, model_version: str) -> Student | None:
         """The student answering features of this mode and edge version (None: none yet,
-        or the edge half changed since it trained)."""
+        the edge half changed since it trained, or it learned another teacher's classes)."""
         with self._lock:
             student = self._serving.get(mode)
-        return student if student is not None and model_version in student.versions else None
+        if student is None or student.classes != self.classes:
+            return None
+        return student if model_version in student.versions else None
 
     def replaced(self, mode: str) -> Student | None:
         """The student a watched promotion replaced (None: no watch, or the first)."""
@@ -307,7 +319,10 @@ class StudentBoard:
         reads the same features (one of another edge half could not answer them)."""
         with self._lock:
             replaced = self._serving.get(student.mode)
-            if replaced is not None and not set(replaced.versions) & set(student.versions):
+            if replaced is not None and (
+                not set(replaced.versions) & set(student.versions)
+                or replaced.classes != student.classes
+            ):
                 replaced = None
             self._watch[student.mode] = _Watch(replaced)
             self._serving[student.mode] = student
@@ -465,7 +480,7 @@ class StudentTrainer(BackgroundLoop):
             self.check_watch(str(mode))
             since = self._trained_up_to.get(str(mode), 0)
             new, _ = self.store.count(
-                str(mode), self._lineage(serving), since, task=wire.TASK_TEACHER
+                str(mode), self._lineage(serving), since, task=self.board.source
             )
             if new >= self.settings.every:
                 runs.append(self.run(mode, serving, "new_labels"))
@@ -474,15 +489,18 @@ class StudentTrainer(BackgroundLoop):
     def run(self, mode: Mode, serving: ModelEntry, trigger: str = "manual") -> StudentRun:
         settings = self.settings
         versions = self._lineage(serving)
-        _, newest = self.store.count(str(mode), versions, task=wire.TASK_TEACHER)
+        source = self.board.source
+        _, newest = self.store.count(str(mode), versions, task=source)
         rows = self.store.labeled_rows(
-            str(mode), versions, newest=settings.window, up_to_id=newest, task=wire.TASK_TEACHER
+            str(mode), versions, newest=settings.window, up_to_id=newest, task=source
         )
         tracks = len(set(rows.objects()))
         # What answers these features now: the serving student if it reads them (a new
         # edge half, a new generation's, makes it stale), else nothing (unknown to all).
         current = self.board.serving(str(mode))
-        if current is not None and not set(current.versions) & set(versions):
+        if current is not None and (
+            not set(current.versions) & set(versions) or current.classes != self.board.classes
+        ):
             current = None
         train, held = track_split(rows, settings.held_out_fraction)
         if current is not None:  # what the serving student trained on is no evidence
@@ -513,7 +531,7 @@ class StudentTrainer(BackgroundLoop):
                 values(train_rows),
                 train_rows.labels,
                 track_weights(train_rows),
-                len(wire.TEACHER_CLASSES),
+                len(self.board.classes),
                 settings.regularisation,
             )
         )
@@ -525,6 +543,7 @@ class StudentTrainer(BackgroundLoop):
             intercept=fit.intercept,
             mean=fit.mean,
             std=fit.std,
+            classes=self.board.classes,
             trained_on=frozenset(
                 (camera, int(track))
                 for camera, track in zip(train_rows.cameras, train_rows.tracks, strict=True)

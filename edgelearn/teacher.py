@@ -25,6 +25,15 @@ input. A tall crop stretched to a square defeats the detector (7 of 20 people fo
 stretched crops of ``vtest.avi``, 20 of 20 with context and padding, and no false person on
 40 crops of empty walkway and lawn).
 
+**A user's own detector** (:class:`DetectionsArtifact`, :class:`TfliteDetector`): any LiteRT
+model with the detection outputs of LiteRT's ``TFLite_Detection_PostProcess`` (boxes,
+classes, scores, count: the form of the TF Object Detection API's TFLite exports, Coral's and
+Frigate's models), with its class names, labeling the classes the operator chooses. An SSD
+graph of the Object Detection API with more classes than a person goes through
+:class:`DetectorArtifact` like the packaged one. A teacher labels objects in its
+:attr:`~Teacher.classes`, and the teacher task's classes are those and ``other moving
+object`` (:func:`task_classes`); the packaged detector's are ``wire.TEACHER_CLASSES``.
+
 **A cheap second opinion**: :class:`HogPeople`, OpenCV's HOG people detector (2-7 ms a crop
 against the teacher's 18 ms).
 
@@ -33,8 +42,9 @@ against the teacher's 18 ms).
 before anything in it is read, like every deployment.
 
 **When a label counts** (:class:`TrackVotes`): as in Frigate's rule for its classifier, only
-when several views of one track agree: ``views`` of them all at ``min_score`` or more
-(``person``), or all under ``max_other`` (``other moving object``).
+when several views of one track agree: ``views`` of them all naming one class at
+``min_score`` or more (``person``, with the packaged detector), or all under ``max_other``
+for every class (``other moving object``).
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import cv2
 import numpy as np
@@ -63,6 +73,7 @@ Image = npt.NDArray[np.uint8]
 TEACHER_KIND: Final = wire.TEACHER_KIND  # a wire.Model's kind, and its topic's slot
 PERSON: Final = wire.TEACHER_CLASSES[0]
 OTHER: Final = wire.TEACHER_CLASSES[1]
+DETECTIONS_FORMAT: Final = "tflite-detections"  # a DetectionsArtifact's, in its facts
 CONTEXT: Final = 0.25  # of the box's width and height, on each side (teacher_view)
 PAD_GREY: Final = 128
 
@@ -71,13 +82,54 @@ class TeacherError(ValueError):
     """A teacher artifact that cannot run: it says why."""
 
 
+def task_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """The teacher task's classes for a teacher that labels ``classes``: those, then
+    ``other moving object`` (what moves and is none of them)."""
+    return (*classes, OTHER)
+
+
+def read_class_names(text: str) -> tuple[str, ...]:
+    """Class names, one a line, as detectors ship them (``labelmap.txt``, ``coco.names``):
+    blank lines are skipped; a line ``N name`` or ``N: name`` names class N (a gap, for
+    class ids that were never used, becomes ``???``), a plain line the next class."""
+    named: dict[int, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        head, _, rest = line.replace(":", " ", 1).partition(" ")
+        if head.isdigit() and rest.strip():
+            named[int(head)] = rest.strip()
+        else:
+            named[len(named) and max(named) + 1] = line
+    if not named:
+        raise TeacherError("no class names")
+    return tuple(named.get(i, "???") for i in range(max(named) + 1))
+
+
+class Teacher(Protocol):
+    """What the gateway's teacher stage needs of a detector."""
+
+    name: str  # its labels' source is ``teacher:<name>``
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The classes it labels (the teacher task's, without ``other moving object``)."""
+        ...
+
+    def scores(self, view: Image) -> npt.NDArray[np.float32]:
+        """Its best score for each of :attr:`classes` anywhere in ``view`` (0: none)."""
+        ...
+
+
 @dataclass(frozen=True)
 class DetectorArtifact:
     """An SSD detector for the edge: the network as a LiteRT flatbuffer (float input
     ``(1, size, size, 3)`` RGB scaled ``x * input_scale + input_offset``; outputs box
     encodings ``(1, N, 4)`` as ty, tx, th, tw and class logits ``(1, N, classes)``), its
     ``anchors`` ``(N, 4)`` (ymin, xmin, ymax, xmax, normalised), the box coder's
-    ``box_scales`` (y, x, h, w), and the class that counts as a person."""
+    ``box_scales`` (y, x, h, w), and the columns it labels (``labeled``: the packaged
+    detector's person)."""
 
     flatbuffer: bytes
     anchors: npt.NDArray[np.float32]
@@ -86,7 +138,7 @@ class DetectorArtifact:
     input_scale: float
     input_offset: float
     class_names: tuple[str, ...]  # the logits' columns; column 0 is the background
-    person_class: int
+    labeled: tuple[int, ...]  # the columns whose classes it labels, in the task's order
     nms_iou: float
     source: str  # where the weights came from, e.g. the package and the graph's sha256
 
@@ -98,7 +150,7 @@ class DetectorArtifact:
             "input_scale": self.input_scale,
             "input_offset": self.input_offset,
             "class_names": list(self.class_names),
-            "person_class": self.person_class,
+            "labeled": list(self.labeled),
             "nms_iou": self.nms_iou,
             "source": self.source,
         }
@@ -126,7 +178,8 @@ class DetectorArtifact:
                 input_scale=float(facts["input_scale"]),
                 input_offset=float(facts["input_offset"]),
                 class_names=tuple(str(name) for name in facts["class_names"]),
-                person_class=int(facts["person_class"]),
+                # "person_class": an artifact cached before a teacher could label more
+                labeled=tuple(int(c) for c in facts.get("labeled", [facts.get("person_class")])),
                 nms_iou=float(facts["nms_iou"]),
                 source=str(facts["source"]),
             )
@@ -136,25 +189,111 @@ class DetectorArtifact:
             raise TeacherError(f"anchors of shape {artifact.anchors.shape}, not (N, 4)")
         if len(artifact.box_scales) != 4:
             raise TeacherError("box_scales needs y, x, h and w")
-        if not 0 < artifact.person_class < len(artifact.class_names):
-            raise TeacherError(f"person class {artifact.person_class} of {artifact.class_names}")
+        columns = len(artifact.class_names)
+        if not artifact.labeled or not all(0 < c < columns for c in artifact.labeled):
+            raise TeacherError(f"labeled columns {artifact.labeled} of {artifact.class_names}")
         return artifact
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.class_names[c] for c in self.labeled)
+
+
+@dataclass(frozen=True)
+class DetectionsArtifact:
+    """A user's own detector for the edge: a LiteRT flatbuffer with one image input
+    ``(1, H, W, 3)`` RGB (uint8 as it is, or float scaled ``x * input_scale +
+    input_offset``) and the four outputs of LiteRT's detection postprocess: boxes ``(1, N,
+    4)`` (ymin, xmin, ymax, xmax, normalised), class ids ``(1, N)``, scores ``(1, N)`` and
+    the count ``(1,)``. ``class_names`` names the class ids (id ``i``: ``class_names[i]``);
+    ``labeled`` are the ids it labels, in the task's order."""
+
+    flatbuffer: bytes
+    class_names: tuple[str, ...]
+    labeled: tuple[int, ...]
+    input_scale: float = 1 / 127.5  # for a float input: the TF Object Detection API's
+    input_offset: float = -1.0
+    source: str = ""
+
+    def to_bytes(self) -> bytes:
+        facts = {
+            "format": DETECTIONS_FORMAT,
+            "class_names": list(self.class_names),
+            "labeled": list(self.labeled),
+            "input_scale": self.input_scale,
+            "input_offset": self.input_offset,
+            "source": self.source,
+        }
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            flatbuffer=np.frombuffer(self.flatbuffer, np.uint8),
+            facts=np.frombuffer(json.dumps(facts).encode(), np.uint8),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DetectionsArtifact:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                flatbuffer = archive["flatbuffer"].tobytes()
+                facts = json.loads(archive["facts"].tobytes())
+            if facts.get("format") != DETECTIONS_FORMAT:
+                raise ValueError(f"format {facts.get('format')!r}, not {DETECTIONS_FORMAT}")
+            artifact = cls(
+                flatbuffer=flatbuffer,
+                class_names=tuple(str(name) for name in facts["class_names"]),
+                labeled=tuple(int(c) for c in facts["labeled"]),
+                input_scale=float(facts["input_scale"]),
+                input_offset=float(facts["input_offset"]),
+                source=str(facts["source"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise TeacherError(f"not a detector artifact: {exc}") from exc
+        if not artifact.labeled or not all(
+            0 <= c < len(artifact.class_names) for c in artifact.labeled
+        ):
+            raise TeacherError(f"labeled ids {artifact.labeled} of {artifact.class_names}")
+        return artifact
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.class_names[c] for c in self.labeled)
+
+
+def artifact_from_bytes(data: bytes) -> DetectorArtifact | DetectionsArtifact:
+    """Whichever kind of detector artifact ``data`` is (:class:`TeacherError` if neither)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            detections = json.loads(archive["facts"].tobytes()).get("format") == DETECTIONS_FORMAT
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        raise TeacherError(f"not a detector artifact: {exc}") from exc
+    if detections:
+        return DetectionsArtifact.from_bytes(data)
+    return DetectorArtifact.from_bytes(data)
 
 
 def sign_teacher(
-    artifact: DetectorArtifact, private_key: Ed25519PrivateKey, name: str = "teacher-person"
+    artifact: DetectorArtifact | DetectionsArtifact,
+    private_key: Ed25519PrivateKey,
+    name: str = "teacher-person",
 ) -> wire.Model:
     """The signed deployment of ``artifact``; its version names its bytes (``t`` and the
     start of their sha256), so the same teacher pushed twice is one version."""
     data = artifact.to_bytes()
-    metadata = {"source": artifact.source, "class_names": list(artifact.class_names)}
+    metadata = {
+        "source": artifact.source,
+        "class_names": list(artifact.class_names),
+        "classes": list(task_classes(artifact.classes)),  # the teacher task's
+    }
     return signing.sign_model(
         private_key,
         name=name,
         version="t" + hashlib.sha256(data).hexdigest()[:12],
         kind=TEACHER_KIND,
         split_k=0,
-        input_shape=(artifact.input_size, artifact.input_size, 3),
+        # a user's detector (DetectionsArtifact) reads its own size out of its flatbuffer
+        input_shape=(size, size, 3) if (size := getattr(artifact, "input_size", 0)) else (),
         metadata_json=json.dumps(metadata, separators=(",", ":")),
         artifact=data,
     )
@@ -162,13 +301,15 @@ def sign_teacher(
 
 def load_teacher(
     model: wire.Model, trusted: Ed25519PublicKey, *, num_threads: int = 1
-) -> SsdDetector:
+) -> SsdDetector | TfliteDetector:
     """Verify ``model`` (:class:`edgelearn.signing.ModelRejected`), then load its detector
     (:class:`TeacherError`): nothing from an unverified artifact is parsed."""
     signing.verify_model(model, trusted)
     if model.kind != TEACHER_KIND:
         raise TeacherError(f"{model.name} {model.version} is a {model.kind!r}, not a teacher")
-    artifact = DetectorArtifact.from_bytes(model.artifact)
+    artifact = artifact_from_bytes(model.artifact)
+    if isinstance(artifact, DetectionsArtifact):
+        return TfliteDetector(artifact, num_threads=num_threads, name=model.name)
     return SsdDetector(artifact, num_threads=num_threads, name=model.name)
 
 
@@ -176,6 +317,23 @@ def load_teacher(
 class Detection:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in the image's pixels
     score: float
+    label: int = 0  # which of the detector's ``classes``
+
+
+def _interpreter(flatbuffer: bytes, num_threads: int) -> Interpreter:
+    try:
+        interpreter = Interpreter(model_content=flatbuffer, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise TeacherError(f"LiteRT cannot load the detector: {exc}") from exc
+    return interpreter
+
+
+def _best_per_class(found: Sequence[Detection], classes: int) -> npt.NDArray[np.float32]:
+    best = np.zeros(classes, np.float32)
+    for detection in found:
+        best[detection.label] = max(best[detection.label], detection.score)
+    return best
 
 
 class SsdDetector:
@@ -186,13 +344,7 @@ class SsdDetector:
     ) -> None:
         self.artifact = artifact
         self.name = name  # its labels' source is ``teacher:<name>``
-        try:
-            self._interpreter = Interpreter(
-                model_content=artifact.flatbuffer, num_threads=num_threads
-            )
-            self._interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise TeacherError(f"LiteRT cannot load the detector: {exc}") from exc
+        self._interpreter = _interpreter(artifact.flatbuffer, num_threads)
         (entry,) = self._interpreter.get_input_details()
         size = artifact.input_size
         if tuple(entry["shape"]) != (1, size, size, 3) or entry["dtype"] != np.float32:
@@ -211,8 +363,13 @@ class SsdDetector:
             )
         self._boxes, self._logits = by_width[4], by_width[classes]
 
-    def person_scores(self, image: Image) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
-        """Every anchor's person score and its box (normalised ymin, xmin, ymax, xmax)."""
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.artifact.classes
+
+    def class_scores(self, image: Image) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+        """Every anchor's score for each labeled class ``(N, classes)``, and its box
+        (normalised ymin, xmin, ymax, xmax)."""
         artifact = self.artifact
         size = artifact.input_size
         if image.shape[:2] != (size, size):
@@ -223,34 +380,154 @@ class SsdDetector:
         self._interpreter.invoke()
         encodings = self._interpreter.get_tensor(self._boxes).reshape(-1, 4)
         logits = self._interpreter.get_tensor(self._logits).reshape(len(encodings), -1)
-        scores = 1.0 / (1.0 + np.exp(-logits[:, artifact.person_class]))
+        scores = 1.0 / (1.0 + np.exp(-logits[:, list(artifact.labeled)]))
         return scores.astype(np.float32), _decode(encodings, artifact.anchors, artifact.box_scales)
 
     def detect(self, image: Image, min_score: float = 0.5) -> list[Detection]:
-        """People in a BGR ``image``, best first, boxes in its pixels (the TF graph's
-        postprocessor: suppression on unclipped boxes, then clipped to the image)."""
-        scores, boxes = self.person_scores(image)
-        chosen = np.flatnonzero(scores >= min_score)
-        y0, x0, y1, x1 = boxes[chosen].T
-        xywh = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).tolist()
-        # OpenCV's greedy suppression, best first: the same boxes as the TF graph's.
-        kept = np.asarray(
-            cv2.dnn.NMSBoxes(xywh, scores[chosen].tolist(), 0.0, self.artifact.nms_iou), np.int64
-        ).reshape(-1)
+        """Objects of its classes in a BGR ``image``, best first, boxes in its pixels (the
+        TF graph's postprocessor: suppression per class on unclipped boxes, then clipped to
+        the image)."""
+        scores, boxes = self.class_scores(image)
         height, width = image.shape[:2]
         found = []
-        for index in chosen[kept]:
-            y0, x0, y1, x1 = np.clip(boxes[index], 0.0, 1.0)
-            if y1 > y0 and x1 > x0:
-                box = (float(x0 * width), float(y0 * height), float(x1 * width), float(y1 * height))
-                found.append(Detection(box, float(scores[index])))
-        return found
+        for label in range(scores.shape[1]):
+            chosen = np.flatnonzero(scores[:, label] >= min_score)
+            y0, x0, y1, x1 = boxes[chosen].T
+            xywh = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).tolist()
+            # OpenCV's greedy suppression, best first: the same boxes as the TF graph's.
+            kept = np.asarray(
+                cv2.dnn.NMSBoxes(xywh, scores[chosen, label].tolist(), 0.0, self.artifact.nms_iou),
+                np.int64,
+            ).reshape(-1)
+            for index in chosen[kept]:
+                y0, x0, y1, x1 = np.clip(boxes[index], 0.0, 1.0)
+                if y1 > y0 and x1 > x0:
+                    box = (
+                        float(x0 * width),
+                        float(y0 * height),
+                        float(x1 * width),
+                        float(y1 * height),
+                    )
+                    found.append(Detection(box, float(scores[index, label]), label))
+        return sorted(found, key=lambda d: -d.score)
+
+    def scores(self, view: Image) -> npt.NDArray[np.float32]:
+        return _best_per_class(self.detect(view, min_score=0.05), len(self.classes))
 
     def score(self, view: Image) -> float:
-        """How sure the detector is that ``view`` (:func:`teacher_view`) shows a person:
-        its best detection's score, 0 with none."""
-        found = self.detect(view, min_score=0.05)
-        return found[0].score if found else 0.0
+        """How sure the detector is that ``view`` (:func:`teacher_view`) shows one of its
+        classes: its best detection's score, 0 with none."""
+        return float(self.scores(view).max(initial=0.0))
+
+
+class TfliteDetector:
+    """Runs a :class:`DetectionsArtifact` on BGR images (one call at a time)."""
+
+    def __init__(
+        self, artifact: DetectionsArtifact, *, num_threads: int = 1, name: str = "teacher"
+    ) -> None:
+        self.artifact = artifact
+        self.name = name
+        self._interpreter = _interpreter(artifact.flatbuffer, num_threads)
+        inputs = self._interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise TeacherError(f"a detector has one image input, not {len(inputs)}")
+        (entry,) = inputs
+        shape = tuple(int(v) for v in entry["shape"])
+        if (
+            len(shape) != 4
+            or shape[0] != 1
+            or shape[3] != 3
+            or entry["dtype"]
+            not in (
+                np.uint8,
+                np.float32,
+            )
+        ):
+            raise TeacherError(
+                f"detector input {shape} {entry['dtype']}: not (1, H, W, 3) uint8 or float32"
+            )
+        self._input, self._size = entry["index"], (shape[2], shape[1])
+        self._float = entry["dtype"] == np.float32
+        self._boxes, self._classes, self._scores, self._count = _detection_outputs(
+            self._interpreter.get_output_details()
+        )
+        self._ids = {class_id: label for label, class_id in enumerate(artifact.labeled)}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.artifact.classes
+
+    def detect(self, image: Image, min_score: float = 0.5) -> list[Detection]:
+        """Objects of its labeled classes in a BGR ``image``, best first, in its pixels."""
+        rgb = np.asarray(cv2.resize(image, self._size), np.uint8)[:, :, ::-1]
+        if self._float:
+            artifact = self.artifact
+            tensor: npt.NDArray[Any] = rgb.astype(np.float32) * np.float32(
+                artifact.input_scale
+            ) + np.float32(artifact.input_offset)
+        else:
+            tensor = np.ascontiguousarray(rgb)
+        self._interpreter.set_tensor(self._input, tensor[None])
+        self._interpreter.invoke()
+        get = self._interpreter.get_tensor
+        boxes = get(self._boxes).reshape(-1, 4)
+        class_ids = get(self._classes).reshape(-1)
+        scores = get(self._scores).reshape(-1)
+        count = min(int(get(self._count).reshape(-1)[0]), len(scores))
+        height, width = image.shape[:2]
+        found = []
+        for box, class_id, score in zip(
+            boxes[:count], class_ids[:count], scores[:count], strict=True
+        ):
+            label = self._ids.get(round(float(class_id)))
+            if label is None or not score >= min_score:
+                continue
+            y0, x0, y1, x1 = np.clip(box, 0.0, 1.0)
+            if y1 > y0 and x1 > x0:
+                pixels = (
+                    float(x0 * width),
+                    float(y0 * height),
+                    float(x1 * width),
+                    float(y1 * height),
+                )
+                found.append(Detection(pixels, float(score), label))
+        return sorted(found, key=lambda d: -d.score)
+
+    def scores(self, view: Image) -> npt.NDArray[np.float32]:
+        return _best_per_class(self.detect(view, min_score=0.05), len(self.classes))
+
+    def score(self, view: Image) -> float:
+        return float(self.scores(view).max(initial=0.0))
+
+
+def _detection_outputs(outputs: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+    """The boxes', class ids', scores' and count's tensors among a detector's outputs: by
+    their names where they say (``detection_classes``, ``TFLite_Detection_PostProcess:1``),
+    otherwise in the postprocess op's order (boxes, classes, scores, count)."""
+    shapes = [tuple(int(v) for v in out["shape"]) for out in outputs]
+    boxes = [i for i, shape in enumerate(shapes) if len(shape) == 3 and shape[-1] == 4]
+    counts = [i for i, shape in enumerate(shapes) if int(np.prod(shape)) == 1]
+    pairs = [i for i, shape in enumerate(shapes) if len(shape) == 2 and i not in counts]
+    if len(outputs) != 4 or len(boxes) != 1 or len(counts) != 1 or len(pairs) != 2:
+        raise TeacherError(
+            f"detector outputs {shapes}: not boxes (1, N, 4), classes (1, N), scores (1, N) "
+            "and a count (1,), the outputs of LiteRT's detection postprocess"
+        )
+
+    def says(index: int, *words: str) -> bool:
+        name = str(outputs[index]["name"]).lower()
+        return any(word in name for word in words)
+
+    classes, scores = pairs
+    if says(scores, "class", ":1") and says(classes, "score", ":2"):
+        classes, scores = scores, classes
+    return (
+        outputs[boxes[0]]["index"],
+        outputs[classes]["index"],
+        outputs[scores]["index"],
+        outputs[counts[0]]["index"],
+    )
 
 
 def _decode(
@@ -314,20 +591,22 @@ class HogPeople:
 
 @dataclass
 class _Votes:
-    scores: list[float] = field(default_factory=list)
+    scores: list[npt.NDArray[np.float32]] = field(default_factory=list)  # per view, per class
     seconds: list[bool | None] = field(default_factory=list)  # a second opinion per view
-    label: str | None = None
+    label: int | None = None  # a class of the task (task_classes)
 
 
 class TrackVotes:
-    """Labels that count: one per track once ``views`` views agree. A track's label is
-    ``person`` when its last ``views`` scores are all at least ``min_score``, ``other
-    moving object`` when they are all under ``max_other``; until then (or if the views
-    disagree) it has none. At most ``max_tracks`` tracks are remembered (oldest first out).
+    """Labels that count: one per track once ``views`` views agree. A track's label is one
+    of the teacher's ``classes`` when its last ``views`` views all score that class highest,
+    at ``min_score`` or more; ``other moving object`` when they all score every class under
+    ``max_other``; until then (or if the views disagree) it has none. At most
+    ``max_tracks`` tracks are remembered (oldest first out).
 
     A second opinion (``second``: did a second detector, such as :class:`HogPeople`, find a
     person in the same view?) can only veto: ``person`` then also needs it to have found one
-    in at least one of the views, ``other moving object`` needs it to have found none."""
+    in at least one of the views, ``other moving object`` needs it to have found none. It
+    has no say on other classes."""
 
     def __init__(
         self,
@@ -335,19 +614,31 @@ class TrackVotes:
         min_score: float = 0.8,
         max_other: float = 0.2,
         max_tracks: int = 4096,
+        classes: Sequence[str] = (PERSON,),
     ) -> None:
         if views < 1 or not 0 <= max_other < min_score <= 1:
             raise ValueError("need views >= 1 and 0 <= max_other < min_score <= 1")
+        if not classes or OTHER in classes:
+            raise ValueError(f"classes {list(classes)}: at least one, and not {OTHER!r}")
         self.views, self.min_score, self.max_other = views, min_score, max_other
         self.max_tracks = max_tracks
+        self.classes = tuple(classes)
+        self.task = task_classes(self.classes)
         self._tracks: OrderedDict[tuple[str, int], _Votes] = OrderedDict()
         self._lock = threading.Lock()  # the teacher adds, the worker thread asks
 
     def add(
-        self, camera_id: str, track: int, score: float, second: bool | None = None
+        self,
+        camera_id: str,
+        track: int,
+        scores: float | Sequence[float] | npt.NDArray[np.float32],
+        second: bool | None = None,
     ) -> str | None:
-        """Count one view's score (and a second opinion on it); the track's label if its
-        views now agree."""
+        """Count one view's scores, one per class (a number: the only class's), and a
+        second opinion on it; the track's label if its views now agree."""
+        view = np.atleast_1d(np.asarray(scores, np.float32))
+        if view.shape != (len(self.classes),):
+            raise ValueError(f"{view.shape[0]} scores for {len(self.classes)} classes")
         key = (camera_id, track)
         with self._lock:
             votes = self._tracks.setdefault(key, _Votes())
@@ -355,30 +646,38 @@ class TrackVotes:
             while len(self._tracks) > self.max_tracks:
                 self._tracks.popitem(last=False)
             keep = self.views - 1
-            votes.scores = [*(votes.scores[-keep:] if keep else []), score]
+            votes.scores = [*(votes.scores[-keep:] if keep else []), view]
             votes.seconds = [*(votes.seconds[-keep:] if keep else []), second]
             if len(votes.scores) == self.views:
-                opinions = [s for s in votes.seconds if s is not None]
-                if min(votes.scores) >= self.min_score and (not opinions or any(opinions)):
-                    votes.label = PERSON
-                elif max(votes.scores) < self.max_other and not any(opinions):
-                    votes.label = OTHER
-            return votes.label
+                votes.label = self._agreed(votes)
+            return None if votes.label is None else self.task[votes.label]
+
+    def _agreed(self, votes: _Votes) -> int | None:
+        table = np.stack(votes.scores)  # (views, classes)
+        opinions = [s for s in votes.seconds if s is not None]
+        best = table.argmax(axis=1)
+        label = int(best[0])
+        vetoed = self.classes[label] == PERSON and opinions and not any(opinions)
+        if (best == label).all() and table[:, label].min() >= self.min_score and not vetoed:
+            return label
+        if table.max() < self.max_other and not any(opinions):
+            return len(self.classes)  # other moving object
+        return votes.label  # a label that counted stays
 
     def label(self, camera_id: str, track: int) -> str | None:
         with self._lock:
             votes = self._tracks.get((camera_id, track))
-            return None if votes is None else votes.label
+            return None if votes is None or votes.label is None else self.task[votes.label]
 
     def labeled(self, camera_id: str, track: int) -> tuple[int, float] | None:
-        """The track's label as a class of the teacher task (``wire.TEACHER_CLASSES``) and
-        how sure its agreeing views were (their mean score for ``person``, one minus it for
-        ``other``); None until they agree."""
+        """The track's label as a class of the teacher task (:attr:`task`) and how sure its
+        agreeing views were (their mean score for a class, one minus the mean of their best
+        for ``other``); None until they agree."""
         with self._lock:
             votes = self._tracks.get((camera_id, track))
             if votes is None or votes.label is None:
                 return None
-            mean = sum(votes.scores) / len(votes.scores)
-            if votes.label == PERSON:
-                return 0, mean
-            return 1, 1.0 - mean
+            table = np.stack(votes.scores)
+            if votes.label < len(self.classes):
+                return votes.label, float(table[:, votes.label].mean())
+            return votes.label, 1.0 - float(table.max(axis=1).mean())

@@ -31,7 +31,7 @@ from edgelearn import signing, wire
 from edgelearn.artifacts import ArtifactError, LoadedDeployment, load_deployment, measure_latency
 from edgelearn.modes import Mode, ModeError
 from edgelearn.secrets import Secrets, default_secrets_dir
-from edgelearn.teacher import TEACHER_KIND, SsdDetector, TeacherError, load_teacher
+from edgelearn.teacher import TEACHER_KIND, Teacher, TeacherError, load_teacher
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import FramePipeline
@@ -59,7 +59,7 @@ class ModelSlot:
         )
         self._extract_seconds: dict[str, float] = {}  # by mode, as its text form
         self._plan_version = -1
-        self.teacher: SsdDetector | None = None
+        self.teacher: Teacher | None = None
         self.teacher_version: str | None = None
 
     @property

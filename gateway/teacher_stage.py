@@ -8,7 +8,7 @@ detector's 17), and weaker (18 of 20 pinned people, 0 false).
 Where it sits::
 
     worker thread: FramePipeline.process -> Forward (objects sent) --offer--> [a small queue]
-    teacher thread: colour decode at 1/2 -> teacher_view -> SsdDetector.score -> TrackVotes
+    teacher thread: colour decode at 1/2 -> teacher_view -> Teacher.scores -> TrackVotes
 
 The worker never waits for it: an offer that finds the queue full is dropped and counted
 (``busy``). The teacher looks at a track at most ``views`` times, ``spacing`` frames apart
@@ -53,7 +53,7 @@ import numpy as np
 
 from edgelearn import roi, wire
 from edgelearn.preprocess import HD_720P
-from edgelearn.teacher import HogPeople, SsdDetector, TeacherError, TrackVotes, teacher_view
+from edgelearn.teacher import HogPeople, Teacher, TeacherError, TrackVotes, teacher_view
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class TeacherStage:
 
     def __init__(
         self,
-        teacher: Callable[[], SsdDetector | None],
+        teacher: Callable[[], Teacher | None],
         settings: TeacherSettings | None = None,
         *,
         on_look: Callable[[str, float], None] = lambda camera, seconds: None,
@@ -124,7 +124,7 @@ class TeacherStage:
         return self.votes.label(camera_id, track)
 
     def label_tracks(self, camera_id: str, tracks: tuple[int, ...]) -> dict[str, Any] | None:
-        """The teacher's labels of a camera's tracks (classes of ``wire.TEACHER_CLASSES``)
+        """The teacher's labels of a camera's tracks (classes of its task, ``votes.task``)
         as a Feature's ``labels``, ``label_scores`` and ``label_source``; None without a
         teacher or while none of them is labeled."""
         teacher = self._teacher()
@@ -263,6 +263,9 @@ class TeacherStage:
             teacher = self._teacher()
             if teacher is None:
                 continue
+            if teacher.classes != self.votes.classes:  # a teacher of other classes was pushed
+                log.info("teacher: %s labels %s", teacher.name, ", ".join(teacher.classes))
+                self.votes = TrackVotes(views=settings.views, classes=teacher.classes)
             started = time.thread_time()
             try:
                 scores = self._score(teacher, look)
@@ -281,8 +284,8 @@ class TeacherStage:
                     self._on_label(look.camera_id, label)
             time.sleep(spent * (1 - settings.budget) / settings.budget)  # the budget
 
-    def _score(self, teacher: SsdDetector, look: _Look) -> list[tuple[int, float, bool | None]]:
-        """Each object's view: the teacher's score, and the second opinion's (None: off)."""
+    def _score(self, teacher: Teacher, look: _Look) -> list[tuple[int, Any, bool | None]]:
+        """Each object's view: the teacher's scores, and the second opinion (None: off)."""
         decoded = cv2.imdecode(np.frombuffer(look.jpeg, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
         if decoded is None:
             raise TeacherError(f"{len(look.jpeg)} bytes are not a JPEG OpenCV reads")
@@ -295,5 +298,5 @@ class TeacherStage:
             box = (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
             view = teacher_view(image, box)
             second = None if self._hog is None else self._hog.score(view) > 0
-            scores.append((item.track, teacher.score(view), second))
+            scores.append((item.track, teacher.scores(view), second))
         return scores

@@ -44,6 +44,7 @@ from typing import Any
 from cameras.config import CameraConfig
 from cameras.sources import STREAM_SCHEMES
 from cloud.config import CloudConfig, LearnConfig, PlanConfig
+from cloud.models.teacher import TeacherSpec
 from edgelearn import config as config_module
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
@@ -252,6 +253,8 @@ class StackSettings:
     learn: bool = True  # the cloud's continuous trainer
     grow: bool = True  # the cloud's later model generations, in the background
     learn_every: int | None = None  # its trigger in labeled objects; None: the cloud's default
+    # the gateways' teacher (cloud.models.teacher.TeacherSpec): None, the packaged one
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
     feature_store: Path | None = None  # default: <run_dir>/features
     workers: int = 1
     # The gateways' own settings beyond what the stack decides (their id, site, broker,
@@ -555,6 +558,9 @@ def _start_cloud(
         feature_store=str(store),
         dataset=settings.dataset,
         grow=settings.grow,
+        teacher_model=str(settings.teacher.model or ""),
+        teacher_labels=str(settings.teacher.labels or ""),
+        teacher_classes=settings.teacher.classes,
         plan=PlanConfig(enabled=settings.plans),
         learn=LearnConfig(enabled=settings.learn, every=settings.learn_every),
     )

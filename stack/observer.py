@@ -109,13 +109,13 @@ class Agreement:
     label: int = 0  # the teacher's: which class the agreement is about
 
 
-def answer_name(answer: int) -> str:
-    """A teacher-task answer's name; ``labeled-set class`` for one that is not the
-    teacher's (it names nothing here, and must never happen)."""
+def answer_name(answer: int, classes: tuple[str, ...] = wire.TEACHER_CLASSES) -> str:
+    """A teacher-task answer's name among its ``classes``; ``labeled-set class`` for one
+    that is not the teacher's (it names nothing here, and must never happen)."""
     if answer == wire.UNKNOWN:
         return "unknown"
-    if 0 <= answer < len(wire.TEACHER_CLASSES):
-        return wire.TEACHER_CLASSES[answer]
+    if 0 <= answer < len(classes):
+        return classes[answer]
     return "labeled-set class"
 
 
@@ -129,9 +129,11 @@ class ResultsObserver:
         clock: Callable[[], float] = time.monotonic,
         *,
         site: str = wire.ANY_SITE,
+        teacher_classes: tuple[str, ...] = wire.TEACHER_CLASSES,
     ) -> None:
         self.config = config
         self.site = site
+        self.teacher_classes = teacher_classes  # the teacher task's, as the cloud pushed it
         self._clock = clock
         self._lock = threading.Lock()
         self._scored: list[Scored] = []
@@ -192,7 +194,7 @@ class ResultsObserver:
     def _taught(self, result: wire.Result, now: float) -> None:
         answers = self._answers.setdefault(result.camera_id, {})
         for answer in result.classes or (result.predicted,):
-            name = answer_name(answer)
+            name = answer_name(answer, self.teacher_classes)
             answers[name] = answers.get(name, 0) + 1
         for track, label, answer in zip(result.tracks, result.labels, result.classes, strict=True):
             key = (result.camera_id, track)
@@ -222,7 +224,7 @@ class ResultsObserver:
                 # street's tracks, and on none of its other moving objects
                 "agreement_by_label": {
                     name: _agreement([a for a in mine if a.label == index]).as_dict()
-                    for index, name in enumerate(wire.TEACHER_CLASSES)
+                    for index, name in enumerate(self.teacher_classes)
                 },
             }
         return report

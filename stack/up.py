@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloud.models.errors import ExportError
+from cloud.models.teacher import TeacherSpec
 from cloud.registry import Registry
 from edgelearn import wire
 from edgelearn.config import ConfigError
@@ -371,6 +373,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="train the first model generation only, not the bigger ones in the background",
     )
     parser.add_argument(
+        "--teacher-model",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the gateways' teacher for cameras without labels: your own detector instead of "
+        "the packaged person detector (a .tflite with the outputs of LiteRT's detection "
+        "postprocess, or a TF Object Detection API SSD graph, .pb)",
+    )
+    parser.add_argument(
+        "--teacher-labels",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="its class names by class id: one a line, or 'N name' lines (labelmap.txt)",
+    )
+    parser.add_argument(
+        "--teacher-classes",
+        default="",
+        metavar="A,B",
+        help="the classes it labels (default: every named class); what else moves is "
+        "'other moving object'",
+    )
+    parser.add_argument(
         "--uplink-kbps",
         type=float,
         default=defaults.uplink_kbps,
@@ -505,6 +530,12 @@ def _settings(args: argparse.Namespace) -> StackSettings:
     if dataset.path is not None:
         dataset.load()  # an unusable folder fails now, in one line, before anything starts
     try:
+        classes = tuple(name.strip() for name in args.teacher_classes.split(",") if name.strip())
+        teacher = TeacherSpec(args.teacher_model, args.teacher_labels, classes)
+        teacher.task()  # unreadable labels, or a class they do not name: fails now
+    except (ValueError, ExportError) as exc:
+        raise ConfigError(f"teacher: {exc}") from exc
+    try:
         return StackSettings(
             run_dir=args.run_dir,
             secrets=args.secrets,
@@ -520,6 +551,7 @@ def _settings(args: argparse.Namespace) -> StackSettings:
             dataset=str(dataset),
             learn=args.learn,
             grow=args.grow,
+            teacher=teacher,
             workers=args.workers,
             sites=args.sites,
             consumers=args.consumers,
@@ -541,7 +573,8 @@ def _run(args: argparse.Namespace, stop: _StopRequest, summary: dict[str, Any]) 
     settings = _settings(args)
     registry = Registry(registry_dir(settings.registry))
     task = parse_dataset(settings.dataset).task
-    with launch(settings) as stack, ResultsObserver(stack.observer_config()) as observer:
+    observer_config = functools.partial(ResultsObserver, teacher_classes=settings.teacher.task())
+    with launch(settings) as stack, observer_config(stack.observer_config()) as observer:
         print("\nedgelearn stack is up:", flush=True)
         for key, value in stack.info().items():
             print(f"  {key:<13} {value}")

@@ -5,6 +5,8 @@ runs, a flag given beside it wins, and a key no setting has is refused by its na
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import re
 import signal
@@ -17,6 +19,7 @@ import pytest
 
 from cloud import cli
 from cloud.config import CloudConfig, LearnConfig, PlanConfig
+from cloud.models.errors import ExportError
 from edgelearn import config as config_module
 from edgelearn import wire
 from edgelearn.metrics import fetch
@@ -133,6 +136,19 @@ def test_the_service_is_built_from_the_config(broker: BrokerUnderTest, tmp_path:
     assert settings.plan is not None and settings.plan.hold_seconds == 3.0
     assert settings.trainer is not None and settings.trainer.every == 300  # quick's
     assert not settings.keep_features and settings.feature_store is not None
+    assert settings.teacher_spec.task() == wire.TEACHER_CLASSES  # the packaged detector's
+    labels = tmp_path / "labelmap.txt"
+    labels.write_text("0 person\n1 bicycle\n2 car\n")
+    own = cli.settings(
+        _parsed(
+            "--secrets", str(broker.secrets_dir), "--teacher-model", str(tmp_path / "d.tflite"),
+            "--teacher-labels", str(labels), "--teacher-classes", "car,person",
+        )
+    )  # fmt: skip
+    assert own.service_settings().teacher_spec.task() == ("car", "person", "other moving object")
+    unnamed = dataclasses.replace(own, teacher_classes=("truck",))
+    with pytest.raises(ExportError, match=r"\['truck'\] are not in"):
+        unnamed.service_settings()  # read when the service is built, before it starts
     learning_off = CloudConfig(secrets=broker.secrets_dir, learn=LearnConfig(enabled=False))
     assert learning_off.service_settings().trainer is None
     assert learning_off.service_settings().plan is None
@@ -157,8 +173,21 @@ def test_a_key_no_setting_has_is_refused_by_its_name_in_one_line_and_exit_2(
         ("[cloud.learn]\nevery = 0\n", "learn: every 0"),
         ("[cloud.plan]\nlatency_bound = 0\n", "plan: latency_bound 0.0"),
         ('[cloud]\ndataset = "imagenet"\n', "dataset: unknown data set 'imagenet'"),
+        ('[cloud]\nteacher_model = "yolo.onnx"\n', "ONNX is not taken"),
+        ('[cloud]\nteacher_model = "d.tflite"\n', "needs its class names"),
+        ('[cloud]\nteacher_classes = ["car"]\n', "belong to a teacher model file"),
     ],
-    ids=["split_ks", "site", "budget", "learn.every", "plan.latency_bound", "dataset"],
+    ids=[
+        "split_ks",
+        "site",
+        "budget",
+        "learn.every",
+        "plan.latency_bound",
+        "dataset",
+        "teacher_model",
+        "teacher_labels",
+        "teacher_classes",
+    ],
 )
 def test_a_setting_that_cannot_be_is_refused_before_anything_starts(
     tmp_path: Path, table: str, words: str
@@ -246,3 +275,21 @@ def test_model_push_teacher_publishes_a_signed_teacher_the_gateways_can_verify(
         "--graph", str(not_a_graph), timeout=180, env=_environment(),
     )  # fmt: skip
     assert_role_error(refused, "model", "not a TensorFlow graph")
+    # A user's own detector, with its label map: the gateways get it signed, as it is.
+    from tests.support.detectors import tflite_person_detector
+
+    detector, labels = tflite_person_detector(tmp_path)
+    result = run_role(
+        "model", "push-teacher", "--broker", address, "--site", site, "--secrets", secrets,
+        "--model", str(detector), "--labels", str(labels), "--classes", "person",
+        timeout=180, env=_environment(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pushed teacher teacher-detector t" in result.stdout
+    assert result.stdout.rstrip().endswith("labeling person")
+    wait_for(lambda: len(gateway.payloads()) == 2, 30, "the user's teacher")
+    model = wire.decode_as(gateway.payloads()[1], wire.Model)
+    loaded = load_teacher(model, trusted)
+    assert loaded.classes == ("person",) and loaded.name == "teacher-detector"
+    assert loaded.artifact.source.startswith("detector.tflite sha256")
+    assert json.loads(model.metadata_json)["classes"] == ["person", "other moving object"]

@@ -185,7 +185,18 @@ def test_teacher_labels_train_a_student_that_is_promoted_served_and_scored(
         # The data set's trainer never sees a teacher's label.
         versions = [e.version for e in registry.lineage(source.features.entry)]
         assert service.store.count("pca", versions)[0] == 0
-        assert service.store.count("pca", versions, task=wire.TASK_TEACHER)[0] >= 420
+        taught = service.store.count("pca", versions, task=SOURCE)[0]
+        assert taught >= 420
+        # Another teacher's label (a gateway still running the detector a user replaced) is
+        # kept under its own source: its class numbers are not this student's.
+        other = dataclasses.replace(
+            source.feature(10**6 + 1, source.features.values[0], 1), label_source="teacher:old"
+        )
+        before = len(results.payloads())
+        _publish(gateway, site, [(1, other)])
+        wait_for(lambda: len(results.payloads()) > before, 30, "the other teacher's answer")
+        assert service.store.count("pca", versions, task="teacher:old")[0] == 1
+        assert service.store.count("pca", versions, task=SOURCE)[0] == taught
     # A restarted cloud serves the same student.
     kept = StudentBoard(registry_copy / "students").serving("pca")
     assert kept is not None and kept.version == run.version

@@ -18,11 +18,15 @@ from edgelearn import teacher, wire
 from edgelearn.teacher import (
     OTHER,
     PERSON,
+    DetectionsArtifact,
     DetectorArtifact,
     HogPeople,
     SsdDetector,
     TeacherError,
+    TfliteDetector,
     TrackVotes,
+    artifact_from_bytes,
+    read_class_names,
     teacher_view,
 )
 
@@ -164,7 +168,7 @@ def test_a_detector_artifact_travels_as_bytes_and_a_broken_one_is_refused() -> N
         input_scale=2 / 255,
         input_offset=-1.0,
         class_names=("background", "person"),
-        person_class=1,
+        labeled=(1,),
         nms_iou=0.6,
         source="a test",
     )
@@ -208,6 +212,104 @@ def test_a_label_counts_once_several_views_of_the_track_agree() -> None:
         TrackVotes(min_score=0.2, max_other=0.5)
 
 
+def test_a_label_of_a_teacher_with_several_classes_needs_its_views_to_name_one() -> None:
+    votes = TrackVotes(views=2, min_score=0.8, max_other=0.2, classes=("person", "car"))
+    assert votes.task == ("person", "car", OTHER)
+    assert [votes.add("cam", 1, s) for s in ((0.1, 0.9), (0.05, 0.85))][-1] == "car"
+    assert votes.labeled("cam", 1) == (1, pytest.approx(0.875))
+    assert [votes.add("cam", 2, s) for s in ((0.9, 0.1), (0.1, 0.9))][-1] is None  # disagree
+    assert [votes.add("cam", 3, s) for s in ((0.1, 0.15), (0.0, 0.1))][-1] == OTHER
+    assert votes.labeled("cam", 3) == (2, pytest.approx(1 - 0.125))
+    # HOG's second opinion speaks to a person only: a car is not vetoed for it
+    assert [votes.add("cam", 4, (0.0, 0.9), False) for _ in range(2)][-1] == "car"
+    assert [votes.add("cam", 5, (0.9, 0.0), False) for _ in range(2)][-1] is None
+    with pytest.raises(ValueError, match="2 classes"):
+        votes.add("cam", 6, 0.9)
+    with pytest.raises(ValueError, match="other moving object"):
+        TrackVotes(classes=("person", OTHER))
+
+
+def test_class_names_are_read_the_way_detectors_ship_them() -> None:
+    assert read_class_names("person\nbicycle\n\ncar\n") == ("person", "bicycle", "car")
+    # Coral's and the Object Detection API's label maps number their classes, with gaps
+    assert read_class_names("0  person\n1  bicycle\n3  motorcycle\n") == (
+        "person", "bicycle", "???", "motorcycle",
+    )  # fmt: skip
+    assert read_class_names("1: person\n2: traffic light\n") == ("???", "person", "traffic light")
+    with pytest.raises(TeacherError, match="no class names"):
+        read_class_names("\n  \n")
+
+
+@pytest.fixture(scope="module")
+def user_detector(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A user's own LiteRT detector with its label map (made here: tests.support.detectors)."""
+    from tests.support.detectors import tflite_person_detector
+
+    return tflite_person_detector(tmp_path_factory.mktemp("detector"))
+
+
+@pytest.mark.training
+def test_a_users_tflite_detector_is_a_teacher_that_finds_the_people_and_no_one_else(
+    user_detector: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from cloud.models.teacher import TeacherSpec, convert_teacher
+
+    model, labels = user_detector
+    artifact = convert_teacher(TeacherSpec(model, labels))
+    assert isinstance(artifact, DetectionsArtifact) and artifact.classes == ("person",)
+    again = artifact_from_bytes(artifact.to_bytes())  # as it travels to a gateway
+    assert isinstance(again, DetectionsArtifact) and again.flatbuffer == model.read_bytes()
+    detector = TfliteDetector(again)
+    people = [detector.score(view) for view in _views(PEOPLE)]
+    empty = [detector.score(view) for view in _views(EMPTY_WALKWAY)]
+    # The same network as the packaged teacher: the same 20 of 20 people, 0 of 20 empty spots.
+    assert sum(score >= 0.5 for score in people) == len(PEOPLE), people
+    assert max(empty) < 0.5, empty
+    # A file the gateways could not use is refused by the cloud, with why.
+    not_a_detector = tmp_path / "classifier.tflite"
+    not_a_detector.write_bytes(b"TFL3 but not really")
+    with pytest.raises(ExportError, match="does not run as a detector"):
+        convert_teacher(TeacherSpec(not_a_detector, labels))
+    with pytest.raises(ExportError, match=r"\['car'\] are not in"):
+        convert_teacher(TeacherSpec(model, labels, ("car",)))
+    with pytest.raises(ValueError, match="ONNX is not taken"):
+        TeacherSpec(tmp_path / "yolo.onnx", labels)
+    with pytest.raises(ValueError, match="needs its class names"):
+        TeacherSpec(model)
+
+
+@pytest.mark.training
+def test_a_users_detector_labels_the_people_of_the_video_in_the_teacher_stage(
+    user_detector: tuple[Path, Path],
+) -> None:
+    from cloud.models.teacher import TeacherSpec, convert_teacher
+    from gateway.teacher_stage import TeacherSettings
+
+    artifact = convert_teacher(TeacherSpec(*user_detector))
+    assert isinstance(artifact, DetectionsArtifact)
+    settings = TeacherSettings(budget=0.5, views=3, spacing=5, queue_depth=64)
+    _label_the_video(TfliteDetector(artifact, name="teacher-detector"), settings)
+
+
+@pytest.mark.training
+def test_an_object_detection_api_graph_labels_the_classes_its_label_map_names(
+    tmp_path: Path,
+) -> None:
+    from cloud.models.teacher import TeacherSpec, packaged_graph, person_teacher
+
+    labels = tmp_path / "labelmap.txt"
+    labels.write_text("1 pedestrian\n")  # the API's label maps start at 1
+    graph = tmp_path / "walkway.pb"
+    graph.write_bytes(packaged_graph().read_bytes())
+    spec = TeacherSpec(graph, labels)
+    artifact = person_teacher(graph, spec)
+    assert artifact.classes == ("pedestrian",) and spec.task() == ("pedestrian", OTHER)
+    assert spec.name == "teacher-walkway" and artifact.source.startswith("walkway.pb sha256")
+    labels.write_text("person\ncar\n")  # two classes for a graph that scores one
+    with pytest.raises(ExportError, match="scores 1 classes"):
+        person_teacher(graph, TeacherSpec(graph, labels))
+
+
 @pytest.mark.training
 def test_the_teacher_stage_labels_the_people_of_the_video_within_its_budget(
     detector: SsdDetector,
@@ -217,7 +319,7 @@ def test_the_teacher_stage_labels_the_people_of_the_video_within_its_budget(
     _label_the_video(detector, TeacherSettings(budget=0.5, views=3, spacing=5, queue_depth=64))
 
 
-def _label_the_video(detector: SsdDetector, settings: Any) -> list[str]:
+def _label_the_video(detector: Any, settings: Any) -> list[str]:
     """The first 160 frames of vtest.avi through a teacher stage: the labels that counted."""
     from cameras.sources import fit_to
     from edgelearn import preprocess, roi
