@@ -58,6 +58,7 @@ from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.feature_store import FeatureStore
 from cloud.grower import ModelGrower
 from cloud.metrics import CloudMetrics
+from cloud.models.errors import RegistryError
 from cloud.models.teacher import TeacherSpec
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
 from cloud.registry import ModelEntry, Registry
@@ -69,9 +70,10 @@ from edgelearn import signing, wire
 from edgelearn.config import BrokerConfig
 from edgelearn.datasets import FASHION_MNIST, DatasetSpec
 from edgelearn.metrics import MetricsServer, register_build_info, serve_metrics
-from edgelearn.modes import RAW
+from edgelearn.modes import RAW, Mode
 from edgelearn.mqtt import MqttSession
 from edgelearn.secrets import Secrets
+from edgelearn.student import Student
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,11 @@ async def push_deployments(
         for model in deployments:
             payload = wire.encode(model)
             await session.publish(topics.deployment(gateway, model), payload, qos=1, retain=True)
-            what = model.slot if model.kind == wire.TEACHER_KIND else str(model.mode)
+            what = (
+                model.slot
+                if model.kind in (wire.TEACHER_KIND, wire.STUDENT_KIND)
+                else str(model.mode)
+            )
             published[what] = published.get(what, 0) + len(payload)
     return published
 
@@ -170,6 +176,8 @@ class CloudService:
             classes=settings.teacher_spec.task(),
             source=f"teacher:{settings.teacher_spec.name}",
         )
+        if settings.push:
+            self.students.on_serving = self._push_student_from_thread
         self.consumers = [
             CloudConsumer(
                 ConsumerConfig(
@@ -234,6 +242,9 @@ class CloudService:
             )
         if settings.push and settings.teacher:
             self._tasks.create_task(self._push_teacher(), name="teacher")
+        if settings.push:  # what a restarted cloud serves, for gateways in full
+            for student in self.students.serving_students():
+                self._tasks.create_task(self._push_student(student), name="student")
         if settings.plan is not None:
             planner = Planner(
                 settings.broker,
@@ -353,6 +364,46 @@ class CloudService:
             f"pushed teacher {model.name} {model.version} ({len(model.artifact)} bytes), "
             f"labeling {', '.join(artifact.classes)}"
         )
+
+    async def _push_student(self, student: Student) -> None:
+        """Push ``student`` signed, with the serving edge half of its mode (the one the
+        gateways run), to every site's gateways: those in ``full`` answer their video
+        cameras with it. A student of an edge half no longer served is not pushed."""
+        from edgelearn.student import sign_student
+
+        try:
+            entry = self.registry.serving(Mode.parse(student.mode))
+        except RegistryError:
+            return
+        if entry.version not in student.versions:
+            return
+        key = signing.load_private_key(self.settings.secrets.signing_key)
+        model = sign_student(student, self.registry.deployment(entry.name, entry.version, key), key)
+        for site in self.settings.push_sites or (self.settings.site,):
+            try:
+                published = await push_deployments(
+                    self.settings.broker, site, [model], client_id=f"{self.settings.cloud_id}-push"
+                )
+            except Exception as exc:  # the split gateways are answered in the cloud anyway
+                log.exception("pushing student %s to %s failed", student.version, site)
+                self._announce(f"student {student.version} not pushed to {site}: {exc}")
+                return
+            for slot, size in published.items():
+                self.metrics.model_pushed_bytes.labels(slot).inc(size)
+        self._announce(
+            f"pushed student {student.mode} {student.version} ({len(model.artifact)} bytes)"
+        )
+
+    def _push_student_from_thread(self, student: Student) -> None:
+        """:meth:`_push_student`, from the student trainer's thread."""
+        if self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._push_student(student), self._loop)
+        try:
+            future.result(timeout=60)
+        except Exception as exc:  # the cloud answers on; the full gateways keep the last one
+            log.exception("pushing student %s failed", student.version)
+            self._announce(f"student {student.version} not pushed: {exc}")
 
     def _note_prior(self, mode: str, camera: str, prior: Any) -> None:
         """A camera's class mix, as the dashboards show it."""

@@ -43,16 +43,17 @@ consumers answer each newly labeled track with the replaced student too, and aft
 ``rollback_items`` tracks the paired test rolls back a promotion the replaced one beats.
 
 Students are kept beside the registry (``<registry>/students``, one ``.npz`` each and
-``serving.json``), so a restarted cloud serves its last one. They never go to the gateways:
-the gateways' teacher only needs to know whether the cloud's answers agree with it, and it
-reads that from the results (:mod:`gateway.teacher_stage`).
+``serving.json``), so a restarted cloud serves its last one. The serving student is also
+pushed to the gateways, signed with the edge half it reads (:mod:`edgelearn.student`): a
+gateway in ``full`` sends no features, so it answers its video cameras itself. Students
+train only on what gateways in a feature mode send: a site whose gateways all run ``full``
+has none to train.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -75,89 +76,11 @@ from cloud.registry import ModelEntry, Registry
 from edgelearn import codec, wire
 from edgelearn.artifacts import TensorQuantization
 from edgelearn.modes import Mode
+from edgelearn.student import Student
 
 log = logging.getLogger(__name__)
 
-THRESHOLD = 0.75  # a student's answer less sure than this is UNKNOWN (open set)
 Announce = Callable[[str], None]
-
-
-@dataclass(frozen=True, eq=False)
-class Student:
-    """A softmax layer on one edge half's output (``versions``: the registry versions of that
-    edge artifact, whose features it reads), for the teacher's classes."""
-
-    version: str
-    mode: str
-    versions: tuple[str, ...]
-    coef: npt.NDArray[np.float32]  # (classes, D)
-    intercept: npt.NDArray[np.float32]  # (classes,)
-    mean: npt.NDArray[np.float32]  # (D,): the training rows' mean, to standardise by
-    std: npt.NDArray[np.float32]
-    trained_on: frozenset[tuple[str, int]]  # (camera, track) of every row it trained on
-    classes: tuple[str, ...] = wire.TEACHER_CLASSES
-    threshold: float = THRESHOLD
-    report: dict[str, Any] = field(default_factory=dict)  # its run's judgement, as kept
-
-    def probabilities(self, values: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        """(N, classes) for N feature rows (any shape after the first axis)."""
-        rows = np.asarray(values, np.float32).reshape(len(values), -1)
-        logits = ((rows - self.mean) / self.std) @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        result: npt.NDArray[np.float32] = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-        return result
-
-    def answer(self, values: npt.NDArray[Any]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """Each row's class (``wire.UNKNOWN`` under ``threshold``) and its probability."""
-        if not len(values):
-            return (), ()
-        probabilities = self.probabilities(values)
-        best = np.argmax(probabilities, axis=1)
-        top = probabilities[np.arange(len(best)), best]
-        classes = tuple(
-            int(c) if p >= self.threshold else wire.UNKNOWN for c, p in zip(best, top, strict=True)
-        )
-        return classes, tuple(float(np.clip(p, 0.0, 1.0)) for p in top)
-
-    def to_bytes(self) -> bytes:
-        facts = {
-            "version": self.version,
-            "mode": self.mode,
-            "versions": list(self.versions),
-            "classes": list(self.classes),
-            "threshold": self.threshold,
-            "trained_on": sorted([camera, track] for camera, track in self.trained_on),
-            "report": self.report,
-        }
-        out = io.BytesIO()
-        np.savez(
-            out,
-            facts=np.frombuffer(json.dumps(facts).encode(), np.uint8),
-            coef=self.coef,
-            intercept=self.intercept,
-            mean=self.mean,
-            std=self.std,
-        )
-        return out.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Student:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            facts = json.loads(arrays["facts"].tobytes())
-            return cls(
-                version=str(facts["version"]),
-                mode=str(facts["mode"]),
-                versions=tuple(facts["versions"]),
-                coef=arrays["coef"].astype(np.float32),
-                intercept=arrays["intercept"].astype(np.float32),
-                mean=arrays["mean"].astype(np.float32),
-                std=arrays["std"].astype(np.float32),
-                trained_on=frozenset((str(c), int(t)) for c, t in facts["trained_on"]),
-                classes=tuple(facts["classes"]),
-                threshold=float(facts["threshold"]),
-                report=dict(facts.get("report") or {}),
-            )
 
 
 # --- fitting -------------------------------------------------------------------------------
@@ -262,6 +185,9 @@ class StudentBoard:
         self.window = window
         # the teacher the cloud pushes: its task's classes, and its labels' source
         self.classes, self.source = classes, source
+        # called with the student that serves a mode from now on (a promotion, a rollback),
+        # outside the lock: the service pushes it to the gateways in ``full``
+        self.on_serving: Callable[[Student], None] = lambda student: None
         self._serving: dict[str, Student] = {}
         self._watch: dict[str, _Watch] = {}
         self._agreement: dict[str, collections.deque[bool]] = {}
@@ -295,6 +221,11 @@ class StudentBoard:
         staged.write_text(json.dumps({m: s.version for m, s in sorted(self._serving.items())}))
         os.replace(staged, pointer)
 
+    def serving_students(self) -> list[Student]:
+        """The serving student of each mode, of the current teacher's classes."""
+        with self._lock:
+            return [s for s in self._serving.values() if s.classes == self.classes]
+
     def serving(self, mode: str) -> Student | None:
         with self._lock:
             return self._serving.get(mode)
@@ -327,6 +258,7 @@ class StudentBoard:
             self._watch[student.mode] = _Watch(replaced)
             self._serving[student.mode] = student
             self._save()
+        self.on_serving(student)
 
     def roll_back(self, mode: str) -> Student | None:
         """The watched promotion undone: the replaced student serves again."""
@@ -336,7 +268,8 @@ class StudentBoard:
                 return None
             self._serving[mode] = watch.replaced
             self._save()
-            return watch.replaced
+        self.on_serving(watch.replaced)
+        return watch.replaced
 
     def end_watch(self, mode: str) -> None:
         with self._lock:

@@ -62,6 +62,7 @@ MAX_DIMENSIONS: Final = 8
 MAX_MAP_ENTRIES: Final = 1024
 MAX_ACK_ENTRIES: Final = 1024
 TEACHER_KIND: Final = "teacher"  # a Model that serves no mode: the gateway's teacher
+STUDENT_KIND: Final = "student"  # ... nor this: the teacher task's student, for ``full``
 # Tasks: what names a camera's objects. A labeled camera's are the data set's classes; an
 # unlabeled one's (a video, a real camera) are the teacher's, whatever the models learned.
 TASK_DATASET: Final = "dataset"
@@ -632,13 +633,13 @@ class Model(Envelope):
 
     @property
     def mode(self) -> Mode:
-        """The gateway mode this deployment serves (a teacher serves none)."""
+        """The gateway mode this deployment serves (a teacher or a student serves none)."""
         return Mode.of(self.kind, self.split_k)
 
     @property
     def slot(self) -> str:
-        """Its retained topic's last level: the mode's slot, or ``teacher``."""
-        return TEACHER_KIND if self.kind == TEACHER_KIND else self.mode.slot
+        """Its retained topic's last level: the mode's slot, ``teacher`` or ``student``."""
+        return self.kind if self.kind in (TEACHER_KIND, STUDENT_KIND) else self.mode.slot
 
     def signed_bytes(self) -> bytes:
         """The bytes the signature covers: everything except the signature and artifact

@@ -31,6 +31,7 @@ from edgelearn import signing, wire
 from edgelearn.artifacts import ArtifactError, LoadedDeployment, load_deployment, measure_latency
 from edgelearn.modes import Mode, ModeError
 from edgelearn.secrets import Secrets, default_secrets_dir
+from edgelearn.student import STUDENT_KIND, StudentError, load_student
 from edgelearn.teacher import TEACHER_KIND, Teacher, TeacherError, load_teacher
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -84,6 +85,8 @@ class ModelSlot:
         """Verify, load (in a thread) and swap in ``model``; False if it was refused."""
         if model.kind == TEACHER_KIND:
             return await self._load_teacher(model)
+        if model.kind == STUDENT_KIND:
+            return await self._load_student(model)
         try:
             deployment = await asyncio.to_thread(load_deployment, model, self.trusted_key)
         except (signing.ModelRejected, ArtifactError) as exc:
@@ -119,6 +122,25 @@ class ModelSlot:
         self._metrics.model_swaps.labels(TEACHER_KIND).inc()
         self._metrics.set_model(TEACHER_KIND, model.version)
         log.info("loaded teacher %s %s (%s)", model.name, model.version, teacher.artifact.source)
+        return True
+
+    async def _load_student(self, model: wire.Model) -> bool:
+        """The teacher task's student for ``full``: it answers the objects of cameras the
+        teacher names (the pipeline swaps it in at the next frame)."""
+        current = self.pipeline.student
+        if current is not None and current.version == model.version:
+            return True
+        try:
+            student = await asyncio.to_thread(load_student, model, self.trusted_key)
+        except (signing.ModelRejected, StudentError) as exc:
+            self._metrics.models_rejected.labels(getattr(exc, "reason", "bad_artifact")).inc()
+            log.warning("refused student %s %s (%s)", model.name, model.version, exc)
+            return False
+        self.pipeline.student = student
+        self._metrics.model_swaps.labels(STUDENT_KIND).inc()
+        self._metrics.set_model(STUDENT_KIND, model.version)
+        log.info("loaded student %s %s (reads %s %s)", model.name, model.version,
+                 student.edge.mode, student.edge.version)  # fmt: skip
         return True
 
     @staticmethod

@@ -32,6 +32,7 @@ from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import LoadedDeployment, top_classes
 from edgelearn.keyframes import KeyframeFilter, KeyframeSettings, SmallFrame
 from edgelearn.modes import FULL, RAW, Mode
+from edgelearn.student import EdgeStudent
 
 STAGES = ("decode_small", "objects", "keyframe", "decode", "extract", "encode")
 
@@ -121,6 +122,9 @@ class FramePipeline:
     # A teacher's labels of a camera's tracks as a Feature's label fields (labels, their
     # scores and source; None: none of them labeled yet): gateway.teacher_stage
     teacher_labels: Callable[[str, tuple[int, ...]], dict[str, Any] | None] | None = None
+    # full: the teacher task's student with the edge half it reads (pushed by the cloud),
+    # which answers the objects of cameras the teacher names; None: they are ``unknown``
+    student: EdgeStudent | None = None
     _filter: KeyframeFilter = field(init=False)
     _labeled_keyframes: int = 0
     _finder: roi.ObjectFinder = field(init=False)
@@ -238,13 +242,8 @@ class FramePipeline:
         boxes = tuple(item.box for item in chosen)
         labels, items = ground_truth(frame, boxes)
         sent_labels = self._labels_sent(frame, tracks, labels, items)
-        frame_size = (frame.width, frame.height)
-        size, _, channels = deployment.extractor.input_shape
         try:
-            reduction = roi.crop_reduction(boxes, size)  # a small object: a finer decode
-            decoded = preprocess.decode_reduced(frame.payload, channels, reduction)
-            mask = self._finder.object_mask(frame.camera_id, decoded, boxes)  # their squares
-            crops = [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
+            crops = self._crops(frame, boxes, deployment.extractor.input_shape)
         except preprocess.PreprocessError:
             return Dropped("undecodable")
         started = self._timed("decode", started)
@@ -255,6 +254,17 @@ class FramePipeline:
                 forward.envelope, label=None, tracks=tracks, boxes=boxes, **sent_labels
             )
             return Forward(feature, mode, wire.encode(feature), found)
+        if mode.kind == FULL and frame.task == wire.TASK_TEACHER:
+            # the data set's classes would name nothing here: the student answers, if any
+            try:
+                answers = self._student_answers(frame, boxes, crops, deployment)
+            except preprocess.PreprocessError:
+                return Dropped("undecodable")
+            started = self._timed("extract", started)
+            result = self._edge_result(
+                frame, None, deployment, objects=(tracks, boxes, (labels, items)), taught=answers
+            )
+            return Forward(result, Mode(FULL), wire.encode(result), found)
         outputs = np.stack([deployment.extractor.run(crop) for crop in crops])
         started = self._timed("extract", started)
         if mode.kind == FULL:
@@ -269,6 +279,35 @@ class FramePipeline:
         )
         self._timed("encode", started)
         return Forward(feature, mode, wire.encode(feature), found)
+
+    def _crops(
+        self, frame: wire.Frame, boxes: tuple[wire.Box, ...], shape: tuple[int, int, int]
+    ) -> list[Any]:
+        """The objects' model inputs for an extractor of input ``shape``: at the decode its
+        size needs, cut out of the background (the finder's mask)."""
+        size, _, channels = shape
+        reduction = roi.crop_reduction(boxes, size)  # a small object: a finer decode
+        decoded = preprocess.decode_reduced(frame.payload, channels, reduction)
+        mask = self._finder.object_mask(frame.camera_id, decoded, boxes)  # their squares
+        frame_size = (frame.width, frame.height)
+        return [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
+
+    def _student_answers(
+        self,
+        frame: wire.Frame,
+        boxes: tuple[wire.Box, ...],
+        crops: list[Any],
+        deployment: LoadedDeployment,
+    ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """The student's answers to a teacher camera's objects (``unknown`` without one),
+        on the crops its edge half takes: the same as a split gateway sends it."""
+        student = self.student
+        if student is None:
+            return (wire.UNKNOWN,) * len(boxes), (0.0,) * len(boxes)
+        shape = student.edge.extractor.input_shape
+        if shape != deployment.extractor.input_shape:
+            crops = self._crops(frame, boxes, shape)
+        return student.answer(np.stack(crops))
 
     def _forward_jpeg(
         self,
@@ -350,14 +389,17 @@ class FramePipeline:
         deployment: LoadedDeployment,
         held: tuple[int, int] = (0, 0),
         objects: tuple[tuple[int, ...], tuple[wire.Box, ...], Truth] | None = None,
+        taught: tuple[tuple[int, ...], tuple[float, ...]] | None = None,
     ) -> wire.Result:
         """``full``'s answer at the edge: for the whole frame (``held``: its held-back
-        counts), or per object (``objects``: tracks, boxes, the truth; ``outputs`` stacked)."""
+        counts), or per object (``objects``: tracks, boxes, the truth; ``outputs`` stacked).
+        A camera the teacher names gets ``taught`` (the student's answers) or ``unknown``."""
         count = 1 if objects is None else len(objects[0])
-        rows = deployment.extractor.output.dequantize(np.asarray(outputs)).reshape(count, -1)
-        classes, scores = top_classes(rows)
         if frame.task != wire.TASK_DATASET:  # the data set's classes would name nothing here
-            classes, scores = (wire.UNKNOWN,) * count, (0.0,) * count
+            classes, scores = taught or ((wire.UNKNOWN,) * count, (0.0,) * count)
+        else:
+            rows = deployment.extractor.output.dequantize(np.asarray(outputs)).reshape(count, -1)
+            classes, scores = top_classes(rows)
         per_object: dict[str, Any] = {}
         label = frame.label
         if objects is not None:

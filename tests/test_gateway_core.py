@@ -368,3 +368,76 @@ def test_full_mode_sends_the_crops_of_every_nth_labeled_keyframe(
     only_results.deploy(deployment)
     outcomes = [only_results.process(frame) for frame in object_frames("cam-1", 120, seed=4)]
     assert all(isinstance(o.envelope, wire.Result) for o in outcomes if isinstance(o, Forward))
+
+
+def test_in_full_a_video_is_answered_by_the_pushed_student_as_a_split_gateway_would_be(
+    secrets_dir: Path, trained_registry: Path
+) -> None:
+    """A gateway in full sends no features: the student the cloud pushed answers its video
+    cameras, on the crops a split gateway would send it (same decode, same mask)."""
+    from cloud.registry import Registry
+    from edgelearn.modes import FULL
+    from edgelearn.student import Student, load_student, sign_student
+    from tests.test_gateway_service import _video_frames
+
+    private = signing.load_private_key(secrets_dir / signing.PRIVATE_KEY_FILE)
+    public = signing.load_public_key(secrets_dir / signing.PUBLIC_KEY_FILE)
+    registry = Registry(trained_registry)
+    full = load_deployment(registry.deployment("cnn-full", None, private), public)
+    entry = registry.serving(Mode.parse("split:2"))
+    edge = registry.deployment(entry.name, entry.version, private)
+    split = load_deployment(edge, public)
+    width = split.extractor.output.elements
+    rng = np.random.default_rng(0)
+
+    def student(version: str, coef: np.ndarray, threshold: float) -> Student:
+        return Student(
+            version=version, mode="split:2", versions=(entry.version,), coef=coef,
+            intercept=np.zeros(2, np.float32), mean=np.zeros(width, np.float32),
+            std=np.ones(width, np.float32), trained_on=frozenset(), threshold=threshold,
+        )  # fmt: skip
+
+    frames = _video_frames("cam-5", 90)
+
+    def taught(pipeline: FramePipeline) -> dict[tuple[int, int], int]:
+        answers = {}
+        for frame in frames:
+            outcome = pipeline.process(frame)
+            if isinstance(outcome, Forward):
+                result = outcome.envelope
+                assert isinstance(result, wire.Result) and result.task == wire.TASK_TEACHER
+                assert result.mode == FULL and result.computed_at == wire.ComputedAt.EDGE
+                answers.update(
+                    zip(((frame.seq, t) for t in result.tracks), result.classes, strict=True)
+                )
+        return answers
+
+    def full_gateway(pushed: Student | None) -> FramePipeline:
+        pipeline = FramePipeline("gw-1", mode=Mode(FULL))
+        pipeline.deploy(full)
+        if pushed is not None:
+            pipeline.student = load_student(sign_student(pushed, edge, private), public)
+        return pipeline
+
+    # Without a student: unknown, never one of the data set's classes.
+    without = taught(full_gateway(None))
+    assert len(without) > 40 and set(without.values()) == {wire.UNKNOWN}
+    # A student whose answers depend on the features: the same answers as it gives the
+    # features a split gateway sends for the same objects.
+    coef = rng.normal(0, 1, (2, width)).astype(np.float32)
+    answered = taught(full_gateway(student("s-any", coef, threshold=0.0)))
+    splitter = FramePipeline("gw-1", mode=Mode.parse("split:2"))
+    splitter.deploy(split)
+    expected = {}
+    for frame in frames:
+        outcome = splitter.process(frame)
+        if isinstance(outcome, Forward):
+            feature = outcome.envelope
+            assert isinstance(feature, wire.Feature)
+            values = split.extractor.output.dequantize(codec.unpack_feature(feature))
+            classes, _ = student("s-any", coef, 0.0).answer(values)
+            expected.update(zip(((frame.seq, t) for t in feature.tracks), classes, strict=True))
+    assert answered == expected and {0, 1} <= set(answered.values())
+    # An unsure student leaves its objects unknown (open set), as in the cloud.
+    unsure = taught(full_gateway(student("s-unsure", np.zeros((2, width), np.float32), 0.75)))
+    assert set(unsure.values()) == {wire.UNKNOWN}

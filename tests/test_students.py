@@ -23,8 +23,10 @@ import pytest
 from cloud.registry import Registry
 from cloud.students import StudentBoard, StudentSettings, track_split
 from cloud.trainer import TrainerSettings
-from edgelearn import wire
+from edgelearn import signing, wire
 from edgelearn.modes import PCA, Mode
+from edgelearn.secrets import Secrets
+from edgelearn.student import load_student
 from tests.support.broker import BrokerUnderTest
 from tests.support.waiting import wait_for
 from tests.test_trainer import FeatureSource, _rows, _running, _sample, _settings
@@ -107,10 +109,14 @@ def test_teacher_labels_train_a_student_that_is_promoted_served_and_scored(
             TrainerSettings(every=10**6, poll_seconds=0.5, specialise=False),
         ),
         students=students,
+        push=True,  # the models and the student, for gateways in full
+        teacher=False,
     )  # fmt: skip
     gateway = mqtt_probe(GATEWAY)
     results = mqtt_probe("observer")
     results.subscribe(wire.Topics(site).all_results())
+    in_full = mqtt_probe("gw-2")  # a gateway in full: the cloud cannot answer its cameras
+    in_full.subscribe(f"{wire.Topics(site).base}/models/all/student", qos=1)
     with _running(settings) as (service, _):
         assert service.student_trainer is not None
         # Before any student: the video's objects are answered unknown, never a data set class.
@@ -136,6 +142,14 @@ def test_teacher_labels_train_a_student_that_is_promoted_served_and_scored(
         student = service.students.serving("pca")
         assert student is not None and student.version == run.version
         assert not any(track >= source.next_item for _, track in student.trained_on)
+        # ... and it is pushed, signed with the edge half it reads, for gateways in full.
+        wait_for(lambda: in_full.payloads(), 30, "the student pushed to the gateways")
+        pushed = wire.decode_as(in_full.payloads()[-1], wire.Model)
+        trusted = signing.load_public_key(Secrets(broker.secrets_dir).signing_public_key)
+        at_the_edge = load_student(pushed, trusted)
+        assert at_the_edge.version == run.version and pushed.kind == wire.STUDENT_KIND
+        assert at_the_edge.edge.version == source.features.entry.version
+        assert np.array_equal(at_the_edge.student.coef, student.coef)
         assert _sample(service, "edgelearn_cloud_student_runs_total", mode="pca",
                        outcome="promoted") == 1  # fmt: skip
         # New tracks, never trained on: the student answers in the teacher's classes, and
