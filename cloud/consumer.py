@@ -399,8 +399,14 @@ class CloudConsumer:
         if student is not None and rows is not None:
             classes, scores = student.answer(rows)
             answer.served = student.version
-        if feature.tracks:
-            self._count_agreement(feature, classes, replaced, rows)
+        if feature.tracks and self.students is not None:
+            # every row, labeled or not: a looped video's twin tracks are found by them
+            keys = (
+                self.students.same_objects(feature.camera_id, feature.tracks, rows)
+                if rows is not None
+                else [(feature.camera_id, track) for track in feature.tracks]
+            )
+            self._count_agreement(feature, classes, replaced, rows, keys)
         answer.result = _result_of(
             feature, classes, scores, per_object=bool(feature.tracks), task=wire.TASK_TEACHER
         )
@@ -412,15 +418,18 @@ class CloudConsumer:
         classes: tuple[int, ...],
         replaced: Any,
         rows: npt.NDArray[np.float32] | None,
+        keys: list[tuple[str, int]],
     ) -> None:
+        """The first answer to each teacher-labeled object (``keys``), for the agreement
+        gauge and a promotion's watch."""
         if self.students is None or feature.label_source != self.students.source:
             return  # no labels, or another teacher's (its classes are not the student's)
         other = replaced.answer(rows)[0] if replaced is not None and rows is not None else None
-        for index, (track, label) in enumerate(zip(feature.tracks, feature.labels, strict=True)):
+        for index, (key, label) in enumerate(zip(keys, feature.labels, strict=True)):
             if label is None:
                 continue
             first = self.students.record(
-                feature.mode, feature.camera_id, track, label, classes[index],
+                feature.mode, feature.camera_id, key, label, classes[index],
                 None if other is None else other[index],
             )  # fmt: skip
             if first:

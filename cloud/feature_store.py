@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgelearn import codec, wire
+from edgelearn.evidence import SameObjects
 from edgelearn.modes import RAW
 
 FILE_NAME: Final = "arrivals.sqlite"
@@ -123,12 +124,19 @@ class LabeledRows:
 
     def objects(self) -> list[tuple[str, int]]:
         """What each row is evidence of: its item (one item on two cameras is one), or,
-        where the item is not known, its object (camera, track), or, for a whole frame
-        (track -1), the row itself."""
+        where the item is not known, its object (camera, track; tracks that share a
+        bit-identical row, a looped video's, are one: :class:`edgelearn.evidence.SameObjects`),
+        or, for a whole frame (track -1), the row itself."""
+        same = SameObjects()
+        for camera, track, item, values in zip(
+            self.cameras, self.tracks, self.items, self.values, strict=True
+        ):
+            if item < 0 and track >= 0:
+                same.add(camera, int(track), [values])
         return [
             ("item", int(item))
             if item >= 0
-            else (camera, int(track))
+            else same.key(camera, int(track))
             if track >= 0
             else ("row", int(row))
             for row, camera, track, item in zip(

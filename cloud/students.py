@@ -75,6 +75,7 @@ from cloud.models.errors import RegistryError
 from cloud.registry import ModelEntry, Registry
 from edgelearn import codec, wire
 from edgelearn.artifacts import TensorQuantization
+from edgelearn.evidence import SameObjects
 from edgelearn.modes import Mode
 from edgelearn.student import Student
 
@@ -192,6 +193,7 @@ class StudentBoard:
         self._watch: dict[str, _Watch] = {}
         self._agreement: dict[str, collections.deque[bool]] = {}
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        self._same = SameObjects()
         self._lock = threading.Lock()
         if root is not None:
             self._load()
@@ -275,18 +277,29 @@ class StudentBoard:
         with self._lock:
             self._watch.pop(mode, None)
 
+    def same_objects(
+        self, camera: str, tracks: Sequence[int], rows: npt.NDArray[Any]
+    ) -> list[tuple[str, int]]:
+        """The objects a feature's tracks are (:class:`edgelearn.evidence.SameObjects`: a
+        looped video's twin tracks are one), given each track's feature row."""
+        with self._lock:
+            return [
+                self._same.add(camera, int(track), [row])
+                for track, row in zip(tracks, rows, strict=True)
+            ]
+
     def record(
         self,
         mode: str,
         camera: str,
-        track: int,
+        key: tuple[str, int],
         label: int,
         answered: int,
         replaced_answer: int | None,
     ) -> bool:
-        """A teacher-labeled object the consumers answered; only its track's first counts
-        (one track is one piece of evidence). Whether it was the track's first."""
-        key = (camera, track)
+        """A teacher-labeled object (``key``: :meth:`same_objects`) the consumers answered;
+        only its first answer counts (one object is one piece of evidence). Whether it was
+        the first."""
         with self._lock:
             if key in self._seen:
                 return False
@@ -330,7 +343,9 @@ class StudentSettings:
     every: int = 150  # new teacher-labeled objects of a mode that start a run
     window: int = 6000  # newest rows a run reads
     held_out_fraction: float = 0.25
-    min_items: int = 8  # distinct held-out tracks a run needs to judge at all
+    # distinct held-out objects a run needs to judge at all: six, all agreeing, beat unknown
+    # at p = 0.016; vtest.avi shows about 30 distinct people, a quarter of them held out
+    min_items: int = 6
     min_camera_items: int = 10
     significance: float = 0.05
     regularisation: float = 1.0  # scikit-learn's C: smaller is more regularised
@@ -344,7 +359,7 @@ class StudentRun:
     trigger: str
     outcome: str  # promoted | rejected | too_few_items | one_class
     rows: int
-    tracks: int
+    tracks: int  # distinct objects (a looped video's twin tracks are one)
     held_out_tracks: int
     judgement: dict[str, Any] | None = None
     version: str = ""
@@ -356,13 +371,13 @@ class StudentRun:
         if self.judgement is not None:
             j = self.judgement
             judged = (
-                f": {j['candidate']:.1%} vs {j['serving']:.1%} on {j['items']} held-out tracks"
+                f": {j['candidate']:.1%} vs {j['serving']:.1%} on {j['items']} held-out objects"
                 f" ({(j['gain']) * 100:+.1f} points, {j['low'] * 100:+.1f} to"
                 f" {j['high'] * 100:+.1f}, p={j['p_value']:.3g}); unknown {self.unknown:.0%}"
             )
         return (
             f"student {self.mode} {self.outcome}{' ' + self.version if self.version else ''}"
-            f" on {self.tracks} teacher-labeled tracks{judged}"
+            f" on {self.tracks} teacher-labeled objects{judged}"
         )
 
 
@@ -427,7 +442,8 @@ class StudentTrainer(BackgroundLoop):
         rows = self.store.labeled_rows(
             str(mode), versions, newest=settings.window, up_to_id=newest, task=source
         )
-        tracks = len(set(rows.objects()))
+        objects = rows.objects()  # a looped video's twin tracks are one object
+        tracks = len(set(objects))
         # What answers these features now: the serving student if it reads them (a new
         # edge half, a new generation's, makes it stale), else nothing (unknown to all).
         current = self.board.serving(str(mode))
@@ -437,12 +453,13 @@ class StudentTrainer(BackgroundLoop):
             current = None
         train, held = track_split(rows, settings.held_out_fraction)
         if current is not None:  # what the serving student trained on is no evidence
-            trained = current.trained_on
-            held = np.asarray(
-                [i for i in held if (rows.cameras[i], int(rows.tracks[i])) not in trained],
-                np.int64,
-            )
-        held_objects = [rows.objects()[i] for i in held]
+            trained = {
+                objects[i]
+                for i, key in enumerate(zip(rows.cameras, rows.tracks.tolist(), strict=True))
+                if key in current.trained_on
+            }
+            held = np.asarray([i for i in held if objects[i] not in trained], np.int64)
+        held_objects = [objects[i] for i in held]
         base = StudentRun(
             mode=str(mode), trigger=trigger, outcome="", rows=len(rows), tracks=tracks,
             held_out_tracks=len(set(held_objects)),

@@ -9,11 +9,20 @@ item's objects), not objects.
 
 Used wherever an accuracy is printed or decides something: the benchmarks, ``edgelearn up``'s
 summary, the trainers' judges. numpy only.
+
+Where no item is known (a video, a real camera: only a teacher's label), a track is the
+object, except that a replayed video shows the same pixels every time it loops: the same
+person walks by again as a new track, and its features are bit-identical to the first
+time's. :class:`SameObjects` makes such tracks one object, so a looped clip of 30 people
+is 30 pieces of evidence however long it plays, and a track seen before is not "held out"
+from a model that trained on its twin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import hashlib
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,3 +117,56 @@ def item_accuracy(
     tail = (1 - level) / 2
     low, high = np.quantile(accuracies, [tail, 1 - tail])
     return Evidence(int(hits.sum()), int(totals.sum()), count, float(low), float(high))
+
+
+Track = tuple[str, int]  # (camera, track): an object, until it is found to be another's
+
+
+class SameObjects:
+    """Which tracks are one object: those that share a bit-identical feature row (features
+    of identical pixels, a looped replay; on a live camera two tracks practically never
+    share one). Online, oldest object first: :meth:`add` a track's rows as they arrive,
+    :meth:`key` gives its object (the first track of it seen). Rows whose values are all
+    equal (an empty crop) identify nothing and are skipped. Remembers at most ``max_rows``
+    rows and tracks (oldest out). Not thread-safe."""
+
+    def __init__(self, max_rows: int = 200_000) -> None:
+        self.max_rows = max_rows
+        self._by_row: OrderedDict[bytes, Track] = OrderedDict()
+        self._parent: OrderedDict[Track, Track] = OrderedDict()
+        self._born: dict[Track, int] = {}  # first-seen order: the older object's key stays
+        self._count = 0
+
+    def _root(self, track: Track) -> Track:
+        while (parent := self._parent.get(track, track)) != track:
+            grand = self._parent.get(parent, parent)
+            self._parent[track] = grand  # halve the path
+            track = grand
+        return track
+
+    def add(self, camera: str, track: int, rows: Iterable[np.ndarray]) -> Track:
+        """Count ``rows`` (one object's feature values each) as ``track``'s; its object."""
+        me: Track = (camera, int(track))
+        if me not in self._parent:
+            self._parent[me] = me
+            self._born[me] = self._count
+            self._count += 1
+        for row in rows:
+            values = np.ascontiguousarray(row)
+            if values.size == 0 or (values == values.flat[0]).all():
+                continue
+            digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
+            seen = self._by_row.setdefault(digest, me)
+            a, b = self._root(seen), self._root(me)
+            if a != b:  # the older object absorbs the newer: its key stays
+                older, newer = sorted((a, b), key=lambda t: self._born.get(t, -1))
+                self._parent[newer] = older
+        while len(self._by_row) > self.max_rows:
+            self._by_row.popitem(last=False)
+        while len(self._parent) > self.max_rows:
+            gone, _ = self._parent.popitem(last=False)
+            self._born.pop(gone, None)
+        return self._root(me)
+
+    def key(self, camera: str, track: int) -> Track:
+        return self._root((camera, int(track)))

@@ -21,9 +21,14 @@ watches its two clouds' results apart and compares them object by object.
 A camera without labels (a video, a real camera) is answered in the teacher's classes
 (``Result.task``); its objects are not scored against a data set. For those the observer
 counts the answers by class (``person``, ``other moving object``, ``unknown``, and any
-class that is not the teacher's, which must stay 0), and, for each track the gateway's
+class that is not the teacher's, which must stay 0), and, for each object the gateway's
 teacher labeled, whether the first answer that carried its label agreed with it: the
-student-teacher agreement, one track one piece of evidence (:meth:`teacher_report`).
+student-teacher agreement, one object one piece of evidence (:meth:`teacher_report`). An
+object is a track, except that a looped video shows the same people again as new tracks:
+the observer also reads those cameras' features (``features/+``), and tracks that share a
+bit-identical feature row are one object (:class:`edgelearn.evidence.SameObjects`). A
+twin's answer comes from a student that may have trained on the first pass, so it is not
+counted again.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from edgelearn import wire
+from edgelearn import codec, wire
 from edgelearn.config import BrokerConfig
-from edgelearn.evidence import Evidence, item_accuracy
+from edgelearn.evidence import Evidence, SameObjects, item_accuracy
 
 RECENT_SECONDS = 300.0
 
@@ -107,6 +112,11 @@ class Agreement:
     track: int
     agreed: bool
     label: int = 0  # the teacher's: which class the agreement is about
+    key: tuple[str, int] = ("", -1)  # the object (its first track); default: the track
+
+    def __post_init__(self) -> None:
+        if self.key == ("", -1):
+            object.__setattr__(self, "key", (self.camera, self.track))
 
 
 def answer_name(answer: int, classes: tuple[str, ...] = wire.TEACHER_CLASSES) -> str:
@@ -141,6 +151,7 @@ class ResultsObserver:
         self._answers: dict[str, dict[str, int]] = {}
         self._agreements: list[Agreement] = []
         self._compared: set[tuple[str, int]] = set()
+        self._same = SameObjects()  # a looped video's twin tracks, from their features
         self.results = 0
         self.undecodable = 0
         self.first_at: float | None = None  # when the first result arrived (the clock's)
@@ -156,11 +167,11 @@ class ResultsObserver:
             protocol=mqtt.MQTTv5,
         )
         self.config.apply_to_paho(client)
-        topic = wire.Topics(self.site).all_results()
+        topics = wire.Topics(self.site)
 
         def on_connect(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
-            if not code.is_failure:
-                client.subscribe(topic, qos=0)  # again after every reconnect
+            if not code.is_failure:  # again after every reconnect
+                client.subscribe([(topics.all_results(), 0), (topics.all_features(), 0)])
 
         client.on_connect = on_connect
         client.on_message = lambda client, userdata, message: self.add(bytes(message.payload))
@@ -176,11 +187,17 @@ class ResultsObserver:
 
     def add(self, payload: bytes) -> None:
         try:
-            result = wire.decode_as(payload, wire.Result)
+            envelope = wire.decode(payload)
         except wire.WireError:
             with self._lock:
                 self.undecodable += 1
             return
+        if isinstance(envelope, wire.Feature):
+            self._feature(envelope)
+            return
+        if not isinstance(envelope, wire.Result):
+            return  # a gateway's status on the feature topic: not a user's concern here
+        result = envelope
         now = self._clock()
         scored = scored_objects(result, now)
         with self._lock:
@@ -191,22 +208,42 @@ class ResultsObserver:
             if result.task == wire.TASK_TEACHER:
                 self._taught(result, now)
 
+    def _feature(self, feature: wire.Feature) -> None:
+        """A teacher camera's feature: its rows tell twin tracks apart from new objects."""
+        if feature.task != wire.TASK_TEACHER or not feature.tracks:
+            return
+        if feature.codec is wire.Codec.JPEG:
+            return  # cloud-only: the frame, not a row per object
+        try:
+            rows = codec.unpack_feature(feature)
+        except codec.CodecError:
+            with self._lock:
+                self.undecodable += 1
+            return
+        if len(rows) != len(feature.tracks):
+            return
+        with self._lock:
+            for track, row in zip(feature.tracks, rows, strict=True):
+                self._same.add(feature.camera_id, track, [row])
+
     def _taught(self, result: wire.Result, now: float) -> None:
         answers = self._answers.setdefault(result.camera_id, {})
         for answer in result.classes or (result.predicted,):
             name = answer_name(answer, self.teacher_classes)
             answers[name] = answers.get(name, 0) + 1
         for track, label, answer in zip(result.tracks, result.labels, result.classes, strict=True):
-            key = (result.camera_id, track)
+            key = self._same.key(result.camera_id, track)
             if label is None or key in self._compared:
                 continue
             self._compared.add(key)
-            self._agreements.append(Agreement(now, result.camera_id, track, answer == label, label))
+            self._agreements.append(
+                Agreement(now, result.camera_id, track, answer == label, label, key)
+            )
 
     def teacher_report(self, recent_seconds: float = RECENT_SECONDS) -> dict[str, Any]:
         """Per camera the teacher names: answers by class, and the agreement of the first
-        answer to each teacher-labeled track with its label, over the run and the last
-        ``recent_seconds`` (evidence by track)."""
+        answer to each teacher-labeled object with its label, over the run and the last
+        ``recent_seconds`` (evidence by object: a looped video's twin tracks are one)."""
         with self._lock:
             answers = {camera: dict(counts) for camera, counts in self._answers.items()}
             agreements = list(self._agreements)
@@ -217,7 +254,7 @@ class ResultsObserver:
             recent = [a for a in mine if a.at >= since]
             report[camera] = {
                 "answers": answers[camera],
-                "labeled_tracks": len(mine),
+                "labeled_objects": len(mine),
                 "agreement": _agreement(mine).as_dict(),
                 f"agreement_last_{recent_seconds:.0f}s": _agreement(recent).as_dict(),
                 # per teacher class: a student that always says person agrees on most of a
@@ -270,7 +307,7 @@ def accuracies(scored: list[Scored]) -> dict[str, Any]:
 
 
 def _agreement(agreements: list[Agreement]) -> Evidence:
-    return item_accuracy([a.agreed for a in agreements], [(a.camera, a.track) for a in agreements])
+    return item_accuracy([a.agreed for a in agreements], [a.key for a in agreements])
 
 
 def evidence_of(scored: list[Scored]) -> Evidence:

@@ -191,16 +191,16 @@ def with_teacher_report(summary: dict[str, Any], report: dict[str, Any]) -> None
 
 
 def _teacher_text(taught: dict[str, Any]) -> str:
-    """``teacher: agrees 80.0% (90 tracks), last 5 min 97.0% (33 tracks), unknown 3%, CPU
-    12.3 s, rate 10%``."""
+    """``teacher: agrees 80.0% (90 objects), last 5 min 97.0% (33 objects), unknown 3%, CPU
+    12.3 s, rate 10%`` (objects: a looped video's twin tracks are one)."""
     parts = []
     if "agreement" in taught:
-        parts.append(f"agrees {_evidence(taught['agreement']).replace(' items', ' tracks')}")
+        parts.append(f"agrees {_evidence(taught['agreement']).replace(' items', ' objects')}")
         recent = next((key for key in taught if key.startswith("agreement_last_")), None)
         if recent is not None and taught[recent]["items"] != taught["agreement"]["items"]:
             minutes = int(recent.removeprefix("agreement_last_")[:-1]) // 60
-            tracks = _evidence(taught[recent]).replace(" items", " tracks")
-            parts.append(f"last {minutes} min {tracks}")
+            objects = _evidence(taught[recent]).replace(" items", " objects")
+            parts.append(f"last {minutes} min {objects}")
     answers = taught.get("answers") or {}
     if total := sum(answers.values()):
         parts.append(f"unknown {answers.get('unknown', 0) / total:.0%}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from edgelearn import wire
 from edgelearn.config import BrokerConfig
 from stack.observer import ResultsObserver, scored_objects
@@ -55,7 +57,7 @@ def test_a_teacher_cameras_answers_count_as_agreement_per_track_not_accuracy() -
     )
     assert observer.scored() == []  # none of it is a data set's accuracy
     report = observer.teacher_report(recent_seconds=300)["video-1"]
-    assert report["labeled_tracks"] == 3
+    assert report["labeled_objects"] == 3
     assert report["agreement"]["accuracy"] == round(2 / 3, 4) and report["agreement"]["items"] == 3
     assert report["agreement_last_300s"]["items"] == 2  # tracks 2 and 3 came in the last 5 min
     by_label = report["agreement_by_label"]
@@ -80,7 +82,51 @@ def test_a_teacher_cameras_answers_count_as_agreement_per_track_not_accuracy() -
     }  # fmt: skip
     with_teacher_report(summary, observer.teacher_report(recent_seconds=300))
     taught = summary["cameras"]["video-1"]["teacher"]
-    assert taught["looks"] == 9 and taught["labeled_tracks"] == 3
+    assert taught["looks"] == 9 and taught["labeled_objects"] == 3
     line = next(x for x in render_summary(summary, 60.0).splitlines() if x.startswith("video-1"))
-    assert "teacher: agrees 66.7% (3 tracks), last 5 min 50.0% (2 tracks)" in line
+    assert "teacher: agrees 66.7% (3 objects), last 5 min 50.0% (2 objects)" in line
     assert "unknown 50%, 1 labeled-set classes, CPU 1.5 s, rate 10%" in line
+
+
+def _feature(seq: int, tracks: tuple[int, ...], rows: list[list[int]]) -> bytes:
+    from edgelearn import codec
+
+    values = np.asarray(rows, np.int8)
+    return wire.encode(
+        codec.encode_array(values, scale=0.1, zero_point=0).feature(
+            camera_id="video-1",
+            seq=seq,
+            capture_ns=seq,
+            gateway_id="gw-1",
+            label=None,
+            mode="split:8",
+            model_version="v1",
+            raw_bytes=1000,
+            held_back=0,
+            held_mismatched=0,
+            tracks=tracks,
+            boxes=((0, 0, 10, 20),) * len(tracks),
+            labels=(None,) * len(tracks),
+            task=wire.TASK_TEACHER,
+        )
+    )
+
+
+def test_a_looped_videos_twin_tracks_are_one_object_of_evidence() -> None:
+    """vtest.avi replays: the same person walks by again as a new track, with bit-identical
+    features. The twin's answer comes from a student that may have learned the first pass,
+    so the observer does not count it as new evidence."""
+    observer = ResultsObserver(BrokerConfig())
+    person = 0
+    walker, other_walker = [1, 2, 3, 4], [5, 6, 7, 8]
+    observer.add(_feature(1, (1, 2), [walker, other_walker]))
+    observer.add(_result(2, (1, 2), (person, person), (person, person), wire.TASK_TEACHER))
+    # the loop: track 7 shows the first walker's pixels again (one row the same), track 8
+    # someone new; a row of one value (an empty crop) identifies nobody
+    observer.add(_feature(3, (7, 8), [[9, 9, 9, 9], [1, 1, 2, 2]]))
+    observer.add(_feature(4, (7, 8), [walker, [4, 4, 2, 1]]))
+    observer.add(_result(5, (7, 8), (person, person), (person, wire.UNKNOWN), wire.TASK_TEACHER))
+    report = observer.teacher_report()["video-1"]
+    assert report["labeled_objects"] == 3  # walker, other walker, the new one: not track 7
+    assert report["agreement"]["items"] == 3 and report["agreement"]["correct"] == 2
+    assert observer.undecodable == 0

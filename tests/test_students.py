@@ -95,6 +95,20 @@ def test_the_track_split_holds_out_each_cameras_newest_tracks_whole() -> None:
     assert train.tolist() == [0, 1, 2, 3, 4, 8, 9]
 
 
+def test_a_looped_videos_twin_tracks_are_one_object_held_out_or_trained_whole() -> None:
+    """A replayed clip shows the same walker again as a new track with bit-identical rows:
+    one object, so a twin of a trained track is never held-out evidence for it."""
+    rows = _rows(["a"] * 7, [1, 1, 2, 2, 3, 3, 4])
+    values = [[1, 2], [3, 4], [5, 6], [7, 8], [3, 4], [9, 8], [0, 0]]  # track 3: 1's twin
+    rows = dataclasses.replace(rows, values=np.asarray(values, np.int8))
+    assert rows.objects() == [("a", 1)] * 2 + [("a", 2)] * 2 + [("a", 1)] * 2 + [("a", 4)]
+    train, held = track_split(rows, 0.34)  # 3 objects: the newest one held out
+    assert held.tolist() == [6] and train.tolist() == [0, 1, 2, 3, 4, 5]
+    # a row of one value (an empty crop) makes no twins
+    blank = dataclasses.replace(rows, values=np.zeros((7, 2), np.int8))
+    assert len(set(blank.objects())) == 4
+
+
 @pytest.mark.training
 def test_teacher_labels_train_a_student_that_is_promoted_served_and_scored(
     broker: BrokerUnderTest, site: str, registry_copy: Path, tmp_path: Path, mqtt_probe: Any
