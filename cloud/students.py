@@ -128,17 +128,25 @@ def fit_student(job: StudentJob) -> StudentFit:
 def track_split(
     rows: LabeledRows, fraction: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(train, held-out) indices of ``rows``: per camera, every row of the newest
-    ``fraction`` of its tracks (ordered by their first row) is held out. A person walking
-    through the scene gives a hundred rows; holding out by row would leave a handful of
-    tracks to judge on, holding out by track keeps a quarter of them."""
+    """(train, held-out) indices of ``rows``: per camera and per label, every row of the
+    newest ``fraction`` of its objects (ordered by their first row; a looped video's twin
+    tracks are one, :meth:`LabeledRows.objects`) is held out. A person walking through the
+    scene gives a hundred rows; holding out by row would leave a handful of objects to
+    judge on, holding out by object keeps a quarter of them. Stratified by label: a class
+    with few objects (vtest.avi shows one that is not a person) is trained on first, so a
+    student knows every class the camera has shown before it is judged."""
     objects = rows.objects()
     first: dict[tuple[str, int], int] = {}
     for index, key in enumerate(objects):
         first.setdefault(key, index)
     held_keys: set[tuple[str, int]] = set()
-    for camera in sorted(set(rows.cameras)):
-        mine = sorted((i, key) for key, i in first.items() if rows.cameras[i] == camera)
+    strata = sorted({(rows.cameras[i], int(rows.labels[i])) for i in first.values()})
+    for camera, label in strata:
+        mine = sorted(
+            (i, key)
+            for key, i in first.items()
+            if rows.cameras[i] == camera and int(rows.labels[i]) == label
+        )
         count = int(len(mine) * fraction)
         held_keys.update(key for _, key in mine[len(mine) - count :] if count)
     held = [i for i, key in enumerate(objects) if key in held_keys]

@@ -93,6 +93,12 @@ def test_the_track_split_holds_out_each_cameras_newest_tracks_whole() -> None:
     train, held = track_split(rows, 0.5)
     assert held.tolist() == [5, 6, 7, 10, 11]  # a's newest two tracks, b's newest one
     assert train.tolist() == [0, 1, 2, 3, 4, 8, 9]
+    # by label too: the one "other" object (the newest) is trained on, the people split
+    labeled = dataclasses.replace(
+        _rows(["c"] * 5, [1, 2, 3, 4, 5]), labels=np.asarray([0, 0, 0, 0, 1], np.int64)
+    )
+    train, held = track_split(labeled, 0.5)
+    assert held.tolist() == [2, 3] and train.tolist() == [0, 1, 4]
 
 
 def test_a_looped_videos_twin_tracks_are_one_object_held_out_or_trained_whole() -> None:
