@@ -113,6 +113,7 @@ class Agreement:
     agreed: bool
     label: int = 0  # the teacher's: which class the agreement is about
     key: tuple[str, int] = ("", -1)  # the object (its first track); default: the track
+    answer: int = 0  # what was answered (wire.UNKNOWN: no student, or it was unsure)
 
     def __post_init__(self) -> None:
         if self.key == ("", -1):
@@ -237,7 +238,7 @@ class ResultsObserver:
                 continue
             self._compared.add(key)
             self._agreements.append(
-                Agreement(now, result.camera_id, track, answer == label, label, key)
+                Agreement(now, result.camera_id, track, answer == label, label, key, answer)
             )
 
     def teacher_report(self, recent_seconds: float = RECENT_SECONDS) -> dict[str, Any]:
@@ -256,6 +257,12 @@ class ResultsObserver:
                 "answers": answers[camera],
                 "labeled_objects": len(mine),
                 "agreement": _agreement(mine).as_dict(),
+                # the first answers a student gave (not unknown): what it knew of objects it
+                # had not trained on; the rest were first seen before there was a student
+                "agreement_answered": _agreement(
+                    [a for a in mine if a.answer != wire.UNKNOWN]
+                ).as_dict(),
+                "first_unknown": sum(a.answer == wire.UNKNOWN for a in mine),
                 f"agreement_last_{recent_seconds:.0f}s": _agreement(recent).as_dict(),
                 # per teacher class: a student that always says person agrees on most of a
                 # street's tracks, and on none of its other moving objects

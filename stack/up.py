@@ -127,7 +127,13 @@ def summarize(samples: Samples) -> dict[str, Any]:
             correct.get(mode, 0) / total_scored if total_scored else None
         )
     total_raw, total_sent = sum(raw.values()), sum(sent.values())
-    predicted = samples.by_label("edgelearn_cloud_predictions_total", "class_name")
+    # by task: a teacher's "person" and a data set's "Dress" name different things
+    predicted = samples.by_label(
+        "edgelearn_cloud_predictions_total", "class_name", task=wire.TASK_DATASET
+    )
+    taught = samples.by_label(
+        "edgelearn_cloud_predictions_total", "class_name", task=wire.TASK_TEACHER
+    )
     training = samples.total("edgelearn_cloud_generation_training")
     return {
         "models": {
@@ -150,6 +156,7 @@ def summarize(samples: Samples) -> dict[str, Any]:
         },
         # by the model's class names: a user's data set shows theirs
         "predicted": dict(sorted(predicted.items(), key=lambda item: -item[1])),
+        "predicted_teacher": dict(sorted(taught.items(), key=lambda item: -item[1])),
         "trainer": {
             "runs": int(samples.total("edgelearn_cloud_trainer_triggers_total")),
             "promotions": int(samples.total("edgelearn_cloud_trainer_promotions_total")),
@@ -191,16 +198,20 @@ def with_teacher_report(summary: dict[str, Any], report: dict[str, Any]) -> None
 
 
 def _teacher_text(taught: dict[str, Any]) -> str:
-    """``teacher: agrees 80.0% (90 objects), last 5 min 97.0% (33 objects), unknown 3%, CPU
-    12.3 s, rate 10%`` (objects: a looped video's twin tracks are one)."""
+    """``teacher: answered objects agree 100.0% (12 objects), 113 of 125 first seen before a
+    student, unknown 3%, CPU 12.3 s, rate 10%``: the first answer to each labeled object
+    (a looped video's twin tracks are one), those a student gave apart from those answered
+    ``unknown`` before there was one; the share of every answer that was ``unknown``."""
     parts = []
-    if "agreement" in taught:
+    if "agreement_answered" in taught:
+        answered = _evidence(taught["agreement_answered"]).replace(" items", " objects")
+        parts.append(f"answered objects agree {answered}")
+        if first_unknown := taught.get("first_unknown"):
+            parts.append(
+                f"{first_unknown} of {taught['labeled_objects']} first seen before a student"
+            )
+    elif "agreement" in taught:
         parts.append(f"agrees {_evidence(taught['agreement']).replace(' items', ' objects')}")
-        recent = next((key for key in taught if key.startswith("agreement_last_")), None)
-        if recent is not None and taught[recent]["items"] != taught["agreement"]["items"]:
-            minutes = int(recent.removeprefix("agreement_last_")[:-1]) // 60
-            objects = _evidence(taught[recent]).replace(" items", " objects")
-            parts.append(f"last {minutes} min {objects}")
     answers = taught.get("answers") or {}
     if total := sum(answers.values()):
         parts.append(f"unknown {answers.get('unknown', 0) / total:.0%}")
@@ -283,6 +294,11 @@ def render_summary(summary: dict[str, Any], elapsed: float, health: str = "") ->
             "classes predicted: "
             + ", ".join(f"{name} {int(n)}" for name, n in top)
             + (", ..." if len(summary["predicted"]) > len(top) else "")
+        )
+    if summary.get("predicted_teacher"):
+        lines.append(
+            "classes predicted, cameras without labels: "
+            + ", ".join(f"{name} {int(n)}" for name, n in summary["predicted_teacher"].items())
         )
     models = summary.get("models") or {}
     if models.get("generation"):

@@ -60,6 +60,7 @@ def test_a_teacher_cameras_answers_count_as_agreement_per_track_not_accuracy() -
     assert report["labeled_objects"] == 3
     assert report["agreement"]["accuracy"] == round(2 / 3, 4) and report["agreement"]["items"] == 3
     assert report["agreement_last_300s"]["items"] == 2  # tracks 2 and 3 came in the last 5 min
+    assert report["agreement_answered"]["items"] == 2 and report["first_unknown"] == 1
     by_label = report["agreement_by_label"]
     assert by_label["person"]["items"] == 2 and by_label["person"]["accuracy"] == 1.0
     assert by_label["other moving object"]["correct"] == 0
@@ -84,7 +85,8 @@ def test_a_teacher_cameras_answers_count_as_agreement_per_track_not_accuracy() -
     taught = summary["cameras"]["video-1"]["teacher"]
     assert taught["looks"] == 9 and taught["labeled_objects"] == 3
     line = next(x for x in render_summary(summary, 60.0).splitlines() if x.startswith("video-1"))
-    assert "teacher: agrees 66.7% (3 objects), last 5 min 50.0% (2 objects)" in line
+    # a student's first answers, apart from the objects first seen before there was one
+    assert "teacher: answered objects agree 100.0% (2 objects), 1 of 3 first seen before" in line
     assert "unknown 50%, 1 labeled-set classes, CPU 1.5 s, rate 10%" in line
 
 
@@ -130,3 +132,21 @@ def test_a_looped_videos_twin_tracks_are_one_object_of_evidence() -> None:
     assert report["labeled_objects"] == 3  # walker, other walker, the new one: not track 7
     assert report["agreement"]["items"] == 3 and report["agreement"]["correct"] == 2
     assert observer.undecodable == 0
+
+
+def test_the_summary_counts_predicted_classes_apart_by_task() -> None:
+    """A teacher's ``person`` and a data set's ``T-shirt/top`` are both class 0: the
+    summary names each task's classes apart, never one list mixing them."""
+    from edgelearn.metrics import Samples
+    from stack.up import summarize
+
+    name = "edgelearn_cloud_predictions_total"
+    rows = (
+        (name, {"mode": "split:8", "task": "dataset", "class_name": "Dress"}, 7.0),
+        (name, {"mode": "split:8", "task": "dataset", "class_name": "Bag"}, 3.0),
+        (name, {"mode": "split:8", "task": "teacher", "class_name": "person"}, 40.0),
+        (name, {"mode": "split:8", "task": "teacher", "class_name": "unknown"}, 5.0),
+    )
+    summary = summarize(Samples(rows))
+    assert summary["predicted"] == {"Dress": 7.0, "Bag": 3.0}
+    assert summary["predicted_teacher"] == {"person": 40.0, "unknown": 5.0}
