@@ -50,10 +50,19 @@ from cloud.students import StudentBoard
 from edgelearn import codec, preprocess, roi, wire
 from edgelearn.artifacts import top_classes
 from edgelearn.config import BrokerConfig
-from edgelearn.mqtt import MqttSession, NotConnected
+from edgelearn.mqtt import MqttSession
 from edgelearn.peer_log import PeerLog
 
 log = logging.getLogger(__name__)
+
+# How long an answer's publish may take before its capture is left unacknowledged (the
+# gateway then sends it again, and the stored answer goes out again).
+RESULT_PUBLISH_TIMEOUT = 10.0
+
+
+def _went_out(future: Any) -> bool:
+    """Whether a publish's future ended with the broker holding the message."""
+    return not future.cancelled() and future.exception() is None
 
 
 # --- results ----------------------------------------------------------------------------
@@ -282,44 +291,84 @@ class CloudConsumer:
                     self._queue.task_done()
 
     def _handle(self, batch: list[_Incoming]) -> None:
-        """Answer what the ledger has not seen, then record once (a duplicate another
-        consumer recorded meanwhile is dropped there), then score and publish what was new,
-        then acknowledge everything that will not change by trying again."""
+        """Answer what the ledger has not seen, then record it once with its answer (a
+        duplicate another consumer recorded meanwhile is dropped there), then score and
+        publish what was new. A retry of a recorded capture gets its stored answer again,
+        with no inference. A capture whose answer went out is acknowledged once the broker
+        has it (QoS 1): an answer lost on the way means no ack, so the gateway sends the
+        capture again and its answer goes out again (at least once, end to end)."""
         started = time.perf_counter()
         for item in batch:
             self.metrics.hop_seconds.labels(item.envelope.mode, "queue").observe(
                 max(0.0, started - item.received)
             )
         self.metrics.batch_size.observe(len(batch))
-        seen = self.store.known([(item.site, item.envelope) for item in batch])
-        repeats = [item for item, known in zip(batch, seen, strict=True) if known]
-        for item in repeats:  # a retry of what is recorded: no inference, acked again
+        records = self.store.recorded([(item.site, item.envelope) for item in batch])
+        now: list[_Incoming] = []  # acknowledged at once: nothing (more) to publish
+        after: list[tuple[_Incoming, Any]] = []  # acknowledged once their answer is out
+        for item, record in zip(batch, records, strict=True):
+            if record is None:
+                continue
             self.metrics.duplicates.labels(item.envelope.mode).inc()
+            if record.result is None:
+                now.append(item)
+            else:  # the same bytes again: a subscriber de-duplicates by capture
+                self.metrics.results_republished.inc()
+                after.append((item, self._publish_result(item.site, item.envelope, record.result)))
         answers = self._answer(
-            [item for item, known in zip(batch, seen, strict=True) if not known], started
+            [item for item, record in zip(batch, records, strict=True) if record is None], started
         )
         answered = [answer for answer in answers if answer.result is not None or answer.empty]
+        payloads = [None if a.result is None else wire.encode(a.result) for a in answered]
         new = self.store.record(
             [
-                Arrival(a.incoming.site, a.incoming.envelope, a.incoming.size, a.values)
-                for a in answered
+                Arrival(a.incoming.site, a.incoming.envelope, a.incoming.size, a.values, payload)
+                for a, payload in zip(answered, payloads, strict=True)
             ]
         )
-        for answer, is_new in zip(answered, new, strict=True):
+        published: set[int] = set()
+        for answer, payload, is_new in zip(answered, payloads, new, strict=True):
             envelope = answer.incoming.envelope
-            if not is_new:
+            if not is_new:  # another consumer recorded it first: its answer is that one's
                 self.metrics.duplicates.labels(envelope.mode).inc()
                 continue
             if isinstance(envelope, wire.Feature):
                 self.metrics.raw_equivalent_bytes.labels(envelope.mode).inc(
                     envelope.raw_bytes * (1 + envelope.held_back)
                 )
-            if answer.result is None:  # nothing in view: every capture is answered or this
+            if answer.result is None or payload is None:  # nothing in view: acked as is
                 self.metrics.frames_without_objects.labels(envelope.mode).inc()
                 continue
-            self._emit(answer.incoming.site, answer.result, answer.served, answer.made)
-        self._acknowledge(repeats + [answer.incoming for answer in answers if answer.final])
+            future = self._emit(
+                answer.incoming.site, answer.result, payload, answer.served, answer.made
+            )
+            after.append((answer.incoming, future))
+            published.add(id(answer))
+        now += [a.incoming for a in answers if a.final and id(a) not in published]
+        self._acknowledge(now)
+        self._acknowledge_when_out(after)
         self._run_shadows()
+
+    def _acknowledge_when_out(self, pending: list[tuple[_Incoming, Any]]) -> None:
+        """Acknowledge each capture once its answer's publish is confirmed, in one batch
+        when the last of them settles; one whose answer did not go out stays unacked."""
+        if not pending:
+            return
+        left = [len(pending)]
+        lock = threading.Lock()
+
+        def settled(_: Any) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            out = [item for item, future in pending if _went_out(future)]
+            if len(out) < len(pending):
+                self.metrics.dropped.labels("result_not_published").inc(len(pending) - len(out))
+            self._acknowledge(out)
+
+        for _, future in pending:
+            future.add_done_callback(settled)
 
     def _run_shadows(self) -> None:
         """The replaced models answer what the promoted ones did, after the results are out
@@ -562,9 +611,12 @@ class CloudConsumer:
             for box in feature.boxes
         ]
 
-    def _emit(self, site: str, result: wire.Result, served: str, made: float) -> None:
-        """Score ``result`` and publish it; ``made`` (``time.perf_counter()``) is when it
-        was made (an edge result: when its batch started), for the publish hop."""
+    def _emit(
+        self, site: str, result: wire.Result, payload: bytes, served: str, made: float
+    ) -> Any:
+        """Score ``result`` and publish it (``payload``: its bytes, as recorded); ``made``
+        (``time.perf_counter()``) is when it was made (an edge result: when its batch
+        started), for the publish hop. The publish's future."""
         mode = result.mode
         computed_at = result.computed_at.name.lower()
         self.metrics.results.labels(mode, computed_at).inc()
@@ -613,10 +665,17 @@ class CloudConsumer:
             accuracy = self.scoreboard.accuracy(result.camera_id, mode)
             if accuracy is not None:
                 self.metrics.accuracy.labels(result.camera_id, mode).set(accuracy)
-        # QoS 0: a result is news, not a record (the ack is the record).
-        topics = wire.Topics(self.config.results_site or site)
-        future = self._publish(topics.result(result.camera_id), wire.encode(result), 0)
+        future = self._publish_result(site, result, payload)
         future.add_done_callback(functools.partial(self._published, mode, made))
+        return future
+
+    def _publish_result(self, site: str, capture: Any, payload: bytes) -> Any:
+        """Publish an answer at QoS 1 on the results topic of ``capture``'s camera; the
+        future is done when the broker has it (or it failed, or timed out)."""
+        topics = wire.Topics(self.config.results_site or site)
+        return self._publish(
+            topics.result(capture.camera_id), payload, 1, timeout=RESULT_PUBLISH_TIMEOUT
+        )
 
     def _acknowledge(self, handled: list[_Incoming]) -> None:
         """One Ack per (site, gateway) for everything handled for good, new or not."""
@@ -631,16 +690,15 @@ class CloudConsumer:
                 future.add_done_callback(self._acked)
             self.metrics.acked.inc(len(envelopes))
 
-    def _publish(self, topic: str, payload: bytes, qos: int) -> Any:
+    def _publish(self, topic: str, payload: bytes, qos: int, timeout: float | None = None) -> Any:
         assert self._loop is not None and self._session is not None
+        publish = self._session.publish(topic, payload, qos=qos, wait_for_connection=1.0)
         return asyncio.run_coroutine_threadsafe(
-            self._session.publish(topic, payload, qos=qos, wait_for_connection=1.0), self._loop
+            publish if timeout is None else asyncio.wait_for(publish, timeout), self._loop
         )
 
     def _published(self, mode: str, made: float, future: Any) -> None:
-        if future.cancelled() or isinstance(future.exception(), NotConnected):
-            self.metrics.dropped.labels("result_not_published").inc()
-        else:
+        if _went_out(future):
             self.metrics.hop_seconds.labels(mode, "publish").observe(time.perf_counter() - made)
             self.results_published += 1
 

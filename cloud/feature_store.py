@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS arrivals (
     gateway TEXT NOT NULL,
     mode TEXT NOT NULL,
     arrived REAL NOT NULL,
+    result BLOB,
     PRIMARY KEY (site, camera, seq, capture_ns)
 );
 CREATE INDEX IF NOT EXISTS arrivals_arrived ON arrivals (arrived);
@@ -92,6 +93,15 @@ class Arrival:
     envelope: wire.Feature | wire.Result
     wire_bytes: int
     values: npt.NDArray[np.generic] | None = None  # a feature's decoded array (None: raw)
+    result: bytes | None = None  # its answer as published (None: nothing to answer)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A capture the ledger has: the answer published for it (None: it had none, or it
+    was recorded before answers were kept), to publish again when it is sent again."""
+
+    result: bytes | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,7 +214,12 @@ class FeatureStore:
         """A file from before objects (one feature row per frame, no ``track``): its rows
         move to the new table as whole-frame rows (track -1), in one transaction. A file
         from before items or box heights gets the column (-1: not known), one from before
-        tasks gets ``task`` (every row then was the data set's)."""
+        tasks gets ``task`` (every row then was the data set's). A ledger from before
+        answers were kept gets ``result`` (NULL: none kept)."""
+        arrivals = [row[1] for row in self._db.execute("PRAGMA table_info(arrivals)")]
+        if arrivals and "result" not in arrivals:
+            with self._db:
+                self._db.execute("ALTER TABLE arrivals ADD COLUMN result BLOB")
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(features)")]
         if "track" in columns:
             with self._db:
@@ -243,13 +258,14 @@ class FeatureStore:
                     envelope = arrival.envelope
                     cursor = self._db.execute(
                         "INSERT OR IGNORE INTO arrivals (site, camera, seq, capture_ns,"
-                        " gateway, mode, arrived) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        " gateway, mode, arrived, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             arrival.site,
                             *wire.capture_of(envelope),
                             envelope.gateway_id,
                             envelope.mode,
                             now,
+                            arrival.result,
                         ),
                     )
                     is_new = cursor.rowcount == 1
@@ -269,16 +285,23 @@ class FeatureStore:
     def known(self, arrivals: Sequence[tuple[str, wire.Feature | wire.Result]]) -> list[bool]:
         """Which (site, envelope) captures are already recorded: their retries need no
         answer (``record`` still decides, for a race between consumers)."""
+        return [found is not None for found in self.recorded(arrivals)]
+
+    def recorded(
+        self, arrivals: Sequence[tuple[str, wire.Feature | wire.Result]]
+    ) -> list[Recorded | None]:
+        """Each (site, envelope) capture's record (None: not recorded yet), with the answer
+        published for it: a retry gets the same answer again, never a second inference."""
         with self._lock:
-            return [
+            rows = [
                 self._db.execute(
-                    "SELECT 1 FROM arrivals WHERE site = ? AND camera = ? AND seq = ?"
+                    "SELECT result FROM arrivals WHERE site = ? AND camera = ? AND seq = ?"
                     " AND capture_ns = ?",
                     (site, *wire.capture_of(envelope)),
                 ).fetchone()
-                is not None
                 for site, envelope in arrivals
             ]
+        return [None if row is None else Recorded(row[0]) for row in rows]
 
     def _keep(self, arrival: Arrival, feature: wire.Feature) -> None:
         """A labeled feature as training rows: one per labeled object (its slice of the

@@ -116,6 +116,12 @@ class CloudMetrics:
             ["reason"],
             registry=registry,
         )
+        self.results_republished = Counter(
+            "edgelearn_cloud_results_republished",
+            "Stored answers published again: a retry of a capture the ledger has (the answer "
+            "went out before, or not: a subscriber de-duplicates by camera, seq, capture_ns)",
+            registry=registry,
+        )
         self.duplicates = Counter(
             "edgelearn_cloud_duplicates",
             "Features (or edge results) that had arrived before: acknowledged, not counted",

@@ -1077,10 +1077,15 @@ def cloud_detail() -> dict[str, Any]:
                 Query(
                     f"sum(rate(edgelearn_cloud_ack_failures_total[{RATE}]))", "acks not published"
                 ),
+                Query(
+                    f"sum(rate(edgelearn_cloud_results_republished_total[{RATE}]))",
+                    "answers published again",
+                ),
             ],
-            "Captures acknowledged to the gateways (each leaves its outbox), retries that "
-            "had arrived before (acknowledged again, never answered or counted twice), and "
-            "acks that could not be published (the gateway sends again).",
+            "Captures acknowledged to the gateways (each leaves its outbox, once its answer "
+            "is at the broker), retries that had arrived before (acknowledged again, never "
+            "answered or counted twice; their stored answer is published again), and acks "
+            "that could not be published (the gateway sends again).",
             min=0,
         ),
         Panel(
