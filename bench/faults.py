@@ -12,8 +12,13 @@ full (``RLIMIT_FSIZE`` on the workers: every write fails), garbage and oversize 
 camera's credential, tampered models.
 
 **Counting, not assuming.** An observer on each edge broker records every feature a gateway
-published (QoS 1, a persistent session, so it survives the broker's restart); the cloud's
-de-duplication ledger (``arrivals.sqlite``) says what the cloud recorded. For each fault, the
+published and every result that came back to the site (QoS 1, a persistent session, so it
+survives the broker's restart); the cloud's de-duplication ledger (``arrivals.sqlite``) says
+what the cloud recorded, and which captures it answered (the stored answer). A capture the
+ledger answered whose result the observer never saw is a *result lost*; one it saw twice or
+more, a result repeated (at least once allows it; a subscriber drops it by capture).
+*Copies per feature* is what the gateways sent (first sends and re-sends) over what they
+produced. For each fault, the
 features *captured* from its start until ``observe`` seconds after the part is back must all
 be in the ledger within ``settle`` seconds: what is not is *lost*. *Duplicated* is what the
 cloud received more than once and ignored (its counter, kept across its restarts); a retry
@@ -161,6 +166,7 @@ class EdgeWatch:
     def __init__(self, config: BrokerConfig, site: str) -> None:
         self.site = site
         self.seen: Counter[Key] = Counter()
+        self.results: Counter[Key] = Counter()  # results that came back to the site
         self.models: dict[str, bytes] = {}
         self.lock = threading.Lock()
         client = mqtt.Client(
@@ -173,7 +179,13 @@ class EdgeWatch:
         topics = wire.Topics(site)
 
         def on_connect(client: Any, userdata: Any, flags: Any, code: Any, props: Any) -> None:
-            client.subscribe([(topics.all_features(), 1), (f"{topics.base}/models/#", 1)])
+            client.subscribe(
+                [
+                    (topics.all_features(), 1),
+                    (f"{topics.base}/models/#", 1),
+                    (topics.all_results(), 1),
+                ]
+            )
 
         client.on_connect = on_connect
         client.on_message = self._on_message
@@ -186,12 +198,25 @@ class EdgeWatch:
             if message.payload:
                 self.models[message.topic] = bytes(message.payload)
             return
+        if "/results/" in message.topic:
+            try:
+                result = wire.decode_as(bytes(message.payload), wire.Result)
+            except wire.WireError:
+                return
+            with self.lock:
+                self.results[(self.site, *wire.capture_of(result))] += 1
+            return
         try:
             feature = wire.decode_as(bytes(message.payload), wire.Feature)
         except wire.WireError:
             return
         with self.lock:
             self.seen[(self.site, *wire.capture_of(feature))] += 1
+
+    def results_seen(self, keys: set[Key]) -> dict[Key, int]:
+        """How often the site saw a result of each of ``keys``."""
+        with self.lock:
+            return {key: self.results[key] for key in keys if key in self.results}
 
     def captured(self, start_ns: int, end_ns: int) -> set[Key]:
         with self.lock:
@@ -208,6 +233,7 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.arrived: dict[Key, float] = {}
+        self.answered: set[Key] = set()  # captures the cloud published an answer for
         self._rowid = 0
 
     def read(self) -> dict[Key, float]:
@@ -215,12 +241,14 @@ class Ledger:
             return self.arrived
         with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
             rows = db.execute(
-                "SELECT rowid, site, camera, seq, capture_ns, arrived FROM arrivals "
-                "WHERE rowid > ? ORDER BY rowid",
+                "SELECT rowid, site, camera, seq, capture_ns, arrived, result IS NOT NULL "
+                "FROM arrivals WHERE rowid > ? ORDER BY rowid",
                 (self._rowid,),
             ).fetchall()
-        for rowid, site, camera, seq, capture_ns, arrived in rows:
+        for rowid, site, camera, seq, capture_ns, arrived, answered in rows:
             self.arrived[(site, camera, seq, capture_ns)] = arrived
+            if answered:
+                self.answered.add((site, camera, seq, capture_ns))
             self._rowid = rowid
         return self.arrived
 
@@ -392,12 +420,21 @@ class FaultBench:
         for watch in self.watches:
             produced |= watch.captured(start_ns, end_ns)
 
+        def results_seen() -> dict[Key, int]:
+            seen: dict[Key, int] = {}
+            for watch in self.watches:
+                seen |= watch.results_seen(produced & self.ledger.answered)
+            return seen
+
         def delivered() -> bool:
-            return produced <= self.ledger.read().keys() and self._outboxes_empty()
+            in_ledger = produced <= self.ledger.read().keys() and self._outboxes_empty()
+            return in_ledger and (produced & self.ledger.answered) <= results_seen().keys()
 
         settled = poll_until(delivered, self.budget.settle)
         arrived = self.ledger.read()
         lost = produced - arrived.keys()
+        answered = produced & self.ledger.answered
+        seen = results_seen()
         counts_after = self.counters()
         delta = {
             key: round(counts_after.get(key, 0) - counts_before.get(key, 0))
@@ -409,6 +446,14 @@ class FaultBench:
             "features_delivered": len(produced & arrived.keys()),
             "features_lost": len(lost),
             "features_duplicated": delta.pop("duplicates", 0),
+            "copies_per_feature": round(
+                (len(produced) + delta.get("resent", 0)) / max(1, len(produced)), 3
+            ),
+            # what an independent subscriber at the site saw of the cloud's answers
+            "results_answered": len(answered),
+            "results_seen": len(seen),
+            "results_lost": len(answered - seen.keys()),
+            "results_repeated": sum(count - 1 for count in seen.values()),
             "settled": settled,
             "recovery_seconds": self._recovery(back, sites, arrived),
             "restarts": {
@@ -676,6 +721,7 @@ def run(quick: bool, soak_minutes: float = 0.0) -> dict[str, Any]:
         "budget": dataclasses.asdict(budget),
         "faults": faults,
         "features_lost": sum(f["features_lost"] for f in faults.values()),
+        "results_lost": sum(f["results_lost"] for f in faults.values()),
         "training_rows_double_counted": double,
         "soak": soak,
         "elapsed_seconds": round(time.monotonic() - started, 1),
