@@ -282,16 +282,12 @@ class FeatureStore:
                 self._prune()
         return new
 
-    def known(self, arrivals: Sequence[tuple[str, wire.Feature | wire.Result]]) -> list[bool]:
-        """Which (site, envelope) captures are already recorded: their retries need no
-        answer (``record`` still decides, for a race between consumers)."""
-        return [found is not None for found in self.recorded(arrivals)]
-
     def recorded(
         self, arrivals: Sequence[tuple[str, wire.Feature | wire.Result]]
     ) -> list[Recorded | None]:
         """Each (site, envelope) capture's record (None: not recorded yet), with the answer
-        published for it: a retry gets the same answer again, never a second inference."""
+        published for it: a retry gets the same answer again, never a second inference
+        (``record`` still decides, for a race between consumers)."""
         with self._lock:
             rows = [
                 self._db.execute(

@@ -349,17 +349,8 @@ class CloudService:
             return
         key = signing.load_private_key(self.settings.secrets.signing_key)
         model = sign_teacher(artifact, key, name=spec.name)
-        for site in self.settings.push_sites or (self.settings.site,):
-            try:
-                published = await push_deployments(
-                    self.settings.broker, site, [model], client_id=f"{self.settings.cloud_id}-push"
-                )
-            except Exception as exc:  # the cloud serves on without it; said, not hidden
-                log.exception("pushing the teacher to %s failed", site)
-                self._announce(f"teacher not pushed to {site}: {exc}")
-                return
-            for slot, size in published.items():
-                self.metrics.model_pushed_bytes.labels(slot).inc(size)
+        if not await self._push_model(model, "the teacher"):
+            return
         self._announce(
             f"pushed teacher {model.name} {model.version} ({len(model.artifact)} bytes), "
             f"labeling {', '.join(artifact.classes)}"
@@ -379,20 +370,28 @@ class CloudService:
             return
         key = signing.load_private_key(self.settings.secrets.signing_key)
         model = sign_student(student, self.registry.deployment(entry.name, entry.version, key), key)
+        if not await self._push_model(model, f"student {student.version}"):
+            return
+        self._announce(
+            f"pushed student {student.mode} {student.version} ({len(model.artifact)} bytes)"
+        )
+
+    async def _push_model(self, model: wire.Model, what: str) -> bool:
+        """Publish one signed model that serves no mode (a teacher, a student) retained to
+        every site's gateways; False, said and not hidden, when a site's push failed (the
+        cloud serves on without it)."""
         for site in self.settings.push_sites or (self.settings.site,):
             try:
                 published = await push_deployments(
                     self.settings.broker, site, [model], client_id=f"{self.settings.cloud_id}-push"
                 )
-            except Exception as exc:  # the split gateways are answered in the cloud anyway
-                log.exception("pushing student %s to %s failed", student.version, site)
-                self._announce(f"student {student.version} not pushed to {site}: {exc}")
-                return
+            except Exception as exc:
+                log.exception("pushing %s to %s failed", what, site)
+                self._announce(f"{what} not pushed to {site}: {exc}")
+                return False
             for slot, size in published.items():
                 self.metrics.model_pushed_bytes.labels(slot).inc(size)
-        self._announce(
-            f"pushed student {student.mode} {student.version} ({len(model.artifact)} bytes)"
-        )
+        return True
 
     def _push_student_from_thread(self, student: Student) -> None:
         """:meth:`_push_student`, from the student trainer's thread."""

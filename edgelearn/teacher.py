@@ -82,6 +82,27 @@ class TeacherError(ValueError):
     """A teacher artifact that cannot run: it says why."""
 
 
+def _pack(facts: dict[str, Any], **arrays: npt.NDArray[Any]) -> bytes:
+    """An ``.npz`` (no pickles) of ``arrays`` and ``facts`` as JSON: what a signed
+    ``teacher`` deployment carries."""
+    buffer = io.BytesIO()
+    arrays["facts"] = np.frombuffer(json.dumps(facts).encode(), np.uint8)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle
+    return buffer.getvalue()
+
+
+def _unpack(data: bytes, *names: str) -> tuple[dict[str, Any], list[npt.NDArray[Any]]]:
+    """The facts of :func:`_pack`'s ``data`` and its arrays ``names``."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            facts = json.loads(archive["facts"].tobytes())
+            if not isinstance(facts, dict):
+                raise TypeError("facts are not a mapping")
+            return facts, [archive[name] for name in names]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise TeacherError(f"not a detector artifact: {exc}") from exc
+
+
 def task_classes(classes: Sequence[str]) -> tuple[str, ...]:
     """The teacher task's classes for a teacher that labels ``classes``: those, then
     ``other moving object`` (what moves and is none of them)."""
@@ -143,7 +164,6 @@ class DetectorArtifact:
     source: str  # where the weights came from, e.g. the package and the graph's sha256
 
     def to_bytes(self) -> bytes:
-        """An ``.npz`` (no pickles): what a signed ``teacher`` deployment carries."""
         facts = {
             "box_scales": list(self.box_scales),
             "input_size": self.input_size,
@@ -154,25 +174,19 @@ class DetectorArtifact:
             "nms_iou": self.nms_iou,
             "source": self.source,
         }
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
+        return _pack(
+            facts,
             flatbuffer=np.frombuffer(self.flatbuffer, np.uint8),
             anchors=np.asarray(self.anchors, np.float32),
-            facts=np.frombuffer(json.dumps(facts).encode(), np.uint8),
         )
-        return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DetectorArtifact:
+        facts, (flatbuffer, anchors) = _unpack(data, "flatbuffer", "anchors")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                flatbuffer = archive["flatbuffer"].tobytes()
-                anchors = np.asarray(archive["anchors"], np.float32)
-                facts = json.loads(archive["facts"].tobytes())
             artifact = cls(
-                flatbuffer=flatbuffer,
-                anchors=anchors,
+                flatbuffer=flatbuffer.tobytes(),
+                anchors=np.asarray(anchors, np.float32),
                 box_scales=tuple(float(v) for v in facts["box_scales"]),  # type: ignore[arg-type]
                 input_size=int(facts["input_size"]),
                 input_scale=float(facts["input_scale"]),
@@ -183,7 +197,7 @@ class DetectorArtifact:
                 nms_iou=float(facts["nms_iou"]),
                 source=str(facts["source"]),
             )
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise TeacherError(f"not a detector artifact: {exc}") from exc
         if artifact.anchors.ndim != 2 or artifact.anchors.shape[1] != 4:
             raise TeacherError(f"anchors of shape {artifact.anchors.shape}, not (N, 4)")
@@ -224,31 +238,23 @@ class DetectionsArtifact:
             "input_offset": self.input_offset,
             "source": self.source,
         }
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            flatbuffer=np.frombuffer(self.flatbuffer, np.uint8),
-            facts=np.frombuffer(json.dumps(facts).encode(), np.uint8),
-        )
-        return buffer.getvalue()
+        return _pack(facts, flatbuffer=np.frombuffer(self.flatbuffer, np.uint8))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DetectionsArtifact:
+        facts, (flatbuffer,) = _unpack(data, "flatbuffer")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                flatbuffer = archive["flatbuffer"].tobytes()
-                facts = json.loads(archive["facts"].tobytes())
             if facts.get("format") != DETECTIONS_FORMAT:
                 raise ValueError(f"format {facts.get('format')!r}, not {DETECTIONS_FORMAT}")
             artifact = cls(
-                flatbuffer=flatbuffer,
+                flatbuffer=flatbuffer.tobytes(),
                 class_names=tuple(str(name) for name in facts["class_names"]),
                 labeled=tuple(int(c) for c in facts["labeled"]),
                 input_scale=float(facts["input_scale"]),
                 input_offset=float(facts["input_offset"]),
                 source=str(facts["source"]),
             )
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise TeacherError(f"not a detector artifact: {exc}") from exc
         if not artifact.labeled or not all(
             0 <= c < len(artifact.class_names) for c in artifact.labeled
@@ -263,12 +269,8 @@ class DetectionsArtifact:
 
 def artifact_from_bytes(data: bytes) -> DetectorArtifact | DetectionsArtifact:
     """Whichever kind of detector artifact ``data`` is (:class:`TeacherError` if neither)."""
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            detections = json.loads(archive["facts"].tobytes()).get("format") == DETECTIONS_FORMAT
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
-        raise TeacherError(f"not a detector artifact: {exc}") from exc
-    if detections:
+    facts, _ = _unpack(data)
+    if facts.get("format") == DETECTIONS_FORMAT:
         return DetectionsArtifact.from_bytes(data)
     return DetectorArtifact.from_bytes(data)
 
@@ -293,7 +295,11 @@ def sign_teacher(
         kind=TEACHER_KIND,
         split_k=0,
         # a user's detector (DetectionsArtifact) reads its own size out of its flatbuffer
-        input_shape=(size, size, 3) if (size := getattr(artifact, "input_size", 0)) else (),
+        input_shape=(
+            (artifact.input_size, artifact.input_size, 3)
+            if isinstance(artifact, DetectorArtifact)
+            else ()
+        ),
         metadata_json=json.dumps(metadata, separators=(",", ":")),
         artifact=data,
     )
@@ -329,14 +335,30 @@ def _interpreter(flatbuffer: bytes, num_threads: int) -> Interpreter:
     return interpreter
 
 
-def _best_per_class(found: Sequence[Detection], classes: int) -> npt.NDArray[np.float32]:
-    best = np.zeros(classes, np.float32)
-    for detection in found:
-        best[detection.label] = max(best[detection.label], detection.score)
-    return best
+class _Scoring:
+    """How a detector scores one object's view, from its :meth:`detect`."""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def detect(self, image: Image, min_score: float = 0.5) -> list[Detection]:
+        raise NotImplementedError
+
+    def scores(self, view: Image) -> npt.NDArray[np.float32]:
+        """Its best score for each of its classes anywhere in ``view`` (0: none)."""
+        best = np.zeros(len(self.classes), np.float32)
+        for detection in self.detect(view, min_score=0.05):
+            best[detection.label] = max(best[detection.label], detection.score)
+        return best
+
+    def score(self, view: Image) -> float:
+        """How sure it is that ``view`` (:func:`teacher_view`) shows one of its classes:
+        its best detection's score, 0 with none."""
+        return float(self.scores(view).max(initial=0.0))
 
 
-class SsdDetector:
+class SsdDetector(_Scoring):
     """Runs a :class:`DetectorArtifact` on BGR images (one call at a time)."""
 
     def __init__(
@@ -411,16 +433,8 @@ class SsdDetector:
                     found.append(Detection(box, float(scores[index, label]), label))
         return sorted(found, key=lambda d: -d.score)
 
-    def scores(self, view: Image) -> npt.NDArray[np.float32]:
-        return _best_per_class(self.detect(view, min_score=0.05), len(self.classes))
 
-    def score(self, view: Image) -> float:
-        """How sure the detector is that ``view`` (:func:`teacher_view`) shows one of its
-        classes: its best detection's score, 0 with none."""
-        return float(self.scores(view).max(initial=0.0))
-
-
-class TfliteDetector:
+class TfliteDetector(_Scoring):
     """Runs a :class:`DetectionsArtifact` on BGR images (one call at a time)."""
 
     def __init__(
@@ -493,12 +507,6 @@ class TfliteDetector:
                 )
                 found.append(Detection(pixels, float(score), label))
         return sorted(found, key=lambda d: -d.score)
-
-    def scores(self, view: Image) -> npt.NDArray[np.float32]:
-        return _best_per_class(self.detect(view, min_score=0.05), len(self.classes))
-
-    def score(self, view: Image) -> float:
-        return float(self.scores(view).max(initial=0.0))
 
 
 def _detection_outputs(outputs: list[dict[str, Any]]) -> tuple[int, int, int, int]:

@@ -115,12 +115,9 @@ class ModelSlot:
         try:
             teacher = await asyncio.to_thread(load_teacher, model, self.trusted_key)
         except (signing.ModelRejected, TeacherError) as exc:
-            self._metrics.models_rejected.labels(getattr(exc, "reason", "bad_artifact")).inc()
-            log.warning("refused teacher %s %s (%s)", model.name, model.version, exc)
-            return False
+            return self._refused(model, exc)
         self.teacher, self.teacher_version = teacher, model.version
-        self._metrics.model_swaps.labels(TEACHER_KIND).inc()
-        self._metrics.set_model(TEACHER_KIND, model.version)
+        self._swapped(model)
         log.info("loaded teacher %s %s (%s)", model.name, model.version, teacher.artifact.source)
         return True
 
@@ -133,15 +130,24 @@ class ModelSlot:
         try:
             student = await asyncio.to_thread(load_student, model, self.trusted_key)
         except (signing.ModelRejected, StudentError) as exc:
-            self._metrics.models_rejected.labels(getattr(exc, "reason", "bad_artifact")).inc()
-            log.warning("refused student %s %s (%s)", model.name, model.version, exc)
-            return False
+            return self._refused(model, exc)
         self.pipeline.student = student
-        self._metrics.model_swaps.labels(STUDENT_KIND).inc()
-        self._metrics.set_model(STUDENT_KIND, model.version)
+        self._swapped(model)
         log.info("loaded student %s %s (reads %s %s)", model.name, model.version,
                  student.edge.mode, student.edge.version)  # fmt: skip
         return True
+
+    def _refused(self, model: wire.Model, exc: Exception) -> bool:
+        """A teacher or student that did not verify or load: counted, said, the current one
+        kept (False)."""
+        self._metrics.models_rejected.labels(getattr(exc, "reason", "bad_artifact")).inc()
+        log.warning("refused %s %s %s (%s)", model.kind, model.name, model.version, exc)
+        return False
+
+    def _swapped(self, model: wire.Model) -> None:
+        """A teacher or student now in use, on the dashboards (its slot is its kind)."""
+        self._metrics.model_swaps.labels(model.slot).inc()
+        self._metrics.set_model(model.slot, model.version)
 
     @staticmethod
     def _measure(deployment: LoadedDeployment) -> float:

@@ -111,13 +111,9 @@ class Agreement:
     camera: str
     track: int
     agreed: bool
-    label: int = 0  # the teacher's: which class the agreement is about
-    key: tuple[str, int] = ("", -1)  # the object (its first track); default: the track
-    answer: int = 0  # what was answered (wire.UNKNOWN: no student, or it was unsure)
-
-    def __post_init__(self) -> None:
-        if self.key == ("", -1):
-            object.__setattr__(self, "key", (self.camera, self.track))
+    label: int  # the teacher's: which class the agreement is about
+    key: tuple[str, int]  # the object: its first track (a looped video's twins are one)
+    answer: int  # what was answered (wire.UNKNOWN: no student, or it was unsure)
 
 
 def answer_name(answer: int, classes: tuple[str, ...] = wire.TEACHER_CLASSES) -> str:

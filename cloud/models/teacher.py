@@ -173,11 +173,12 @@ def tflite_teacher(spec: TeacherSpec) -> DetectionsArtifact:
     """A user's LiteRT detector as it is, once it has loaded and run on a grey image."""
     assert spec.model is not None
     names = spec.class_names()
+    flatbuffer = spec.model.read_bytes()
     artifact = DetectionsArtifact(
-        flatbuffer=spec.model.read_bytes(),
+        flatbuffer=flatbuffer,
         class_names=names,
         labeled=tuple(names.index(name) for name in spec.chosen()),
-        source=f"{spec.model.name} sha256 {hashlib.sha256(spec.model.read_bytes()).hexdigest()}",
+        source=f"{spec.model.name} sha256 {hashlib.sha256(flatbuffer).hexdigest()}",
     )
     try:
         TfliteDetector(artifact).detect(np.full((64, 64, 3), 128, np.uint8))
