@@ -427,10 +427,12 @@ class FaultBench:
             return seen
 
         def delivered() -> bool:
-            in_ledger = produced <= self.ledger.read().keys() and self._outboxes_empty()
-            return in_ledger and (produced & self.ledger.answered) <= results_seen().keys()
+            return produced <= self.ledger.read().keys() and self._outboxes_empty()
 
         settled = poll_until(delivered, self.budget.settle)
+        # then the answers, a little longer: a result is not re-sent by anyone once its
+        # capture is acknowledged, so one still missing after this is lost
+        poll_until(lambda: (produced & self.ledger.answered) <= results_seen().keys(), 10)
         arrived = self.ledger.read()
         lost = produced - arrived.keys()
         answered = produced & self.ledger.answered
