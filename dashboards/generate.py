@@ -899,6 +899,19 @@ def gateway_detail() -> dict[str, Any]:
             min=0,
         ),
         Panel(
+            "Link to the cloud",
+            "none",
+            [
+                Query(f"min by (gateway) (edgelearn_gateway_link_up{{{GW}}})", "{{gateway}}"),
+            ],
+            "1 while the edge broker's bridge to the cloud is up, 0 while it says it is down "
+            "(mosquitto's bridge notification). While it is down nothing is sent again: what "
+            "was sent waits in the bridge's queue. After it, a copy goes again only once the "
+            "cloud has acknowledged something sent after it.",
+            min=0,
+            max=1,
+        ),
+        Panel(
             "Model swaps and refusals",
             COUNT,
             [

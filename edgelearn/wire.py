@@ -878,6 +878,14 @@ class Topics:
     def all_frames(self) -> str:
         return f"{self.base}/frames/+"
 
+    @staticmethod
+    def bridge_states() -> str:
+        """Where an edge broker says whether each of its bridges to the cloud is up (``1``)
+        or down (``0``): ``edgelearn/bridges/<bridge>/up``, retained, local to that
+        broker (mosquitto's bridge notifications). Not under a site: one edge broker may
+        carry every site."""
+        return "edgelearn/bridges/+/up"
+
     def all_features(self) -> str:
         return f"{self.base}/features/+/+"
 

@@ -251,6 +251,13 @@ class GatewayMetrics:
             "Upstream publishes that failed for a lost connection (sent again later)",
             registry=registry,
         )
+        self.link_up = Gauge(
+            "edgelearn_gateway_link_up",
+            "1 while the edge broker's bridge to the cloud is up (or there is none), 0 while "
+            "it says it is down: re-sends wait",
+            registry=registry,
+        )
+        self.link_up.set(1)
         self.acked = Counter(
             "edgelearn_gateway_features_acked",
             "Features the cloud acknowledged (they leave the outbox)",

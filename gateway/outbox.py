@@ -15,6 +15,16 @@ feature not acknowledged ``retry_after`` seconds after it was sent is sent again
 twice that, up to ``retry_max`` between tries; the cloud de-duplicates by capture, so a
 retry never counts twice.
 
+**Re-sends are paced by the acks** (:meth:`Outbox.paced`). A copy goes again only once the
+cloud has acknowledged something sent at least ``retry_after`` after it: the cloud has moved
+past it, so it was lost, not late. Copies that wait in a broker's queue (a cut link, a
+backlog draining after one) are not sent twice, as long as the cloud answers in the order
+they were sent (two consumers draining a backlog do not quite: see docs/design.md). When
+no ack has come for ``retry_max`` (a cloud that lost its subscriptions, or is gone), the
+uplink sends one copy, the oldest due, as a probe, once per ``retry_max``: once the cloud
+acknowledges it, everything sent before it is due again. The uplink also holds every
+re-send while the edge broker says its bridge is down (:mod:`gateway.uplink`).
+
 The outbox is bounded (``max_items``, ``max_bytes``). When a new feature does not fit, the
 ``policy`` decides what goes: ``oldest`` (the default: the freshest view of a scene is worth
 more than an old one, and training wants recent data) drops the oldest unacknowledged
@@ -51,6 +61,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     due REAL NOT NULL,
+    sent REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (camera, seq, capture_ns)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due);
@@ -107,6 +118,9 @@ class Outbox:
         self._on_drop = on_drop
         self._clock = clock
         self._lock = threading.Lock()
+        # The latest send (clock time) of anything acknowledged, and when the last ack came.
+        self.acked_through = 0.0
+        self.last_ack = clock()
         try:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +130,9 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             # A killed process loses nothing committed; only a power cut could.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(outbox)")]
+            if columns and "sent" not in columns:  # a file from before paced re-sends
+                self._db.execute("ALTER TABLE outbox ADD COLUMN sent REAL NOT NULL DEFAULT 0")
             self._db.executescript(_SCHEMA)
             # What a previous run held goes out again as soon as this one is connected.
             self._db.execute("UPDATE outbox SET due = 0")
@@ -160,8 +177,8 @@ class Outbox:
                 ).fetchone()
                 self._db.execute(
                     "INSERT OR REPLACE INTO outbox (camera, seq, capture_ns, topic, payload,"
-                    " mode, created, attempts, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*capture, topic, payload, mode, now, attempts, due),
+                    " mode, created, attempts, due, sent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*capture, topic, payload, mode, now, attempts, due, now if sent else 0.0),
                 )
             for camera, size in evicted:
                 self._items -= 1
@@ -196,20 +213,35 @@ class Outbox:
 
     # --- the event loop ------------------------------------------------------------------
 
-    def take_due(self, limit: int) -> list[Pending]:
-        """Up to ``limit`` features due to be sent, oldest first; each is then due again
+    def link_restored(self) -> None:
+        """The link to the cloud is back: acks get ``retry_max`` to start flowing before the
+        plain backoff applies again (the copies queued during the outage go first)."""
+        self.last_ack = self._clock()
+
+    def paced(self) -> float | None:
+        """What a re-send must have been sent before (clock time) to go again: ``retry_after``
+        before the latest send the cloud acknowledged. None when no ack has come for
+        ``retry_max``: then only a probe goes (:mod:`gateway.uplink`)."""
+        if self._clock() - self.last_ack > self.retry_max:
+            return None
+        return self.acked_through - self.retry_after
+
+    def take_due(self, limit: int, sent_before: float | None = None) -> list[Pending]:
+        """Up to ``limit`` features due to be sent, oldest first (with ``sent_before``,
+        only those last sent before it, or never: :meth:`paced`); each is then due again
         after its backoff unless an ack comes first."""
         now = self._clock()
+        paced = "" if sent_before is None else " AND sent <= ?"
         # Failed: not sent now; they stay due, on disk.
         with self._lock, self._transaction("a re-send"):
             rows = self._db.execute(
                 "SELECT camera, seq, capture_ns, topic, payload, mode, attempts FROM outbox"
-                " WHERE due <= ? ORDER BY due LIMIT ?",
-                (now, limit),
+                f" WHERE due <= ?{paced} ORDER BY due LIMIT ?",
+                (now, *(() if sent_before is None else (sent_before,)), limit),
             ).fetchall()
             self._db.executemany(
-                f"UPDATE outbox SET attempts = attempts + 1, due = ? WHERE {_KEY}",
-                [(now + self._backoff(int(row[6])), *row[:3]) for row in rows],
+                f"UPDATE outbox SET attempts = attempts + 1, due = ?, sent = ? WHERE {_KEY}",
+                [(now + self._backoff(int(row[6])), now, *row[:3]) for row in rows],
             )
         return [
             Pending(str(r[0]), int(r[1]), int(r[2]), str(r[3]), bytes(r[4]), str(r[5]), int(r[6]))
@@ -222,8 +254,8 @@ class Outbox:
     def retry_now(self, capture: wire.Capture) -> None:
         """A send failed (no connection): due again as soon as there is one."""
         # Failed: it stays due at its backoff instead.
-        with self._lock, self._transaction("a retry"):
-            self._db.execute(f"UPDATE outbox SET due = 0 WHERE {_KEY}", capture)
+        with self._lock, self._transaction("a retry"):  # never reached the broker: not sent
+            self._db.execute(f"UPDATE outbox SET due = 0, sent = 0 WHERE {_KEY}", capture)
 
     def next_due(self) -> float | None:
         """When the earliest unacknowledged feature is due again (clock time), if any."""
@@ -237,16 +269,22 @@ class Outbox:
         with self._lock:
             removed = freed = 0
             # Failed: nothing forgotten; the features go again, harmless.
+            latest, now = 0.0, self._clock()
             with self._transaction("an ack"):
                 for capture in captures:
                     row = self._db.execute(
-                        f"DELETE FROM outbox WHERE {_KEY} RETURNING LENGTH(payload)", capture
+                        f"DELETE FROM outbox WHERE {_KEY} RETURNING LENGTH(payload), sent",
+                        capture,
                     ).fetchone()
                     if row is not None:
                         removed += 1
                         freed += int(row[0])
+                        latest = max(latest, float(row[1]))
             self._items -= removed
             self._bytes -= freed
+            if removed:  # the cloud has moved past what was sent before ``latest``
+                self.acked_through = max(self.acked_through, latest)
+                self.last_ack = now
             return removed
 
     @property

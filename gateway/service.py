@@ -180,6 +180,8 @@ class GatewayWorker:
             self.model_slot.apply_plan(payload)
         elif kind == "acks":
             self.uplink.acknowledged(payload)
+        elif wire.topic_level(topic, -3) == "bridges":
+            self.uplink.bridge_state(wire.topic_level(topic, -2), payload)
         elif wire.topic_level(topic, -2) == "results":
             self._result(payload, wire.topic_level(topic, -1))
 
@@ -271,6 +273,7 @@ class GatewayWorker:
                 (topics.models_for(self.config.gateway_id), 1),
                 (topics.plan(self.config.gateway_id), 1),
                 (topics.ack(self.config.gateway_id), 1),
+                (wire.Topics.bridge_states(), 1),  # the edge broker's word on its bridge
                 # the cloud's answers: the teacher's rate follows their agreement with it
                 *([(topics.all_results(), 0)] if self.teacher is not None else []),
             ],

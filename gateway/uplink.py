@@ -76,6 +76,11 @@ class Uplink:
         self._pending = threading.BoundedSemaphore(config.max_pending)
         self._inflight = asyncio.Semaphore(config.max_inflight)
         self.bytes_total = 0  # for the status message's rate
+        # What the edge broker says of its bridge to the cloud (``bridge/up``, retained):
+        # while it is down, what was sent waits in the bridge's queue, so nothing is re-sent.
+        # No word (a gateway on the cloud broker itself, no bridge): up.
+        self._bridges: dict[str, bool] = {}  # by bridge name: up?
+        self._probed = 0.0  # when the last probe went (time.monotonic())
 
     def open(self, session: MqttSession, spawn: Spawn) -> None:
         """On the event loop, as the worker starts: the outbox (what a previous run left in
@@ -155,6 +160,20 @@ class Uplink:
         except OutboxError as exc:
             self._outbox_failed(exc)
 
+    @property
+    def link_up(self) -> bool:
+        return all(self._bridges.values())
+
+    def bridge_state(self, bridge: str, payload: bytes) -> None:
+        """The edge broker's notice of one of its bridges: ``1`` up, ``0`` down."""
+        was = self.link_up
+        self._bridges[bridge] = payload.strip() != b"0"
+        if self.link_up != was:
+            log.info("the edge broker's link to the cloud is %s", "up" if self.link_up else "down")
+            if self.link_up and self.outbox is not None:
+                self.outbox.link_restored()
+        self._metrics.link_up.set(1 if self.link_up else 0)
+
     async def forward(self) -> None:
         """First sends, in the order the worker made them (a task)."""
         assert self._sends is not None and self._spawn is not None
@@ -164,18 +183,33 @@ class Uplink:
             self._spawn(self._send(item.pending, first=True, processed=item.processed), "publish")
 
     async def resend(self) -> None:
-        """Whatever the outbox says is due (a task): unacknowledged after its backoff, a send
-        that failed for a lost connection, or what a previous run left behind."""
+        """Whatever the outbox says is due (a task): unacknowledged after its backoff and
+        passed by the acks (:meth:`Outbox.paced`), a send that failed for a lost connection,
+        or what a previous run left behind. Nothing while the bridge is down."""
         assert self._session is not None and self._spawn is not None
         assert self.outbox is not None
         while True:
             await self._session.connected.wait()
+            if not self.link_up:
+                await asyncio.sleep(0.5)
+                continue
             free = max(1, self._inflight._value)
+            paced = self.outbox.paced()
+            if paced is None:  # no ack for retry_max: one copy, the oldest, as a probe
+                now = time.monotonic()
+                free = 1 if now - self._probed >= self.config.retry_max else 0
+                self._probed = now if free else self._probed
             try:
-                batch = self.outbox.take_due(free)
+                batch = self.outbox.take_due(free, sent_before=paced) if free else []
             except OutboxError as exc:  # a full disk: nothing lost, tried again next tick
                 self._outbox_failed(exc)
                 batch = []
+            if batch:
+                log.debug(
+                    "re-sending %d: %s", len(batch),
+                    "a probe, no ack for retry_max" if paced is None
+                    else f"sent before {paced:.1f} (acks through {self.outbox.acked_through:.1f})",
+                )  # fmt: skip
             for item in batch:
                 await self._inflight.acquire()
                 self._spawn(self._send(item, first=False), "publish")

@@ -3,7 +3,8 @@
 Roles and what each may do (the ACL written by :func:`render_acl`)::
 
     camera   write  frames/<its own id>            (mosquitto pattern %u), read nothing
-    gateway  read   frames/+, models/#, plans/#, acks/<its id>, results/# (its teacher)
+    gateway  read   frames/+, models/#, plans/#, acks/<its id>, results/# (its teacher),
+                    bridges/+/up (its edge broker's word on the link)
              write  features/<its id>/#, status/<its id>/#
              (in 'full' mode its feature topic carries Result envelopes: only results go up)
     cloud    read   features/#, status/#, results/#
@@ -100,6 +101,7 @@ def render_acl(users: Iterable[User]) -> str:
                 "topic read edgelearn/v1/+/plans/#",
                 "topic read edgelearn/v1/+/results/#",
                 f"topic read edgelearn/v1/+/acks/{user.name}",
+                "topic read edgelearn/bridges/+/up",
                 f"topic write edgelearn/v1/+/features/{user.name}/#",
                 f"topic readwrite edgelearn/v1/+/status/{user.name}/#",
             ]

@@ -142,6 +142,59 @@ def test_a_cloud_broker_restart_loses_no_feature_and_no_result_and_counts_nothin
     assert sum(counts.values()) - len(counts) <= republished  # repeats are re-publications
 
 
+def test_a_30_s_bridge_cut_sends_few_copies_and_loses_nothing(
+    broker: BrokerUnderTest, site: str, trained_registry: Path, tmp_path: Path
+) -> None:
+    """The edge broker says when its bridge is down (mosquitto's notification): the
+    gateway holds its re-sends, since what it sent waits in the bridge's queue, and after
+    the link is back a copy goes again only once the cloud has moved past it."""
+    from bench.faults import Relay
+    from stack import broker as broker_module
+
+    cloud = broker_module.start_broker(
+        broker.secrets, broker_module.BrokerSettings(role="cloud", run_dir=tmp_path / "cloud")
+    )
+    relay = Relay(cloud.port)  # the WAN link, which the test cuts
+    edge = broker_module.start_broker(
+        broker.secrets,
+        broker_module.BrokerSettings(
+            role="edge", run_dir=tmp_path / "edge",
+            bridge=broker_module.Bridge("127.0.0.1", relay.port),
+        ),
+    )  # fmt: skip
+    store = FeatureStore(None, keep_features=False)
+    frames = scene_frames("cam-3", 100, seed=6)
+    camera = open_probe(BrokerUnderTest(edge), "cam-3")
+    try:
+        with (
+            run_consumer(BrokerUnderTest(cloud), site, trained_registry, store),
+            run_gateway(
+                BrokerUnderTest(edge), site=site, gateway_id="gw-1", mode="raw",
+                keyframes=False, queue_depth=512, retry_after=3.0, retry_max=10.0,
+            ) as gateway,
+        ):  # fmt: skip
+            _send(camera, site, frames[:20])
+            wait_for(lambda: store.arrived() == 20 and _outbox_items(gateway) == 0, 60, "20")
+            relay.cut(30)
+            wait_for(lambda: gateway.sample("edgelearn_gateway_link_up") == 0, 15, "link down")
+            _send(camera, site, frames[20:80])  # cut off: they wait in the bridge's queue
+            wait_for(lambda: gateway.sample("edgelearn_gateway_link_up") == 1, 60, "link up")
+            _send(camera, site, frames[80:])
+            wait_for(
+                lambda: store.arrived() == 100 and _outbox_items(gateway) == 0,
+                90,
+                "every feature acknowledged",
+            )
+            resent = gateway.total("edgelearn_gateway_features_resent_total")
+    finally:
+        camera.close()
+        edge.stop()
+        relay.close()
+        cloud.stop()
+    # 60 features cut off for 30 s, re-sent every 3-10 s without pacing: here at most 1.2x
+    assert resent <= 0.2 * 60, resent
+
+
 def _cloud_process(broker: BrokerUnderTest, site: str, registry: Path, store: Path) -> list[str]:
     return edgelearn_command(
         "cloud",

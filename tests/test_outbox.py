@@ -58,6 +58,35 @@ def test_a_sent_feature_comes_back_with_backoff_until_acknowledged() -> None:
     assert drops == []
 
 
+def test_a_copy_goes_again_only_once_the_cloud_has_acknowledged_something_sent_after_it() -> None:
+    """Paced by the acks: what waits in a broker's queue (a cut link, a draining backlog) is
+    late, not lost; a feature the cloud has moved past (it acknowledged one sent at least
+    retry_after later) is lost, and goes again."""
+    clock, drops = Clock(), []
+    outbox = _outbox(None, clock, drops)  # retry_after 2, retry_max 10
+    for seq in range(1, 6):  # sent at 1000, 1001, ..., 1004
+        assert _put(outbox, seq)
+        clock.now += 1
+    clock.now = 1004.5
+    # no ack yet, but the last was under retry_max ago: nothing is known lost
+    assert outbox.paced() == 0.0 - 2.0
+    # the cloud acknowledges the one sent at 1004, half a second later: those sent by 1002
+    # were passed over
+    assert outbox.acknowledge([("cam-1", 5, 10**9 + 5)]) == 1
+    assert outbox.paced() == 1002.0
+    clock.now = 1008.0  # all past their backoff
+    again = outbox.take_due(10, sent_before=outbox.paced())
+    assert [item.seq for item in again] == [1, 2, 3]  # not 4, sent 1 s before the acked one
+    # a copy that went is not sent again before something later is acknowledged
+    clock.now = 1014.0  # every backoff passed, 9.5 s since the last ack
+    assert outbox.take_due(10, sent_before=outbox.paced()) == []
+    # no ack for retry_max: pacing stops (the uplink then sends one probe at a time)
+    clock.now = 1015.0
+    assert outbox.paced() is None
+    outbox.link_restored()  # the link is back: acks get retry_max to start flowing
+    assert outbox.paced() == 1002.0
+
+
 def test_a_full_outbox_drops_by_policy_and_counts_it() -> None:
     clock, drops = Clock(), []
     oldest = _outbox(None, clock, drops, max_items=3)
