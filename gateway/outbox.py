@@ -42,6 +42,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,9 @@ class Outbox:
         # The latest send (clock time) of anything acknowledged, and when the last ack came.
         self.acked_through = 0.0
         self.last_ack = clock()
+        # acked_through as it grew: (when, value); paced() reads it retry_after late
+        self._marks: deque[tuple[float, float]] = deque()
+        self._lagged = 0.0
         try:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,11 +224,17 @@ class Outbox:
 
     def paced(self) -> float | None:
         """What a re-send must have been sent before (clock time) to go again: ``retry_after``
-        before the latest send the cloud acknowledged. None when no ack has come for
-        ``retry_max``: then only a probe goes (:mod:`gateway.uplink`)."""
-        if self._clock() - self.last_ack > self.retry_max:
+        before the latest send the cloud had acknowledged ``retry_after`` ago. Read that
+        late, a copy's own ack has had ``retry_after`` to come after the acks of later
+        sends (a cloud acks a frame with nothing in view at once, one with objects once its
+        answer is out: acks of one backlog overtake each other by seconds). None when no
+        ack has come for ``retry_max``: then only a probe goes (:mod:`gateway.uplink`)."""
+        now = self._clock()
+        if now - self.last_ack > self.retry_max:
             return None
-        return self.acked_through - self.retry_after
+        while self._marks and self._marks[0][0] <= now - self.retry_after:
+            self._lagged = self._marks.popleft()[1]
+        return self._lagged - self.retry_after
 
     def take_due(self, limit: int, sent_before: float | None = None) -> list[Pending]:
         """Up to ``limit`` features due to be sent, oldest first (with ``sent_before``,
@@ -283,7 +293,9 @@ class Outbox:
             self._items -= removed
             self._bytes -= freed
             if removed:  # the cloud has moved past what was sent before ``latest``
-                self.acked_through = max(self.acked_through, latest)
+                if latest > self.acked_through:
+                    self.acked_through = latest
+                    self._marks.append((now, latest))
                 self.last_ack = now
             return removed
 

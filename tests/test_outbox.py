@@ -71,8 +71,13 @@ def test_a_copy_goes_again_only_once_the_cloud_has_acknowledged_something_sent_a
     # no ack yet, but the last was under retry_max ago: nothing is known lost
     assert outbox.paced() == 0.0 - 2.0
     # the cloud acknowledges the one sent at 1004, half a second later: those sent by 1002
-    # were passed over
+    # were passed over, once their own acks have had retry_after to come (acks of one
+    # backlog overtake each other)
     assert outbox.acknowledge([("cam-1", 5, 10**9 + 5)]) == 1
+    assert outbox.paced() == 0.0 - 2.0
+    clock.now = 1006.4
+    assert outbox.paced() == 0.0 - 2.0
+    clock.now = 1006.5
     assert outbox.paced() == 1002.0
     clock.now = 1008.0  # all past their backoff
     again = outbox.take_due(10, sent_before=outbox.paced())
