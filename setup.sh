@@ -11,6 +11,7 @@ packages=(
   opencv-doc                    # real sample videos (vtest.avi, Megamind.avi)
   dataset-fashion-mnist         # the labeled data set the cameras render
   prometheus                    # scrapes every process in the local stack
+  postgresql                    # the clouds' shared state (cloud --store, up --clouds N)
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
                                 # a real RTSP server for the tests (GStreamer's)
   python3-venv
@@ -30,7 +31,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts the packaged services; edgelearn runs its own on its own ports.
-  for service in mosquitto prometheus; do
+  for service in mosquitto prometheus postgresql; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
       systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi

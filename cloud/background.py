@@ -24,7 +24,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from cloud.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +115,25 @@ class BackgroundLoop:
     loop returns soon after."""
 
     name = "background"
+    # With a store that cloud processes share, only the holder of this lease trains
+    # (cloud.lease); the others poll it and take over when its holder is gone.
+    lease: Lease | None = None
+    LEASE_POLL = 5.0  # seconds between two tries of a lease another process holds
 
     def __init__(self, process: TrainingProcess | None) -> None:
         self._process = process
         self._stop = threading.Event()
         self._finished = threading.Event()
+
+    def _may_train(self) -> bool:
+        return self.lease is None or self.lease.hold()
+
+    def _wait_for_lease(self) -> bool:
+        """Until this process holds the lease (True), or the loop is stopped (False)."""
+        while not self._may_train():
+            if self._stop.wait(self.LEASE_POLL):
+                return False
+        return not self._stop.is_set()
 
     def run_loop(self) -> None:
         """The loop, until it is done or stopped; what escapes it is a bug, for the owner."""
@@ -136,6 +153,8 @@ class BackgroundLoop:
         """``step()`` every ``seconds`` until stopped; a step that fails is logged and the
         loop goes on (a failed run must not stop the trainer or the cloud)."""
         while not self._stop.wait(seconds):
+            if not self._may_train():  # another cloud process trains
+                continue
             try:
                 step()
             except Exception:

@@ -171,6 +171,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "'unknown' answers)",
     )
     parser.add_argument(
+        "--no-events",
+        dest="events",
+        action="store_false",
+        default=None,
+        help="do not publish JSON object events on edgelearn/v1/<site>/events (run them in "
+        "one cloud process per site)",
+    )
+    parser.add_argument(
         "--teacher-model",
         default=None,
         metavar="FILE",
@@ -192,12 +200,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "else moves is 'other moving object'",
     )
     parser.add_argument(
+        "--store",
         "--feature-store",
+        dest="feature_store",
         default=None,
-        metavar="DIR|none",
+        metavar="URL|DIR|none",
         help="where what arrived is recorded: the de-duplication ledger and the labeled "
-        "features to train on (default: STATE/features; 'none': keep no features, the ledger "
-        "stays in STATE/features)",
+        "features to train on (default: STATE/features, SQLite; 'none': keep no features, "
+        "the ledger stays in STATE/features). A postgresql://USER:PASSWORD@HOST:PORT/DB URL "
+        "shares them between cloud processes on several machines; their trainers then take "
+        "turns by a lease in that database",
     )
     parser.add_argument(
         "--metrics-port",

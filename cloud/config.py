@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud.bootstrap import TrainingPlan
+from cloud.database import is_url
 from cloud.models.teacher import TeacherSpec
 from cloud.planner import PlannerSettings
 from cloud.service import CloudSettings
@@ -124,6 +125,7 @@ class CloudConfig:
     grow: bool = CloudSettings.grow  # the later generations, in the background
     push: bool = CloudSettings.push  # publish deployments to the gateways
     teacher: bool = CloudSettings.teacher  # ... and a detector, as the gateways' teacher
+    events: bool = CloudSettings.events  # JSON object events beside the results
     # A user's own teacher (cloud.models.teacher.TeacherSpec): a .tflite with the outputs of
     # LiteRT's detection postprocess, or an Object Detection API SSD graph (.pb); its class
     # names, one a line; the ones it labels (empty: every named class). "": the packaged
@@ -179,8 +181,11 @@ class CloudConfig:
     def keeps_features(self) -> bool:
         return self.feature_store != NO_FEATURES
 
-    def feature_store_path(self) -> Path:
-        """Where arrivals are recorded: the configured folder or STATE/features."""
+    def feature_store_path(self) -> Path | str:
+        """Where arrivals are recorded: a postgresql:// URL, the configured folder, or
+        STATE/features."""
+        if is_url(self.feature_store):
+            return self.feature_store
         if self.keeps_features and self.feature_store:
             return Path(self.feature_store).expanduser()
         return default_state_dir() / "features"
@@ -215,6 +220,7 @@ class CloudConfig:
             push=self.push,
             teacher=self.teacher,
             teacher_spec=teacher,
+            events=self.events,
             feature_store=self.feature_store_path(),
             keep_features=self.keeps_features,
             metrics_port=self.metrics_port,

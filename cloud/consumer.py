@@ -33,7 +33,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiomqtt
@@ -42,6 +42,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry
 
 from cloud.adaptation import ClassMix
+from cloud.database import StoreUnavailable
 from cloud.feature_store import Arrival, FeatureStore
 from cloud.metrics import CloudMetrics
 from cloud.serving import Classifier, ClassifierSource, Score, Scoreboard
@@ -283,6 +284,9 @@ class CloudConsumer:
                     break
             try:
                 self._handle(batch)
+            except StoreUnavailable as exc:  # not stored, so not acked: the gateways resend
+                log.warning("a batch of %d not stored: %s", len(batch), exc)
+                self.metrics.dropped.labels("store_unavailable").inc(len(batch))
             except Exception:  # one bad batch must not stop the consumer; not acked: resent
                 log.exception("inference failed on a batch of %d", len(batch))
                 self.metrics.dropped.labels("inference_failed").inc(len(batch))
@@ -319,6 +323,9 @@ class CloudConsumer:
             [item for item, record in zip(batch, records, strict=True) if record is None], started
         )
         answered = [answer for answer in answers if answer.result is not None or answer.empty]
+        for answer in answered:
+            if answer.result is not None:  # named as recorded: a re-publication names it too
+                answer.result = self._named(answer.result, answer.served)
         payloads = [None if a.result is None else wire.encode(a.result) for a in answered]
         new = self.store.record(
             [
@@ -624,17 +631,7 @@ class CloudConsumer:
             max(0, result.result_ns - result.capture_ns) / 1e9
         )
         taught = result.task == wire.TASK_TEACHER
-        if taught:
-            names: tuple[str, ...] = (
-                self.students.classes if self.students is not None else wire.TEACHER_CLASSES
-            )
-        else:
-            names = self.models.class_names(served) if served else ()
-        for predicted in result.classes or [result.predicted]:
-            if predicted == wire.UNKNOWN:
-                name = "unknown"
-            else:
-                name = names[predicted] if 0 <= predicted < len(names) else str(predicted)
+        for name in result.names:
             self.metrics.predictions.labels(mode, result.task, name).inc()
             if taught:
                 self.metrics.taught_answers.labels(result.camera_id, name).inc()
@@ -668,6 +665,23 @@ class CloudConsumer:
         future = self._publish_result(site, result, payload)
         future.add_done_callback(functools.partial(self._published, mode, made))
         return future
+
+    def _named(self, result: wire.Result, served: str) -> wire.Result:
+        """``result`` with the class name of each answer (``served``: the model version
+        whose classes a data-set answer indexes; a teacher-task answer is in the student's)."""
+        if result.task == wire.TASK_TEACHER:
+            names: tuple[str, ...] = (
+                self.students.classes if self.students is not None else wire.TEACHER_CLASSES
+            )
+        else:
+            names = self.models.class_names(served) if served else ()
+
+        def name(predicted: int) -> str:
+            if predicted == wire.UNKNOWN:
+                return "unknown"
+            return names[predicted] if 0 <= predicted < len(names) else str(predicted)
+
+        return replace(result, names=tuple(name(p) for p in result.classes or (result.predicted,)))
 
     def _publish_result(self, site: str, capture: Any, payload: bytes) -> Any:
         """Publish an answer at QoS 1 on the results topic of ``capture``'s camera; the

@@ -30,10 +30,8 @@ wants (the data set's by default). Bounded: beyond
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +39,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from cloud.database import Connection, Database
 from edgelearn import codec, wire
 from edgelearn.evidence import SameObjects
 from edgelearn.modes import RAW
@@ -76,6 +75,44 @@ CREATE TABLE IF NOT EXISTS features (
     payload BLOB NOT NULL,
     track INTEGER NOT NULL DEFAULT -1,
     item INTEGER NOT NULL DEFAULT -1,
+    height INTEGER NOT NULL DEFAULT -1,
+    task TEXT NOT NULL DEFAULT 'dataset',
+    UNIQUE (site, camera, seq, capture_ns, track)
+);
+CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
+"""
+# The same tables in PostgreSQL (cloud --store postgresql://...), shared by every cloud
+# process: 64-bit integers, doubles for times, an identity for the rows' arrival order.
+_PG_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS arrivals (
+    site TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    capture_ns BIGINT NOT NULL,
+    gateway TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    arrived DOUBLE PRECISION NOT NULL,
+    result BYTEA,
+    PRIMARY KEY (site, camera, seq, capture_ns)
+);
+CREATE INDEX IF NOT EXISTS arrivals_arrived ON arrivals (arrived);
+CREATE TABLE IF NOT EXISTS features (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    site TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    capture_ns BIGINT NOT NULL,
+    mode TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    dtype INTEGER NOT NULL,
+    shape TEXT NOT NULL,
+    scale DOUBLE PRECISION NOT NULL,
+    zero_point INTEGER NOT NULL,
+    wire_bytes INTEGER NOT NULL,
+    payload BYTEA NOT NULL,
+    track BIGINT NOT NULL DEFAULT -1,
+    item BIGINT NOT NULL DEFAULT -1,
     height INTEGER NOT NULL DEFAULT -1,
     task TEXT NOT NULL DEFAULT 'dataset',
     UNIQUE (site, camera, seq, capture_ns, track)
@@ -181,84 +218,101 @@ def stored_task(feature: wire.Feature) -> str:
     return feature.task
 
 
+def _migrate(db: Connection) -> None:
+    """An SQLite file from before objects (one feature row per frame, no ``track``): its
+    rows move to the new table as whole-frame rows (track -1), in one transaction. A file
+    from before items or box heights gets the column (-1: not known), one from before tasks
+    gets ``task`` (every row then was the data set's). A ledger from before answers were
+    kept gets ``result`` (NULL: none kept)."""
+    arrivals = [row[1] for row in db.execute("PRAGMA table_info(arrivals)")]
+    if arrivals and "result" not in arrivals:
+        with db.transaction():
+            db.execute("ALTER TABLE arrivals ADD COLUMN result BLOB")
+    columns = [row[1] for row in db.execute("PRAGMA table_info(features)")]
+    if "track" in columns:
+        with db.transaction():
+            for column in ("item", "height"):
+                if column not in columns:
+                    db.execute(
+                        f"ALTER TABLE features ADD COLUMN {column} INTEGER NOT NULL DEFAULT -1"
+                    )
+            if "task" not in columns:
+                db.execute("ALTER TABLE features ADD COLUMN task TEXT NOT NULL DEFAULT 'dataset'")
+        return
+    if not columns:
+        return
+    with db.transaction():
+        db.execute("ALTER TABLE features RENAME TO features_before_objects")
+        db.execute("DROP INDEX IF EXISTS features_kind")
+        for statement in _SCHEMA.split(";"):  # not executescript: it would commit
+            if statement.strip():
+                db.execute(statement)
+        names = ", ".join(columns)
+        db.execute(f"INSERT INTO features ({names}) SELECT {names} FROM features_before_objects")
+        db.execute("DROP TABLE features_before_objects")
+
+
+def _bytes(value: Any) -> bytes | None:
+    """A BLOB as bytes (PostgreSQL may give a memoryview)."""
+    return None if value is None else bytes(value)
+
+
 class FeatureStore:
     def __init__(
         self,
-        root: Path | None,
+        root: Path | str | None,
         *,
         keep_features: bool = True,
         max_arrivals: int = 2_000_000,
         max_features: int = 500_000,
+        reconnect_for: float = 30.0,
     ) -> None:
-        """``root`` None keeps everything in memory (nothing survives a restart);
-        ``keep_features`` False keeps only the de-duplication ledger."""
+        """``root``: a folder (its ``arrivals.sqlite``), a ``postgresql://`` URL that every
+        cloud process shares, or None (in memory: nothing survives a restart);
+        ``keep_features`` False keeps only the de-duplication ledger. On PostgreSQL, an
+        operation waits up to ``reconnect_for`` seconds for a restarted server."""
         self.root = root
         self.keep_features = keep_features
         self.max_arrivals = max_arrivals
         self.max_features = max_features
-        self._lock = threading.Lock()
-        if root is not None:
+        if isinstance(root, Path):
             root.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            ":memory:" if root is None else str(root / FILE_NAME),
-            check_same_thread=False,
-            timeout=30.0,  # another process of the same cloud may hold the lock
+        self._db = Database(
+            root / FILE_NAME if isinstance(root, Path) else root,
+            schema=_SCHEMA,
+            postgres_schema=_PG_SCHEMA,
+            reconnect_for=reconnect_for,
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-        self._db.executescript(_SCHEMA)
+        self._db.prepare(_migrate)
         self._since_prune = 0
 
-    def _migrate(self) -> None:
-        """A file from before objects (one feature row per frame, no ``track``): its rows
-        move to the new table as whole-frame rows (track -1), in one transaction. A file
-        from before items or box heights gets the column (-1: not known), one from before
-        tasks gets ``task`` (every row then was the data set's). A ledger from before
-        answers were kept gets ``result`` (NULL: none kept)."""
-        arrivals = [row[1] for row in self._db.execute("PRAGMA table_info(arrivals)")]
-        if arrivals and "result" not in arrivals:
-            with self._db:
-                self._db.execute("ALTER TABLE arrivals ADD COLUMN result BLOB")
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(features)")]
-        if "track" in columns:
-            with self._db:
-                for column in ("item", "height"):
-                    if column not in columns:
-                        self._db.execute(
-                            f"ALTER TABLE features ADD COLUMN {column} INTEGER NOT NULL DEFAULT -1"
-                        )
-                if "task" not in columns:
-                    self._db.execute(
-                        "ALTER TABLE features ADD COLUMN task TEXT NOT NULL DEFAULT 'dataset'"
-                    )
-            return
-        if not columns or "track" in columns:
-            return
-        with self._db:
-            self._db.execute("ALTER TABLE features RENAME TO features_before_objects")
-            self._db.execute("DROP INDEX IF EXISTS features_kind")
-            for statement in _SCHEMA.split(";"):  # not executescript: it would commit
-                if statement.strip():
-                    self._db.execute(statement)
-            names = ", ".join(columns)
-            self._db.execute(
-                f"INSERT INTO features ({names}) SELECT {names} FROM features_before_objects"
-            )
-            self._db.execute("DROP TABLE features_before_objects")
+    @property
+    def shared(self) -> bool:
+        """Whether other cloud processes share it (PostgreSQL)."""
+        return self._db.postgres
+
+    @property
+    def retries(self) -> int:
+        """Operations run again after the database was away."""
+        return self._db.retries
+
+    def on_retry(self, count: Callable[[], None]) -> None:
+        self._db.on_retry = count
 
     def record(self, arrivals: Sequence[Arrival]) -> list[bool]:
         """Insert each arrival once; which ones were new. Labeled new features are kept
         for training. One transaction: committed when this returns."""
         now = time.time()
-        new: list[bool] = []
-        with self._lock:
-            try:
+
+        def record(db: Connection) -> list[bool]:
+            new: list[bool] = []
+            with db.transaction():
                 for arrival in arrivals:
                     envelope = arrival.envelope
-                    cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO arrivals (site, camera, seq, capture_ns,"
-                        " gateway, mode, arrived, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    cursor = db.execute(
+                        "INSERT INTO arrivals (site, camera, seq, capture_ns, gateway, mode,"
+                        " arrived, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING",
                         (
                             arrival.site,
                             *wire.capture_of(envelope),
@@ -271,15 +325,14 @@ class FeatureStore:
                     is_new = cursor.rowcount == 1
                     new.append(is_new)
                     if is_new and self.keep_features and isinstance(envelope, wire.Feature):
-                        self._keep(arrival, envelope)
-                self._db.commit()
-            except BaseException:
-                self._db.rollback()
-                raise
-            self._since_prune += len(arrivals)
-            if self._since_prune >= _PRUNE_EVERY:
-                self._since_prune = 0
-                self._prune()
+                        self._keep(db, arrival, envelope)
+            return new
+
+        new = self._db.run(record)
+        self._since_prune += len(arrivals)
+        if self._since_prune >= _PRUNE_EVERY:
+            self._since_prune = 0
+            self._db.run(self._prune)
         return new
 
     def recorded(
@@ -288,18 +341,21 @@ class FeatureStore:
         """Each (site, envelope) capture's record (None: not recorded yet), with the answer
         published for it: a retry gets the same answer again, never a second inference
         (``record`` still decides, for a race between consumers)."""
-        with self._lock:
-            rows = [
-                self._db.execute(
+
+        def read(db: Connection) -> list[Any]:
+            return [
+                db.execute(
                     "SELECT result FROM arrivals WHERE site = ? AND camera = ? AND seq = ?"
                     " AND capture_ns = ?",
                     (site, *wire.capture_of(envelope)),
                 ).fetchone()
                 for site, envelope in arrivals
             ]
-        return [None if row is None else Recorded(row[0]) for row in rows]
 
-    def _keep(self, arrival: Arrival, feature: wire.Feature) -> None:
+        rows = self._db.run(read)
+        return [None if row is None else Recorded(_bytes(row[0])) for row in rows]
+
+    def _keep(self, db: Connection, arrival: Arrival, feature: wire.Feature) -> None:
         """A labeled feature as training rows: one per labeled object (its slice of the
         stacked values, its share of the wire bytes; for a raw JPEG of objects, the crop the
         consumer cut of it with the camera's background model of the moment), or one for a
@@ -326,11 +382,12 @@ class FeatureStore:
             else:  # a feature's values, or (raw, uint8 like its JPEG) an object's crop
                 array = np.ascontiguousarray(data)
                 shape, payload = tuple(array.shape), array.tobytes()
-            self._db.execute(
-                "INSERT OR IGNORE INTO features (site, camera, seq, capture_ns, mode,"
+            db.execute(
+                "INSERT INTO features (site, camera, seq, capture_ns, mode,"
                 " model_version, label, dtype, shape, scale, zero_point, wire_bytes, payload,"
                 " track, item, height, task)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (
                     arrival.site,
                     *wire.capture_of(feature),
@@ -350,43 +407,42 @@ class FeatureStore:
                 ),
             )
 
-    def _prune(self) -> None:
-        for table, bound, order in (
-            ("arrivals", self.max_arrivals, "arrived"),
-            ("features", self.max_features, "id"),
-        ):
-            (count,) = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
-            if count > bound:
-                self._db.execute(
-                    f"DELETE FROM {table} WHERE rowid IN"
-                    f" (SELECT rowid FROM {table} ORDER BY {order} LIMIT ?)",
-                    (count - bound,),
-                )
-        self._db.commit()
+    def _prune(self, db: Connection) -> None:
+        with db.transaction():
+            for table, bound, order, key in (
+                ("arrivals", self.max_arrivals, "arrived", "site, camera, seq, capture_ns"),
+                ("features", self.max_features, "id", "id"),
+            ):
+                (count,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+                if count > bound:
+                    db.execute(
+                        f"DELETE FROM {table} WHERE ({key}) IN"
+                        f" (SELECT {key} FROM {table} ORDER BY {order} LIMIT ?)",
+                        (count - bound,),
+                    )
 
     def arrived(self) -> int:
         """Distinct (site, capture) recorded (within the de-duplication window)."""
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM arrivals").fetchone()
+        (count,) = self._db.run(lambda db: db.execute("SELECT COUNT(*) FROM arrivals").fetchone())
         return int(count)
 
     def flush(self) -> None:
         """Nothing is buffered (every record commits); kept for callers that stop."""
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     # --- training ------------------------------------------------------------------------
 
     def kinds(self) -> list[tuple[str, str]]:
         """The (mode, model version) data sets held, each a separate training set."""
-        with self._lock:
-            rows = self._db.execute(
+        rows = self._db.run(
+            lambda db: db.execute(
                 "SELECT DISTINCT mode, model_version FROM features WHERE task = ?"
                 " ORDER BY mode, model_version",
                 (wire.TASK_DATASET,),
             ).fetchall()
+        )
         return [(str(mode), str(version)) for mode, version in rows]
 
     def count(
@@ -400,12 +456,13 @@ class FeatureStore:
         """How many labeled rows of ``mode`` and ``task`` from these model versions came
         after row ``after_id``, and the newest row's id (0: none)."""
         marks = ", ".join("?" * len(versions))
-        with self._lock:
-            count, newest = self._db.execute(
+        count, newest = self._db.run(
+            lambda db: db.execute(
                 f"SELECT COUNT(*), MAX(id) FROM features WHERE mode = ? AND id > ?"
                 f" AND task = ? AND model_version IN ({marks})",
                 (mode, after_id, task, *versions),
             ).fetchone()
+        )
         return int(count), int(newest or 0)
 
     def labeled_rows(
@@ -426,8 +483,9 @@ class FeatureStore:
         where = f"mode = ? AND task = ? AND model_version IN ({marks}) AND id <= ?"
         bound = (mode, task, *versions, up_to_id if up_to_id is not None else 2**62)
         columns = "id, camera, track, label, dtype, shape, payload, item, height"
-        with self._lock:
-            recent = self._db.execute(
+
+        def read(db: Connection) -> tuple[list[Any], list[Any]]:
+            recent = db.execute(
                 f"SELECT {columns} FROM features WHERE {where} ORDER BY id DESC LIMIT ?",
                 (*bound, newest),
             ).fetchall()
@@ -436,18 +494,21 @@ class FeatureStore:
                 oldest = min(row[0] for row in recent)
                 ids = [
                     row[0]
-                    for row in self._db.execute(
+                    for row in db.execute(
                         f"SELECT id FROM features WHERE {where} AND id < ?", (*bound, oldest)
-                    )
+                    ).fetchall()
                 ]
                 if ids:
                     rng = np.random.default_rng(seed)
                     chosen = rng.choice(ids, min(replay, len(ids)), replace=False)
-                    older = self._db.execute(
+                    older = db.execute(
                         f"SELECT {columns} FROM features WHERE id IN"
                         f" ({', '.join('?' * len(chosen))})",
                         [int(i) for i in chosen],
                     ).fetchall()
+            return recent, older
+
+        recent, older = self._db.run(read)
         rows = sorted([*older, *recent], key=lambda row: row[0])
         if not rows:
             return LabeledRows(
@@ -466,13 +527,15 @@ class FeatureStore:
         )
 
     def load(self, mode: str, model_version: str, limit: int | None = None) -> LoadedFeatures:
-        with self._lock:
-            rows = self._db.execute(
+        bound = "" if limit is None else f" LIMIT {int(limit)}"
+        rows = self._db.run(
+            lambda db: db.execute(
                 "SELECT label, dtype, shape, scale, zero_point, wire_bytes, payload, track"
-                " FROM features WHERE mode = ? AND model_version = ? AND task = ?"
-                " ORDER BY id LIMIT ?",
-                (mode, model_version, wire.TASK_DATASET, -1 if limit is None else limit),
+                f" FROM features WHERE mode = ? AND model_version = ? AND task = ?"
+                f" ORDER BY id{bound}",
+                (mode, model_version, wire.TASK_DATASET),
             ).fetchall()
+        )
         if not rows:
             raise FileNotFoundError(f"no stored features for {mode} {model_version} in {self.root}")
         crops = [row for row in rows if row[7] >= 0]  # raw: objects' crops (track >= 0)

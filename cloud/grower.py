@@ -108,6 +108,14 @@ class ModelGrower(BackgroundLoop):
     def _loop(self) -> None:
         number = max(serving_generation(self.registry, self.plan.split_ks, self.dataset).values())
         while not self._stop.is_set() and number < len(self.plan):
+            if not self._wait_for_lease():
+                return
+            number = max(
+                number,
+                max(serving_generation(self.registry, self.plan.split_ks, self.dataset).values()),
+            )  # another process may have grown some while this one waited
+            if number >= len(self.plan):
+                break
             number += 1
             try:
                 self.grow(number)

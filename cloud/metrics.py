@@ -116,6 +116,35 @@ class CloudMetrics:
             ["reason"],
             registry=registry,
         )
+        self.store_retries = Counter(
+            "edgelearn_cloud_store_retries",
+            "Store operations run again because the database was away (a restarted "
+            "PostgreSQL): each waits for it, nothing is lost",
+            registry=registry,
+        )
+        self.trainer_lease = Gauge(
+            "edgelearn_cloud_trainer_lease",
+            "1 while this process holds the trainer lease of a shared store (only its holder "
+            "trains); always 1 with a store of its own",
+            registry=registry,
+        )
+        self.events = Counter(
+            "edgelearn_cloud_events",
+            "JSON object events published on events/ (cloud.events), by type: new, update, end",
+            ["type"],
+            registry=registry,
+        )
+        self.events_dropped = Counter(
+            "edgelearn_cloud_events_dropped",
+            "Results that made no events, by reason (undecodable, or a failure, logged)",
+            ["reason"],
+            registry=registry,
+        )
+        self.events_open = Gauge(
+            "edgelearn_cloud_events_open",
+            "Objects announced (new) and not yet ended",
+            registry=registry,
+        )
         self.results_republished = Counter(
             "edgelearn_cloud_results_republished",
             "Stored answers published again: a retry of a capture the ledger has (the answer "

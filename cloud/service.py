@@ -10,6 +10,8 @@ run one in-process. On entering, the service
 2. starts ``consumers`` :class:`~cloud.consumer.CloudConsumer` in one shared-subscription
    group, every one answering from the same :class:`~cloud.serving.RegistryModels`, so a
    model loaded (or warmed up) once serves every consumer;
+   Beside them, an :class:`~cloud.events.EventPublisher` reads the results back and
+   publishes them as JSON object events (``events``);
 3. trains the first generation of models when the registry lacks one (``training``, with
    its progress); the cloud-only CNN serves (``serving raw``) as soon as it is saved, while
    the edge halves are exported;
@@ -55,8 +57,10 @@ from cloud.bootstrap import (
     with_splits,
 )
 from cloud.consumer import CloudConsumer, ConsumerConfig
+from cloud.events import EventPublisher
 from cloud.feature_store import FeatureStore
 from cloud.grower import ModelGrower
+from cloud.lease import Lease
 from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.models.teacher import TeacherSpec
@@ -101,8 +105,10 @@ class CloudSettings:
     grow: bool = True  # train the plan's later generations in the background
     push: bool = True
     # Where what arrived is recorded (arrivals.sqlite: the de-duplication ledger, and the
-    # labeled features when keep_features); None: in memory, forgotten on a restart.
-    feature_store: Path | None = None
+    # labeled features when keep_features); a postgresql:// URL: shared by every cloud
+    # process of the deployment, whose trainers then take turns by a lease; None: in
+    # memory, forgotten on a restart.
+    feature_store: Path | str | None = None
     keep_features: bool = True
     metrics_port: int = 0  # the process's one /metrics port; 0: a free one
     plan: PlannerSettings | None = None  # None: no planner
@@ -114,6 +120,8 @@ class CloudSettings:
     # person detector; ``teacher_spec`` can name a user's file instead.
     teacher: bool = True
     teacher_spec: TeacherSpec = field(default_factory=TeacherSpec)
+    # JSON object events (cloud.events) on each site's events topic, made from the results
+    events: bool = True
     dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(FASHION_MNIST))
 
 
@@ -161,6 +169,18 @@ class CloudService:
         self.metric_registry = CollectorRegistry()
         register_build_info(self.metric_registry, "cloud")
         self.metrics = CloudMetrics(self.metric_registry)
+        self.store.on_retry(self.metrics.store_retries.inc)
+        # One trainer across the processes that share a store; a store of its own: this one.
+        self.lease = (
+            Lease(
+                str(settings.feature_store),
+                "trainer",
+                on_change=self._lease_changed,
+            )
+            if self.store.shared
+            else None
+        )
+        self.metrics.trainer_lease.set(0 if self.lease is not None else 1)
         self.metrics_server: MetricsServer | None = None
         # A learning cloud watches its promotions in shadow and re-weights answers to each
         # camera's class mix; a static one answers as its models do.
@@ -203,6 +223,7 @@ class CloudService:
         self.trainer: ContinuousTrainer | None = None
         self.student_trainer: StudentTrainer | None = None
         self.grower: ModelGrower | None = None
+        self.events: EventPublisher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> CloudService:
@@ -219,6 +240,15 @@ class CloudService:
         self._stack.callback(self.metrics_server.close)
         # Entered before the parts it waits for on the way out: they are stopped by then.
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        if settings.events:  # entered first: it stops after the consumers' last results
+            self.events = EventPublisher(
+                settings.broker,
+                settings.results_site or settings.site,
+                f"{settings.cloud_id}-events",
+                on_event=self._count_event,
+                on_drop=lambda reason: self.metrics.events_dropped.labels(reason).inc(),
+            )
+            await self._stack.enter_async_context(self.events)
         for consumer in self.consumers:
             await self._stack.enter_async_context(consumer)
         self._announce(
@@ -307,11 +337,24 @@ class CloudService:
             )
             self._run_in_background(self.student_trainer)
 
+    def _lease_changed(self, held: bool) -> None:
+        self.metrics.trainer_lease.set(1 if held else 0)
+        self._announce(
+            f"cloud {self.settings.cloud_id}: trainer lease "
+            + ("taken: this process trains" if held else "lost: another process trains")
+        )
+
+    def _count_event(self, kind: str, count: int) -> None:
+        self.metrics.events.labels(kind).inc(count)
+        if self.events is not None:
+            self.metrics.events_open.set(self.events.events.open_objects)
+
     def _run_in_background(self, part: BackgroundLoop) -> None:
         """``part``'s loop in a thread (it blocks on training jobs and judges), as a named
         task of the service's TaskGroup: a loop that fails takes the service down with its
         error instead of dying unseen in a thread of its own."""
         assert self._tasks is not None
+        part.lease = self.lease
         self._tasks.create_task(asyncio.to_thread(part.run_loop), name=part.name)
 
     async def _push(self, entries: list[ModelEntry]) -> int:
@@ -484,4 +527,6 @@ class CloudService:
         try:
             await self._stack.aclose()  # a background part's failure is raised here
         finally:
+            if self.lease is not None:  # another process may train now
+                self.lease.release()
             self.store.close()

@@ -1107,8 +1107,44 @@ def cloud_detail() -> dict[str, Any]:
             [Query("edgelearn:cloud_drops:rate1m", "{{reason}}")],
             "Features the cloud dropped, by exact reason: the envelope's (bad_magic, "
             "truncated...), gateway_mismatch, no_model, undecodable, queue_full, "
-            "inference_failed, result_not_published.",
+            "inference_failed, result_not_published, store_unavailable.",
             stacked=True,
+            min=0,
+        ),
+        Panel(
+            "Object events (JSON)",
+            PER_SECOND,
+            [
+                Query(f"sum by (type) (rate(edgelearn_cloud_events_total[{RATE}]))", "{{type}}"),
+                Query(
+                    f"sum(rate(edgelearn_cloud_events_dropped_total[{RATE}]))",
+                    "results without events",
+                ),
+            ],
+            "The JSON object events on events/ (README: Object events): new, update and end "
+            "per second, and results that made none (undecodable, or a failure, logged).",
+            min=0,
+        ),
+        Panel(
+            "Shared store",
+            COUNT,
+            [
+                Query("sum(edgelearn_cloud_trainer_lease)", "processes holding the trainer lease"),
+                Query(
+                    "sum(increase(edgelearn_cloud_store_retries_total[$__range]))",
+                    "store operations retried",
+                ),
+            ],
+            "With a store the cloud processes share (PostgreSQL): how many hold the trainer "
+            "lease (one; with a store of its own each process counts itself), and operations "
+            "run again while the database was away.",
+            min=0,
+        ),
+        Panel(
+            "Objects in view (events)",
+            COUNT,
+            [Query("sum(edgelearn_cloud_events_open)", "open")],
+            "Objects announced by a new event and not yet ended.",
             min=0,
         ),
         Panel(

@@ -75,6 +75,7 @@ class MqttSession:
         on_connect: Callable[[], Awaitable[None]] | None = None,
         will: aiomqtt.Will | None = None,
         persistent: bool = False,
+        manual_ack: bool = False,
         session_expiry_seconds: int = 3600,
         max_inflight: int = 100,
         max_queued_incoming: int = 10_000,
@@ -88,6 +89,9 @@ class MqttSession:
         self._on_connect = on_connect
         self._will = will
         self._persistent = persistent
+        # QoS 1 messages are acknowledged by :meth:`ack`, once handled, instead of on
+        # receipt: one the process dies holding is delivered again (a persistent session).
+        self._manual_ack = manual_ack
         self._session_expiry = session_expiry_seconds
         self._max_inflight = max_inflight
         self._max_queued_incoming = max_queued_incoming
@@ -99,12 +103,15 @@ class MqttSession:
         self._first_attempt: asyncio.Future[None] | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.connection = 0  # counts connections: which one a message came on (:meth:`ack`)
 
     def _new_client(self) -> aiomqtt.Client:
         client = self._make_client()
         # aiomqtt warns past 10 concurrent publishes; our callers bound their own concurrency
         # (the gateway's in-flight cap, one result per frame), so warn only far beyond that.
         client.pending_calls_threshold = max(10, 4 * self._max_inflight)
+        if self._manual_ack:  # aiomqtt does not expose paho's option; paho has it
+            client._client.manual_ack_set(True)
         return client
 
     def _make_client(self) -> aiomqtt.Client:
@@ -160,6 +167,7 @@ class MqttSession:
             try:
                 async with client:
                     self._client = client
+                    self.connection += 1
                     for topic, qos in self.subscriptions:
                         await client.subscribe(topic, qos=qos)
                     if self._on_connect is not None:
@@ -218,6 +226,14 @@ class MqttSession:
             await client.publish(topic, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as exc:
             raise NotConnected(f"publish to {topic} failed: {exc}") from exc
+
+    def ack(self, message: aiomqtt.Message, connection: int) -> None:
+        """Acknowledge a QoS 1 ``message`` (``manual_ack``) that arrived on ``connection``
+        (:attr:`connection` when it arrived). One from an earlier connection is not: the
+        broker delivers it again on this one."""
+        client = self._client
+        if client is not None and connection == self.connection and message.qos > 0:
+            client._client.ack(message.mid, message.qos)
 
     async def subscribe(self, topic: str, qos: int = 0) -> None:
         """Add a subscription now and after every reconnect."""

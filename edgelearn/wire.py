@@ -346,6 +346,7 @@ ITEMS = _sequence(ITEM, MAX_OBJECTS)
 CLASSES = _sequence(U16, MAX_OBJECTS)
 TRACKS = _sequence(U32, MAX_OBJECTS)
 SCORES = _sequence(F32, MAX_OBJECTS)
+NAMES = _sequence(_text(_U8, MAX_ID_LENGTH), MAX_OBJECTS)
 SHA256 = _fixed_bytes(32)
 SIGNATURE = _fixed_bytes(64)
 
@@ -586,12 +587,21 @@ class Result(Envelope):
     items: tuple[int | None, ...] = _wire(ITEMS, default=())
     # The task whose classes ``predicted``/``classes`` index (UNKNOWN: unsure of it).
     task: str = _wire(IDENT, default=TASK_DATASET)
+    # The class names of ``classes`` (per object) or of ``predicted`` (a whole frame), as
+    # the cloud answered them ("unknown" for UNKNOWN); () when not named (an edge answer on
+    # its way to the cloud). What the JSON object events (cloud.events) carry.
+    names: tuple[str, ...] = _wire(NAMES, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
         _check_task("task", self.task)
         _check_objects(self.tracks, self.boxes, self.labels, self.classes, self.scores)
+        _check(
+            not self.names or len(self.names) == max(1, len(self.classes)),
+            "bad_names",
+            f"{len(self.names)} names for {max(1, len(self.classes))} answers",
+        )
         _check_items(self.items, self.tracks)
         for value in self.scores:
             _check_finite("score", value)

@@ -8,7 +8,7 @@ Roles and what each may do (the ACL written by :func:`render_acl`)::
              write  features/<its id>/#, status/<its id>/#
              (in 'full' mode its feature topic carries Result envelopes: only results go up)
     cloud    read   features/#, status/#, results/#
-             write  models/#, plans/#, results/#, acks/#
+             write  models/#, plans/#, results/#, events, acks/#
     bridge   read+write what crosses between an edge site and the cloud (not frames)
     observer read   everything under edgelearn/ and $SYS (dashboards, the `up` summary)
     anonymous: refused.
@@ -110,6 +110,7 @@ def render_acl(users: Iterable[User]) -> str:
                 "topic read edgelearn/v1/+/features/#",
                 "topic read edgelearn/v1/+/status/#",
                 "topic readwrite edgelearn/v1/+/results/#",
+                "topic write edgelearn/v1/+/events",
                 "topic readwrite edgelearn/v1/+/models/#",
                 "topic readwrite edgelearn/v1/+/plans/#",
                 "topic readwrite edgelearn/v1/+/acks/#",
@@ -117,7 +118,7 @@ def render_acl(users: Iterable[User]) -> str:
         elif user.role == "bridge":
             lines += [
                 f"topic readwrite edgelearn/v1/+/{kind}/#"
-                for kind in ("features", "status", "models", "plans", "results", "acks")
+                for kind in ("features", "status", "models", "plans", "results", "events", "acks")
             ]
         elif user.role == "observer":
             lines += ["topic read edgelearn/#", "topic read $SYS/#"]

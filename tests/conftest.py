@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,17 +19,20 @@ from typing import Any
 import pytest
 
 from stack import broker as broker_module
+from stack.postgres import RunningPostgres, start_postgres
 from tests.support.broker import BridgedSite, BrokerUnderTest
 from tests.support.mqtt import MqttProbe, open_probe
 
 TIERS = ("e2e", "training", "broker")  # heaviest first; a test with none of them is "unit"
-_BROKER_FIXTURES = {"broker", "bridged", "mqtt_probe"}
+# a real server of any kind: the broker tier
+_BROKER_FIXTURES = {"broker", "bridged", "mqtt_probe", "postgres_server", "postgres_url"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test not marked with a tier gets one: ``training`` when it takes the trained
-    registry, else ``broker`` when it takes a broker fixture, else ``unit``. (Marked by
-    hand: whole stacks, ``e2e``, and tests that train models of their own, ``training``.)
+    registry, else ``broker`` when it takes a server (mosquitto, PostgreSQL), else
+    ``unit``. (Marked by hand: whole stacks, ``e2e``, and tests that train models of their
+    own, ``training``.)
 
     Then the order the two workers take modules in. ``--dist loadscope`` hands out whole
     modules, so a module's fixtures (a trained model, a benchmark's run) are made once; the
@@ -98,6 +102,36 @@ def bridged(broker: BrokerUnderTest, tmp_path: Path) -> Iterator[BridgedSite]:
 
 
 _site_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[RunningPostgres]:
+    """A real PostgreSQL from ``initdb``/``pg_ctl``, as ``up --clouds`` starts one: on a
+    free port, in a folder of its own under /tmp (as root it runs as ``postgres``, which
+    cannot enter pytest's private temporary folders)."""
+    root = Path(tempfile.mkdtemp(prefix="edgelearn-pg-"))
+    root.chmod(0o755)  # the server's user enters it
+    server = start_postgres(root / "run")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: RunningPostgres) -> Iterator[str]:
+    """A database of its own for one test, on the session's server."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_server.url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    if postgres_server.pid() is not None:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
