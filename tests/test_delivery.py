@@ -127,7 +127,11 @@ def test_a_cloud_broker_restart_loses_no_feature_and_no_result_and_counts_nothin
     # model's first frame, and an item sliding in while it is cut by the frame's edge)...
     assert answered + empty == 120 and empty < 20, (answered, empty)
     assert scored == answered  # ...and scored once (one item a frame), however often sent
-    assert resent >= 40  # the outage's features went again
+    # The outage's features go again only if they were lost: the edge's bridge queues them
+    # while the cloud broker is down, and the gateway holds its re-sends meanwhile; those the
+    # restarted broker took before the consumer had subscribed again are lost there, and go
+    # again once acks pass them, after a probe (one copy per retry_max) finds the cloud back.
+    assert resent <= 1.5 * 40, resent
     # At least once, end to end, as a subscriber at the site sees it: a result published
     # into the dead broker is not acknowledged to the gateway, whose retry gets the stored
     # answer again (the same bytes: a subscriber de-duplicates by capture). A frame with
