@@ -227,39 +227,59 @@ class EdgeWatch:
 
 
 class Ledger:
-    """The cloud's de-duplication ledger, read as it grows (SQLite WAL: readers never block
-    the cloud)."""
+    """The cloud's de-duplication ledger, read as it grows: its SQLite file (WAL: readers
+    never block the cloud), or the PostgreSQL the clouds share."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, location: Path | str) -> None:
+        self.location = location
         self.arrived: dict[Key, float] = {}
         self.answered: set[Key] = set()  # captures the cloud published an answer for
         self._rowid = 0
+        self._since = 0.0  # PostgreSQL: what arrived from then on is read again
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        if isinstance(self.location, str):
+            import psycopg
+
+            try:
+                with psycopg.connect(self.location, connect_timeout=5) as db:
+                    return db.execute(sql.replace("?", "%s"), params).fetchall()
+            except psycopg.OperationalError:  # the database restarting: read it next time
+                return []
+        if not self.location.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(f"file:{self.location}?mode=ro", uri=True)) as db:
+            return db.execute(sql, params).fetchall()
 
     def read(self) -> dict[Key, float]:
-        if not self.path.exists():
-            return self.arrived
-        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
-            rows = db.execute(
+        if isinstance(self.location, str):  # no rowid: by arrival time, a little overlap
+            rows = self._rows(
+                "SELECT 0, site, camera, seq, capture_ns, arrived, result IS NOT NULL "
+                "FROM arrivals WHERE arrived >= ?",
+                (self._since,),
+            )
+        else:
+            rows = self._rows(
                 "SELECT rowid, site, camera, seq, capture_ns, arrived, result IS NOT NULL "
                 "FROM arrivals WHERE rowid > ? ORDER BY rowid",
                 (self._rowid,),
-            ).fetchall()
+            )
         for rowid, site, camera, seq, capture_ns, arrived, answered in rows:
             self.arrived[(site, camera, seq, capture_ns)] = arrived
             if answered:
                 self.answered.add((site, camera, seq, capture_ns))
-            self._rowid = rowid
+            self._rowid = max(self._rowid, rowid)
+            self._since = max(self._since, arrived - 30)  # a slow transaction commits late
         return self.arrived
 
     def double_counted(self) -> int:
         """Training rows kept more than once (must be 0): a row is one object of one capture
         (``track``; -1 for a whole-frame feature)."""
-        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
-            (total, distinct) = db.execute(
-                "SELECT count(*), count(DISTINCT site || '/' || camera || '/' || seq || '/' || "
-                "capture_ns || '/' || track) FROM features"
-            ).fetchone()
+        ((total, distinct),) = self._rows(
+            "SELECT count(*), count(DISTINCT site || '/' || camera || '/' || seq || '/' || "
+            "capture_ns || '/' || track) FROM features",
+            (),
+        )
         return int(total - distinct)
 
 
@@ -309,11 +329,13 @@ def gateway_workers(site: Site) -> list[int]:
 
 
 class FaultBench:
-    def __init__(self, stack: RunningStack, relay: Relay, budget: Budget, store: Path) -> None:
+    def __init__(
+        self, stack: RunningStack, relay: Relay, budget: Budget, store: Path | str
+    ) -> None:
         self.stack = stack
         self.relay = relay
         self.budget = budget
-        self.ledger = Ledger(store / FILE_NAME)
+        self.ledger = Ledger(store if isinstance(store, str) else store / FILE_NAME)
         self.totals = CounterTotals(fetch)
         secrets = stack.secrets.directory
         self.watches = [
@@ -526,6 +548,35 @@ class FaultBench:
         ready = time.time()
         return ready, {"kill_to_serving_seconds": round(ready - killed, 2)}
 
+    def cloud_machine(self) -> tuple[float, dict[str, Any]]:
+        """One of several cloud machines dies (SIGKILL, its process tree) and stays down for
+        the outage; the others serve alone. It is back when it says it serves again."""
+        cloud = self.stack.clouds[-1]
+        old, lines = cloud.process.pid, cloud.line_count
+        self.held.set()
+        try:
+            for pid in reversed(_tree(old)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            cloud.process.wait()
+            time.sleep(self.budget.down)  # the outage
+        finally:
+            self.held.clear()
+        if not poll_until(lambda: cloud.process.pid != old, 30):
+            raise RuntimeError(f"{cloud.name} was not restarted")
+        self.stack.children.wait_for_line(cloud, "serving", timeout=300, after=lines)
+        return time.time(), {"outage_seconds": self.budget.down, "machine": cloud.name}
+
+    def database(self) -> tuple[float, dict[str, Any]]:
+        """The clouds' PostgreSQL dies (SIGKILL, with its backends) and starts again after
+        the outage, recovering from its WAL."""
+        postgres = self.stack.postgres
+        assert postgres is not None
+        postgres.kill()
+        time.sleep(self.budget.down)  # the outage
+        postgres.start()
+        return time.time(), {"outage_seconds": self.budget.down}
+
     def cloud_paused(self) -> tuple[float, dict[str, Any]]:
         pid = self.stack.cloud.process.pid
         os.kill(pid, signal.SIGSTOP)
@@ -644,6 +695,14 @@ class FaultBench:
             ("outbox_disk_full", self.disk_full, first),
             ("garbage_and_oversize_frames", self.garbage, first),
             ("tampered_models", self.tampered_models, first),
+            *(
+                [
+                    ("cloud_machine_kill", self.cloud_machine, every),
+                    ("database_kill_and_restart", self.database, every),
+                ]
+                if len(self.stack.clouds) > 1
+                else []
+            ),
         ]
 
 
@@ -659,7 +718,7 @@ def _warnings(log_file: Path) -> int:
 
 
 @contextlib.contextmanager
-def _stack(work: Path) -> Iterator[tuple[RunningStack, Relay]]:
+def _stack(work: Path, clouds: int = 1) -> Iterator[tuple[RunningStack, Relay]]:
     registry = work / "registry"
     source, _ = bench_registry((2,))
     shutil.copytree(source.root, registry)
@@ -678,6 +737,7 @@ def _stack(work: Path) -> Iterator[tuple[RunningStack, Relay]]:
         workers=WORKERS,
         sites=SITES,
         consumers=2,
+        clouds=clouds,
         labeled_cameras=CAMERAS_PER_SITE,
         videos=(),
         bridge_address=("127.0.0.1", relay.port),
@@ -690,14 +750,19 @@ def _stack(work: Path) -> Iterator[tuple[RunningStack, Relay]]:
         relay.close()
 
 
-def run(quick: bool, soak_minutes: float = 0.0) -> dict[str, Any]:
+def run(quick: bool, soak_minutes: float = 0.0, clouds: int = 1) -> dict[str, Any]:
+    """Every fault in turn on one local stack; ``clouds`` cloud processes (more than one:
+    on a PostgreSQL, and the faults add a cloud machine killed and the database restarted)."""
     budget = Budget.of(quick)
     started = time.monotonic()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgelearn-bench-faults-{os.getpid()}"
     work.mkdir(parents=True)
     try:
-        with _stack(work) as (stack, relay):
-            bench = FaultBench(stack, relay, budget, work / "run" / "features")
+        with _stack(work, clouds) as (stack, relay):
+            store: Path | str = work / "run" / "features"
+            if stack.postgres is not None:
+                store = stack.postgres.url
+            bench = FaultBench(stack, relay, budget, store)
             try:
                 bench.wait_flowing()
                 faults = {
@@ -717,6 +782,8 @@ def run(quick: bool, soak_minutes: float = 0.0) -> dict[str, Any]:
             "gateway_workers_per_site": WORKERS,
             "cameras_per_site": CAMERAS_PER_SITE,
             "cloud_consumers": 2,
+            "cloud_processes": clouds,
+            "store": "postgresql" if clouds > 1 else "sqlite",
             "mode": MODE,
             "fps": 15,
         },

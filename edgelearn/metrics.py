@@ -140,6 +140,16 @@ class Samples:
                 sums[labels[label]] = sums.get(labels[label], 0.0) + value
         return sums
 
+    def highest_by_label(self, name: str, label: str, **match: str) -> dict[str, float]:
+        """The highest value of ``name`` per value of ``label``: a gauge that each of
+        several processes reports about one shared thing (the registry's generations and
+        held-out accuracies, seen by every cloud process), where a sum means nothing."""
+        highest: dict[str, float] = {}
+        for labels, value in self.values(name, **match):
+            if label in labels:
+                highest[labels[label]] = max(highest.get(labels[label], value), value)
+        return highest
+
 
 def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
     """The ``q`` quantile of cumulative bucket counts (:meth:`Samples.buckets`, or the

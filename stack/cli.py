@@ -340,6 +340,13 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         help="faults only: repeat the faults this long and report the RSS growth",
     )
     parser.add_argument(
+        "--clouds",
+        type=int,
+        default=None,
+        help="faults only: cloud processes on one PostgreSQL (default 1, SQLite); with 2 or "
+        "more the faults add one cloud machine killed and the database restarted",
+    )
+    parser.add_argument(
         "--drift",
         metavar="SPEC",
         default=None,
@@ -360,6 +367,10 @@ def main_bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(BENCHMARKS[args.part])
     started = time.perf_counter()
     extra: dict[str, Any] = {"soak_minutes": args.soak_minutes} if args.soak_minutes else {}
+    if args.clouds is not None:
+        if args.part != "faults":
+            raise ConfigError("--clouds is for `bench faults` only")
+        extra["clouds"] = args.clouds
     for option in ("drift", "mode"):
         if getattr(args, option) is not None:
             if args.part != "drift":

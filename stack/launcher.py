@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import secrets as random_source
@@ -34,9 +35,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ from edgelearn.ports import free_port, port_in_use
 from edgelearn.secrets import Secrets, default_secrets_dir
 from gateway.config import GatewayConfig
 from stack import broker
+from stack.postgres import RunningPostgres, start_postgres
 
 SAMPLE_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 PROMETHEUS_CONFIG = Path(__file__).resolve().parent.parent / "dashboards" / "prometheus"
@@ -272,6 +275,10 @@ class StackSettings:
     camera_users: int = 0  # camera users to ensure beyond the stack's own cameras
     sites: int = 1  # edge sites, each with its broker, gateway pool and cameras
     consumers: int = 2  # cloud consumers in one shared-subscription group
+    # Cloud processes, as on as many machines: with more than one, they share a PostgreSQL
+    # the stack starts (their ledger, training store and trainer lease) and the registry
+    # folder (their models), and their consumers form one shared-subscription group.
+    clouds: int = 1
     # Where the edge brokers' bridges reach the cloud broker, when not directly (a WAN link,
     # a relay: ``bench faults`` cuts the bridge there). None: the cloud broker itself.
     bridge_address: tuple[str, int] | None = None
@@ -280,8 +287,8 @@ class StackSettings:
     def __post_init__(self) -> None:
         if not self.plans:
             Mode.parse(self.mode)  # ModeError (a ValueError) with a clear message
-        if self.sites < 1 or self.consumers < 1 or self.workers < 1:
-            raise ValueError("sites, consumers and workers must be at least 1")
+        if self.sites < 1 or self.consumers < 1 or self.workers < 1 or self.clouds < 1:
+            raise ValueError("sites, consumers, clouds and workers must be at least 1")
         unknown = sorted(set(self.gateway) - {f.name for f in dataclasses.fields(GatewayConfig)})
         if unknown:
             raise ValueError(f"gateway settings {unknown}: GatewayConfig has no such fields")
@@ -360,9 +367,11 @@ class RunningStack:
     secrets: Secrets
     cloud_broker_part: BrokerPart
     sites: list[Site]
-    cloud: Child
+    cloud: Child  # the first cloud process (it publishes the object events)
     prometheus: str | None
     seed: int  # the labeled cameras' (camera n of the stack: seed + n - 1)
+    clouds: list[Child] = field(default_factory=list)  # every cloud process, ``cloud`` first
+    postgres: RunningPostgres | None = None  # the clouds' shared store, when several
 
     @property
     def edge_broker(self) -> broker.RunningBroker:
@@ -404,6 +413,8 @@ class RunningStack:
         for site in self.sites:
             key = "edge_broker" if len(self.sites) == 1 else f"edge_broker {site.name}"
             found[key] = f"127.0.0.1:{site.broker.port}"
+        if self.postgres is not None:
+            found["postgresql"] = f"127.0.0.1:{self.postgres.port} ({len(self.clouds)} clouds)"
         if self.prometheus:
             found["prometheus"] = self.prometheus
         found["seed"] = f"{self.seed} (the cameras' items; --seed {self.seed} shows them again)"
@@ -482,6 +493,8 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
     env = child_env(secrets.directory, settings.registry)
     children = ChildProcesses(run_dir, settings.echo)
     brokers: list[BrokerPart] = []
+    postgres: RunningPostgres | None = None
+    stopping: list[Callable[[], None]] = []  # after the children and brokers
     try:
         cloud_broker = BrokerPart(
             "broker-cloud",
@@ -513,7 +526,15 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
             )
             brokers.append(edge)
             sites.append(Site(name, f"gw-{number}", edge))
-        cloud = _start_cloud(children, settings, cloud_broker.port, env)
+        if settings.clouds > 1:
+            postgres = start_postgres(postgres_dir(run_dir))
+            stopping.append(postgres.stop)
+        clouds = [_start_cloud(children, settings, cloud_broker.port, env, postgres)]
+        # the others once the first has trained what the registry lacked and pushed it
+        clouds += [
+            _start_cloud(children, settings, cloud_broker.port, env, postgres, number)
+            for number in range(2, settings.clouds + 1)
+        ]
         for number, site in enumerate(sites):
             site.gateway = start_gateway(
                 children,
@@ -530,23 +551,55 @@ def launch(settings: StackSettings) -> Iterator[RunningStack]:
             prometheus = _start_prometheus(
                 children, prometheus_binary, run_dir, prometheus_port, sites, env
             )
-        yield RunningStack(children, secrets, cloud_broker, sites, cloud, prometheus, seed)
+        yield RunningStack(
+            children, secrets, cloud_broker, sites, clouds[0], prometheus, seed, clouds, postgres
+        )
     finally:
         children.stop()
         for part in reversed(brokers):
             part.stop()
+        for stop in stopping:
+            stop()
 
 
 def _metrics_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/metrics"
 
 
+def postgres_dir(run_dir: Path) -> Path:
+    """Where the stack's PostgreSQL keeps its cluster: in the run folder, unless the server's
+    user (``postgres``, when we are root) could not enter it (a home of mode 0700): then a
+    folder of its own in the system's temporary folder, named after the run folder."""
+    if os.geteuid() != 0 or all(
+        folder.stat().st_mode & 0o001 for folder in [run_dir.resolve(), *run_dir.resolve().parents]
+    ):
+        return run_dir / "postgres"
+    digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]
+    folder = Path(tempfile.gettempdir()) / f"edgelearn-postgres-{digest}"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    folder.chmod(0o755)
+    return folder / "run"
+
+
 def _start_cloud(
-    children: ChildProcesses, settings: StackSettings, broker_port: int, env: dict[str, str]
+    children: ChildProcesses,
+    settings: StackSettings,
+    broker_port: int,
+    env: dict[str, str],
+    postgres: RunningPostgres | None = None,
+    number: int = 1,
 ) -> Child:
+    """Cloud process ``number`` (1: ``cloud``, which also publishes the object events; then
+    ``cloud-2``...); with ``postgres``, its store is that server. Returns once it pushed
+    its models (it trained a first set if the registry had none)."""
     metrics_port = free_port()  # one for the process, whatever its consumers
-    store = settings.feature_store or settings.run_dir / "features"
+    name = "cloud" if number == 1 else f"cloud-{number}"
+    store: Path | str = settings.feature_store or settings.run_dir / "features"
+    if postgres is not None:
+        store = postgres.url
     config = CloudConfig(
+        cloud_id=name,
+        events=number == 1,
         broker=f"127.0.0.1:{broker_port}",
         site=settings.site if settings.sites == 1 else wire.ANY_SITE,
         registry=settings.registry,  # None: the environment's (child_env), or the state's
@@ -564,14 +617,16 @@ def _start_cloud(
         plan=PlanConfig(enabled=settings.plans),
         learn=LearnConfig(enabled=settings.learn, every=settings.learn_every),
     )
-    config_file = settings.run_dir / "cloud.toml"  # its settings, as it reads them
+    config_file = settings.run_dir / f"{name}.toml"  # its settings, as it reads them
     config_file.write_text(config_module.dump(config, "cloud"))
     command = edgelearn_command("cloud", "--config", str(config_file))
-    cloud = children.start("cloud", command, env)
+    cloud = children.start(name, command, env)
     cloud.metrics_urls.append(_metrics_url(metrics_port))
     # A first generation takes tens of seconds: the cloud says "serving" as soon as one of
     # its models answers (the gateway runs raw until the model of its mode arrives).
     children.wait_for_line(cloud, "serving", timeout=3600)
+    if settings.clouds > 1:  # the next one finds the models in the registry, not training
+        children.wait_for_line(cloud, "pushed", timeout=3600)
     return cloud
 
 

@@ -134,21 +134,24 @@ def summarize(samples: Samples) -> dict[str, Any]:
     taught = samples.by_label(
         "edgelearn_cloud_predictions_total", "class_name", task=wire.TASK_TEACHER
     )
-    training = samples.total("edgelearn_cloud_generation_training")
+    # what each cloud process reports of the registry they share: the highest, not a sum
+    training = max(
+        (value for _, value in samples.values("edgelearn_cloud_generation_training")), default=0
+    )
     return {
         "models": {
             "generation": {
                 family: int(value)
-                for family, value in samples.by_label(
+                for family, value in samples.highest_by_label(
                     "edgelearn_cloud_model_generation", "family"
                 ).items()
             },
-            "held_out_accuracy": samples.by_label(
+            "held_out_accuracy": samples.highest_by_label(
                 "edgelearn_cloud_model_heldout_accuracy_ratio", "mode"
             ),
             "held_out_items": {
                 mode: int(value)
-                for mode, value in samples.by_label(
+                for mode, value in samples.highest_by_label(
                     "edgelearn_cloud_model_heldout_items", "mode"
                 ).items()
             },
@@ -429,6 +432,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "broker (default 1)",
     )
     parser.add_argument(
+        "--clouds",
+        type=int,
+        default=defaults.clouds,
+        help="cloud processes, as on that many machines: with more than one they share a "
+        "PostgreSQL the stack starts (ledger, training store, trainer lease) and the model "
+        f"registry (default {defaults.clouds})",
+    )
+    parser.add_argument(
         "--consumers",
         type=int,
         default=defaults.consumers,
@@ -571,6 +582,7 @@ def _settings(args: argparse.Namespace) -> StackSettings:
             workers=args.workers,
             sites=args.sites,
             consumers=args.consumers,
+            clouds=args.clouds,
             uplink_kbps=args.uplink_kbps,
             labeled_cameras=args.cameras,
             seed=args.seed,

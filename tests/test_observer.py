@@ -150,3 +150,30 @@ def test_the_summary_counts_predicted_classes_apart_by_task() -> None:
     summary = summarize(Samples(rows))
     assert summary["predicted"] == {"Dress": 7.0, "Bag": 3.0}
     assert summary["predicted_teacher"] == {"person": 40.0, "unknown": 5.0}
+
+
+def test_two_cloud_processes_report_the_registry_they_share_once_not_summed() -> None:
+    """Under ``up --clouds 2`` both processes export the registry's generations and held-out
+    accuracies: the summary shows them once (the highest), while counters still add up."""
+    from edgelearn.metrics import Samples
+    from stack.up import summarize
+
+    rows = tuple(
+        row
+        for version in ("a", "b")  # two processes, one registry
+        for row in (
+            ("edgelearn_cloud_model_generation", {"family": "cnn", "p": version}, 3.0),
+            ("edgelearn_cloud_model_heldout_accuracy_ratio",
+             {"mode": "split:8", "p": version}, 0.84),
+            ("edgelearn_cloud_model_heldout_items", {"mode": "split:8", "p": version}, 2000.0),
+            ("edgelearn_cloud_generation_training", {"p": version}, 4.0 if version == "a" else 0),
+            ("edgelearn_cloud_predictions_total",
+             {"mode": "split:8", "task": "dataset", "class_name": "Bag", "p": version}, 5.0),
+        )
+    )  # fmt: skip
+    models = summarize(Samples(rows))["models"]
+    assert models["generation"] == {"cnn": 3}
+    assert models["held_out_accuracy"] == {"split:8": 0.84}
+    assert models["held_out_items"] == {"split:8": 2000}
+    assert models["training_generation"] == 4
+    assert summarize(Samples(rows))["predicted"] == {"Bag": 10.0}
