@@ -699,7 +699,11 @@ class CloudConsumer:
         for (site, gateway), envelopes in by_gateway.items():
             for start in range(0, len(envelopes), wire.MAX_ACK_ENTRIES):
                 chunk = envelopes[start : start + wire.MAX_ACK_ENTRIES]
-                ack = wire.Ack.of(gateway, [wire.capture_of(envelope) for envelope in chunk])
+                ack = wire.Ack.of(
+                    gateway,
+                    [wire.capture_of(envelope) for envelope in chunk],
+                    consumer=self.config.consumer_id,
+                )
                 future = self._publish(wire.Topics(site).ack(gateway), wire.encode(ack), 1)
                 future.add_done_callback(self._acked)
             self.metrics.acked.inc(len(envelopes))

@@ -753,9 +753,14 @@ class Ack(Envelope):
     cameras: tuple[str, ...] = _wire(_sequence(IDENT, MAX_ACK_ENTRIES))
     seqs: tuple[int, ...] = _wire(_sequence(U64, MAX_ACK_ENTRIES))
     captures: tuple[int, ...] = _wire(_sequence(U64, MAX_ACK_ENTRIES))
+    # the cloud consumer that answered them (its client id; "" unnamed): a gateway paces
+    # its re-sends by how far each consumer has got (gateway.outbox)
+    consumer: str = _wire(IDENT, default="")
 
     def __post_init__(self) -> None:
         _check_ident("gateway_id", self.gateway_id)
+        if self.consumer:
+            _check_ident("consumer", self.consumer)
         _check(
             len(self.cameras) == len(self.seqs) == len(self.captures),
             "bad_count",
@@ -766,9 +771,9 @@ class Ack(Envelope):
             _check_ident("camera_id", camera_id)
 
     @classmethod
-    def of(cls, gateway_id: str, captures: Sequence[Capture]) -> Ack:
+    def of(cls, gateway_id: str, captures: Sequence[Capture], consumer: str = "") -> Ack:
         cameras, seqs, times = zip(*captures, strict=True)
-        return cls(gateway_id, cameras, seqs, times)
+        return cls(gateway_id, cameras, seqs, times, consumer)
 
     def entries(self) -> list[Capture]:
         return list(zip(self.cameras, self.seqs, self.captures, strict=True))

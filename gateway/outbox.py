@@ -44,7 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -92,6 +92,29 @@ class OutboxError(RuntimeError):
     """The outbox file cannot be opened or written (a full disk, a bad path)."""
 
 
+@dataclass
+class _Watermark:
+    """How far one cloud consumer has acknowledged: the latest send (clock time) it acked,
+    as it grew over time, so it can be read as it was a while ago."""
+
+    through: float = 0.0
+    last: float = 0.0  # when its last ack came
+    marks: deque[tuple[float, float]] = field(default_factory=deque)  # (when, through)
+    _old: float = 0.0
+
+    def advance(self, now: float, latest: float) -> None:
+        self.last = now
+        if latest > self.through:
+            self.through = latest
+            self.marks.append((now, latest))
+
+    def lagged(self, when: float) -> float:
+        """``through`` as it was at ``when`` (an earlier time, never later than now)."""
+        while self.marks and self.marks[0][0] <= when:
+            self._old = self.marks.popleft()[1]
+        return self._old
+
+
 class Outbox:
     def __init__(
         self,
@@ -119,12 +142,10 @@ class Outbox:
         self._on_drop = on_drop
         self._clock = clock
         self._lock = threading.Lock()
-        # The latest send (clock time) of anything acknowledged, and when the last ack came.
-        self.acked_through = 0.0
+        # When the last ack came (or the link came back), and how far each consumer of the
+        # cloud has acknowledged (its acks name it; "" an older cloud's): paced() reads them.
         self.last_ack = clock()
-        # acked_through as it grew: (when, value); paced() reads it retry_after late
-        self._marks: deque[tuple[float, float]] = deque()
-        self._lagged = 0.0
+        self._consumers: dict[str, _Watermark] = {}
         try:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,19 +243,31 @@ class Outbox:
         plain backoff applies again (the copies queued during the outage go first)."""
         self.last_ack = self._clock()
 
+    @property
+    def acked_through(self) -> float:
+        """The latest send (clock time) any consumer has acknowledged."""
+        return max((mark.through for mark in self._consumers.values()), default=0.0)
+
     def paced(self) -> float | None:
         """What a re-send must have been sent before (clock time) to go again: ``retry_after``
-        before the latest send the cloud had acknowledged ``retry_after`` ago. Read that
-        late, a copy's own ack has had ``retry_after`` to come after the acks of later
-        sends (a cloud acks a frame with nothing in view at once, one with objects once its
-        answer is out: acks of one backlog overtake each other by seconds). None when no
-        ack has come for ``retry_max``: then only a probe goes (:mod:`gateway.uplink`)."""
+        before the latest send that *every* consumer acking lately (within ``retry_max``)
+        had acknowledged ``retry_after`` ago.
+
+        Every consumer: a shared subscription gives each consumer its own share of the
+        features, which it answers in order, so a copy is lost only once every consumer has
+        moved past it (two cloud processes draining one backlog run seconds apart). Read
+        ``retry_after`` late: one consumer acks a frame with nothing in view at once and one
+        with objects once its answer is out, so its own acks overtake each other by seconds.
+        None when no ack has come for ``retry_max``: then only a probe goes
+        (:mod:`gateway.uplink`)."""
         now = self._clock()
         if now - self.last_ack > self.retry_max:
             return None
-        while self._marks and self._marks[0][0] <= now - self.retry_after:
-            self._lagged = self._marks.popleft()[1]
-        return self._lagged - self.retry_after
+        marks = list(self._consumers.values())
+        active = [mark for mark in marks if now - mark.last <= self.retry_max] or marks
+        if not active:
+            return -self.retry_after
+        return min(mark.lagged(now - self.retry_after) for mark in active) - self.retry_after
 
     def take_due(self, limit: int, sent_before: float | None = None) -> list[Pending]:
         """Up to ``limit`` features due to be sent, oldest first (with ``sent_before``,
@@ -273,9 +306,10 @@ class Outbox:
             (due,) = self._db.execute("SELECT MIN(due) FROM outbox").fetchone()
         return None if due is None else float(due)
 
-    def acknowledge(self, captures: Iterable[wire.Capture]) -> int:
-        """Forget the acknowledged features; returns how many were held here (acks for other
-        workers' or already forgotten features are no-ops)."""
+    def acknowledge(self, captures: Iterable[wire.Capture], consumer: str = "") -> int:
+        """Forget the acknowledged features (``consumer``: the cloud consumer that acked
+        them); returns how many were held here (acks for other workers' or already
+        forgotten features are no-ops)."""
         with self._lock:
             removed = freed = 0
             # Failed: nothing forgotten; the features go again, harmless.
@@ -292,10 +326,8 @@ class Outbox:
                         latest = max(latest, float(row[1]))
             self._items -= removed
             self._bytes -= freed
-            if removed:  # the cloud has moved past what was sent before ``latest``
-                if latest > self.acked_through:
-                    self.acked_through = latest
-                    self._marks.append((now, latest))
+            if removed:  # the consumer has moved past what was sent before ``latest``
+                self._consumers.setdefault(consumer, _Watermark()).advance(now, latest)
                 self.last_ack = now
             return removed
 

@@ -156,7 +156,7 @@ class Uplink:
             return
         try:
             # Every worker of the pool reads the gateway's acks; each forgets what it holds.
-            self._metrics.acked.inc(self.outbox.acknowledge(ack.entries()))
+            self._metrics.acked.inc(self.outbox.acknowledge(ack.entries(), ack.consumer))
         except OutboxError as exc:
             self._outbox_failed(exc)
 

@@ -92,6 +92,35 @@ def test_a_copy_goes_again_only_once_the_cloud_has_acknowledged_something_sent_a
     assert outbox.paced() == 1002.0
 
 
+def test_a_copy_another_consumer_still_holds_is_not_sent_again_until_it_too_moves_on() -> None:
+    """Two cloud consumers (two cloud machines) share the features: one's acks run ahead of
+    the other's backlog. A copy goes again only once every consumer acking lately has
+    passed it; a consumer silent for retry_max no longer holds anything back."""
+    clock, drops = Clock(), []
+    outbox = _outbox(None, clock, drops)  # retry_after 2, retry_max 10
+    for seq in range(1, 7):  # sent at 1000..1005; the slow consumer "b" got 1 and 2
+        assert _put(outbox, seq)
+        clock.now += 1
+    assert outbox.acknowledge([("cam-1", 3, 10**9 + 3)], "b") == 1  # b: through 1002
+    assert outbox.acknowledge([("cam-1", 6, 10**9 + 6)], "a") == 1  # a: through 1005
+    clock.now = 1010.0  # both marks stood for retry_after; every backoff passed
+    # a alone would let 1, 2, 4 go (sent by 1003); b has acked only through 1002: 1000 and
+    # before are passed by both
+    assert [item.seq for item in outbox.take_due(10, sent_before=outbox.paced())] == [1]
+    assert outbox.acknowledge([("cam-1", 4, 10**9 + 4)], "b") == 1  # b catches up: 1003
+    clock.now = 1012.5
+    assert [item.seq for item in outbox.take_due(10, sent_before=outbox.paced())] == [2]
+    # b falls silent for retry_max while a keeps acking: only a paces
+    assert _put(outbox, 7)  # sent at 1012.5
+    clock.now = 1017.0
+    assert outbox.acknowledge([("cam-1", 7, 10**9 + 7)], "a") == 1  # a: through 1012.5
+    clock.now = 1019.5  # a's mark stood 2.5 s; b last acked 7 s ago: still counted
+    assert outbox.take_due(10, sent_before=outbox.paced()) == []
+    clock.now = 1021.0  # b silent for 11 s > retry_max: a's word alone (it has passed 5,
+    # and 1's copy of 1010)
+    assert [item.seq for item in outbox.take_due(10, sent_before=outbox.paced())] == [5, 1]
+
+
 def test_a_full_outbox_drops_by_policy_and_counts_it() -> None:
     clock, drops = Clock(), []
     oldest = _outbox(None, clock, drops, max_items=3)
