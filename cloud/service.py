@@ -159,7 +159,8 @@ class CloudService:
     ) -> None:
         self.settings = settings
         self.registry = Registry(settings.registry)
-        self.models = RegistryModels(self.registry)
+        # the cloud halves' LiteRT twins beside the registry: a restart answers at once
+        self.models = RegistryModels(self.registry, serving_cache=self.registry.root / ".serving")
         self.store = FeatureStore(settings.feature_store, keep_features=settings.keep_features)
         self.scoreboard = Scoreboard()
         self._progress = progress
