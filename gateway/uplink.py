@@ -213,7 +213,7 @@ class Uplink:
             for item in batch:
                 await self._inflight.acquire()
                 self._spawn(self._send(item, first=False), "publish")
-            if len(batch) < free:
+            if len(batch) < free or not free:  # nothing more now (or no probe due): wait
                 due = self.outbox.next_due()
                 wait = 0.5 if due is None else due - time.time()
                 await asyncio.sleep(min(0.5, max(0.02, wait)))  # the resend schedule's tick
