@@ -120,7 +120,11 @@ def float_litert(model: Any) -> bytes:
     """``model`` (a Keras cloud half) as a float32 LiteRT flatbuffer (imports TensorFlow)."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # From a traced function, not from_keras_model: that one exports a SavedModel first and
+    # prints its every variable to stdout (the cloud's log, hundreds of lines a half).
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     return bytes(converter.convert())
 
 
