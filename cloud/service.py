@@ -159,8 +159,7 @@ class CloudService:
     ) -> None:
         self.settings = settings
         self.registry = Registry(settings.registry)
-        # the cloud halves' LiteRT twins beside the registry: a restart answers at once
-        self.models = RegistryModels(self.registry, serving_cache=self.registry.root / ".serving")
+        self.models = RegistryModels(self.registry)
         self.store = FeatureStore(settings.feature_store, keep_features=settings.keep_features)
         self.scoreboard = Scoreboard()
         self._progress = progress

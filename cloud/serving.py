@@ -42,11 +42,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,7 +52,7 @@ import numpy.typing as npt
 
 from cloud.models.dense_head import DenseHead
 from cloud.models.errors import ModelNotFound, RegistryError
-from cloud.registry import CLOUD, ModelEntry, Registry
+from cloud.registry import ModelEntry, Registry
 from edgelearn import roi
 from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER
 from edgelearn.modes import AUTOENCODER, FULL, PCA, RAW, Mode
@@ -90,51 +88,11 @@ class ClassifierSource(Protocol):
 # --- the cloud halves, from the registry ----------------------------------------------
 
 
-class LiteRtHalf:
-    """A cloud half as a float32 LiteRT model: no TensorFlow to import (9 s on a loaded
-    2-core host) before it answers. One interpreter, resized to each batch's size."""
-
-    def __init__(self, flatbuffer: bytes) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch = 1
-        self._lock = threading.Lock()
-
-    def predict(self, batch: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        x = np.asarray(batch, np.float32)
-        with self._lock:  # one interpreter: its tensors are shared state
-            if x.shape[0] != self._batch:
-                self._interpreter.resize_tensor_input(self._input, list(x.shape))
-                self._interpreter.allocate_tensors()
-                self._batch = x.shape[0]
-            self._interpreter.set_tensor(self._input, x)
-            self._interpreter.invoke()
-            return np.array(self._interpreter.get_tensor(self._output), np.float32)
-
-
-def float_litert(model: Any) -> bytes:
-    """``model`` (a Keras cloud half) as a float32 LiteRT flatbuffer (imports TensorFlow)."""
-    import tensorflow as tf
-
-    # From a traced function, not from_keras_model: that one exports a SavedModel first and
-    # prints its every variable to stdout (the cloud's log, hundreds of lines a half).
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-    return bytes(converter.convert())
-
-
 @dataclass
 class KerasClassifier:
     """A registry entry's cloud half: the Keras model, answered by ``head`` (numpy) when it
     is only dense layers (:class:`cloud.models.dense_head.DenseHead`: ``split:8``'s one
-    dense layer, the ``pca`` and ``autoencoder`` classifiers), else by ``lite`` (its float
-    LiteRT twin, :class:`LiteRtHalf`, when the serving cache has one; ``model`` is then
-    None) or a TensorFlow graph."""
+    dense layer, the ``pca`` and ``autoencoder`` classifiers), else by a TensorFlow graph."""
 
     model: Any
     takes_frames: bool
@@ -143,14 +101,11 @@ class KerasClassifier:
     version: str
     objects: bool = False
     head: DenseHead | None = None
-    lite: LiteRtHalf | None = None
     _call: Any = None
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         if self.head is not None:
             return self.head.predict(batch)
-        if self.lite is not None:
-            return self.lite.predict(batch)
         if self._call is None:
             import tensorflow as tf
 
@@ -174,13 +129,8 @@ class RegistryModels:
     batches, no feature waits or is dropped.
     """
 
-    def __init__(self, registry: Registry, serving_cache: Path | None = None) -> None:
-        """``serving_cache``: a folder of float LiteRT twins of the cloud halves, by the
-        digest of each half, made the first time a half is loaded (in the background) and
-        read by every later start: a restarted cloud answers without TensorFlow."""
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.serving_cache = serving_cache
-        self._converting: queue.Queue[tuple[Path, Any]] | None = None
         self._loaded: dict[str, KerasClassifier] = {}  # by the cloud half's version
         self._resolved: dict[tuple[str, str, str], KerasClassifier] = {}
         self._names: dict[str, tuple[str, ...]] = {}
@@ -203,58 +153,18 @@ class RegistryModels:
             if entry.version in self._loaded:
                 return self._loaded[entry.version]
         size, _, channels = entry.input_shape[:3]
-        shape: dict[str, Any] = {
-            "takes_frames": entry.kind == KIND_CLOUD_CLASSIFIER,
-            "input_size": int(size),
-            "channels": int(channels),
-            "version": entry.version,
-            "objects": entry.model_input == roi.CROP_RULE,
-        }
-        twin = self._twin(entry)
-        lite = None
-        if twin is not None and twin.exists():
-            try:
-                lite = LiteRtHalf(twin.read_bytes())
-            except (OSError, ValueError, RuntimeError) as exc:  # a damaged twin: made again
-                log.warning("serving cache %s unusable (%s): loading the Keras half", twin, exc)
-        if lite is not None:
-            classifier = KerasClassifier(model=None, lite=lite, **shape)
-        else:
-            model = self.registry.load_cloud_model(entry)
-            classifier = KerasClassifier(model=model, head=DenseHead.of(model), **shape)
-            if twin is not None:
-                self._convert_later(twin, model)
+        model = self.registry.load_cloud_model(entry)
+        classifier = KerasClassifier(
+            model=model,
+            takes_frames=entry.kind == KIND_CLOUD_CLASSIFIER,
+            input_size=int(size),
+            channels=int(channels),
+            version=entry.version,
+            objects=entry.model_input == roi.CROP_RULE,
+            head=DenseHead.of(model),
+        )
         with self._lock:
             return self._loaded.setdefault(entry.version, classifier)
-
-    def _twin(self, entry: ModelEntry) -> Path | None:
-        if self.serving_cache is None or not entry.has(CLOUD):
-            return None
-        digest = entry.metadata["files"][CLOUD]["sha256"]
-        return self.serving_cache / f"{digest}.tflite"
-
-    def _convert_later(self, twin: Path, model: Any) -> None:
-        """Make ``model``'s LiteRT twin in a background thread: serving does not wait."""
-        with self._lock:
-            if self._converting is None:
-                self._converting = queue.Queue()
-                threading.Thread(target=self._convert_loop, name="twins", daemon=True).start()
-            self._converting.put((twin, model))
-
-    def _convert_loop(self) -> None:
-        assert self._converting is not None
-        while True:
-            twin, model = self._converting.get()
-            if twin.exists():
-                continue
-            try:
-                flatbuffer = float_litert(model)
-                twin.parent.mkdir(parents=True, exist_ok=True)
-                partial = twin.with_suffix(f".{threading.get_ident()}.part")
-                partial.write_bytes(flatbuffer)
-                partial.replace(twin)  # whole or absent, for a reader on another machine
-            except Exception:  # a half the converter cannot take keeps TensorFlow
-                log.warning("no LiteRT twin for %s", twin.name, exc_info=True)
 
     def classifier_for(
         self, extractor: str, model_version: str, camera: str = ""
