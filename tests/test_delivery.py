@@ -130,8 +130,9 @@ def test_a_cloud_broker_restart_loses_no_feature_and_no_result_and_counts_nothin
     # The outage's features go again only if they were lost: the edge's bridge queues them
     # while the cloud broker is down, and the gateway holds its re-sends meanwhile; those the
     # restarted broker took before the consumer had subscribed again are lost there, and go
-    # again once acks pass them, after a probe (one copy per retry_max) finds the cloud back.
-    assert resent <= 1.5 * 40, resent
+    # again once acks pass them, after a probe (one copy per retry_max) finds the cloud back;
+    # so may the 40 sent just after its restart. Each goes again about once, not each retry.
+    assert resent <= 1.25 * 80, resent
     # At least once, end to end, as a subscriber at the site sees it: a result published
     # into the dead broker is not acknowledged to the gateway, whose retry gets the stored
     # answer again (the same bytes: a subscriber de-duplicates by capture). A frame with
