@@ -67,7 +67,7 @@ from edgelearn.metrics import fetch, machine_info, parse_samples
 from edgelearn.modes import Mode
 from edgelearn.ports import free_port
 from stack.launcher import RunningStack, Site, StackSettings, launch
-from stack.supervisor import CounterTotals, Supervisor
+from stack.supervisor import CounterTotals, Supervisor, children_of
 
 log = logging.getLogger(__name__)
 
@@ -286,17 +286,9 @@ class Ledger:
 # --- processes -------------------------------------------------------------------------------
 
 
-def _children_of(pid: int) -> list[int]:
-    found = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
 def _tree(pid: int) -> list[int]:
     pids = [pid]
-    for child in _children_of(pid):
+    for child in children_of(pid):
         pids += _tree(child)
     return pids
 
@@ -313,7 +305,7 @@ def pool_workers(supervisor: int) -> list[int]:
     """The worker processes of a gateway pool (its multiprocessing children, not helpers
     such as the resource tracker), oldest first."""
     workers = []
-    for pid in _children_of(supervisor):
+    for pid in children_of(supervisor):
         with contextlib.suppress(OSError):
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 workers.append(pid)

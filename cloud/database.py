@@ -43,6 +43,17 @@ def redacted(url: str) -> str:
     return f"{head}://{credentials.split(':', 1)[0]}:***@{rest}"
 
 
+def for_postgres(schema: str) -> str:
+    """SQLite DDL in PostgreSQL's types: 64-bit integers (captures are nanoseconds), an
+    identity for an integer key (the rows' arrival order), doubles for REAL (times), bytea."""
+    return (
+        schema.replace("INTEGER PRIMARY KEY", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("REAL", "DOUBLE PRECISION")
+        .replace("BLOB", "BYTEA")
+    )
+
+
 class Connection:
     """What an operation sees: ``execute`` (``?`` placeholders) and ``transaction``."""
 
@@ -79,18 +90,18 @@ class Database:
         location: str | Path | None,
         *,
         schema: str,
-        postgres_schema: str,
         reconnect_for: float = 30.0,
         on_retry: Callable[[], None] = lambda: None,
     ) -> None:
-        """``location``: a PostgreSQL URL, an SQLite file, or None (SQLite in memory)."""
+        """``location``: a PostgreSQL URL, an SQLite file, or None (SQLite in memory);
+        ``schema``: SQLite's DDL (PostgreSQL gets it in its own types, :func:`for_postgres`)."""
         self.postgres = is_url(location)
         self.location = location
         self.reconnect_for = reconnect_for
         self.on_retry = on_retry
         self.retries = 0
         self._lock = threading.Lock()
-        self._schema = postgres_schema if self.postgres else schema
+        self._schema = for_postgres(schema) if self.postgres else schema
         self._connection: Connection | None = None
         with self._lock:
             self._connect()

@@ -81,44 +81,6 @@ CREATE TABLE IF NOT EXISTS features (
 );
 CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
 """
-# The same tables in PostgreSQL (cloud --store postgresql://...), shared by every cloud
-# process: 64-bit integers, doubles for times, an identity for the rows' arrival order.
-_PG_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS arrivals (
-    site TEXT NOT NULL,
-    camera TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    capture_ns BIGINT NOT NULL,
-    gateway TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    arrived DOUBLE PRECISION NOT NULL,
-    result BYTEA,
-    PRIMARY KEY (site, camera, seq, capture_ns)
-);
-CREATE INDEX IF NOT EXISTS arrivals_arrived ON arrivals (arrived);
-CREATE TABLE IF NOT EXISTS features (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    site TEXT NOT NULL,
-    camera TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    capture_ns BIGINT NOT NULL,
-    mode TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    label INTEGER NOT NULL,
-    dtype INTEGER NOT NULL,
-    shape TEXT NOT NULL,
-    scale DOUBLE PRECISION NOT NULL,
-    zero_point INTEGER NOT NULL,
-    wire_bytes INTEGER NOT NULL,
-    payload BYTEA NOT NULL,
-    track BIGINT NOT NULL DEFAULT -1,
-    item BIGINT NOT NULL DEFAULT -1,
-    height INTEGER NOT NULL DEFAULT -1,
-    task TEXT NOT NULL DEFAULT 'dataset',
-    UNIQUE (site, camera, seq, capture_ns, track)
-);
-CREATE INDEX IF NOT EXISTS features_kind ON features (mode, model_version);
-"""
 _PRUNE_EVERY: Final = 4096  # arrivals recorded between two checks of the bounds
 
 
@@ -280,7 +242,6 @@ class FeatureStore:
         self._db = Database(
             root / FILE_NAME if isinstance(root, Path) else root,
             schema=_SCHEMA,
-            postgres_schema=_PG_SCHEMA,
             reconnect_for=reconnect_for,
         )
         self._db.prepare(_migrate)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgelearn.ports import free_port
+from stack.supervisor import children_of
 
 USER = "edgelearn"
 DATABASE = "edgelearn"
@@ -118,7 +119,7 @@ class RunningPostgres:
         pid = self.pid()
         if pid is None:
             return
-        doomed = [pid, *_children(pid)]
+        doomed = [pid, *children_of(pid)]
         for each in doomed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(each, signal.SIGKILL)
@@ -141,19 +142,6 @@ class RunningPostgres:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as file:
-                fields = file.read().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.split("/")[2]))
-    return found
 
 
 def _alive(pid: int) -> bool:

@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from edgelearn.metrics import Samples, parse_samples
@@ -254,3 +256,13 @@ class CounterTotals:
             for (u, name, labels), value in self._last.items()
             if u == url and (u, name, labels) not in skip
         )
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (Linux: every thread's ``children`` list);
+    [] when it is gone."""
+    found = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
