@@ -115,7 +115,8 @@ class Queued(Generic[T]):
 
 class LatestFrames(Generic[T]):
     """Per-camera newest-wins queues, served in turn; every drop goes through ``on_drop``
-    exactly once."""
+    exactly once. A frame handed out by :meth:`get` stays in :meth:`outstanding` until its
+    taker calls :meth:`done`, so "nothing left" means processed, not only dequeued."""
 
     def __init__(
         self,
@@ -132,6 +133,7 @@ class LatestFrames(Generic[T]):
         self._turns: collections.deque[str] = collections.deque()  # cameras with frames
         self._condition = threading.Condition()
         self._closed = False
+        self._in_hand = 0  # handed out by get(), not yet done()
 
     def put(self, camera_id: str, item: T) -> None:
         dropped = False
@@ -163,6 +165,7 @@ class LatestFrames(Generic[T]):
                         if time.monotonic() - entry.enqueued > self.stale_after:
                             stale.append(camera_id)
                             continue
+                        self._in_hand += 1
                         return entry
                     if self._closed:
                         return None
@@ -173,6 +176,16 @@ class LatestFrames(Generic[T]):
         finally:
             for camera_id in stale:
                 self._on_drop(camera_id, "stale")
+
+    def done(self) -> None:
+        """The taker of an entry from :meth:`get` has counted its outcome."""
+        with self._condition:
+            self._in_hand -= 1
+
+    def outstanding(self) -> int:
+        """Frames queued or taken and not yet done."""
+        with self._condition:
+            return self._in_hand + sum(len(queue) for queue in self._queues.values())
 
     def depths(self) -> dict[str, int]:
         with self._condition:

@@ -203,33 +203,40 @@ class GatewayWorker:
             entry = self.ingest.queue.get(timeout=0.2)
             if entry is None:
                 continue
-            frame = entry.item.frame
-            taken = time.monotonic()  # the queue's clock
             try:
-                outcome = self.pipeline.process(frame)
-            except Exception:  # a model failing on one frame must not stop the worker
-                log.exception("extraction failed on %s #%d", frame.camera_id, frame.seq)
-                outcome = Dropped("extract_failed")
-            processed = time.monotonic()
-            camera = frame.camera_id
-            if isinstance(outcome, Dropped):
-                self.drops.frame(camera, outcome.reason)
-                continue
-            self.metrics.raw_equivalent_bytes.labels(camera).inc(len(frame.payload))
-            if self.pipeline.objects is not None:
-                self.metrics.observe_objects(camera, outcome.objects)
-            if isinstance(outcome, HeldBack):
-                self.metrics.processed.labels(camera, "held_back").inc()
-                self.held_back_total += 1
-                continue
-            self.keyframes_total += 1
-            self.metrics.processed.labels(camera, "forwarded").inc()
-            self._observe_hops(entry, taken, processed)
-            if self.teacher is not None:
-                self._count_teacher_labels(outcome.envelope)
-            self.uplink.keep_and_send(outcome, processed)
-            if self.teacher is not None:
-                self.teacher.offer(frame, outcome.objects)
+                self._handle(entry)
+            finally:
+                self.ingest.queue.done()
+
+    def _handle(self, entry: Queued[Arrival]) -> None:
+        """One frame from the queue: processed, counted, and its feature kept and sent."""
+        frame = entry.item.frame
+        taken = time.monotonic()  # the queue's clock
+        try:
+            outcome = self.pipeline.process(frame)
+        except Exception:  # a model failing on one frame must not stop the worker
+            log.exception("extraction failed on %s #%d", frame.camera_id, frame.seq)
+            outcome = Dropped("extract_failed")
+        processed = time.monotonic()
+        camera = frame.camera_id
+        if isinstance(outcome, Dropped):
+            self.drops.frame(camera, outcome.reason)
+            return
+        self.metrics.raw_equivalent_bytes.labels(camera).inc(len(frame.payload))
+        if self.pipeline.objects is not None:
+            self.metrics.observe_objects(camera, outcome.objects)
+        if isinstance(outcome, HeldBack):
+            self.metrics.processed.labels(camera, "held_back").inc()
+            self.held_back_total += 1
+            return
+        self.keyframes_total += 1
+        self.metrics.processed.labels(camera, "forwarded").inc()
+        self._observe_hops(entry, taken, processed)
+        if self.teacher is not None:
+            self._count_teacher_labels(outcome.envelope)
+        self.uplink.keep_and_send(outcome, processed)
+        if self.teacher is not None:
+            self.teacher.offer(frame, outcome.objects)
 
     def _count_teacher_labels(self, envelope: wire.Feature | wire.Result) -> None:
         if isinstance(envelope, wire.Feature) and envelope.label_source.startswith("teacher:"):
@@ -325,7 +332,7 @@ class GatewayWorker:
         """Wait until every queued frame is processed and its feature sent once (the broker
         acknowledged it); False if ``timeout`` came first."""
         return await self._wait_for(
-            lambda: not any(self.ingest.queue.depths().values()) and self.uplink.pending() == 0,
+            lambda: self.ingest.queue.outstanding() == 0 and self.uplink.pending() == 0,
             timeout,
         )
 

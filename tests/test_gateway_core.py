@@ -85,6 +85,22 @@ def test_queue_newest_wins_and_counts_every_drop() -> None:
     assert queue.get(timeout=0) is None
 
 
+def test_a_taken_frame_is_outstanding_until_its_taker_is_done() -> None:
+    # gateway.drain() waits on this: an empty queue with a frame still in the worker's hands
+    # is not yet accounted for (it was neither processed nor dropped).
+    queue: LatestFrames[int] = LatestFrames(depth=2, stale_after=60)
+    queue.put("a", 1)
+    queue.put("b", 2)
+    assert queue.outstanding() == 2
+    assert queue.get(timeout=0) is not None
+    assert queue.get(timeout=0) is not None
+    assert not any(queue.depths().values()) and queue.outstanding() == 2
+    queue.done()
+    assert queue.outstanding() == 1
+    queue.done()
+    assert queue.outstanding() == 0
+
+
 def test_queue_drops_stale_frames() -> None:
     drops: list[str] = []
     queue: LatestFrames[int] = LatestFrames(
