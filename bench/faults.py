@@ -46,10 +46,10 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -62,7 +62,7 @@ from bench.runs import poll_until
 from cameras.replay import scene_frames
 from cloud.feature_store import FILE_NAME
 from edgelearn import wire
-from edgelearn.config import BrokerConfig
+from edgelearn.config import BrokerConfig, ConfigError
 from edgelearn.metrics import fetch, machine_info, parse_samples
 from edgelearn.modes import Mode
 from edgelearn.ports import free_port
@@ -72,6 +72,18 @@ from stack.supervisor import CounterTotals, Supervisor, children_of
 log = logging.getLogger(__name__)
 
 SITES, WORKERS, CAMERAS_PER_SITE = 2, 2, 2
+FAULTS: Final = (  # in the order they run
+    "cloud_broker_kill_and_restart",
+    "edge_broker_kill_and_restart",
+    "gateway_worker_kill",
+    "cloud_consumer_kill",
+    "cloud_paused",
+    "bridge_cut",
+    "outbox_disk_full",
+    "garbage_and_oversize_frames",
+    "tampered_models",
+)
+CLOUDS_FAULTS: Final = ("cloud_machine_kill", "database_kill_and_restart")  # --clouds 2+
 MODE = "split:2"
 Key = tuple[str, str, int, int]  # site, camera, seq, capture_ns: the ledger's key
 
@@ -677,25 +689,21 @@ class FaultBench:
     def all_faults(self) -> list[tuple[str, Callable[[], tuple[float, dict[str, Any]]], list[str]]]:
         first = [self.stack.sites[0].name]
         every = [site.name for site in self.stack.sites]
-        return [
-            ("cloud_broker_kill_and_restart", self.cloud_broker, every),
-            ("edge_broker_kill_and_restart", self.edge_broker, first),
-            ("gateway_worker_kill", self.gateway_worker, first),
-            ("cloud_consumer_kill", self.cloud_process, every),
-            ("cloud_paused", self.cloud_paused, every),
-            ("bridge_cut", self.bridge_cut, every),
-            ("outbox_disk_full", self.disk_full, first),
-            ("garbage_and_oversize_frames", self.garbage, first),
-            ("tampered_models", self.tampered_models, first),
-            *(
-                [
-                    ("cloud_machine_kill", self.cloud_machine, every),
-                    ("database_kill_and_restart", self.database, every),
-                ]
-                if len(self.stack.clouds) > 1
-                else []
-            ),
-        ]
+        injections = {
+            "cloud_broker_kill_and_restart": (self.cloud_broker, every),
+            "edge_broker_kill_and_restart": (self.edge_broker, first),
+            "gateway_worker_kill": (self.gateway_worker, first),
+            "cloud_consumer_kill": (self.cloud_process, every),
+            "cloud_paused": (self.cloud_paused, every),
+            "bridge_cut": (self.bridge_cut, every),
+            "outbox_disk_full": (self.disk_full, first),
+            "garbage_and_oversize_frames": (self.garbage, first),
+            "tampered_models": (self.tampered_models, first),
+            "cloud_machine_kill": (self.cloud_machine, every),
+            "database_kill_and_restart": (self.database, every),
+        }
+        names = [*FAULTS, *(CLOUDS_FAULTS if len(self.stack.clouds) > 1 else ())]
+        return [(name, *injections[name]) for name in names]
 
 
 def _scrape_total(url: str, name: str, **match: str) -> float:
@@ -742,9 +750,17 @@ def _stack(work: Path, clouds: int = 1) -> Iterator[tuple[RunningStack, Relay]]:
         relay.close()
 
 
-def run(quick: bool, soak_minutes: float = 0.0, clouds: int = 1) -> dict[str, Any]:
-    """Every fault in turn on one local stack; ``clouds`` cloud processes (more than one:
-    on a PostgreSQL, and the faults add a cloud machine killed and the database restarted)."""
+def run(
+    quick: bool, soak_minutes: float = 0.0, clouds: int = 1, only: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Every fault in turn on one local stack (``only``: just these, by name); ``clouds``
+    cloud processes (more than one: on a PostgreSQL, and the faults add a cloud machine
+    killed and the database restarted)."""
+    known = set(FAULTS) | set(CLOUDS_FAULTS if clouds > 1 else ())
+    unknown = sorted(set(only) - known)
+    if unknown:
+        known_names = ", ".join(sorted(known))
+        raise ConfigError(f"no such fault: {', '.join(unknown)} (known: {known_names})")
     budget = Budget.of(quick)
     started = time.monotonic()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgelearn-bench-faults-{os.getpid()}"
@@ -760,6 +776,7 @@ def run(quick: bool, soak_minutes: float = 0.0, clouds: int = 1) -> dict[str, An
                 faults = {
                     name: bench.measure(name, inject, sites)
                     for name, inject, sites in bench.all_faults()
+                    if not only or name in only
                 }
                 soak = _soak(bench, soak_minutes) if soak_minutes else None
                 double = bench.ledger.double_counted()

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (step description, step number, total steps)
 
+BUDGETS: Final = ("default", "quick", "smoke")  # TrainingPlan.named's
 CNN: Final = "cnn"
 FAMILIES: Final = (CNN, PCA, AUTOENCODER)
 
@@ -131,10 +132,24 @@ class TrainingPlan:
         )
 
     @classmethod
+    def smoke(cls) -> TrainingPlan:
+        """Two tiny generations, the second still clearly better: a check that the whole
+        climb works (an install, the test suite), in about two thirds of the quick plan's
+        time (its exports and renders cost what they cost; only the fits shrink)."""
+        return cls(
+            generations=(Generation(1_000, 3), Generation(2_000, 2, autoencoder_epochs=1)),
+            n_held_out=300,
+            first_held_out=300,
+            feature_epochs=5,
+            split_ks=(2,),
+        )
+
+    @classmethod
     def named(cls, name: str) -> TrainingPlan:
-        if name not in ("default", "quick"):
-            raise ValueError(f"unknown training budget {name!r}: default or quick")
-        return cls.quick() if name == "quick" else cls.default()
+        plans = {"default": cls.default, "quick": cls.quick, "smoke": cls.smoke}
+        if name not in plans:
+            raise ValueError(f"unknown training budget {name!r}: {', '.join(BUDGETS)}")
+        return plans[name]()
 
     def generation(self, number: int) -> Generation:
         """Generation ``number`` (1 is the first)."""

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud.config import BUDGETS, CloudConfig
+from cloud.bootstrap import BUDGETS
+from cloud.config import CloudConfig
 from cloud.service import CloudSettings
 from cloud.trainer import TrainerSettings
 from edgelearn import config as config_module
@@ -132,7 +133,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the model generations to train (cloud.bootstrap.TrainingPlan): default, a "
         "first generation in seconds and four bigger ones in the background; quick: two small "
-        "ones, for tests",
+        "ones, for tests and quick benchmarks; smoke: two tiny ones, to check an install",
     )
     parser.add_argument(
         "--split-ks",

@@ -38,7 +38,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud.bootstrap import TrainingPlan
+from cloud.bootstrap import BUDGETS, TrainingPlan
 from cloud.database import is_url
 from cloud.models.teacher import TeacherSpec
 from cloud.planner import PlannerSettings
@@ -49,7 +49,6 @@ from edgelearn.config import BrokerConfig, parse_address
 from edgelearn.datasets import FASHION_MNIST, parse_dataset
 from edgelearn.secrets import Secrets, default_secrets_dir, default_state_dir, registry_dir
 
-BUDGETS = ("default", "quick")  # TrainingPlan.named's
 NO_FEATURES = "none"  # feature_store: record arrivals only, keep no features
 
 
@@ -92,7 +91,7 @@ class LearnConfig:
         """The trainer's settings under ``budget``; None when it does not run."""
         if not self.enabled:
             return None
-        settings = TrainerSettings.quick() if budget == "quick" else TrainerSettings()
+        settings = TrainerSettings.quick() if budget != "default" else TrainerSettings()
         if self.every is not None:
             settings = dataclasses.replace(settings, every=self.every)
         return settings

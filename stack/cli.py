@@ -347,6 +347,13 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         "more the faults add one cloud machine killed and the database restarted",
     )
     parser.add_argument(
+        "--faults",
+        metavar="NAME,...",
+        default=None,
+        help="faults only: inject only these faults, in their usual order (names as in the "
+        "report, e.g. bridge_cut,cloud_paused); default every one",
+    )
+    parser.add_argument(
         "--drift",
         metavar="SPEC",
         default=None,
@@ -371,6 +378,10 @@ def main_bench(args: argparse.Namespace) -> int:
         if args.part != "faults":
             raise ConfigError("--clouds is for `bench faults` only")
         extra["clouds"] = args.clouds
+    if args.faults is not None:
+        if args.part != "faults":
+            raise ConfigError("--faults is for `bench faults` only")
+        extra["only"] = tuple(name.strip() for name in args.faults.split(",") if name.strip())
     for option in ("drift", "mode"):
         if getattr(args, option) is not None:
             if args.part != "drift":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloud.bootstrap import BUDGETS
 from cloud.models.errors import ExportError
 from cloud.models.teacher import TeacherSpec
 from cloud.registry import Registry
@@ -367,10 +368,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--budget",
-        choices=("default", "quick"),
+        choices=BUDGETS,
         default=defaults.budget,
         help="the model generations the cloud trains: default, a first one in seconds, then "
-        "bigger ones in the background for some minutes; quick: two small ones (tests)",
+        "bigger ones in the background for some minutes; quick: two small ones (tests, "
+        "quick benchmarks); smoke: two tiny ones, to check an install",
     )
     parser.add_argument(
         "--dataset",

@@ -1,9 +1,14 @@
-"""``edgelearn bench faults --quick``: every fault on a real 2-site stack, and nothing lost.
+"""``edgelearn bench faults --quick``: faults on a real 2-site stack, and nothing lost.
 
 This is the end-to-end delivery check: the stack is the real one (mosquittos, gateway pools,
-cloud, cameras as processes), the faults are kills, pauses, a cut link, a full disk, bad
-frames and tampered models, and "nothing lost" is counted capture by capture between what the
-edge brokers saw and what the cloud's ledger holds.
+cloud, cameras as processes), and "nothing lost" is counted capture by capture between what
+the edge brokers saw, what the cloud's ledger holds and what a subscriber on the cloud broker
+saw. The suite runs the faults no other test makes (an edge broker killed, the cloud paused,
+a full disk under a pool) and two that have their own tests at smaller scale (a pool worker
+killed, bad frames into a pool). Those its own tests cover, each with one real stack part
+killed or cut, are left to them: the cloud broker restarted, the bridge cut and the cloud
+process killed (tests/test_delivery.py), tampered models (tests/test_gateway_service.py).
+The benchmark runs them all.
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ import pytest
 
 from stack.launcher import edgelearn_command
 
+SUITE_FAULTS = (
+    "edge_broker_kill_and_restart",
+    "gateway_worker_kill",
+    "cloud_paused",
+    "outbox_disk_full",
+    "garbage_and_oversize_frames",
+)
+
 
 @pytest.mark.e2e
 def test_bench_faults_quick_loses_nothing_and_recovers(
@@ -25,7 +38,10 @@ def test_bench_faults_quick_loses_nothing_and_recovers(
     output = tmp_path / "faults.json"
     env = {**os.environ, "EDGELEARN_BENCH_REGISTRY": str(trained_registry), "TMPDIR": str(tmp_path)}
     done = subprocess.run(
-        [*edgelearn_command("bench", "faults", "--quick", "--output", str(output))],
+        [
+            *edgelearn_command("bench", "faults", "--quick", "--output", str(output)),
+            *("--faults", ",".join(SUITE_FAULTS)),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -34,17 +50,7 @@ def test_bench_faults_quick_loses_nothing_and_recovers(
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(output.read_text())
     faults = report["faults"]
-    assert set(faults) == {
-        "cloud_broker_kill_and_restart",
-        "edge_broker_kill_and_restart",
-        "gateway_worker_kill",
-        "cloud_consumer_kill",
-        "cloud_paused",
-        "bridge_cut",
-        "outbox_disk_full",
-        "garbage_and_oversize_frames",
-        "tampered_models",
-    }
+    assert list(faults) == list(SUITE_FAULTS)  # in the benchmark's order
     for name, fault in faults.items():
         assert fault["features_produced"] > 0, name
         assert fault["settled"], name
@@ -62,9 +68,7 @@ def test_bench_faults_quick_loses_nothing_and_recovers(
         if not name.endswith("broker_kill_and_restart"):
             assert fault["results_lost"] == 0, (name, fault)
     assert report["training_rows_double_counted"] == 0
-    assert faults["cloud_broker_kill_and_restart"]["restarts"] == {"broker-cloud": 1}
     assert faults["edge_broker_kill_and_restart"]["restarts"] == {"broker-site-1": 1}
-    assert faults["cloud_consumer_kill"]["restarts"] == {"cloud": 1}
     assert faults["gateway_worker_kill"]["restarts"] == {"gateway-site-1 workers": 1}
     assert faults["outbox_disk_full"]["counters"]["outbox_failures"] > 0
     assert faults["outbox_disk_full"]["restarts"] == {}  # a full disk crashes no worker
@@ -82,7 +86,14 @@ def test_bench_faults_quick_loses_nothing_and_recovers(
         assert dropped.get(reason, 0) > 0, (reason, garbage)
     assert garbage["restarts"] == {}
     assert garbage["gateway_warning_lines"] < 20  # rate-limited, not one per frame
-    tampered = faults["tampered_models"]
-    assert (
-        tampered["all_refused_by_every_worker"] and tampered["workers_still_on_the_genuine_model"]
-    )
+
+
+def test_an_unknown_fault_is_refused_before_anything_starts() -> None:
+    from bench import faults as faults_bench
+    from edgelearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no such fault: bridge_cat"):
+        faults_bench.run(quick=True, only=("bridge_cut", "bridge_cat"))
+    # the two faults of more cloud machines need more than one
+    with pytest.raises(ConfigError, match="database_kill_and_restart"):
+        faults_bench.run(quick=True, only=("database_kill_and_restart",))
