@@ -785,10 +785,12 @@ def run(
     registry: Path | None = None,
     drift: DriftSpec | str | None = None,
     mode: Mode | str = DEFAULT_MODE,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
     """``registry``: the first model set to start from (copied; default the cache);
     ``drift``: what changes (a :class:`DriftSpec` or its text; default
-    :data:`DEFAULT_DRIFT`); ``mode``: the gateway's."""
+    :data:`DEFAULT_DRIFT`); ``mode``: the gateway's; ``budget``: a shorter run than
+    ``--quick``'s, for the test suite (its mode wins over ``mode``)."""
     from cloud.registry import Registry
     from cloud.service import CloudService, CloudSettings
 
@@ -796,7 +798,7 @@ def run(
         drift = DEFAULT_DRIFT
     elif isinstance(drift, str):
         drift = DriftSpec.parse(drift)
-    budget = Budget.of(quick, parse_mode(mode))
+    budget = budget or Budget.of(quick, parse_mode(mode))
     output_dir = output_dir or Path("out") / "drift"
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="edgelearn-bench-drift-"))

@@ -50,7 +50,7 @@ def test_bench_faults_quick_loses_nothing_and_recovers(
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(output.read_text())
     faults = report["faults"]
-    assert list(faults) == list(SUITE_FAULTS)  # in the benchmark's order
+    assert set(faults) == set(SUITE_FAULTS)
     for name, fault in faults.items():
         assert fault["features_produced"] > 0, name
         assert fault["settled"], name
