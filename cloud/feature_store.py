@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS arrivals (
     mode TEXT NOT NULL,
     arrived REAL NOT NULL,
     result BLOB,
+    writer TEXT,
     PRIMARY KEY (site, camera, seq, capture_ns)
 );
 CREATE INDEX IF NOT EXISTS arrivals_arrived ON arrivals (arrived);
@@ -185,11 +187,12 @@ def _migrate(db: Connection) -> None:
     rows move to the new table as whole-frame rows (track -1), in one transaction. A file
     from before items or box heights gets the column (-1: not known), one from before tasks
     gets ``task`` (every row then was the data set's). A ledger from before answers were
-    kept gets ``result`` (NULL: none kept)."""
+    kept gets ``result`` (NULL: none kept), and one from before ``writer`` gets it (NULL)."""
     arrivals = [row[1] for row in db.execute("PRAGMA table_info(arrivals)")]
-    if arrivals and "result" not in arrivals:
-        with db.transaction():
-            db.execute("ALTER TABLE arrivals ADD COLUMN result BLOB")
+    for column, kind in (("result", "BLOB"), ("writer", "TEXT")):
+        if arrivals and column not in arrivals:
+            with db.transaction():
+                db.execute(f"ALTER TABLE arrivals ADD COLUMN {column} {kind}")
     columns = [row[1] for row in db.execute("PRAGMA table_info(features)")]
     if "track" in columns:
         with db.transaction():
@@ -262,31 +265,36 @@ class FeatureStore:
 
     def record(self, arrivals: Sequence[Arrival]) -> list[bool]:
         """Insert each arrival once; which ones were new. Labeled new features are kept
-        for training. One transaction: committed when this returns."""
+        for training. One transaction: committed when this returns.
+
+        A server lost during the commit leaves its outcome unknown, and the transaction runs
+        again on a new connection. The rows carry this call's ``writer`` token, so a row the
+        lost commit did write is known as this call's own: still new, its training rows
+        already kept."""
         now = time.time()
+        writer = uuid.uuid4().hex
+        attempts = 0
 
         def record(db: Connection) -> list[bool]:
+            nonlocal attempts
+            attempts += 1
             new: list[bool] = []
             with db.transaction():
                 for arrival in arrivals:
                     envelope = arrival.envelope
+                    key = (arrival.site, *wire.capture_of(envelope))
                     cursor = db.execute(
                         "INSERT INTO arrivals (site, camera, seq, capture_ns, gateway, mode,"
-                        " arrived, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                        " arrived, result, writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                         " ON CONFLICT DO NOTHING",
-                        (
-                            arrival.site,
-                            *wire.capture_of(envelope),
-                            envelope.gateway_id,
-                            envelope.mode,
-                            now,
-                            arrival.result,
-                        ),
+                        (*key, envelope.gateway_id, envelope.mode, now, arrival.result, writer),
                     )
-                    is_new = cursor.rowcount == 1
-                    new.append(is_new)
-                    if is_new and self.keep_features and isinstance(envelope, wire.Feature):
-                        self._keep(db, arrival, envelope)
+                    if cursor.rowcount == 1:
+                        new.append(True)
+                        if self.keep_features and isinstance(envelope, wire.Feature):
+                            self._keep(db, arrival, envelope)
+                    else:  # seen before; after a lost commit, perhaps by this very call
+                        new.append(attempts > 1 and self._written_by(db, key, writer))
             return new
 
         new = self._db.run(record)
@@ -295,6 +303,15 @@ class FeatureStore:
             self._since_prune = 0
             self._db.run(self._prune)
         return new
+
+    @staticmethod
+    def _written_by(db: Connection, key: tuple[str, str, int, int], writer: str) -> bool:
+        row = db.execute(
+            "SELECT writer FROM arrivals WHERE site = ? AND camera = ? AND seq = ?"
+            " AND capture_ns = ?",
+            key,
+        ).fetchone()
+        return row is not None and row[0] == writer
 
     def recorded(
         self, arrivals: Sequence[tuple[str, wire.Feature | wire.Result]]

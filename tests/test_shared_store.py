@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,26 @@ def _arrival(seq: int) -> Arrival:
     feature = _feature(seq)
     values = np.frombuffer(feature.payload, np.int8).reshape(feature.shape)
     return Arrival("s", feature, 100, values, result=f"answer {seq}".encode())
+
+
+def test_a_batch_whose_commit_was_lost_is_still_new_to_the_call_that_wrote_it(
+    postgres_url: str,
+) -> None:
+    """The server went away as the batch committed: the commit happened, the store could
+    not know, and ran the batch again. Its rows are its own: new, kept once."""
+    store = FeatureStore(postgres_url)
+    run = store._db.run
+
+    def commit_then_lose_the_outcome(operation: Any) -> Any:
+        run(operation)  # committed
+        return run(operation)  # and again, as after a connection lost during the commit
+
+    store._db.run = commit_then_lose_the_outcome  # type: ignore[method-assign]
+    assert store.record([_arrival(seq) for seq in range(10)]) == [True] * 10
+    store._db.run = run  # type: ignore[method-assign]
+    assert store.record([_arrival(seq) for seq in range(5)]) == [False] * 5  # a real retry
+    assert store.arrived() == 10
+    assert len(store.labeled_rows("split:2", ["v1"], newest=100)) == 10
 
 
 def test_two_stores_on_one_postgres_record_each_capture_once(postgres_url: str) -> None:
