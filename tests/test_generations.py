@@ -107,7 +107,7 @@ def test_an_empty_registry_answers_first_then_promotes_a_better_generation_losin
         "--mode", "split:2", "--cameras", "2", "--video", "none", "--no-learn",
         "--secrets", str(secrets), "--registry", str(registry), "--run-dir", str(run_dir),
         "--edge-port", "0", "--cloud-port", str(cloud_port), "--no-prometheus",
-        "--interval", "5",
+        "--interval", "5", "--fps", "6",  # the climb, not the load: training is niced
     ]  # fmt: skip
     console = tmp_path / "console.txt"
     started = time.monotonic()
