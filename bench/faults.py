@@ -72,18 +72,29 @@ from stack.supervisor import CounterTotals, Supervisor, children_of
 log = logging.getLogger(__name__)
 
 SITES, WORKERS, CAMERAS_PER_SITE = 2, 2, 2
-FAULTS: Final = (  # in the order they run
-    "cloud_broker_kill_and_restart",
-    "edge_broker_kill_and_restart",
-    "gateway_worker_kill",
-    "cloud_consumer_kill",
-    "cloud_paused",
-    "bridge_cut",
-    "outbox_disk_full",
-    "garbage_and_oversize_frames",
-    "tampered_models",
-)
-CLOUDS_FAULTS: Final = ("cloud_machine_kill", "database_kill_and_restart")  # --clouds 2+
+# Every fault, in the order they run: the FaultBench method that injects it, and the sites
+# watched (the first one, or every one). The last two need more than one cloud process.
+FAULTS: Final = {
+    "cloud_broker_kill_and_restart": ("cloud_broker", "every"),
+    "edge_broker_kill_and_restart": ("edge_broker", "first"),
+    "gateway_worker_kill": ("gateway_worker", "first"),
+    "cloud_consumer_kill": ("cloud_process", "every"),
+    "cloud_paused": ("cloud_paused", "every"),
+    "bridge_cut": ("bridge_cut", "every"),
+    "outbox_disk_full": ("disk_full", "first"),
+    "garbage_and_oversize_frames": ("garbage", "first"),
+    "tampered_models": ("tampered_models", "first"),
+    "cloud_machine_kill": ("cloud_machine", "every"),
+    "database_kill_and_restart": ("database", "every"),
+}
+CLOUDS_FAULTS: Final = ("cloud_machine_kill", "database_kill_and_restart")
+
+
+def fault_names(clouds: int) -> list[str]:
+    """The faults a stack of ``clouds`` cloud processes runs, in order."""
+    return [name for name in FAULTS if clouds > 1 or name not in CLOUDS_FAULTS]
+
+
 MODE = "split:2"
 Key = tuple[str, str, int, int]  # site, camera, seq, capture_ns: the ledger's key
 
@@ -687,23 +698,14 @@ class FaultBench:
         }
 
     def all_faults(self) -> list[tuple[str, Callable[[], tuple[float, dict[str, Any]]], list[str]]]:
-        first = [self.stack.sites[0].name]
-        every = [site.name for site in self.stack.sites]
-        injections = {
-            "cloud_broker_kill_and_restart": (self.cloud_broker, every),
-            "edge_broker_kill_and_restart": (self.edge_broker, first),
-            "gateway_worker_kill": (self.gateway_worker, first),
-            "cloud_consumer_kill": (self.cloud_process, every),
-            "cloud_paused": (self.cloud_paused, every),
-            "bridge_cut": (self.bridge_cut, every),
-            "outbox_disk_full": (self.disk_full, first),
-            "garbage_and_oversize_frames": (self.garbage, first),
-            "tampered_models": (self.tampered_models, first),
-            "cloud_machine_kill": (self.cloud_machine, every),
-            "database_kill_and_restart": (self.database, every),
+        sites = {
+            "first": [self.stack.sites[0].name],
+            "every": [site.name for site in self.stack.sites],
         }
-        names = [*FAULTS, *(CLOUDS_FAULTS if len(self.stack.clouds) > 1 else ())]
-        return [(name, *injections[name]) for name in names]
+        return [
+            (name, getattr(self, FAULTS[name][0]), sites[FAULTS[name][1]])
+            for name in fault_names(len(self.stack.clouds))
+        ]
 
 
 def _scrape_total(url: str, name: str, **match: str) -> float:
@@ -756,8 +758,8 @@ def run(
     """Every fault in turn on one local stack (``only``: just these, by name); ``clouds``
     cloud processes (more than one: on a PostgreSQL, and the faults add a cloud machine
     killed and the database restarted)."""
-    known = set(FAULTS) | set(CLOUDS_FAULTS if clouds > 1 else ())
-    unknown = sorted(set(only) - known)
+    known = fault_names(clouds)
+    unknown = sorted(set(only) - set(known))
     if unknown:
         known_names = ", ".join(sorted(known))
         raise ConfigError(f"no such fault: {', '.join(unknown)} (known: {known_names})")

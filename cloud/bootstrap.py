@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (step description, step number, total steps)
 
-BUDGETS: Final = ("default", "quick", "smoke")  # TrainingPlan.named's
+BUDGETS: Final = ("default", "quick", "smoke")  # TrainingPlan's classmethods of these names
 CNN: Final = "cnn"
 FAMILIES: Final = (CNN, PCA, AUTOENCODER)
 
@@ -146,10 +146,10 @@ class TrainingPlan:
 
     @classmethod
     def named(cls, name: str) -> TrainingPlan:
-        plans = {"default": cls.default, "quick": cls.quick, "smoke": cls.smoke}
-        if name not in plans:
+        if name not in BUDGETS:
             raise ValueError(f"unknown training budget {name!r}: {', '.join(BUDGETS)}")
-        return plans[name]()
+        plan: TrainingPlan = getattr(cls, name)()  # each budget is a classmethod
+        return plan
 
     def generation(self, number: int) -> Generation:
         """Generation ``number`` (1 is the first)."""

@@ -80,9 +80,8 @@ class MqttSession:
         max_inflight: int = 100,
         max_queued_incoming: int = 10_000,
         connect_timeout: float = 10.0,
-        # Capped low: a broker back after a long outage is found within this, and the
-        # "back within 5 s" target of bench faults counts from the broker's return (a 30 s
-        # cap found it 11.5 s late after a 20 s outage: 0.5 * 2**n lands at 31.5 s).
+        # A broker back after a long outage is found within this (cameras.mqtt_link.Backoff
+        # says why a 30 s cap was too long).
         backoff_max: float = 3.0,
     ) -> None:
         self.config = config
