@@ -7,8 +7,10 @@ JSON-able dict, every part measured in the same run on this host:
   mosquitto, fed pre-made Feature envelopes (the gateway's own pipeline ran on 720p
   labeled-scene frames to make them) by a publisher process as fast as the consumer takes
   them; results per second, with the batch sizes the consumer formed.
-* ``inference_ms``: :meth:`~cloud.serving.KerasClassifier.predict` per batch size and mode,
-  after warm-up (median of repeats).
+* ``inference_ms``: :meth:`~cloud.serving.CloudHalf.predict` per batch size and mode,
+  after warm-up (median of repeats): in numpy, as the cloud serves, and beside it
+  (``tensorflow_ms_per_batch``) the same half loaded into Keras and called through a
+  TensorFlow graph, as the cloud served before it read halves without TensorFlow.
 * ``latency``: capture to result at a stated camera load (features of ``cameras`` cameras at
   ``fps`` each, ``capture_ns`` stamped as they are published; ``result_ns - capture_ns`` read
   off the results topic), p50/p90/p99.
@@ -220,7 +222,8 @@ def inference_times(
     batch_sizes: Sequence[int],
     repeats: int,
 ) -> dict[str, Any]:
-    """Median ms of ``KerasClassifier.predict`` per batch size, after two warm-up calls."""
+    """Median ms of ``CloudHalf.predict`` per batch size, after two warm-up calls, in numpy
+    and through TensorFlow, on the same batches."""
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     for mode in modes:
@@ -229,23 +232,33 @@ def inference_times(
         if classifier is None:
             raise RuntimeError(f"no cloud model for {mode}")
         shape = classifier_input_shape(registry, mode)
+        keras = dataclasses.replace(
+            classifier, numpy=None, keras=registry.load_cloud_model(entry), _call=None
+        )
         per_batch: dict[str, Any] = {}
         for size in batch_sizes:
             batch = rng.uniform(0, 255 if mode == RAW else 1, (size, *shape)).astype(np.float32)
-            for _ in range(2):
-                classifier.predict(batch)
-            timings = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                classifier.predict(batch)
-                timings.append(time.perf_counter() - started)
-            median = statistics.median(timings)
+            median = _median_seconds(classifier.predict, batch, repeats)
             per_batch[str(size)] = {
                 "ms_per_batch": round(1e3 * median, 3),
                 "ms_per_item": round(1e3 * median / size, 3),
+                "tensorflow_ms_per_batch": round(
+                    1e3 * _median_seconds(keras.predict, batch, repeats), 3
+                ),
             }
         results[mode] = {"version": entry.version, "input_shape": list(shape), **per_batch}
     return results
+
+
+def _median_seconds(predict: Any, batch: np.ndarray, repeats: int) -> float:
+    for _ in range(2):  # warm-up: a TensorFlow graph is traced on its first call
+        predict(batch)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predict(batch)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
 
 
 # --- a consumer in this process, publishers in another ------------------------------------

@@ -520,9 +520,14 @@ class Registry:
         _check_deployable(entry)
         return build_deployment(entry, entry.read(EDGE), private_key)
 
+    def cloud_archive(self, entry: ModelEntry) -> bytes:
+        """The cloud half's ``.keras`` archive, as saved: serving answers it in numpy
+        (:class:`cloud.models.numpy_half.NumpyHalf`), without TensorFlow."""
+        return entry.read(CLOUD)
+
     def load_cloud_model(self, entry: ModelEntry) -> Any:
-        """The cloud half as a Keras model (imports TensorFlow)."""
-        return keras_from_bytes(entry.read(CLOUD))
+        """The cloud half as a Keras model (imports TensorFlow): for training."""
+        return keras_from_bytes(self.cloud_archive(entry))
 
 
 def _camera_key(mode: Mode, camera: str) -> str:

@@ -20,10 +20,12 @@ Which model answers a feature is the :class:`ClassifierSource`'s business: in pr
 feature names the deployment that made it (``model_version``); registry versions are unique,
 so that version alone finds the cloud half that belongs to it. ``raw`` features carry the
 camera's JPEG and no model version: they are answered by the newest cloud-only CNN (kind
-``cloud-classifier``). Models load once (TensorFlow is imported on first use) and are called
-directly rather than through ``Model.predict``, whose per-call overhead (tens of ms) would
-dominate small batches: a cloud half of dense layers only in numpy (tens of microseconds a
-batch), one with convolutions through a TensorFlow graph (about 1 ms).
+``cloud-classifier``). Models load once, and every half this project trains answers in numpy
+(:class:`cloud.models.numpy_half.NumpyHalf`, read from the registry's ``.keras`` archive
+without TensorFlow): a restarted cloud serves without importing TensorFlow at all. A half
+with a layer numpy does not run (a user's own) is loaded into Keras and called through a
+TensorFlow graph, never ``Model.predict``, whose per-call overhead (tens of ms) would dominate
+small batches.
 
 **Scoring** (:class:`Scoreboard`) counts per-frame accuracy the way a camera user sees it.
 Every frame a camera captured gets an answer: a keyframe gets its own result; the frames the
@@ -50,8 +52,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cloud.models.dense_head import DenseHead
 from cloud.models.errors import ModelNotFound, RegistryError
+from cloud.models.numpy_half import NumpyHalf
 from cloud.registry import ModelEntry, Registry
 from edgelearn import roi
 from edgelearn.artifacts import KIND_CLOUD_CLASSIFIER
@@ -89,31 +91,31 @@ class ClassifierSource(Protocol):
 
 
 @dataclass
-class KerasClassifier:
-    """A registry entry's cloud half: the Keras model, answered by ``head`` (numpy) when it
-    is only dense layers (:class:`cloud.models.dense_head.DenseHead`: ``split:8``'s one
-    dense layer, the ``pca`` and ``autoencoder`` classifiers), else by a TensorFlow graph."""
+class CloudHalf:
+    """A registry entry's cloud half: answered by ``numpy`` (:class:`NumpyHalf`) when all its
+    layers are of the kinds that runs, which every half trained here is, else by a
+    TensorFlow graph of the ``keras`` model."""
 
-    model: Any
     takes_frames: bool
     input_size: int
     channels: int
     version: str
     objects: bool = False
-    head: DenseHead | None = None
+    numpy: NumpyHalf | None = None
+    keras: Any = None
     _call: Any = None
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        if self.head is not None:
-            return self.head.predict(batch)
+        if self.numpy is not None:
+            return self.numpy.predict(batch)
         if self._call is None:
             import tensorflow as tf
 
             # A graph traced once for any batch size: 10-25 ms per batch where eager Keras
             # took 26-44 ms (measured on the split:2 upper part).
-            spec = tf.TensorSpec([None, *self.model.input_shape[1:]], tf.float32)
+            spec = tf.TensorSpec([None, *self.keras.input_shape[1:]], tf.float32)
             self._call = tf.function(
-                lambda x: self.model(x, training=False), input_signature=[spec]
+                lambda x: self.keras(x, training=False), input_signature=[spec]
             )
         output = self._call(np.asarray(batch, np.float32))
         return np.asarray(output, np.float32)
@@ -131,8 +133,8 @@ class RegistryModels:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._loaded: dict[str, KerasClassifier] = {}  # by the cloud half's version
-        self._resolved: dict[tuple[str, str, str], KerasClassifier] = {}
+        self._loaded: dict[str, CloudHalf] = {}  # by the cloud half's version
+        self._resolved: dict[tuple[str, str, str], CloudHalf] = {}
         self._names: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
@@ -146,29 +148,32 @@ class RegistryModels:
         except RegistryError:
             return None
 
-    def load(self, entry: ModelEntry) -> KerasClassifier:
+    def load(self, entry: ModelEntry) -> CloudHalf:
         """The cloud half of ``entry``, loaded once (the trainer loads a candidate here
         before it is promoted, so the swap costs nothing)."""
         with self._lock:
             if entry.version in self._loaded:
                 return self._loaded[entry.version]
         size, _, channels = entry.input_shape[:3]
-        model = self.registry.load_cloud_model(entry)
-        classifier = KerasClassifier(
-            model=model,
+        try:
+            numpy = NumpyHalf.from_archive(self.registry.cloud_archive(entry))
+        except ValueError as exc:
+            raise RegistryError(f"{entry.name} {entry.version}: {exc}") from exc
+        classifier = CloudHalf(
             takes_frames=entry.kind == KIND_CLOUD_CLASSIFIER,
             input_size=int(size),
             channels=int(channels),
             version=entry.version,
             objects=entry.model_input == roi.CROP_RULE,
-            head=DenseHead.of(model),
+            numpy=numpy,
+            keras=self.registry.load_cloud_model(entry) if numpy is None else None,
         )
         with self._lock:
             return self._loaded.setdefault(entry.version, classifier)
 
     def classifier_for(
         self, extractor: str, model_version: str, camera: str = ""
-    ) -> KerasClassifier | None:
+    ) -> CloudHalf | None:
         key = (extractor, "" if extractor == RAW else model_version, camera)
         with self._lock:
             if key in self._resolved:
@@ -204,7 +209,7 @@ class RegistryModels:
 
     def warm_up(self, split_ks: Sequence[int]) -> list[str]:
         """Load and run once the cloud half of every mode the registry can serve, so the
-        first features do not wait for TensorFlow to load a model (seconds)."""
+        first features do not wait for a model to load."""
         entries = deployable(self.registry, split_ks)
         with contextlib.suppress(RegistryError):
             entries.append(self.registry.serving(Mode(RAW)))
@@ -215,9 +220,10 @@ class RegistryModels:
                 warmed.append(f"{entry.mode} ({entry.version})")
         return warmed
 
-    def prepare(self, entry: ModelEntry) -> KerasClassifier:
-        """Load ``entry``'s cloud half and run it once (TensorFlow traces its graph on the
-        first call, hundreds of ms): a promoted model then costs its first batch nothing."""
+    def prepare(self, entry: ModelEntry) -> CloudHalf:
+        """Load ``entry``'s cloud half and run it once (a half TensorFlow answers traces its
+        graph on the first call, hundreds of ms): a promoted model then costs its first batch
+        nothing."""
         classifier = self.load(entry)
         # full: the edge answers; the cloud answers the crops of its learning samples
         if classifier.takes_frames or entry.mode.kind == FULL:

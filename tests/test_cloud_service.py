@@ -45,13 +45,13 @@ def test_every_consumer_answers_from_the_models_the_warm_up_loaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loads: list[str] = []
-    load_cloud_model = Registry.load_cloud_model
+    cloud_archive = Registry.cloud_archive
 
-    def counted(self: Registry, entry: Any) -> Any:
+    def counted(self: Registry, entry: Any) -> bytes:
         loads.append(entry.version)
-        return load_cloud_model(self, entry)
+        return cloud_archive(self, entry)
 
-    monkeypatch.setattr(Registry, "load_cloud_model", counted)
+    monkeypatch.setattr(Registry, "cloud_archive", counted)
     registry = Registry(trained_registry)
     served = list(deployable(registry, (2,)))  # full too: its float CNN answers samples
     served.append(registry.serving(Mode(RAW)))

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -80,10 +79,10 @@ def test_hop_buckets_are_fine_where_the_targets_are() -> None:
 
 
 @pytest.mark.training
-def test_dense_cloud_halves_answer_in_numpy_what_keras_answers(trained_registry: Path) -> None:
+def test_every_cloud_half_answers_in_numpy_what_keras_answers(trained_registry: Path) -> None:
     from cloud.models import cnn
-    from cloud.models.dense_head import DenseHead
-    from cloud.registry import Registry
+    from cloud.models.numpy_half import NumpyHalf
+    from cloud.registry import Registry, keras_to_bytes
     from cloud.serving import RegistryModels, deployable
 
     registry = Registry(trained_registry)
@@ -91,33 +90,71 @@ def test_dense_cloud_halves_answer_in_numpy_what_keras_answers(trained_registry:
     halves = {}
     for entry in [*deployable(registry, (2,)), registry.serving(Mode("raw"))]:
         classifier = models.load(entry)
-        halves[str(entry.mode)] = (classifier.model, classifier.head)
-    # split:8's (and 7's) upper part, cut from the full CNN as the trainer cuts it
+        assert classifier.numpy is not None and classifier.keras is None, entry.mode
+        halves[str(entry.mode)] = (registry.load_cloud_model(entry), classifier.numpy)
+    # every other boundary's upper part, cut from the full CNN as the trainer cuts it
     full = registry.load_cloud_model(registry.serving(Mode("full")))
-    for k in (7, 8):
+    for k in range(1, cnn.num_blocks(full)):
         upper = cnn.split(full, k)[1]
-        halves[f"split:{k}"] = (upper, DenseHead.of(upper))
-    in_numpy = {mode for mode, (_, head) in halves.items() if head is not None}
-    assert in_numpy == {"pca", "autoencoder", "split:7", "split:8"}, in_numpy
+        halves[f"split:{k}"] = (upper, NumpyHalf.from_archive(keras_to_bytes(upper)))
+        assert NumpyHalf.of(upper) is not None, k
+    assert all(half is not None for _, half in halves.values()), halves
     rng = np.random.default_rng(7)
-    for mode, (model, head) in halves.items():
-        if head is None:  # convolutions: TensorFlow answers, as before
-            assert any("Conv" in type(layer).__name__ for layer in _layers(model)), mode
-            continue
+    for mode, (model, half) in halves.items():
         shape = tuple(int(d) for d in model.input_shape[1:])
-        # Inputs in the range each half sees: ReLU6 activations, or features.
-        inputs = (rng.random((40, *shape)) * 6.0).astype(np.float32)
+        assert half.input_shape == shape, mode
+        # Inputs in the range each half sees: pixels, ReLU6 activations, or features.
+        top = 255.0 if mode in ("raw", "full") else 6.0
+        inputs = (rng.random((40, *shape)) * top).astype(np.float32)
         expected = np.asarray(model(inputs, training=False), np.float32)
         for size in (1, 3, 40):  # any batch: each row its own answer
-            answered = head.predict(inputs[:size])
+            answered = half.predict(inputs[:size])
             assert answered.dtype == np.float32 and answered.shape == expected[:size].shape
-            np.testing.assert_allclose(answered, expected[:size], atol=2e-6, err_msg=mode)
+            np.testing.assert_allclose(answered, expected[:size], atol=1e-5, err_msg=mode)
             assert np.array_equal(answered.argmax(axis=1), expected[:size].argmax(axis=1))
 
 
-def _layers(model: Any) -> list[Any]:
-    inner = getattr(model, "layers", None)
-    return [model] if inner is None else [leaf for layer in inner for leaf in _layers(layer)]
+def test_a_half_with_a_layer_numpy_does_not_run_is_left_to_tensorflow() -> None:
+    import keras
+
+    from cloud.models.numpy_half import NumpyHalf
+    from cloud.registry import keras_to_bytes
+
+    dilated = keras.Sequential(
+        [keras.Input((8, 8, 2)), keras.layers.Conv2D(3, 3, dilation_rate=2), keras.layers.Flatten()]
+    )
+    lstm = keras.Sequential([keras.Input((4, 3)), keras.layers.LSTM(2)])
+    for model in (dilated, lstm):
+        assert NumpyHalf.from_archive(keras_to_bytes(model)) is None
+        assert NumpyHalf.of(model) is None
+    with pytest.raises(ValueError, match=r"not a \.keras archive"):
+        NumpyHalf.from_archive(b"PK not a zip")
+
+
+@pytest.mark.training
+def test_a_cloud_process_serves_the_registry_without_importing_tensorflow(
+    trained_registry: Path,
+) -> None:
+    """What a restarted cloud does before its first answer: load and run every half it
+    serves. TensorFlow's import alone is 4-5 s of CPU here (issue 24, item 5)."""
+    import subprocess
+    import sys
+
+    from cloud.registry import Registry
+    from cloud.serving import deployable
+
+    halves = len(deployable(Registry(trained_registry), (2,))) + 1  # and the cloud-only CNN
+    script = (
+        "import sys\n"
+        "from cloud.registry import Registry\n"
+        "from cloud.serving import RegistryModels\n"
+        f"warmed = RegistryModels(Registry({str(trained_registry)!r})).warm_up((2,))\n"
+        "print(len(warmed), sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split(maxsplit=1) == [str(halves), "[]\n"], done.stdout + done.stderr
 
 
 def test_a_scrape_of_a_port_that_answers_no_http_counts_it_unreachable() -> None:
