@@ -31,11 +31,15 @@ is refused (:class:`~cloud.models.errors.VersionExists`).
      "quantization": {"input": {...}, "output": {dtype, shape, scale, zero_point}},
      "profile": per-boundary rows (CNNs, see cloud.models.profile), "extra": {...}}
 
-Which version serves a mode is the newest entry, unless ``serving.json`` (written by the
+Which version serves a mode is the newest entry, unless the serving pointer (written by the
 continuous trainer, :meth:`Registry.set_serving`) names an entry of the same edge artifact:
 a promotion (a new cloud half for features the gateways already make) or a rollback to an
 older one points there. An entry with new edge bytes (a new first training) wins over the
-pointer.
+pointer. The pointer is ``serving.json`` in the registry folder (:class:`FilePointer`) for
+one machine, and a table in the shared PostgreSQL (:class:`DatabasePointer`) when several
+cloud machines share a store: the model files are written once and never change, so a shared
+folder holds them safely, but the pointer is the one thing they overwrite, and the database
+gives every machine the same answer to "what serves now".
 
 Every read of an artifact re-checks its sha256 (:class:`~cloud.models.errors.CorruptEntry`):
 the registry never signs or serves bytes that changed on disk.
@@ -54,10 +58,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud.database import Connection, Database
 from cloud.models.errors import CorruptEntry, ModelNotFound, RegistryError, VersionExists
 from edgelearn import signing, wire
 from edgelearn.artifacts import ALL_KINDS, EDGE_KINDS, KIND_CLOUD_CLASSIFIER, KIND_PCA
@@ -203,12 +208,121 @@ def _sort_key(entry: ModelEntry) -> tuple[str, int, str]:
     return (entry.created, int(match.group(1)) if match else -1, entry.version)
 
 
-class Registry:
-    """Model versions under ``root`` (created if missing)."""
+class ServingPointer(Protocol):
+    """Which entry serves each mode (key ``split:2``) or a mode for one camera
+    (``split:2@cam-1``), where it is not simply the newest."""
+
+    def read(self) -> dict[str, str]: ...
+
+    def write(self, key: str, version: str | None) -> None:
+        """Point ``key`` at ``version`` (None: remove it), atomically for every reader."""
+
+
+class FilePointer:
+    """``serving.json`` in the registry folder: one machine's pointer."""
 
     def __init__(self, root: Path) -> None:
+        self.path = Path(root) / SERVING_FILE
+
+    def read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("ignoring %s: %s", self.path, exc)
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def write(self, key: str, version: str | None) -> None:
+        pointer = self.read()
+        if version is None:
+            pointer.pop(key, None)
+        else:
+            pointer[key] = version
+        # written beside and renamed into place: a reader sees the old pointer or the new one
+        handle, temporary = tempfile.mkstemp(prefix=".serving-", dir=self.path.parent)
+        with os.fdopen(handle, "w") as file:
+            json.dump(pointer, file, indent=2, sort_keys=True)
+        os.replace(temporary, self.path)
+
+
+_POINTER_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS serving_pointer (
+    key TEXT PRIMARY KEY,
+    version TEXT NOT NULL
+);
+"""
+_SEEDED: Final = "(seeded)"  # a row that says the table took over from a folder's file
+
+
+class DatabasePointer:
+    """The pointer in the database every cloud machine shares (``--store
+    postgresql://...``): a promotion one machine's trainer makes is what every machine's
+    consumers resolve next (:class:`cloud.serving.ServingWatch`). The first time a store
+    meets a registry, it takes over the folder's ``serving.json``, so the promotions made
+    on one machine survive the move to several."""
+
+    def __init__(self, database: Database, seed: FilePointer | None = None) -> None:
+        self._db = database
+        self._db.prepare(lambda connection: None)
+        if seed is not None:
+            rows = [(key, version) for key, version in seed.read().items()]
+            self._db.run(lambda db: self._seed(db, rows))
+
+    @classmethod
+    def at(cls, location: str | Path, seed: FilePointer | None = None) -> DatabasePointer:
+        """The pointer in the database at ``location`` (a PostgreSQL URL; an SQLite file
+        works the same on one machine)."""
+        return cls(Database(location, schema=_POINTER_SCHEMA), seed)
+
+    @staticmethod
+    def _seed(db: Connection, rows: list[tuple[str, str]]) -> None:
+        with db.transaction():
+            taken = db.execute(
+                "INSERT INTO serving_pointer (key, version) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (_SEEDED, ""),
+            )
+            if taken.rowcount == 1:  # the first process to meet this store
+                for key, version in rows:
+                    db.execute(
+                        "INSERT INTO serving_pointer (key, version) VALUES (?, ?)"
+                        " ON CONFLICT DO NOTHING",
+                        (key, version),
+                    )
+
+    def read(self) -> dict[str, str]:
+        rows = self._db.run(
+            lambda db: db.execute("SELECT key, version FROM serving_pointer").fetchall()
+        )
+        return {str(key): str(version) for key, version in rows if key != _SEEDED}
+
+    def write(self, key: str, version: str | None) -> None:
+        def write(db: Connection) -> None:
+            with db.transaction():
+                if version is None:
+                    db.execute("DELETE FROM serving_pointer WHERE key = ?", (key,))
+                else:
+                    db.execute(
+                        "INSERT INTO serving_pointer (key, version) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET version = excluded.version",
+                        (key, version),
+                    )
+
+        self._db.run(write)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Registry:
+    """Model versions under ``root`` (created if missing); which serves, by ``pointer``
+    (default: ``serving.json`` under ``root``)."""
+
+    def __init__(self, root: Path, pointer: ServingPointer | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.pointer: ServingPointer = pointer or FilePointer(self.root)
         # An entry never changes once published (a version is written once, renamed into
         # place), so each is read once: the trainers ask what serves every few seconds, and
         # parsing every metadata.json each time cost the cloud a tenth of a core.
@@ -445,7 +559,7 @@ class Registry:
             newest = self.latest(
                 kind=mode.kind, split_k=mode.split_k if mode.kind == SPLIT else None
             )
-        pointed = self._serving_pointer().get(str(mode))
+        pointed = self.serving_pointer().get(str(mode))
         if pointed is None or pointed == newest.version:
             return newest
         try:
@@ -459,7 +573,7 @@ class Registry:
         ``serving.json`` names one of the serving entry's edge artifact, else the serving
         entry itself."""
         serving = self.serving(mode)
-        pointed = self._serving_pointer().get(_camera_key(mode, camera))
+        pointed = self.serving_pointer().get(_camera_key(mode, camera))
         if pointed is None:
             return serving
         try:
@@ -484,31 +598,18 @@ class Registry:
             and other.sha256 == entry.sha256
         )
 
-    def _serving_pointer(self) -> dict[str, str]:
-        try:
-            data = json.loads((self.root / SERVING_FILE).read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("ignoring %s: %s", self.root / SERVING_FILE, exc)
-            return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    def serving_pointer(self) -> dict[str, str]:
+        """The pointer as it stands: key (``split:2``, ``split:2@cam-1``) -> version."""
+        return self.pointer.read()
 
     def set_serving(self, mode: Mode, version: str | None, camera: str | None = None) -> None:
         """Serve ``version`` for ``mode`` (for one ``camera``: its specialised cloud half;
         None: that camera goes back to the global one) from now on: a promotion or a
-        rollback. Written atomically, so a reader sees the old pointer or the new one."""
+        rollback. Atomic: a reader sees the old pointer or the new one."""
         key = str(mode) if camera is None else _camera_key(mode, camera)
-        pointer = self._serving_pointer()
-        if version is None:
-            pointer.pop(key, None)
-        else:
+        if version is not None:
             self.by_version(version)  # it must exist
-            pointer[key] = version
-        handle, temporary = tempfile.mkstemp(prefix=".serving-", dir=self.root)
-        with os.fdopen(handle, "w") as file:
-            json.dump(pointer, file, indent=2, sort_keys=True)
-        os.replace(temporary, self.root / SERVING_FILE)
+        self.pointer.write(key, version)
 
     # -- deploying -------------------------------------------------------------------------
 

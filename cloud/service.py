@@ -57,6 +57,7 @@ from cloud.bootstrap import (
     with_splits,
 )
 from cloud.consumer import Backgrounds, CloudConsumer, ConsumerConfig
+from cloud.database import StoreUnavailable
 from cloud.events import EventPublisher
 from cloud.feature_store import FeatureStore
 from cloud.grower import ModelGrower
@@ -65,8 +66,15 @@ from cloud.metrics import CloudMetrics
 from cloud.models.errors import RegistryError
 from cloud.models.teacher import TeacherSpec
 from cloud.planner import Planner, PlannerSettings, format_decision, registry_candidates
-from cloud.registry import ModelEntry, Registry
-from cloud.serving import RegistryModels, Scoreboard, deployable, edge_modes
+from cloud.registry import DatabasePointer, FilePointer, ModelEntry, Registry
+from cloud.serving import (
+    SERVING_POLL_SECONDS,
+    RegistryModels,
+    Scoreboard,
+    ServingWatch,
+    deployable,
+    edge_modes,
+)
 from cloud.shadow import ShadowBoard
 from cloud.students import StudentBoard, StudentSettings, StudentTrainer
 from cloud.trainer import ContinuousTrainer, TrainerSettings
@@ -158,9 +166,15 @@ class CloudService:
         announce: Announce = lambda line: None,
     ) -> None:
         self.settings = settings
-        self.registry = Registry(settings.registry)
-        self.models = RegistryModels(self.registry)
         self.store = FeatureStore(settings.feature_store, keep_features=settings.keep_features)
+        # Several machines share a store: what serves is theirs to agree on, in the database.
+        self.pointer = (
+            DatabasePointer.at(str(settings.feature_store), seed=FilePointer(settings.registry))
+            if self.store.shared
+            else None
+        )
+        self.registry = Registry(settings.registry, pointer=self.pointer)
+        self.models = RegistryModels(self.registry)
         self.scoreboard = Scoreboard()
         self._progress = progress
         self._announce = announce
@@ -264,8 +278,12 @@ class CloudService:
         )
         if plan is not None:
             await self._first_generation(plan)
+        # what serves, seen before the warm-up resolves it: a change from here on is followed
+        watch = await asyncio.to_thread(ServingWatch, self.registry)
         warmed = await asyncio.to_thread(self.models.warm_up, settings.split_ks)
         self._announce(f"serving {', '.join(warmed)}")
+        follow = self._tasks.create_task(self._follow_serving(watch), name="serving-watch")
+        self._stack.callback(follow.cancel)  # before the TaskGroup waits for its tasks
         if settings.push:
             deployments = deployable(self.registry, settings.split_ks)
             await self._push(deployments)
@@ -338,6 +356,20 @@ class CloudService:
                 announce=self._announce,
             )
             self._run_in_background(self.student_trainer)
+
+    async def _follow_serving(self, watch: ServingWatch) -> None:
+        """Resolve every feature again when another process changed what serves (a
+        promotion on the machine that holds the trainer's lease)."""
+        while True:
+            await asyncio.sleep(SERVING_POLL_SECONDS)
+            try:
+                changed = await asyncio.to_thread(watch.changed)
+            except (StoreUnavailable, RegistryError) as exc:
+                log.warning("cannot read what serves: %s", exc)
+                continue
+            if changed:
+                log.info("what serves changed; resolving the cloud halves again")
+                self.models.refresh()
 
     def _lease_changed(self, held: bool) -> None:
         self.metrics.trainer_lease.set(1 if held else 0)
@@ -531,4 +563,6 @@ class CloudService:
         finally:
             if self.lease is not None:  # another process may train now
                 self.lease.release()
+            if self.pointer is not None:
+                self.pointer.close()
             self.store.close()

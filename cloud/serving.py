@@ -235,6 +235,31 @@ class RegistryModels:
         return classifier
 
 
+class ServingWatch:
+    """Whether what serves changed since the last look, made by someone else: another cloud
+    machine's trainer promoted or rolled back a half (the shared serving pointer), or grew a
+    new generation (a new entry in the shared registry folder). The process's own trainers
+    refresh its :class:`RegistryModels` when they change it; this is how the other
+    processes learn of it (:class:`cloud.service.CloudService` looks every
+    :data:`SERVING_POLL_SECONDS`)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._seen = self._state()
+
+    def _state(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+        pointer = tuple(sorted(self.registry.serving_pointer().items()))
+        return pointer, tuple(entry.version for entry in self.registry.list())
+
+    def changed(self) -> bool:
+        state = self._state()
+        changed, self._seen = state != self._seen, state
+        return changed
+
+
+SERVING_POLL_SECONDS = 2.0
+
+
 # --- what the gateways run ----------------------------------------------------------------
 
 

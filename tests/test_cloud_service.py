@@ -17,7 +17,7 @@ from cloud.service import CloudService, CloudSettings
 from cloud.serving import deployable
 from cloud.trainer import ContinuousTrainer, TrainerSettings
 from edgelearn.metrics import scrape
-from edgelearn.modes import RAW, Mode
+from edgelearn.modes import PCA, RAW, Mode
 from tests.support.broker import BrokerUnderTest
 
 
@@ -110,3 +110,51 @@ def test_a_background_part_that_fails_takes_the_service_down_with_its_error(
         asyncio.run(go())
     (failure,) = caught.value.exceptions
     assert isinstance(failure, RuntimeError) and "trainer's loop" in str(failure)
+
+
+@pytest.mark.training
+def test_a_promotion_made_on_one_cloud_machine_is_served_by_the_other(
+    broker: BrokerUnderTest, site: str, registry_copy: Path, postgres_url: str
+) -> None:
+    """Two cloud processes on one PostgreSQL and one registry folder: what serves lives in
+    the database, and a process that did not make a promotion resolves it within seconds,
+    and a rollback too."""
+    from cloud.registry import DatabasePointer, FilePointer
+
+    registry = Registry(registry_copy)
+    parent = registry.serving(Mode(PCA))
+    copy = registry.save_like(parent, extra={**parent.metadata["extra"], "parent": parent.version})
+    registry.set_serving(Mode(PCA), parent.version)  # serving.json: the newest does not serve
+    before = FilePointer(registry_copy).read()
+    shared = dataclasses.replace(
+        _settings(broker, site, registry_copy, split_ks=(2,)), feature_store=postgres_url
+    )
+    machines = [dataclasses.replace(shared, cloud_id=f"{site}-{n}") for n in (1, 2)]
+
+    def answering(service: CloudService) -> str | None:
+        half = service.models.classifier_for(PCA, parent.version)
+        return None if half is None else half.version
+
+    async def until(condition: Any, what: str) -> None:
+        for _ in range(int(15 / 0.1)):
+            if condition():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not within 15 s: {what}")
+
+    async def go() -> None:
+        async with CloudService(machines[0]) as one, CloudService(machines[1]) as two:
+            # the folder's pointer was taken over by the database, once
+            assert one.registry.serving(Mode(PCA)).version == parent.version
+            assert [answering(one), answering(two)] == [parent.version] * 2
+            one.registry.set_serving(Mode(PCA), copy.version)  # a promotion on machine one
+            await until(lambda: answering(two) == copy.version, "machine two serves it")
+            assert answering(one) == copy.version
+            two.registry.set_serving(Mode(PCA), parent.version)  # a rollback on machine two
+            await until(lambda: answering(one) == parent.version, "machine one rolls back")
+
+    asyncio.run(go())
+    assert FilePointer(registry_copy).read() == before  # the folder's file was not written
+    pointer = DatabasePointer.at(postgres_url, seed=FilePointer(registry_copy))
+    assert pointer.read() == {"pca": parent.version}  # not seeded again from the file
+    pointer.close()

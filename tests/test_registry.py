@@ -30,7 +30,7 @@ from cloud.models.features import fit_pca
 from cloud.registry import ModelEntry, Registry, build_deployment, deployment_metadata
 from edgelearn import artifacts, signing, wire
 from edgelearn.artifacts import ArtifactError
-from edgelearn.modes import Mode
+from edgelearn.modes import PCA, Mode
 
 INPUT_SHAPE = (16, 16, 1)
 
@@ -401,3 +401,45 @@ def test_metadata_mismatch_between_envelope_and_artifact_is_refused(
     with pytest.raises(ArtifactError) as caught:
         artifacts.load_edge_artifact("pca", b"garbage")
     assert caught.value.reason == "bad_pca"
+
+
+@pytest.mark.parametrize("where", ["file", "database"])
+def test_a_promotion_is_seen_by_another_process_of_the_same_registry(
+    tmp_path: Path, projection: artifacts.PcaProjection, where: str
+) -> None:
+    """Two Registry objects on one folder (two cloud machines): a promotion made through
+    one is what the other serves, and its ServingWatch says so once. ``database`` is the
+    shared store's pointer on SQLite here (PostgreSQL in tests/test_cloud_service.py)."""
+    from cloud.registry import DatabasePointer, FilePointer
+    from cloud.serving import ServingWatch
+
+    def pointer() -> DatabasePointer | None:
+        if where == "file":
+            return None
+        return DatabasePointer.at(tmp_path / "store.sqlite", seed=FilePointer(root))
+
+    root = tmp_path / "registry"
+    alone = Registry(root)  # one machine, before any shared store
+    parent = _save_pca(alone, projection)
+    copy = alone.save_like(parent)
+    alone.set_serving(Mode(PCA), parent.version)
+    one, two = Registry(root, pointer=pointer()), Registry(root, pointer=pointer())
+    watch = ServingWatch(two)
+    assert two.serving(Mode(PCA)).version == parent.version and not watch.changed()
+    one.set_serving(Mode(PCA), copy.version)
+    assert two.serving(Mode(PCA)).version == copy.version
+    assert watch.changed() and not watch.changed()  # once
+    one.set_serving(Mode(PCA), None)  # back to the newest: the copy
+    one.set_serving(Mode(PCA), copy.version, camera="cam-1")
+    assert watch.changed() and two.serving_pointer() == {"pca@cam-1": copy.version}
+    _save_pca(one, projection, edge_artifact=b"a new first training")  # a new generation
+    assert watch.changed()
+    with pytest.raises(ModelNotFound):
+        one.set_serving(Mode(PCA), "v999")
+    assert not watch.changed()
+    on_disk = FilePointer(root).read()
+    if where == "database":  # the file's first pointer was taken over, and left as it was
+        assert on_disk == {"pca": parent.version}
+        assert Registry(root, pointer=pointer()).serving_pointer() == two.serving_pointer()
+    else:
+        assert on_disk == two.serving_pointer()
