@@ -33,7 +33,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiomqtt
@@ -194,17 +194,6 @@ class _Answer:
     made: float = 0.0  # time.perf_counter() when its result was made: the publish hop
 
 
-@dataclass
-class Backgrounds:
-    """The ``raw`` cameras' background models (:class:`edgelearn.roi.ObjectFinder`, not
-    thread-safe: used under ``lock``), one set for every consumer of a process, so each
-    camera's model sees every frame the process gets of it, not the share one consumer
-    gets. (Several cloud processes still split a camera: issue 24, item 4.)"""
-
-    finder: roi.ObjectFinder = field(default_factory=roi.ObjectFinder)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class CloudConsumer:
     def __init__(
         self,
@@ -218,15 +207,13 @@ class CloudConsumer:
         class_mix: ClassMix | None = None,
         shadows: ShadowBoard | None = None,
         students: StudentBoard | None = None,
-        backgrounds: Backgrounds | None = None,
     ) -> None:
         """``store`` is the de-duplication ledger (and, with ``keep_features``, the
         training data); consumers of one cloud share it, the ``scoreboard``, the
         ``metrics`` (the process's one registry, served by whoever owns it: None, a registry
         of this consumer's own, not served), the cameras' ``class_mix`` (None: answers as
-        the model gives them), the ``shadows`` (the replaced models a promotion is watched
-        against) and the ``raw`` cameras' ``backgrounds`` (None: this consumer's own).
-        ``students`` answer the teacher task's cameras (None: ``unknown`` to all of
+        the model gives them) and the ``shadows`` (the replaced models a promotion is watched
+        against). ``students`` answer the teacher task's cameras (None: ``unknown`` to all of
         them)."""
         self.config = config
         self.broker = broker
@@ -250,7 +237,6 @@ class CloudConsumer:
         self._serving: dict[str, str] = {}  # mode -> the cloud half's version last used
         # raw only: the background model of each camera, shared by the process's consumers
         # (a shared subscription gives each of them part of every camera's frames)
-        self._backgrounds = backgrounds or Backgrounds()
 
     # --- ingest (event loop) -------------------------------------------------------------
 
@@ -613,21 +599,16 @@ class CloudConsumer:
         self, feature: wire.Feature, classifier: Classifier
     ) -> list[npt.NDArray[Any]]:
         """``raw``: the camera's JPEG as model input, the way the gateway would have cut it:
-        each object the gateway found, cropped with the process's background model of the
-        camera (the same :mod:`edgelearn.roi`; :class:`Backgrounds`), for a classifier
+        each object the gateway found, cut out with the mask the gateway sent with it
+        (:func:`edgelearn.roi.mask_windows`: the cloud keeps no background model, so a
+        camera's frames may go to any consumer of any cloud machine), for a classifier
         trained on crops; the centre square for one trained on whole frames."""
         if not classifier.objects:
             jpeg = feature.payload
             return [preprocess.frame_to_input(jpeg, classifier.input_size, classifier.channels)]
-        small = roi.small_grey(feature.payload)
-        if small is None:
-            raise preprocess.PreprocessError("undecodable", "raw JPEG")
+        mask = roi.mask_from_windows(feature.masks)
         reduction = roi.crop_reduction(feature.boxes, classifier.input_size)
         decoded = preprocess.decode_reduced(feature.payload, classifier.channels, reduction)
-        with self._backgrounds.lock:  # one camera's model, whichever consumer got the frame
-            finder = self._backgrounds.finder
-            finder.update(feature.camera_id, small)  # keeps the background model current
-            mask = finder.object_mask(feature.camera_id, decoded)
         size = (decoded.shape[1] * reduction, decoded.shape[0] * reduction)
         return [
             roi.crop(decoded, box, size, classifier.input_size, classifier.channels, mask=mask)

@@ -56,7 +56,7 @@ from cloud.bootstrap import (
     log_progress,
     with_splits,
 )
-from cloud.consumer import Backgrounds, CloudConsumer, ConsumerConfig
+from cloud.consumer import CloudConsumer, ConsumerConfig
 from cloud.database import StoreUnavailable
 from cloud.events import EventPublisher
 from cloud.feature_store import FeatureStore
@@ -212,7 +212,6 @@ class CloudService:
         )
         if settings.push:
             self.students.on_serving = self._push_student_from_thread
-        backgrounds = Backgrounds()  # the raw cameras': one model each for the process
         self.consumers = [
             CloudConsumer(
                 ConsumerConfig(
@@ -230,7 +229,6 @@ class CloudService:
                 class_mix=self.class_mix,
                 shadows=self.shadows,
                 students=self.students,
-                backgrounds=backgrounds,
             )
             for index in range(settings.consumers)
         ]

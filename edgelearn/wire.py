@@ -32,7 +32,10 @@ teacher's at its gateway (``person`` / ``other moving object``). A :class:`Featu
 camera's ``task``, where its objects' labels come from (``label_source``: ``truth`` or
 ``teacher:NAME``) and how sure that source was of each (``label_scores``); a :class:`Result`
 says the task its classes index, and :data:`UNKNOWN` is the class of an object the serving
-model was unsure of. The topic layout has its own version (``v1``).
+model was unsure of. Version 5 added ``masks`` to a cloud-only (``raw``) :class:`Feature`: for
+each object, the gateway's mask of it within its crop square (:func:`edgelearn.roi.mask_windows`),
+so the cloud cuts the crops the gateway would without a background model of each camera.
+The topic layout has its own version (``v1``).
 
 Topics live under ``edgelearn/v1/<site>/...``; ``site`` lets several camera sites share one
 cloud broker and gives each test its own namespace. Per-role access rules in
@@ -51,7 +54,7 @@ from typing import Any, ClassVar, Final, TypeVar
 from edgelearn.modes import Mode, ModeError
 
 MAGIC: Final = b"EL"
-VERSION: Final = 4
+VERSION: Final = 5
 HEADER = struct.Struct("<2sBB")
 
 # Bounds that keep a hostile message from making us allocate or loop without limit.
@@ -73,6 +76,7 @@ UNKNOWN: Final = 0xFFFF  # a class index: the model was unsure, so it names no c
 SOURCE_TRUTH: Final = "truth"  # a label rendered by a labeled scene (else "teacher:NAME")
 MAX_FRAME_SIDE: Final = 8192
 MAX_OBJECTS: Final = 64  # objects in one frame
+MAX_MASK_BYTES: Final = 256 * 1024  # one object's mask window, packed (a 720p one: < 8 KiB)
 
 Box = tuple[int, int, int, int]
 """(x0, y0, x1, y1) in pixels of the camera's frame, x1 and y1 exclusive."""
@@ -347,6 +351,7 @@ CLASSES = _sequence(U16, MAX_OBJECTS)
 TRACKS = _sequence(U32, MAX_OBJECTS)
 SCORES = _sequence(F32, MAX_OBJECTS)
 NAMES = _sequence(_text(_U8, MAX_ID_LENGTH), MAX_OBJECTS)
+MASKS = _sequence(_blob(MAX_MASK_BYTES), MAX_OBJECTS)
 SHA256 = _fixed_bytes(32)
 SIGNATURE = _fixed_bytes(64)
 
@@ -520,11 +525,14 @@ class Feature(Envelope):
     task: str = _wire(IDENT, default=TASK_DATASET)
     label_source: str = _wire(IDENT, default="")
     label_scores: tuple[float, ...] = _wire(SCORES, default=())
+    # ``raw`` only: each object's mask in its crop square (edgelearn.roi.mask_windows), or ()
+    masks: tuple[bytes, ...] = _wire(MASKS, default=())
 
     def __post_init__(self) -> None:
         _check_ident("camera_id", self.camera_id)
         _check_ident("gateway_id", self.gateway_id)
         _check_objects(self.tracks, self.boxes, self.labels)
+        _check(len(self.masks) in (0, len(self.tracks)), "bad_count", "objects' masks differ")
         _check_items(self.items, self.tracks)
         _check_task("task", self.task)
         _check_labels(self.label_source, self.label_scores, self.labels)

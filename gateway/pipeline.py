@@ -316,14 +316,36 @@ class FramePipeline:
         found: tuple[roi.FoundObject, ...],
     ) -> Forward:
         """Cloud-only: the frame's JPEG as it is, with the boxes, tracks and truth of the
-        ``chosen`` objects, for the cloud to classify."""
+        ``chosen`` objects, for the cloud to classify, and each one's mask in its crop
+        square (:func:`edgelearn.roi.mask_windows`): the cloud cuts the crops this gateway
+        would, with no background model of its own (a camera's frames are shared out
+        among cloud consumers and machines; this gateway sees them all)."""
         tracks = tuple(item.track for item in chosen)
         boxes = tuple(item.box for item in chosen)
         sent_labels = self._labels_sent(frame, tracks, *ground_truth(frame, boxes))
         jpeg_as_is = codec.EncodedArray.jpeg(frame.payload)
         forward = self._forward(frame, Mode(RAW), "none", jpeg_as_is, 0, 0)
-        feature = dataclasses.replace(forward.envelope, tracks=tracks, boxes=boxes, **sent_labels)
+        assert isinstance(forward.envelope, wire.Feature)
+        feature = dataclasses.replace(
+            forward.envelope, tracks=tracks, boxes=boxes, masks=self._masks(frame, boxes),
+            **sent_labels,
+        )  # fmt: skip
         return Forward(feature, Mode(RAW), wire.encode(feature), found)
+
+    def _masks(self, frame: wire.Frame, boxes: tuple[wire.Box, ...]) -> tuple[bytes, ...]:
+        """The objects' masks at the 1/4 decode (the finder's own scale), or () before the
+        camera has a background model (the cloud then cuts whole squares, as this gateway
+        would) or when the frame does not decode (the cloud counts it undecodable)."""
+        if not boxes:
+            return ()
+        try:
+            decoded = preprocess.decode_reduced(frame.payload, 1, preprocess.REDUCTION)
+        except preprocess.PreprocessError:
+            return ()
+        mask = self._finder.object_mask(frame.camera_id, decoded, boxes)
+        if mask is None:
+            return ()
+        return roi.mask_windows(mask, boxes, (frame.width, frame.height))
 
     def _labels_sent(
         self,

@@ -316,6 +316,25 @@ def test_two_objects_in_a_frame_give_one_feature_with_both_boxes_tracks_and_labe
     assert moved.envelope.tracks[0] in feature.tracks and moved.envelope.labels == (7,)
 
 
+def test_a_raw_frame_carries_the_masks_that_cut_the_gateways_own_crops() -> None:
+    """Cloud-only: the JPEG goes up as it is, with each object's box and its mask in its
+    crop square; the crops the cloud cuts with those masks are the ones this gateway cuts
+    for an edge mode (the cloud keeps no background model of its own)."""
+    pipeline = FramePipeline("gw-1", mode=Mode(RAW))
+    assert isinstance(pipeline.process(_squares_frame(0, -1)), HeldBack)  # the empty scene
+    sent = pipeline.process(_squares_frame(1, 0))
+    assert isinstance(sent, Forward) and sent.mode == Mode(RAW)
+    feature = wire.decode_as(sent.data, wire.Feature)  # as the cloud reads it
+    assert len(feature.boxes) == 2 and len(feature.masks) == 2
+    mask = roi.mask_from_windows(feature.masks)
+    decoded = preprocess.decode_reduced(feature.payload, 1, roi.crop_reduction(feature.boxes, 48))
+    at_cloud = [roi.crop(decoded, box, (1280, 720), 48, mask=mask) for box in feature.boxes]
+    frame = _squares_frame(1, 0)
+    at_gateway = pipeline._crops(frame, feature.boxes, (48, 48, 1))
+    assert all(np.array_equal(a, b) for a, b in zip(at_cloud, at_gateway, strict=True))
+    assert all(crop[24, 24] > 0 and crop[2, 2] == 0 for crop in at_cloud)  # the object, cut out
+
+
 def test_a_small_object_is_cut_from_the_finer_decode(secrets_dir: Path) -> None:
     """An item a camera sees small (here 120 px of 720) is cut from the 1/2-scale decode,
     not the 1/4 one, which would scale it up into the model's input: the feature is the

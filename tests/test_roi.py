@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -307,3 +308,54 @@ def test_the_mask_worked_out_in_the_crops_squares_cuts_the_same_crops() -> None:
     differing = sum(int((whole != squares).sum()) for whole, squares in pairs)
     assert np.mean(same) >= 0.95, np.mean(same)
     assert differing <= 1e-3 * sum(whole.size for whole, _ in pairs), differing
+
+
+@needs_fashion_mnist
+def test_the_masks_a_raw_frame_carries_cut_the_crops_the_gateways_mask_cuts() -> None:
+    """A cloud-only frame carries each object's mask in its crop square: the cloud keeps no
+    background model, and its crops are the ones the gateway's whole mask cuts, pixel for
+    pixel, for a few hundred bytes beside a JPEG of tens of kilobytes."""
+    scene = ObjectScene(load_fashion_mnist("test"), seed=5)
+    finder = roi.ObjectFinder()
+    crops = mask_bytes = jpeg_bytes = 0
+    for index in range(240):
+        jpeg = preprocess.encode_jpeg(scene.render(index).image, 80)
+        small = roi.small_grey(jpeg)
+        assert small is not None
+        boxes = [item.box for item in finder.update("cam", small) if item.send]
+        quarter = preprocess.decode_reduced(jpeg, 1, preprocess.REDUCTION)
+        mask = finder.object_mask("cam", quarter, boxes)
+        if not boxes or mask is None:
+            continue
+        windows = roi.mask_windows(mask, boxes, (1280, 720))
+        assert len(windows) == len(boxes)
+        rebuilt = roi.mask_from_windows(windows)
+        assert rebuilt is not None and rebuilt.shape == mask.shape
+        decoded = preprocess.decode_reduced(jpeg, 1, roi.crop_reduction(boxes, 48))
+        for box in boxes:
+            at_gateway = roi.crop(decoded, box, (1280, 720), 48, mask=mask)
+            at_cloud = roi.crop(decoded, box, (1280, 720), 48, mask=rebuilt)
+            assert np.array_equal(at_gateway, at_cloud)
+            crops += 1
+        mask_bytes += sum(len(window) for window in windows)
+        jpeg_bytes += len(jpeg)
+    assert crops >= 50
+    assert mask_bytes < 0.05 * jpeg_bytes, (mask_bytes, jpeg_bytes)
+
+
+def test_bytes_that_are_not_mask_windows_are_refused_with_a_reason() -> None:
+    mask = np.zeros((180, 320), np.uint8)
+    mask[40:80, 100:140] = 1
+    (window,) = roi.mask_windows(mask, [(400, 160, 560, 320)], (1280, 720))
+    other_size = roi.mask_windows(np.zeros((90, 160), np.uint8), [(0, 0, 10, 10)], (1280, 720))
+    assert roi.mask_from_windows(()) is None
+    for bad in (
+        [window[:5]],  # no header
+        [window[:-3]],  # bits cut short
+        [window + b"\x00"],  # trailing bytes
+        [window[:12] + b"not zlib"],
+        [window, *other_size],  # two masks of different sizes
+        [struct.pack("<6H", 320, 180, 300, 34, 52, 52) + window[12:]],  # past the mask
+    ):
+        with pytest.raises(preprocess.PreprocessError, match="bad_mask"):
+            roi.mask_from_windows(bad)

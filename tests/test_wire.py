@@ -106,6 +106,9 @@ def features(draw: st.DrawFn) -> wire.Feature:
         )
         if draw(st.booleans())
         else (),
+        masks=tuple(draw(st.lists(st.binary(max_size=40), min_size=count, max_size=count)))
+        if draw(st.booleans())
+        else (),
     )
 
 
@@ -253,8 +256,9 @@ def test_random_and_mutated_bytes_raise_only_wire_error() -> None:
         (b"EL\x01\x01", "unknown_version"),  # version 1: before objects were on the wire
         (b"EL\x02\x01", "unknown_version"),  # version 2: before items were on the wire
         (b"EL\x03\x01", "unknown_version"),  # version 3: before tasks were on the wire
-        (b"EL\x05\x01", "unknown_version"),
-        (b"EL\x04\x63", "unknown_kind"),
+        (b"EL\x04\x01", "unknown_version"),  # version 4: before a raw frame's masks
+        (b"EL\x06\x01", "unknown_version"),
+        (b"EL\x05\x63", "unknown_kind"),
     ],
 )
 def test_header_errors_carry_their_reason(data: bytes, reason: str) -> None:
@@ -314,6 +318,10 @@ def test_objects_are_validated() -> None:
         dataclasses.replace(feature, boxes=((0, 0, 5, 5), (9, 9, 5, 5)))
     with pytest.raises(wire.WireError, match="bad_count"):
         dataclasses.replace(feature, labels=(1,))
+    masked = dataclasses.replace(feature, masks=(b"one", b"two"))
+    assert wire.decode(wire.encode(masked)).masks == (b"one", b"two")
+    with pytest.raises(wire.WireError, match="bad_count"):  # one object without its mask
+        dataclasses.replace(feature, masks=(b"one",))
 
 
 def test_tasks_and_label_sources_are_validated() -> None:
