@@ -333,13 +333,16 @@ class FramePipeline:
         return Forward(feature, Mode(RAW), wire.encode(feature), found)
 
     def _masks(self, frame: wire.Frame, boxes: tuple[wire.Box, ...]) -> tuple[bytes, ...]:
-        """The objects' masks at the 1/4 decode (the finder's own scale), or () before the
-        camera has a background model (the cloud then cuts whole squares, as this gateway
-        would) or when the frame does not decode (the cloud counts it undecodable)."""
+        """The objects' masks at the decode the cloud cuts their crops from (1/4, or 1/2
+        with a small object: :func:`edgelearn.roi.crop_reduction`, for a cloud-only CNN of
+        the default input size), or () before the camera has a background model (the cloud
+        then cuts whole squares, as this gateway would) or when the frame does not decode
+        (the cloud counts it undecodable)."""
         if not boxes:
             return ()
+        reduction = roi.crop_reduction(boxes, preprocess.DEFAULT_INPUT_SIZE)
         try:
-            decoded = preprocess.decode_reduced(frame.payload, 1, preprocess.REDUCTION)
+            decoded = preprocess.decode_reduced(frame.payload, 1, reduction)
         except preprocess.PreprocessError:
             return ()
         mask = self._finder.object_mask(frame.camera_id, decoded, boxes)

@@ -323,15 +323,16 @@ def test_the_masks_a_raw_frame_carries_cut_the_crops_the_gateways_mask_cuts() ->
         small = roi.small_grey(jpeg)
         assert small is not None
         boxes = [item.box for item in finder.update("cam", small) if item.send]
-        quarter = preprocess.decode_reduced(jpeg, 1, preprocess.REDUCTION)
-        mask = finder.object_mask("cam", quarter, boxes)
-        if not boxes or mask is None:
+        if not boxes:
+            continue
+        decoded = preprocess.decode_reduced(jpeg, 1, roi.crop_reduction(boxes, 48))
+        mask = finder.object_mask("cam", decoded, boxes)
+        if mask is None:
             continue
         windows = roi.mask_windows(mask, boxes, (1280, 720))
         assert len(windows) == len(boxes)
         rebuilt = roi.mask_from_windows(windows)
         assert rebuilt is not None and rebuilt.shape == mask.shape
-        decoded = preprocess.decode_reduced(jpeg, 1, roi.crop_reduction(boxes, 48))
         for box in boxes:
             at_gateway = roi.crop(decoded, box, (1280, 720), 48, mask=mask)
             at_cloud = roi.crop(decoded, box, (1280, 720), 48, mask=rebuilt)
