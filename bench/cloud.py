@@ -14,6 +14,11 @@ JSON-able dict, every part measured in the same run on this host:
 * ``latency``: capture to result at a stated camera load (features of ``cameras`` cameras at
   ``fps`` each, ``capture_ns`` stamped as they are published; ``result_ns - capture_ns`` read
   off the results topic), p50/p90/p99.
+* ``scale_out``: one, then two ``edgelearn cloud`` processes (as on two machines, with
+  their default consumers each) on one PostgreSQL, draining the same backlog of features
+  of one mode; results per second summed over their ``/metrics``, and the ratio. The
+  processes, the publisher, the broker and PostgreSQL share this host's cores: the ratio
+  says what a second process adds here, not on a second machine.
 * ``training``: the same items trained two ways - the cloud-only way (the whole CNN from the
   decoded frames the cameras sent as 720p JPEGs) and from the features the gateways' deployed
   lower parts made - with bytes received, training time (``fit`` only) and held-out
@@ -103,6 +108,9 @@ class CloudBenchSettings:
     template_frames: int = 12  # per camera: 720p frames the feature templates come from
     store_features: bool = True  # consumers store what they receive, as in production
     training: TrainingSettings | None = field(default_factory=TrainingSettings)
+    # Side by side: 1, then 2 ``edgelearn cloud`` processes on one PostgreSQL (0: skipped)
+    scale_out_mode: str = "split:2"
+    scale_out_features: int = 3000
 
     @classmethod
     def quick(cls) -> CloudBenchSettings:
@@ -114,6 +122,7 @@ class CloudBenchSettings:
             latency_modes=("split:2",),
             latency_seconds=6.0,
             template_frames=6,
+            scale_out_features=800,
             training=TrainingSettings(
                 n_train=2000,
                 n_held_out=500,
@@ -460,6 +469,114 @@ def consumer_throughput(
     }
 
 
+def scale_out(
+    settings: CloudBenchSettings,
+    registry: Registry,
+    secrets: Secrets,
+    broker: Any,
+    templates: tuple[bytes, ...],
+    work_dir: Path,
+) -> dict[str, Any]:
+    """Results per second of one, then two cloud processes on one PostgreSQL, each run on
+    a site of its own (nothing left over from the run before), the same backlog each."""
+    from cloud.config import CloudConfig
+    from stack.launcher import postgres_dir
+    from stack.postgres import start_postgres
+
+    (work_dir / "scale-out").mkdir(parents=True, exist_ok=True)
+    postgres = start_postgres(postgres_dir(work_dir / "scale-out"))
+    try:
+        runs = {
+            str(clouds): _scale_run(
+                clouds, settings, registry, secrets, broker, templates, postgres.url, work_dir
+            )
+            for clouds in (1, 2)
+        }
+    finally:
+        postgres.stop()
+    one, two = (runs[key]["results_per_second"] for key in ("1", "2"))
+    return {
+        "mode": settings.scale_out_mode,
+        "consumers_per_process": CloudConfig.consumers,
+        "processes": runs,
+        "two_over_one": round(two / one, 2) if one else None,
+    }
+
+
+def _scale_run(
+    clouds: int,
+    settings: CloudBenchSettings,
+    registry: Registry,
+    secrets: Secrets,
+    broker: Any,
+    templates: tuple[bytes, ...],
+    store: str,
+    work_dir: Path,
+) -> dict[str, Any]:
+    from cloud.config import CloudConfig, LearnConfig, PlanConfig
+    from edgelearn import config as config_module
+    from edgelearn.metrics import scrape
+    from edgelearn.ports import free_port
+    from stack.launcher import ChildProcesses, child_env, edgelearn_command
+
+    site = f"scale-{clouds}"
+    children = ChildProcesses(work_dir / site, echo=False)
+    children.log_dir.mkdir(parents=True, exist_ok=True)
+    env = child_env(secrets.directory, registry.root)
+    urls = []
+    try:
+        for number in range(1, clouds + 1):
+            port = free_port()
+            config = CloudConfig(
+                broker=f"{broker.host}:{broker.port}", site=site, group=site,
+                cloud_id=f"{site}-cloud-{number}", registry=registry.root, metrics_port=port,
+                feature_store=store, train=False, grow=False, push=False, teacher=False,
+                events=False, split_ks=BENCH_SPLIT_KS, plan=PlanConfig(enabled=False),
+                learn=LearnConfig(enabled=False),
+            )  # fmt: skip
+            config_file = children.log_dir / f"cloud-{number}.toml"
+            config_file.write_text(config_module.dump(config, "cloud"))
+            command = edgelearn_command("cloud", "--config", str(config_file))
+            child = children.start(f"cloud-{number}", command, env)
+            children.wait_for_line(child, "serving", timeout=300)
+            urls.append(f"http://127.0.0.1:{port}/metrics")
+        before = scrape(urls).total("edgelearn_cloud_results_total")
+        job = FeedJob(
+            broker.host, broker.port, str(secrets.directory), site, templates,
+            count=settings.scale_out_features,
+        )  # fmt: skip
+        run = _drain(job, lambda: scrape(urls).total("edgelearn_cloud_results_total") - before)
+    finally:
+        children.stop()
+    log.info("%d cloud processes: %s results/s", clouds, run["results_per_second"])
+    return run
+
+
+def _drain(job: FeedJob, answered: Any, timeout: float = 600) -> dict[str, Any]:
+    """Results per second (``answered()``: results so far) while ``job.count`` features
+    drain, from the first result to the last."""
+    feeder = _Feeder(job)
+    try:
+        feeder.go()
+        deadline = time.monotonic() + timeout
+        first: tuple[float, float] | None = None
+        while (done := answered()) < job.count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{done:.0f} of {job.count} results")
+            if first is None and done > 0:
+                first = (time.monotonic(), done)
+            time.sleep(0.2)  # polling the processes' counters
+        ended = time.monotonic()
+        feeder.report(60)
+    finally:
+        feeder.close()
+    assert first is not None
+    return {
+        "results": int(done),
+        "results_per_second": round((done - first[1]) / (ended - first[0]), 1),
+    }
+
+
 def paced_latency(job: FeedJob) -> dict[str, Any]:
     """Features at ``job.fps`` per camera for ``job.seconds``; capture-to-result latency
     read off the results topic (the consumer must be running)."""
@@ -594,7 +711,9 @@ def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) ->
     secrets = broker_module.init_secrets(
         work_dir / "secrets", cameras=settings.template_cameras, gateways=1
     )
-    template_modes = sorted({*settings.consumer_modes, *settings.latency_modes})
+    template_modes = sorted(
+        {*settings.consumer_modes, *settings.latency_modes, settings.scale_out_mode}
+    )
     templates = feature_templates(
         template_modes,
         registry_deployments(registry),
@@ -656,6 +775,11 @@ def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) ->
                 "modes": latency,
             }
         report["consumer_log"] = warnings.summary()
+        if settings.scale_out_features:
+            report["scale_out"] = scale_out(
+                settings, registry, secrets, broker, encoded[settings.scale_out_mode],
+                work_dir,
+            )  # fmt: skip
     finally:
         broker.stop()
     if settings.training is not None:

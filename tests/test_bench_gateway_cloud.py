@@ -309,6 +309,7 @@ def test_cloud_benchmark_reduced_run_on_a_trained_registry(
         latency_seconds=2.0,
         template_cameras=2,
         template_frames=2,
+        scale_out_features=80,
         training=cloud_bench.TrainingSettings(
             n_train=200,
             n_held_out=100,
@@ -323,7 +324,12 @@ def test_cloud_benchmark_reduced_run_on_a_trained_registry(
     assert set(report["inference_ms"]) == {"raw", "split:2", "pca"}
     for mode, entry in report["inference_ms"].items():
         assert entry["1"]["ms_per_batch"] > 0 and entry["16"]["ms_per_item"] > 0, mode
+        assert entry["16"]["tensorflow_ms_per_batch"] > 0, mode  # the old way, beside it
     assert set(report["consumer_results_per_second"]) == {"split:2", "raw"}
+    scaled = report["scale_out"]  # real cloud processes on a real PostgreSQL, every one answered
+    assert sorted(scaled["processes"]) == ["1", "2"]
+    assert all(run["results"] >= 80 for run in scaled["processes"].values())
+    assert scaled["two_over_one"] > 0
     assert report["latency"]["modes"]["split:2"]["results"] == 2 * 15 * 2
     training = report["training"]
     assert set(training["modes"]) == {"raw", "split:2", "pca"}
