@@ -8,9 +8,9 @@ JSON-able dict, every part measured in the same run on this host:
   labeled-scene frames to make them) by a publisher process as fast as the consumer takes
   them; results per second, with the batch sizes the consumer formed.
 * ``inference_ms``: :meth:`~cloud.serving.CloudHalf.predict` per batch size and mode,
-  after warm-up (median of repeats): in numpy, as the cloud serves, and beside it
-  (``tensorflow_ms_per_batch``) the same half loaded into Keras and called through a
-  TensorFlow graph, as the cloud served before it read halves without TensorFlow.
+  after warm-up (median of repeats), as the cloud serves once its graphs are built (numpy
+  for small batches, a TensorFlow graph for big ones: ``cloud.serving.GRAPH_FROM_BATCH``),
+  and beside it each way alone (``numpy_ms_per_batch``, ``tensorflow_ms_per_batch``).
 * ``latency``: capture to result at a stated camera load (features of ``cameras`` cameras at
   ``fps`` each, ``capture_ns`` stamped as they are published; ``result_ns - capture_ns`` read
   off the results topic), p50/p90/p99.
@@ -251,6 +251,9 @@ def inference_times(
             per_batch[str(size)] = {
                 "ms_per_batch": round(1e3 * median, 3),
                 "ms_per_item": round(1e3 * median / size, 3),
+                "numpy_ms_per_batch": None
+                if classifier.numpy is None
+                else round(1e3 * _median_seconds(classifier.numpy.predict, batch, repeats), 3),
                 "tensorflow_ms_per_batch": round(
                     1e3 * _median_seconds(keras.predict, batch, repeats), 3
                 ),
@@ -538,7 +541,7 @@ def _scale_run(
             config_file.write_text(config_module.dump(config, "cloud"))
             command = edgelearn_command("cloud", "--config", str(config_file))
             child = children.start(f"cloud-{number}", command, env)
-            children.wait_for_line(child, "serving", timeout=300)
+            children.wait_for_line(child, "graphs built", timeout=300)  # fully warm
             urls.append(f"http://127.0.0.1:{port}/metrics")
         before = scrape(urls).total("edgelearn_cloud_results_total")
         job = FeedJob(
@@ -726,6 +729,10 @@ def measure(settings: CloudBenchSettings, registry: Registry, work_dir: Path) ->
     started = time.perf_counter()
     models.warm_up(BENCH_SPLIT_KS)
     report: dict[str, Any] = {"warm_up_seconds": round(time.perf_counter() - started, 1)}
+    models.build_graphs()  # as a cloud process does once it serves
+    if not poll_until(lambda: not models.graphs_pending(), 300):
+        raise RuntimeError("the cloud halves' TensorFlow graphs were not built in 300 s")
+    report["graphs_seconds"] = round(time.perf_counter() - started, 1)
     report["inference_ms"] = inference_times(
         models,
         registry,

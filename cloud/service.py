@@ -280,6 +280,8 @@ class CloudService:
         watch = await asyncio.to_thread(ServingWatch, self.registry)
         warmed = await asyncio.to_thread(self.models.warm_up, settings.split_ks)
         self._announce(f"serving {', '.join(warmed)}")
+        # TensorFlow, for big batches: after serving began
+        self.models.build_graphs(lambda: self._announce("graphs built for big batches"))
         follow = self._tasks.create_task(self._follow_serving(watch), name="serving-watch")
         self._stack.callback(follow.cancel)  # before the TaskGroup waits for its tasks
         if settings.push:

@@ -45,7 +45,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,11 +90,24 @@ class ClassifierSource(Protocol):
 # --- the cloud halves, from the registry ----------------------------------------------
 
 
+GRAPH_FROM_BATCH = 8
+"""Batches of this many objects or more go to a convolutional half's TensorFlow graph, once
+it is built; smaller ones to numpy. Measured on the split:2 upper part here (``edgelearn
+bench cloud --quick``, ``inference_ms``): numpy 0.8 ms against 2.6 ms for one object, even at
+16, 9.3 against 6.7 ms at 32; and a consumer under a flood, which batches about 30, answered
+540 features a second in numpy against 939 through the graph."""
+_CONVOLUTIONS = frozenset({"Conv2D", "DepthwiseConv2D"})
+
+
 @dataclass
 class CloudHalf:
-    """A registry entry's cloud half: answered by ``numpy`` (:class:`NumpyHalf`) when all its
-    layers are of the kinds that runs, which every half trained here is, else by a
-    TensorFlow graph of the ``keras`` model."""
+    """A registry entry's cloud half. Answered by ``numpy`` (:class:`NumpyHalf`) when all
+    its layers are of the kinds that runs, which every half trained here is: it needs no
+    TensorFlow, so a restarted cloud serves within a second or two. A half with
+    convolutions also gets a TensorFlow graph, built in the background once serving has
+    started (:meth:`RegistryModels.build_graphs`), for big batches (:data:`GRAPH_FROM_BATCH`),
+    where TensorFlow's threaded kernels are faster. A half numpy does not run is answered by
+    its graph alone."""
 
     takes_frames: bool
     input_size: int
@@ -103,22 +116,40 @@ class CloudHalf:
     objects: bool = False
     numpy: NumpyHalf | None = None
     keras: Any = None
-    _call: Any = None
+    archive: bytes = b""  # the .keras archive: the graph is built from it
+    _call: Any = None  # the TensorFlow graph, once built
+
+    @property
+    def wants_graph(self) -> bool:
+        """Whether a TensorFlow graph would serve some batches (it has convolutions, or
+        numpy does not run it) and is not built yet."""
+        if self._call is not None:
+            return False
+        return self.numpy is None or bool(self.numpy.layer_kinds & _CONVOLUTIONS)
+
+    def build_graph(self) -> None:
+        """Load the Keras model and trace its graph (imports TensorFlow), then run it once:
+        from then on it answers the big batches."""
+        import tensorflow as tf
+
+        from cloud.registry import keras_from_bytes
+
+        model = self.keras if self.keras is not None else keras_from_bytes(self.archive)
+        # A graph traced once for any batch size: 10-25 ms per batch where eager Keras
+        # took 26-44 ms (measured on the split:2 upper part).
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        call(np.zeros((GRAPH_FROM_BATCH, *model.input_shape[1:]), np.float32))
+        self.keras, self._call = model, call  # the graph is used once it is whole
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        if self.numpy is not None:
+        call = self._call
+        if self.numpy is not None and (call is None or len(batch) < GRAPH_FROM_BATCH):
             return self.numpy.predict(batch)
-        if self._call is None:
-            import tensorflow as tf
-
-            # A graph traced once for any batch size: 10-25 ms per batch where eager Keras
-            # took 26-44 ms (measured on the split:2 upper part).
-            spec = tf.TensorSpec([None, *self.keras.input_shape[1:]], tf.float32)
-            self._call = tf.function(
-                lambda x: self.keras(x, training=False), input_signature=[spec]
-            )
-        output = self._call(np.asarray(batch, np.float32))
-        return np.asarray(output, np.float32)
+        if call is None:
+            self.build_graph()
+            call = self._call
+        return np.asarray(call(np.asarray(batch, np.float32)), np.float32)
 
 
 class RegistryModels:
@@ -137,6 +168,10 @@ class RegistryModels:
         self._resolved: dict[tuple[str, str, str], CloudHalf] = {}
         self._names: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
+        self._graphs = False  # build_graphs was called: halves get their graphs
+        self._pending_graphs: list[CloudHalf] = []  # their turn, in a background thread
+        self._building = False
+        self._built: Callable[[], None] = lambda: None
 
     def _entry(self, extractor: str, version: str, camera: str) -> ModelEntry | None:
         try:
@@ -155,8 +190,9 @@ class RegistryModels:
             if entry.version in self._loaded:
                 return self._loaded[entry.version]
         size, _, channels = entry.input_shape[:3]
+        archive = self.registry.cloud_archive(entry)
         try:
-            numpy = NumpyHalf.from_archive(self.registry.cloud_archive(entry))
+            numpy = NumpyHalf.from_archive(archive)
         except ValueError as exc:
             raise RegistryError(f"{entry.name} {entry.version}: {exc}") from exc
         classifier = CloudHalf(
@@ -167,9 +203,13 @@ class RegistryModels:
             objects=entry.model_input == roi.CROP_RULE,
             numpy=numpy,
             keras=self.registry.load_cloud_model(entry) if numpy is None else None,
+            archive=archive,
         )
         with self._lock:
-            return self._loaded.setdefault(entry.version, classifier)
+            loaded = self._loaded.setdefault(entry.version, classifier)
+            if loaded is classifier and self._graphs and loaded.wants_graph:
+                self._want_graph(loaded)  # a half loaded after serving began: its graph too
+            return loaded
 
     def classifier_for(
         self, extractor: str, model_version: str, camera: str = ""
@@ -219,6 +259,50 @@ class RegistryModels:
                 self.prepare(entry)
                 warmed.append(f"{entry.mode} ({entry.version})")
         return warmed
+
+    def build_graphs(self, built: Callable[[], None] = lambda: None) -> None:
+        """From now on, build the TensorFlow graph of every half that wants one (loaded or
+        loaded later), one at a time in a background thread that ends when none is left
+        (then it calls ``built``): the cloud serves in numpy first and imports TensorFlow
+        after (issue 24, item 5). A graph that fails to build is logged, and numpy goes on
+        answering that half."""
+        with self._lock:
+            if self._graphs:
+                return
+            self._graphs = True
+            self._built = built
+            for half in self._loaded.values():
+                if half.wants_graph:
+                    self._want_graph(half)
+
+    def graphs_pending(self) -> bool:
+        """Whether a graph is still being built or waits its turn."""
+        with self._lock:
+            return self._building
+
+    def _want_graph(self, half: CloudHalf) -> None:
+        """Under the lock: ``half``'s graph is built in turn."""
+        self._pending_graphs.append(half)
+        if not self._building:
+            self._building = True
+            threading.Thread(target=self._build_graphs, name="graphs", daemon=True).start()
+
+    def _build_graphs(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending_graphs:
+                    self._building = False
+                    break
+                half = self._pending_graphs.pop(0)
+            if not half.wants_graph:
+                continue
+            try:
+                half.build_graph()
+            except Exception:  # a model TensorFlow cannot load: numpy still answers it
+                log.warning("no TensorFlow graph for %s", half.version, exc_info=True)
+            else:
+                log.info("a TensorFlow graph answers big batches of %s", half.version)
+        self._built()
 
     def prepare(self, entry: ModelEntry) -> CloudHalf:
         """Load ``entry``'s cloud half and run it once (a half TensorFlow answers traces its

@@ -114,6 +114,40 @@ def test_every_cloud_half_answers_in_numpy_what_keras_answers(trained_registry: 
             assert np.array_equal(answered.argmax(axis=1), expected[:size].argmax(axis=1))
 
 
+@pytest.mark.training
+def test_convolutional_halves_get_a_graph_for_big_batches_after_serving_began(
+    trained_registry: Path,
+) -> None:
+    """Serving starts in numpy; then a background thread builds a TensorFlow graph for
+    each half with convolutions, which answers batches from GRAPH_FROM_BATCH on; dense
+    halves stay in numpy. Either way, the same answers."""
+    from cloud.registry import Registry
+    from cloud.serving import GRAPH_FROM_BATCH, RegistryModels, deployable
+    from tests.support.waiting import wait_for
+
+    registry = Registry(trained_registry)
+    models = RegistryModels(registry)
+    models.warm_up((2,))
+    halves = {
+        str(entry.mode): models.load(entry)
+        for entry in [*deployable(registry, (2,)), registry.serving(Mode("raw"))]
+    }
+    assert all(half._call is None for half in halves.values())  # numpy alone, at first
+    models.build_graphs()
+    convolutional = {"split:2", "raw", "full"}
+    wait_for(lambda: all(halves[mode]._call is not None for mode in convolutional), 120, "graphs")
+    assert all(halves[mode]._call is None for mode in set(halves) - convolutional)
+    rng = np.random.default_rng(3)
+    for mode in convolutional:
+        half = halves[mode]
+        assert half.numpy is not None
+        top = 255.0 if mode in ("raw", "full") else 6.0
+        batch = (rng.random((GRAPH_FROM_BATCH, *half.numpy.input_shape)) * top).astype(np.float32)
+        np.testing.assert_allclose(
+            half.predict(batch), half.numpy.predict(batch), atol=1e-5, err_msg=mode
+        )
+
+
 def test_a_half_with_a_layer_numpy_does_not_run_is_left_to_tensorflow() -> None:
     import keras
 
