@@ -111,6 +111,7 @@ class CloudBenchSettings:
     # Side by side: 1, then 2 ``edgelearn cloud`` processes on one PostgreSQL (0: skipped)
     scale_out_mode: str = "split:2"
     scale_out_features: int = 3000
+    scale_out_consumers: int = 1  # per process (edgelearn cloud's default)
 
     @classmethod
     def quick(cls) -> CloudBenchSettings:
@@ -482,7 +483,6 @@ def scale_out(
 ) -> dict[str, Any]:
     """Results per second of one, then two cloud processes on one PostgreSQL, each run on
     a site of its own (nothing left over from the run before), the same backlog each."""
-    from cloud.config import CloudConfig
     from stack.launcher import postgres_dir
     from stack.postgres import start_postgres
 
@@ -500,7 +500,7 @@ def scale_out(
     one, two = (runs[key]["results_per_second"] for key in ("1", "2"))
     return {
         "mode": settings.scale_out_mode,
-        "consumers_per_process": CloudConfig.consumers,
+        "consumers_per_process": settings.scale_out_consumers,
         "processes": runs,
         "two_over_one": round(two / one, 2) if one else None,
     }
@@ -533,7 +533,8 @@ def _scale_run(
             config = CloudConfig(
                 broker=f"{broker.host}:{broker.port}", site=site, group=site,
                 cloud_id=f"{site}-cloud-{number}", registry=registry.root, metrics_port=port,
-                feature_store=store, train=False, grow=False, push=False, teacher=False,
+                consumers=settings.scale_out_consumers, feature_store=store, train=False,
+                grow=False, push=False, teacher=False,
                 events=False, split_ks=BENCH_SPLIT_KS, plan=PlanConfig(enabled=False),
                 learn=LearnConfig(enabled=False),
             )  # fmt: skip
