@@ -432,31 +432,15 @@ def consumer_throughput(
     batches = _sample(consumer, "edgelearn_cloud_batch_size_count")
     batched = _sample(consumer, "edgelearn_cloud_batch_size_sum")
     inference = _sample(consumer, "edgelearn_cloud_inference_seconds_sum", mode=mode)
-    feeder = _Feeder(job)
-    try:
-        feeder.go()
-        deadline = time.monotonic() + timeout
-        first: tuple[float, int] | None = None
-        while consumer.results_published - before < job.count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{mode}: {consumer.results_published - before} of {job.count} results"
-                )
-            done = consumer.results_published - before
-            if first is None and done > 0:
-                first = (time.monotonic(), done)
-            time.sleep(0.01)  # polling the consumer's counter
-        ended = time.monotonic()
-        published = feeder.report(60)
-    finally:
-        feeder.close()
-    assert first is not None
+    drained = _drain(
+        job, lambda: consumer.results_published - before, timeout, poll=0.01, what=mode
+    )
     batch_count = _sample(consumer, "edgelearn_cloud_batch_size_count") - batches
     return {
-        "results_per_second": round((job.count - first[1]) / (ended - first[0]), 1),
+        "results_per_second": drained["results_per_second"],
         "features": job.count,
         "feature_bytes_mean": round(float(np.mean([len(t) for t in job.templates])), 1),
-        "publisher_per_second": round(published["per_second"], 1),
+        "publisher_per_second": drained["publisher_per_second"],
         "mean_batch_size": round(
             (_sample(consumer, "edgelearn_cloud_batch_size_sum") - batched) / batch_count, 1
         )
@@ -549,16 +533,22 @@ def _scale_run(
             broker.host, broker.port, str(secrets.directory), site, templates,
             count=settings.scale_out_features,
         )  # fmt: skip
-        run = _drain(job, lambda: scrape(urls).total("edgelearn_cloud_results_total") - before)
+        run = _drain(
+            job,
+            lambda: scrape(urls).total("edgelearn_cloud_results_total") - before,
+            what=f"{clouds} cloud processes",
+        )
     finally:
         children.stop()
     log.info("%d cloud processes: %s results/s", clouds, run["results_per_second"])
     return run
 
 
-def _drain(job: FeedJob, answered: Any, timeout: float = 600) -> dict[str, Any]:
+def _drain(
+    job: FeedJob, answered: Any, timeout: float = 600, poll: float = 0.1, what: str = ""
+) -> dict[str, Any]:
     """Results per second (``answered()``: results so far) while ``job.count`` features
-    drain, from the first result to the last."""
+    drain, from the first result to the last, and the publisher's own rate."""
     feeder = _Feeder(job)
     try:
         feeder.go()
@@ -569,12 +559,12 @@ def _drain(job: FeedJob, answered: Any, timeout: float = 600) -> dict[str, Any]:
         first = (started, 0.0)
         while (done := answered()) < job.count:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{done:.0f} of {job.count} results")
+                raise RuntimeError(f"{what}: {done:.0f} of {job.count} results")
             if first[1] == 0 and done > 0:
                 first = (time.monotonic(), done)
-            time.sleep(0.1)  # polling the processes' counters
+            time.sleep(poll)  # polling the counters
         ended = time.monotonic()
-        feeder.report(60)
+        published = feeder.report(60)
     finally:
         feeder.close()
     if done <= first[1]:  # all of it between two looks: from the go
@@ -582,6 +572,7 @@ def _drain(job: FeedJob, answered: Any, timeout: float = 600) -> dict[str, Any]:
     return {
         "results": int(done),
         "results_per_second": round((done - first[1]) / (ended - first[0]), 1),
+        "publisher_per_second": round(published["per_second"], 1),
     }
 
 

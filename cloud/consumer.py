@@ -235,8 +235,6 @@ class CloudConsumer:
         self._peers = PeerLog(log)
         self.results_published = 0
         self._serving: dict[str, str] = {}  # mode -> the cloud half's version last used
-        # raw only: the background model of each camera, shared by the process's consumers
-        # (a shared subscription gives each of them part of every camera's frames)
 
     # --- ingest (event loop) -------------------------------------------------------------
 

@@ -286,11 +286,19 @@ class FramePipeline:
         """The objects' model inputs for an extractor of input ``shape``: at the decode its
         size needs, cut out of the background (the finder's mask)."""
         size, _, channels = shape
-        reduction = roi.crop_reduction(boxes, size)  # a small object: a finer decode
-        decoded = preprocess.decode_reduced(frame.payload, channels, reduction)
-        mask = self._finder.object_mask(frame.camera_id, decoded, boxes)  # their squares
+        decoded, mask = self._decoded_with_mask(frame, boxes, size, channels)
         frame_size = (frame.width, frame.height)
         return [roi.crop(decoded, box, frame_size, size, channels, mask=mask) for box in boxes]
+
+    def _decoded_with_mask(
+        self, frame: wire.Frame, boxes: tuple[wire.Box, ...], size: int, channels: int
+    ) -> tuple[Any, Any]:
+        """The frame at the decode crops of ``size`` need (a small object: a finer one), and
+        the finder's mask of the objects in their squares (None before a background model).
+        Raises PreprocessError for a frame that does not decode."""
+        reduction = roi.crop_reduction(boxes, size)
+        decoded = preprocess.decode_reduced(frame.payload, channels, reduction)
+        return decoded, self._finder.object_mask(frame.camera_id, decoded, boxes)
 
     def _student_answers(
         self,
@@ -340,12 +348,10 @@ class FramePipeline:
         (the cloud counts it undecodable)."""
         if not boxes:
             return ()
-        reduction = roi.crop_reduction(boxes, preprocess.DEFAULT_INPUT_SIZE)
         try:
-            decoded = preprocess.decode_reduced(frame.payload, 1, reduction)
+            _, mask = self._decoded_with_mask(frame, boxes, preprocess.DEFAULT_INPUT_SIZE, 1)
         except preprocess.PreprocessError:
             return ()
-        mask = self._finder.object_mask(frame.camera_id, decoded, boxes)
         if mask is None:
             return ()
         return roi.mask_windows(mask, boxes, (frame.width, frame.height))

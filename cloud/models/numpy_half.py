@@ -95,18 +95,20 @@ def _convolution_settings(config: Mapping[str, Any]) -> tuple[tuple[int, int], s
 
 
 def _bias_and_activation(
-    config: Mapping[str, Any], weights: Weights, kernels: int
+    config: Mapping[str, Any], weights: Weights
 ) -> tuple[Array | None, Step] | None:
+    """A layer's bias (after its one kernel, ``weights[0]``) and activation; None for a
+    custom activation, or a quantised or LoRA kernel (more weights than these)."""
     activation = _ACTIVATIONS.get(str(config.get("activation", "linear")))
-    if activation is None or len(weights) != kernels + (1 if config.get("use_bias") else 0):
-        return None  # a custom activation, or a quantised or LoRA kernel
-    bias = np.asarray(weights[kernels], np.float32) if config.get("use_bias") else None
-    return bias, activation
+    use_bias = bool(config.get("use_bias"))
+    if activation is None or len(weights) != 1 + use_bias:
+        return None
+    return (np.asarray(weights[1], np.float32) if use_bias else None), activation
 
 
 def _conv2d(config: Mapping[str, Any], weights: Weights) -> Step | None:
     settings = _convolution_settings(config)
-    tail = _bias_and_activation(config, weights, 1)
+    tail = _bias_and_activation(config, weights)
     if settings is None or tail is None:
         return None
     strides, padding = settings
@@ -130,7 +132,7 @@ def _conv2d(config: Mapping[str, Any], weights: Weights) -> Step | None:
 
 def _depthwise_conv2d(config: Mapping[str, Any], weights: Weights) -> Step | None:
     settings = _convolution_settings(config)
-    tail = _bias_and_activation(config, weights, 1)
+    tail = _bias_and_activation(config, weights)
     if settings is None or tail is None or int(config.get("depth_multiplier", 1)) != 1:
         return None
     strides, padding = settings
@@ -184,7 +186,7 @@ def _rescaling(config: Mapping[str, Any], weights: Weights) -> Step | None:
 
 
 def _dense(config: Mapping[str, Any], weights: Weights) -> Step | None:
-    tail = _bias_and_activation(config, weights, 1)
+    tail = _bias_and_activation(config, weights)
     if tail is None:
         return None
     bias, activation = tail
